@@ -22,7 +22,7 @@ setup(
     version="0.1.0",
     description="Multitask-CenterNet (detection, human pose, segmentation) runtime, training and ROS 2 node",
     python_requires=">=3.10",
-    packages=find_packages(include=["mcn_ros", "mcn_ros.*"]) + ["mcn_training"],
+    packages=[*find_packages(include=["mcn_ros", "mcn_ros.*"]), "mcn_training"],
     package_dir={"mcn_training": "training"},
     install_requires=read_requirements("runtime"),
     extras_require={"dev": read_requirements("dev")},

@@ -1,6 +1,7 @@
 """mcn_ros: Multitask-CenterNet perception (detection, human pose, segmentation) for ROS 2.
 
-The model runtime (:mod:`mcn_ros.model`) is pure PyTorch; :mod:`mcn_ros.ros` is the only place that imports rclpy.
+The model runtime (:mod:`mcn_ros.model`) is pure PyTorch; :mod:`mcn_ros.ros` is the only place that
+imports rclpy.
 """
 
 from pkgutil import extend_path

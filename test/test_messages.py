@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rostools import read_json_lines, rclpy_node, start_script
+from rostools import rclpy_node, read_json_lines, start_script
 
 pytestmark = pytest.mark.usefixtures("ros")
 
@@ -50,8 +50,9 @@ def test_vision_msgs_is_wire_identical_to_upstream() -> None:
 
 
 def test_pose_message_layout() -> None:
-    from mcn_ros.model.labels import KEYPOINT_NAMES
     from mcn_ros.msg import HumanPose2D, Keypoint2D
+
+    from mcn_ros.model.labels import KEYPOINT_NAMES
 
     pose = HumanPose2D()
     assert len(pose.keypoints) == HumanPose2D.NUM_KEYPOINTS == len(KEYPOINT_NAMES) == 17
@@ -59,7 +60,12 @@ def test_pose_message_layout() -> None:
         assert getattr(HumanPose2D, name.upper()) == index
     # A fixed-size array in the wire format: consumers can rely on 17 slots in every message.
     assert HumanPose2D.get_fields_and_field_types()["keypoints"] == "mcn_ros/Keypoint2D[17]"
-    assert Keypoint2D.get_fields_and_field_types() == {"x": "float", "y": "float", "score": "float", "valid": "boolean"}
+    assert Keypoint2D.get_fields_and_field_types() == {
+        "x": "float",
+        "y": "float",
+        "score": "float",
+        "valid": "boolean",
+    }
 
 
 def make_messages() -> dict[str, object]:
@@ -67,7 +73,13 @@ def make_messages() -> dict[str, object]:
     from mcn_ros.msg import HumanPose2D, HumanPose2DArray, Keypoint2D, PoseInfo
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
-    from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass
+    from vision_msgs.msg import (
+        Detection2D,
+        Detection2DArray,
+        LabelInfo,
+        ObjectHypothesisWithPose,
+        VisionClass,
+    )
 
     header = Header(frame_id="camera_optical")
     header.stamp.sec, header.stamp.nanosec = 1234, 5678
@@ -98,7 +110,8 @@ def test_every_published_type_crosses_dds_between_processes() -> None:
 
     messages = make_messages()
     types = {
-        topic: f"{type(msg).__module__.split('.')[0]}/msg/{type(msg).__name__}" for topic, msg in messages.items()
+        topic: f"{type(msg).__module__.split('.')[0]}/msg/{type(msg).__name__}"
+        for topic, msg in messages.items()
     }
     latched = {"/rt/label_info", "/rt/pose_info"}
     echo = start_script(

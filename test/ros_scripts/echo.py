@@ -52,7 +52,9 @@ def main() -> int:
                 return
             received[topic] = received.get(topic, 0) + 1
             hashes = [str(info.topic_type_hash) for info in node.get_publishers_info_by_topic(topic)]
-            print(json.dumps({"topic": topic, "type_hashes": hashes, "message": to_plain(message)}), flush=True)
+            print(
+                json.dumps({"topic": topic, "type_hashes": hashes, "message": to_plain(message)}), flush=True
+            )
 
         return callback
 
@@ -67,7 +69,9 @@ def main() -> int:
 
     deadline = time.monotonic() + args.timeout
     try:
-        while time.monotonic() < deadline and any(received.get(t.split("=")[0], 0) < args.count for t in args.topics):
+        while time.monotonic() < deadline and any(
+            received.get(t.split("=")[0], 0) < args.count for t in args.topics
+        ):
             rclpy.spin_once(node, timeout_sec=0.05)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

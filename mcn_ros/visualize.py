@@ -1,0 +1,69 @@
+"""Drawing of results onto images (debug image, demo and replay reports). OpenCV only, no ROS.
+
+Drawing loops over the boxes and limbs it draws: it runs only when someone looks at the picture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from mcn_ros.model.labels import SKELETON
+from mcn_ros.model.results import Results
+
+
+def color_palette(num_classes: int, seed: int = 7) -> np.ndarray:
+    """A fixed RGB colour per class id (row 0, background, is black): uint8 [num_classes + 1, 3]."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(64, 256, size=(num_classes + 1, 3), dtype=np.uint8)
+    palette[0] = 0
+    return palette
+
+
+def colorize(class_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Class-id map [H, W] -> RGB image [H, W, 3] through a palette lookup (no per-pixel Python)."""
+    return palette[np.minimum(class_map, len(palette) - 1)]
+
+
+def draw_results(
+    image_rgb: np.ndarray,
+    results: Results,
+    detection_classes: Sequence[str],
+    palette: np.ndarray,
+    keypoint_threshold: float = 0.1,
+    blend: float = 0.45,
+) -> np.ndarray:
+    """A copy of an RGB image with the segmentation blended in and boxes, labels and skeletons drawn."""
+    canvas = image_rgb.copy()
+    if results.segmentation is not None:
+        overlay = colorize(results.segmentation, palette)
+        mask = results.segmentation > 0
+        canvas[mask] = (canvas[mask] * (1.0 - blend) + overlay[mask] * blend).astype(np.uint8)
+    thickness = max(1, round(max(canvas.shape[:2]) / 400))
+    if results.detections is not None:
+        det = results.detections
+        for box, score, class_id in zip(
+            det.boxes.tolist(), det.scores.tolist(), det.class_ids.tolist(), strict=True
+        ):
+            color = tuple(int(c) for c in palette[1 + class_id % (len(palette) - 1)])
+            x1, y1, x2, y2 = (round(v) for v in box)
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
+            label = f"{detection_classes[class_id]} {score:.2f}"
+            cv2.putText(
+                canvas, label, (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA
+            )
+    if results.poses is not None:
+        for person in results.poses.keypoints:
+            points = person[:, :2].round().astype(int).tolist()
+            visible = (person[:, 2] >= keypoint_threshold).tolist()
+            for a, b in SKELETON:
+                if visible[a] and visible[b]:
+                    cv2.line(
+                        canvas, tuple(points[a]), tuple(points[b]), (255, 200, 0), thickness, cv2.LINE_AA
+                    )
+            for point, seen in zip(points, visible, strict=True):
+                if seen:
+                    cv2.circle(canvas, tuple(point), thickness + 1, (255, 0, 0), -1, cv2.LINE_AA)
+    return canvas

@@ -1,0 +1,97 @@
+"""Image message <-> numpy conversion (no ROS needed: the converters read the message fields)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
+
+
+def msg(pixels: np.ndarray, encoding: str, step: int | None = None, bigendian: int = 0) -> SimpleNamespace:
+    height, width = pixels.shape[:2]
+    row = pixels.reshape(height, -1).view(np.uint8)
+    step = row.shape[1] if step is None else step
+    padded = np.zeros((height, step), np.uint8)
+    padded[:, : row.shape[1]] = row
+    return SimpleNamespace(
+        encoding=encoding,
+        height=height,
+        width=width,
+        step=step,
+        is_bigendian=bigendian,
+        data=padded.tobytes(),
+    )
+
+
+RGB = np.random.default_rng(0).integers(0, 256, size=(6, 10, 3), dtype=np.uint8)
+
+
+def test_rgb8_is_a_view_of_the_message_buffer() -> None:
+    message = msg(RGB, "rgb8")
+    pixels, order = image_to_array(message)
+    assert order == "rgb" and np.array_equal(pixels, RGB)
+    assert np.shares_memory(pixels, np.frombuffer(message.data, np.uint8))
+
+
+def test_row_padding_bgr_alpha_and_mono() -> None:
+    pixels, order = image_to_array(msg(RGB[:, :, ::-1].copy(), "bgr8", step=40))
+    assert order == "bgr" and np.array_equal(pixels, RGB[:, :, ::-1])
+    rgba = np.dstack([RGB, np.full(RGB.shape[:2], 9, np.uint8)])
+    assert np.array_equal(image_to_array(msg(rgba, "rgba8"))[0], RGB)
+    gray = RGB[:, :, 0].copy()
+    pixels, order = image_to_array(msg(gray, "mono8"))
+    assert pixels.shape == (6, 10, 3) and np.array_equal(pixels[:, :, 1], gray)
+
+
+@pytest.mark.parametrize("bigendian", [0, 1])
+def test_16_bit_keeps_the_high_byte(bigendian: int) -> None:
+    wide = RGB.astype(np.uint16) * 256 + 77
+    wide = wide.astype(">u2" if bigendian else "<u2")
+    pixels, _ = image_to_array(msg(wide, "rgb16", bigendian=bigendian))
+    assert np.array_equal(pixels, RGB)
+
+
+def test_bayer_is_demosaiced() -> None:
+    flat = np.full((8, 8, 3), (200, 100, 50), np.uint8)  # uniform RGB colour
+    mosaic = np.zeros((8, 8), np.uint8)
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = 200, 100  # R G
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = 100, 50  # G B
+    pixels, order = image_to_array(msg(mosaic, "bayer_rggb8"))
+    assert order == "rgb"
+    assert np.abs(pixels[2:-2, 2:-2].astype(int) - flat[2:-2, 2:-2]).max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        ({"encoding": "32FC1"}, "unsupported encoding"),
+        ({"height": 0}, "empty image"),
+        ({"step": 5}, "smaller than width"),
+        ({"data": b"\x00" * 7}, "expected height x step"),
+        ({"height": 20000, "width": 20000, "step": 60000}, "exceeds max_image_pixels"),
+    ],
+)
+def test_bad_frames_are_refused_with_the_reason(change: dict[str, object], text: str) -> None:
+    message = msg(RGB, "rgb8")
+    for key, value in change.items():
+        setattr(message, key, value)
+    with pytest.raises(ImageError, match=text):
+        image_to_array(message)
+
+
+def test_compressed_png_jpeg_and_garbage() -> None:
+    png = SimpleNamespace(format="png", data=cv2.imencode(".png", RGB)[1].tobytes())
+    pixels, order = compressed_to_array(png)
+    assert order == "bgr" and np.array_equal(pixels, RGB)
+    jpeg = SimpleNamespace(format="jpeg", data=cv2.imencode(".jpg", RGB)[1].tobytes())
+    assert compressed_to_array(jpeg)[0].shape == RGB.shape
+    with pytest.raises(ImageError, match="exceeds"):
+        compressed_to_array(png, max_pixels=59)  # refused from the header, before decoding
+    with pytest.raises(ImageError, match="cannot decode"):
+        compressed_to_array(SimpleNamespace(format="jpeg", data=b"\xff\xd8garbage" * 5))
+    with pytest.raises(ImageError, match="no data"):
+        compressed_to_array(SimpleNamespace(format="jpeg", data=b""))

@@ -1,0 +1,307 @@
+"""The real node in its own process, driven over DDS: outputs, headers, bad input, parameters, lifecycle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from nodetools import Client, image_message, make_weights, rss_kib, start_node, stop_node
+
+pytestmark = pytest.mark.usefixtures("ros")
+
+SCORE = 0.05  # a model at random init scores about 0.1 everywhere: low enough to get detections
+
+
+def test_image(height: int = 48, width: int = 80, seed: int = 3) -> np.ndarray:
+    """A non-square RGB test image with some structure."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    cv2.rectangle(image, (10, 8), (40, 40), (250, 20, 20), -1)
+    return image
+
+
+test_image.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_weights(tmp_path_factory.mktemp("weights") / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def running(weights: Path) -> Iterator[tuple[object, Client]]:
+    """An autostarted node (active) plus a client with every output subscribed."""
+    from mcn_ros.msg import HumanPose2DArray, PoseInfo
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", f"score_threshold:={SCORE}",
+        "-p", f"pose_score_threshold:={SCORE}", "-p", "use_compressed:=true",
+    )  # fmt: skip
+    c = Client()
+    for topic, msg_type in [
+        ("detections", Detection2DArray),
+        ("poses", HumanPose2DArray),
+        ("segmentation", Image),
+        ("segmentation/color", Image),
+        ("debug_image", Image),
+    ]:
+        c.subscribe(topic, msg_type)
+    c.subscribe("label_info", LabelInfo, latched=True)
+    c.subscribe("pose_info", PoseInfo, latched=True)
+    try:
+        yield process, c
+    finally:
+        c.close()
+        log = stop_node(process)
+        assert "Traceback" not in log, log
+
+
+def all_outputs(c: Client) -> bool:
+    return all(
+        c.messages(t) for t in ("detections", "poses", "segmentation", "segmentation/color", "debug_image")
+    )
+
+
+def test_every_output_carries_the_input_header(running: tuple[object, Client]) -> None:
+    _, c = running
+    image = test_image()
+    c.clear()
+    assert c.publish_until(image_message(image, stamp=(42, 7), frame="front_cam"), lambda: all_outputs(c), 60)
+    for topic in ("detections", "poses", "segmentation", "segmentation/color", "debug_image"):
+        header = c.messages(topic)[-1].header
+        assert (header.stamp.sec, header.stamp.nanosec, header.frame_id) == (42, 7, "front_cam"), topic
+    segmentation = c.messages("segmentation")[-1]
+    assert (segmentation.height, segmentation.width, segmentation.encoding) == (48, 80, "mono8")
+    assert c.messages("segmentation/color")[-1].encoding == "rgb8"
+    debug = c.messages("debug_image")[-1]
+    assert (debug.height, debug.width) == (48, 80)
+    poses = c.messages("poses")[-1].poses
+    assert poses and all(len(p.keypoints) == 17 for p in poses)
+    labels = c.messages("label_info")[-1]
+    assert [v.class_name for v in labels.class_map] == ["person", "car"]
+    assert [v.class_id for v in labels.class_map] == [0, 1]
+    assert len(c.messages("pose_info")[-1].keypoint_names) == 17
+
+
+def test_boxes_equal_the_model_runtime(running: tuple[object, Client], weights: Path) -> None:
+    from mcn_ros.model.predictor import Predictor
+
+    _, c = running
+    image = test_image(seed=11)
+    c.clear()
+    assert c.publish_until(image_message(image, stamp=(1, 1)), lambda: bool(c.messages("detections")), 30)
+    received = c.messages("detections")[-1].detections
+    expected = Predictor.from_weights(weights, device="cpu").predict(
+        image, score_threshold=SCORE, pose_score_threshold=SCORE
+    )
+    assert expected.detections is not None and len(expected.detections) > 0
+    assert len(received) == len(expected.detections)
+    centres = np.array([[d.bbox.center.position.x, d.bbox.center.position.y] for d in received])
+    sizes = np.array([[d.bbox.size_x, d.bbox.size_y] for d in received])
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)
+    np.testing.assert_allclose(boxes, expected.detections.boxes, atol=1e-3)
+    np.testing.assert_allclose(
+        [d.results[0].hypothesis.score for d in received], expected.detections.scores, atol=1e-5
+    )
+    assert [d.results[0].hypothesis.class_id for d in received] == [
+        str(i) for i in expected.detections.class_ids
+    ]
+    assert segmentation_equal(c, expected.segmentation)
+
+
+def segmentation_equal(c: Client, expected: np.ndarray | None) -> bool:
+    assert expected is not None
+    msg = c.messages("segmentation")[-1]
+    got = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width)
+    return bool(np.array_equal(got, expected))
+
+
+def test_bgr_mono_and_compressed_inputs_match(running: tuple[object, Client]) -> None:
+    from sensor_msgs.msg import CompressedImage
+
+    _, c = running
+    image = test_image(seed=5)
+    c.clear()
+    assert c.publish_until(image_message(image, stamp=(2, 0)), lambda: bool(c.messages("detections")), 30)
+    reference = c.messages("detections")[-1]
+    c.clear()
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+    assert c.publish_until(
+        image_message(bgr, "bgr8", stamp=(3, 0)), lambda: bool(c.messages("detections")), 30
+    )
+    assert detections_equal(c.messages("detections")[-1], reference)
+
+    png = CompressedImage(format="png", data=cv2.imencode(".png", bgr)[1].tobytes())
+    png.header.stamp.sec = 4
+    c.clear()
+    assert c.publish_until(png, lambda: bool(c.messages("detections")), 30, compressed=True)
+    assert c.messages("detections")[-1].header.stamp.sec == 4
+    assert detections_equal(c.messages("detections")[-1], reference)
+
+
+def detections_equal(a: object, b: object) -> bool:
+    def rows(msg: object) -> list[tuple[float, ...]]:
+        return [
+            (
+                d.bbox.center.position.x,
+                d.bbox.center.position.y,
+                d.bbox.size_x,
+                d.bbox.size_y,
+                d.results[0].hypothesis.score,
+            )
+            for d in msg.detections  # type: ignore[attr-defined]
+        ]
+
+    return bool(np.allclose(rows(a), rows(b), atol=1e-4))
+
+
+def bad_frames() -> list[tuple[str, object]]:
+    from sensor_msgs.msg import CompressedImage, Image
+
+    good = test_image()
+    unknown = image_message(good, encoding="yuv420_fancy")
+    short = image_message(good)
+    short.data = short.data[:-10]
+    empty = Image(height=0, width=0, encoding="rgb8", step=0)
+    huge = Image(height=20000, width=20000, encoding="rgb8", step=60000)
+    huge.data = bytes(100)
+    corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0 this is not a jpeg at all" * 10)
+    return [
+        ("unsupported encoding", unknown),
+        ("expected height x step", short),
+        ("empty image", empty),
+        ("exceeds max_image_pixels", huge),
+        ("cannot decode compressed image", corrupt),
+    ]
+
+
+def test_bad_frames_are_skipped_with_a_clear_message_and_the_node_keeps_serving(
+    running: tuple[object, Client],
+) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    process, c = running
+    c.subscribe("/diagnostics", DiagnosticArray)
+    frames = bad_frames()
+    for expected_text, frame in frames:
+        compressed = type(frame).__name__ == "CompressedImage"
+        publisher = c.compressed_pub if compressed else c.image_pub
+        publisher.publish(frame)
+        time.sleep(0.3)
+        c.clear()
+        stamp = (100 + frames.index((expected_text, frame)), 0)
+        assert c.publish_until(
+            image_message(test_image(), stamp=stamp), lambda: bool(c.messages("detections")), 30
+        ), f"node stopped answering after a frame with {expected_text}"
+        assert c.messages("detections")[-1].header.stamp.sec == stamp[0]
+
+    # Memory stays flat under a stream of bad frames.
+    before = rss_kib(process.pid)  # type: ignore[attr-defined]
+    for _ in range(30):
+        for _, frame in frames[:4]:
+            c.image_pub.publish(frame)
+        time.sleep(0.02)
+    time.sleep(1.0)
+    assert rss_kib(process.pid) - before < 30_000  # type: ignore[attr-defined]
+
+    assert c.wait_for(lambda: any(rejected(m) >= len(frames) for m in c.messages("/diagnostics")), 10)
+
+
+def rejected(msg: object) -> int:
+    for status in msg.status:  # type: ignore[attr-defined]
+        values = {kv.key: kv.value for kv in status.values}
+        if "frames_rejected" in values:
+            return int(values["frames_rejected"])
+    return -1
+
+
+def test_parameters_change_at_run_time_and_bad_values_are_refused(running: tuple[object, Client]) -> None:
+    _, c = running
+    image = image_message(test_image(), stamp=(7, 0))
+
+    results = c.set_parameters(score_threshold=0.99)
+    assert results[0].successful
+    c.clear()
+    assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
+    assert len(c.messages("detections")[-1].detections) == 0  # nothing scores 0.99 at random init
+
+    for bad in ({"score_threshold": 1.5}, {"tasks": ["detection", "teleportation"]}, {"device": "tpu"}):
+        result = c.set_parameters(**bad)[0]
+        assert not result.successful, bad
+        assert result.reason, bad
+    assert "teleportation" in c.set_parameters(tasks=["teleportation"])[0].reason
+    assert "configure" in c.set_parameters(weights="/elsewhere.safetensors")[0].reason
+
+    assert c.set_parameters(score_threshold=SCORE, tasks=["segmentation"])[0].successful
+    c.clear()
+    assert c.publish_until(image, lambda: bool(c.messages("segmentation")), 30)
+    time.sleep(1.0)
+    assert not c.messages("detections") and not c.messages("poses")  # detection and pose switched off
+    assert c.set_parameters(tasks=["detection", "pose", "segmentation"])[0].successful
+
+
+def test_a_task_nobody_listens_to_is_not_computed(weights: Path) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+
+    process = start_node("-p", f"weights:={weights}", "-p", "autostart:=true", name="quiet_node")
+    c = Client("quiet_node")
+    try:
+        c.subscribe("segmentation", Image)
+        c.subscribe("/diagnostics", DiagnosticArray)
+        assert c.publish_until(image_message(test_image()), lambda: bool(c.messages("segmentation")), 60)
+
+        def computed() -> set[str]:
+            for msg in c.messages("/diagnostics")[-3:]:
+                for status in msg.status:
+                    if status.name.startswith("quiet_node"):
+                        values = {kv.key: kv.value for kv in status.values}
+                        if int(values["frames_processed"]) > 0:
+                            return set(values["tasks_computed"].split(","))
+            return set()
+
+        assert c.wait_for(lambda: computed() == {"segmentation"}, 10), computed()
+    finally:
+        c.close()
+        stop_node(process)
+
+
+def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
+    from vision_msgs.msg import Detection2DArray
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(weights.read_bytes()[:5000])
+    process = start_node("-p", f"weights:={corrupt}", "-p", f"score_threshold:={SCORE}", name="managed_node")
+    c = Client("managed_node")
+    try:
+        c.subscribe("detections", Detection2DArray)
+        image = image_message(test_image())
+        assert c.state() == "unconfigured"
+        assert not c.lifecycle("configure")  # corrupt weights: configure fails, node stays up
+        assert c.state() == "unconfigured"
+        assert c.set_parameters(weights=str(weights))[0].successful
+        assert c.lifecycle("configure")
+        assert c.state() == "inactive"
+        assert not c.publish_until(image, lambda: bool(c.messages("detections")), 3)  # inactive: silent
+        assert c.lifecycle("activate")
+        assert c.state() == "active"
+        assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
+        assert c.lifecycle("deactivate")
+        time.sleep(0.5)
+        c.clear()
+        assert not c.publish_until(image, lambda: bool(c.messages("detections")), 3)
+        assert c.lifecycle("cleanup")
+        assert c.state() == "unconfigured"
+        assert c.lifecycle("configure") and c.lifecycle("activate")
+        c.clear()
+        assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
+    finally:
+        c.close()
+        log = stop_node(process)
+    assert "cannot load weights" in log

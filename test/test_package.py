@@ -1,0 +1,98 @@
+"""The colcon-installed package: what launch_ros and `ros2 launch` look for, parameter file, launch file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from nodetools import PARAMS_FILE, REPO, make_weights, stop_node
+
+pytestmark = pytest.mark.usefixtures("ros")
+
+
+@pytest.fixture(scope="module")
+def prefix() -> Path:
+    from ament_index_python.packages import get_package_prefix
+
+    return Path(get_package_prefix("mcn_ros"))
+
+
+def test_installed_layout_is_what_launch_ros_expects(prefix: Path) -> None:
+    executable = prefix / "lib" / "mcn_ros" / "mcn_node"
+    assert executable.is_file() and os.access(executable, os.X_OK)
+    assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "mcn_ros").is_file()
+    for relative in ("launch/mcn.launch.py", "config/mcn.yaml", "config/mcn.rviz", "package.xml"):
+        installed = prefix / "share" / "mcn_ros" / relative
+        assert installed.is_file(), relative
+        assert installed.read_bytes() == (REPO / relative).read_bytes(), (
+            f"{relative} is stale: run make setup"
+        )
+
+
+def test_installed_executable_starts_the_node(prefix: Path, tmp_path: Path) -> None:
+    weights = make_weights(tmp_path / "model.safetensors")
+    process = subprocess.Popen(
+        [str(prefix / "lib" / "mcn_ros" / "mcn_node"), "--ros-args", "--params-file", str(PARAMS_FILE),
+         "-p", f"weights:={weights}", "-p", "autostart:=true", "-r", "__node:=installed_node"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    lines: list[str] = []
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    while time.monotonic() < deadline and not any("active: listening on /image" in line for line in lines):
+        lines.extend(process.stdout.readlines())
+        time.sleep(0.2)
+    log = "".join(lines) + stop_node(process)
+    assert "active: listening on /image" in log, log
+    assert process.returncode == 0, log
+
+
+def test_parameter_file_matches_the_declared_parameters() -> None:
+    import rclpy
+    from rclpy.context import Context
+
+    from mcn_ros.ros.node import McnNode
+
+    declared_file = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        node = McnNode(context=context)
+        rclpy_own = {"use_sim_time", "start_type_description_service"}
+        names = set(node.get_parameters_by_prefix("")) - rclpy_own
+        assert names == set(declared_file)
+        for name, value in declared_file.items():
+            assert node.get_parameter(name).value == value, name
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
+def test_rviz_config_shows_the_node_images() -> None:
+    rviz = yaml.safe_load((REPO / "config" / "mcn.rviz").read_text())
+    topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"] if d.get("Enabled")}
+    assert topics == {"/mcn_node/debug_image", "/mcn_node/segmentation/color"}
+
+
+def test_launch_file() -> None:
+    source = (REPO / "launch" / "mcn.launch.py").read_text()
+    compile(source, "mcn.launch.py", "exec")  # at least valid Python everywhere
+    try:
+        import launch_ros  # noqa: F401
+
+        import launch  # noqa: F401
+    except ImportError as error:
+        pytest.skip(f"launch_ros is not installed here ({error}); the launch file is checked where it is")
+    from launch.launch_description_sources import get_launch_description_from_python_launch_file
+
+    from launch import LaunchDescription
+
+    description = get_launch_description_from_python_launch_file(str(REPO / "launch" / "mcn.launch.py"))
+    assert isinstance(description, LaunchDescription)
+    names = {a.name for a in description.get_launch_arguments()}
+    assert {"weights", "params_file", "image", "namespace", "rviz", "autostart"} <= names
