@@ -285,8 +285,11 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         assert c.state() == "unconfigured"
         assert not c.lifecycle("configure")  # corrupt weights: configure fails, node stays up
         assert c.state() == "unconfigured"
-        assert c.set_parameters(weights=str(weights))[0].successful
+        assert c.set_parameters(weights=str(weights), input_size=[50, 50])[0].successful
+        assert not c.lifecycle("configure")  # 50 is not a multiple of 32
+        assert c.set_parameters(input_size=[64, 96])[0].successful
         assert c.lifecycle("configure")
+        assert "configure" in c.set_parameters(input_size=[64, 64])[0].reason  # fixed while configured
         assert c.state() == "inactive"
         assert not c.publish_until(image, lambda: bool(c.messages("detections")), 3)  # inactive: silent
         assert c.lifecycle("activate")
@@ -305,3 +308,4 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         c.close()
         log = stop_node(process)
     assert "cannot load weights" in log
+    assert "input_size [50, 50]" in log and "multiple of 32" in log

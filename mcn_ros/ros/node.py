@@ -9,6 +9,7 @@ blocked and frames never queue up. Run it with
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from collections.abc import Sequence
@@ -55,6 +56,7 @@ CONFIGURE_TIME = (
     "weights",
     "device",
     "half",
+    "input_size",
     "use_compressed",
     "image_qos",
     "publisher_reliability",
@@ -120,6 +122,13 @@ class McnNode(LifecycleNode):
         )
         self.declare_parameter("device", "auto", _descriptor("auto, cpu or cuda:N (configure)."))
         self.declare_parameter("half", False, _descriptor("fp16 autocast on CUDA (configure)."))
+        self.declare_parameter(
+            "input_size",
+            [0, 0],
+            _descriptor(
+                "Network input [height, width], multiples of 32; [0, 0] = the weights' own (configure)."
+            ),
+        )
         self.declare_parameter(
             "tasks", list(TASKS), _descriptor(f"Enabled tasks, a subset of {list(TASKS)} (run time).")
         )
@@ -230,8 +239,9 @@ class McnNode(LifecycleNode):
     # -- lifecycle ----------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the model and create the publishers of the tasks it has."""
+        from mcn_ros.model.config import ConfigError
         from mcn_ros.model.predictor import Predictor
-        from mcn_ros.model.weights import WeightsError
+        from mcn_ros.model.weights import WeightsError, load_weights, resolve_device
 
         weights = str(self.get_parameter("weights").value)
         if not weights:
@@ -239,15 +249,21 @@ class McnNode(LifecycleNode):
                 "configure failed: parameter 'weights' is empty (path of a .safetensors file)"
             )
             return TransitionCallbackReturn.FAILURE
+        device = resolve_device(str(self.get_parameter("device").value))
         try:
-            self._predictor = Predictor.from_weights(
-                weights,
-                device=str(self.get_parameter("device").value),
-                half=bool(self.get_parameter("half").value),
-            )
+            model, config, _ = load_weights(weights, device=device)
         except (WeightsError, ValueError, RuntimeError, OSError) as error:
             self.get_logger().error(f"configure failed: cannot load weights {weights!r}: {error}")
             return TransitionCallbackReturn.FAILURE
+        size = [int(v) for v in self.get_parameter("input_size").value]
+        input_size = (size[0], size[1]) if len(size) == 2 else (-1, -1)
+        if input_size != (0, 0):
+            try:  # the network is fully convolutional: another input size needs no other weights
+                config = dataclasses.replace(config, input_size=input_size)
+            except ConfigError as error:
+                self.get_logger().error(f"configure failed: parameter input_size {list(input_size)}: {error}")
+                return TransitionCallbackReturn.FAILURE
+        self._predictor = Predictor(model, config, device=device, half=bool(self.get_parameter("half").value))
 
         config = self._predictor.config
         depth = int(self.get_parameter("publisher_depth").value)
