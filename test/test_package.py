@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_rviz_config_shows_the_node_images() -> None:
     assert topics == {"/mcn_node/debug_image", "/mcn_node/segmentation/color"}
 
 
-def test_launch_file() -> None:
+def test_launch_file(prefix: Path, tmp_path: Path) -> None:
     source = (REPO / "launch" / "mcn.launch.py").read_text()
     compile(source, "mcn.launch.py", "exec")  # at least valid Python everywhere
     try:
@@ -96,3 +97,36 @@ def test_launch_file() -> None:
     assert isinstance(description, LaunchDescription)
     names = {a.name for a in description.get_launch_arguments()}
     assert {"weights", "params_file", "image", "namespace", "rviz", "autostart"} <= names
+
+    # Start the installed launch file for real and wait for the node's latched label map.
+    from nodetools import Client
+    from vision_msgs.msg import LabelInfo
+
+    weights = make_weights(tmp_path / "model.safetensors")
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH_SCRIPT, str(prefix / "share" / "mcn_ros" / "launch" / "mcn.launch.py"),
+         f"weights:={weights}", "namespace:=launched"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    c = Client("mcn_node", namespace="/launched")
+    try:
+        c.subscribe("label_info", LabelInfo, latched=True)
+        assert c.wait_for(lambda: bool(c.messages("label_info")), 60)
+    finally:
+        c.close()
+        log = stop_node(launcher)
+    assert "Traceback" not in log, log
+
+
+LAUNCH_SCRIPT = """
+import sys
+from launch import LaunchDescription, LaunchService
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+path, *pairs = sys.argv[1:]
+arguments = dict(pair.split(":=", 1) for pair in pairs)
+service = LaunchService()
+include = IncludeLaunchDescription(PythonLaunchDescriptionSource(path), launch_arguments=arguments.items())
+service.include_launch_description(LaunchDescription([include]))
+sys.exit(service.run())
+"""
