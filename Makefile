@@ -7,8 +7,10 @@ ENV := source ./mcn_env.sh &&
 setup:
 	@bash scripts/setup.sh
 
+# mypy finds mcn_training (the training/ directory) through a link under build/.
 lint: setup
-	$(ENV) ruff check . && ruff format --check . && mypy mcn_ros training
+	@mkdir -p build/mypy && ln -sfn ../../training build/mypy/mcn_training
+	$(ENV) ruff check . && ruff format --check . && MYPYPATH=build/mypy mypy -p mcn_ros -p mcn_training
 
 # pytest exits 5 when it collects nothing: that is a failure here too.
 test: lint

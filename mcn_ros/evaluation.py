@@ -1,0 +1,245 @@
+"""Evaluation of :class:`~mcn_ros.model.results.Results` against COCO-format ground truth.
+
+Shared by training (validation) and the rosbag replay report. Box and keypoint AP are the official COCO
+numbers from ``pycocotools.cocoeval.COCOeval`` (AP = mean over IoU/OKS 0.50:0.95, AP50 at 0.50); the
+semantic segmentation metrics are computed here from a confusion matrix, because pycocotools has no
+semantic-segmentation evaluator for instance-annotated COCO.
+
+Segmentation ground truth (:func:`semantic_target`) merges the instance masks of each class, as the MCN
+paper does: 0 = background (every pixel no listed class covers), ``i`` = ``classes[i-1]``, and 255 =
+ignore for crowd regions (``iscrowd=1``) of listed classes not covered by a non-crowd instance. Where
+instances overlap, smaller instances are painted over larger ones.
+
+mIoU is FCN-style (the paper's reference [10]): one confusion matrix accumulated over all evaluated pixels
+of all images (ignore pixels excluded), IoU per class = TP / (TP + FP + FN), and mIoU = the mean over the
+classes that occur in the ground truth or the predictions of the evaluated images, **background included as
+a class**. ``person_IoU`` is the IoU of the class "person" (the paper's single-class "Segmentation IoU").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from mcn_ros.model.labels import NUM_KEYPOINTS
+from mcn_ros.model.results import Results
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class EvalReport:
+    """Metrics of one evaluation (fractions in [0, 1]; None = the task was not evaluated)."""
+
+    bbox_AP: float | None = None  # noqa: N815 (the contract's metric names)
+    bbox_AP50: float | None = None  # noqa: N815 (the contract's metric names)
+    kp_AP: float | None = None  # noqa: N815 (the contract's metric names)
+    kp_AP50: float | None = None  # noqa: N815 (the contract's metric names)
+    mIoU: float | None = None  # noqa: N815 (the contract's metric names)
+    person_IoU: float | None = None  # noqa: N815 (the contract's metric names)
+    #: IoU per segmentation class name ("background" included) over the classes that occur.
+    per_class_IoU: dict[str, float] = field(default_factory=dict)  # noqa: N815
+    #: Number of images evaluated.
+    num_images: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready mapping."""
+        return asdict(self)
+
+    def table(self) -> str:
+        """Markdown table of the headline metrics (percentages), then the per-class IoUs if any."""
+        rows = [
+            ("bbox AP", self.bbox_AP),
+            ("bbox AP50", self.bbox_AP50),
+            ("keypoint AP", self.kp_AP),
+            ("keypoint AP50", self.kp_AP50),
+            ("mIoU", self.mIoU),
+            ("person IoU", self.person_IoU),
+        ]
+        lines = ["| metric | value |", "| --- | ---: |"]
+        lines += [f"| {name} | {_pct(value)} |" for name, value in rows if value is not None]
+        lines.append(f"| images | {self.num_images} |")
+        if self.per_class_IoU:
+            lines += ["", "| class | IoU |", "| --- | ---: |"]
+            lines += [f"| {name} | {_pct(value)} |" for name, value in self.per_class_IoU.items()]
+        return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def category_ids(coco_gt: COCO, classes: Sequence[str]) -> list[int]:
+    """COCO category ids of class names, matched by name in ``coco_gt``'s categories (KeyError if absent)."""
+    by_name = {cat["name"]: cid for cid, cat in coco_gt.cats.items()}
+    missing = [name for name in classes if name not in by_name]
+    if missing:
+        raise KeyError(f"classes not among the dataset's categories: {', '.join(missing)}")
+    return [int(by_name[name]) for name in classes]
+
+
+def semantic_target(coco_gt: COCO, image_id: int, classes: Sequence[str]) -> np.ndarray:
+    """Class-id map uint8 [h, w] of one image: 0 background, 1..C = ``classes``, 255 = crowd (ignore).
+
+    Classes missing from the dataset's categories are simply never painted.
+    """
+    info = coco_gt.imgs[image_id]
+    h, w = int(info["height"]), int(info["width"])
+    target = np.zeros((h, w), np.uint8)
+    by_name = {cat["name"]: cid for cid, cat in coco_gt.cats.items()}
+    label = {by_name[name]: i + 1 for i, name in enumerate(classes) if name in by_name}
+    anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if a["category_id"] in label]
+    for ann in anns:
+        if ann.get("iscrowd", 0):
+            target[coco_gt.annToMask(ann).astype(bool)] = IGNORE_INDEX
+    for ann in sorted((a for a in anns if not a.get("iscrowd", 0)), key=lambda a: -float(a.get("area", 0.0))):
+        target[coco_gt.annToMask(ann).astype(bool)] = label[ann["category_id"]]
+    return target
+
+
+def _summarise(evaluator: COCOeval) -> tuple[float, float]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    ap, ap50 = float(evaluator.stats[0]), float(evaluator.stats[1])
+    # COCOeval reports -1 when no ground truth exists for the evaluated categories.
+    return max(ap, 0.0), max(ap50, 0.0)
+
+
+def _load_results(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return coco_gt.loadRes(results)
+
+
+def _keypoint_gt(coco_gt: COCO, person_id: int) -> COCO:
+    """A COCO of the person annotations with keypoints (missing ones: 0 keypoints, i.e. ignored by OKS)."""
+    anns = []
+    for ann in coco_gt.dataset.get("annotations", []):
+        if ann["category_id"] != person_id:
+            continue
+        ann = dict(ann)
+        if "keypoints" not in ann:
+            ann["keypoints"] = [0] * (3 * NUM_KEYPOINTS)
+            ann["num_keypoints"] = 0
+        anns.append(ann)
+    gt = COCO()
+    gt.dataset = {
+        "images": coco_gt.dataset.get("images", []),
+        "annotations": anns,
+        "categories": [coco_gt.cats[person_id]],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def evaluate(
+    coco_gt: COCO,
+    predictions: Mapping[int, Results],
+    detection_classes: Sequence[str] | None,
+    segmentation_classes: Sequence[str] | None,
+) -> EvalReport:
+    """Evaluate predictions (image id -> Results in original pixels) on the images they cover.
+
+    Boxes are evaluated when ``detection_classes`` is given and the Results carry detections (categories
+    restricted to those classes); keypoints when the Results carry poses and the ground truth has keypoints
+    (category person, COCO's 17 OKS sigmas); segmentation when ``segmentation_classes`` is given and the
+    Results carry a class map. No predictions at all for a task gives AP 0.0, not an error.
+    """
+    image_ids = sorted(int(i) for i in predictions)
+    unknown = [i for i in image_ids if i not in coco_gt.imgs]
+    if unknown:
+        raise KeyError(f"predictions for images not in the ground truth: {unknown[:5]}")
+    report = EvalReport(num_images=len(image_ids))
+    if not image_ids:
+        return report
+
+    with_det = [i for i in image_ids if predictions[i].detections is not None]
+    if detection_classes is not None and with_det:
+        cat_ids = category_ids(coco_gt, detection_classes)
+        dets: list[dict[str, Any]] = []
+        for image_id in with_det:
+            d = predictions[image_id].detections
+            assert d is not None
+            xywh = np.asarray(d.boxes, np.float64).reshape(-1, 4).copy()
+            xywh[:, 2:] -= xywh[:, :2]
+            for box, score, cls in zip(xywh, d.scores, d.class_ids, strict=True):
+                dets.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": cat_ids[int(cls)],
+                        "bbox": [round(float(v), 3) for v in box],
+                        "score": float(score),
+                    }
+                )
+        if dets:
+            evaluator = COCOeval(coco_gt, _load_results(coco_gt, dets), "bbox")
+            evaluator.params.imgIds = with_det
+            evaluator.params.catIds = cat_ids
+            report.bbox_AP, report.bbox_AP50 = _summarise(evaluator)
+        else:
+            report.bbox_AP, report.bbox_AP50 = 0.0, 0.0
+
+    with_pose = [i for i in image_ids if predictions[i].poses is not None]
+    has_kp_gt = any("keypoints" in a for a in coco_gt.dataset.get("annotations", []))
+    if with_pose and has_kp_gt:
+        (person_id,) = category_ids(coco_gt, ["person"])
+        kps: list[dict[str, Any]] = []
+        for image_id in with_pose:
+            p = predictions[image_id].poses
+            assert p is not None
+            for box, score, points in zip(p.boxes, p.scores, p.keypoints, strict=True):
+                points = np.asarray(points, np.float64).copy()
+                points[:, 2] = 1.0  # COCO result convention: OKS ignores it; a visible flag for viewers
+                bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
+                kps.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": person_id,
+                        "keypoints": [round(float(v), 3) for v in points.ravel()],
+                        "score": float(score),
+                        "bbox": [float(box[0]), float(box[1]), bw, bh],
+                    }
+                )
+        if kps:
+            gt = _keypoint_gt(coco_gt, person_id)
+            evaluator = COCOeval(gt, _load_results(gt, kps), "keypoints")
+            evaluator.params.imgIds = with_pose
+            evaluator.params.catIds = [person_id]
+            report.kp_AP, report.kp_AP50 = _summarise(evaluator)
+        else:
+            report.kp_AP, report.kp_AP50 = 0.0, 0.0
+
+    with_seg = [i for i in image_ids if predictions[i].segmentation is not None]
+    if segmentation_classes is not None and with_seg:
+        names = ["background", *segmentation_classes]
+        n = len(names)
+        confusion = np.zeros((n, n), np.int64)  # [ground truth, prediction]
+        for image_id in with_seg:
+            pred = np.asarray(predictions[image_id].segmentation).astype(np.int64)
+            gt_map = semantic_target(coco_gt, image_id, segmentation_classes).astype(np.int64)
+            if pred.shape != gt_map.shape:
+                raise ValueError(
+                    f"image {image_id}: segmentation {pred.shape} but the image is {gt_map.shape}"
+                )
+            valid = gt_map != IGNORE_INDEX
+            if (pred[valid] >= n).any():
+                raise ValueError(f"image {image_id}: segmentation class id out of range (>= {n})")
+            confusion += np.bincount(gt_map[valid] * n + pred[valid], minlength=n * n).reshape(n, n)
+        tp = np.diag(confusion).astype(np.float64)
+        union = confusion.sum(0) + confusion.sum(1) - tp
+        present = union > 0
+        iou = np.divide(tp, union, out=np.zeros_like(tp), where=present)
+        report.per_class_IoU = {names[c]: float(iou[c]) for c in np.flatnonzero(present)}
+        report.mIoU = float(iou[present].mean()) if present.any() else 0.0
+        if "person" in segmentation_classes:
+            report.person_IoU = report.per_class_IoU.get("person", 0.0)
+    return report

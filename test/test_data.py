@@ -1,0 +1,221 @@
+"""CocoMultitaskDataset and the transforms: contract shapes, letterbox agreement, has_pose, crowd, flip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mcn_training.data import CocoMultitaskDataset
+from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
+from mcn_training.transforms import AugmentConfig, MultitaskTransform
+from torch.utils.data import default_collate
+
+from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.labels import FLIP_PAIRS
+from mcn_ros.model.preprocess import letterbox_for, preprocess
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+ORIG = (72, 120)
+INPUT = (64, 96)
+
+
+def _config(classes: object = "coco", pose: bool = True, seg: bool = True) -> ModelConfig:
+    data: dict[str, object] = {
+        "name": "t",
+        "backbone": "resnet18",
+        "input_size": list(INPUT),
+        "use_dcn": False,
+        "detection": {"classes": classes},
+    }
+    if pose:
+        data["pose"] = {}
+    if seg:
+        data["segmentation"] = {"classes": list(SYNTHETIC_CLASSES), "output_stride": 1}
+    return ModelConfig.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return generate_dataset(tmp_path_factory.mktemp("data"), 24, seed=1, image_size=ORIG, split="val")
+
+
+def _dataset(data: dict[str, Path], config: ModelConfig, keypoints: Path | None = None, **kw: object):
+    kp = data["keypoints"] if keypoints is None else keypoints
+    return CocoMultitaskDataset(data["images"], data["instances"], kp, config, **kw)  # type: ignore[arg-type]
+
+
+def test_sample_matches_the_contract_and_collates(data: dict[str, Path]) -> None:
+    config = _config()
+    ds = _dataset(data, config, max_objects=16)
+    assert len(ds) == 24 and ds.image_ids == sorted(ds.coco.imgs)
+    item = ds[0]
+    h, w = INPUT[0] // 4, INPUT[1] // 4
+    shapes = {
+        "image": (3, *INPUT), "image_id": (), "letterbox": (4,), "orig_size": (2,), "heatmap": (80, h, w),
+        "indices": (16,), "mask": (16,), "size": (16, 2), "offset": (16, 2), "kp_offsets": (16, 34),
+        "kp_offsets_mask": (16, 34), "kp_heatmap": (17, h, w), "kp_indices": (16, 17),
+        "kp_subpixel": (16, 17, 2), "kp_mask": (16, 17), "has_pose": (), "segmentation": INPUT,
+    }  # fmt: skip
+    assert {k: tuple(v.shape) for k, v in item.items()} == shapes
+    assert item["image_id"].dtype == torch.int64 and item["indices"].dtype == torch.int64
+    assert item["segmentation"].dtype == torch.int64 and item["orig_size"].tolist() == list(ORIG)
+    lb = letterbox_for(ORIG, INPUT)
+    torch.testing.assert_close(item["letterbox"], torch.tensor([lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y]))
+    batch = default_collate([ds[0], ds[1], ds[2]])
+    assert batch["image"].shape == (3, 3, *INPUT) and batch["has_pose"].shape == (3,)
+
+
+def test_eval_image_is_the_inference_preprocessing(data: dict[str, Path]) -> None:
+    config = _config()
+    ds = _dataset(data, config)
+    image = ds.load_image(ds.image_ids[3])
+    expected, _ = preprocess([image], INPUT, config.mean, config.std, "cpu", channels_last=False)
+    assert torch.equal(ds[3]["image"], expected[0])
+
+
+def test_eval_targets_are_the_letterboxed_ground_truth(data: dict[str, Path]) -> None:
+    config = _config(classes="person", seg=False)
+    ds = _dataset(data, config)
+    lb = letterbox_for(ORIG, INPUT)
+    checked = 0
+    for index, image_id in enumerate(ds.image_ids):
+        anns = [a for a in ds.coco.imgToAnns[image_id] if a["category_id"] == 1 and not a["iscrowd"]]
+        item = ds[index]
+        assert item["heatmap"].shape[0] == 1 and int(item["mask"].sum()) == len(anns)  # persons only
+        for m, ann in enumerate(anns):
+            x, y, bw, bh = ann["bbox"]
+            centre = (
+                np.array([x + bw / 2, y + bh / 2]) * [lb.scale_x, lb.scale_y] + [lb.pad_x, lb.pad_y]
+            ) / 4
+            cell = np.floor(centre)
+            assert int(item["indices"][m]) == int(cell[1] * (INPUT[1] // 4) + cell[0])
+            np.testing.assert_allclose(item["offset"][m].numpy(), centre - cell, atol=1e-5)
+            np.testing.assert_allclose(
+                item["size"][m].numpy(), [bw * lb.scale_x / 4, bh * lb.scale_y / 4], rtol=1e-5
+            )
+            kps = np.asarray(ann["keypoints"]).reshape(17, 3)
+            assert item["kp_mask"][m].tolist() == (kps[:, 2] > 0).astype(float).tolist()
+            checked += 1
+    assert checked > 10
+
+
+def test_has_pose_from_the_keypoints_file(data: dict[str, Path], tmp_path: Path) -> None:
+    """Images absent from the keypoints file (or no file at all) are not pose-labelled."""
+    kp = json.loads(data["keypoints"].read_text())
+    with_people = sorted({a["image_id"] for a in kp["annotations"]})
+    dropped = with_people[0]
+    kp["annotations"] = [a for a in kp["annotations"] if a["image_id"] != dropped]
+    partial = tmp_path / "person_keypoints_partial.json"
+    partial.write_text(json.dumps(kp))
+    ds = _dataset(data, _config(seg=False), keypoints=partial)
+    flags = {int(ds[i]["image_id"]): float(ds[i]["has_pose"]) for i in range(len(ds))}
+    assert flags[dropped] == 0.0
+    assert all(flags[i] == 1.0 for i in with_people[1:])
+    assert all(flags[i] == 0.0 for i in flags if i not in with_people)  # no people: no keypoint labels
+    item = ds[ds.image_ids.index(dropped)]
+    assert item["kp_mask"].sum() == 0 and item["kp_heatmap"].sum() == 0 and item["mask"].sum() > 0
+    no_file = CocoMultitaskDataset(data["images"], data["instances"], None, _config(seg=False))
+    assert all(float(no_file[i]["has_pose"]) == 0.0 for i in range(4))
+
+
+def test_crowd_is_ignored_in_segmentation_and_detection(data: dict[str, Path]) -> None:
+    ds = _dataset(data, _config(classes="person", pose=False))
+    crowd_images = sorted({a["image_id"] for a in ds.coco.anns.values() if a["iscrowd"]})
+    assert crowd_images
+    image_id = crowd_images[0]
+    item = ds[ds.image_ids.index(image_id)]
+    assert (item["segmentation"] == 255).any()
+    persons = [a for a in ds.coco.imgToAnns[image_id] if a["category_id"] == 1 and not a["iscrowd"]]
+    assert int(item["mask"].sum()) == len(persons)
+
+
+def test_augmented_dataset_samples(data: dict[str, Path]) -> None:
+    torch.manual_seed(0)
+    ds = _dataset(data, _config(), augment=AugmentConfig())
+    plain = _dataset(data, _config())
+    for index in range(6):
+        item, ref = ds[index], plain[index]
+        assert {k: v.shape for k, v in item.items()} == {k: v.shape for k, v in ref.items()}
+        assert torch.isfinite(item["image"]).all()
+        assert not torch.equal(item["image"], ref["image"])
+        assert int(item["mask"].sum()) == 0 or item["heatmap"].max() == 1.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_augmentation_moves_box_mask_and_keypoints_together(seed: int) -> None:
+    """Random scale/shift/flip: the box bounds the mask and a keypoint stays on its marked pixels."""
+    torch.manual_seed(seed)
+    image = np.full((50, 70, 3), 80, np.uint8)
+    semantic = np.zeros((50, 70), np.uint8)
+    semantic[12:30, 20:41] = 1
+    semantic[14:17, 24:27] = 2  # a 3x3 patch around the left eye
+    image[semantic > 0] = 200
+    boxes = np.array([[20.0, 12.0, 41.0, 30.0]])
+    kps = np.zeros((1, 17, 3), np.float32)
+    kps[0, 1] = [25.5, 15.5, 2]
+    transform = MultitaskTransform((64, 96), (0.5,) * 3, (0.25,) * 3, AugmentConfig((0.7, 1.4), 0.25, 0.5))
+    out = transform(image, boxes, kps, semantic)
+    assert out.semantic is not None and out.keypoints is not None
+    ys, xs = torch.nonzero(out.semantic > 0, as_tuple=True)
+    if len(xs) == 0:
+        return  # shifted out of view entirely
+    x1, y1, x2, y2 = out.boxes[0].tolist()
+    # The box (clipped to the input) and the mask's pixel extent agree to a pixel.
+    assert abs(max(x1, 0) - xs.min().item()) <= 1 and abs(min(x2, 96) - (xs.max().item() + 1)) <= 1
+    assert abs(max(y1, 0) - ys.min().item()) <= 1 and abs(min(y2, 64) - (ys.max().item() + 1)) <= 1
+    eye = 2 if out.flipped else 1  # after a flip the left eye became the right eye
+    kx, ky, v = out.keypoints[0, eye].tolist()
+    assert v == 2 and out.keypoints[0, 3 - eye, 2] == 0
+    if 0 <= kx < 96 and 0 <= ky < 64:
+        assert out.semantic[int(ky), int(kx)] == 2
+
+
+def test_flip_mirrors_geometry_and_swaps_left_right() -> None:
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[10:20, 5:15] = 255
+    boxes = np.array([[5.0, 10.0, 15.0, 20.0]])
+    kps = np.zeros((1, 17, 3), np.float32)
+    for left, right in FLIP_PAIRS:
+        kps[0, left] = [6.25, 11.0 + left, 2]  # all left joints at x = 6.25, right joints at x = 13.5
+        kps[0, right] = [13.5, 11.0 + right, 1]
+    kps[0, 0] = [10.0, 12.0, 2]
+    semantic = np.zeros((40, 60), np.uint8)
+    semantic[10:20, 5:15] = 1
+    no_jitter = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
+    plain = MultitaskTransform(
+        (64, 96), (0.5,) * 3, (0.25,) * 3, AugmentConfig((1.0, 1.0), 0.0, 0.0, **no_jitter)
+    )
+    flipped = MultitaskTransform(
+        (64, 96), (0.5,) * 3, (0.25,) * 3, AugmentConfig((1.0, 1.0), 0.0, 1.0, **no_jitter)
+    )
+    a, b = plain(image, boxes, kps, semantic), flipped(image, boxes, kps, semantic)
+    assert not a.flipped and b.flipped and a.letterbox == b.letterbox
+    W = 96
+    torch.testing.assert_close(b.image, a.image.flip(-1))
+    assert torch.equal(b.semantic, a.semantic.flip(-1))
+    torch.testing.assert_close(
+        b.boxes[0], torch.stack([W - a.boxes[0, 2], a.boxes[0, 1], W - a.boxes[0, 0], a.boxes[0, 3]])
+    )
+    assert b.keypoints is not None and a.keypoints is not None
+    for left, right in FLIP_PAIRS:
+        # the new left joint is the mirror of the old right joint (continuous coordinates: x -> W - x)
+        torch.testing.assert_close(b.keypoints[0, left, 0], W - a.keypoints[0, right, 0])
+        torch.testing.assert_close(b.keypoints[0, left, 1:], a.keypoints[0, right, 1:])
+        torch.testing.assert_close(b.keypoints[0, right, 0], W - a.keypoints[0, left, 0])
+    torch.testing.assert_close(
+        b.keypoints[0, 0], torch.stack([W - a.keypoints[0, 0, 0], *a.keypoints[0, 0, 1:]])
+    )
+    # The flipped box still encloses the flipped keypoints and the flipped object.
+    _, xs = torch.nonzero(b.semantic == 1, as_tuple=True)
+    assert b.boxes[0, 0] <= xs.min() and xs.max() + 1 <= b.boxes[0, 2]
+
+
+def test_augment_config_validates() -> None:
+    with pytest.raises(ValueError, match="scale_range"):
+        AugmentConfig(scale_range=(1.5, 0.5))
+    with pytest.raises(ValueError, match="flip_prob"):
+        AugmentConfig(flip_prob=2.0)

@@ -1,0 +1,142 @@
+"""mcn_ros.evaluation: official COCO AP through pycocotools, semantic targets, mIoU, reports."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
+from pycocotools.coco import COCO
+
+from mcn_ros.evaluation import EvalReport, evaluate, semantic_target
+from mcn_ros.model.results import Detections, Poses, Results
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+DET = ("person", "car", "traffic light", "stop sign", "sports ball")
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory: pytest.TempPathFactory) -> COCO:
+    paths = generate_dataset(tmp_path_factory.mktemp("ev"), 12, seed=5, image_size=(72, 112), split="val")
+    from mcn_training.data import load_coco
+
+    gt, _ = load_coco(paths["instances"], paths["keypoints"])
+    return gt
+
+
+def _gt_results(
+    coco: COCO, box_shift: float = 0.0, kp_noise: float = 0.0, erode: int = 0
+) -> dict[int, Results]:
+    """Ground truth as predictions (optionally perturbed)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for image_id, info in coco.imgs.items():
+        anns = [a for a in coco.imgToAnns[image_id] if not a["iscrowd"]]
+        boxes = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes += box_shift
+        classes = np.array([DET.index(coco.cats[a["category_id"]]["name"]) for a in anns], np.int64)
+        scores = np.linspace(0.9, 0.5, len(anns)).astype(np.float32)
+        persons = [i for i, a in enumerate(anns) if a["category_id"] == 1]
+        kps = np.array([anns[i]["keypoints"] for i in persons], np.float32).reshape(-1, 17, 3)
+        kps[..., :2] += rng.normal(0, kp_noise, kps[..., :2].shape).astype(np.float32) if kp_noise else 0
+        seg = semantic_target(coco, image_id, SYNTHETIC_CLASSES)
+        seg[seg == 255] = 0
+        if erode:
+            seg[:, erode:] = seg[:, :-erode].copy()  # shifted class map
+        out[image_id] = Results(
+            image_size=(info["height"], info["width"]),
+            detections=Detections(boxes, scores, classes),
+            poses=Poses(boxes[persons], scores[persons], kps),
+            segmentation=seg,
+        )
+    return out
+
+
+def test_ground_truth_scores_perfectly(coco: COCO) -> None:
+    report = evaluate(coco, _gt_results(coco), DET, SYNTHETIC_CLASSES)
+    assert report.bbox_AP == pytest.approx(1.0) and report.bbox_AP50 == pytest.approx(1.0)
+    assert report.kp_AP == pytest.approx(1.0) and report.kp_AP50 == pytest.approx(1.0)
+    assert report.mIoU == pytest.approx(1.0) and report.person_IoU == pytest.approx(1.0)
+    assert report.num_images == 12
+    assert set(report.per_class_IoU) == {"background", *SYNTHETIC_CLASSES}
+
+
+def test_perturbed_predictions_score_lower(coco: COCO) -> None:
+    report = evaluate(coco, _gt_results(coco, box_shift=3.0, kp_noise=2.0, erode=2), DET, SYNTHETIC_CLASSES)
+    assert report.bbox_AP is not None and report.bbox_AP < 0.8
+    assert report.kp_AP is not None and report.kp_AP < 0.9
+    assert report.mIoU is not None and 0.3 < report.mIoU < 0.97
+
+
+def test_no_predictions_give_zero_not_a_crash(coco: COCO) -> None:
+    empty = {
+        i: Results(
+            image_size=(info["height"], info["width"]), detections=Detections.empty(), poses=Poses.empty()
+        )
+        for i, info in coco.imgs.items()
+    }
+    report = evaluate(coco, empty, DET, None)
+    assert report.bbox_AP == 0.0 and report.kp_AP == 0.0 and report.mIoU is None
+    assert evaluate(coco, {}, DET, SYNTHETIC_CLASSES).bbox_AP is None
+    with pytest.raises(KeyError, match="not in the ground truth"):
+        evaluate(coco, {999999: empty[next(iter(empty))]}, DET, None)
+
+
+def _tiny_coco() -> COCO:
+    """One 4x6 image: a 2x2 person square, a car rectangle, and a crowd region."""
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": 1, "height": 4, "width": 6, "file_name": "x.jpg"}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 4.0, "bbox": [0, 0, 2, 2],
+             "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]},
+            {"id": 2, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": 4.0, "bbox": [2, 2, 4, 1],
+             "segmentation": [[2, 2, 6, 2, 6, 3, 2, 3]]},
+            {"id": 3, "image_id": 1, "category_id": 1, "iscrowd": 1, "area": 2.0, "bbox": [4, 0, 2, 1],
+             "segmentation": {"counts": [16, 1, 3, 1, 3], "size": [4, 6]}},
+        ],
+    }  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def test_semantic_target_and_hand_computed_iou() -> None:
+    gt = _tiny_coco()
+    target = semantic_target(gt, 1, ["person", "car"])
+    expected = np.array(
+        [
+            [1, 1, 0, 0, 255, 255],
+            [1, 1, 0, 0, 0, 0],
+            [0, 0, 2, 2, 2, 2],
+            [0, 0, 0, 0, 0, 0],
+        ],
+        np.uint8,
+    )
+    np.testing.assert_array_equal(target, expected)
+    assert (
+        semantic_target(gt, 1, ["car"]) == np.where(expected == 2, 1, 0)
+    ).all()  # person crowd -> background
+    pred = expected.copy()
+    pred[pred == 255] = 2  # anything on crowd pixels is not counted
+    pred[0, 0] = 0  # one person pixel missed: person IoU 3/4, background IoU 14/15
+    report = evaluate(gt, {1: Results(image_size=(4, 6), segmentation=pred)}, None, ["person", "car"])
+    assert report.person_IoU == pytest.approx(3 / 4)
+    assert report.per_class_IoU == pytest.approx({"background": 14 / 15, "person": 3 / 4, "car": 1.0})
+    assert report.mIoU == pytest.approx((14 / 15 + 3 / 4 + 1.0) / 3)
+    assert report.bbox_AP is None and report.kp_AP is None
+
+
+def test_report_dict_and_table(tmp_path: Path) -> None:
+    report = EvalReport(bbox_AP=0.5, kp_AP=None, mIoU=0.25, per_class_IoU={"background": 0.5}, num_images=3)
+    d = report.to_dict()
+    assert d["bbox_AP"] == 0.5 and d["kp_AP"] is None and d["per_class_IoU"] == {"background": 0.5}
+    table = report.table()
+    assert "| bbox AP | 50.0 |" in table and "| mIoU | 25.0 |" in table and "keypoint AP" not in table
+    assert "| background | 50.0 |" in table

@@ -1,0 +1,182 @@
+"""COCO 2017 files -> training samples for a Multitask-CenterNet (boxes, keypoints, semantic maps).
+
+Reads the standard files from a directory the user names (nothing is downloaded): ``instances_*.json``
+(boxes and masks of all classes) and, for a pose model, ``person_keypoints_*.json`` (the same person
+annotations with 17 keypoints), merged per annotation id into one pycocotools ``COCO``. The files written by
+:mod:`mcn_training.synthetic` have the same layout.
+
+Per image and task, as the :class:`~mcn_ros.model.config.ModelConfig` says:
+
+- detection: the non-crowd boxes of the configured classes (COCO names -> category ids by name);
+- pose: keypoints of the person boxes. An image is pose-labelled (``has_pose`` = 1) when the keypoints file
+  has at least one annotation for it; otherwise (no keypoints file, or an image without people in it, the
+  paper's "66k of 118k images" case) ``has_pose`` = 0 and the pose losses skip the image;
+- segmentation: instance masks of the configured classes merged into one class map
+  (:func:`mcn_ros.evaluation.semantic_target`: polygons and RLE through pycocotools, crowd = 255 ignore).
+
+Coordinates in the json files are used as continuous pixel coordinates (pixel ``i`` covers ``[i, i+1)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from mcn_training.targets import build_targets
+from mcn_training.transforms import AugmentConfig, MultitaskTransform
+from pycocotools.coco import COCO
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mcn_ros.evaluation import semantic_target
+from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.labels import NUM_KEYPOINTS
+
+
+def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = None) -> tuple[COCO, set[int]]:
+    """Load an instances file and merge a keypoints file into it (by annotation id).
+
+    Returns the ``COCO`` and the ids of the images with at least one keypoint annotation. Person annotations
+    of the instances file missing from the keypoints file get 0 keypoints; the keypoint names and skeleton
+    are copied into the person category.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(instances_json))
+    pose_images: set[int] = set()
+    if keypoints_json is None:
+        return coco, pose_images
+    data = json.loads(Path(keypoints_json).read_text(encoding="utf-8"))
+    anns = coco.dataset.setdefault("annotations", [])
+    by_id = {ann["id"]: ann for ann in anns}
+    for kp_ann in data.get("annotations", []):
+        pose_images.add(int(kp_ann["image_id"]))
+        target = by_id.get(kp_ann["id"])
+        if target is None:  # a keypoint annotation the instances file lacks: take it whole
+            anns.append(kp_ann)
+            by_id[kp_ann["id"]] = kp_ann
+        else:
+            target["keypoints"] = kp_ann.get("keypoints", [0] * (3 * NUM_KEYPOINTS))
+            target["num_keypoints"] = int(kp_ann.get("num_keypoints", 0))
+    person_ids = set()
+    for cat in data.get("categories", []):
+        for own in coco.dataset.get("categories", []):
+            if own["id"] == cat["id"] or own["name"] == cat["name"]:
+                own.setdefault("keypoints", cat.get("keypoints"))
+                own.setdefault("skeleton", cat.get("skeleton"))
+                person_ids.add(own["id"])
+    for ann in anns:
+        if ann["category_id"] in person_ids and "keypoints" not in ann:
+            ann["keypoints"] = [0] * (3 * NUM_KEYPOINTS)
+            ann["num_keypoints"] = 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, pose_images
+
+
+class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
+    """COCO-format samples with the targets of every task the model config has.
+
+    ``ds[i]`` is a dict of fixed-size tensors (``default_collate`` batches them): ``image`` float [3, H, W]
+    normalised, ``image_id`` int64, ``letterbox`` float [4] (scale_x, scale_y, pad_x, pad_y; original ->
+    input pixels, before a training flip), ``orig_size`` int64 [2] (h, w), plus the keys of
+    :func:`mcn_training.targets.build_targets`. ``augment=None`` is evaluation (letterbox only).
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        instances_json: str | Path,
+        keypoints_json: str | Path | None,
+        model_config: ModelConfig,
+        augment: AugmentConfig | None = None,
+        max_objects: int = 128,
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.config = model_config
+        self.max_objects = int(max_objects)
+        self.coco, self.pose_images = load_coco(instances_json, keypoints_json)
+        self.has_keypoints_file = keypoints_json is not None
+        self.image_ids: list[int] = sorted(int(i) for i in self.coco.imgs)
+        by_name = {cat["name"]: int(cid) for cid, cat in self.coco.cats.items()}
+        self.det_label: dict[int, int] = {}
+        if model_config.detection is not None:
+            self.det_label = {
+                by_name[name]: i for i, name in enumerate(model_config.detection.classes) if name in by_name
+            }
+        self.person_id = by_name.get("person")
+        seg_stride = 1 if model_config.segmentation is None else model_config.segmentation.output_stride
+        self.transform = MultitaskTransform(
+            model_config.input_size, model_config.mean, model_config.std, augment, seg_stride
+        )
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        """The image as HxWx3 uint8 RGB."""
+        path = self.image_dir / self.coco.imgs[image_id]["file_name"]
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"cannot read image {path} (image id {image_id})")
+        return np.ascontiguousarray(image[:, :, ::-1])
+
+    def annotations(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Non-crowd boxes [N, 4] (xyxy) of the detection classes, their class indices [N], and keypoints
+        [N, 17, 3] (zeros for non-persons) if the image is pose-labelled and the model has pose, else None."""
+        anns = [
+            a
+            for a in self.coco.imgToAnns.get(image_id, [])
+            if not a.get("iscrowd", 0) and a["category_id"] in self.det_label and a["bbox"][2] > 0
+        ]
+        anns = [a for a in anns if a["bbox"][3] > 0]
+        boxes = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        classes = np.array([self.det_label[a["category_id"]] for a in anns], np.int64)
+        keypoints = None
+        if self.config.pose is not None and image_id in self.pose_images:
+            keypoints = np.zeros((len(anns), NUM_KEYPOINTS, 3), np.float32)
+            for i, ann in enumerate(anns):
+                if ann["category_id"] == self.person_id and "keypoints" in ann:
+                    keypoints[i] = np.asarray(ann["keypoints"], np.float32).reshape(NUM_KEYPOINTS, 3)
+        return boxes, classes, keypoints
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        image_id = self.image_ids[index]
+        image = self.load_image(image_id)
+        boxes, classes, keypoints = self.annotations(image_id)
+        semantic = None
+        if self.config.segmentation is not None:
+            semantic = semantic_target(self.coco, image_id, self.config.segmentation.classes)
+        sample = self.transform(image, boxes, keypoints, semantic)
+        targets = build_targets(
+            sample.boxes,
+            classes,
+            sample.keypoints,
+            sample.semantic,
+            self.config.input_size,
+            self.config,
+            self.max_objects,
+        )
+        lb = sample.letterbox
+        item: dict[str, Tensor] = {
+            "image": sample.image,
+            "image_id": torch.tensor(image_id, dtype=torch.int64),
+            "letterbox": torch.tensor([lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y], dtype=torch.float32),
+            "orig_size": torch.tensor(image.shape[:2], dtype=torch.int64),
+        }
+        item.update(targets)
+        return item
+
+    def describe(self) -> dict[str, Any]:
+        """Counts for logs: images, pose-labelled images, annotations."""
+        return {
+            "images": len(self.image_ids),
+            "pose_images": len(self.pose_images & set(self.image_ids)),
+            "annotations": len(self.coco.anns),
+        }
