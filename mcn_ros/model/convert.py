@@ -1,0 +1,221 @@
+"""Import a trusted plain PyTorch state dict (e.g. a CenterNet checkpoint) as an mcn_ros weights file.
+
+This is the only module that calls ``torch.load`` (with ``weights_only=True``: tensors and plain
+containers only, no arbitrary unpickling). Usage::
+
+    python -m mcn_ros.model.convert --config config/models/dla34_det80_512.yaml \\
+        --checkpoint ctdet_coco_dla_2x.pth --output weights/dla34_det80_512.safetensors
+
+Source keys are renamed by ordered regular-expression rules (first match wins): the rules of
+``--mapping`` (a YAML file ``{rules: [[pattern, replacement], ...], ignore: [pattern, ...]}``) first,
+then :data:`DEFAULT_RULES`, which cover CenterNet's heads (hm, wh, reg, hps, hm_hp, hp_offset), its DLA-34
+model (base, dla_up, ida_up) and its ResNet models (conv1, bn1, layer1-4, deconv_layers). Keys already
+named as ours are kept. Every source tensor must land on a model tensor of the same shape and every model
+tensor must be provided (BatchNorm's ``num_batches_tracked`` excepted); otherwise the conversion stops with
+a message naming the first offending key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from mcn_ros.model.config import ConfigError, ModelConfig
+from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.weights import WeightsError, load_weights, save_weights
+
+#: (pattern, replacement) rules from CenterNet's parameter names to ours, tried in order.
+DEFAULT_RULES: tuple[tuple[str, str], ...] = (
+    (r"^hm\.", "heads.detection.heatmap."),
+    (r"^wh\.", "heads.detection.size."),
+    (r"^reg\.", "heads.detection.offset."),
+    (r"^hps\.", "heads.pose.kp_offsets."),
+    (r"^hm_hp\.", "heads.pose.kp_heatmap."),
+    (r"^hp_offset\.", "heads.pose.kp_subpixel."),
+    (r"^base\.", "backbone.body."),  # CenterNet DLA-34 (same names as timm's dla34)
+    (r"^dla_up\.", "neck.dla_up."),
+    (r"^ida_up\.", "neck.ida_up."),
+    (r"^deconv_layers\.", "neck.deconv_layers."),  # CenterNet ResNet(-DCN) up-path
+    (r"^(conv1|bn1|layer[1-4])\.", r"backbone.body.\1."),  # torchvision/timm ResNet names
+)
+#: Source keys dropped without complaint: classifiers that a detection model does not use.
+DEFAULT_IGNORE: tuple[str, ...] = (r"^base\.fc\.", r"^fc\.")
+
+
+class ConversionError(ValueError):
+    """The checkpoint cannot be converted; the message names the first offending key."""
+
+
+def load_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a plain state dict with ``torch.load(weights_only=True)`` (a ``state_dict``/``model`` entry is
+    unwrapped, a ``module.`` prefix stripped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        raise ConversionError(
+            f"{path}: not a plain PyTorch state dict that loads with weights_only=True ({exc})"
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+            break
+    if not isinstance(data, Mapping):
+        raise ConversionError(
+            f"{path}: expected a mapping of parameter names to tensors, got {type(data).__name__}"
+        )
+    state: dict[str, Tensor] = {}
+    for key, value in data.items():
+        if not isinstance(value, Tensor):
+            raise ConversionError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        state[str(key).removeprefix("module.")] = value
+    return state
+
+
+def map_keys(
+    state: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    rules: Sequence[tuple[str, str]] = DEFAULT_RULES,
+    ignore: Sequence[str] = DEFAULT_IGNORE,
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Rename ``state`` onto the keys of ``targets`` (the model's state dict); returns (mapped, ignored keys).
+
+    Raises :class:`ConversionError` for a key no rule maps onto the model, two keys mapped to one, a shape
+    mismatch, or a model tensor left without a value.
+    """
+    compiled = [(re.compile(p), r) for p, r in rules]
+    skip = [re.compile(p) for p in ignore]
+    mapped: dict[str, Tensor] = {}
+    source_of: dict[str, str] = {}
+    ignored: list[str] = []
+    for key, value in state.items():
+        if any(p.search(key) for p in skip):
+            ignored.append(key)
+            continue
+        target = key
+        if key not in targets:
+            for pattern, replacement in compiled:
+                if pattern.search(key):
+                    target = pattern.sub(replacement, key, count=1)
+                    break
+        if target not in targets:
+            hint = f" (renamed to {target!r})" if target != key else " (no rule matches it)"
+            raise ConversionError(
+                f"checkpoint tensor {key!r}{hint} has no counterpart in the model; add a rule or an ignore "
+                "pattern with --mapping"
+            )
+        if target in mapped:
+            raise ConversionError(
+                f"checkpoint tensors {source_of[target]!r} and {key!r} both map to {target!r}"
+            )
+        if tuple(value.shape) != tuple(targets[target].shape):
+            raise ConversionError(
+                f"checkpoint tensor {key!r} has shape {tuple(value.shape)} but model tensor {target!r} needs "
+                f"{tuple(targets[target].shape)} (do the config's classes and heads match the checkpoint?)"
+            )
+        mapped[target] = value.to(targets[target].dtype)
+        source_of[target] = key
+    missing = [k for k in targets if k not in mapped and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ConversionError(
+            f"model tensor {missing[0]!r} (and {len(missing) - 1} more) is not provided by the checkpoint"
+        )
+    return mapped, ignored
+
+
+def _read_mapping(path: str | Path | None) -> tuple[list[tuple[str, str]], list[str]]:
+    if path is None:
+        return [], []
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConversionError(f"{path}: cannot read the key mapping ({exc})") from exc
+    if not isinstance(data, Mapping):
+        raise ConversionError(f"{path}: expected a mapping with 'rules' and/or 'ignore'")
+    rules = data.get("rules") or []
+    if not all(isinstance(r, (list, tuple)) and len(r) == 2 for r in rules):
+        raise ConversionError(f"{path}: 'rules' must be a list of [pattern, replacement] pairs")
+    return [(str(p), str(r)) for p, r in rules], [str(p) for p in data.get("ignore") or []]
+
+
+def convert(
+    checkpoint: str | Path,
+    config: ModelConfig,
+    output: str | Path,
+    mapping: str | Path | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Convert ``checkpoint`` for ``config`` into the weights file ``output``; returns a summary."""
+    state = load_state_dict(checkpoint)
+    extra_rules, extra_ignore = _read_mapping(mapping)
+    model = MultitaskCenterNet(config)
+    targets = model.state_dict()
+    mapped, ignored = map_keys(
+        state, targets, [*extra_rules, *DEFAULT_RULES], [*extra_ignore, *DEFAULT_IGNORE]
+    )
+    model.load_state_dict({**targets, **mapped}, strict=True)
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    info = {
+        "converted_from": Path(checkpoint).name,
+        "source_sha256": digest,
+        "mapping": None if mapping is None else str(mapping),
+        **(provenance or {}),
+    }
+    save_weights(output, model, config, info)
+    load_weights(output)  # read it back once: the file is usable
+    return {"output": str(output), "tensors": len(mapped), "ignored": ignored, "source_sha256": digest}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mcn_ros.model.convert",
+        description="Import a trusted plain PyTorch state dict (e.g. CenterNet) as mcn_ros weights.",
+    )
+    parser.add_argument("--config", required=True, help="model config YAML (config/models/*.yaml)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="source .pth/.pt state dict (loaded weights_only)"
+    )
+    parser.add_argument("--output", required=True, help="destination .safetensors file")
+    parser.add_argument(
+        "--mapping", help="YAML with extra 'rules' ([pattern, replacement]) and 'ignore' patterns"
+    )
+    parser.add_argument("--dataset", help="provenance note: what the checkpoint was trained on")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 conversion error)."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        config = ModelConfig.from_yaml(args.config)
+        summary = convert(
+            args.checkpoint,
+            config,
+            args.output,
+            args.mapping,
+            {"dataset": args.dataset} if args.dataset else None,
+        )
+    except (ConversionError, ConfigError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {summary['output']}: {summary['tensors']} tensors, "
+        f"{len(summary['ignored'])} ignored ({', '.join(summary['ignored'][:5]) or 'none'})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

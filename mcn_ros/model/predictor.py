@@ -1,0 +1,193 @@
+"""Predictor: the single inference entry point (images in, :class:`Results` out, original pixels)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import overload
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.decode import DecodeOptions, decode_batch
+from mcn_ros.model.labels import flip_permutation
+from mcn_ros.model.mcn import resolve_tasks
+from mcn_ros.model.preprocess import preprocess
+from mcn_ros.model.results import Results
+from mcn_ros.model.weights import load_weights, resolve_device
+
+HALF_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_EPS = 1e-4
+
+
+def _half_dtype(half: bool | str) -> torch.dtype | None:
+    if half is False or half in ("", "none", "fp32"):
+        return None
+    if half is True:
+        return torch.float16
+    if isinstance(half, str) and half in HALF_DTYPES:
+        return HALF_DTYPES[half]
+    raise ValueError(f"half must be a bool, 'fp16', 'bf16' or 'fp32', got {half!r}")
+
+
+def _logit(p: Tensor) -> Tensor:
+    return torch.logit(p.clamp(_EPS, 1 - _EPS))
+
+
+def merge_flipped(outputs: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
+    """Merge outputs of ``[images; flipped images]`` (2B) into B outputs of the original images.
+
+    Heatmaps are averaged as probabilities (keypoint channels swapped left/right), sizes averaged,
+    keypoint offsets averaged after mirroring (x -> 1 - x relative to the mirrored cell, joints swapped),
+    segmentation logits averaged; the sub-pixel offsets of the unflipped image are kept (as CenterNet).
+    """
+    perm = flip_permutation()
+    merged: dict[str, Tensor] = {}
+    for key, value in outputs.items():
+        direct, mirrored = value[:batch].float(), value[batch:].float().flip(-1)
+        if key == "heatmap":
+            merged[key] = _logit((direct.sigmoid() + mirrored.sigmoid()) / 2)
+        elif key == "kp_heatmap":
+            merged[key] = _logit((direct.sigmoid() + mirrored[:, perm].sigmoid()) / 2)
+        elif key in ("size", "segmentation"):
+            merged[key] = (direct + mirrored) / 2
+        elif key == "kp_offsets":
+            # Continuous x mirrors as W - x, so an offset d from a cell becomes 1 - d from the mirrored cell.
+            pairs = mirrored.unflatten(1, (-1, 2))[:, perm]
+            pairs = torch.stack((1 - pairs[:, :, 0], pairs[:, :, 1]), dim=2)
+            merged[key] = (direct + pairs.flatten(1, 2)) / 2
+        else:  # offset, kp_subpixel
+            merged[key] = direct
+    return merged
+
+
+class Predictor:
+    """Runs a :class:`MultitaskCenterNet` on numpy images: letterbox, forward, decode, map back.
+
+    ``half``: False (fp32), True or "fp16" (float16 autocast), "bf16" (bfloat16 autocast); CUDA only, ignored
+    with a warning on CPU. ``channels_last`` uses the NHWC memory format (faster convs on GPUs and CPUs).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ModelConfig,
+        device: str | torch.device = "cpu",
+        half: bool | str = False,
+        channels_last: bool = True,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(device)
+        dtype = _half_dtype(half)
+        if dtype is not None and self.device.type != "cuda":
+            warnings.warn("half precision is only used on CUDA; running in float32", stacklevel=2)
+            dtype = None
+        self.autocast_dtype = dtype
+        self.channels_last = channels_last
+        model = model.to(self.device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+
+    @classmethod
+    def from_weights(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        half: bool | str = False,
+        channels_last: bool = True,
+    ) -> Predictor:
+        """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present."""
+        model, config, _ = load_weights(path, device=resolve_device(device))
+        return cls(model, config, device=device, half=half, channels_last=channels_last)
+
+    @property
+    def tasks(self) -> frozenset[str]:
+        """The tasks this model can run."""
+        return self.config.tasks
+
+    def forward(self, batch: Tensor, tasks: Collection[str], flip_test: bool = False) -> dict[str, Tensor]:
+        """Raw outputs (float32) for a preprocessed batch, optionally merged with the flipped batch."""
+        if flip_test:
+            batch = torch.cat((batch, batch.flip(-1)), dim=0)
+        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if self.autocast_dtype is not None:
+            autocast = torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        with torch.inference_mode(), autocast:
+            outputs = self.model(batch, tasks)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        if flip_test:
+            outputs = merge_flipped(outputs, batch.shape[0] // 2)
+        return outputs
+
+    @overload
+    def predict(
+        self,
+        images: np.ndarray,
+        tasks: Collection[str] | None = ...,
+        color_order: str = ...,
+        score_threshold: float = ...,
+        pose_score_threshold: float = ...,
+        keypoint_threshold: float | None = ...,
+        max_detections: int = ...,
+        flip_test: bool = ...,
+    ) -> Results | list[Results]: ...
+
+    @overload
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        tasks: Collection[str] | None = ...,
+        color_order: str = ...,
+        score_threshold: float = ...,
+        pose_score_threshold: float = ...,
+        keypoint_threshold: float | None = ...,
+        max_detections: int = ...,
+        flip_test: bool = ...,
+    ) -> list[Results]: ...
+
+    def predict(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        tasks: Collection[str] | None = None,
+        color_order: str = "rgb",
+        score_threshold: float = 0.3,
+        pose_score_threshold: float = 0.3,
+        keypoint_threshold: float | None = None,
+        max_detections: int = 100,
+        flip_test: bool = False,
+    ) -> Results | list[Results]:
+        """Detect / estimate poses / segment ``images`` (HxWx3 uint8, any sizes, ``color_order`` rgb or bgr).
+
+        A single HxWx3 array gives one :class:`Results`; a sequence (or a BxHxWx3 array) gives a list.
+        ``tasks`` (None = all configured) selects the heads that run. ``keypoint_threshold`` overrides the
+        config's ``kp_snap_score`` (minimum keypoint-heatmap peak score used for snapping); every keypoint
+        keeps its slot with its score, so consumers compare scores to their own threshold.
+        """
+        single = isinstance(images, np.ndarray) and images.ndim == 3
+        batch_images: list[np.ndarray] = [images] if single else list(images)  # type: ignore[list-item]
+        asked = resolve_tasks(self.config, tasks)
+        options = DecodeOptions.from_config(
+            self.config.decode,
+            score_threshold=score_threshold,
+            pose_score_threshold=pose_score_threshold,
+            max_detections=max_detections,
+            kp_snap_score=keypoint_threshold,
+        )
+        batch, letterboxes = preprocess(
+            batch_images,
+            self.config.input_size,
+            self.config.mean,
+            self.config.std,
+            device=self.device,
+            color_order=color_order,
+            channels_last=self.channels_last,
+        )
+        outputs = self.forward(batch, asked, flip_test=flip_test)
+        sizes = [(int(im.shape[0]), int(im.shape[1])) for im in batch_images]
+        results = decode_batch(outputs, letterboxes, sizes, self.config, asked, options)
+        return results[0] if single else results

@@ -1,0 +1,195 @@
+"""Letterbox preprocessing (forward and inverse) done with torch on the inference device.
+
+An image of size (h, w) is scaled by ``s = min(H_in / h, W_in / w)`` to ``(round(h s), round(w s))``
+(bilinear, no antialiasing, like OpenCV's INTER_LINEAR), placed centred in the (H_in, W_in) network input
+with padding ``floor((W_in - new_w) / 2)`` (likewise y) and padding value 0 after normalisation (the mean
+colour). Points map as ``p_in = p_orig * scale + pad`` and back as ``p_orig = (p_in - pad) / scale``, with
+continuous pixel coordinates (pixel i covers [i, i + 1)).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+COLOR_ORDERS = ("rgb", "bgr")
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Per-image mapping original pixels -> network input pixels: ``p_in = p_orig * scale + pad``."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+
+    def to_input(self, points: np.ndarray) -> np.ndarray:
+        """Map [..., 2] (x, y) points from original to network-input coordinates."""
+        points = np.asarray(points, dtype=np.float64)
+        return points * (self.scale_x, self.scale_y) + (self.pad_x, self.pad_y)
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        """Map [..., 2] (x, y) points from network-input back to original coordinates."""
+        points = np.asarray(points, dtype=np.float64)
+        return (points - (self.pad_x, self.pad_y)) / (self.scale_x, self.scale_y)
+
+    def as_array(self) -> np.ndarray:
+        """float32 [4] (scale_x, scale_y, pad_x, pad_y), the layout datasets store."""
+        return np.array([self.scale_x, self.scale_y, self.pad_x, self.pad_y], dtype=np.float32)
+
+    @classmethod
+    def from_array(cls, values: Sequence[float] | np.ndarray | Tensor) -> Letterbox:
+        """Inverse of :meth:`as_array` (also accepts a tensor)."""
+        if isinstance(values, Tensor):
+            values = values.detach().cpu().tolist()
+        sx, sy, px, py = (float(v) for v in values)
+        return cls(sx, sy, px, py)
+
+
+def resized_size(orig_hw: Sequence[int], input_hw: Sequence[int]) -> tuple[int, int]:
+    """(new_h, new_w) of an (h, w) image letterboxed into ``input_hw``."""
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image size must be positive, got {(h, w)}")
+    s = min(input_hw[0] / h, input_hw[1] / w)
+    new_h = min(int(input_hw[0]), max(1, round(h * s)))
+    new_w = min(int(input_hw[1]), max(1, round(w * s)))
+    return new_h, new_w
+
+
+def letterbox_for(orig_hw: Sequence[int], input_hw: Sequence[int]) -> Letterbox:
+    """The :class:`Letterbox` of an ``orig_hw`` = (h, w) image in an ``input_hw`` = (H, W) input."""
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    new_h, new_w = resized_size(orig_hw, input_hw)
+    return Letterbox(
+        scale_x=new_w / w,
+        scale_y=new_h / h,
+        pad_x=float(math.floor((input_hw[1] - new_w) / 2)),
+        pad_y=float(math.floor((input_hw[0] - new_h) / 2)),
+    )
+
+
+def letterbox_tensor(
+    image: Tensor, input_hw: Sequence[int], out: Tensor | None = None
+) -> tuple[Tensor, Letterbox]:
+    """Letterbox one normalised float image [3, h, w] into [3, H, W] (padding 0); returns it and the mapping.
+
+    If ``out`` [3, H, W] is given, it is filled in place (it must already hold the padding value 0).
+    """
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    box = letterbox_for((h, w), input_hw)
+    new_h, new_w = resized_size((h, w), input_hw)
+    if (new_h, new_w) != (h, w):
+        image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+    if out is None:
+        out = image.new_zeros((image.shape[0], int(input_hw[0]), int(input_hw[1])))
+    x0, y0 = int(box.pad_x), int(box.pad_y)
+    out[:, y0 : y0 + new_h, x0 : x0 + new_w] = image
+    return out, box
+
+
+def _check_image(image: np.ndarray, index: int) -> None:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image {index}: expected a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image {index}: expected an HxWx3 uint8 array, got {image.dtype} {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image {index}: empty image {image.shape}")
+
+
+def image_to_tensor(image: np.ndarray, device: torch.device | str, color_order: str = "rgb") -> Tensor:
+    """HxWx3 uint8 array -> float [3, h, w] RGB in [0, 255] on ``device`` (only uint8 is transferred)."""
+    if any(stride < 0 for stride in image.strides):  # e.g. image[..., ::-1]: torch needs positive strides
+        image = np.ascontiguousarray(image)
+    if image.flags.writeable:
+        data = torch.from_numpy(image)
+    else:
+        with warnings.catch_warnings():
+            # Read-only arrays (zero-copy views of ROS messages) are fine: the tensor is never written to.
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.from_numpy(image)
+    data = data.to(device, non_blocking=True).permute(2, 0, 1)
+    if color_order == "bgr":
+        data = data.flip(0)
+    return data.float()
+
+
+def preprocess(
+    images: Sequence[np.ndarray],
+    input_hw: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+    color_order: str = "rgb",
+    channels_last: bool = True,
+) -> tuple[Tensor, list[Letterbox]]:
+    """Letterbox and normalise a batch of HxWx3 uint8 images (sizes may differ) on ``device``.
+
+    Returns the float32 batch [B, 3, H, W] (channels_last memory format if asked) and one
+    :class:`Letterbox` per image. ``mean``/``std`` are RGB statistics of images scaled to [0, 1].
+    """
+    if color_order not in COLOR_ORDERS:
+        raise ValueError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
+    if len(images) == 0:
+        raise ValueError("no images given")
+    device = torch.device(device)
+    height, width = int(input_hw[0]), int(input_hw[1])
+    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32, device=device)).view(3, 1, 1)
+    shift = (torch.tensor(mean, dtype=torch.float32, device=device) * 255.0).view(3, 1, 1)
+    batch = torch.zeros((len(images), 3, height, width), dtype=torch.float32, device=device)
+    letterboxes = []
+    for i, image in enumerate(images):
+        _check_image(image, i)
+        pixels = image_to_tensor(image, device, color_order)
+        new_h, new_w = resized_size(image.shape[:2], (height, width))
+        if (new_h, new_w) != tuple(image.shape[:2]):
+            pixels = F.interpolate(pixels[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+        box = letterbox_for(image.shape[:2], (height, width))
+        x0, y0 = int(box.pad_x), int(box.pad_y)
+        batch[i, :, y0 : y0 + new_h, x0 : x0 + new_w] = (pixels - shift) * scale
+        letterboxes.append(box)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch, letterboxes
+
+
+def letterboxes_to_tensor(letterboxes: Sequence[Letterbox], device: torch.device | str) -> Tensor:
+    """float32 [B, 4] (scale_x, scale_y, pad_x, pad_y)."""
+    values = [[b.scale_x, b.scale_y, b.pad_x, b.pad_y] for b in letterboxes]
+    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 4)
+
+
+def points_to_original(points: Tensor, letterboxes: Tensor) -> Tensor:
+    """Map network-input points [B, ..., 2k] (x, y interleaved) to original pixels; ``letterboxes`` [B, 4]."""
+    shape = (points.shape[0],) + (1,) * (points.ndim - 2) + (2,)
+    scale = letterboxes[:, 0:2].reshape(shape)
+    pad = letterboxes[:, 2:4].reshape(shape)
+    pairs = points.unflatten(-1, (-1, 2))
+    return ((pairs - pad.unsqueeze(-2)) / scale.unsqueeze(-2)).flatten(-2)
+
+
+def segmentation_to_original(
+    class_map: Tensor, letterbox: Letterbox, orig_hw: Sequence[int], map_stride: int
+) -> Tensor:
+    """Resample a class-id map [h_m, w_m] at ``map_stride`` of the input back to the original [h, w].
+
+    Nearest sampling: original pixel u -> map index ``floor(((u + 0.5) * scale + pad) / map_stride)``,
+    clamped to the map; one gather per axis.
+    """
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    device = class_map.device
+    ys = torch.arange(h, device=device, dtype=torch.float64)
+    xs = torch.arange(w, device=device, dtype=torch.float64)
+    rows = torch.floor(((ys + 0.5) * letterbox.scale_y + letterbox.pad_y) / map_stride).long()
+    cols = torch.floor(((xs + 0.5) * letterbox.scale_x + letterbox.pad_x) / map_stride).long()
+    rows = rows.clamp_(0, class_map.shape[0] - 1)
+    cols = cols.clamp_(0, class_map.shape[1] - 1)
+    return class_map.index_select(0, rows).index_select(1, cols)

@@ -1,0 +1,219 @@
+"""Decoding of hand-built head outputs with exactly known answers (original-image coordinates)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
+from mcn_ros.model.decode import DecodeOptions, decode_batch, local_peaks, topk_peaks
+from mcn_ros.model.preprocess import letterbox_for
+
+INPUT = (128, 128)  # output maps 32 x 32
+H = W = 32
+BACKGROUND = -10.0
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def config(segmentation_stride: int = 4) -> ModelConfig:
+    return ModelConfig(
+        name="t",
+        backbone="resnet18",
+        input_size=INPUT,
+        detection=DetectionConfig(),
+        pose=PoseConfig(),
+        segmentation=SegmentationConfig(output_stride=segmentation_stride),
+    )
+
+
+def blank_outputs(batch: int = 1) -> dict[str, torch.Tensor]:
+    return {
+        "heatmap": torch.full((batch, 80, H, W), BACKGROUND),
+        "size": torch.zeros(batch, 2, H, W),
+        "offset": torch.zeros(batch, 2, H, W),
+        "kp_offsets": torch.zeros(batch, 34, H, W),
+        "kp_heatmap": torch.full((batch, 17, H, W), BACKGROUND),
+        "kp_subpixel": torch.zeros(batch, 2, H, W),
+        "segmentation": torch.zeros(batch, 81, H, W),
+    }
+
+
+def put_object(
+    out: dict[str, torch.Tensor],
+    b: int,
+    cls: int,
+    x: int,
+    y: int,
+    score: float,
+    off: tuple[float, float],
+    size: tuple[float, float],
+) -> None:
+    out["heatmap"][b, cls, y, x] = logit(score)
+    out["offset"][b, :, y, x] = torch.tensor(off)
+    out["size"][b, :, y, x] = torch.tensor(size)
+
+
+def original(xy_out: tuple[float, float], hw: tuple[int, int]) -> tuple[float, float]:
+    """Output-map point -> original pixels, computed independently of the decoder."""
+    h, w = hw
+    s = min(INPUT[0] / h, INPUT[1] / w)
+    new_h, new_w = round(h * s), round(w * s)
+    pad_x, pad_y = (INPUT[1] - new_w) // 2, (INPUT[0] - new_h) // 2
+    return (xy_out[0] * 4 - pad_x) / (new_w / w), (xy_out[1] * 4 - pad_y) / (new_h / h)
+
+
+def test_letterbox_of_the_test_image() -> None:
+    box = letterbox_for((100, 200), INPUT)
+    assert (box.scale_x, box.scale_y, box.pad_x, box.pad_y) == (0.64, 0.64, 0.0, 32.0)
+
+
+def test_detection_box_in_original_coordinates() -> None:
+    out = blank_outputs(2)
+    sizes = [(100, 200), (150, 60)]  # landscape and portrait, both rescaled and padded
+    for b in range(2):
+        put_object(out, b, cls=2, x=10, y=12, score=0.9, off=(0.25, 0.5), size=(8.0, 4.0))
+        out["heatmap"][b, 2, 12, 11] = logit(0.5)  # neighbour of the peak: suppressed by the 3x3 max-pool
+        put_object(out, b, cls=0, x=20, y=20, score=0.2, off=(0.0, 0.0), size=(2.0, 2.0))  # below threshold
+    boxes = [letterbox_for(s, INPUT) for s in sizes]
+    results = decode_batch(out, boxes, sizes, config(), ["detection"], DecodeOptions())
+    for result, hw in zip(results, sizes, strict=True):
+        assert result.poses is None and result.segmentation is None and result.image_size == hw
+        det = result.detections
+        assert det is not None and len(det) == 1
+        # centre (10.25, 12.5), size (8, 4) -> box (6.25, 10.5, 14.25, 14.5) in output-map pixels
+        x1, y1 = original((6.25, 10.5), hw)
+        x2, y2 = original((14.25, 14.5), hw)
+        expected = np.clip([x1, y1, x2, y2], 0, [hw[1], hw[0], hw[1], hw[0]])  # clipped to the image
+        np.testing.assert_allclose(det.boxes[0], expected, rtol=1e-5, atol=1e-4)
+        assert det.class_ids.tolist() == [2] and det.class_ids.dtype == np.int64
+        np.testing.assert_allclose(det.scores, [0.9], rtol=1e-5)
+    first = results[0].detections
+    assert first is not None
+    np.testing.assert_allclose(first.boxes[0], np.array([39.0625, 15.625, 89.0625, 40.625]), rtol=1e-5)
+
+    low = decode_batch(out, boxes, sizes, config(), ["detection"], DecodeOptions(score_threshold=0.1))
+    assert low[0].detections is not None
+    assert low[0].detections.class_ids.tolist() == [2, 0]
+    capped = decode_batch(out, boxes, sizes, config(), ["detection"], DecodeOptions(0.1, max_detections=1))
+    assert capped[0].detections is not None and len(capped[0].detections) == 1
+
+
+def test_boxes_are_clipped_to_the_image() -> None:
+    out = blank_outputs()
+    put_object(out, 0, cls=5, x=1, y=9, score=0.8, off=(0.5, 0.5), size=(6.0, 2.0))
+    det = decode_batch(
+        out, [letterbox_for((100, 200), INPUT)], [(100, 200)], config(), ["detection"], DecodeOptions()
+    )
+    assert det[0].detections is not None
+    x1, _, x2, _ = det[0].detections.boxes[0]
+    assert x1 == 0.0 and x2 == pytest.approx(original((4.5, 0), (100, 200))[0])
+
+
+def _pose_outputs() -> dict[str, torch.Tensor]:
+    out = blank_outputs()
+    # Person centre cell (16, 16), centre (16.5, 16.5), box (12.5, 10.5, 20.5, 22.5): longer side 12,
+    # snap radius 0.3 * 12 = 3.6.
+    put_object(out, 0, cls=0, x=16, y=16, score=0.8, off=(0.5, 0.5), size=(8.0, 12.0))
+    regressed = {0: (-1.0, -4.0), 1: (2.0, 2.0), 2: (3.0, 0.0), 3: (0.0, 0.0)}  # from the centre cell
+    for j, (dx, dy) in regressed.items():
+        out["kp_offsets"][0, 2 * j, 16, 16] = dx
+        out["kp_offsets"][0, 2 * j + 1, 16, 16] = dy
+    # joint 0: regressed (15, 12); peak (15, 13) + subpixel (0.5, 0.25) = (15.5, 13.25), 1.35 away: snapped.
+    out["kp_heatmap"][0, 0, 13, 15] = logit(0.7)
+    out["kp_subpixel"][0, :, 13, 15] = torch.tensor([0.5, 0.25])
+    # joint 1: regressed (18, 18); strong peak (22.x, 18) is outside the box: not snapped.
+    out["kp_heatmap"][0, 1, 18, 22] = logit(0.9)
+    out["kp_heatmap"][0, 1, 18, 18] = logit(0.05)  # the heatmap at the regressed cell gives the score
+    # joint 2: regressed (19, 16); peak (19, 20) inside the box but 4 > 3.6 away: not snapped.
+    out["kp_heatmap"][0, 2, 20, 19] = logit(0.95)
+    # joint 3: regressed (16, 16); nearby peak scores 0.08 < kp_snap_score 0.1: not snapped.
+    out["kp_heatmap"][0, 3, 15, 16] = logit(0.08)
+    return out
+
+
+def test_pose_keypoint_snapping() -> None:
+    hw = (100, 200)
+    out = _pose_outputs()
+    results = decode_batch(out, [letterbox_for(hw, INPUT)], [hw], config(), ["pose"], DecodeOptions())
+    result = results[0]
+    assert result.detections is None and result.segmentation is None
+    poses = result.poses
+    assert poses is not None and len(poses) == 1 and poses.keypoints.shape == (1, 17, 3)
+    np.testing.assert_allclose(poses.scores, [0.8], rtol=1e-5)
+    np.testing.assert_allclose(
+        poses.boxes[0], [*original((12.5, 10.5), hw), *original((20.5, 22.5), hw)], rtol=1e-5
+    )
+    kps = poses.keypoints[0]
+    background = 1 / (1 + math.exp(-BACKGROUND))
+    expected = {
+        0: (*original((15.5, 13.25), hw), 0.7),
+        1: (*original((18.0, 18.0), hw), 0.05),
+        2: (*original((19.0, 16.0), hw), background),
+        3: (*original((16.0, 16.0), hw), background),
+        4: (*original((16.0, 16.0), hw), background),
+    }
+    for j, (x, y, score) in expected.items():
+        np.testing.assert_allclose(kps[j], [x, y, score], rtol=1e-4, atol=1e-6, err_msg=f"joint {j}")
+    # Widening the snap radius lets joint 2 snap; lowering the snap score lets joint 3 snap.
+    wide = decode_batch(
+        out, [letterbox_for(hw, INPUT)], [hw], config(), ["pose"], DecodeOptions(kp_snap_distance=0.4)
+    )
+    assert wide[0].poses is not None
+    np.testing.assert_allclose(wide[0].poses.keypoints[0, 2], [*original((19.0, 20.0), hw), 0.95], rtol=1e-4)
+    low = decode_batch(
+        out, [letterbox_for(hw, INPUT)], [hw], config(), ["pose"], DecodeOptions(kp_snap_score=0.05)
+    )
+    assert low[0].poses is not None
+    np.testing.assert_allclose(low[0].poses.keypoints[0, 3], [*original((16.0, 15.0), hw), 0.08], rtol=1e-4)
+
+
+def test_pose_threshold_and_detections_together() -> None:
+    hw = (100, 200)
+    out = _pose_outputs()
+    options = DecodeOptions(score_threshold=0.3, pose_score_threshold=0.85)
+    result = decode_batch(out, [letterbox_for(hw, INPUT)], [hw], config(), None, options)[0]
+    assert result.poses is not None and len(result.poses) == 0
+    assert result.detections is not None and result.detections.class_ids.tolist() == [0]
+    assert result.segmentation is not None and result.segmentation.shape == hw
+
+
+@pytest.mark.parametrize("stride", [4, 1])
+def test_segmentation_back_to_original_resolution(stride: int) -> None:
+    hw = (100, 200)
+    mh, mw = INPUT[0] // stride, INPUT[1] // stride
+    class_map = (torch.arange(mh)[:, None] * 7 + torch.arange(mw)[None, :]) % 81
+    out = {"segmentation": torch.nn.functional.one_hot(class_map, 81).permute(2, 0, 1)[None].float()}
+    result = decode_batch(
+        out, [letterbox_for(hw, INPUT)], [hw], config(stride), ["segmentation"], DecodeOptions()
+    )[0]
+    seg = result.segmentation
+    assert seg is not None and seg.shape == hw and seg.dtype == np.uint8
+    rows = np.clip(np.floor(((np.arange(100) + 0.5) * 0.64 + 32) / stride).astype(int), 0, mh - 1)
+    cols = np.clip(np.floor(((np.arange(200) + 0.5) * 0.64) / stride).astype(int), 0, mw - 1)
+    np.testing.assert_array_equal(seg, class_map.numpy()[rows][:, cols])
+    if stride == 4:  # the corners, by hand
+        assert seg[0, 0] == class_map[8, 0] and seg[99, 199] == class_map[23, 31]
+
+
+def test_peaks_and_topk() -> None:
+    heat = torch.zeros(1, 2, 4, 5)
+    heat[0, 1, 2, 3] = 0.9
+    heat[0, 1, 2, 4] = 0.5  # neighbour: suppressed
+    heat[0, 0, 0, 0] = 0.7
+    scores, flat, channels, ys, xs = topk_peaks(local_peaks(heat), 2)
+    assert scores[0].tolist() == pytest.approx([0.9, 0.7])
+    assert channels.tolist() == [[1, 0]] and ys.tolist() == [[2, 0]] and xs.tolist() == [[3, 0]]
+    assert flat.tolist() == [[13, 0]]
+
+
+def test_missing_output_is_reported() -> None:
+    out = blank_outputs()
+    del out["kp_subpixel"]
+    with pytest.raises(KeyError, match="kp_subpixel"):
+        decode_batch(out, [letterbox_for((64, 64), INPUT)], [(64, 64)], config(), ["pose"], DecodeOptions())

@@ -1,0 +1,214 @@
+"""Predictor: images of mixed sizes in, Results in original coordinates out."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Collection
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
+from mcn_ros.model.decode import DecodeOptions, decode_batch
+from mcn_ros.model.labels import flip_permutation
+from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.predictor import Predictor, merge_flipped
+from mcn_ros.model.preprocess import letterbox_for
+from mcn_ros.model.results import Results
+from mcn_ros.model.weights import save_weights
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "models"
+
+
+class BrightSpotModel(nn.Module):
+    """A stand-in network: one detection at the brightest 4x4 cell of the input, box 2x2 cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, images: Tensor, tasks: Collection[str] | None = None) -> dict[str, Tensor]:
+        cells = F.avg_pool2d(images.mean(dim=1, keepdim=True), 4)
+        b, _, h, w = cells.shape
+        brightest = cells.flatten(1).argmax(dim=1)  # the first one on ties: exactly one peak
+        heatmap = F.one_hot(brightest, h * w).view(b, 1, h, w).float() * 15 - 10 + self.dummy
+        return {
+            "heatmap": heatmap,
+            "size": torch.full((b, 2, h, w), 2.0),
+            "offset": torch.full((b, 2, h, w), 0.5),
+        }
+
+
+def test_mixed_batch_results_in_original_coordinates() -> None:
+    config = ModelConfig(
+        name="fake", backbone="resnet18", input_size=(128, 128), detection=DetectionConfig(("person",))
+    )
+    predictor = Predictor(BrightSpotModel(), config)
+    spots = [((300, 500), (120, 410)), ((90, 60), (20, 40)), ((128, 128), (64, 64)), ((47, 333), (30, 10))]
+    images = []
+    for (h, w), (cy, cx) in spots:
+        image = np.zeros((h, w, 3), np.uint8)
+        r = max(2, round(3 / min(128 / h, 128 / w)))  # a few input pixels wide whatever the scale
+        image[max(cy - r, 0) : cy + r, max(cx - r, 0) : cx + r] = 255
+        images.append(image)
+    results = predictor.predict(images)
+    assert isinstance(results, list) and len(results) == len(images)
+    for result, ((h, w), (cy, cx)) in zip(results, spots, strict=True):
+        assert result.image_size == (h, w)
+        det = result.detections
+        assert det is not None and len(det) == 1
+        x1, y1, x2, y2 = det.boxes[0]
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        box = letterbox_for((h, w), (128, 128))
+        cell_x, cell_y = 4 / box.scale_x, 4 / box.scale_y  # one output cell, in original pixels
+        assert abs((x1 + x2) / 2 - cx) <= cell_x and abs((y1 + y2) / 2 - cy) <= cell_y
+        assert x2 - x1 == pytest.approx(2 * cell_x, rel=1e-4) or x1 == 0 or x2 == w
+        assert y2 - y1 == pytest.approx(2 * cell_y, rel=1e-4) or y1 == 0 or y2 == h
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    config = ModelConfig.from_yaml(CONFIG_DIR / "resnet18_det1_seg1_pose_128.yaml")
+    config = dataclasses.replace(config, input_size=(96, 96))
+    return Predictor(MultitaskCenterNet(config), config)
+
+
+def test_real_model_batch(predictor: Predictor) -> None:
+    rng = np.random.default_rng(1)
+    sizes = [(50, 80), (120, 40), (96, 96)]
+    images = [rng.integers(0, 256, (*s, 3), dtype=np.uint8) for s in sizes]
+    results = predictor.predict(images, score_threshold=0.0, pose_score_threshold=0.0, max_detections=7)
+    assert predictor.tasks == {"detection", "pose", "segmentation"}
+    for result, (h, w) in zip(results, sizes, strict=True):
+        assert result.image_size == (h, w)
+        assert result.detections is not None and result.poses is not None and result.segmentation is not None
+        assert len(result.detections) == 7 and result.detections.boxes.dtype == np.float32
+        assert np.all(result.detections.boxes[:, [0, 2]] <= w) and np.all(result.detections.boxes >= 0)
+        assert np.all(np.diff(result.detections.scores) <= 0)
+        assert result.poses.keypoints.shape == (7, 17, 3) and result.poses.keypoints.dtype == np.float32
+        assert result.segmentation.shape == (h, w) and result.segmentation.dtype == np.uint8
+        assert result.segmentation.max() <= 1
+    single = predictor.predict(images[0], tasks=["segmentation"], color_order="bgr")
+    assert isinstance(single, Results) and single.detections is None and single.poses is None
+    flipped = predictor.predict(images[:2], flip_test=True, tasks=["pose"])
+    assert [r.image_size for r in flipped] == sizes[:2] and flipped[0].detections is None
+
+
+def test_bgr_equals_rgb_of_swapped_image(predictor: Predictor) -> None:
+    image = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    a = predictor.predict(image, score_threshold=0.0, tasks=["detection"])
+    b = predictor.predict(
+        image[..., ::-1].copy(), color_order="bgr", score_threshold=0.0, tasks=["detection"]
+    )
+    assert isinstance(a, Results) and isinstance(b, Results)
+    assert a.detections is not None and b.detections is not None
+    np.testing.assert_allclose(a.detections.boxes, b.detections.boxes, rtol=1e-5, atol=1e-4)
+
+
+def test_half_on_cpu_warns_and_runs_float32(predictor: Predictor) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        half = Predictor(predictor.model, predictor.config, device="cpu", half="bf16")
+    assert half.autocast_dtype is None and any("CUDA" in str(w.message) for w in caught)
+
+
+def test_from_weights(predictor: Predictor, tmp_path: Path) -> None:
+    path = save_weights(tmp_path / "m.safetensors", predictor.model, predictor.config)
+    loaded = Predictor.from_weights(path, device="cpu")
+    image = np.full((40, 60, 3), 100, np.uint8)
+    a = predictor.predict(image, score_threshold=0.0)
+    b = loaded.predict(image, score_threshold=0.0)
+    assert isinstance(a, Results) and isinstance(b, Results)
+    assert a.detections is not None and b.detections is not None
+    np.testing.assert_allclose(a.detections.boxes, b.detections.boxes, rtol=1e-5, atol=1e-4)
+
+
+def _mirror(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What a perfectly flip-equivariant network outputs for the mirrored image."""
+    perm = flip_permutation()
+    pairs = outputs["kp_offsets"].unflatten(1, (-1, 2))[:, perm]
+    pairs = torch.stack((1 - pairs[:, :, 0], pairs[:, :, 1]), dim=2).flatten(1, 2)
+    return {
+        "heatmap": outputs["heatmap"].flip(-1),
+        "size": outputs["size"].flip(-1),
+        "offset": torch.stack((1 - outputs["offset"][:, 0], outputs["offset"][:, 1]), 1).flip(-1),
+        "kp_offsets": pairs.flip(-1),
+        "kp_heatmap": outputs["kp_heatmap"][:, perm].flip(-1),
+        "kp_subpixel": torch.stack((1 - outputs["kp_subpixel"][:, 0], outputs["kp_subpixel"][:, 1]), 1).flip(
+            -1
+        ),
+    }
+
+
+def test_flip_merge_is_consistent_with_decoding() -> None:
+    config = ModelConfig(
+        name="f", backbone="resnet18", input_size=(64, 64), detection=DetectionConfig(), pose=PoseConfig()
+    )
+    h = w = 16
+    out = {
+        "heatmap": torch.full((1, 80, h, w), -9.0),
+        "size": torch.full((1, 2, h, w), 4.0),
+        "offset": torch.full((1, 2, h, w), 0.25),
+        "kp_offsets": torch.zeros(1, 34, h, w),
+        "kp_heatmap": torch.full((1, 17, h, w), -9.0),
+        "kp_subpixel": torch.zeros(1, 2, h, w),
+    }
+    out["heatmap"][0, 0, 7, 5] = 3.0
+    out["kp_offsets"][0, 2 * 5 : 2 * 5 + 2, 7, 5] = torch.tensor([-1.25, 0.5])  # left shoulder
+    out["kp_offsets"][0, 2 * 6 : 2 * 6 + 2, 7, 5] = torch.tensor([2.5, 0.5])  # right shoulder
+    mirrored = _mirror(out)
+    hw = (64, 64)
+    options = DecodeOptions()
+    direct = decode_batch(out, [letterbox_for(hw, (64, 64))], [hw], config, ["pose"], options)[0]
+    flipped = decode_batch(mirrored, [letterbox_for(hw, (64, 64))], [hw], config, ["pose"], options)[0]
+    assert direct.poses is not None and flipped.poses is not None
+    a, b = direct.poses.keypoints[0], flipped.poses.keypoints[0][flip_permutation()]
+    np.testing.assert_allclose(b[:, 0], 64 - a[:, 0], atol=1e-4)  # x mirrors as W - x
+    np.testing.assert_allclose(b[:, 1], a[:, 1], atol=1e-4)
+    np.testing.assert_allclose(flipped.poses.boxes[0, [2, 0]], 64 - direct.poses.boxes[0, [0, 2]], atol=1e-4)
+    merged = merge_flipped({k: torch.cat((out[k], mirrored[k])) for k in out}, 1)
+    for key in ("heatmap", "kp_heatmap"):
+        torch.testing.assert_close(merged[key].sigmoid(), out[key].sigmoid(), atol=1e-4, rtol=1e-4)
+    for key in ("size", "kp_offsets", "offset", "kp_subpixel"):
+        torch.testing.assert_close(merged[key], out[key])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("half", [False, "fp16", "bf16"])
+def test_cuda_matches_cpu(half: bool | str) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        name="g",
+        backbone="dla34",
+        input_size=(128, 128),
+        detection=DetectionConfig(),
+        pose=PoseConfig(),
+        segmentation=SegmentationConfig(output_stride=1),
+    )
+    model = MultitaskCenterNet(config)
+    with torch.no_grad():
+        for (
+            module
+        ) in model.heads.modules():  # make a few confident peaks so that there is something to compare
+            if isinstance(module, nn.Conv2d) and module.out_channels == 80:
+                assert module.bias is not None
+                module.bias.fill_(0.0)
+    cpu = Predictor(model, config, device="cpu")
+    image = np.random.default_rng(3).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    ref = cpu.predict(image, score_threshold=0.0)
+    gpu = Predictor(MultitaskCenterNet(config).eval(), config, device="cuda", half=half)
+    gpu.model.load_state_dict(model.state_dict())
+    res = gpu.predict(image, score_threshold=0.0)
+    assert isinstance(ref, Results) and isinstance(res, Results)
+    assert ref.detections is not None and res.detections is not None and res.segmentation is not None
+    tol = 1e-3 if half is False else 5e-2
+    np.testing.assert_allclose(res.detections.scores[:10], ref.detections.scores[:10], atol=tol, rtol=tol)
+    assert res.segmentation.shape == (100, 150)
+    if half is False:
+        assert (res.segmentation == ref.segmentation).mean() > 0.99

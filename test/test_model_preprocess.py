@@ -1,0 +1,102 @@
+"""Letterbox preprocessing, its inverse and the segmentation resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mcn_ros.model.config import IMAGENET_MEAN, IMAGENET_STD
+from mcn_ros.model.preprocess import (
+    Letterbox,
+    letterbox_for,
+    letterbox_tensor,
+    points_to_original,
+    preprocess,
+    segmentation_to_original,
+)
+
+
+@pytest.mark.parametrize(
+    ("orig", "inp", "expected"),
+    [
+        ((100, 200), (128, 128), (0.64, 0.64, 0.0, 32.0)),
+        ((480, 640), (512, 512), (0.8, 0.8, 0.0, 64.0)),
+        ((150, 60), (128, 128), (51 / 60, 128 / 150, 38.0, 0.0)),
+        ((64, 64), (64, 96), (1.0, 1.0, 16.0, 0.0)),
+        ((33, 77), (64, 64), (64 / 77, 27 / 33, 0.0, 18.0)),  # round(33 * 64/77) = 27, pad floor(37 / 2)
+    ],
+)
+def test_letterbox_for(orig: tuple[int, int], inp: tuple[int, int], expected: tuple[float, ...]) -> None:
+    box = letterbox_for(orig, inp)
+    assert (box.scale_x, box.scale_y, box.pad_x, box.pad_y) == pytest.approx(expected)
+
+
+def test_forward_and_inverse_mapping() -> None:
+    box = letterbox_for((100, 200), (128, 128))
+    points = np.array([[0.0, 0.0], [200.0, 100.0], [13.5, 77.25]])
+    mapped = box.to_input(points)
+    np.testing.assert_allclose(mapped[:2], [[0, 32], [128, 96]])
+    np.testing.assert_allclose(box.to_original(mapped), points)
+    restored = Letterbox.from_array(box.as_array())  # float32 storage, as datasets keep it
+    assert restored.scale_x == pytest.approx(box.scale_x) and restored.pad_y == box.pad_y
+    torch_points = torch.tensor([[[0.0, 32.0, 128.0, 96.0]]])
+    lb = torch.tensor([[box.scale_x, box.scale_y, box.pad_x, box.pad_y]])
+    torch.testing.assert_close(
+        points_to_original(torch_points, lb), torch.tensor([[[0.0, 0.0, 200.0, 100.0]]])
+    )
+
+
+def test_preprocess_normalises_and_pads_with_zero() -> None:
+    mean_colour = np.round(np.array(IMAGENET_MEAN) * 255)
+    red = np.zeros((40, 80, 3), np.uint8)
+    red[..., 0] = 255
+    batch, boxes = preprocess([red], (64, 64), IMAGENET_MEAN, IMAGENET_STD, channels_last=True)
+    assert tuple(batch.shape) == (1, 3, 64, 64) and batch.is_contiguous(memory_format=torch.channels_last)
+    assert boxes[0] == Letterbox(0.8, 0.8, 0.0, 16.0)
+    inside = batch[0, :, 16:48, :]
+    expected = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(inside.mean(dim=(1, 2)), expected, rtol=1e-5, atol=1e-5)
+    assert torch.all(batch[0, :, :16] == 0) and torch.all(batch[0, :, 48:] == 0)
+    # BGR input of the same picture gives the same tensor.
+    bgr, _ = preprocess([red[..., ::-1]], (64, 64), IMAGENET_MEAN, IMAGENET_STD, color_order="bgr")  # a view
+    torch.testing.assert_close(bgr, batch)
+    grey = np.broadcast_to(mean_colour.astype(np.uint8), (10, 10, 3)).copy()
+    flat, _ = preprocess([grey], (32, 32), IMAGENET_MEAN, IMAGENET_STD, channels_last=False)
+    assert flat.abs().max() < 0.01
+
+
+def test_preprocess_mixed_sizes_without_resize() -> None:
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 256, (64, 32, 3), dtype=np.uint8),
+        rng.integers(0, 256, (20, 64, 3), dtype=np.uint8),
+    ]
+    images[0].setflags(write=False)  # read-only views (ROS messages) are accepted
+    batch, boxes = preprocess(images, (64, 64), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), channels_last=False)
+    assert boxes == [Letterbox(1.0, 1.0, 16.0, 0.0), Letterbox(1.0, 1.0, 0.0, 22.0)]
+    torch.testing.assert_close(batch[0, :, :, 16:48], torch.from_numpy(images[0]).permute(2, 0, 1) / 255.0)
+    torch.testing.assert_close(batch[1, :, 22:42, :], torch.from_numpy(images[1]).permute(2, 0, 1) / 255.0)
+    out, box = letterbox_tensor(torch.ones(3, 20, 64), (64, 64))
+    assert box == boxes[1] and out.sum() == 3 * 20 * 64
+
+
+def test_preprocess_rejects_bad_images() -> None:
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        preprocess([np.zeros((8, 8), np.uint8)], (32, 32), IMAGENET_MEAN, IMAGENET_STD)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        preprocess([np.zeros((8, 8, 3), np.float32)], (32, 32), IMAGENET_MEAN, IMAGENET_STD)
+    with pytest.raises(ValueError, match="color_order"):
+        preprocess([np.zeros((8, 8, 3), np.uint8)], (32, 32), IMAGENET_MEAN, IMAGENET_STD, color_order="rgba")
+
+
+def test_segmentation_to_original_is_nearest_per_axis() -> None:
+    class_map = torch.arange(16 * 16).view(16, 16)
+    box = letterbox_for((30, 60), (64, 64))  # scale 64/60, 32 rows tall, pad_y 16
+    seg = segmentation_to_original(class_map, box, (30, 60), 4)
+    assert tuple(seg.shape) == (30, 60)
+    rows = np.floor(((np.arange(30) + 0.5) * box.scale_y + box.pad_y) / 4).astype(int)
+    cols = np.floor(((np.arange(60) + 0.5) * box.scale_x + box.pad_x) / 4).astype(int)
+    np.testing.assert_array_equal(seg.numpy(), class_map.numpy()[rows][:, cols])
+    identity = segmentation_to_original(class_map, Letterbox(1, 1, 0, 0), (16, 16), 1)
+    assert torch.equal(identity, class_map)
