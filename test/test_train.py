@@ -1,0 +1,202 @@
+"""The training loop on CPU: checkpoints, TensorBoard, exported weights, exact resume, clear config errors.
+
+Tiny runs: the ResNet-18 three-task MCN at 64x64 on 12 synthetic images, batch 4 (3 steps per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from mcn_training import evaluate as evaluate_cli
+from mcn_training import export as export_cli
+from mcn_training import train
+from mcn_training.config import TrainConfigError, load_train_config
+from mcn_training.synthetic import generate_dataset
+
+from mcn_ros.model.weights import load_weights
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config" / "train" / "tiny_synthetic_test.yaml"
+# Fast settings for every run here: evaluate only at the end, checkpoints at epoch ends and at the stop.
+FAST = ["eval.every_epochs=0", "checkpoint.every_steps=0", "runtime.log_every_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12 + 4 image synthetic COCO-format dataset (64x80 images)."""
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, 12, seed=3, image_size=(64, 80), split="train", first_id=1)
+    generate_dataset(root, 4, seed=3, image_size=(64, 80), split="val", first_id=100)
+    return root
+
+
+def run_train(*argv: str) -> dict[str, Any]:
+    """``python -m mcn_training.train ARGV`` in this process; returns the run summary."""
+    return train.main(train.parse_args(argv))
+
+
+def base_args(data: Path, out: Path, *overrides: str) -> list[str]:
+    return ["--config", str(CONFIG), "--data", str(data), "--out", str(out), *FAST, *overrides]
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_equals_uninterrupted_run(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = run_train(*base_args(data, tmp_path / "straight", "schedule.max_steps=5"))
+    assert straight["global_step"] == 5 and not straight["interrupted"]
+
+    # SIGTERM during step 2 (mid-epoch: 3 steps per epoch): the run checkpoints after that step and stops.
+    real_step = train.Trainer.train_step
+
+    def step_then_signal(self: train.Trainer, batch: Any) -> Any:
+        losses = real_step(self, batch)
+        if self.state.global_step == 1:  # incremented after this call: this is the 2nd step
+            signal.raise_signal(signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(train.Trainer, "train_step", step_then_signal)
+    out = tmp_path / "resumed"
+    first = run_train(*base_args(data, out, "schedule.max_steps=4"))
+    monkeypatch.undo()
+    assert first["interrupted"] and first["global_step"] == 2
+    ckpt = train.load_checkpoint(out / "checkpoint.pt")  # torch.load(weights_only=True)
+    assert ckpt["state"]["epoch"] == 0 and ckpt["state"]["step_in_epoch"] == 2
+    assert ckpt["optimizer"]["state"] and ckpt["scheduler"]["last_epoch"] == 2 and "rng" in ckpt
+
+    # Starting again without --resume must not overwrite the run.
+    with pytest.raises(train.TrainError, match="already holds a checkpoint"):
+        run_train(*base_args(data, out))
+    # Resume with the checkpoint's own config (no --config), then extend the finished run.
+    second = run_train("--out", str(out), "--resume", "schedule.max_steps=4", *FAST)
+    assert second["global_step"] == 4
+    third = run_train("--out", str(out), "--resume", "schedule.max_steps=5", *FAST)
+    assert third["global_step"] == 5
+    assert third["state_digest"] == straight["state_digest"], "resumed run differs from the straight one"
+    # The logged learning curve is the same too (the interrupted interval is not logged twice).
+    steps = [entry["step"] for entry in third["losses"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 5
+    a, b = straight["losses"][-1], third["losses"][-1]
+    assert a["total"] == pytest.approx(b["total"], rel=1e-6)
+
+    # Run directory: checkpoint, TensorBoard events, history, exported weights with provenance.
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    history = json.loads((out / "history.json").read_text())
+    assert history["metric"] == "bbox_AP" and history["evaluations"][-1]["step"] == 5
+    for name in ("best.safetensors", "last.safetensors"):
+        _, config, provenance = load_weights(out / name)
+        assert config.input_size == (64, 64) and config.tasks == {"detection", "pose", "segmentation"}
+        for key in ("command", "git", "dataset", "epoch", "metrics", "created"):
+            assert key in provenance, key
+    _, _, last = load_weights(out / "last.safetensors")
+    assert last["global_step"] == 5 and last["metrics"]["bbox_AP"] is not None
+    assert "mcn_training.train" in last["command"] and last["dataset"]["train"]["images"] == 12
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_export_evaluate_and_test_only(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_train(*base_args(data, out, "schedule.max_steps=1", "eval.at_end=false"))
+    exported = export_cli.main(export_cli.get_args_parser().parse_args([str(out / "checkpoint.pt")]))
+    model, _, provenance = load_weights(exported)
+    assert provenance["global_step"] == 1 and provenance["exported_from"].endswith("checkpoint.pt")
+    ckpt = train.load_checkpoint(out / "checkpoint.pt")
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
+
+    report_path = tmp_path / "report.json"
+    args = evaluate_cli.get_args_parser().parse_args(
+        ["--weights", str(exported), "--data", str(data), "--split", "val", "--out", str(report_path)]
+    )
+    args.workers = 0
+    result = evaluate_cli.main(args)
+    saved = json.loads(report_path.read_text())
+    assert saved["images"] == 4 and set(saved["metrics"]) >= {"bbox_AP", "bbox_AP50", "kp_AP", "mIoU"}
+    assert report_path.with_suffix(".md").read_text().count("bbox AP") == 2
+    assert result["metrics"]["mIoU"] == saved["metrics"]["mIoU"]
+
+    tested = run_train("--out", str(out), "--resume", "--test-only")
+    assert tested["metrics"]["mIoU"] == pytest.approx(saved["metrics"]["mIoU"])
+    assert json.loads((out / "eval_report.json").read_text())["num_images"] == 4
+
+
+def test_atomic_checkpoint_write_survives_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    train.atomic_torch_save({"format": train.CHECKPOINT_FORMAT, "x": torch.ones(3)}, path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails half-way through the write
+        train.atomic_torch_save({"x": torch.zeros(1000), "bad": lambda: None}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    path.write_bytes(before[: len(before) // 2])  # a torn file (not ours: we never write one) is reported
+    with pytest.raises(train.TrainError, match="cannot be read"):
+        train.load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lrr=1"], r"optim\.lrr: unknown field \(allowed: name, lr"),
+        (["optim.lr=fast"], r"optim\.lr: expected a finite number, got 'fast'"),
+        (["schedule.lr_drops=[120, 90]"], r"schedule\.lr_drops: must be sorted"),
+        (["eval.metric=kp_AP", "model_overrides.pose=null"], r"eval\.metric: kp_AP needs the pose task"),
+        (["model_overrides.input_size=[60, 60]"], r"model .*input_size \(height\): must be a multiple of 32"),
+        (["loss.seg=-1"], r"loss: seg: loss weight must be a finite number >= 0"),
+        (["data.augment.flip=1"], r"data\.augment\.flip: unknown field"),
+        (["model=nowhere.yaml"], r"model: cannot read model config nowhere\.yaml"),
+        (["data.train_split=training"], r"data: no image folder for split 'training'"),
+    ],
+)
+def test_bad_config_fails_before_any_work(
+    data: Path, tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(TrainConfigError, match=message):
+        run_train(*base_args(data, tmp_path / "out", *overrides))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_data_dir_and_config_file(tmp_path: Path) -> None:
+    with pytest.raises(TrainConfigError, match=r"dataset directory .*missing does not exist"):
+        run_train("--config", str(CONFIG), "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: [unclosed\n")
+    with pytest.raises(TrainConfigError, match=r"bad\.yaml: invalid YAML"):
+        load_train_config(bad)
+    bad.write_text("model: ../models/x.yaml\n")
+    with pytest.raises(TrainConfigError, match=r"bad\.yaml: name: missing"):
+        load_train_config(bad)
+
+
+def test_command_line_error_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG.read_text().replace("batch_size: 4", "batch_size: four"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcn_training.train", "--config", str(bad), "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "error:" in proc.stderr and "optim.batch_size: expected an integer, got 'four'" in proc.stderr
+
+
+def test_config_round_trip_and_overrides() -> None:
+    config = load_train_config(CONFIG, ["optim.lr=0.01", "data.augment=null", "schedule.lr_drops=[1, 2]"])
+    assert config.optim.lr == 0.01 and config.data.augment is None and config.schedule.lr_drops == (1.0, 2.0)
+    again = type(config).from_dict(config.to_dict())
+    assert again == config
+    paper = load_train_config(REPO / "config" / "train" / "dla34_det1_seg1_pose_512_140e_coco.yaml")
+    assert (paper.optim.name, paper.optim.lr, paper.optim.batch_size) == ("adam", 5e-4, 128)
+    assert paper.schedule.epochs == 140 and paper.schedule.lr_drops == (90.0, 120.0)
+    assert (paper.loss.size, paper.loss.seg) == (0.1, 5.0)
