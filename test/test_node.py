@@ -193,7 +193,11 @@ def test_bad_frames_are_skipped_with_a_clear_message_and_the_node_keeps_serving(
         compressed = type(frame).__name__ == "CompressedImage"
         publisher = c.compressed_pub if compressed else c.image_pub
         publisher.publish(frame)
-        time.sleep(0.3)
+        # The reason reaches the log (rate-limited) and the diagnostics' last_error.
+        assert c.wait_for(lambda text=expected_text: text in last_error(c), 10), (
+            expected_text,
+            last_error(c),
+        )
         c.clear()
         stamp = (100 + frames.index((expected_text, frame)), 0)
         assert c.publish_until(
@@ -211,6 +215,15 @@ def test_bad_frames_are_skipped_with_a_clear_message_and_the_node_keeps_serving(
     assert rss_kib(process.pid) - before < 30_000  # type: ignore[attr-defined]
 
     assert c.wait_for(lambda: any(rejected(m) >= len(frames) for m in c.messages("/diagnostics")), 10)
+
+
+def last_error(c: Client) -> str:
+    for msg in reversed(c.messages("/diagnostics")):
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name.startswith("mcn_node"):
+                return str(values.get("last_error", ""))
+    return ""
 
 
 def rejected(msg: object) -> int:
@@ -272,6 +285,12 @@ def test_a_task_nobody_listens_to_is_not_computed(weights: Path) -> None:
         stop_node(process)
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
     from vision_msgs.msg import Detection2DArray
 
@@ -304,8 +323,18 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         assert c.lifecycle("configure") and c.lifecycle("activate")
         c.clear()
         assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
+        # A second configure/activate cycle left exactly one publisher and one camera subscription.
+        assert c.node.count_publishers("/managed_node/detections") == 1
+        readers = c.node.get_subscriptions_info_by_topic("/image")
+        assert [info.node_name for info in readers].count("managed_node") == 1
+        assert c.lifecycle("deactivate") and c.lifecycle("cleanup")
+        if not cuda_available():  # a device that cannot be used fails configure with a message
+            assert c.set_parameters(device="cuda:0")[0].successful
+            assert not c.lifecycle("configure")
+            assert c.state() == "unconfigured"
     finally:
         c.close()
         log = stop_node(process)
     assert "cannot load weights" in log
     assert "input_size [50, 50]" in log and "multiple of 32" in log
+    assert cuda_available() or "configure failed: cannot load weights" in log.split("input_size [50, 50]")[-1]

@@ -63,10 +63,12 @@ class FrameStats:
         self.window_s = window_s
         self._arrivals: deque[float] = deque(maxlen=max_samples)
         self._done: deque[tuple[float, float, float]] = deque(maxlen=max_samples)  # (time, latency, age)
+        self._idle: deque[float] = deque(maxlen=max_samples)
         self._lock = threading.Lock()
         self.received = 0
         self.processed = 0
         self.rejected = 0
+        self.idle_count = 0
 
     def arrived(self, now: float) -> None:
         """Count an incoming frame."""
@@ -80,15 +82,23 @@ class FrameStats:
             self.processed += 1
             self._done.append((now, latency_s, age_s if age_s is not None else float("nan")))
 
+    def idle(self, now: float) -> None:
+        """Count a frame taken but not run because no output was wanted (nobody subscribed)."""
+        with self._lock:
+            self.idle_count += 1
+            self._idle.append(now)
+
     def summary(self, now: float) -> dict[str, float]:
         """Input and processed rate (Hz), latency and stamp-age p50/p95 (ms) over the window."""
         with self._lock:
             start = now - self.window_s
             arrivals = [t for t in self._arrivals if t >= start]
+            idle = [t for t in self._idle if t >= start]
             done = np.array([d for d in self._done if d[0] >= start], dtype=np.float64).reshape(-1, 3)
         out = {
             "input_rate_hz": len(arrivals) / self.window_s,
             "processed_rate_hz": len(done) / self.window_s,
+            "idle_rate_hz": len(idle) / self.window_s,
         }
         for name, column in (("latency", 1), ("stamp_age", 2)):
             values = done[:, column]

@@ -119,7 +119,7 @@ def compressed_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
 
 def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
     """(height, width) from a PNG header or a JPEG start-of-frame marker, None when not found."""
-    raw = data.tobytes()[:65536]
+    raw = data[:65536].tobytes()
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
         return int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big")
     if raw[:2] == b"\xff\xd8":
@@ -128,6 +128,9 @@ def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
             if raw[at] != 0xFF:
                 return None
             marker = raw[at + 1]
+            if marker == 0xFF:  # fill byte before a marker
+                at += 1
+                continue
             length = int.from_bytes(raw[at + 2 : at + 4], "big")
             if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
                 return int.from_bytes(raw[at + 5 : at + 7], "big"), int.from_bytes(

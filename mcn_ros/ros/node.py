@@ -32,7 +32,6 @@ from rclpy.qos import (
     HistoryPolicy,
     QoSProfile,
     ReliabilityPolicy,
-    qos_profile_sensor_data,
 )
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -104,7 +103,7 @@ class McnNode(LifecycleNode):
         self._predictor: Any = None
         self._outputs: dict[str, Any] = {}
         self._inputs: list[Any] = []
-        self._palette_seg: Any = None
+        self._palette = color_palette(0)
         self._slot = LatestFrameSlot()
         self._stats = FrameStats()
         self._worker: threading.Thread | None = None
@@ -237,35 +236,71 @@ class McnNode(LifecycleNode):
             self._outputs["pose_info"].publish(messages.pose_info_message(header, settings.keypoint))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
+    # rclpy turns an exception in a transition callback into an error transition without logging it, so each
+    # callback catches everything, logs one line and fails the transition after undoing what it started.
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the model and create the publishers of the tasks it has."""
-        from mcn_ros.model.config import ConfigError
+        try:
+            self._configure()
+        except Exception as error:
+            self.get_logger().error(f"configure failed: {error}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start publishing, subscribe to the camera and start the inference thread."""
+        try:
+            result = super().on_activate(state)
+            self._activate()
+        except Exception as error:
+            self.get_logger().error(f"activate failed: {error}")
+            self._stop_inputs()
+            return TransitionCallbackReturn.FAILURE
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the subscriptions and the inference thread; publishers stop publishing."""
+        self._stop_inputs()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy the publishers and release the model and its device memory."""
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop everything on the way out, from any state."""
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Drop everything after an error, so that configure can start afresh."""
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
         from mcn_ros.model.predictor import Predictor
-        from mcn_ros.model.weights import WeightsError, load_weights, resolve_device
+        from mcn_ros.model.weights import load_weights, resolve_device
 
         weights = str(self.get_parameter("weights").value)
         if not weights:
-            self.get_logger().error(
-                "configure failed: parameter 'weights' is empty (path of a .safetensors file)"
-            )
-            return TransitionCallbackReturn.FAILURE
+            raise ValueError("parameter 'weights' is empty (path of a .safetensors file)")
         device = resolve_device(str(self.get_parameter("device").value))
         try:
             model, config, _ = load_weights(weights, device=device)
-        except (WeightsError, ValueError, RuntimeError, OSError) as error:
-            self.get_logger().error(f"configure failed: cannot load weights {weights!r}: {error}")
-            return TransitionCallbackReturn.FAILURE
+        except Exception as error:
+            raise RuntimeError(f"cannot load weights {weights!r}: {error}") from error
         size = [int(v) for v in self.get_parameter("input_size").value]
-        input_size = (size[0], size[1]) if len(size) == 2 else (-1, -1)
-        if input_size != (0, 0):
+        if size != [0, 0]:
+            if len(size) != 2:
+                raise ValueError(f"parameter input_size {size}: expected [height, width]")
             try:  # the network is fully convolutional: another input size needs no other weights
-                config = dataclasses.replace(config, input_size=input_size)
-            except ConfigError as error:
-                self.get_logger().error(f"configure failed: parameter input_size {list(input_size)}: {error}")
-                return TransitionCallbackReturn.FAILURE
+                config = dataclasses.replace(config, input_size=(size[0], size[1]))
+            except ValueError as error:
+                raise ValueError(f"parameter input_size {size}: {error}") from error
         self._predictor = Predictor(model, config, device=device, half=bool(self.get_parameter("half").value))
 
-        config = self._predictor.config
         depth = int(self.get_parameter("publisher_depth").value)
         reliability = (
             ReliabilityPolicy.RELIABLE
@@ -287,23 +322,20 @@ class McnNode(LifecycleNode):
         if "segmentation" in available:
             self._outputs["segmentation"] = pub(Image, "~/segmentation", qos)
             self._outputs["segmentation_color"] = pub(Image, "~/segmentation/color", qos)
-            self._palette_seg = color_palette(len(config.segmentation.classes))
         self._outputs["debug_image"] = pub(Image, "~/debug_image", qos)
+        class_counts = [len(c.classes) for c in (config.detection, config.segmentation) if c is not None]
+        self._palette = color_palette(max(class_counts))  # one colour per class id, shared by all drawings
         self.get_logger().info(
             f"loaded {config.name} ({config.backbone}, tasks {sorted(available)}) on {self._predictor.device}"
         )
-        return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Start publishing, subscribe to the camera and start the inference thread."""
-        result = super().on_activate(state)
+    def _activate(self) -> None:
         self._publish_info()
-
-        image_qos = (
-            qos_profile_sensor_data
-            if self.get_parameter("image_qos").value == "sensor_data"
-            else QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        )
+        if self.get_parameter("image_qos").value == "sensor_data":
+            # Sensor data as in REP-2003, but depth 1: only the newest frame is ever wanted.
+            image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        else:
+            image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         image_topic = self._resolve("image")
         self._inputs.append(
             self.create_subscription(Image, image_topic, lambda m: self._on_image(m, False), image_qos)
@@ -318,37 +350,27 @@ class McnNode(LifecycleNode):
         self._worker = threading.Thread(target=self._inference_loop, name="mcn_inference", daemon=True)
         self._worker.start()
         self.get_logger().info(f"active: listening on {image_topic}")
-        return result
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop the subscriptions and the inference thread; publishers stop publishing."""
-        self._stop_worker()
+    def _stop_inputs(self) -> None:
+        """Stop the inference thread (after the frame in flight) and destroy the subscriptions."""
+        self._running.clear()
+        if self._worker is not None:
+            self._worker.join()  # no timeout: the thread must be gone before its resources are
+            self._worker = None
+        self._slot.clear()
         for subscription in self._inputs:
             self.destroy_subscription(subscription)
         self._inputs.clear()
-        return super().on_deactivate(state)
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Destroy the publishers and release the model and its device memory."""
+    def _teardown(self) -> None:
+        """Back to the unconfigured state from anywhere: inputs, outputs, model, per-model state."""
+        self._stop_inputs()
         for publisher in self._outputs.values():
             self.destroy_lifecycle_publisher(publisher)
         self._outputs.clear()
-        self._release_model()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop everything on the way out, from any state."""
-        self._stop_worker()
-        self._release_model()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Drop the model after an error so that configure can start afresh."""
-        self._stop_worker()
-        self._release_model()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _release_model(self) -> None:
+        self._palette = color_palette(0)
+        self._computed_tasks = frozenset()
+        self._last_error = ""
         if self._predictor is None:
             return
         on_cuda = str(self._predictor.device).startswith("cuda")
@@ -357,13 +379,6 @@ class McnNode(LifecycleNode):
             import torch
 
             torch.cuda.empty_cache()
-
-    def _stop_worker(self) -> None:
-        self._running.clear()
-        if self._worker is not None:
-            self._worker.join(timeout=30.0)
-            self._worker = None
-        self._slot.clear()
 
     def _resolve(self, topic: str) -> str:
         """Fully qualified (possibly remapped) topic name, so that '<image>/compressed' follows remaps."""
@@ -376,7 +391,7 @@ class McnNode(LifecycleNode):
         self._stats.arrived(now)
         self._slot.put(Frame(message, compressed, now))
 
-    def _wanted_tasks(self, settings: Thresholds) -> frozenset[str]:
+    def _wanted_tasks(self, settings: Thresholds, available: frozenset[str]) -> frozenset[str]:
         """Enabled tasks the model has and somebody listens to (the debug image listens to all)."""
         listening = {name for name, pub in self._outputs.items() if pub.get_subscription_count() > 0}
         debug = "debug_image" in listening
@@ -387,7 +402,7 @@ class McnNode(LifecycleNode):
             wanted.add("pose")
         if debug or listening & {"segmentation", "segmentation_color"}:
             wanted.add("segmentation")
-        return frozenset(wanted & settings.tasks & self._predictor.tasks)
+        return frozenset(wanted & settings.tasks & available)
 
     def _inference_loop(self) -> None:
         while self._running.is_set():
@@ -410,10 +425,11 @@ class McnNode(LifecycleNode):
     def _process(self, frame: Frame) -> None:
         settings = self._settings
         predictor = self._predictor
-        tasks = self._wanted_tasks(settings)
+        tasks = self._wanted_tasks(settings, predictor.tasks)
         self._computed_tasks = tasks
         header = frame.message.header
         if not tasks:
+            self._stats.idle(monotonic())
             return
         if frame.compressed:
             pixels, order = compressed_to_array(frame.message, settings.max_pixels)
@@ -428,11 +444,13 @@ class McnNode(LifecycleNode):
             max_detections=settings.max_detections,
             flip_test=settings.flip_test,
         )
-        self._publish(header, pixels, order, results, settings)
+        self._publish(header, pixels, order, results, settings, predictor.config)
         now = monotonic()
         self._stats.finished(now, now - frame.received, self._stamp_age(header))
 
-    def _publish(self, header: Header, pixels: Any, order: str, results: Any, settings: Thresholds) -> None:
+    def _publish(
+        self, header: Header, pixels: Any, order: str, results: Any, settings: Thresholds, config: Any
+    ) -> None:
         pubs = self._outputs
         if results.detections is not None and pubs["detections"].get_subscription_count() > 0:
             pubs["detections"].publish(messages.detections_message(header, results.detections))
@@ -445,14 +463,12 @@ class McnNode(LifecycleNode):
                     messages.image_message(header, class_map, class_map_encoding(class_map))
                 )
             if pubs["segmentation_color"].get_subscription_count() > 0:
-                color = colorize(class_map, self._palette_seg)
+                color = colorize(class_map, self._palette)
                 pubs["segmentation_color"].publish(messages.image_message(header, color, "rgb8"))
         if pubs["debug_image"].get_subscription_count() > 0:
             rgb = pixels if order == "rgb" else pixels[:, :, ::-1]
-            config = self._predictor.config
             classes = config.detection.classes if config.detection is not None else ()
-            palette = self._palette_seg if self._palette_seg is not None else color_palette(len(classes))
-            drawn = draw_results(rgb, results, classes, palette, settings.keypoint)
+            drawn = draw_results(rgb, results, classes, self._palette, settings.keypoint)
             pubs["debug_image"].publish(messages.image_message(header, drawn, "rgb8"))
 
     def _stamp_age(self, header: Header) -> float | None:
@@ -470,7 +486,9 @@ class McnNode(LifecycleNode):
             status.level, status.message = DiagnosticStatus.WARN, "unconfigured: no model loaded"
         elif not active:
             status.level, status.message = DiagnosticStatus.OK, "inactive"
-        elif summary["input_rate_hz"] > 0 and summary["processed_rate_hz"] < 0.5 * summary["input_rate_hz"]:
+        elif summary["input_rate_hz"] > 0 and (
+            summary["processed_rate_hz"] + summary["idle_rate_hz"] < 0.5 * summary["input_rate_hz"]
+        ):
             status.level, status.message = (
                 DiagnosticStatus.WARN,
                 "dropping frames: inference slower than input",
@@ -481,6 +499,7 @@ class McnNode(LifecycleNode):
             **{k: f"{v:.2f}" for k, v in summary.items()},
             "frames_received": str(self._stats.received),
             "frames_processed": str(self._stats.processed),
+            "frames_idle": str(self._stats.idle_count),
             "frames_dropped": str(self._slot.dropped),
             "frames_rejected": str(self._stats.rejected),
             "tasks_computed": ",".join(sorted(self._computed_tasks)),
@@ -518,7 +537,7 @@ def main(args: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node._stop_worker()
+        node._stop_inputs()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
