@@ -17,7 +17,6 @@ Writes ``bench/results/oracle.json`` (bbox_AP, kp_AP, mIoU, the command, machine
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import machine, pct, versions
 from mcn_training.data import CocoMultitaskDataset
 from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
 from torch import Tensor
@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from mcn_ros.evaluation import EvalReport, evaluate
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
+from mcn_ros.model.labels import IGNORE_INDEX
 from mcn_ros.model.preprocess import letterbox_for
 from mcn_ros.model.results import Results
 
@@ -94,7 +95,7 @@ def oracle_outputs(batch: Mapping[str, Tensor], config: ModelConfig) -> dict[str
         )  # fmt: skip
     if config.segmentation is not None:
         target = batch["segmentation"].clone()
-        target[target == 255] = 0
+        target[target == IGNORE_INDEX] = 0
         onehot = torch.nn.functional.one_hot(target, config.segmentation.num_outputs)
         out["segmentation"] = 10.0 * onehot.permute(0, 3, 1, 2).float()
     return out
@@ -122,8 +123,8 @@ def run_oracle(
         sizes = [(int(h), int(w)) for h, w in batch["orig_size"].tolist()]
         # The exact mappings the Predictor uses (the batch stores the same ones rounded to float32).
         letterboxes = [letterbox_for(size, config.input_size) for size in sizes]
-        stored = torch.tensor([[lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y] for lb in letterboxes])
-        torch.testing.assert_close(batch["letterbox"], stored.float())
+        stored = torch.from_numpy(np.stack([lb.as_array() for lb in letterboxes]))
+        torch.testing.assert_close(batch["letterbox"], stored)
         results = decode_batch(outputs, letterboxes, sizes, config, None, options)
         for image_id, result in zip(batch["image_id"].tolist(), results, strict=True):
             predictions[int(image_id)] = result
@@ -135,24 +136,6 @@ def _short(path: str) -> str:
     """``path`` relative to the current directory when it lies below it."""
     resolved, cwd = Path(path).absolute(), Path.cwd()
     return str(resolved.relative_to(cwd)) if resolved.is_relative_to(cwd) else path
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def _versions() -> dict[str, str]:
-    import cv2
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "pycocotools": importlib.metadata.version("pycocotools"),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -197,8 +180,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seed": args.seed,
         "seconds": round(seconds, 2),
         "command": command,
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
-        "versions": _versions(),
+        "machine": machine(),
+        "versions": versions(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "oracle.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -220,9 +203,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "class-agnostic size/offset entry;",
         f"- keypoints: the 2-channel `kp_subpixel` map is shared by all 17 joints, so two keypoints on one "
         f"cell get one sub-pixel offset; without snapping to keypoint-heatmap peaks keypoint AP is "
-        f"{_pct(no_snap.kp_AP)};",
+        f"{pct(no_snap.kp_AP)};",
         f"- segmentation: exact at stride {args.seg_stride} (the map is finer than the image); at stride 4 "
-        f"mIoU is {_pct(stride4.mIoU)}.",
+        f"mIoU is {pct(stride4.mIoU)}.",
         "",
     ]
     (args.out / "oracle.md").write_text("\n".join(md))

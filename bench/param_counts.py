@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-import torchvision
+from _common import machine, versions
 
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.heads import count_parameters
@@ -83,21 +80,6 @@ def compare(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return result
-
-
-def machine() -> dict[str, Any]:
-    """Where the counts were made (counts do not depend on it)."""
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
-
-
-def versions() -> dict[str, str]:
-    """Library versions."""
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -176,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config.name:34s} {rows[config.name]['total'] / 1e6:8.3f} M")
     report: dict[str, Any] = {
         "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", *argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "versions": versions(),
         "configs": list(rows.values()),

@@ -26,15 +26,16 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from _common import machine, pct, versions
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_CONFIG = REPO / "config" / "train" / "resnet18_det80_seg80_pose_128_synthetic.yaml"
@@ -240,34 +241,6 @@ def run_network(
     return row
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    }
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    packages = ("torch", "torchvision", "timm", "numpy", "pycocotools", "opencv-python-headless")
-    return {"python": platform.python_version(), **{name: version(name) for name in packages}}
-
-
-def pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
 def markdown(result: dict[str, Any]) -> str:
     budget = result["budget"]
     amount = f"{budget['value']} min" if budget["kind"] == "minutes" else f"{budget['value']} steps"
@@ -330,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [k for k in keys if k not in NETWORKS]
     if unknown:
         raise SystemExit(f"unknown network(s) {', '.join(unknown)}; known: {', '.join(NETWORKS)}")
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.dataset_spec = ensure_dataset(args.data, args.train_images, args.val_images, args.seed)

@@ -28,10 +28,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mcn_ros.model.labels import NUM_KEYPOINTS
+from mcn_ros.model.labels import IGNORE_INDEX, NUM_KEYPOINTS
 from mcn_ros.model.results import Results
-
-IGNORE_INDEX = 255
 
 
 @dataclass

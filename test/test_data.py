@@ -64,7 +64,7 @@ def test_sample_matches_the_contract_and_collates(data: dict[str, Path]) -> None
     assert item["image_id"].dtype == torch.int64 and item["indices"].dtype == torch.int64
     assert item["segmentation"].dtype == torch.int64 and item["orig_size"].tolist() == list(ORIG)
     lb = letterbox_for(ORIG, INPUT)
-    torch.testing.assert_close(item["letterbox"], torch.tensor([lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y]))
+    torch.testing.assert_close(item["letterbox"], torch.from_numpy(lb.as_array()))
     batch = default_collate([ds[0], ds[1], ds[2]])
     assert batch["image"].shape == (3, 3, *INPUT) and batch["has_pose"].shape == (3,)
 

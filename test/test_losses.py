@@ -66,7 +66,6 @@ def test_focal_loss_hand_computed() -> None:
     neg_zero = math.log(0.5) * 0.5**2
     expected = -(pos + neg_half + neg_zero) / 1
     assert float(focal_loss(logits, target)) == pytest.approx(expected, rel=1e-6)
-    assert expected == pytest.approx(0.357404, abs=1e-5)
     # No positives: the negative sum alone (num_pos clamped to 1).
     assert float(focal_loss(logits, torch.zeros(1, 1, 1, 3))) == pytest.approx(-3 * neg_zero, rel=1e-6)
     # Confident and right is nearly free; the clamp keeps a wrong certainty finite.

@@ -6,12 +6,15 @@ import argparse
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig
-from mcn_ros.model.convert import ConversionError, convert, main
+from mcn_ros.model.convert import CENTERNET_MEAN_RGB, CENTERNET_STD_RGB, ConversionError, convert, main
 from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.predictor import Predictor
+from mcn_ros.model.preprocess import preprocess
 from mcn_ros.model.weights import load_weights
 
 CONFIG = ModelConfig(
@@ -62,19 +65,45 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MultitaskCen
 def test_convert_centernet_checkpoint(source: tuple[Path, MultitaskCenterNet, Path], tmp_path: Path) -> None:
     path, model, config_path = source
     out = tmp_path / "conv.safetensors"
-    status = main(
-        ["--config", str(config_path), "--checkpoint", str(path), "--output", str(out), "--dataset", "x"]
-    )
+    argv = ["--config", str(config_path), "--checkpoint", str(path), "--output", str(out), "--dataset", "x"]
+    status = main([*argv, "--source-color", "rgb"])  # weights as they are
     assert status == 0
     loaded, config, provenance = load_weights(out)
     assert (
         config == CONFIG and provenance["converted_from"] == "model_last.pth" and provenance["dataset"] == "x"
     )
+    assert provenance["source_color"] == "rgb"
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         a, b = model(x), loaded(x)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_bgr_checkpoint_gives_centernet_outputs_on_rgb_images(
+    source: tuple[Path, MultitaskCenterNet, Path], tmp_path: Path
+) -> None:
+    path, model, config_path = source  # ``model`` plays CenterNet: it expects BGR images, BGR statistics
+    out = tmp_path / "bgr.safetensors"
+    assert main(["--config", str(config_path), "--checkpoint", str(path), "--output", str(out)]) == 0
+    _, config, provenance = load_weights(out)
+    assert provenance["source_color"] == "bgr"  # the default
+    assert config.mean == CENTERNET_MEAN_RGB and config.std == CENTERNET_STD_RGB
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # RGB, the input size
+
+    # CenterNet's own preprocessing: BGR, (pixels / 255 - mean) / std with its BGR statistics.
+    bgr = torch.from_numpy(image[..., ::-1].copy()).permute(2, 0, 1).float() / 255
+    mean = torch.tensor([0.408, 0.447, 0.470]).view(3, 1, 1)
+    std = torch.tensor([0.289, 0.274, 0.278]).view(3, 1, 1)
+    with torch.no_grad():
+        reference = model(((bgr - mean) / std)[None])
+
+    predictor = Predictor.from_weights(out, device="cpu", channels_last=False)
+    batch, _ = preprocess([image], config.input_size, config.mean, config.std, channels_last=False)
+    ours = predictor.forward(batch, config.tasks)
+    # Random-init outputs vary little with the input (std ~0.01): unconverted colours would be off by ~1e-4.
+    for key, value in reference.items():
+        torch.testing.assert_close(ours[key], value, atol=1e-6, rtol=1e-5)
 
 
 def test_unmapped_key_is_named(source: tuple[Path, MultitaskCenterNet, Path], tmp_path: Path) -> None:

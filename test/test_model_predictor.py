@@ -100,6 +100,23 @@ def test_real_model_batch(predictor: Predictor) -> None:
     assert [r.image_size for r in flipped] == sizes[:2] and flipped[0].detections is None
 
 
+def test_max_detections_beyond_top_k() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        name="many", backbone="resnet18", input_size=(64, 64), use_dcn=False, detection=DetectionConfig()
+    )
+    assert config.decode.top_k == 100
+    predictor = Predictor(MultitaskCenterNet(config), config)
+    image = np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    # 80 classes x 16 x 16 cells of a random-init heatmap (scores ~0.1): far more than 150 local peaks.
+    many = predictor.predict(image, score_threshold=1e-3, max_detections=150)
+    default = predictor.predict(image, score_threshold=1e-3)
+    assert isinstance(many, Results) and isinstance(default, Results)
+    assert many.detections is not None and default.detections is not None
+    assert len(many.detections) == 150 and len(default.detections) == 100
+    np.testing.assert_array_equal(many.detections.scores[:100], default.detections.scores)
+
+
 def test_bgr_equals_rgb_of_swapped_image(predictor: Predictor) -> None:
     image = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     a = predictor.predict(image, score_threshold=0.0, tasks=["detection"])

@@ -11,6 +11,8 @@ from mcn_ros.model.preprocess import (
     Letterbox,
     letterbox_for,
     letterbox_tensor,
+    letterboxes_to_tensor,
+    pixel_cells,
     points_to_original,
     preprocess,
     segmentation_to_original,
@@ -41,7 +43,7 @@ def test_forward_and_inverse_mapping() -> None:
     restored = Letterbox.from_array(box.as_array())  # float32 storage, as datasets keep it
     assert restored.scale_x == pytest.approx(box.scale_x) and restored.pad_y == box.pad_y
     torch_points = torch.tensor([[[0.0, 32.0, 128.0, 96.0]]])
-    lb = torch.tensor([[box.scale_x, box.scale_y, box.pad_x, box.pad_y]])
+    lb = letterboxes_to_tensor([box], "cpu")
     torch.testing.assert_close(
         points_to_original(torch_points, lb), torch.tensor([[[0.0, 0.0, 200.0, 100.0]]])
     )
@@ -98,5 +100,9 @@ def test_segmentation_to_original_is_nearest_per_axis() -> None:
     rows = np.floor(((np.arange(30) + 0.5) * box.scale_y + box.pad_y) / 4).astype(int)
     cols = np.floor(((np.arange(60) + 0.5) * box.scale_x + box.pad_x) / 4).astype(int)
     np.testing.assert_array_equal(seg.numpy(), class_map.numpy()[rows][:, cols])
+    # The shared formula gives the same cells in numpy (training targets) and torch (decoding).
+    np.testing.assert_array_equal(pixel_cells(np.arange(30.0), box.scale_y, box.pad_y, 4), rows)
+    torch_cols = pixel_cells(torch.arange(60, dtype=torch.float64), box.scale_x, box.pad_x, 4)
+    np.testing.assert_array_equal(torch_cols.numpy(), cols)
     identity = segmentation_to_original(class_map, Letterbox(1, 1, 0, 0), (16, 16), 1)
     assert torch.equal(identity, class_map)

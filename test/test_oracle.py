@@ -19,7 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 ORACLE = Path(__file__).resolve().parents[1] / "bench" / "oracle.py"
 
 
-def _oracle() -> ModuleType:
+def _oracle(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ORACLE.parent))  # as `python bench/oracle.py` has it (`import _common`)
     spec = importlib.util.spec_from_file_location("mcn_bench_oracle", ORACLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -36,9 +37,13 @@ def _oracle() -> ModuleType:
     ],
 )
 def test_oracle_recovers_ground_truth(
-    tmp_path: Path, orig: tuple[int, int], input_hw: tuple[int, int], seg_stride: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    orig: tuple[int, int],
+    input_hw: tuple[int, int],
+    seg_stride: int,
 ) -> None:
-    oracle = _oracle()
+    oracle = _oracle(monkeypatch)
     generate_dataset(tmp_path, 16, seed=3, image_size=orig, split="val")  # non-square: letterbox padding
     config = oracle.oracle_config(input_hw, seg_stride)
     report = oracle.run_oracle(tmp_path, "val", config)
@@ -48,8 +53,8 @@ def test_oracle_recovers_ground_truth(
     assert report.mIoU >= 0.98
 
 
-def test_oracle_main_writes_results(tmp_path: Path) -> None:
-    oracle = _oracle()
+def test_oracle_main_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    oracle = _oracle(monkeypatch)
     record = oracle.main(["--images", "4", "--out", str(tmp_path)])
     assert (tmp_path / "oracle.json").exists() and (tmp_path / "oracle.md").exists()
     assert {"bbox_AP", "kp_AP", "mIoU", "command", "machine", "versions"} <= set(record)

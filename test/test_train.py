@@ -102,6 +102,42 @@ def test_resume_after_sigterm_equals_uninterrupted_run(
     assert not list(out.glob(".*tmp*")), "temporary files left behind"
 
 
+class KilledError(Exception):
+    """Stands for the process being killed (no signal handler runs, nothing is saved)."""
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_evaluation_of_a_checkpoint_step(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checkpoint and evaluation both due at every step: the checkpoint must hold the step's evaluation.
+    every_step = ["checkpoint.every_steps=1", "eval.every_steps=1", "eval.metric=mIoU", "eval.at_end=false"]
+    real_step = train.Trainer.train_step
+
+    def killed_in_step_2(self: train.Trainer, batch: Any) -> Any:
+        if self.state.global_step == 1:
+            raise KilledError
+        return real_step(self, batch)
+
+    monkeypatch.setattr(train.Trainer, "train_step", killed_in_step_2)
+    out = tmp_path / "run"
+    with pytest.raises(KilledError):
+        run_train(*base_args(data, out, "schedule.max_steps=3", *every_step))
+    monkeypatch.undo()
+    state = train.load_checkpoint(out / "checkpoint.pt")["state"]
+    assert state["global_step"] == 1 and [e["step"] for e in state["history"]] == [1]
+    first = state["history"][0]["metrics"]["mIoU"]
+    assert state["best_metric"] == first and state["best_step"] == 1
+
+    # The resumed run knows the evaluation: a later one replaces best.safetensors only if it is better.
+    resumed = run_train("--out", str(out), "--resume", "schedule.max_steps=2")
+    assert resumed["global_step"] == 2 and resumed["history"] == state["history"]
+    assert resumed["best"]["value"] == first and resumed["best"]["step"] == 1
+    assert json.loads((out / "history.json").read_text())["evaluations"] == state["history"]
+    _, _, provenance = load_weights(out / "best.safetensors")
+    assert provenance["global_step"] == 1 and provenance["metrics"]["mIoU"] == first
+
+
 @pytest.mark.slow
 def test_export_evaluate_and_test_only(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

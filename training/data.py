@@ -163,11 +163,10 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
             self.config,
             self.max_objects,
         )
-        lb = sample.letterbox
         item: dict[str, Tensor] = {
             "image": sample.image,
             "image_id": torch.tensor(image_id, dtype=torch.int64),
-            "letterbox": torch.tensor([lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y], dtype=torch.float32),
+            "letterbox": torch.from_numpy(sample.letterbox.as_array()),
             "orig_size": torch.tensor(image.shape[:2], dtype=torch.int64),
         }
         item.update(targets)

@@ -35,22 +35,18 @@ from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.preprocess import Letterbox
 from mcn_ros.model.results import Results
-from mcn_ros.model.weights import WeightsError, load_weights
+from mcn_ros.model.weights import WeightsError, load_weights, resolve_device
 
 LOG = logging.getLogger("mcn_training")
 
 
 def decode_options(eval_config: EvalConfig, model_config: ModelConfig) -> DecodeOptions:
     """Decoding for COCO evaluation: low thresholds (AP integrates over scores), the model's peak settings."""
-    d = model_config.decode
-    return DecodeOptions(
+    return DecodeOptions.from_config(
+        model_config.decode,
         score_threshold=eval_config.score_threshold,
         pose_score_threshold=eval_config.pose_score_threshold,
         max_detections=eval_config.max_detections,
-        top_k=max(d.top_k, eval_config.max_detections),
-        pool_kernel=d.pool_kernel,
-        kp_snap_score=d.kp_snap_score,
-        kp_snap_distance=d.kp_snap_distance,
     )
 
 
@@ -99,7 +95,7 @@ def predict_loader(
             with autocast:
                 outputs = model(images)
             outputs = {k: v.float() for k, v in outputs.items()}
-            letterboxes = [Letterbox(*(float(x) for x in row)) for row in batch["letterbox"].tolist()]
+            letterboxes = [Letterbox.from_array(row) for row in batch["letterbox"].numpy()]
             sizes = [(int(h), int(w)) for h, w in batch["orig_size"].tolist()]
             results = decode_batch(outputs, letterboxes, sizes, model_config, tasks, options)
             for image_id, result in zip(batch["image_id"].tolist(), results, strict=True):
@@ -193,10 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as ``args`` say; returns the JSON report (also written to ``--out``). Raises on errors."""
     from mcn_training.data import CocoMultitaskDataset
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = resolve_device(args.device)
     eval_cfg = EvalConfig(
         batch_size=args.batch_size,
         max_images=args.max_images,

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mcn_ros.model.config import TASKS
+from mcn_ros.model.decode import gather_at
+from mcn_ros.model.labels import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 _EPS = 1e-4
 
 
@@ -75,13 +76,6 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> 
     return -per_image.sum() / num_pos.sum().clamp(min=1.0)
 
 
-def gather_feature(feature: Tensor, indices: Tensor) -> Tensor:
-    """Values of ``feature`` [B, C, H, W] at flat positions ``indices`` [B, M] -> [B, M, C]."""
-    b, c = feature.shape[:2]
-    flat = feature.reshape(b, c, -1)
-    return flat.gather(2, indices.unsqueeze(1).expand(b, c, indices.shape[1])).transpose(1, 2)
-
-
 def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Sum of ``|pred - target| * mask`` over the number of valid (mask > 0) entries (mask broadcast)."""
     mask = mask.float().expand_as(target)
@@ -111,20 +105,20 @@ class MCNLoss(nn.Module):
             indices, mask = targets["indices"], targets["mask"]
             terms["center"] = focal_loss(outputs["heatmap"], targets["heatmap"])
             mask2 = mask.unsqueeze(-1)
-            terms["size"] = masked_l1(gather_feature(outputs["size"], indices), targets["size"], mask2)
-            terms["offset"] = masked_l1(gather_feature(outputs["offset"], indices), targets["offset"], mask2)
+            terms["size"] = masked_l1(gather_at(outputs["size"], indices), targets["size"], mask2)
+            terms["offset"] = masked_l1(gather_at(outputs["offset"], indices), targets["offset"], mask2)
         if "pose" in self.tasks and "kp_heatmap" in outputs:
             has_pose = targets["has_pose"].float().reshape(-1)
             b = has_pose.shape[0]
             hm = focal_loss(outputs["kp_heatmap"], targets["kp_heatmap"], weight=has_pose)
             from_centre = masked_l1(
-                gather_feature(outputs["kp_offsets"], targets["indices"]),
+                gather_at(outputs["kp_offsets"], targets["indices"]),
                 targets["kp_offsets"],
                 targets["kp_offsets_mask"] * has_pose.view(b, 1, 1),
             )
             terms["keyp"] = hm + from_centre
             kp_indices = targets["kp_indices"]  # [B, M, 17]
-            sub = gather_feature(outputs["kp_subpixel"], kp_indices.reshape(b, -1))  # [B, M*17, 2]
+            sub = gather_at(outputs["kp_subpixel"], kp_indices.reshape(b, -1))  # [B, M*17, 2]
             terms["keyp_off"] = masked_l1(
                 sub.reshape(*kp_indices.shape, 2),
                 targets["kp_subpixel"],

@@ -19,11 +19,10 @@ import torch
 from torch import Tensor
 
 from mcn_ros.model.config import OUTPUT_STRIDE, ModelConfig
-from mcn_ros.model.labels import NUM_KEYPOINTS
+from mcn_ros.model.labels import IGNORE_INDEX, NUM_KEYPOINTS
 
 #: Minimum IoU a box from a corner/centre within the radius keeps with the ground truth (CornerNet/CenterNet).
 MIN_OVERLAP = 0.7
-IGNORE_INDEX = 255
 
 
 def gaussian_radius(height: Any, width: Any, min_overlap: float = MIN_OVERLAP) -> np.ndarray:

@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
-from mcn_ros.model.weights import WeightsError, load_weights, save_weights
+from mcn_ros.model.weights import WeightsError, load_weights, resolve_device, save_weights
 
 LOG = logging.getLogger("mcn_training")
 
@@ -172,13 +172,9 @@ class DistInfo:
 
 
 def _select_device(setting: str, local_rank: int) -> torch.device:
-    if setting == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if setting == "cuda":
-        setting = f"cuda:{local_rank}"
-    device = torch.device(setting)
+    device = resolve_device(setting, local_rank)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"runtime.device: {setting} asked for but CUDA is not available")
+        raise TrainError(f"runtime.device: {device} asked for but CUDA is not available")
     return device
 
 
@@ -1025,10 +1021,13 @@ class Trainer:
                     finished = st.global_step >= self.total_steps
                     if finished or stop:
                         break
-                    if cfg.checkpoint.every_steps and st.global_step % cfg.checkpoint.every_steps == 0:
-                        self.save_checkpoint()
+                    # Evaluate before checkpointing (as at epoch ends): the checkpoint then holds this
+                    # evaluation, so a resumed run neither forgets it nor replaces best.safetensors with
+                    # worse weights.
                     if cfg.eval.every_steps and st.global_step % cfg.eval.every_steps == 0:
                         self._evaluate_and_track()
+                    if cfg.checkpoint.every_steps and st.global_step % cfg.checkpoint.every_steps == 0:
+                        self.save_checkpoint()
                     step_start = time.perf_counter()
                 bar.close()
                 if count and st.global_step % cfg.runtime.log_every_steps:

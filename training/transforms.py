@@ -33,7 +33,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from mcn_ros.model.labels import NUM_KEYPOINTS, flip_permutation
-from mcn_ros.model.preprocess import Letterbox, letterbox_for, preprocess, resized_size
+from mcn_ros.model.preprocess import Letterbox, letterbox_for, pixel_cells, preprocess, resized_size
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def _axis_sources(
     centre; a cell no pixel centre falls in (upsampling) takes the pixel under its centre.
     """
     u = np.arange(n_orig, dtype=np.float64)
-    cell_of_pixel = np.floor(((u + 0.5) * scale + pad) / stride)  # the mapping decode inverts with
+    cell_of_pixel = pixel_cells(u, scale, pad, stride)  # the mapping decode inverts with
     j = np.arange(n_cells, dtype=np.float64)
     under_centre = np.floor(((j + 0.5) * stride - pad) / scale)
     lo = np.searchsorted(cell_of_pixel, j, side="left")

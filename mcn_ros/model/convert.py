@@ -13,11 +13,19 @@ model (base, dla_up, ida_up) and its ResNet models (conv1, bn1, layer1-4, deconv
 named as ours are kept. Every source tensor must land on a model tensor of the same shape and every model
 tensor must be provided (BatchNorm's ``num_batches_tracked`` excepted); otherwise the conversion stops with
 a message naming the first offending key.
+
+Colour: CenterNet was trained on BGR images normalised with BGR statistics, our preprocessing feeds RGB
+normalised with the config's ``mean``/``std``. ``--source-color bgr`` (the default) therefore reverses the
+input channels of the first convolution (the first 4-D weight that takes 3 input channels) and writes
+CenterNet's statistics in RGB order (:data:`CENTERNET_MEAN_RGB`, :data:`CENTERNET_STD_RGB`) into the output
+config, so that the converted model computes exactly what the original did. ``--source-color rgb`` keeps
+the weights and the config's statistics as they are (checkpoints trained on RGB input).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import re
 import sys
@@ -49,6 +57,11 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
 )
 #: Source keys dropped without complaint: classifiers that a detection model does not use.
 DEFAULT_IGNORE: tuple[str, ...] = (r"^base\.fc\.", r"^fc\.")
+#: Colour orders of source checkpoints' input images.
+SOURCE_COLORS: tuple[str, ...] = ("bgr", "rgb")
+#: CenterNet's normalisation (its BGR mean 0.408, 0.447, 0.470 and std 0.289, 0.274, 0.278) in RGB order.
+CENTERNET_MEAN_RGB: tuple[float, float, float] = (0.470, 0.447, 0.408)
+CENTERNET_STD_RGB: tuple[float, float, float] = (0.278, 0.274, 0.289)
 
 
 class ConversionError(ValueError):
@@ -134,6 +147,14 @@ def map_keys(
     return mapped, ignored
 
 
+def first_rgb_conv(state: Mapping[str, Tensor]) -> str:
+    """Key of the first convolution weight taking 3 input channels (the one that sees the image)."""
+    for key, value in state.items():
+        if value.ndim == 4 and value.shape[1] == 3:
+            return key
+    raise ConversionError("no convolution weight with 3 input channels: cannot find the input layer")
+
+
 def _read_mapping(path: str | Path | None) -> tuple[list[tuple[str, str]], list[str]]:
     if path is None:
         return [], []
@@ -155,20 +176,35 @@ def convert(
     output: str | Path,
     mapping: str | Path | None = None,
     provenance: Mapping[str, Any] | None = None,
+    source_color: str = "bgr",
 ) -> dict[str, Any]:
-    """Convert ``checkpoint`` for ``config`` into the weights file ``output``; returns a summary."""
+    """Convert ``checkpoint`` for ``config`` into the weights file ``output``; returns a summary.
+
+    ``source_color`` "bgr" (CenterNet's convention, see the module doc) adapts the input layer and the
+    config's mean/std to our RGB preprocessing; "rgb" converts the weights as they are.
+    """
+    if source_color not in SOURCE_COLORS:
+        raise ConversionError(f"source_color must be 'bgr' or 'rgb', got {source_color!r}")
     state = load_state_dict(checkpoint)
     extra_rules, extra_ignore = _read_mapping(mapping)
+    if source_color == "bgr":
+        config = dataclasses.replace(config, mean=CENTERNET_MEAN_RGB, std=CENTERNET_STD_RGB)
     model = MultitaskCenterNet(config)
     targets = model.state_dict()
     mapped, ignored = map_keys(
         state, targets, [*extra_rules, *DEFAULT_RULES], [*extra_ignore, *DEFAULT_IGNORE]
     )
+    if source_color == "bgr":
+        # (W x_bgr) = (W.flip(1) x_rgb): the RGB input, normalised with the reversed statistics, is x_bgr
+        # with its channels reversed.
+        first = first_rgb_conv(mapped)
+        mapped[first] = mapped[first].flip(1)
     model.load_state_dict({**targets, **mapped}, strict=True)
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     info = {
         "converted_from": Path(checkpoint).name,
         "source_sha256": digest,
+        "source_color": source_color,
         "mapping": None if mapping is None else str(mapping),
         **(provenance or {}),
     }
@@ -191,6 +227,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mapping", help="YAML with extra 'rules' ([pattern, replacement]) and 'ignore' patterns"
     )
+    parser.add_argument(
+        "--source-color",
+        choices=SOURCE_COLORS,
+        default="bgr",
+        help="colour order the checkpoint was trained on: bgr (default; CenterNet's, with its mean/std) or "
+        "rgb (weights and the config's mean/std kept as they are)",
+    )
     parser.add_argument("--dataset", help="provenance note: what the checkpoint was trained on")
     return parser
 
@@ -206,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.output,
             args.mapping,
             {"dataset": args.dataset} if args.dataset else None,
+            source_color=args.source_color,
         )
     except (ConversionError, ConfigError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

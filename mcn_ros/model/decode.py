@@ -16,6 +16,7 @@ to the CPU in one packed transfer (plus one for segmentation maps).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,9 +59,13 @@ class DecodeOptions:
 
     @classmethod
     def from_config(cls, decode: DecodeConfig, **overrides: Any) -> DecodeOptions:
-        """Options with a model config's decode settings, then ``overrides`` (None values are ignored)."""
+        """Options with a model config's decode settings, then ``overrides`` (None values are ignored).
+
+        ``top_k`` is raised to ``max_detections`` when that is larger, so that as many boxes can be returned.
+        """
         values: dict[str, Any] = dataclasses.asdict(decode)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values["top_k"] = max(values["top_k"], values.get("max_detections", cls.max_detections))
         return cls(**values)
 
 
@@ -169,6 +174,20 @@ def decode_keypoints(
     return keypoints, scores
 
 
+@functools.lru_cache(maxsize=32)
+def _mapping_tensors(
+    letterboxes: tuple[Letterbox, ...], image_sizes: tuple[tuple[int, int], ...], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Letterboxes [B, 4] and image sizes (h, w) [B, 2] on ``device``, float32.
+
+    Cached: a camera stream repeats them frame after frame, so a frame needs no host-to-device copy for them.
+    The tensors are shared between calls, never modified, and made outside inference mode (usable in and out).
+    """
+    with torch.inference_mode(False):
+        sizes = torch.tensor(image_sizes, dtype=torch.float32, device=device).view(-1, 2)
+        return letterboxes_to_tensor(letterboxes, device), sizes
+
+
 def decode_batch(
     outputs: Mapping[str, Tensor],
     letterboxes: Sequence[Letterbox],
@@ -193,14 +212,15 @@ def decode_batch(
             if key not in outputs:
                 raise KeyError(f"decoding {task} needs output {key!r}, which is missing")
     device = next(iter(outputs.values())).device
-    boxes_lb = letterboxes_to_tensor(letterboxes, device)
-    sizes_hw = torch.tensor([list(s) for s in image_sizes], dtype=torch.float32, device=device).view(-1, 2)
+    boxes_lb, sizes_hw = _mapping_tensors(
+        tuple(letterboxes), tuple((int(h), int(w)) for h, w in image_sizes), device
+    )
     packed: dict[str, Tensor] = {}  # name -> [B, ...] float32, moved to the CPU together
 
     if asked & {"detection", "pose"}:
-        heat = outputs["heatmap"].float().sigmoid()
         size, offset = outputs["size"], outputs["offset"]
     if "detection" in asked:
+        heat = outputs["heatmap"].float().sigmoid()
         scores, flat, classes, ys, xs = topk_peaks(local_peaks(heat, options.pool_kernel), options.top_k)
         boxes = _boxes_at(size, offset, flat, xs, ys) * OUTPUT_STRIDE
         boxes = _clip_boxes(points_to_original(boxes, boxes_lb), sizes_hw)
@@ -209,7 +229,11 @@ def decode_batch(
     if "pose" in asked:
         person = config.person_index
         assert person is not None  # guaranteed by ModelConfig validation
-        person_heat = local_peaks(heat[:, person : person + 1], options.pool_kernel)
+        if "detection" in asked:
+            person_heat = heat[:, person : person + 1]
+        else:  # pose alone: the probabilities of the person channel only
+            person_heat = outputs["heatmap"][:, person : person + 1].float().sigmoid()
+        person_heat = local_peaks(person_heat, options.pool_kernel)
         scores, flat, _, ys, xs = topk_peaks(person_heat, options.top_k)
         boxes = _boxes_at(size, offset, flat, xs, ys)
         regressed = gather_at(outputs["kp_offsets"], flat).float().unflatten(-1, (-1, 2))

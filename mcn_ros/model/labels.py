@@ -36,6 +36,9 @@ KEYPOINT_NAMES: tuple[str, ...] = (
 
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
 
+#: Segmentation class id of pixels that neither training nor evaluation counts (COCO crowd regions).
+IGNORE_INDEX = 255
+
 #: Limbs as 0-based keypoint index pairs (the COCO person category's 1-based skeleton minus one).
 SKELETON: tuple[tuple[int, int], ...] = (
     (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),

@@ -132,7 +132,7 @@ class Predictor:
         color_order: str = ...,
         score_threshold: float = ...,
         pose_score_threshold: float = ...,
-        keypoint_threshold: float | None = ...,
+        kp_snap_score: float | None = ...,
         max_detections: int = ...,
         flip_test: bool = ...,
     ) -> Results | list[Results]: ...
@@ -145,7 +145,7 @@ class Predictor:
         color_order: str = ...,
         score_threshold: float = ...,
         pose_score_threshold: float = ...,
-        keypoint_threshold: float | None = ...,
+        kp_snap_score: float | None = ...,
         max_detections: int = ...,
         flip_test: bool = ...,
     ) -> list[Results]: ...
@@ -157,16 +157,18 @@ class Predictor:
         color_order: str = "rgb",
         score_threshold: float = 0.3,
         pose_score_threshold: float = 0.3,
-        keypoint_threshold: float | None = None,
+        kp_snap_score: float | None = None,
         max_detections: int = 100,
         flip_test: bool = False,
     ) -> Results | list[Results]:
         """Detect / estimate poses / segment ``images`` (HxWx3 uint8, any sizes, ``color_order`` rgb or bgr).
 
         A single HxWx3 array gives one :class:`Results`; a sequence (or a BxHxWx3 array) gives a list.
-        ``tasks`` (None = all configured) selects the heads that run. ``keypoint_threshold`` overrides the
-        config's ``kp_snap_score`` (minimum keypoint-heatmap peak score used for snapping); every keypoint
-        keeps its slot with its score, so consumers compare scores to their own threshold.
+        ``tasks`` (None = all configured) selects the heads that run. ``kp_snap_score`` overrides the
+        config's ``decode.kp_snap_score`` (minimum keypoint-heatmap peak score used for snapping; it does not
+        filter keypoints): every keypoint keeps its slot with its score, so consumers compare scores to their
+        own threshold. Up to ``max_detections`` boxes and poses per image (the config's ``decode.top_k``
+        peaks are taken, or ``max_detections`` if that is larger).
         """
         single = isinstance(images, np.ndarray) and images.ndim == 3
         batch_images: list[np.ndarray] = [images] if single else list(images)  # type: ignore[list-item]
@@ -176,7 +178,7 @@ class Predictor:
             score_threshold=score_threshold,
             pose_score_threshold=pose_score_threshold,
             max_detections=max_detections,
-            kp_snap_score=keypoint_threshold,
+            kp_snap_score=kp_snap_score,
         )
         batch, letterboxes = preprocess(
             batch_images,

@@ -9,10 +9,12 @@ continuous pixel coordinates (pixel i covers [i, i + 1)).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 COLOR_ORDERS = ("rgb", "bgr")
+ArrayT = TypeVar("ArrayT", np.ndarray, Tensor)
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,10 @@ def letterbox_for(orig_hw: Sequence[int], input_hw: Sequence[int]) -> Letterbox:
 def letterbox_tensor(
     image: Tensor, input_hw: Sequence[int], out: Tensor | None = None
 ) -> tuple[Tensor, Letterbox]:
-    """Letterbox one normalised float image [3, h, w] into [3, H, W] (padding 0); returns it and the mapping.
+    """Letterbox one float image [3, h, w] into [3, H, W] (padding 0); returns it and the mapping.
 
-    If ``out`` [3, H, W] is given, it is filled in place (it must already hold the padding value 0).
+    If ``out`` [3, H, W] is given, the resized image is written into it in place and the rest of ``out``
+    (the padding) keeps what it holds.
     """
     h, w = int(image.shape[-2]), int(image.shape[-1])
     box = letterbox_for((h, w), input_hw)
@@ -142,29 +146,40 @@ def preprocess(
         raise ValueError("no images given")
     device = torch.device(device)
     height, width = int(input_hw[0]), int(input_hw[1])
-    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32, device=device)).view(3, 1, 1)
-    shift = (torch.tensor(mean, dtype=torch.float32, device=device) * 255.0).view(3, 1, 1)
-    batch = torch.zeros((len(images), 3, height, width), dtype=torch.float32, device=device)
+    shift, scale = _normalisation(tuple(float(m) for m in mean), tuple(float(s) for s in std), device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    batch = torch.empty(
+        (len(images), 3, height, width), dtype=torch.float32, device=device, memory_format=memory_format
+    )
+    batch.copy_(shift.expand_as(batch))  # padding: the mean colour, 0 once normalised
     letterboxes = []
     for i, image in enumerate(images):
         _check_image(image, i)
-        pixels = image_to_tensor(image, device, color_order)
-        new_h, new_w = resized_size(image.shape[:2], (height, width))
-        if (new_h, new_w) != tuple(image.shape[:2]):
-            pixels = F.interpolate(pixels[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
-        box = letterbox_for(image.shape[:2], (height, width))
-        x0, y0 = int(box.pad_x), int(box.pad_y)
-        batch[i, :, y0 : y0 + new_h, x0 : x0 + new_w] = (pixels - shift) * scale
+        _, box = letterbox_tensor(image_to_tensor(image, device, color_order), (height, width), out=batch[i])
         letterboxes.append(box)
-    if channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
+    batch.sub_(shift).mul_(scale)
     return batch, letterboxes
 
 
+@functools.lru_cache(maxsize=8)
+def _normalisation(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """(shift, scale) [3, 1, 1] on ``device``: ``(pixels - shift) * scale`` normalises [0, 255] pixels.
+
+    Cached per values and device, so that a frame does not copy them to the device again; never modified.
+    Made outside inference mode, so that they also serve calls outside it.
+    """
+    with torch.inference_mode(False):
+        scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32, device=device)).view(3, 1, 1)
+        shift = (torch.tensor(mean, dtype=torch.float32, device=device) * 255.0).view(3, 1, 1)
+    return shift, scale
+
+
 def letterboxes_to_tensor(letterboxes: Sequence[Letterbox], device: torch.device | str) -> Tensor:
-    """float32 [B, 4] (scale_x, scale_y, pad_x, pad_y)."""
-    values = [[b.scale_x, b.scale_y, b.pad_x, b.pad_y] for b in letterboxes]
-    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 4)
+    """float32 [B, 4] (scale_x, scale_y, pad_x, pad_y): the rows of :meth:`Letterbox.as_array`."""
+    values = np.array([b.as_array() for b in letterboxes], dtype=np.float32).reshape(-1, 4)
+    return torch.from_numpy(values).to(device)
 
 
 def points_to_original(points: Tensor, letterboxes: Tensor) -> Tensor:
@@ -174,6 +189,15 @@ def points_to_original(points: Tensor, letterboxes: Tensor) -> Tensor:
     pad = letterboxes[:, 2:4].reshape(shape)
     pairs = points.unflatten(-1, (-1, 2))
     return ((pairs - pad.unsqueeze(-2)) / scale.unsqueeze(-2)).flatten(-2)
+
+
+def pixel_cells(pixels: ArrayT, scale: float, pad: float, stride: int) -> ArrayT:
+    """Along one axis, the cell of a ``stride`` map (of the network input) that original pixel index
+    ``pixels`` falls in: its centre ``u + 0.5`` mapped by the letterbox, ``floor(((u + 0.5) * scale + pad) /
+    stride)`` (float, not clamped). numpy or torch; the one formula the decoder and the training targets
+    share."""
+    cells = ((pixels + 0.5) * scale + pad) / stride
+    return cells.floor() if isinstance(cells, Tensor) else np.floor(cells)
 
 
 def segmentation_to_original(
@@ -188,8 +212,8 @@ def segmentation_to_original(
     device = class_map.device
     ys = torch.arange(h, device=device, dtype=torch.float64)
     xs = torch.arange(w, device=device, dtype=torch.float64)
-    rows = torch.floor(((ys + 0.5) * letterbox.scale_y + letterbox.pad_y) / map_stride).long()
-    cols = torch.floor(((xs + 0.5) * letterbox.scale_x + letterbox.pad_x) / map_stride).long()
+    rows = pixel_cells(ys, letterbox.scale_y, letterbox.pad_y, map_stride).long()
+    cols = pixel_cells(xs, letterbox.scale_x, letterbox.pad_x, map_stride).long()
     rows = rows.clamp_(0, class_map.shape[0] - 1)
     cols = cols.clamp_(0, class_map.shape[1] - 1)
     return class_map.index_select(0, rows).index_select(1, cols)

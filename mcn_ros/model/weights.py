@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +33,23 @@ class WeightsError(RuntimeError):
     """A weights file that cannot be used; the message says which file and why."""
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> the first CUDA device if available, else CPU; other values as ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
+    """``"auto"`` -> a CUDA device if available, else CPU; other values as ``torch.device``.
+
+    With ``local_rank`` (a process of a multi-GPU job), ``"auto"`` and ``"cuda"`` mean ``cuda:<local_rank>``.
+    """
+    setting = str(device)
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and local_rank is not None:
+        setting = f"cuda:{local_rank}"
+    return torch.device(setting)
 
 
 def default_provenance() -> dict[str, Any]:
     """Creation time (UTC, ISO 8601) and the command line of this process."""
     return {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]]),
     }
 
