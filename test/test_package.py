@@ -130,3 +130,28 @@ include = IncludeLaunchDescription(PythonLaunchDescriptionSource(path), launch_a
 service.include_launch_description(LaunchDescription([include]))
 sys.exit(service.run())
 """
+
+
+def test_plain_colcon_build_of_a_workspace_holding_the_repo(tmp_path: Path) -> None:
+    """What a user with a sourced environment does: the repo in ws/src, `colcon build`, nothing else."""
+    import shutil
+
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    source = tmp_path / "ws" / "src" / "mcn_ros"
+    for name in files:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    colcon = shutil.which("colcon")
+    assert colcon, "colcon is not on PATH (source mcn_env.sh)"
+    build = subprocess.run(
+        [colcon, "build", "--event-handlers", "console_direct-"],
+        cwd=tmp_path / "ws", capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    # ros_deps/ (the vision_msgs twin) is skipped through COLCON_IGNORE; the sourced vision_msgs is used.
+    assert sorted(p.name for p in (tmp_path / "ws" / "install").iterdir() if p.is_dir()) == ["mcn_ros"]
+    assert os.access(tmp_path / "ws" / "install" / "mcn_ros" / "lib" / "mcn_ros" / "mcn_node", os.X_OK)
