@@ -27,6 +27,8 @@ import yaml
 from mcn_training.losses import LossWeights
 from mcn_training.transforms import AugmentConfig
 
+from mcn_ros.model.config import read_yaml_mapping
+
 #: Metrics that can select the best checkpoint (keys of mcn_ros.evaluation.EvalReport); "auto" picks the
 #: first the model has of bbox_AP (detection), kp_AP (pose), mIoU (segmentation).
 METRICS: tuple[str, ...] = ("bbox_AP", "bbox_AP50", "kp_AP", "kp_AP50", "mIoU", "person_IoU")
@@ -378,14 +380,7 @@ def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainC
     Raises :class:`TrainConfigError` with one message naming the file and the field.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TrainConfigError(f"{path}: cannot read training config: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise TrainConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, "training config", TrainConfigError)
     try:
         data = apply_overrides(data, overrides)
         return TrainConfig.from_dict(data, base_dir=path.parent)
@@ -428,15 +423,10 @@ def resolve_path(value: str | Path, base_dir: str | Path) -> Path:
 
 def model_config_dict(config: TrainConfig) -> dict[str, Any]:
     """The model config file's mapping with ``model_overrides`` merged in (not yet validated)."""
-    path = Path(config.model)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TrainConfigError(f"model: cannot read model config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise TrainConfigError(f"model: {path}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"model: {path}: expected a mapping at the top level")
+        data = read_yaml_mapping(config.model, "model config", TrainConfigError)
+    except TrainConfigError as exc:
+        raise TrainConfigError(f"model: {exc}") from exc
     return _deep_merge(data, config.model_overrides)
 
 

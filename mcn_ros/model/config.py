@@ -61,6 +61,22 @@ def _class_list(value: Any, where: str) -> tuple[str, ...]:
     return names
 
 
+def read_yaml_mapping(path: str | Path, what: str, error: type[ValueError] | None = None) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; any failure raises ``error`` (default
+    :class:`ConfigError`) with one message naming ``what`` and the file."""
+    path = Path(path)
+    error = error or ConfigError
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{what} {path}: expected a mapping at the top level")
+    return data
+
+
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
@@ -328,15 +344,7 @@ class ModelConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:
         """Read a config file; errors name the file and the field."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read model config: {exc.strerror or exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = read_yaml_mapping(path, "model config")
         try:
             return cls.from_dict(data)
         except ConfigError as exc:
