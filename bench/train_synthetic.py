@@ -23,6 +23,7 @@ bench/results/train_synthetic.md (the tables).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -118,9 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def ensure_dataset(root: Path, train_images: int, val_images: int, seed: int) -> dict[str, Any]:
     """Generate the synthetic dataset unless the same one is already there."""
+    from mcn_training import synthetic
     from mcn_training.synthetic import generate_dataset
 
+    generator = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
     spec = {
+        "generator_sha256": generator,  # a changed generator means a new dataset
         "seed": seed,
         "train_images": train_images,
         "val_images": val_images,

@@ -135,6 +135,23 @@ def test_keypoint_targets_and_masks() -> None:
     assert t["kp_heatmap"][6].sum() == 0 and t["kp_heatmap"][7].sum() == 0
 
 
+def test_keypoint_min_radius_widens_keypoint_gaussians_only() -> None:
+    cfg = _config(seg_stride=None)
+    box = np.array([[8.0, 4.0, 24.0, 28.0]])  # 4 x 6 output cells: box radius 0
+    kps = np.zeros((1, 17, 3), np.float32)
+    kps[0, 0] = [17.0, 9.0, 2]  # nose -> cell (4, 2)
+    assert int(gaussian_radius(6.0, 4.0)) == 0
+    plain = build_targets(box, np.array([0]), kps, None, (64, 96), cfg, max_objects=2)
+    wide = build_targets(box, np.array([0]), kps, None, (64, 96), cfg, max_objects=2, kp_min_radius=2)
+    assert plain["kp_heatmap"][0, 2, 5] == 0.0  # radius 0: a lone positive cell
+    sigma = 5 / 6
+    assert wide["kp_heatmap"][0, 2, 4] == 1.0 and wide["kp_heatmap"][0].max() == 1.0
+    assert float(wide["kp_heatmap"][0, 2, 5]) == pytest.approx(math.exp(-1 / (2 * sigma**2)), rel=1e-5)
+    assert float(wide["kp_heatmap"][0, 2, 6]) > 0.0 and float(wide["kp_heatmap"][0, 2, 7]) == 0.0
+    torch.testing.assert_close(wide["heatmap"], plain["heatmap"])  # the box-centre heatmap is unchanged
+    torch.testing.assert_close(wide["kp_subpixel"], plain["kp_subpixel"])
+
+
 def test_no_pose_labels_give_has_pose_zero_and_empty_targets() -> None:
     cfg = _config(seg_stride=None)
     t = build_targets(np.array([[8.0, 4.0, 40.0, 60.0]]), np.array([0]), None, None, (64, 96), cfg, 2)

@@ -70,6 +70,9 @@ class DataConfig:
     workers: int = 4
     #: Most objects (boxes) per image in the targets; more are dropped. Default 128 (CenterNet's).
     max_objects: int = 128
+    #: Smallest Gaussian radius (output cells) of keypoint-heatmap targets; the person's box radius is used
+    #: when larger. Default 0 (CenterNet: the box radius alone).
+    keypoint_min_radius: int = 0
     #: Training augmentation (fields of mcn_training.transforms.AugmentConfig); null = none (letterbox
     #: only, like evaluation). Default: AugmentConfig's defaults.
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
@@ -78,6 +81,9 @@ class DataConfig:
         """Check values; raises :class:`TrainConfigError`."""
         _check(self.workers >= 0, "data.workers", "must be >= 0", self.workers)
         _check(self.max_objects >= 1, "data.max_objects", "must be >= 1", self.max_objects)
+        _check(
+            self.keypoint_min_radius >= 0, "data.keypoint_min_radius", "must be >= 0", self.keypoint_min_radius
+        )
         for name in ("train_split", "val_split", "image_dir", "instances"):
             _check(bool(getattr(self, name)), f"data.{name}", "must not be empty", getattr(self, name))
         for name in ("image_dir", "instances", "keypoints"):

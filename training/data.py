@@ -96,10 +96,12 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         model_config: ModelConfig,
         augment: AugmentConfig | None = None,
         max_objects: int = 128,
+        keypoint_min_radius: int = 0,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.config = model_config
         self.max_objects = int(max_objects)
+        self.keypoint_min_radius = int(keypoint_min_radius)
         self.coco, self.pose_images = load_coco(instances_json, keypoints_json)
         self.has_keypoints_file = keypoints_json is not None
         self.image_ids: list[int] = sorted(int(i) for i in self.coco.imgs)
@@ -162,6 +164,7 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
             self.config.input_size,
             self.config,
             self.max_objects,
+            self.keypoint_min_radius,
         )
         item: dict[str, Tensor] = {
             "image": sample.image,

@@ -1,7 +1,8 @@
 """Deterministic synthetic dataset in the exact COCO 2017 file layout.
 
 No COCO is available on the project's machines, so tests, the oracle benchmark and the demo train on scenes
-made here: articulated stick-figure people with all 17 COCO keypoints (COCO order, visibility 0/1/2), cars,
+made here: articulated stick-figure people facing the camera or away from it (face and shirt front, or hair
+and a plain back) with all 17 COCO keypoints (COCO order, visibility 0/1/2), cars,
 stop signs, sports balls and traffic lights, drawn with OpenCV on textured backgrounds (noise, gradients,
 stripes, checkers). Objects are painted back to front; each instance keeps only its visible pixels, and a
 keypoint hidden by an object in front gets visibility 1 ("labelled, not visible") as in COCO.
@@ -214,7 +215,7 @@ def _person(
         joints[f"{name}_ear"] = head + np.array([sgn * 0.85 * r_head, 0.05 * r_head])
 
     cloth, trousers = _color(rng), _color(rng)
-    skin = _color(rng, 90, 240)
+    skin, hair = _color(rng, 90, 240), _color(rng, 10, 80)
     limb = max(2, round(0.05 * H))
     leg = max(2, round(0.065 * H))
     for name in ("left", "right"):
@@ -224,11 +225,17 @@ def _person(
         [joints["left_shoulder"], joints["right_shoulder"], joints["right_hip"], joints["left_hip"]]
     )
     canvas.polygon(torso, cloth)
+    # The facing decides which side is "left", so it must be visible even on small figures (sub-pixel eyes
+    # alone were not): from the front a skin-coloured face under the hair, dark eyes and a shirt front
+    # (a contrasting stripe down the torso); from behind only hair and a plain back.
     canvas.line(neck, head, limb, skin)
-    canvas.circle(head, r_head, skin)
-    if frontal:  # a face: darker eyes inside the head
+    canvas.circle(head, r_head, hair)
+    if frontal:
+        front = (235, 235, 235) if sum(cloth) < 384 else (20, 20, 20)
+        canvas.line(neck, hip_c, max(1, round(0.05 * H)), front)
+        canvas.circle(head + np.array([0.0, 0.2 * r_head]), 0.8 * r_head, skin)
         for name in ("left_eye", "right_eye"):
-            canvas.circle(joints[name], max(0.5, 0.12 * r_head), (20, 20, 20))
+            canvas.circle(joints[name], max(0.5, 0.15 * r_head), (20, 20, 20))
     for name in ("left", "right"):
         canvas.line(joints[f"{name}_shoulder"], joints[f"{name}_elbow"], limb, cloth)
         canvas.line(joints[f"{name}_elbow"], joints[f"{name}_wrist"], limb, skin)

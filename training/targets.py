@@ -111,6 +111,7 @@ def build_targets(
     input_hw: tuple[int, int],
     config: ModelConfig,
     max_objects: int = 128,
+    kp_min_radius: int = 0,
 ) -> dict[str, Tensor]:
     """Targets of one image for the tasks of ``config``.
 
@@ -122,6 +123,7 @@ def build_targets(
     None (all ignored).
 
     Objects whose box has no area inside the map are dropped; at most ``max_objects`` are kept (in order).
+    Keypoint Gaussians get their person's box radius, raised to at least ``kp_min_radius`` (output cells).
     Keys: detection ``heatmap`` [C, h, w], ``indices`` int64 [M], ``mask`` [M], ``size`` [M, 2], ``offset``
     [M, 2]; pose ``kp_offsets`` [M, 34], ``kp_offsets_mask`` [M, 34], ``kp_heatmap`` [17, h, w],
     ``kp_indices`` int64 [M, 17], ``kp_subpixel`` [M, 17, 2], ``kp_mask`` [M, 17], ``has_pose`` scalar;
@@ -188,8 +190,11 @@ def build_targets(
                 kp_subpixel[:n] = np.where(labelled[..., None], k - k_cell, 0.0)
                 kp_mask[:n] = labelled
                 obj, joint = np.nonzero(labelled)
-                # CenterNet multi_pose: every keypoint Gaussian gets its person's box radius.
-                draw_gaussians(kp_heatmap, joint, k_cell[obj, joint, 0], k_cell[obj, joint, 1], radius[obj])
+                # CenterNet multi_pose: every keypoint Gaussian gets its person's box radius. The corrected
+                # radius is 0-1 cell for most people at small inputs (a lone positive cell among full-penalty
+                # neighbours), so a floor can soften the neighbours while the peak stays where it was.
+                kp_radius = np.maximum(radius[obj], int(kp_min_radius))
+                draw_gaussians(kp_heatmap, joint, k_cell[obj, joint, 0], k_cell[obj, joint, 1], kp_radius)
             out.update(
                 kp_offsets=torch.from_numpy(kp_offsets.reshape(M, 2 * J)),
                 kp_offsets_mask=torch.from_numpy(kp_offsets_mask.reshape(M, 2 * J)),

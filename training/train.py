@@ -292,6 +292,7 @@ def build_datasets(cfg: TrainConfig, model_config: ModelConfig, need_train: bool
                 model_config,
                 augment,
                 max_objects=cfg.data.max_objects,
+                keypoint_min_radius=cfg.data.keypoint_min_radius,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TrainError(
