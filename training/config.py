@@ -81,9 +81,8 @@ class DataConfig:
         """Check values; raises :class:`TrainConfigError`."""
         _check(self.workers >= 0, "data.workers", "must be >= 0", self.workers)
         _check(self.max_objects >= 1, "data.max_objects", "must be >= 1", self.max_objects)
-        _check(
-            self.keypoint_min_radius >= 0, "data.keypoint_min_radius", "must be >= 0", self.keypoint_min_radius
-        )
+        radius = self.keypoint_min_radius
+        _check(radius >= 0, "data.keypoint_min_radius", "must be >= 0", radius)
         for name in ("train_split", "val_split", "image_dir", "instances"):
             _check(bool(getattr(self, name)), f"data.{name}", "must not be empty", getattr(self, name))
         for name in ("image_dir", "instances", "keypoints"):
