@@ -124,7 +124,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def ensure_dataset(root: Path, train_images: int, val_images: int, seed: int) -> dict[str, Any]:
     """Generate the synthetic dataset unless the same one is already there."""
     from mcn_training import synthetic
-    from mcn_training.synthetic import generate_dataset
 
     generator = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
     spec = {
@@ -140,8 +139,8 @@ def ensure_dataset(root: Path, train_images: int, val_images: int, seed: int) ->
     if root.exists():
         shutil.rmtree(root)
     start = time.perf_counter()
-    generate_dataset(root, train_images, seed, IMAGE_SIZE, split="train", first_id=1)
-    generate_dataset(root, val_images, seed, IMAGE_SIZE, split="val", first_id=train_images + 1)
+    synthetic.generate_dataset(root, train_images, seed, IMAGE_SIZE, split="train", first_id=1)
+    synthetic.generate_dataset(root, val_images, seed, IMAGE_SIZE, split="val", first_id=train_images + 1)
     marker.write_text(json.dumps(spec))
     print(f"generated {train_images} + {val_images} synthetic images in {time.perf_counter() - start:.0f} s")
     return spec
