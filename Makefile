@@ -7,10 +7,8 @@ ENV := source ./mcn_env.sh &&
 setup:
 	@bash scripts/setup.sh
 
-# mypy finds mcn_training (the training/ directory) through a link in .typings/.
 lint: setup
-	@mkdir -p .typings && ln -sfn ../training .typings/mcn_training
-	$(ENV) ruff check . && ruff format --check . && MYPYPATH=.typings mypy -p mcn_ros -p mcn_training
+	$(ENV) ruff check . && ruff format --check . && mypy -p mcn_ros -p mcn_training
 
 # pytest exits 5 when it collects nothing: that is a failure here too.
 test: lint

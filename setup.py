@@ -1,7 +1,8 @@
-"""Pure-Python install of mcn_ros (model runtime, evaluation) and mcn_training, without any ROS.
+"""Pure-Python install of mcn_ros (model runtime, evaluation), without any ROS.
 
-`pip install -e .` is for people who only train or run the model. The ROS package (messages, node, launch
-files) is built by colcon from CMakeLists.txt; `make setup` does both.
+`pip install -e .` is for people who only run the model; `pip install -e training` adds the training package
+(mcn_training, in training/mcn_training/). The ROS package (messages, node, launch files) is built by colcon
+from CMakeLists.txt; `make setup` does all three.
 """
 
 from pathlib import Path
@@ -22,15 +23,12 @@ setup(
     version="0.1.0",
     description="Multitask-CenterNet (detection, human pose, segmentation) runtime, training and ROS 2 node",
     python_requires=">=3.10",
-    packages=[*find_packages(include=["mcn_ros", "mcn_ros.*"]), "mcn_training"],
-    package_dir={"mcn_training": "training"},
+    packages=find_packages(include=["mcn_ros", "mcn_ros.*"]),
     install_requires=read_requirements("runtime"),
     extras_require={"dev": read_requirements("dev")},
     entry_points={
         "console_scripts": [
             "mcn_node = mcn_ros.ros.node:main",
-            "mcn-train = mcn_training.train:main",
-            "mcn-evaluate = mcn_training.evaluate:main",
         ]
     },
 )

@@ -31,8 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 from _common import machine, pct, versions
-from mcn_training.data import CocoMultitaskDataset
-from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -42,6 +40,8 @@ from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.labels import IGNORE_INDEX
 from mcn_ros.model.preprocess import letterbox_for
 from mcn_ros.model.results import Results
+from mcn_training.data import CocoMultitaskDataset
+from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _EPS = 1e-4

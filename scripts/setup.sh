@@ -32,7 +32,7 @@ else
 fi
 
 # 1. Python environment -----------------------------------------------------------------------------------
-REQS=(requirements/runtime.txt requirements/dev.txt setup.py)
+REQS=(requirements/runtime.txt requirements/dev.txt setup.py training/pyproject.toml)
 [ "$MODE" = "wheels" ] && REQS+=(requirements/ros-wheels.txt)
 PY_STAMP="$MODE-$(digest "${REQS[@]}")"
 if [ "$(cat "$VENV/.mcn_python_stamp" 2>/dev/null)" != "$PY_STAMP" ]; then
@@ -50,7 +50,7 @@ if [ "$(cat "$VENV/.mcn_python_stamp" 2>/dev/null)" != "$PY_STAMP" ]; then
   [ "$MODE" = "wheels" ] && pip_args+=(-r requirements/ros-wheels.txt)
   [ "$MODE" = "distro" ] && ! command -v colcon >/dev/null 2>&1 && pip_args+=(colcon-common-extensions)
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_args[@]}"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e . -e training
   echo "$PY_STAMP" > "$VENV/.mcn_python_stamp"
 else
   log "python environment up to date"
@@ -116,7 +116,8 @@ fi
   [ "$MODE" = "wheels" ] && echo "export CMAKE_PREFIX_PATH=\"$VENV\${CMAKE_PREFIX_PATH:+:\$CMAKE_PREFIX_PATH}\""
   echo ". '$INSTALL/local_setup.bash'"
   # The source tree first, so edits to mcn_ros/*.py need no rebuild; mcn_ros/__init__.py merges in mcn_ros.msg.
-  echo "export PYTHONPATH=\"$ROOT\${PYTHONPATH:+:\$PYTHONPATH}\""
+  # training/ holds the training package under its import name (training/mcn_training).
+  echo "export PYTHONPATH=\"$ROOT:$ROOT/training\${PYTHONPATH:+:\$PYTHONPATH}\""
   echo "export HF_HUB_OFFLINE=1"
 } > "$ROOT/mcn_env.sh"
 log "done ($MODE mode). Activate with: source mcn_env.sh"

@@ -16,9 +16,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 def ros() -> None:
     """Require rclpy and the built messages; under `make test` (MCN_REQUIRE_ROS=1) their absence fails."""
     try:
-        import mcn_ros.msg  # noqa: F401
         import rclpy  # noqa: F401
         import vision_msgs.msg  # noqa: F401
+
+        import mcn_ros.msg  # noqa: F401
     except ImportError as error:
         if os.environ.get("MCN_REQUIRE_ROS") == "1":
             pytest.fail(f"ROS 2 is required here but does not import ({error}); run `make setup`")

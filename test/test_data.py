@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mcn_training.data import CocoMultitaskDataset
-from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
-from mcn_training.transforms import AugmentConfig, MultitaskTransform
 from torch.utils.data import default_collate
 
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.labels import FLIP_PAIRS
 from mcn_ros.model.preprocess import letterbox_for, preprocess
+from mcn_training.data import CocoMultitaskDataset
+from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
+from mcn_training.transforms import AugmentConfig, MultitaskTransform
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

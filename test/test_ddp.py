@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from mcn_training import train
 from mcn_training.synthetic import generate_dataset
 

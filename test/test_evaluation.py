@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
 from pycocotools.coco import COCO
 
 from mcn_ros.evaluation import EvalReport, evaluate, semantic_target
 from mcn_ros.model.results import Detections, Poses, Results
+from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

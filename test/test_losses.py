@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from mcn_training.losses import LossWeights, MCNLoss, focal_loss, masked_l1
-from mcn_training.targets import build_targets
 
 from mcn_ros.model.config import ModelConfig
+from mcn_training.losses import LossWeights, MCNLoss, focal_loss, masked_l1
+from mcn_training.targets import build_targets
 
 H, W = 32, 64
 

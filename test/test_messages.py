@@ -50,9 +50,8 @@ def test_vision_msgs_is_wire_identical_to_upstream() -> None:
 
 
 def test_pose_message_layout() -> None:
-    from mcn_ros.msg import HumanPose2D, Keypoint2D
-
     from mcn_ros.model.labels import KEYPOINT_NAMES
+    from mcn_ros.msg import HumanPose2D, Keypoint2D
 
     pose = HumanPose2D()
     assert len(pose.keypoints) == HumanPose2D.NUM_KEYPOINTS == len(KEYPOINT_NAMES) == 17
@@ -70,7 +69,6 @@ def test_pose_message_layout() -> None:
 
 def make_messages() -> dict[str, object]:
     """One message of every type the node publishes, with recognisable content."""
-    from mcn_ros.msg import HumanPose2D, HumanPose2DArray, Keypoint2D, PoseInfo
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
     from vision_msgs.msg import (
@@ -80,6 +78,8 @@ def make_messages() -> dict[str, object]:
         ObjectHypothesisWithPose,
         VisionClass,
     )
+
+    from mcn_ros.msg import HumanPose2D, HumanPose2DArray, Keypoint2D, PoseInfo
 
     header = Header(frame_id="camera_optical")
     header.stamp.sec, header.stamp.nanosec = 1234, 5678

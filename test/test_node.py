@@ -35,9 +35,10 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def running(weights: Path) -> Iterator[tuple[object, Client]]:
     """An autostarted node (active) plus a client with every output subscribed."""
-    from mcn_ros.msg import HumanPose2DArray, PoseInfo
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    from mcn_ros.msg import HumanPose2DArray, PoseInfo
 
     process = start_node(
         "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", f"score_threshold:={SCORE}",

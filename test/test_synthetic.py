@@ -10,11 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from mcn_training.synthetic import generate_dataset, main
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from mcn_ros.model.labels import COCO_CATEGORY_IDS, COCO_CLASSES, KEYPOINT_NAMES, SKELETON
+from mcn_training.synthetic import generate_dataset, main
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

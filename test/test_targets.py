@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from mcn_training.targets import build_targets, draw_gaussians, gaussian_radius
 
 from mcn_ros.model.config import ModelConfig
+from mcn_training.targets import build_targets, draw_gaussians, gaussian_radius
 
 
 def _config(detection: object = "coco", pose: bool = True, seg_stride: int | None = 4) -> ModelConfig:

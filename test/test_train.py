@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 import torch
+
+from mcn_ros.model.weights import load_weights
 from mcn_training import evaluate as evaluate_cli
 from mcn_training import export as export_cli
 from mcn_training import train
 from mcn_training.config import TrainConfigError, load_train_config
 from mcn_training.synthetic import generate_dataset
-
-from mcn_ros.model.weights import load_weights
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "train" / "tiny_synthetic_test.yaml"

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from mcn_training.config import DataConfig, EvalConfig, TrainConfigError, resolve_split
 from pycocotools.coco import COCO
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -36,6 +35,7 @@ from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.preprocess import Letterbox
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import WeightsError, load_weights, resolve_device
+from mcn_training.config import DataConfig, EvalConfig, TrainConfigError, resolve_split
 
 LOG = logging.getLogger("mcn_training")
 

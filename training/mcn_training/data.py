@@ -28,8 +28,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from mcn_training.targets import build_targets
-from mcn_training.transforms import AugmentConfig, MultitaskTransform
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -37,6 +35,8 @@ from torch.utils.data import Dataset
 from mcn_ros.evaluation import semantic_target
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.labels import NUM_KEYPOINTS
+from mcn_training.targets import build_targets
+from mcn_training.transforms import AugmentConfig, MultitaskTransform
 
 
 def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = None) -> tuple[COCO, set[int]]:

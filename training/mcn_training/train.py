@@ -41,6 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from mcn_ros.model.config import ConfigError, ModelConfig
+from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.weights import WeightsError, load_weights, resolve_device, save_weights
 from mcn_training.config import (
     METRIC_TASK,
     TrainConfig,
@@ -53,13 +60,6 @@ from mcn_training.config import (
 from mcn_training.data import CocoMultitaskDataset
 from mcn_training.evaluate import decode_options, evaluate_model, subset_coco
 from mcn_training.losses import MCNLoss
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-
-from mcn_ros.model.config import ConfigError, ModelConfig
-from mcn_ros.model.mcn import MultitaskCenterNet
-from mcn_ros.model.weights import WeightsError, load_weights, resolve_device, save_weights
 
 LOG = logging.getLogger("mcn_training")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
-from mcn_training.losses import LossWeights
-from mcn_training.transforms import AugmentConfig
 
 from mcn_ros.model.config import read_yaml_mapping
+from mcn_training.losses import LossWeights
+from mcn_training.transforms import AugmentConfig
 
 #: Metrics that can select the best checkpoint (keys of mcn_ros.evaluation.EvalReport); "auto" picks the
 #: first the model has of bbox_AP (detection), kp_AP (pose), mIoU (segmentation).
