@@ -212,7 +212,7 @@ def decode_batch(
             if key not in outputs:
                 raise KeyError(f"decoding {task} needs output {key!r}, which is missing")
     device = next(iter(outputs.values())).device
-    boxes_lb, sizes_hw = _mapping_tensors(
+    letterbox_boxes, sizes_hw = _mapping_tensors(
         tuple(letterboxes), tuple((int(h), int(w)) for h, w in image_sizes), device
     )
     packed: dict[str, Tensor] = {}  # name -> [B, ...] float32, moved to the CPU together
@@ -223,7 +223,7 @@ def decode_batch(
         heat = outputs["heatmap"].float().sigmoid()
         scores, flat, classes, ys, xs = topk_peaks(local_peaks(heat, options.pool_kernel), options.top_k)
         boxes = _boxes_at(size, offset, flat, xs, ys) * OUTPUT_STRIDE
-        boxes = _clip_boxes(points_to_original(boxes, boxes_lb), sizes_hw)
+        boxes = _clip_boxes(points_to_original(boxes, letterbox_boxes), sizes_hw)
         keep = (scores >= options.score_threshold).sum(dim=1).clamp(max=options.max_detections)
         packed.update(det_boxes=boxes, det_scores=scores, det_classes=classes.float(), det_count=keep.float())
     if "pose" in asked:
@@ -241,8 +241,10 @@ def decode_batch(
         keypoints, kp_scores = decode_keypoints(
             boxes, regressed, outputs["kp_heatmap"].float().sigmoid(), outputs["kp_subpixel"], options
         )
-        boxes = _clip_boxes(points_to_original(boxes * OUTPUT_STRIDE, boxes_lb), sizes_hw)
-        keypoints = points_to_original(keypoints.flatten(-2) * OUTPUT_STRIDE, boxes_lb).unflatten(-1, (-1, 2))
+        boxes = _clip_boxes(points_to_original(boxes * OUTPUT_STRIDE, letterbox_boxes), sizes_hw)
+        keypoints = points_to_original(keypoints.flatten(-2) * OUTPUT_STRIDE, letterbox_boxes).unflatten(
+            -1, (-1, 2)
+        )
         keep = (scores >= options.pose_score_threshold).sum(dim=1).clamp(max=options.max_detections)
         packed.update(
             pose_boxes=boxes,

@@ -14,11 +14,12 @@ from torch import Tensor, nn
 
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
+from mcn_ros.model.device import resolve_device
 from mcn_ros.model.labels import flip_permutation
 from mcn_ros.model.mcn import resolve_tasks
 from mcn_ros.model.preprocess import preprocess
 from mcn_ros.model.results import Results
-from mcn_ros.model.weights import load_weights, resolve_device
+from mcn_ros.model.weights import load_weights
 
 HALF_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _EPS = 1e-4

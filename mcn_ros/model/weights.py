@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mcn_ros.model.config import ConfigError, ModelConfig
+from mcn_ros.model.device import resolve_device
 from mcn_ros.model.mcn import MultitaskCenterNet
 
 FORMAT = "mcn_ros.weights"
@@ -31,19 +32,6 @@ FORMAT_VERSION = "1"
 
 class WeightsError(RuntimeError):
     """A weights file that cannot be used; the message says which file and why."""
-
-
-def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
-    """``"auto"`` -> a CUDA device if available, else CPU; other values as ``torch.device``.
-
-    With ``local_rank`` (a process of a multi-GPU job), ``"auto"`` and ``"cuda"`` mean ``cuda:<local_rank>``.
-    """
-    setting = str(device)
-    if setting == "auto":
-        setting = "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "cuda" and local_rank is not None:
-        setting = f"cuda:{local_rank}"
-    return torch.device(setting)
 
 
 def default_provenance() -> dict[str, Any]:

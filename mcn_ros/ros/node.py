@@ -280,8 +280,9 @@ class McnNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
+        from mcn_ros.model.device import resolve_device
         from mcn_ros.model.predictor import Predictor
-        from mcn_ros.model.weights import load_weights, resolve_device
+        from mcn_ros.model.weights import load_weights
 
         weights = str(self.get_parameter("weights").value)
         if not weights:

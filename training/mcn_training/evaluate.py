@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader, Subset
 from mcn_ros.evaluation import EvalReport, evaluate
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
+from mcn_ros.model.device import resolve_device
 from mcn_ros.model.preprocess import Letterbox
 from mcn_ros.model.results import Results
-from mcn_ros.model.weights import WeightsError, load_weights, resolve_device
+from mcn_ros.model.weights import WeightsError, load_weights
 from mcn_training.config import DataConfig, EvalConfig, TrainConfigError, resolve_split
 
 LOG = logging.getLogger("mcn_training")

@@ -46,8 +46,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from mcn_ros.model.config import ConfigError, ModelConfig
+from mcn_ros.model.device import resolve_device
 from mcn_ros.model.mcn import MultitaskCenterNet
-from mcn_ros.model.weights import WeightsError, load_weights, resolve_device, save_weights
+from mcn_ros.model.weights import WeightsError, load_weights, save_weights
 from mcn_training.config import (
     METRIC_TASK,
     TrainConfig,
