@@ -217,3 +217,45 @@ def test_missing_output_is_reported() -> None:
     del out["kp_subpixel"]
     with pytest.raises(KeyError, match="kp_subpixel"):
         decode_batch(out, [letterbox_for((64, 64), INPUT)], [(64, 64)], config(), ["pose"], DecodeOptions())
+
+
+MEMORY_PROBE = """
+import resource, sys
+import torch
+sys.path.insert(0, {test_dir!r})
+from test_model_decode import blank_outputs, config
+from mcn_ros.model.decode import DecodeOptions, decode_batch
+from mcn_ros.model.preprocess import letterbox_for
+
+torch.manual_seed(0)
+out = blank_outputs()
+# Random low-score maps: every cell is a candidate person and a candidate keypoint.
+for key in ("heatmap", "kp_heatmap"):
+    out[key] = torch.rand_like(out[key]) - 3.0
+out = {{k: torch.nn.functional.interpolate(v, scale_factor=2.0) for k, v in out.items()}}  # 64 x 64 cells
+boxes, sizes = [letterbox_for((256, 256), (256, 256))], [(256, 256)]
+cfg = config()
+def run(max_detections):
+    options = DecodeOptions.from_config(cfg.decode, score_threshold=0.0, pose_score_threshold=0.0,
+                                        max_detections=max_detections)
+    with torch.inference_mode():
+        return decode_batch(out, boxes, sizes, cfg, ["pose"], options)[0]
+run(100)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+poses = run(1000).poses
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(poses), (after - before) / 1024)
+"""
+
+
+def test_pose_decoding_memory_is_linear_in_max_detections() -> None:
+    """1000 persons: keypoint candidates stay at the config's top_k (a quadratic decode needed ~340 MB)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = MEMORY_PROBE.format(test_dir=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    persons, growth_mb = done.stdout.split()
+    assert int(persons) == 1000
+    assert float(growth_mb) < 80, f"peak memory grew by {growth_mb} MB decoding 1000 persons"

@@ -48,8 +48,11 @@ class DecodeOptions:
     pose_score_threshold: float = 0.3
     #: At most this many boxes (and, separately, poses) per image.
     max_detections: int = 100
-    #: Peaks taken from each heatmap before thresholds (also keypoint candidates per joint).
+    #: Peaks taken from each heatmap before thresholds.
     top_k: int = 100
+    #: Keypoint-heatmap peaks per joint that a regressed keypoint may snap to (the config's ``top_k``; not
+    #: raised with ``max_detections``, so decoding memory grows linearly, not quadratically, with it).
+    keypoint_candidates: int = 100
     #: Max-pool kernel of the local-maximum test.
     pool_kernel: int = 3
     #: Keypoint-heatmap peaks below this score are not used for snapping.
@@ -65,6 +68,7 @@ class DecodeOptions:
         """
         values: dict[str, Any] = dataclasses.asdict(decode)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values.setdefault("keypoint_candidates", values["top_k"])
         values["top_k"] = max(values["top_k"], values.get("max_detections", cls.max_detections))
         return cls(**values)
 
@@ -140,7 +144,7 @@ def decode_keypoints(
     """
     b, j, h, w = kp_heatmap.shape
     k = regressed.shape[1]
-    kp = min(options.top_k, h * w)
+    kp = min(options.keypoint_candidates, h * w)
     # Candidate peaks per joint: [B, J, Kp].
     cand_score, cand_flat = local_peaks(kp_heatmap, options.pool_kernel).reshape(b, j, -1).topk(kp, dim=2)
     cand_y = torch.div(cand_flat, w, rounding_mode="floor")
@@ -148,11 +152,15 @@ def decode_keypoints(
     sub = kp_subpixel.float().reshape(b, 2, -1).gather(2, cand_flat.reshape(b, 1, -1).expand(b, 2, j * kp))
     sub = sub.reshape(b, 2, j, kp)
     cand = torch.stack((cand_x.float() + sub[:, 0], cand_y.float() + sub[:, 1]), dim=-1)  # [B, J, Kp, 2]
-    # Distance of every regressed keypoint to every candidate of its joint: [B, K, J, Kp].
-    dist = torch.linalg.vector_norm(regressed.unsqueeze(3) - cand.unsqueeze(1), dim=-1)
-    usable = (cand_score >= options.kp_snap_score).unsqueeze(1)
-    dist = torch.where(usable, dist, torch.full_like(dist, float("inf")))
-    min_dist, nearest = dist.min(dim=3)  # [B, K, J]
+    # Squared distance of every regressed keypoint to every candidate of its joint: [B, K, J, Kp], built in
+    # place from the x and y differences (no [B, K, J, Kp, 2] temporary, no square root).
+    dist_sq = regressed[..., 0].unsqueeze(3) - cand[..., 0].unsqueeze(1)
+    dist_sq.mul_(dist_sq)
+    dy = regressed[..., 1].unsqueeze(3) - cand[..., 1].unsqueeze(1)
+    dist_sq.addcmul_(dy, dy)
+    del dy
+    dist_sq.masked_fill_((cand_score < options.kp_snap_score).unsqueeze(1), float("inf"))
+    min_dist_sq, nearest = dist_sq.min(dim=3)  # [B, K, J]
     snapped = (
         cand.unsqueeze(1).expand(b, k, j, kp, 2).gather(3, nearest[..., None, None].expand(b, k, j, 1, 2))
     )
@@ -163,7 +171,7 @@ def decode_keypoints(
         (snapped[..., 0] >= x1) & (snapped[..., 0] <= x2) & (snapped[..., 1] >= y1) & (snapped[..., 1] <= y2)
     )
     radius = options.kp_snap_distance * torch.maximum(x2 - x1, y2 - y1)
-    use = torch.isfinite(min_dist) & inside & (min_dist <= radius)
+    use = torch.isfinite(min_dist_sq) & inside & (min_dist_sq <= radius * radius)
     # Score of a keypoint that stays where it was regressed: the heatmap at its cell (clamped to the map).
     rx = regressed[..., 0].floor().clamp(0, w - 1).long()
     ry = regressed[..., 1].floor().clamp(0, h - 1).long()
