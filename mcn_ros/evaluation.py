@@ -1,7 +1,9 @@
 """Evaluation of :class:`~mcn_ros.model.results.Results` against COCO-format ground truth.
 
 Shared by training (validation) and the rosbag replay report. Box and keypoint AP are the official COCO
-numbers from ``pycocotools.cocoeval.COCOeval`` (AP = mean over IoU/OKS 0.50:0.95, AP50 at 0.50); the
+numbers from ``pycocotools.cocoeval.COCOeval`` (AP = mean over IoU/OKS 0.50:0.95, AP50 at 0.50); per-class
+box AP is read from the same run's precision array (area "all", 100 detections), so over the classes that
+have ground truth its mean is the overall box AP; the
 semantic segmentation metrics are computed here from a confusion matrix, because pycocotools has no
 semantic-segmentation evaluator for instance-annotated COCO.
 
@@ -44,6 +46,8 @@ class EvalReport:
     person_IoU: float | None = None  # noqa: N815 (the contract's metric names)
     #: IoU per segmentation class name ("background" included) over the classes that occur.
     per_class_IoU: dict[str, float] = field(default_factory=dict)  # noqa: N815
+    #: Box AP (IoU 0.50:0.95) per detection class name, over the classes with ground truth in the images.
+    per_class_AP: dict[str, float] = field(default_factory=dict)  # noqa: N815
     #: Number of images evaluated.
     num_images: int = 0
 
@@ -52,7 +56,7 @@ class EvalReport:
         return asdict(self)
 
     def table(self) -> str:
-        """Markdown table of the headline metrics (percentages), then the per-class IoUs if any."""
+        """Markdown table of the headline metrics (percentages), then the per-class IoUs and APs if any."""
         rows = [
             ("bbox AP", self.bbox_AP),
             ("bbox AP50", self.bbox_AP50),
@@ -67,6 +71,9 @@ class EvalReport:
         if self.per_class_IoU:
             lines += ["", "| class | IoU |", "| --- | ---: |"]
             lines += [f"| {name} | {_pct(value)} |" for name, value in self.per_class_IoU.items()]
+        if self.per_class_AP:
+            lines += ["", "| class | box AP |", "| --- | ---: |"]
+            lines += [f"| {name} | {_pct(value)} |" for name, value in self.per_class_AP.items()]
         return "\n".join(lines)
 
 
@@ -110,6 +117,26 @@ def _summarise(evaluator: COCOeval) -> tuple[float, float]:
     ap, ap50 = float(evaluator.stats[0]), float(evaluator.stats[1])
     # COCOeval reports -1 when no ground truth exists for the evaluated categories.
     return max(ap, 0.0), max(ap50, 0.0)
+
+
+def _per_class_ap(evaluator: COCOeval, coco_gt: COCO) -> dict[str, float]:
+    """AP per category of an accumulated COCOeval, the standard way (as ``summarize`` does for all).
+
+    ``eval["precision"]`` is [IoU thresholds, recall points, categories, areas, max dets] with -1 where a
+    category has no (non-ignored) ground truth; AP of category k = mean of its entries > -1 for area "all"
+    and the largest max-dets setting (100). Categories with no such entry are left out.
+    """
+    precision = np.asarray(evaluator.eval["precision"])
+    params = evaluator.params
+    area = params.areaRngLbl.index("all")
+    dets = params.maxDets.index(max(params.maxDets))
+    out: dict[str, float] = {}
+    for k, cat_id in enumerate(params.catIds):  # COCOeval.evaluate sorts catIds: they index axis 2
+        values = precision[:, :, k, area, dets]
+        values = values[values > -1]
+        if values.size:
+            out[str(coco_gt.cats[cat_id]["name"])] = float(values.mean())
+    return out
 
 
 def _load_results(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
@@ -183,8 +210,15 @@ def evaluate(
             evaluator.params.imgIds = with_det
             evaluator.params.catIds = cat_ids
             report.bbox_AP, report.bbox_AP50 = _summarise(evaluator)
+            report.per_class_AP = _per_class_ap(evaluator, coco_gt)
         else:
             report.bbox_AP, report.bbox_AP50 = 0.0, 0.0
+            with_gt = {
+                int(a["category_id"])
+                for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=with_det, catIds=cat_ids))
+                if not a.get("iscrowd", 0)
+            }
+            report.per_class_AP = {str(coco_gt.cats[c]["name"]): 0.0 for c in sorted(with_gt)}
 
     with_pose = [i for i in image_ids if predictions[i].poses is not None]
     has_kp_gt = any("keypoints" in a for a in coco_gt.dataset.get("annotations", []))

@@ -64,6 +64,7 @@ def test_ground_truth_scores_perfectly(coco: COCO) -> None:
     assert report.mIoU == pytest.approx(1.0) and report.person_IoU == pytest.approx(1.0)
     assert report.num_images == 12
     assert set(report.per_class_IoU) == {"background", *SYNTHETIC_CLASSES}
+    assert report.per_class_AP == pytest.approx(dict.fromkeys(_gt_class_names(coco), 1.0))
 
 
 def test_perturbed_predictions_score_lower(coco: COCO) -> None:
@@ -71,6 +72,47 @@ def test_perturbed_predictions_score_lower(coco: COCO) -> None:
     assert report.bbox_AP is not None and report.bbox_AP < 0.8
     assert report.kp_AP is not None and report.kp_AP < 0.9
     assert report.mIoU is not None and 0.3 < report.mIoU < 0.97
+
+
+def _without_class(results: dict[int, Results], class_id: int) -> dict[int, Results]:
+    """The same results with every detection of one class removed."""
+    out = {}
+    for image_id, r in results.items():
+        d = r.detections
+        assert d is not None
+        keep = d.class_ids != class_id
+        out[image_id] = Results(
+            image_size=r.image_size,
+            detections=Detections(d.boxes[keep], d.scores[keep], d.class_ids[keep]),
+            poses=r.poses,
+            segmentation=r.segmentation,
+        )
+    return out
+
+
+def _gt_class_names(coco: COCO) -> set[str]:
+    return {coco.cats[a["category_id"]]["name"] for a in coco.dataset["annotations"] if not a["iscrowd"]}
+
+
+def test_per_class_ap_perfect_class_and_missing_class(coco: COCO) -> None:
+    present = _gt_class_names(coco)
+    assert {"person", "car"} <= present
+    report = evaluate(coco, _without_class(_gt_results(coco), DET.index("car")), DET, None)
+    assert set(report.per_class_AP) == present  # only classes with ground truth
+    assert report.per_class_AP["car"] == 0.0
+    for name in present - {"car"}:
+        assert report.per_class_AP[name] == pytest.approx(1.0), name
+    assert report.bbox_AP == pytest.approx((len(present) - 1) / len(present))
+    assert report.per_class_IoU == {}  # no segmentation asked for
+
+
+def test_per_class_ap_mean_is_the_overall_ap(coco: COCO) -> None:
+    report = evaluate(coco, _gt_results(coco, box_shift=2.0), DET, None)
+    assert report.bbox_AP is not None and 0.05 < report.bbox_AP < 0.95
+    values = list(report.per_class_AP.values())
+    assert len(values) == len(_gt_class_names(coco)) >= 3
+    assert len(set(values)) > 1  # the classes really differ, the mean is not trivial
+    assert np.mean(values) == pytest.approx(report.bbox_AP, abs=1e-9)
 
 
 def test_no_predictions_give_zero_not_a_crash(coco: COCO) -> None:
@@ -82,6 +124,7 @@ def test_no_predictions_give_zero_not_a_crash(coco: COCO) -> None:
     }
     report = evaluate(coco, empty, DET, None)
     assert report.bbox_AP == 0.0 and report.kp_AP == 0.0 and report.mIoU is None
+    assert report.per_class_AP == dict.fromkeys(sorted(_gt_class_names(coco), key=DET.index), 0.0)
     assert evaluate(coco, {}, DET, SYNTHETIC_CLASSES).bbox_AP is None
     with pytest.raises(KeyError, match="not in the ground truth"):
         evaluate(coco, {999999: empty[next(iter(empty))]}, DET, None)
@@ -137,6 +180,12 @@ def test_report_dict_and_table(tmp_path: Path) -> None:
     report = EvalReport(bbox_AP=0.5, kp_AP=None, mIoU=0.25, per_class_IoU={"background": 0.5}, num_images=3)
     d = report.to_dict()
     assert d["bbox_AP"] == 0.5 and d["kp_AP"] is None and d["per_class_IoU"] == {"background": 0.5}
+    assert d["per_class_AP"] == {}
     table = report.table()
     assert "| bbox AP | 50.0 |" in table and "| mIoU | 25.0 |" in table and "keypoint AP" not in table
-    assert "| background | 50.0 |" in table
+    assert "| background | 50.0 |" in table and "| class | box AP |" not in table
+    report.per_class_AP = {"car": 0.125}
+    table = report.table()
+    rows = ("| background | 50.0 |", "| class | box AP |", "| car | 12.5 |")
+    positions = [table.index(row) for row in rows]
+    assert positions == sorted(positions)
