@@ -17,7 +17,8 @@ from typing import Any
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.weights import WeightsError, save_weights
-from mcn_training.train import TrainError, load_checkpoint
+from mcn_training.checkpoints import load_checkpoint
+from mcn_training.errors import TrainError
 
 
 def checkpoint_provenance(ckpt: dict[str, Any], source: Path) -> dict[str, Any]:

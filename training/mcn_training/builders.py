@@ -1,0 +1,170 @@
+"""The pieces of a run built from its config: datasets, model, optimizer, lr schedule, precision, metric."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, Subset
+
+from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.weights import load_weights
+from mcn_training.config import METRIC_TASK, TrainConfig, TrainConfigError, resolve_split
+from mcn_training.data import CocoMultitaskDataset
+from mcn_training.distributed import DistInfo
+from mcn_training.errors import TrainError
+from mcn_training.evaluate import subset_coco
+
+LOG = logging.getLogger("mcn_training")
+
+
+@dataclass
+class Datasets:
+    """The training and validation datasets with the files they came from."""
+
+    train: CocoMultitaskDataset | None
+    val: Dataset[dict[str, torch.Tensor]] | None
+    val_coco: Any  # pycocotools COCO of the (possibly truncated) validation split
+    info: dict[str, Any]  # plain description for provenance
+
+
+def build_datasets(cfg: TrainConfig, model_config: ModelConfig, need_train: bool) -> Datasets:
+    """Check the data files and build the datasets; raises TrainConfigError/TrainError with one message."""
+    root = cfg.data.root
+    if root is None:
+        raise TrainConfigError("data.root: no dataset directory; pass --data DIR")
+    with_keypoints = "pose" in model_config.tasks
+    train_files = resolve_split(cfg.data, root, cfg.data.train_split, with_keypoints) if need_train else None
+    val_files = resolve_split(cfg.data, root, cfg.data.val_split, with_keypoints)
+    info: dict[str, Any] = {"root": str(Path(root).resolve())}
+
+    def make(files: Any, augment: Any) -> CocoMultitaskDataset:
+        try:
+            return CocoMultitaskDataset(
+                str(files.image_dir),
+                str(files.instances),
+                None if files.keypoints is None else str(files.keypoints),
+                model_config,
+                augment,
+                max_objects=cfg.data.max_objects,
+                keypoint_min_radius=cfg.data.keypoint_min_radius,
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TrainError(
+                f"data: cannot load split {files.split!r} from {files.instances}: {exc}"
+            ) from exc
+
+    train = None
+    if train_files is not None:
+        train = make(train_files, cfg.data.augment)
+        info["train"] = {
+            "split": train_files.split,
+            "images": len(train),
+            "instances": str(train_files.instances),
+        }
+    val_full = make(val_files, None)
+    val: Dataset[dict[str, torch.Tensor]] = val_full
+    val_coco = val_full.coco
+    if cfg.eval.max_images is not None and cfg.eval.max_images < len(val_full):
+        keep = list(range(cfg.eval.max_images))
+        val = Subset(val_full, keep)
+        val_coco = subset_coco(val_full.coco, [int(val_full.image_ids[i]) for i in keep])
+    info["val"] = {"split": val_files.split, "images": len(val), "instances": str(val_files.instances)}  # type: ignore[arg-type]
+    return Datasets(train, val, val_coco, info)
+
+
+def init_from_weights(model: nn.Module, path: str) -> None:
+    """Copy the tensors of an mcn_ros weights file whose names and shapes match (the rest keep their init)."""
+    source, _, _ = load_weights(path)
+    own = model.state_dict()
+    matched = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    LOG.info("init_weights %s: %d of %d tensors loaded", path, len(matched), len(own))
+
+
+def build_model(
+    cfg: TrainConfig, model_config: ModelConfig, device: torch.device, dist_info: DistInfo, fresh: bool
+) -> tuple[nn.Module, nn.Module]:
+    """The model on ``device`` and the module to train: the same one, or its DDP wrapper when distributed.
+
+    A ``fresh`` model (no checkpoint to restore) starts from backbone_weights and init_weights.
+    """
+    rt = cfg.runtime
+    model = MultitaskCenterNet(model_config, cfg.backbone_weights if fresh else None)
+    if cfg.init_weights and fresh:
+        init_from_weights(model, cfg.init_weights)
+    model.to(device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if rt.sync_bn and dist_info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if not dist_info.distributed:
+        return model, model
+    wrapped = DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=rt.find_unused_parameters,
+    )
+    return model, wrapped
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD over all trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+    """The lr multiplier after ``step`` optimizer steps: warm-up, then x gamma at every drop passed."""
+    s = cfg.schedule
+    scale = steps_per_epoch if s.lr_drop_unit == "epoch" else total_steps
+    drops = [round(d * scale) for d in s.lr_drops]
+
+    def factor(step: int) -> float:
+        value = s.lr_gamma ** sum(step >= d for d in drops)
+        if step < s.warmup_steps:
+            value *= s.warmup_factor + (1.0 - s.warmup_factor) * step / s.warmup_steps
+        return float(value)
+
+    return factor
+
+
+def resolve_amp(setting: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``runtime.amp`` on ``device`` (None = full precision)."""
+    if setting in (None, "off"):
+        return None
+    if device.type == "cuda":
+        if setting == "bf16" and not torch.cuda.is_bf16_supported():
+            LOG.warning("runtime.amp: this GPU has no bf16; using fp16 with a GradScaler")
+            return torch.float16
+        return torch.bfloat16 if setting == "bf16" else torch.float16
+    if setting == "bf16":
+        return torch.bfloat16
+    raise TrainConfigError(f"runtime.amp: {setting} needs CUDA; use bf16 or off on {device.type}")
+
+
+def select_metric(setting: str, model_config: ModelConfig) -> str:
+    """The metric that picks the best weights, checked against the model's tasks."""
+    tasks = model_config.tasks
+    if setting == "auto":
+        for metric in ("bbox_AP", "kp_AP", "mIoU"):
+            if METRIC_TASK[metric] in tasks:
+                return metric
+        raise TrainConfigError("eval.metric: the model has no task with a metric")  # pragma: no cover
+    if METRIC_TASK[setting] not in tasks:
+        raise TrainConfigError(
+            f"eval.metric: {setting} needs the {METRIC_TASK[setting]} task, the model has none"
+        )
+    return setting
