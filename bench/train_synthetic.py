@@ -123,9 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def ensure_dataset(root: Path, train_images: int, val_images: int, seed: int) -> dict[str, Any]:
     """Generate the synthetic dataset unless the same one is already there."""
-    from mcn_training import synthetic
+    from mcn_training import synthetic, synthetic_drawing
 
-    generator = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+    sources = b"".join(Path(m.__file__).read_bytes() for m in (synthetic, synthetic_drawing) if m.__file__)
+    generator = hashlib.sha256(sources).hexdigest()[:16]
     spec = {
         "generator_sha256": generator,  # a changed generator means a new dataset
         "seed": seed,
