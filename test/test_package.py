@@ -53,27 +53,6 @@ def test_installed_executable_starts_the_node(prefix: Path, tmp_path: Path) -> N
     assert process.returncode == 0, log
 
 
-def test_parameter_file_matches_the_declared_parameters() -> None:
-    import rclpy
-    from rclpy.context import Context
-
-    from mcn_ros.ros.node import McnNode
-
-    declared_file = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
-    context = Context()
-    rclpy.init(context=context)
-    try:
-        node = McnNode(context=context)
-        rclpy_own = {"use_sim_time", "start_type_description_service"}
-        names = set(node.get_parameters_by_prefix("")) - rclpy_own
-        assert names == set(declared_file)
-        for name, value in declared_file.items():
-            assert node.get_parameter(name).value == value, name
-        node.destroy_node()
-    finally:
-        rclpy.shutdown(context=context)
-
-
 def test_rviz_config_shows_the_node_images() -> None:
     rviz = yaml.safe_load((REPO / "config" / "mcn.rviz").read_text())
     topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"] if d.get("Enabled")}
