@@ -1,58 +1,66 @@
 """Launch the mcn_ros perception node (and optionally RViz).
 
-    ros2 launch mcn_ros mcn.launch.py weights:=/path/model.safetensors image:=/camera/image_raw rviz:=true
+    ros2 launch mcn_ros mcn.launch.py weights:=/path/model.safetensors autostart:=true image:=/camera/image
 
-Arguments: weights, params_file (default: the installed config/mcn.yaml), image (camera topic),
-namespace, autostart (configure + activate without a lifecycle manager; default true), rviz.
+Arguments: params_file (default: the installed config/mcn.yaml), weights and autostart (each overrides the
+parameter file only when given), image (camera topic), namespace, rviz (RViz with config/mcn.rviz, its
+topics moved under the namespace). What the arguments mean is decided in mcn_ros/ros/launch_args.py.
 """
 
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchDescription
+from launch import LaunchContext, LaunchDescription
+from mcn_ros.ros.launch_args import NODE_NAME, parameter_overrides, parse_bool, write_rviz_config
 
 
 def generate_launch_description() -> LaunchDescription:
-    """The node with its parameter file, weights, camera remap and namespace; RViz on request."""
+    """The launch arguments, then the nodes made from their values."""
     share = Path(get_package_share_directory("mcn_ros"))
     arguments = [
         DeclareLaunchArgument(
-            "weights", default_value="", description="Path of the .safetensors weights file"
+            "params_file", default_value=str(share / "config" / "mcn.yaml"), description="Node parameter file"
         ),
         DeclareLaunchArgument(
-            "params_file", default_value=str(share / "config" / "mcn.yaml"), description="Node parameter file"
+            "weights",
+            default_value="",
+            description="Path of the .safetensors weights file (empty: the parameter file's)",
+        ),
+        DeclareLaunchArgument(
+            "autostart",
+            default_value="",
+            description="true: configure and activate, no lifecycle manager (empty: the parameter file's)",
         ),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="Camera image topic"),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
-        DeclareLaunchArgument(
-            "autostart",
-            default_value="true",
-            description="Configure and activate without a lifecycle manager",
-        ),
         DeclareLaunchArgument("rviz", default_value="false", description="Start RViz with config/mcn.rviz"),
     ]
+    return LaunchDescription([*arguments, OpaqueFunction(function=launch_nodes, args=[share])])
+
+
+def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
+    """The node with the parameter file and the overrides given; RViz on request, following the namespace."""
+
+    def argument(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    namespace, image = argument("namespace"), argument("image")
+    overrides = parameter_overrides(argument("weights"), argument("autostart"))
     node = Node(
         package="mcn_ros",
         executable="mcn_node",
-        name="mcn_node",
-        namespace=LaunchConfiguration("namespace"),
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {"weights": LaunchConfiguration("weights"), "autostart": LaunchConfiguration("autostart")},
-        ],
-        remappings=[("image", LaunchConfiguration("image"))],
+        name=NODE_NAME,
+        namespace=namespace,
+        parameters=[argument("params_file"), *([overrides] if overrides else [])],
+        remappings=[("image", image)],
         output="screen",
     )
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        arguments=["-d", str(share / "config" / "mcn.rviz")],
-        condition=IfCondition(LaunchConfiguration("rviz")),
-        output="screen",
-    )
-    return LaunchDescription([*arguments, node, rviz])
+    if not parse_bool("rviz", argument("rviz")):
+        return [node]
+    rviz_config = write_rviz_config(share / "config" / "mcn.rviz", namespace, image)
+    rviz = Node(package="rviz2", executable="rviz2", arguments=["-d", str(rviz_config)], output="screen")
+    return [node, rviz]

@@ -53,27 +53,6 @@ def test_installed_executable_starts_the_node(prefix: Path, tmp_path: Path) -> N
     assert process.returncode == 0, log
 
 
-def test_parameter_file_matches_the_declared_parameters() -> None:
-    import rclpy
-    from rclpy.context import Context
-
-    from mcn_ros.ros.node import McnNode
-
-    declared_file = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
-    context = Context()
-    rclpy.init(context=context)
-    try:
-        node = McnNode(context=context)
-        rclpy_own = {"use_sim_time", "start_type_description_service"}
-        names = set(node.get_parameters_by_prefix("")) - rclpy_own
-        assert names == set(declared_file)
-        for name, value in declared_file.items():
-            assert node.get_parameter(name).value == value, name
-        node.destroy_node()
-    finally:
-        rclpy.shutdown(context=context)
-
-
 def test_rviz_config_shows_the_node_images() -> None:
     rviz = yaml.safe_load((REPO / "config" / "mcn.rviz").read_text())
     topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"] if d.get("Enabled")}
@@ -88,33 +67,53 @@ def test_launch_file(prefix: Path, tmp_path: Path) -> None:
 
         import launch  # noqa: F401
     except ImportError as error:
-        pytest.skip(f"launch_ros is not installed here ({error}); the launch file is checked where it is")
+        pytest.skip(
+            f"launch_ros is not installed here ({error}); test/test_launch_args.py checks the launch file's "
+            "decisions without it"
+        )
     from launch.launch_description_sources import get_launch_description_from_python_launch_file
 
-    from launch import LaunchDescription
+    from launch import LaunchContext, LaunchDescription
 
     description = get_launch_description_from_python_launch_file(str(REPO / "launch" / "mcn.launch.py"))
     assert isinstance(description, LaunchDescription)
-    names = {a.name for a in description.get_launch_arguments()}
-    assert {"weights", "params_file", "image", "namespace", "rviz", "autostart"} <= names
+    context = LaunchContext()
+    declared = description.get_launch_arguments()
+    defaults = {a.name: "".join(s.perform(context) for s in a.default_value) for a in declared}
+    assert {"weights", "params_file", "image", "namespace", "rviz", "autostart"} <= set(defaults)
+    assert (defaults["weights"], defaults["autostart"]) == ("", "")  # the parameter file's values hold
 
-    # Start the installed launch file for real and wait for the node's latched label map.
+    # Start the installed launch file for real and wait for the node's latched label map: once with weights
+    # and autostart given as launch arguments, once with both only in a parameter file (issue #16).
+    weights = make_weights(tmp_path / "model.safetensors")
+    installed = prefix / "share" / "mcn_ros" / "launch" / "mcn.launch.py"
+    params_file = tmp_path / "params.yaml"
+    parameters = yaml.safe_load(PARAMS_FILE.read_text())
+    parameters["/**"]["ros__parameters"].update(weights=str(weights), autostart=True)
+    params_file.write_text(yaml.safe_dump(parameters))
+    for namespace, arguments in [
+        ("launched", [f"weights:={weights}", "autostart:=true"]),
+        ("from_file", [f"params_file:={params_file}"]),
+    ]:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH_SCRIPT, str(installed), f"namespace:={namespace}", *arguments],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert_label_info_arrives(namespace, launcher)
+
+
+def assert_label_info_arrives(namespace: str, launcher: subprocess.Popen[str]) -> None:
     from nodetools import Client
     from vision_msgs.msg import LabelInfo
 
-    weights = make_weights(tmp_path / "model.safetensors")
-    launcher = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH_SCRIPT, str(prefix / "share" / "mcn_ros" / "launch" / "mcn.launch.py"),
-         f"weights:={weights}", "namespace:=launched"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    c = Client("mcn_node", namespace="/launched")
+    c = Client("mcn_node", namespace=f"/{namespace}")
     try:
         c.subscribe("label_info", LabelInfo, latched=True)
-        assert c.wait_for(lambda: bool(c.messages("label_info")), 60)
+        arrived = c.wait_for(lambda: bool(c.messages("label_info")), 60)
     finally:
         c.close()
         log = stop_node(launcher)
+    assert arrived, log
     assert "Traceback" not in log, log
 
 

@@ -1,0 +1,219 @@
+"""Every parameter of the mcn_ros node, once: type, default, range or choices, description, when it applies.
+
+The node declares its parameters from :data:`PARAMETERS` (:func:`descriptor` makes an entry's rclpy
+descriptor), refuses changes for the reasons :func:`refusal` gives and reads its per-frame settings with
+:func:`frame_settings`. ``config/mcn.yaml`` lists the same names with the same defaults in the same order
+(test/test_parameters.py checks it).
+
+The table is plain dataclasses: it reads without rclpy, which only :func:`descriptor` imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal
+
+from mcn_ros.model.config import TASKS
+from mcn_ros.ros.images import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from rcl_interfaces.msg import ParameterDescriptor
+
+
+class Applies(Enum):
+    """When a parameter takes effect."""
+
+    CONFIGURE = "configure"  # on the configure transition; changes while configured are refused
+    RUN_TIME = "run time"  # from the next frame on
+    START_UP = "start-up"  # once, when the node starts; read-only afterwards
+
+
+#: A parameter's ROS type, named as in rcl_interfaces/ParameterType (PARAMETER_<TYPE>, lower case).
+ParameterType = Literal["bool", "integer", "double", "string", "integer_array", "string_array"]
+ParameterValue = bool | int | float | str | tuple[int, ...] | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter.
+
+    ``value_range`` (inclusive) bounds an integer or double parameter, ``choices`` a string one; ``check``
+    gives the reason a value is invalid (None when it is valid) where neither says enough.
+    """
+
+    name: str
+    type: ParameterType
+    default: ParameterValue
+    applies: Applies
+    description: str
+    value_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], str | None] | None = None
+
+    def __post_init__(self) -> None:
+        if not _has_type(self.default, self.type):
+            raise TypeError(f"parameter {self.name}: default {self.default!r} is not of type {self.type}")
+        if self.value_range is not None and self.type not in ("integer", "double"):
+            raise TypeError(f"parameter {self.name}: only integer and double parameters have a range")
+        if self.choices and self.type != "string":
+            raise TypeError(f"parameter {self.name}: only string parameters have choices")
+        problem = invalid_value(self, self.default)
+        if problem is not None:
+            raise ValueError(f"parameter {self.name}: invalid default: {problem}")
+
+    @property
+    def read_only(self) -> bool:
+        return self.applies is Applies.START_UP
+
+    @property
+    def full_description(self) -> str:
+        """The description with when the parameter applies, as ``ros2 param describe`` shows it."""
+        when = "start-up, read-only" if self.read_only else self.applies.value
+        return f"{self.description} ({when})."
+
+    def declared_default(self) -> bool | int | float | str | list[int] | list[str]:
+        """The default as rclpy declares it (arrays as lists)."""
+        if isinstance(self.default, tuple):
+            return list(self.default)  # type: ignore[return-value]  # tuple[int, ...] -> list[int]
+        return self.default
+
+
+def _has_type(value: object, kind: ParameterType) -> bool:
+    if kind.endswith("_array"):  # a list, a tuple, or the array.array rclpy gives for integer arrays
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            return False
+        item_kind: ParameterType = "integer" if kind == "integer_array" else "string"
+        return all(_has_type(v, item_kind) for v in value)
+    if isinstance(value, bool):  # bool is an int in Python, not in ROS
+        return kind == "bool"
+    python_type = {"bool": bool, "integer": int, "double": float, "string": str}[kind]
+    return isinstance(value, python_type)
+
+
+def valid_device(device: str) -> bool:
+    """auto, cpu, cuda or cuda:N."""
+    if device in ("auto", "cpu", "cuda"):
+        return True
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def _check_device(value: Any) -> str | None:
+    return None if valid_device(str(value)) else "device must be auto, cpu or cuda[:N]"
+
+
+def _check_tasks(value: Any) -> str | None:
+    unknown = sorted(set(value or []) - set(TASKS))
+    return f"unknown task(s) {unknown}; known tasks: {list(TASKS)}" if unknown else None
+
+
+def invalid_value(spec: ParameterSpec, value: Any) -> str | None:
+    """Why ``value`` is not a valid value of ``spec`` (its type, range, choices, check), or None."""
+    if not _has_type(value, spec.type):
+        return f"{spec.name} must be of type {spec.type}, got {value!r}"
+    if spec.value_range is not None:
+        low, high = spec.value_range
+        if not low <= value <= high:
+            return f"{spec.name} must be in [{low}, {high}], got {value}"
+    if spec.choices and value not in spec.choices:
+        return f"{spec.name} must be one of {spec.choices}"
+    return spec.check(value) if spec.check is not None else None
+
+
+IMAGE_QOS = ("sensor_data", "reliable")
+PUBLISHER_RELIABILITY = ("reliable", "best_effort")
+CONFIGURE, RUN_TIME, START_UP = Applies.CONFIGURE, Applies.RUN_TIME, Applies.START_UP
+
+#: The node's parameters in the order of config/mcn.yaml.
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("weights", "string", "", CONFIGURE, "Path of the .safetensors weights file"),
+    ParameterSpec("device", "string", "auto", CONFIGURE, "auto, cpu or cuda:N", check=_check_device),
+    ParameterSpec("half", "bool", False, CONFIGURE, "fp16 autocast on CUDA"),
+    ParameterSpec("input_size", "integer_array", (0, 0), CONFIGURE,
+                  "Network input [height, width], multiples of 32; [0, 0] = the weights' own"),
+    ParameterSpec("tasks", "string_array", TASKS, RUN_TIME, f"Enabled tasks, a subset of {list(TASKS)}",
+                  check=_check_tasks),
+    ParameterSpec("score_threshold", "double", 0.3, RUN_TIME, "Minimum detection score",
+                  value_range=(0.0, 1.0)),
+    ParameterSpec("pose_score_threshold", "double", 0.3, RUN_TIME, "Minimum person score for poses",
+                  value_range=(0.0, 1.0)),
+    ParameterSpec("keypoint_threshold", "double", 0.1, RUN_TIME,
+                  "Keypoints under this score are published with valid=false", value_range=(0.0, 1.0)),
+    ParameterSpec("max_detections", "integer", 100, RUN_TIME, "Most detections per image",
+                  value_range=(1, 1000)),
+    ParameterSpec("flip_test", "bool", False, RUN_TIME, "Average with the mirrored image"),
+    ParameterSpec("max_image_pixels", "integer", DEFAULT_MAX_PIXELS, RUN_TIME, "Larger frames are refused",
+                  value_range=(1, 1 << 30)),
+    ParameterSpec("use_compressed", "bool", False, CONFIGURE,
+                  "Also subscribe to <image>/compressed (JPEG/PNG)"),
+    ParameterSpec("image_qos", "string", "sensor_data", CONFIGURE, f"Subscription QoS, one of {IMAGE_QOS}",
+                  choices=IMAGE_QOS),
+    ParameterSpec("publisher_reliability", "string", "reliable", CONFIGURE,
+                  f"Publisher reliability, one of {PUBLISHER_RELIABILITY}", choices=PUBLISHER_RELIABILITY),
+    ParameterSpec("publisher_depth", "integer", 5, CONFIGURE, "Publisher history depth",
+                  value_range=(1, 100)),
+    ParameterSpec("autostart", "bool", False, START_UP,
+                  "Configure and activate at start-up (no lifecycle manager)"),
+    ParameterSpec("diagnostics_period", "double", 1.0, START_UP, "Seconds between /diagnostics messages",
+                  value_range=(0.1, 60.0)),
+)  # fmt: skip
+
+BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+
+
+def refusal(name: str, value: Any, *, configured: bool) -> str | None:
+    """Why setting parameter ``name`` to ``value`` now is refused, or None when it is accepted.
+
+    ``configured``: a model is loaded, so configure-time parameters are fixed. Names not in the table (rclpy's
+    own, such as use_sim_time) are left to rclpy.
+    """
+    spec = BY_NAME.get(name)
+    if spec is None:
+        return None
+    if spec.read_only:
+        return f"{name} is read-only: it is read once at start-up"
+    if spec.applies is Applies.CONFIGURE and configured:
+        return f"{name} takes effect on configure: deactivate and clean up first"
+    return invalid_value(spec, value)
+
+
+def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    """The rclpy descriptor of ``spec``: description, read-only flag, range."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    described = ParameterDescriptor(description=spec.full_description, read_only=spec.read_only)
+    if spec.value_range is not None:
+        low, high = spec.value_range
+        if spec.type == "integer":
+            described.integer_range = [IntegerRange(from_value=int(low), to_value=int(high))]
+        else:
+            described.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+    return described
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """The run-time parameters the inference thread reads once per frame (replaced whole on every change)."""
+
+    tasks: frozenset[str]
+    score_threshold: float
+    pose_score_threshold: float
+    keypoint_threshold: float
+    max_detections: int
+    flip_test: bool
+    max_image_pixels: int
+
+
+def frame_settings(values: Mapping[str, Any]) -> FrameSettings:
+    """The per-frame settings from parameter values by name (the one place that builds them)."""
+    return FrameSettings(
+        tasks=frozenset(values["tasks"]),
+        score_threshold=float(values["score_threshold"]),
+        pose_score_threshold=float(values["pose_score_threshold"]),
+        keypoint_threshold=float(values["keypoint_threshold"]),
+        max_detections=int(values["max_detections"]),
+        flip_test=bool(values["flip_test"]),
+        max_image_pixels=int(values["max_image_pixels"]),
+    )

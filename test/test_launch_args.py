@@ -1,0 +1,100 @@
+"""What the launch file makes of its arguments (mcn_ros/ros/launch_args.py): runs without launch_ros.
+
+test/test_package.py::test_launch_file starts the real launch file where launch_ros is installed.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import pytest
+import yaml
+from nodetools import REPO
+
+from mcn_ros.ros.launch_args import (
+    namespaced_rviz_config,
+    node_namespace,
+    parameter_overrides,
+    parse_bool,
+    resolve_topic,
+    write_rviz_config,
+)
+
+LAUNCH_FILE = REPO / "launch" / "mcn.launch.py"
+RVIZ_FILE = REPO / "config" / "mcn.rviz"
+
+
+def test_only_the_launch_arguments_given_override_the_parameter_file() -> None:
+    assert parameter_overrides("", "") == {}  # the parameter file's weights and autostart hold
+    assert parameter_overrides("/m.safetensors", "") == {"weights": "/m.safetensors"}
+    assert parameter_overrides("", "true") == {"autostart": True}
+    assert parameter_overrides("m.safetensors", "False") == {"weights": "m.safetensors", "autostart": False}
+    assert parameter_overrides("", "1") == {"autostart": True}
+    with pytest.raises(ValueError, match="autostart:='yes please'"):
+        parameter_overrides("", "yes please")
+    assert [parse_bool("rviz", text) for text in ("true", "TRUE", "1", "false", "0")] == [1, 1, 1, 0, 0]
+
+
+def launch_argument_defaults() -> dict[str, str]:
+    """The launch file's DeclareLaunchArgument names and literal defaults, read from its source."""
+    defaults = {}
+    for call in ast.walk(ast.parse(LAUNCH_FILE.read_text())):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "DeclareLaunchArgument":
+            name = ast.literal_eval(call.args[0])
+            default = next(k.value for k in call.keywords if k.arg == "default_value")
+            defaults[name] = ast.literal_eval(default) if isinstance(default, ast.Constant) else "<computed>"
+    return defaults
+
+
+def test_weights_and_autostart_launch_arguments_default_to_the_parameter_file() -> None:
+    defaults = launch_argument_defaults()
+    assert set(defaults) == {"params_file", "weights", "autostart", "image", "namespace", "rviz"}
+    assert (defaults["weights"], defaults["autostart"]) == ("", "")
+    assert "parameter_overrides(" in LAUNCH_FILE.read_text()
+
+
+@pytest.mark.parametrize(
+    ("namespace", "expected"), [("", "/"), ("/", "/"), ("robot", "/robot"), ("/a/b/", "/a/b")]
+)
+def test_node_namespace(namespace: str, expected: str) -> None:
+    assert node_namespace(namespace) == expected
+
+
+def test_topics_resolve_like_the_node_remapping() -> None:
+    assert resolve_topic("/camera/image_raw", "robot") == "/camera/image_raw"
+    assert resolve_topic("camera/image_raw", "robot") == "/robot/camera/image_raw"
+    assert resolve_topic("camera/image_raw", "") == "/camera/image_raw"
+
+
+def rviz_topics(config: dict[str, Any]) -> dict[str, str]:
+    displays = config["Visualization Manager"]["Displays"]
+    return {d["Name"]: d["Topic"]["Value"] for d in displays}
+
+
+def test_rviz_topics_follow_the_namespace() -> None:
+    original = yaml.safe_load(RVIZ_FILE.read_text())
+    assert rviz_topics(namespaced_rviz_config(original, "", "/camera/image_raw")) == rviz_topics(original)
+
+    moved = namespaced_rviz_config(original, "/robot/front", "image_raw")
+    assert rviz_topics(moved) == {
+        "MCN debug image": "/robot/front/mcn_node/debug_image",
+        "MCN segmentation": "/robot/front/mcn_node/segmentation/color",
+        "Camera": "/robot/front/image_raw",
+    }
+    assert rviz_topics(original)["MCN debug image"] == "/mcn_node/debug_image"  # the input is left alone
+    moved["Visualization Manager"]["Displays"] = original["Visualization Manager"]["Displays"]
+    assert moved == original  # nothing but topics changes
+
+
+def test_the_rviz_copy_is_written_to_a_temporary_file() -> None:
+    path = write_rviz_config(RVIZ_FILE, "robot", "/camera/image_raw")
+    try:
+        assert path.suffix == ".rviz" and path.parent != RVIZ_FILE.parent
+        written = yaml.safe_load(path.read_text())
+        assert written == namespaced_rviz_config(
+            yaml.safe_load(RVIZ_FILE.read_text()), "robot", "/camera/image_raw"
+        )
+        assert rviz_topics(written)["MCN debug image"] == "/robot/mcn_node/debug_image"
+    finally:
+        path.unlink()

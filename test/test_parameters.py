@@ -1,0 +1,139 @@
+"""The node's parameter table (mcn_ros/ros/parameters.py) against config/mcn.yaml and the running node."""
+
+from __future__ import annotations
+
+import array
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from nodetools import PARAMS_FILE, REPO
+
+from mcn_ros.model.config import TASKS
+from mcn_ros.ros.parameters import (
+    BY_NAME,
+    PARAMETERS,
+    Applies,
+    FrameSettings,
+    ParameterSpec,
+    frame_settings,
+    refusal,
+)
+
+
+def yaml_parameters() -> dict[str, object]:
+    return dict(yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"])
+
+
+def as_plain(value: object) -> object:
+    return list(value) if isinstance(value, (tuple, list, array.array)) else value
+
+
+def test_parameter_file_lists_the_table_names_defaults_and_order() -> None:
+    in_file = yaml_parameters()
+    assert list(in_file) == [spec.name for spec in PARAMETERS]
+    for spec in PARAMETERS:
+        assert in_file[spec.name] == as_plain(spec.default), spec.name
+        assert type(in_file[spec.name]) is type(spec.declared_default()), spec.name
+
+
+def test_parameter_file_comments_say_when_each_parameter_applies() -> None:
+    line = re.compile(r"^\s+(\w+):.*#\s*([\w -]+):")
+    when = {m.group(1): m.group(2) for m in map(line.match, PARAMS_FILE.read_text().splitlines()) if m}
+    assert when == {spec.name: spec.applies.value for spec in PARAMETERS}
+
+
+def test_the_table_is_read_without_rclpy_or_torch() -> None:
+    code = "import sys, mcn_ros.ros.parameters; print(sorted({'rclpy', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_bad_table_entry_fails_at_import() -> None:
+    with pytest.raises(TypeError, match="not of type double"):
+        ParameterSpec("x", "double", 1, Applies.RUN_TIME, "an int default for a double")
+    with pytest.raises(ValueError, match="invalid default"):
+        ParameterSpec("x", "double", 2.0, Applies.RUN_TIME, "out of range", value_range=(0.0, 1.0))
+    with pytest.raises(ValueError, match="invalid default"):
+        ParameterSpec("x", "string", "c", Applies.CONFIGURE, "not a choice", choices=("a", "b"))
+
+
+def test_refusal_reasons() -> None:
+    for spec in PARAMETERS:  # every default is accepted while unconfigured (start-up ones are read-only)
+        reason = refusal(spec.name, spec.declared_default(), configured=False)
+        assert (reason is not None) == (spec.applies is Applies.START_UP), (spec.name, reason)
+    assert refusal("use_sim_time", True, configured=True) is None  # rclpy's own
+
+    configure_time = [spec.name for spec in PARAMETERS if spec.applies is Applies.CONFIGURE]
+    assert configure_time == [
+        "weights", "device", "half", "input_size", "use_compressed", "image_qos", "publisher_reliability",
+        "publisher_depth",
+    ]  # fmt: skip
+    for name in configure_time:
+        reason = refusal(name, BY_NAME[name].declared_default(), configured=True)
+        assert reason == f"{name} takes effect on configure: deactivate and clean up first"
+    assert refusal("score_threshold", 0.9, configured=True) is None  # run time: fine while configured
+    assert refusal("input_size", array.array("q", [64, 96]), configured=False) is None  # as rclpy gives it
+
+    assert "teleportation" in str(refusal("tasks", ["detection", "teleportation"], configured=True))
+    assert refusal("tasks", ["pose"], configured=True) is None
+    assert refusal("device", "tpu", configured=False) == "device must be auto, cpu or cuda[:N]"
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        assert refusal("device", device, configured=False) is None
+    assert refusal("device", "cuda:x", configured=False) is not None
+    assert "image_qos must be one of" in str(refusal("image_qos", "fast", configured=False))
+    assert "publisher_reliability" in str(refusal("publisher_reliability", "sometimes", configured=False))
+    assert "[0.0, 1.0]" in str(refusal("score_threshold", 1.5, configured=False))
+    assert "[1, 1000]" in str(refusal("max_detections", 0, configured=False))
+    assert "read-only" in str(refusal("autostart", True, configured=False))
+
+
+def test_frame_settings_from_parameter_values() -> None:
+    defaults = {spec.name: spec.declared_default() for spec in PARAMETERS}
+    assert frame_settings(defaults) == FrameSettings(
+        tasks=frozenset(TASKS),
+        score_threshold=0.3,
+        pose_score_threshold=0.3,
+        keypoint_threshold=0.1,
+        max_detections=100,
+        flip_test=False,
+        max_image_pixels=8192 * 8192,
+    )
+    changed = frame_settings({**defaults, "tasks": ["pose"], "score_threshold": 0.5, "max_detections": 7})
+    assert (changed.tasks, changed.score_threshold, changed.max_detections) == (frozenset({"pose"}), 0.5, 7)
+
+
+@pytest.mark.usefixtures("ros")
+def test_the_running_node_declares_the_table() -> None:
+    """A real node over DDS: its names, values (config/mcn.yaml's) and descriptors are the table's."""
+    from nodetools import Client, start_node, stop_node
+    from rcl_interfaces.msg import ParameterType
+    from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
+    from rclpy.parameter import parameter_value_to_python
+
+    process = start_node(name="described_node")
+    c = Client("described_node")
+    try:
+        listed = c.call(ListParameters, "list_parameters", ListParameters.Request()).result.names
+        rclpy_own = {"use_sim_time", "start_type_description_service"}
+        assert set(listed) - rclpy_own == set(BY_NAME)
+
+        names = [spec.name for spec in PARAMETERS]
+        values = c.call(GetParameters, "get_parameters", GetParameters.Request(names=names)).values
+        for spec, value in zip(PARAMETERS, values, strict=True):
+            assert as_plain(parameter_value_to_python(value)) == as_plain(spec.default), spec.name
+            assert value.type == getattr(ParameterType, f"PARAMETER_{spec.type.upper()}"), spec.name
+
+        described = c.call(DescribeParameters, "describe_parameters", DescribeParameters.Request(names=names))
+        for spec, descriptor in zip(PARAMETERS, described.descriptors, strict=True):
+            assert descriptor.description == spec.full_description, spec.name
+            assert descriptor.read_only == (spec.applies is Applies.START_UP), spec.name
+            limits = (*descriptor.integer_range, *descriptor.floating_point_range)
+            ranges = [(r.from_value, r.to_value) for r in limits]
+            assert ranges == ([spec.value_range] if spec.value_range else []), spec.name
+    finally:
+        c.close()
+        log = stop_node(process)
+    assert "Traceback" not in log, log
