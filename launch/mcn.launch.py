@@ -1,10 +1,11 @@
 """Launch the mcn_ros perception node (and optionally RViz).
 
-    ros2 launch mcn_ros mcn.launch.py weights:=/path/model.safetensors autostart:=true image:=/camera/image
+    ros2 launch mcn_ros mcn.launch.py weights:=/path/model.safetensors image:=/camera/image
 
 Arguments: params_file (default: the installed config/mcn.yaml), weights and autostart (each overrides the
-parameter file only when given), image (camera topic), namespace, rviz (RViz with config/mcn.rviz, its
-topics moved under the namespace). What the arguments mean is decided in mcn_ros/ros/launch_args.py.
+parameter file only when given; autostart is true with the default parameter file), image (camera topic),
+namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace). What the arguments
+mean is decided in mcn_ros/ros/launch_args.py.
 """
 
 from pathlib import Path
@@ -33,7 +34,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "autostart",
             default_value="",
-            description="true: configure and activate, no lifecycle manager (empty: the parameter file's)",
+            description="true: configure and activate, no lifecycle manager (empty: true with the default "
+            "parameter file, else the file's value)",
         ),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="Camera image topic"),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
@@ -48,14 +50,15 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     def argument(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    namespace, image = argument("namespace"), argument("image")
-    overrides = parameter_overrides(argument("weights"), argument("autostart"))
+    namespace, image, params_file = argument("namespace"), argument("image"), argument("params_file")
+    default_params = Path(params_file) == share / "config" / "mcn.yaml"
+    overrides = parameter_overrides(argument("weights"), argument("autostart"), default_params)
     node = Node(
         package="mcn_ros",
         executable="mcn_node",
         name=NODE_NAME,
         namespace=namespace,
-        parameters=[argument("params_file"), *([overrides] if overrides else [])],
+        parameters=[params_file, *([overrides] if overrides else [])],
         remappings=[("image", image)],
         output="screen",
     )

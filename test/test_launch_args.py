@@ -26,14 +26,26 @@ RVIZ_FILE = REPO / "config" / "mcn.rviz"
 
 
 def test_only_the_launch_arguments_given_override_the_parameter_file() -> None:
-    assert parameter_overrides("", "") == {}  # the parameter file's weights and autostart hold
-    assert parameter_overrides("/m.safetensors", "") == {"weights": "/m.safetensors"}
-    assert parameter_overrides("", "true") == {"autostart": True}
-    assert parameter_overrides("m.safetensors", "False") == {"weights": "m.safetensors", "autostart": False}
-    assert parameter_overrides("", "1") == {"autostart": True}
+    # A parameter file of the user's: its weights and autostart hold unless given on the command line.
+    assert parameter_overrides("", "", default_params_file=False) == {}
+    assert parameter_overrides("/m.safetensors", "", False) == {"weights": "/m.safetensors"}
+    assert parameter_overrides("", "true", False) == {"autostart": True}
+    assert parameter_overrides("m.safetensors", "False", False) == {
+        "weights": "m.safetensors",
+        "autostart": False,
+    }
+    assert parameter_overrides("", "1", False) == {"autostart": True}
     with pytest.raises(ValueError, match="autostart:='yes please'"):
-        parameter_overrides("", "yes please")
+        parameter_overrides("", "yes please", False)
     assert [parse_bool("rviz", text) for text in ("true", "TRUE", "1", "false", "0")] == [1, 1, 1, 0, 0]
+
+
+def test_plain_launch_with_the_default_parameter_file_starts_serving() -> None:
+    assert parameter_overrides("/m.safetensors", "", default_params_file=True) == {
+        "weights": "/m.safetensors",
+        "autostart": True,
+    }
+    assert parameter_overrides("", "false", default_params_file=True) == {"autostart": False}
 
 
 def launch_argument_defaults() -> dict[str, str]:

@@ -28,16 +28,20 @@ def parse_bool(name: str, text: str) -> bool:
     raise ValueError(f"launch argument {name}:={text!r}: expected true or false")
 
 
-def parameter_overrides(weights: str, autostart: str) -> dict[str, str | bool]:
+def parameter_overrides(weights: str, autostart: str, default_params_file: bool) -> dict[str, str | bool]:
     """The node parameters that the ``weights`` and ``autostart`` launch arguments set.
 
-    Only arguments given (non-empty) override: otherwise the parameter file's values hold.
+    Arguments given (non-empty) override the parameter file. ``autostart`` not given is true with the
+    installed default parameter file (a plain ``ros2 launch`` serves at once, as users without a lifecycle manager
+    expect) and left to the file when the user names a parameter file of their own.
     """
     overrides: dict[str, str | bool] = {}
     if weights:
         overrides["weights"] = weights
     if autostart:
         overrides["autostart"] = parse_bool("autostart", autostart)
+    elif default_params_file:
+        overrides["autostart"] = True
     return overrides
 
 
