@@ -32,8 +32,8 @@ def parameter_overrides(weights: str, autostart: str, default_params_file: bool)
     """The node parameters that the ``weights`` and ``autostart`` launch arguments set.
 
     Arguments given (non-empty) override the parameter file. ``autostart`` not given is true with the
-    installed default parameter file (a plain ``ros2 launch`` serves at once, as users without a lifecycle manager
-    expect) and left to the file when the user names a parameter file of their own.
+    installed default parameter file (a plain ``ros2 launch`` serves at once, as users without a lifecycle
+    manager expect) and left to the file when the user names a parameter file of their own.
     """
     overrides: dict[str, str | bool] = {}
     if weights:
