@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -86,28 +87,54 @@ def test_defaults_and_class_shortcuts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "field"),
+    ("change", "message"),
     [
-        ({"backbone": "vgg16"}, "backbone"),
-        ({"input_size": [500, 512]}, "input_size (height)"),
-        ({"input_size": [512]}, "input_size"),
-        ({"detection": {"classes": ["person", "unicorn"]}}, "detection.classes[1]"),
-        ({"detection": {"classes": ["car", "car"]}}, "detection.classes[1]"),
-        ({"detection": {"classes": "car"}}, "detection.classes"),
-        ({"detection": {"classes": ["car"]}, "pose": {}}, "pose"),
-        ({"segmentation": {"output_stride": 3}}, "segmentation.output_stride"),
-        ({"decode": {"pool_kernel": 2}}, "decode.pool_kernel"),
-        ({"decode": {"top_k": 0}}, "decode.top_k"),
-        ({"std": [0.2, 0.0, 0.2]}, "std"),
-        ({"colour": 1}, "colour"),
-        ({"detection": {"classes": "coco", "extra": 1}}, "detection.extra"),
-        ({"detection": None}, "at least one task"),
+        ({"backbone": "vgg16"}, "backbone: must be one of resnet18, "),
+        ({"input_size": [500, 512]}, "input_size[0]: must be a multiple of 32, got 500"),
+        ({"input_size": [512]}, "input_size: expected 2 values, got [512]"),
+        ({"input_size": [512.0, 512]}, "input_size[0]: expected an integer, got 512.0"),
+        ({"detection": {"classes": ["person", "unicorn"]}}, "detection.classes[1]: 'unicorn' is not a COCO"),
+        ({"detection": {"classes": ["car", "car"]}}, "detection.classes[1]: class 'car' is listed twice"),
+        ({"detection": {"classes": "car"}}, "detection.classes: expected 'coco', 'person' or a list"),
+        ({"detection": {"classes": []}}, "detection.classes: must not be empty"),
+        ({"detection": {"classes": ["car"]}, "pose": {}}, "pose: needs a detection head"),
+        ({"segmentation": {"output_stride": 3}}, "segmentation.output_stride: must be one of 1, 2, 4, got 3"),
+        ({"decode": {"pool_kernel": 2}}, "decode.pool_kernel: must be odd, got 2"),
+        ({"decode": {"top_k": 0}}, "decode.top_k: must be >= 1, got 0"),
+        ({"decode": {"top_k": True}}, "decode.top_k: expected an integer, got True"),
+        ({"decode": {"kp_snap_score": float("inf")}}, "decode.kp_snap_score: expected a finite number"),
+        ({"std": [0.2, 0.0, 0.2]}, "std[1]: must be > 0, got 0.0"),
+        ({"use_dcn": "yes"}, "use_dcn: expected true or false, got 'yes'"),
+        ({"colour": 1}, "colour: unknown field (allowed: name, backbone, input_size, "),
+        ({"detection": {"classes": "coco", "extra": 1}}, "detection.extra: unknown field (allowed: classes)"),
+        ({"detection": 3}, "detection: expected a mapping, got 3"),
+        ({"detection": None}, "detection/pose/segmentation: at least one task must be configured"),
+        ({"name": None}, "name: must not be null"),
     ],
 )
-def test_validation_names_the_field(change: dict, field: str) -> None:
+def test_validation_names_the_field(change: dict, message: str) -> None:
     data = {"name": "m", "backbone": "resnet18", "detection": {"classes": "coco"}, **change}
-    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
         ModelConfig.from_dict(data)
+
+
+def test_missing_field_and_wrong_shape() -> None:
+    with pytest.raises(ConfigError, match=r"^name: missing \(required\)$"):
+        ModelConfig.from_dict({"backbone": "resnet18", "detection": {}})
+    with pytest.raises(ConfigError, match=r"^expected a mapping, got \['m'\]$"):
+        ModelConfig.from_dict(["m"])  # type: ignore[arg-type]
+
+
+def test_configs_made_in_code_are_checked_too() -> None:
+    config = ModelConfig(name="m", backbone="resnet18", detection=DetectionConfig())
+    with pytest.raises(ConfigError, match=r"^input_size\[1\]: must be a multiple of 32, got 50$"):
+        dataclasses.replace(config, input_size=(64, 50))
+    with pytest.raises(ConfigError, match=r"^classes\[0\]: 'unicorn' is not a COCO class name$"):
+        DetectionConfig(("unicorn",))
+    assert DetectionConfig("person").classes == ("person",)  # type: ignore[arg-type]
+    normalised = dataclasses.replace(config, input_size=[64, 96], mean=[0, 0, 0])  # type: ignore[arg-type]
+    assert normalised.input_size == (64, 96) and normalised.mean == (0.0, 0.0, 0.0)
+    assert isinstance(normalised.mean[0], float)
 
 
 def test_from_yaml_names_the_file(tmp_path: Path) -> None:
