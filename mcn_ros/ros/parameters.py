@@ -11,12 +11,13 @@ The table is plain dataclasses: it reads without rclpy, which only :func:`descri
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
 from mcn_ros.model.config import TASKS
 from mcn_ros.ros.images import DEFAULT_MAX_PIXELS
+from mcn_ros.typed_config import build
 
 if TYPE_CHECKING:
     from rcl_interfaces.msg import ParameterDescriptor
@@ -207,13 +208,7 @@ class FrameSettings:
 
 
 def frame_settings(values: Mapping[str, Any]) -> FrameSettings:
-    """The per-frame settings from parameter values by name (the one place that builds them)."""
-    return FrameSettings(
-        tasks=frozenset(values["tasks"]),
-        score_threshold=float(values["score_threshold"]),
-        pose_score_threshold=float(values["pose_score_threshold"]),
-        keypoint_threshold=float(values["keypoint_threshold"]),
-        max_detections=int(values["max_detections"]),
-        flip_test=bool(values["flip_test"]),
-        max_image_pixels=int(values["max_image_pixels"]),
-    )
+    """The per-frame settings from parameter values by name (the one place that builds them), validated by
+    the same mechanism as the model and training settings (:func:`mcn_ros.typed_config.build`)."""
+    names = [field.name for field in fields(FrameSettings)]
+    return build(FrameSettings, {name: values[name] for name in names}, where="parameters")
