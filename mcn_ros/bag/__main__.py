@@ -1,0 +1,260 @@
+"""Command line: ``python -m mcn_ros.bag {make,replay,evaluate,run} ...`` (``--help`` on each).
+
+Exit status: 0 done; 1 a figure regressed against ``--baseline``; 2 an error, printed as one line that
+names the problem (a bag, a topic, a ground truth, a node, a weights file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mcn_ros.bag import BagError
+
+PROG = "python -m mcn_ros.bag"
+
+
+def _add_baseline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baseline", type=Path, help="a previous report.json: exit 1 naming the figures that regressed"
+    )
+    parser.add_argument(
+        "--ap-tolerance",
+        type=float,
+        default=0.01,
+        help="allowed accuracy drop, as a fraction (default 0.01 = 1 point)",
+    )
+    parser.add_argument(
+        "--latency-tolerance",
+        type=float,
+        default=0.2,
+        help="allowed rise of the p95 latency, as a fraction of the baseline's (default 0.2 = 20%%)",
+    )
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Rosbag replay evaluation of the mcn_ros node.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    make = commands.add_parser("make", help="COCO-format images -> a camera bag with its ground truth")
+    source = make.add_argument_group("images (a COCO root + split, or explicit files)")
+    source.add_argument("--coco", type=Path, help="COCO-layout root (images/<split>/, annotations/)")
+    source.add_argument("--split", default="val", help="split name with --coco (default val)")
+    source.add_argument("--images", type=Path, help="image folder")
+    source.add_argument("--annotations", type=Path, help="COCO instances JSON")
+    source.add_argument("--keypoints", type=Path, help="COCO person keypoints JSON (optional)")
+    make.add_argument("--out", type=Path, required=True, help="bag folder to write (must not exist)")
+    make.add_argument("--topic", help="camera topic (default /camera/image_raw[/compressed])")
+    make.add_argument("--frame-id", default="camera", help="header.frame_id (default camera)")
+    make.add_argument("--rate", type=float, default=10.0, help="frames per second (default 10)")
+    make.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage (JPEG)")
+    make.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    make.add_argument("--max-images", type=int, help="first N images (by id) only")
+    make.add_argument(
+        "--start", type=float, default=1_700_000_000.0, help="first header stamp, s (fixed default)"
+    )
+    make.add_argument("--overwrite", action="store_true", help="replace --out if it exists (at the end)")
+
+    replay = commands.add_parser("replay", help="play a bag into a running node, record its outputs")
+    replay.add_argument("--bag", type=Path, required=True, help="input bag folder")
+    replay.add_argument("--out", type=Path, required=True, help="replay folder to write")
+    replay.add_argument("--pace", choices=("lockstep", "rate"), default="lockstep")
+    replay.add_argument("--rate-factor", type=float, default=1.0, help="rate mode: times the recorded rate")
+    replay.add_argument("--topic", help="camera topic in the bag (default: its only image topic)")
+    replay.add_argument("--publish-topic", help="topic to publish on (default: the bag's topic)")
+    replay.add_argument("--node", default="/mcn_node", help="the node's full name (default /mcn_node)")
+    replay.add_argument(
+        "--outputs", default="detections,poses,segmentation", help="outputs to request, comma-separated"
+    )
+    replay.add_argument(
+        "--ground-truth", type=Path, help="ground truth (default: the bag's ground_truth.json)"
+    )
+    replay.add_argument("--node-pid", type=int, help="the node's process id: its CPU and memory get recorded")
+    _add_common_timing(replay)
+    replay.add_argument("--overwrite", action="store_true")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score replays: accuracy, latency, drops; write the report"
+    )
+    evaluate.add_argument(
+        "path", nargs="?", type=Path, help="a run folder (lockstep/, rate/) or a replay folder"
+    )
+    evaluate.add_argument("--outputs", type=Path, help="an output bag recorded otherwise (ros2 bag record)")
+    evaluate.add_argument("--ground-truth", type=Path, help="bag folder with ground_truth.json, or the file")
+    evaluate.add_argument(
+        "--weights", type=Path, help="weights (class names, direct run; default: the node's)"
+    )
+    evaluate.add_argument("--no-direct", action="store_true", help="skip the model-runtime-alone figures")
+    evaluate.add_argument("--report-dir", type=Path, help="where report.json/.md go (default: the folder)")
+    _add_baseline(evaluate)
+
+    run = commands.add_parser("run", help="start the node, replay (lockstep, rate), evaluate, report")
+    run.add_argument("--bag", type=Path, required=True, help="input bag folder")
+    run.add_argument("--weights", type=Path, required=True, help="weights file (.safetensors)")
+    run.add_argument("--out", type=Path, required=True, help="run folder to write")
+    run.add_argument("--pace", choices=("lockstep", "rate", "both"), default="both")
+    run.add_argument("--rate-factor", type=float, default=1.0, help="rate mode: times the recorded rate")
+    run.add_argument("--topic", help="camera topic in the bag (default: its only image topic)")
+    run.add_argument("--ground-truth", type=Path, help="ground truth (default: the bag's ground_truth.json)")
+    run.add_argument("--node", default="/mcn_node", help="name given to the node (default /mcn_node)")
+    run.add_argument("--params-file", type=Path, help="node parameters file (default config/mcn.yaml)")
+    run.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="a node parameter (repeatable)"
+    )
+    run.add_argument("--no-direct", action="store_true", help="skip the model-runtime-alone figures")
+    _add_common_timing(run)
+    _add_baseline(run)
+    run.add_argument("--overwrite", action="store_true", help="replace --out if it exists (at the end)")
+    return parser
+
+
+def _add_common_timing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds a frame may wait for its outputs"
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=90.0,
+        help="seconds to wait for the node to come up and answer",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args))
+    except BagError as error:
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted; nothing was replaced", file=sys.stderr)
+        return 130
+
+
+def cmd_make(args: argparse.Namespace) -> int:
+    from mcn_ros.bag.make_bag import CocoFiles, find_coco_split, make_bag
+
+    if args.coco is not None:
+        files = find_coco_split(args.coco, args.split)
+    elif args.images is not None and args.annotations is not None:
+        files = CocoFiles(args.images, args.annotations, args.keypoints)
+    else:
+        raise BagError("give --coco ROOT [--split S], or --images DIR --annotations FILE")
+    summary = make_bag(
+        args.out, files, topic=args.topic, frame_id=args.frame_id, rate_hz=args.rate,
+        compressed=args.compressed, storage=args.storage, start_s=args.start, max_images=args.max_images,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    print(
+        f"wrote {summary['bag']}: {summary['frames']} frames of {summary['msgtype']} on {summary['topic']} "
+        f"at {summary['rate_hz']:g} Hz ({summary['storage']}), ground_truth.json inside; "
+        f"sha256 {summary['sha256'][:16]}"
+    )
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from mcn_ros.bag.bagio import content_hash, staged_output
+    from mcn_ros.bag.replay import input_info, record_phase
+    from mcn_ros.bag.run import load_inputs
+    from mcn_ros.ros.player import Player
+
+    camera, gt, no_gt = load_inputs(args.bag, args.topic, args.ground_truth)
+    if no_gt:
+        print(f"note: {no_gt}")
+    publish_topic = args.publish_topic or camera.topic
+    source = input_info(camera, content_hash(camera.path), gt)
+    outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
+    with (
+        staged_output(args.out, args.overwrite) as staged,
+        Player(args.node, publish_topic, camera.msgtype, outputs, args.startup_timeout) as player,
+    ):
+        connection = player.connect(camera.frames[0], {f.stamp_ns for f in camera.frames})
+        info = record_phase(
+            player, camera, gt, args.pace, staged, connection=connection, source=source,
+            rate_factor=args.rate_factor, timeout_s=args.timeout, node_pid=args.node_pid,
+        )  # fmt: skip
+    print(f"replayed {info['frames']} frames ({args.pace}) in {info['duration_s']} s -> {args.out}")
+    return 0
+
+
+def _finish_report(folder: Path, report: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    from mcn_ros.bag.evaluate import compare_to_baseline, read_baseline, write_report
+
+    regressions: list[str] = []
+    if args.baseline is not None:
+        regressions = compare_to_baseline(
+            report, read_baseline(args.baseline), args.ap_tolerance, args.latency_tolerance
+        )
+        report["baseline"] = {
+            "path": str(args.baseline),
+            "ap_tolerance": args.ap_tolerance,
+            "latency_tolerance": args.latency_tolerance,
+            "regressions": regressions,
+        }
+    write_report(folder, report)
+    return regressions
+
+
+def _print_summary(folder: Path, report: dict[str, Any], regressions: list[str]) -> int:
+    from mcn_ros.bag.evaluate import table
+
+    print(table(report))
+    artifacts = report.get("artifacts", {})
+    print(f"\nreport: {folder / artifacts.get('report_md', 'report.md')} (+ report.json)")
+    others = {k: v for k, v in artifacts.items() if k not in ("report_json", "report_md")}
+    for name, path in others.items():
+        print(f"{name}: {folder / path}")
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+    if regressions:
+        print("regressed against the baseline: " + "; ".join(regressions), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mcn_ros.bag.evaluate import evaluate_run
+
+    if args.path is None and args.outputs is None:
+        raise BagError("give a run / replay folder, or --outputs BAG --ground-truth GT")
+    folder = args.report_dir or args.path
+    if folder is None:
+        raise BagError("--outputs needs --report-dir (where report.json goes)")
+    report = evaluate_run(
+        args.path,
+        outputs=args.outputs,
+        ground_truth=args.ground_truth,
+        weights=args.weights,
+        direct=not args.no_direct,
+    )
+    regressions = _finish_report(folder, report, args)
+    return _print_summary(folder, report, regressions)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mcn_ros.bag.run import run
+
+    paces = ("lockstep", "rate") if args.pace == "both" else (args.pace,)
+    regressions: list[str] = []
+
+    def finish(staged: Path, report: dict[str, Any]) -> None:
+        regressions.extend(_finish_report(staged, report, args))
+
+    report = run(
+        args.bag, args.weights, args.out, topic=args.topic, ground_truth=args.ground_truth, paces=paces,
+        rate_factor=args.rate_factor, node=args.node, params_file=args.params_file, params=args.param,
+        timeout_s=args.timeout, startup_timeout_s=args.startup_timeout, direct=not args.no_direct,
+        overwrite=args.overwrite, finish=finish,
+    )  # fmt: skip
+    return _print_summary(args.out, report, regressions)
+
+
+COMMANDS = {"make": cmd_make, "replay": cmd_replay, "evaluate": cmd_evaluate, "run": cmd_run}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Reading and writing rosbag2 folders (mcap or sqlite3) with ``rosbags``, and the few CDR facts we rely on.
+
+- :func:`read_camera_bag` loads every frame of a camera topic into memory (serialized, ready to publish), and
+  refuses, with one message naming the problem, a missing bag, a truncated or corrupt one, a bag without
+  the camera topic or with a topic of another type, and frames with duplicate header stamps.
+- :class:`OutputBagWriter` writes serialized messages under their message types with the standard
+  definitions and RIHS01 hashes (:mod:`mcn_ros.bag.typestore`), so ``ros2 bag info`` / ``play`` read them.
+- :func:`read_output_bag` reads the node's outputs back, deserialized and keyed by header stamp.
+- :func:`staged_output`: every command writes into a temporary sibling and renames at the end, so a
+  half-finished run never replaces what an earlier one wrote.
+
+Every message the node publishes, and every camera message, starts with a ``std_msgs/Header``: in CDR that is
+the 4-byte encapsulation header, then ``int32 sec``, ``uint32 nanosec``, ``string frame_id``.
+:func:`header_stamp_ns` and :func:`with_stamp` read and patch the stamp without deserializing the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcn_ros.bag import BagError
+from mcn_ros.bag.typestore import CAMERA_TYPES, COMPRESSED_IMAGE, typestore
+
+STORAGES = ("mcap", "sqlite3")
+
+
+# -- CDR header --------------------------------------------------------------------------------------------
+def _endian(cdr: bytes | memoryview) -> str:
+    if len(cdr) < 16:
+        raise ValueError(f"serialized message of {len(cdr)} bytes is too short to hold a header")
+    return "<" if cdr[1] & 1 else ">"  # encapsulation kinds CDR_LE = 0x0001, CDR_BE = 0x0000
+
+
+def header_stamp_ns(cdr: bytes | memoryview) -> int:
+    """``header.stamp`` in nanoseconds of a serialized message whose first field is a ``std_msgs/Header``."""
+    sec, nanosec = struct.unpack_from(_endian(cdr) + "iI", cdr, 4)
+    return int(sec) * 1_000_000_000 + int(nanosec)
+
+
+def with_stamp(cdr: bytes | memoryview, stamp_ns: int) -> bytes:
+    """A copy of a serialized header-first message with ``header.stamp`` replaced."""
+    out = bytearray(cdr)
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    struct.pack_into(_endian(cdr) + "iI", out, 4, sec, nanosec)
+    return bytes(out)
+
+
+def sequence_length_after_header(cdr: bytes | memoryview) -> int:
+    """Length of the sequence that follows the header (``detections`` of a Detection2DArray, ``poses``)."""
+    endian = _endian(cdr)
+    (name_length,) = struct.unpack_from(endian + "I", cdr, 12)
+    at = 16 + name_length
+    at += -(at - 4) % 4  # CDR aligns relative to the end of the encapsulation header
+    (count,) = struct.unpack_from(endian + "I", cdr, at)
+    return int(count)
+
+
+def split_stamp(stamp_ns: int) -> tuple[int, int]:
+    """Nanoseconds -> (sec, nanosec) as in ``builtin_interfaces/Time``."""
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return int(sec), int(nanosec)
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def open_bag(path: str | Path) -> Iterator[Any]:
+    """A ``rosbags`` Reader of a rosbag2 folder; any failure to open it becomes one :class:`BagError`."""
+    from rosbags.rosbag2 import Reader
+
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist")
+    if not path.is_dir() or not (path / "metadata.yaml").is_file():
+        raise BagError(f"{path} is not a rosbag2 folder (a folder with metadata.yaml and its storage files)")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as error:
+        raise BagError(f"cannot open bag {path}: truncated or corrupt? ({_reason(error)})") from error
+    try:
+        yield reader
+    finally:
+        with contextlib.suppress(Exception):
+            reader.close()
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _topics_listing(reader: Any) -> str:
+    found = sorted({(c.topic, c.msgtype) for c in reader.connections})
+    return ", ".join(f"{topic} [{msgtype}]" for topic, msgtype in found) or "none"
+
+
+@dataclass
+class CameraFrame:
+    """One camera message: its header stamp, its time in the bag, its serialized bytes, its size."""
+
+    stamp_ns: int
+    log_time_ns: int
+    data: bytes
+    height: int = 0  # 0: unknown without decoding (CompressedImage)
+    width: int = 0
+
+
+@dataclass
+class CameraBag:
+    """Every frame of a bag's camera topic, in bag order."""
+
+    path: Path
+    topic: str
+    msgtype: str
+    storage: str
+    frame_id: str
+    frames: list[CameraFrame] = field(default_factory=list)
+
+    @property
+    def compressed(self) -> bool:
+        return self.msgtype == COMPRESSED_IMAGE
+
+    @property
+    def rate_hz(self) -> float | None:
+        """Median frame rate of the recording (from the bag's message times)."""
+        times = np.array([f.log_time_ns for f in self.frames], np.float64)
+        gaps = np.diff(times)
+        gaps = gaps[gaps > 0]
+        return float(1e9 / np.median(gaps)) if gaps.size else None
+
+
+def read_camera_bag(path: str | Path, topic: str | None = None) -> CameraBag:
+    """Load every message of the camera topic (``topic``, or the bag's only Image/CompressedImage topic)."""
+    path = Path(path)
+    store = typestore()
+    with open_bag(path) as reader:
+        connections = reader.connections
+        if topic is not None:
+            chosen = [c for c in connections if c.topic == topic]
+            if not chosen:
+                raise BagError(f"bag {path} has no topic {topic} (topics: {_topics_listing(reader)})")
+            wrong = [c.msgtype for c in chosen if c.msgtype not in CAMERA_TYPES]
+            if wrong:
+                raise BagError(
+                    f"topic {topic} in bag {path} is {wrong[0]}, expected one of {', '.join(CAMERA_TYPES)}"
+                )
+        else:
+            chosen = [c for c in connections if c.msgtype in CAMERA_TYPES]
+            names = sorted({c.topic for c in chosen})
+            if not names:
+                raise BagError(
+                    f"bag {path} has no camera topic ({' or '.join(CAMERA_TYPES)}); "
+                    f"topics: {_topics_listing(reader)}"
+                )
+            if len(names) > 1:
+                raise BagError(
+                    f"bag {path} has several camera topics ({', '.join(names)}): choose one with --topic"
+                )
+            topic = names[0]
+        msgtypes = {c.msgtype for c in chosen}
+        if len(msgtypes) > 1:
+            raise BagError(f"topic {topic} in bag {path} has several types: {', '.join(sorted(msgtypes))}")
+        (msgtype,) = msgtypes
+        camera = CameraBag(path, topic, msgtype, storage_of(path), "")
+        seen: dict[int, int] = {}
+        try:
+            for index, (connection, log_time, raw) in enumerate(reader.messages(connections=chosen)):
+                message = store.deserialize_cdr(raw, connection.msgtype)
+                stamp = int(message.header.stamp.sec) * 1_000_000_000 + int(message.header.stamp.nanosec)
+                if stamp in seen:
+                    raise BagError(
+                        f"bag {path}: messages {seen[stamp]} and {index} on {topic} have the same header "
+                        f"stamp {stamp} ns; outputs are matched to frames by stamp, so stamps must be unique"
+                    )
+                seen[stamp] = index
+                camera.frame_id = camera.frame_id or str(message.header.frame_id)
+                height, width = (0, 0) if camera.compressed else (int(message.height), int(message.width))
+                camera.frames.append(CameraFrame(stamp, int(log_time), bytes(raw), height, width))
+        except BagError:
+            raise
+        except Exception as error:
+            raise BagError(
+                f"cannot read the messages of {topic} in bag {path}: truncated or corrupt? ({_reason(error)})"
+            ) from error
+    expected = sum(c.msgcount for c in chosen)
+    if expected and len(camera.frames) != expected:
+        raise BagError(
+            f"bag {path}: metadata.yaml lists {expected} messages on {topic} but {len(camera.frames)} could "
+            "be read: truncated or corrupt?"
+        )
+    if not camera.frames:
+        raise BagError(f"bag {path}: topic {topic} has no messages")
+    return camera
+
+
+@dataclass
+class OutputMessage:
+    """A deserialized output message with its time in the bag (ns, the recorder's receive time)."""
+
+    log_time_ns: int
+    stamp_ns: int
+    message: Any
+
+
+@dataclass
+class OutputBag:
+    """The messages of an output bag, per topic, with each topic's message type."""
+
+    path: Path
+    msgtypes: dict[str, str]
+    messages: dict[str, list[OutputMessage]]
+
+    def topics_of_type(self, msgtype: str) -> list[str]:
+        return sorted(t for t, m in self.msgtypes.items() if m == msgtype)
+
+
+def read_output_bag(path: str | Path, topics: Sequence[str] | None = None) -> OutputBag:
+    """Deserialize every message (of ``topics``, default all) of a bag of the player / ``ros2 bag record``."""
+    path = Path(path)
+    store = typestore()
+    out = OutputBag(path, {}, {})
+    with open_bag(path) as reader:
+        chosen = [c for c in reader.connections if topics is None or c.topic in topics]
+        unknown = sorted({c.msgtype for c in chosen if c.msgtype not in store.types})
+        if unknown:
+            chosen = [c for c in chosen if c.msgtype not in unknown]  # e.g. a debug topic of a foreign type
+        for c in chosen:
+            out.msgtypes[c.topic] = c.msgtype
+            out.messages.setdefault(c.topic, [])
+        try:
+            for connection, log_time, raw in reader.messages(connections=chosen):
+                message = store.deserialize_cdr(raw, connection.msgtype)
+                stamp = int(message.header.stamp.sec) * 1_000_000_000 + int(message.header.stamp.nanosec)
+                out.messages[connection.topic].append(OutputMessage(int(log_time), stamp, message))
+        except Exception as error:
+            raise BagError(
+                f"cannot read the messages of bag {path}: truncated or corrupt? ({_reason(error)})"
+            ) from error
+    return out
+
+
+def storage_of(path: Path) -> str:
+    """The storage plugin of a rosbag2 folder, by its files: "mcap", "sqlite3" or "unknown"."""
+    if any(path.glob("*.mcap")):
+        return "mcap"
+    return "sqlite3" if any(path.glob("*.db3")) else "unknown"
+
+
+# -- writing -----------------------------------------------------------------------------------------------
+def _storage_plugin(storage: str) -> Any:
+    from rosbags.rosbag2 import StoragePlugin
+
+    if storage not in STORAGES:
+        raise BagError(f"storage {storage!r}: expected one of {', '.join(STORAGES)}")
+    return StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+
+
+class OutputBagWriter:
+    """A rosbag2 writer (version 9) of already serialized messages: ``add_topic`` then ``write``."""
+
+    def __init__(self, path: str | Path, storage: str = "mcap") -> None:
+        from rosbags.rosbag2 import Writer
+
+        self._writer = Writer(Path(path), version=9, storage_plugin=_storage_plugin(storage))
+        self._writer.open()
+        self._connections: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def add_topic(self, topic: str, msgtype: str) -> None:
+        if topic not in self._connections:
+            self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=typestore())
+            self.counts[topic] = 0
+
+    def write(self, topic: str, time_ns: int, data: bytes | memoryview) -> None:
+        self._writer.write(self._connections[topic], int(time_ns), data)
+        self.counts[topic] += 1
+
+    def set_custom_data(self, key: str, value: str) -> None:
+        self._writer.set_custom_data(key, value)
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+def serialize(message: Any, msgtype: str) -> bytes:
+    """CDR bytes of a ``rosbags`` message object."""
+    return bytes(typestore().serialize_cdr(message, msgtype))
+
+
+# -- files -------------------------------------------------------------------------------------------------
+def content_hash(path: str | Path) -> str:
+    """sha256 over a file, or over a folder's files (relative names and contents, in sorted order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def staged_output(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a path to write ``final`` at (same name, in a hidden temporary folder beside it).
+
+    On success the result is renamed to ``final`` (an existing ``final`` is replaced only with
+    ``overwrite``, and only then); on any failure it is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise BagError(f"{final} exists already; pass --overwrite to replace it, or choose another path")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging / final.name
+        replace_path(staging / final.name, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_path(new: Path, final: Path) -> None:
+    """Rename ``new`` to ``final``; an existing ``final`` is moved aside first and deleted afterwards."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists() or final.is_symlink():
+        final.rename(old)
+    new.rename(final)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():
+        old.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a file through a temporary sibling and a rename (never a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

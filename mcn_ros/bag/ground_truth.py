@@ -1,0 +1,198 @@
+"""The ground truth that travels with a bag: ``<bag>/ground_truth.json`` beside ``metadata.yaml``.
+
+``ros2 bag`` reads only ``metadata.yaml`` and the storage files it lists, so the sidecar does not disturb it.
+Layout (JSON)::
+
+    {"format": "mcn_ros.ground_truth", "version": 1,
+     "camera_topic": "/camera/image_raw",
+     "frames": [{"stamp": {"sec": 1700000000, "nanosec": 0}, "image_id": 1, "file_name": "...jpg"}, ...],
+     "coco": {"images": [...], "annotations": [...], "categories": [...]},   # exactly the bag's images
+     "source": {"images": "...", "instances": "...", "keypoints": "..."}}
+
+``coco`` is one COCO dataset: the instances annotations (boxes, masks, all classes) with the keypoints of the
+person annotations merged in by annotation id (COCO ships them as two files), as the evaluator expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcn_ros.bag import BagError
+from mcn_ros.bag.bagio import CameraBag, split_stamp, write_text_atomic
+from mcn_ros.model.labels import NUM_KEYPOINTS
+
+SIDECAR = "ground_truth.json"
+FORMAT = "mcn_ros.ground_truth"
+VERSION = 1
+
+
+def merge_keypoints(instances: Mapping[str, Any], keypoints: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One COCO dataset: ``instances`` with the keypoints of ``keypoints`` merged in by annotation id.
+
+    Person annotations without keypoints get 17 unlabelled ones (ignored by OKS); the person category gets
+    the keypoint names and skeleton of the keypoints file.
+    """
+    merged = json.loads(json.dumps(instances))  # a deep copy of plain JSON data
+    if keypoints is None:
+        return merged
+    annotations = merged.setdefault("annotations", [])
+    by_id = {ann["id"]: ann for ann in annotations}
+    for kp_ann in keypoints.get("annotations", []):
+        target = by_id.get(kp_ann["id"])
+        if target is None:
+            annotations.append(dict(kp_ann))
+            by_id[kp_ann["id"]] = annotations[-1]
+        else:
+            target["keypoints"] = kp_ann.get("keypoints", [0] * (3 * NUM_KEYPOINTS))
+            target["num_keypoints"] = int(kp_ann.get("num_keypoints", 0))
+    person_ids = set()
+    for cat in keypoints.get("categories", []):
+        for own in merged.get("categories", []):
+            if own["id"] == cat["id"] or own["name"] == cat["name"]:
+                own.setdefault("keypoints", cat.get("keypoints"))
+                own.setdefault("skeleton", cat.get("skeleton"))
+                person_ids.add(own["id"])
+    for ann in annotations:
+        if ann["category_id"] in person_ids and "keypoints" not in ann:
+            ann["keypoints"] = [0] * (3 * NUM_KEYPOINTS)
+            ann["num_keypoints"] = 0
+    return merged
+
+
+def subset(dataset: Mapping[str, Any], image_ids: list[int]) -> dict[str, Any]:
+    """The images ``image_ids`` (in that order) and their annotations; other keys as they are."""
+    by_id = {int(im["id"]): im for im in dataset.get("images", [])}
+    keep = set(image_ids)
+    out = {k: v for k, v in dataset.items() if k not in ("images", "annotations")}
+    out["images"] = [by_id[i] for i in image_ids]
+    out["annotations"] = [a for a in dataset.get("annotations", []) if int(a["image_id"]) in keep]
+    return out
+
+
+@dataclass
+class GroundTruth:
+    """A bag's ground truth: the COCO dataset of its images and which header stamp shows which image."""
+
+    dataset: dict[str, Any]
+    image_of_stamp: dict[int, int]
+    camera_topic: str
+    path: Path | None = None
+    source: dict[str, Any] | None = None
+
+    def coco(self) -> Any:
+        """A pycocotools ``COCO`` of the dataset (indexed; built on each call)."""
+        from pycocotools.coco import COCO
+
+        coco = COCO()
+        coco.dataset = json.loads(json.dumps(self.dataset))
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
+
+    def image_size(self, image_id: int) -> tuple[int, int]:
+        """(height, width) of an image as the annotations state it."""
+        for image in self.dataset["images"]:
+            if int(image["id"]) == image_id:
+                return int(image["height"]), int(image["width"])
+        raise KeyError(image_id)
+
+    def to_json(self) -> dict[str, Any]:
+        names = {int(im["id"]): im.get("file_name", "") for im in self.dataset.get("images", [])}
+        frames = []
+        for stamp, image_id in sorted(self.image_of_stamp.items()):
+            sec, nanosec = split_stamp(stamp)
+            frames.append(
+                {
+                    "stamp": {"sec": sec, "nanosec": nanosec},
+                    "image_id": image_id,
+                    "file_name": names.get(image_id),
+                }
+            )
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "camera_topic": self.camera_topic,
+            "frames": frames,
+            "coco": self.dataset,
+            "source": self.source or {},
+        }
+
+    def write(self, bag_dir: str | Path) -> Path:
+        path = Path(bag_dir) / SIDECAR
+        write_text_atomic(path, json.dumps(self.to_json()))
+        return path
+
+    def check_matches(self, camera: CameraBag) -> None:
+        """Raise :class:`BagError` unless every camera frame has an image id here and the sizes agree."""
+        what = f"ground truth {self.path or SIDECAR} does not match bag {camera.path}"
+        unmapped = [f.stamp_ns for f in camera.frames if f.stamp_ns not in self.image_of_stamp]
+        if unmapped:
+            raise BagError(
+                f"{what}: {len(unmapped)} of {len(camera.frames)} frames on {camera.topic} have no image id "
+                f"(first stamp {_stamp_text(unmapped[0])})"
+            )
+        stamps = {f.stamp_ns for f in camera.frames}
+        extra = [s for s in self.image_of_stamp if s not in stamps]
+        if extra:
+            raise BagError(
+                f"{what}: {len(extra)} stamps in the ground truth have no frame on {camera.topic} "
+                f"(first {_stamp_text(min(extra))})"
+            )
+        known = {int(im["id"]) for im in self.dataset.get("images", [])}
+        for frame in camera.frames:
+            image_id = self.image_of_stamp[frame.stamp_ns]
+            if image_id not in known:
+                raise BagError(f"{what}: image id {image_id} has no entry in the COCO images")
+            if frame.height and (frame.height, frame.width) != self.image_size(image_id):
+                h, w = self.image_size(image_id)
+                raise BagError(
+                    f"{what}: the frame stamped {_stamp_text(frame.stamp_ns)} is {frame.width}x{frame.height}"
+                    f" but image {image_id} is {w}x{h} in the annotations"
+                )
+
+
+def _stamp_text(stamp_ns: int) -> str:
+    sec, nanosec = split_stamp(stamp_ns)
+    return f"{sec}.{nanosec:09d}"
+
+
+def sidecar_path(bag_or_file: str | Path) -> Path:
+    path = Path(bag_or_file)
+    return path / SIDECAR if path.is_dir() else path
+
+
+def read_ground_truth(bag_or_file: str | Path) -> GroundTruth:
+    """Read a bag's ``ground_truth.json`` (pass the bag folder or the file)."""
+    path = sidecar_path(bag_or_file).resolve()
+    if not path.is_file():
+        raise BagError(
+            f"no ground truth at {path}: bags made with `python -m mcn_ros.bag make` carry one; "
+            "pass --ground-truth FILE for others"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BagError(f"ground truth {path} is not readable JSON ({error})") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BagError(f"ground truth {path}: not an {FORMAT} file (its 'format' is not {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise BagError(
+            f"ground truth {path}: unsupported version {data.get('version')!r} (expected {VERSION})"
+        )
+    try:
+        image_of_stamp = {
+            int(f["stamp"]["sec"]) * 1_000_000_000 + int(f["stamp"]["nanosec"]): int(f["image_id"])
+            for f in data["frames"]
+        }
+        dataset = data["coco"]
+        if not isinstance(dataset.get("images"), list) or not isinstance(dataset.get("categories"), list):
+            raise KeyError("coco.images / coco.categories")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise BagError(f"ground truth {path}: missing or malformed field ({error})") from error
+    return GroundTruth(dataset, image_of_stamp, str(data.get("camera_topic", "")), path, data.get("source"))

@@ -1,0 +1,221 @@
+"""``python -m mcn_ros.bag run``: start the node as users start it, replay the bag (lockstep, then at rate),
+evaluate, report -- into one run folder, written beside its final place and renamed there at the end.
+
+    <out>/node.log            everything the node printed
+    <out>/lockstep/, <out>/rate/   replay folders (:mod:`mcn_ros.bag.replay`)
+    <out>/report.json, report.md   (:mod:`mcn_ros.bag.evaluate`) and the plots / video of report.py
+
+The node is ``python -m mcn_ros.ros.node --ros-args --params-file <params> -r __node:=<name>
+-r image:=<camera topic> -p weights:=<weights> -p autostart:=true [-p k:=v ...]`` in its own process; the
+player (:mod:`mcn_ros.ros.player`) talks to it over DDS in the ROS domain of the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from mcn_ros.bag import BagError
+from mcn_ros.bag.bagio import CameraBag, content_hash, read_camera_bag, staged_output
+from mcn_ros.bag.ground_truth import GroundTruth, read_ground_truth, sidecar_path
+from mcn_ros.bag.replay import input_info, record_phase
+
+REPO = Path(__file__).resolve().parents[2]
+#: Lines of the node's log that mean it will never answer.
+FATAL_LOG = ("configure failed:", "activate failed:", "Traceback (most recent call last)")
+
+
+def default_params_file() -> Path:
+    """config/mcn.yaml of this checkout, else of the installed package (ament index)."""
+    candidates = [REPO / "config" / "mcn.yaml"]
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            candidates.append(Path(prefix) / "share" / "mcn_ros" / "config" / "mcn.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise BagError("no config/mcn.yaml found (checkout or ament index); pass --params-file")
+
+
+def camera_remap(camera: CameraBag) -> tuple[str, str, list[str]]:
+    """(the node's ``image`` topic, the topic to publish on, extra node parameters) for a camera topic."""
+    if not camera.compressed:
+        return camera.topic, camera.topic, []
+    base = camera.topic[: -len("/compressed")] if camera.topic.endswith("/compressed") else camera.topic
+    return base, base + "/compressed", ["use_compressed:=true"]
+
+
+def parse_params(items: Sequence[str]) -> list[str]:
+    """``name=value`` (or ROS's ``name:=value``) -> ``name:=value``."""
+    out = []
+    for item in items:
+        name, sep, value = item.partition(":=") if ":=" in item else item.partition("=")
+        if not sep or not name.strip():
+            raise BagError(f"node parameter {item!r}: expected NAME=VALUE (e.g. score_threshold=0.1)")
+        out.append(f"{name.strip()}:={value.strip()}")
+    return out
+
+
+def node_command(
+    weights: Path, node: str, image_topic: str, params_file: Path, params: Sequence[str]
+) -> list[str]:
+    namespace, _, name = node.rpartition("/")
+    command = [sys.executable, "-m", "mcn_ros.ros.node", "--ros-args", "--params-file", str(params_file)]
+    command += ["-r", f"__node:={name}", "-r", f"image:={image_topic}"]
+    if namespace:
+        command += ["-r", f"__ns:={namespace}"]
+    command += ["-p", f"weights:={weights.resolve()}", "-p", "autostart:=true"]
+    for param in params:
+        command += ["-p", param]
+    return command
+
+
+class NodeProcess:
+    """The node in its own process, its output in a log file; ``problem()`` says why it will not answer."""
+
+    def __init__(self, command: list[str], log_path: Path) -> None:
+        self.command = command
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("wb")
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy()
+        )
+        self._checked = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def problem(self) -> str | None:
+        """A message when the node exited or logged a failed transition (checked at most twice a second)."""
+        now = time.monotonic()
+        if now - self._checked < 0.5:
+            return None
+        self._checked = now
+        code = self.process.poll()
+        if code is not None:
+            return f"the node process exited with code {code}; its last lines:\n{self.log_tail()}"
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if any(marker in line for marker in FATAL_LOG[:2]):
+                return f"the node failed to start: {line.strip()}"
+        return None
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def load_inputs(
+    bag: str | Path, topic: str | None, ground_truth: str | Path | None
+) -> tuple[CameraBag, GroundTruth | None, str | None]:
+    """The camera frames, the ground truth (sidecar or given; None with the reason when there is none)."""
+    camera = read_camera_bag(bag, topic)
+    if ground_truth is None and not sidecar_path(bag).is_file():
+        return camera, None, f"the bag has no {sidecar_path(bag).name}: accuracy not evaluated"
+    gt = read_ground_truth(ground_truth if ground_truth is not None else bag)
+    gt.check_matches(camera)
+    return camera, gt, None
+
+
+def run(
+    bag: str | Path,
+    weights: str | Path,
+    out: str | Path,
+    *,
+    topic: str | None = None,
+    ground_truth: str | Path | None = None,
+    paces: Sequence[str] = ("lockstep", "rate"),
+    rate_factor: float = 1.0,
+    node: str = "/mcn_node",
+    params_file: str | Path | None = None,
+    params: Sequence[str] = (),
+    timeout_s: float = 10.0,
+    startup_timeout_s: float = 90.0,
+    direct: bool = True,
+    overwrite: bool = False,
+    finish: Callable[[Path, dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Node + replays + evaluation into ``out``; returns the report (timing only without ground truth).
+
+    ``finish(staged_folder, report)`` runs last inside the staged folder (writing the report files).
+    """
+    from mcn_ros.bag.evaluate import evaluate_run
+    from mcn_ros.model.weights import WeightsError, read_metadata
+    from mcn_ros.ros.player import Player  # the only rclpy import of the run
+
+    weights = Path(weights)
+    try:
+        read_metadata(weights)
+    except WeightsError as error:
+        raise BagError(f"weights: {error}") from error
+    node = node if node.startswith("/") else "/" + node
+    camera, gt, no_gt = load_inputs(bag, topic, ground_truth)
+    image_topic, publish_topic, extra = camera_remap(camera)
+    params_path = Path(params_file) if params_file is not None else default_params_file()
+    command = node_command(weights, node, image_topic, params_path, [*extra, *parse_params(params)])
+    source = input_info(camera, content_hash(camera.path), gt)
+    with staged_output(out, overwrite) as staged:
+        staged.mkdir()
+        log(f"[run] starting the node: {' '.join(command[1:])}")
+        process = NodeProcess(command, staged / "node.log")
+        try:
+            with Player(
+                node,
+                publish_topic,
+                camera.msgtype,
+                startup_timeout_s=startup_timeout_s,
+                abort_check=process.problem,
+            ) as player:
+                stamps = {f.stamp_ns for f in camera.frames}
+                connection = player.connect(camera.frames[0], stamps)
+                connection["command"] = command
+                log(
+                    f"[run] node ready in {connection['connect_s']} s; "
+                    f"outputs {', '.join(player.topics.values())}"
+                )
+                for pace in paces:
+                    log(
+                        f"[run] {pace} replay of {len(camera.frames)} frames"
+                        + (f" at x{rate_factor:g}" if pace == "rate" else "")
+                    )
+                    record_phase(
+                        player, camera, gt, pace, staged / pace, connection=connection, source=source,
+                        rate_factor=rate_factor, timeout_s=timeout_s, node_pid=process.pid,
+                    )  # fmt: skip
+        except BagError as error:
+            problem = process.problem() if process.process.poll() is not None else None
+            raise BagError(problem or str(error)) from error
+        finally:
+            process.stop()
+        if no_gt:
+            log(f"[run] {no_gt}")
+        log("[run] evaluating")
+        report = evaluate_run(staged, ground_truth=ground_truth, weights=weights, direct=direct)
+        if finish is not None:
+            finish(staged, report)
+    return report
