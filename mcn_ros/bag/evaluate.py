@@ -189,6 +189,25 @@ def predictions_from_outputs(
     return predictions, missing
 
 
+def check_stamps(
+    ground_truth: GroundTruth, outputs: OutputBag, topics: OutputTopics, records: Sequence[FrameRecord] | None
+) -> None:
+    """Raise :class:`BagError` when the ground truth is not that of the replayed frames."""
+    what = f"ground truth {ground_truth.path} does not match the replay"
+    known = ground_truth.image_of_stamp
+    if records is not None:
+        unknown = [r.stamp_ns for r in records if r.stamp_ns not in known]
+        if unknown or len(records) != len(known):
+            raise BagError(
+                f"{what}: {len(unknown)} of the {len(records)} replayed frames have no image id in it, "
+                f"which lists {len(known)} frames (first unknown stamp: {unknown[0] if unknown else None} ns)"
+            )
+        return
+    stamps = {m.stamp_ns for topic in topics.present().values() for m in outputs.messages[topic]}
+    if stamps and not stamps & set(known):
+        raise BagError(f"{what}: none of the {len(stamps)} output stamps of {outputs.path} is in it")
+
+
 def score(ground_truth: GroundTruth, predictions: Mapping[int, Results], classes: Classes) -> EvalReport:
     """:func:`mcn_ros.evaluation.evaluate`, its errors turned into one message about the ground truth."""
     det = classes.detection if any(r.detections is not None for r in predictions.values()) else None
@@ -374,6 +393,8 @@ def evaluate_run(
     no_gt = None
     if ground_truth is not None:
         gt = read_ground_truth(ground_truth)
+        if input_bag is not None and Path(input_bag).is_dir():
+            gt.check_matches(read_camera_bag(input_bag, first["input"]["topic"]))
     elif input_bag is not None and sidecar_path(input_bag).is_file():
         gt = read_ground_truth(input_bag)
     elif input_bag is not None:
@@ -431,6 +452,7 @@ def evaluate_run(
             raise BagError(
                 f"output bag {bag_path} holds none of the node's outputs (detections, poses, segmentation)"
             )
+        check_stamps(gt, output_bag, topics, records)
         tasks |= {TASK_OF[k] for k in topics.present()}
         if classes is None:
             classes = resolve_classes(output_bag, topics, weights_path)

@@ -28,7 +28,7 @@ from mcn_ros.bag.replay import input_info, record_phase
 
 REPO = Path(__file__).resolve().parents[2]
 #: Lines of the node's log that mean it will never answer.
-FATAL_LOG = ("configure failed:", "activate failed:", "Traceback (most recent call last)")
+FATAL_LOG = ("configure failed:", "activate failed:")
 
 
 def default_params_file() -> Path:
@@ -92,28 +92,35 @@ class NodeProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def log_tail(self, lines: int = 8) -> str:
+    def _log_lines(self) -> list[str]:
         try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            return self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
+            return []
 
-    def problem(self) -> str | None:
-        """A message when the node exited or logged a failed transition (checked at most twice a second)."""
+    def last_error(self, fallback: bool = True) -> str | None:
+        """The node's last error or warning line (also an exception's last line); else, with ``fallback``,
+        its last line."""
+        lines = [line.strip() for line in self._log_lines() if line.strip()]
+        errors = [x for x in lines if "[ERROR]" in x or "[WARN]" in x or "Error" in x.split(":")[0]]
+        if errors:
+            return errors[-1]
+        return (lines or ["(nothing)"])[-1] if fallback else None
+
+    def problem(self, force: bool = False) -> str | None:
+        """One line saying why the node will never answer: it exited, or logged a failed transition.
+
+        Checked at most twice a second unless ``force``.
+        """
         now = time.monotonic()
-        if now - self._checked < 0.5:
+        if not force and now - self._checked < 0.5:
             return None
         self._checked = now
         code = self.process.poll()
         if code is not None:
-            return f"the node process exited with code {code}; its last lines:\n{self.log_tail()}"
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-        for line in text.splitlines():
-            if any(marker in line for marker in FATAL_LOG[:2]):
+            return f"the node process exited with code {code}; its last error: {self.last_error()}"
+        for line in self._log_lines():
+            if any(marker in line for marker in FATAL_LOG):
                 return f"the node failed to start: {line.strip()}"
         return None
 
@@ -208,7 +215,9 @@ def run(
                         rate_factor=rate_factor, timeout_s=timeout_s, node_pid=process.pid,
                     )  # fmt: skip
         except BagError as error:
-            problem = process.problem() if process.process.poll() is not None else None
+            problem = process.problem(force=True)
+            if problem is None and (warning := process.last_error(fallback=False)):
+                problem = f"{error} (the node's log: {warning})"
             raise BagError(problem or str(error)) from error
         finally:
             process.stop()

@@ -41,7 +41,7 @@ def message_dir(package: str) -> Path:
         candidate = Path(prefix) / "share" / package / "msg"
         if prefix and any(candidate.glob("*.msg")):
             return candidate
-    fallback = PACKAGES[package]
+    fallback = PACKAGES.get(package, REPO / "msg" / "none")
     if any(fallback.glob("*.msg")):
         return fallback
     raise BagError(

@@ -1,0 +1,228 @@
+"""Replay through the real node (its own process, DDS on loopback, real rosbag2 files): the ROS path loses
+nothing against the model runtime, rate mode accounts for every frame, and a node that fails says why."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from bagtools import camera_bag, cli, image, read_json, synthetic_coco, weights_missing_a_tensor, write_bag
+from nodetools import make_weights
+
+pytestmark = pytest.mark.usefixtures("ros")
+
+SCORE = 0.05  # random-init test weights score about 0.1: a low threshold gives boxes to compare
+NODE_PARAMS = ["--param", f"score_threshold={SCORE}", "--param", f"pose_score_threshold={SCORE}"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("replay")
+    coco = synthetic_coco(root / "coco", images=6, size=(96, 128))
+    return {
+        "coco": coco,
+        "bag": camera_bag(coco, root / "bag", rate_hz=10.0),
+        "weights": make_weights(root / "weights.safetensors"),
+        "root": root,
+    }
+
+
+@pytest.fixture(scope="module")
+def run_dir(inputs: dict[str, Path]) -> Iterator[Path]:
+    """One `run` (node + lockstep + rate at 4x + evaluation) shared by the tests of its results."""
+    out = inputs["root"] / "run"
+    done = cli(
+        "run", "--bag", str(inputs["bag"]), "--weights", str(inputs["weights"]), "--out", str(out),
+        "--rate-factor", "4", *NODE_PARAMS,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| bbox_AP |" in done.stdout and "report:" in done.stdout
+    yield out
+
+
+def _direct(inputs: dict[str, Path]) -> tuple[Any, dict[int, Any]]:
+    """The model runtime alone on the bag's images (decoded from the files, as make_bag wrote them)."""
+    from mcn_ros.bag.ground_truth import read_ground_truth
+    from mcn_ros.model.predictor import Predictor
+
+    ground_truth = read_ground_truth(inputs["bag"])
+    predictor = Predictor.from_weights(inputs["weights"], device="cpu")
+    results = {}
+    for info in ground_truth.dataset["images"]:
+        rgb = cv2.imread(str(inputs["coco"] / "images" / "val" / info["file_name"]))[:, :, ::-1]
+        results[info["id"]] = predictor.predict(
+            np.ascontiguousarray(rgb), score_threshold=SCORE, pose_score_threshold=SCORE
+        )
+    return ground_truth, results
+
+
+def test_lockstep_replay_equals_the_model_runtime(inputs: dict[str, Path], run_dir: Path) -> None:
+    from mcn_ros.bag.bagio import read_output_bag
+    from mcn_ros.bag.convert import (
+        ClassIndex,
+        class_map_from_message,
+        detections_from_message,
+        poses_from_message,
+    )
+    from mcn_ros.evaluation import evaluate
+
+    ground_truth, direct = _direct(inputs)
+    outputs = read_output_bag(run_dir / "lockstep" / "outputs")
+    index = ClassIndex(["person", "car"])
+    by_stamp = {topic: {m.stamp_ns: m.message for m in items} for topic, items in outputs.messages.items()}
+    compared_boxes = 0
+    for stamp, image_id in ground_truth.image_of_stamp.items():
+        expected = direct[image_id]
+        got = detections_from_message(by_stamp["/mcn_node/detections"][stamp], index)
+        assert len(got) == len(expected.detections), image_id
+        np.testing.assert_allclose(got.boxes, expected.detections.boxes, atol=1e-3)
+        np.testing.assert_allclose(got.scores, expected.detections.scores, atol=1e-5)
+        assert got.class_ids.tolist() == expected.detections.class_ids.tolist()
+        compared_boxes += len(got)
+        poses = poses_from_message(by_stamp["/mcn_node/poses"][stamp])
+        np.testing.assert_allclose(poses.keypoints, expected.poses.keypoints, atol=1e-3)
+        seg = class_map_from_message(by_stamp["/mcn_node/segmentation"][stamp])
+        np.testing.assert_array_equal(seg, expected.segmentation)
+    assert compared_boxes >= 6  # the comparison is not vacuous
+
+    report = read_json(run_dir / "report.json")
+    mine = evaluate(ground_truth.coco(), direct, ["person", "car"], ["person", "car"])
+    for metric in ("bbox_AP", "kp_AP", "mIoU"):
+        assert report[metric] is not None
+        assert abs(report[metric] - getattr(mine, metric)) <= 0.01, metric
+        assert abs(report[metric] - report[f"direct_{metric}"]) <= 0.01, metric
+    assert report["agreement_with_direct"]["frames_with_other_box_count"] == 0
+    assert report["agreement_with_direct"]["max_box_difference_px"] <= 1e-3
+
+
+def test_rate_replay_accounts_for_every_frame(run_dir: Path) -> None:
+    report = read_json(run_dir / "report.json")
+    frames = report["frames"]
+    assert report["timing_from"] == "rate"
+    assert frames["sent"] == 6 == frames["processed"] + frames["dropped"]
+    assert frames["processed"] >= 1
+    rows = [json.loads(line) for line in (run_dir / "rate" / "frames.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and [r["image_id"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    sends = [r["send_s"] for r in rows]
+    assert sends == sorted(sends) and 0.1 < sends[-1] - sends[0] < 0.3  # 5 gaps of 25 ms (4x 10 Hz)
+    answered = [r for r in rows if any(v is not None for v in r["arrival_s"].values())]
+    assert len(answered) == frames["processed"]
+    assert all(r["latency_ms"]["detections"] > 0 for r in answered if r["latency_ms"]["detections"])
+    assert report["loaded_bbox_AP"] is not None and report["loaded_mIoU"] is not None
+    for key in ("p50", "p95", "p99", "max"):
+        assert report["latency_ms"][key] > 0
+    process = report["node_process"]["rate"]
+    assert process["cpu_s"] > 0 and process["peak_rss_mib"] > 50
+    lockstep = report["timing"]["lockstep"]["frames"]
+    assert lockstep == {"sent": 6, "processed": 6, "dropped": 0, "incomplete": 0, "late": 0}
+    for key in ("command", "bag", "weights", "config", "machine", "versions", "git_commit"):
+        assert report[key], key
+    assert len(report["bag"]["sha256"]) == 64 and len(report["weights"]["sha256"]) == 64
+    assert "## Accuracy" in (run_dir / "report.md").read_text()
+    assert "configure failed" not in (run_dir / "node.log").read_text()
+
+
+def test_output_bag_is_a_standard_rosbag(inputs: dict[str, Path], run_dir: Path) -> None:
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import Reader
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    from mcn_ros.bag.ground_truth import read_ground_truth
+    from mcn_ros.bag.typestore import message_dir
+    from mcn_ros.msg import HumanPose2DArray, PoseInfo
+
+    classes = {"/mcn_node/detections": Detection2DArray, "/mcn_node/poses": HumanPose2DArray,
+               "/mcn_node/segmentation": Image, "/mcn_node/label_info": LabelInfo,
+               "/mcn_node/pose_info": PoseInfo}  # fmt: skip
+    stamps = set(read_ground_truth(inputs["bag"]).image_of_stamp)
+    seen: dict[str, int] = {}
+    with Reader(run_dir / "lockstep" / "outputs") as reader:
+        for connection in reader.connections:
+            package, _, name = connection.msgtype.split("/")
+            description = json.loads((message_dir(package) / f"{name}.json").read_text())
+            assert connection.digest == description["type_hashes"][0]["hash_string"]
+        for connection, _, raw in reader.messages():
+            message = deserialize_message(raw, classes[connection.topic])
+            seen[connection.topic] = seen.get(connection.topic, 0) + 1
+            if not connection.topic.endswith("_info"):
+                assert message.header.stamp.sec * 1_000_000_000 + message.header.stamp.nanosec in stamps
+    assert seen == {"/mcn_node/detections": 6, "/mcn_node/poses": 6, "/mcn_node/segmentation": 6,
+                    "/mcn_node/label_info": 1, "/mcn_node/pose_info": 1}  # fmt: skip
+
+
+def test_evaluate_a_recorded_bag_and_a_baseline(
+    inputs: dict[str, Path], run_dir: Path, tmp_path: Path
+) -> None:
+    """An output bag alone (as `ros2 bag record` writes one) scores like the replay; a baseline regresses."""
+    report = read_json(run_dir / "report.json")
+    done = cli(
+        "evaluate", "--outputs", str(run_dir / "lockstep" / "outputs"), "--ground-truth", str(inputs["bag"]),
+        "--report-dir", str(tmp_path / "recorded"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    recorded = read_json(tmp_path / "recorded" / "report.json")
+    assert recorded["classes"]["source"].startswith("LabelInfo")
+    for metric in ("bbox_AP", "kp_AP", "mIoU"):
+        assert recorded[metric] == pytest.approx(report[metric], abs=1e-9)
+    better = {**report, "bbox_AP": report["bbox_AP"] + 0.5}
+    (tmp_path / "baseline.json").write_text(json.dumps(better))
+    done = cli(
+        "evaluate", str(run_dir), "--no-direct", "--report-dir", str(tmp_path / "again"),
+        "--baseline", str(tmp_path / "baseline.json"),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "bbox_AP" in done.stderr and "regressed" in done.stderr
+
+
+def _one_line_error(done: Any) -> str:
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], done.stderr
+    return str(lines[0])
+
+
+def test_weights_that_fail_to_load_in_the_node(inputs: dict[str, Path], tmp_path: Path) -> None:
+    broken = weights_missing_a_tensor(inputs["weights"], tmp_path / "broken.safetensors")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "earlier.txt").write_text("an earlier run")
+    done = cli("run", "--bag", str(inputs["bag"]), "--weights", str(broken), "--out", str(out), "--overwrite")
+    error = _one_line_error(done)
+    assert "configure failed" in error and "missing" in error
+    assert [p.name for p in out.iterdir()] == ["earlier.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors", "run"]
+
+
+def test_a_frame_the_node_never_answers(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """Lockstep: frame 1 is refused by the node (unsupported encoding): the timeout names the topics."""
+    rng = np.random.default_rng(1)
+    good = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    odd = rng.random((48, 64), dtype=np.float32)
+    frames = [(10**9, good, "rgb8"), (2 * 10**9, odd, "32FC1"), (3 * 10**9, good, "rgb8")]
+    bag = write_bag(
+        tmp_path / "odd", "/cam", "sensor_msgs/msg/Image", [(t, image(t, p, e)) for t, p, e in frames]
+    )
+    done = cli(
+        "run", "--bag", str(bag), "--weights", str(inputs["weights"]), "--out", str(tmp_path / "run"),
+        "--pace", "lockstep", "--timeout", "3",
+    )  # fmt: skip
+    error = _one_line_error(done)
+    assert "frame 1" in error and "/mcn_node/detections" in error and "/mcn_node/segmentation" in error
+    assert "within 3 s" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_replay_without_a_node(inputs: dict[str, Path], tmp_path: Path) -> None:
+    done = cli(
+        "replay", "--bag", str(inputs["bag"]), "--out", str(tmp_path / "replay"), "--node", "/nobody",
+        "--startup-timeout", "3",
+    )  # fmt: skip
+    error = _one_line_error(done)
+    assert "/nobody" in error and "lifecycle state: not reachable" in error
+    assert not (tmp_path / "replay").exists()
