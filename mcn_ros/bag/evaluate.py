@@ -554,8 +554,15 @@ def _ms(stats: Mapping[str, Any] | None, key: str) -> str:
 def markdown(report: Mapping[str, Any]) -> str:
     """The human summary: accuracy table, timing tables, provenance."""
     acc = report.get("accuracy", {})
-    names = (("lockstep", "lockstep"), ("model alone", "direct"), ("under load", "loaded"))
+    names = (
+        ("lockstep", "lockstep"),
+        ("at rate, every output", "rate_all_outputs"),
+        ("model alone", "direct"),
+        ("under load", "loaded"),
+    )
     columns = [(name, acc[key]) for name, key in names if acc.get(key)]
+    if "lockstep" in acc:
+        columns = [c for c in columns if c[0] != "at rate, every output"]
     bag, weights = report.get("bag") or {}, report.get("weights") or {}
     mach = report.get("machine", {})
     lines = ["# Replay report", ""]
