@@ -66,9 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     replay.add_argument("--topic", help="camera topic in the bag (default: its only image topic)")
     replay.add_argument("--publish-topic", help="topic to publish on (default: the bag's topic)")
     replay.add_argument("--node", default="/mcn_node", help="the node's full name (default /mcn_node)")
-    replay.add_argument(
-        "--outputs", default="detections,poses,segmentation", help="outputs to request, comma-separated"
-    )
+    _add_outputs(replay)
     replay.add_argument(
         "--ground-truth", type=Path, help="ground truth (default: the bag's ground_truth.json)"
     )
@@ -100,6 +98,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--topic", help="camera topic in the bag (default: its only image topic)")
     run.add_argument("--ground-truth", type=Path, help="ground truth (default: the bag's ground_truth.json)")
     run.add_argument("--node", default="/mcn_node", help="name given to the node (default /mcn_node)")
+    _add_outputs(run)
     run.add_argument("--params-file", type=Path, help="node parameters file (default config/mcn.yaml)")
     run.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="a node parameter (repeatable)"
@@ -109,6 +108,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_baseline(run)
     run.add_argument("--overwrite", action="store_true", help="replace --out if it exists (at the end)")
     return parser
+
+
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--outputs",
+        type=lambda text: [o.strip() for o in text.split(",") if o.strip()],
+        default=["detections", "poses", "segmentation"],
+        help="outputs to request (and so the tasks the node computes), comma-separated; default all three",
+    )
 
 
 def _add_common_timing(parser: argparse.ArgumentParser) -> None:
@@ -168,10 +176,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"note: {no_gt}")
     publish_topic = args.publish_topic or camera.topic
     source = input_info(camera, content_hash(camera.path), gt)
-    outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     with (
         staged_output(args.out, args.overwrite) as staged,
-        Player(args.node, publish_topic, camera.msgtype, outputs, args.startup_timeout) as player,
+        Player(args.node, publish_topic, camera.msgtype, args.outputs, args.startup_timeout) as player,
     ):
         connection = player.connect(camera.frames[0], {f.stamp_ns for f in camera.frames})
         info = record_phase(
@@ -247,9 +254,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     report = run(
         args.bag, args.weights, args.out, topic=args.topic, ground_truth=args.ground_truth, paces=paces,
-        rate_factor=args.rate_factor, node=args.node, params_file=args.params_file, params=args.param,
-        timeout_s=args.timeout, startup_timeout_s=args.startup_timeout, direct=not args.no_direct,
-        overwrite=args.overwrite, finish=finish,
+        rate_factor=args.rate_factor, node=args.node, outputs=args.outputs, params_file=args.params_file,
+        params=args.param, timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
+        direct=not args.no_direct, overwrite=args.overwrite, finish=finish,
     )  # fmt: skip
     return _print_summary(args.out, report, regressions)
 

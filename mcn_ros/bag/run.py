@@ -158,6 +158,7 @@ def run(
     paces: Sequence[str] = ("lockstep", "rate"),
     rate_factor: float = 1.0,
     node: str = "/mcn_node",
+    outputs: Sequence[str] = ("detections", "poses", "segmentation"),
     params_file: str | Path | None = None,
     params: Sequence[str] = (),
     timeout_s: float = 10.0,
@@ -195,6 +196,7 @@ def run(
                 node,
                 publish_topic,
                 camera.msgtype,
+                outputs,
                 startup_timeout_s=startup_timeout_s,
                 abort_check=process.problem,
             ) as player:

@@ -61,6 +61,7 @@ PARAMETERS = (
     "publisher_depth", "use_compressed",
 )  # fmt: skip
 COUNTS = {"detections": "detections", "poses": "persons"}
+TASKS = {"detections": "detection", "poses": "pose", "segmentation": "segmentation"}
 
 
 def _message_class(msgtype: str) -> Any:
@@ -221,11 +222,19 @@ class Player:
                     f"{self.node_name} runs in this ROS domain; stop it, or use another node name or "
                     "ROS_DOMAIN_ID"
                 )
+        self.parameters = self._fetch_parameters()
+        enabled = self.parameters.get("tasks")
+        if enabled is not None:  # a task switched off by the node's `tasks` parameter never answers
+            self.topics = {k: t for k, t in self.topics.items() if TASKS[k] in enabled}
+            if not self.topics:
+                raise BagError(
+                    f"node {self.node_name} has none of the requested outputs ({', '.join(self.wanted)}) "
+                    f"enabled: its tasks parameter is {list(enabled)}"
+                )
         self._subscribe()
         self._wait_for_camera_subscriber()
         if not self._wait(lambda: all(s.get_publisher_count() > 0 for s in self._subscriptions), 10.0):
             raise BagError(f"the node's output topics {', '.join(self.topics.values())} never matched")
-        self.parameters = self._fetch_parameters()
         self._warm_up(warmup_frame, avoid_stamps, warmup)
         return {
             "node": self.node_name,
@@ -366,6 +375,8 @@ class Player:
         node_pid: int | None = None,
     ) -> PlayResult:
         """Play ``frames`` at ``pace``; record the outputs into ``out_bag`` (a path that must not exist)."""
+        if pace not in ("lockstep", "rate"):
+            raise BagError(f"pace {pace!r}: expected lockstep or rate")
         keys = list(self.topics)
         stamps = [f.stamp_ns for f in frames]
         self.arrivals = Arrivals()  # a bag played again has the same stamps: each playback counts afresh
@@ -389,16 +400,17 @@ class Player:
         try:
             if pace == "lockstep":
                 self._lockstep(frames, records, keys, t0, timeout_s)
-            elif pace == "rate":
-                self._rate(frames, records, keys, t0, rate_factor, timeout_s)
             else:
-                raise BagError(f"pace {pace!r}: expected lockstep or rate")
-        finally:
-            end_ns = time.monotonic_ns() - t0
-            self._recording = set()
-            self._queue.put(None)
-            writing.join()
-            process = monitor.stop() if monitor is not None else None
+                self._rate(frames, records, keys, t0, rate_factor, timeout_s)
+        except BaseException:
+            self._stop_recording(writing)
+            writer.abort()
+            if monitor is not None:
+                monitor.stop()
+            raise
+        end_ns = time.monotonic_ns() - t0
+        self._stop_recording(writing)
+        process = monitor.stop() if monitor is not None else None
         writer.close()
         for record in records:
             for key, arrival in self.arrivals.of(record.stamp_ns).items():
@@ -416,6 +428,11 @@ class Player:
             "player_cpu_s": round(time.process_time() - cpu_start, 3),
         }
         return PlayResult(records, summary)
+
+    def _stop_recording(self, writing: threading.Thread) -> None:
+        self._recording = set()
+        self._queue.put(None)
+        writing.join()
 
     def _write_queue(self, writer: OutputBagWriter) -> None:
         while True:
