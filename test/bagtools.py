@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -86,6 +88,16 @@ def cli(*args: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
         env=os.environ.copy(),
         cwd=REPO,
     )
+
+
+def main(*args: str) -> tuple[int, str, str]:
+    """``mcn_ros.bag``'s command line in this process: (exit status, stdout, stderr)."""
+    from mcn_ros.bag.__main__ import main as bag_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = bag_main(list(args))
+    return code, out.getvalue(), err.getvalue()
 
 
 def read_json(path: Path) -> Any:

@@ -11,7 +11,16 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from bagtools import camera_bag, cli, image, read_json, synthetic_coco, weights_missing_a_tensor, write_bag
+from bagtools import (
+    camera_bag,
+    cli,
+    image,
+    main,
+    read_json,
+    synthetic_coco,
+    weights_missing_a_tensor,
+    write_bag,
+)
 from nodetools import make_weights
 
 pytestmark = pytest.mark.usefixtures("ros")
@@ -161,30 +170,31 @@ def test_evaluate_a_recorded_bag_and_a_baseline(
 ) -> None:
     """An output bag alone (as `ros2 bag record` writes one) scores like the replay; a baseline regresses."""
     report = read_json(run_dir / "report.json")
-    done = cli(
+    code, _, err = main(
         "evaluate", "--outputs", str(run_dir / "lockstep" / "outputs"), "--ground-truth", str(inputs["bag"]),
         "--report-dir", str(tmp_path / "recorded"),
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert code == 0, err
     recorded = read_json(tmp_path / "recorded" / "report.json")
     assert recorded["classes"]["source"].startswith("LabelInfo")
     for metric in ("bbox_AP", "kp_AP", "mIoU"):
         assert recorded[metric] == pytest.approx(report[metric], abs=1e-9)
     better = {**report, "bbox_AP": report["bbox_AP"] + 0.5}
     (tmp_path / "baseline.json").write_text(json.dumps(better))
-    done = cli(
+    code, out, err = main(
         "evaluate", str(run_dir), "--no-direct", "--report-dir", str(tmp_path / "again"),
         "--baseline", str(tmp_path / "baseline.json"),
     )  # fmt: skip
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "bbox_AP" in done.stderr and "regressed" in done.stderr
+    assert code == 1, out + err
+    assert "bbox_AP" in err and "regressed" in err
 
 
-def _one_line_error(done: Any) -> str:
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "error:" in lines[0], done.stderr
-    return str(lines[0])
+def _one_line_error(done: tuple[int, str, str]) -> str:
+    code, out, err = done
+    assert code == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], err
+    return lines[0]
 
 
 def test_weights_that_fail_to_load_in_the_node(inputs: dict[str, Path], tmp_path: Path) -> None:
@@ -192,8 +202,9 @@ def test_weights_that_fail_to_load_in_the_node(inputs: dict[str, Path], tmp_path
     out = tmp_path / "run"
     out.mkdir()
     (out / "earlier.txt").write_text("an earlier run")
-    done = cli("run", "--bag", str(inputs["bag"]), "--weights", str(broken), "--out", str(out), "--overwrite")
-    error = _one_line_error(done)
+    error = _one_line_error(
+        main("run", "--bag", str(inputs["bag"]), "--weights", str(broken), "--out", str(out), "--overwrite")
+    )
     assert "configure failed" in error and "missing" in error
     assert [p.name for p in out.iterdir()] == ["earlier.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors", "run"]
@@ -208,21 +219,19 @@ def test_a_frame_the_node_never_answers(tmp_path: Path, inputs: dict[str, Path])
     bag = write_bag(
         tmp_path / "odd", "/cam", "sensor_msgs/msg/Image", [(t, image(t, p, e)) for t, p, e in frames]
     )
-    done = cli(
+    error = _one_line_error(main(
         "run", "--bag", str(bag), "--weights", str(inputs["weights"]), "--out", str(tmp_path / "run"),
         "--pace", "lockstep", "--timeout", "3",
-    )  # fmt: skip
-    error = _one_line_error(done)
+    ))  # fmt: skip
     assert "frame 1" in error and "/mcn_node/detections" in error and "/mcn_node/segmentation" in error
     assert "within 3 s" in error
     assert not (tmp_path / "run").exists()
 
 
 def test_replay_without_a_node(inputs: dict[str, Path], tmp_path: Path) -> None:
-    done = cli(
+    error = _one_line_error(main(
         "replay", "--bag", str(inputs["bag"]), "--out", str(tmp_path / "replay"), "--node", "/nobody",
-        "--startup-timeout", "3",
-    )  # fmt: skip
-    error = _one_line_error(done)
+        "--startup-timeout", "1",
+    ))  # fmt: skip
     assert "/nobody" in error and "lifecycle state: not reachable" in error
     assert not (tmp_path / "replay").exists()

@@ -31,6 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 FATAL_LOG = ("configure failed:", "activate failed:")
 
 
+class UnusableWeightsError(BagError):
+    """The weights file cannot be used (found before the node says so)."""
+
+
 def default_params_file() -> Path:
     """config/mcn.yaml of this checkout, else of the installed package (ament index)."""
     candidates = [REPO / "config" / "mcn.yaml"]
@@ -172,26 +176,29 @@ def run(
 
     ``finish(staged_folder, report)`` runs last inside the staged folder (writing the report files).
     """
-    from mcn_ros.bag.evaluate import evaluate_run
-    from mcn_ros.model.weights import WeightsError, read_metadata
-    from mcn_ros.ros.player import Player  # the only rclpy import of the run
-
     weights = Path(weights)
-    try:
-        read_metadata(weights)
-    except WeightsError as error:
-        raise BagError(f"weights: {error}") from error
+    if not weights.is_file():
+        raise BagError(f"weights file {weights} does not exist")
     node = node if node.startswith("/") else "/" + node
     camera, gt, no_gt = load_inputs(bag, topic, ground_truth)
     image_topic, publish_topic, extra = camera_remap(camera)
     params_path = Path(params_file) if params_file is not None else default_params_file()
     command = node_command(weights, node, image_topic, params_path, [*extra, *parse_params(params)])
-    source = input_info(camera, content_hash(camera.path), gt)
     with staged_output(out, overwrite) as staged:
         staged.mkdir()
         log(f"[run] starting the node: {' '.join(command[1:])}")
         process = NodeProcess(command, staged / "node.log")
         try:
+            # What takes seconds here (torch, rclpy, hashing the bag) runs while the node starts.
+            from mcn_ros.bag.evaluate import evaluate_run
+            from mcn_ros.model.weights import WeightsError, read_metadata
+            from mcn_ros.ros.player import Player  # the only rclpy import of the run
+
+            try:
+                read_metadata(weights)
+            except WeightsError as error:
+                raise UnusableWeightsError(f"weights: {error}") from error
+            source = input_info(camera, content_hash(camera.path), gt)
             with Player(
                 node,
                 publish_topic,
@@ -216,6 +223,8 @@ def run(
                         player, camera, gt, pace, staged / pace, connection=connection, source=source,
                         rate_factor=rate_factor, timeout_s=timeout_s, node_pid=process.pid,
                     )  # fmt: skip
+        except UnusableWeightsError:
+            raise
         except BagError as error:
             problem = process.problem(force=True)
             if problem is None and (warning := process.last_error(fallback=False)):
