@@ -15,9 +15,10 @@ test: lint
 	$(ENV) MCN_REQUIRE_ROS=1 python -m pytest
 
 # The main job: bag from synthetic validation images -> node -> replay (lockstep, then at rate) -> report.
-# Optional: WEIGHTS=file.safetensors BAG=rosbag2_folder TRAIN=1 (retrain the demo weights first); see scripts/demo.sh.
+# Optional: WEIGHTS=file.safetensors BAG=rosbag2_folder, TRAIN=1 (retrain the demo weights first), RECORD=1
+# (bench/results/replay_synthetic.json); see scripts/demo.sh.
 demo: setup
-	$(ENV) WEIGHTS="$(WEIGHTS)" BAG="$(BAG)" TRAIN="$(TRAIN)" bash scripts/demo.sh
+	$(ENV) WEIGHTS="$(WEIGHTS)" BAG="$(BAG)" TRAIN="$(TRAIN)" RECORD="$(RECORD)" bash scripts/demo.sh
 
 clean:
 	rm -rf build install log mcn_env.sh

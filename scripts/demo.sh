@@ -6,6 +6,7 @@
 #   make demo WEIGHTS=w.safetensors BAG=my_bag   the same on your weights and bag (its ground_truth.json, if
 #                                        any, gives the accuracy; without one the report has timing only)
 #   make demo TRAIN=1                    first retrain the demo weights from scratch (bench/demo_weights.py)
+#   make demo RECORD=1                   also record the run as bench/results/replay_synthetic.json (+ .md)
 #
 # Other knobs (environment / make variables): OUT (default demo_out), IMAGES (100), SEED (7: not the training
 # data's seed), RATE_FACTOR (1: the recorded rate), SCORE (0.05: detection and person score threshold of the
@@ -26,6 +27,7 @@ SCORE="${SCORE:-0.05}"
 WEIGHTS="${WEIGHTS:-}"
 BAG="${BAG:-}"
 TRAIN="${TRAIN:-}"
+RECORD="${RECORD:-}"
 
 say() { printf '[demo] %s\n' "$*"; }
 die() { printf '[demo] error: %s\n' "$*" >&2; exit 1; }
@@ -38,6 +40,10 @@ if [ -n "$TRAIN" ] && [ "$TRAIN" != "0" ]; then
   else
     python -m mcn_training.demo_weights
   fi
+fi
+
+if [ -n "$RECORD" ] && [ "$RECORD" != "0" ] && { [ -n "$WEIGHTS" ] || [ -n "$BAG" ]; }; then
+  die "RECORD=1 records the demo itself (demo weights, synthetic bag): leave WEIGHTS and BAG unset"
 fi
 
 if [ -z "$WEIGHTS" ]; then
@@ -76,5 +82,10 @@ fi
 say "node + replay (lockstep, then x$RATE_FACTOR the recorded rate) + evaluation, ROS_DOMAIN_ID=$ROS_DOMAIN_ID"
 python -m mcn_ros.bag run --bag "$BAG" --weights "$WEIGHTS" --out "$OUT/run" --overwrite \
   --rate-factor "$RATE_FACTOR" --param "score_threshold=$SCORE" --param "pose_score_threshold=$SCORE"
+if [ -n "$RECORD" ] && [ "$RECORD" != "0" ]; then
+  cp "$OUT/run/report.json" bench/results/replay_synthetic.json
+  cp "$OUT/run/report.md" bench/results/replay_synthetic.md
+  say "recorded bench/results/replay_synthetic.json and .md"
+fi
 say "done: the report is $OUT/run/report.md (figures in report.json; output bags and per-frame records in"
 say "$OUT/run/lockstep and $OUT/run/rate; the node's log in $OUT/run/node.log)"
