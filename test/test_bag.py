@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -85,6 +87,23 @@ def test_make_bag_round_trip(coco: Path, tmp_path: Path, storage: str, compresse
     annotations = ground_truth.dataset["annotations"]
     assert annotations and {a["image_id"] for a in annotations} <= {1, 2, 3, 4}
     assert any("keypoints" in a for a in annotations)  # person keypoints merged into the instances
+
+
+def test_bag_tooling_runs_without_rclpy() -> None:
+    """Only mcn_ros/ros/ imports rclpy: bag I/O, bookkeeping, evaluation and the CLI load without it."""
+    modules = [
+        "__main__",
+        "bagio",
+        "convert",
+        "evaluate",
+        "ground_truth",
+        "make_bag",
+        "pacing",
+        "replay",
+        "run",
+    ]
+    code = "import sys; sys.modules['rclpy'] = None\n" + "\n".join(f"import mcn_ros.bag.{m}" for m in modules)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_typestore_hashes_are_the_generated_ones() -> None:
