@@ -24,7 +24,7 @@ from mcn_ros.bag.bagio import (
     staged_output,
     with_stamp,
 )
-from mcn_ros.bag.evaluate import compare_to_baseline, timing_summary
+from mcn_ros.bag.evaluate import timing_summary
 from mcn_ros.bag.ground_truth import read_ground_truth
 from mcn_ros.bag.pacing import FrameRecord, rate_schedule, read_records, write_records
 from mcn_ros.bag.typestore import message_dir, typestore
@@ -197,20 +197,15 @@ def test_pacing_bookkeeping(tmp_path: Path) -> None:
     ]
     write_records(tmp_path / "f.jsonl", records)
     assert read_records(tmp_path / "f.jsonl") == records
-    summary = timing_summary(records)
+    summary = timing_summary(records, {"detections": "/n/detections", "segmentation": "/n/segmentation"})
     assert summary["frames"] == {"sent": 4, "processed": 3, "dropped": 1, "incomplete": 1, "late": 2}
     assert summary["frames"]["sent"] == summary["frames"]["processed"] + summary["frames"]["dropped"]
-    assert summary["latency_ms_per_topic"]["detections"]["max"] == 70.0
-    assert summary["latency_ms"]["count"] == 2  # frames with every output
-
-
-def test_compare_to_baseline() -> None:
-    baseline = {"bbox_AP": 0.40, "mIoU": 0.60, "kp_AP": None, "latency_ms": {"p95": 100.0}}
-    same = {"bbox_AP": 0.395, "mIoU": 0.61, "kp_AP": 0.1, "latency_ms": {"p95": 119.0}}
-    assert compare_to_baseline(same, baseline, ap_tolerance=0.01, latency_tolerance=0.2) == []
-    worse = {"bbox_AP": 0.38, "mIoU": 0.61, "latency_ms": {"p95": 121.0}}
-    found = compare_to_baseline(worse, baseline, ap_tolerance=0.01, latency_tolerance=0.2)
-    assert len(found) == 2 and found[0].startswith("bbox_AP") and found[1].startswith("latency p95")
+    detections = summary["latency_by_topic_ms"]["/n/detections"]
+    assert (detections["max"], detections["n"], detections["missing"]) == (70.0, 3, 1)
+    assert (summary["latency_ms"]["n"], summary["latency_ms"]["missing"]) == (
+        2,
+        2,
+    )  # frames with every output
 
 
 def test_staged_output_never_replaces_on_failure(tmp_path: Path) -> None:

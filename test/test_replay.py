@@ -50,7 +50,7 @@ def run_dir(inputs: dict[str, Path]) -> Iterator[Path]:
         "--rate-factor", "4", *NODE_PARAMS,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "| bbox_AP |" in done.stdout and "report:" in done.stdout
+    assert "| bbox AP |" in done.stdout and "video: " in done.stdout and "report.md" in done.stdout
     yield out
 
 
@@ -125,14 +125,18 @@ def test_rate_replay_accounts_for_every_frame(run_dir: Path) -> None:
     assert report["loaded_bbox_AP"] is not None and report["loaded_mIoU"] is not None
     for key in ("p50", "p95", "p99", "max"):
         assert report["latency_ms"][key] > 0
-    process = report["node_process"]["rate"]
-    assert process["cpu_s"] > 0 and process["peak_rss_mib"] > 50
+    node = report["node"]
+    assert node["cpu_s"] > 0 and node["peak_rss_mb"] > 50 and node["node"] == "/mcn_node"
+    assert report["timing"]["rate"]["node_process"]["samples"]
     lockstep = report["timing"]["lockstep"]["frames"]
     assert lockstep == {"sent": 6, "processed": 6, "dropped": 0, "incomplete": 0, "late": 0}
     for key in ("command", "bag", "weights", "config", "machine", "versions", "git_commit"):
         assert report[key], key
     assert len(report["bag"]["sha256"]) == 64 and len(report["weights"]["sha256"]) == 64
     assert "## Accuracy" in (run_dir / "report.md").read_text()
+    for name in ("latency.png", "per_class.png", "frames.png", "replay.mp4"):  # mcn_ros/bag/report.py's
+        assert (run_dir / name).stat().st_size > 1000, name
+    assert report["files"]["video"] == "replay.mp4" and report["video_from"] == "lockstep"
     assert "configure failed" not in (run_dir / "node.log").read_text()
 
 

@@ -5,7 +5,8 @@
     python -m mcn_ros.bag evaluate  output bag(s) + ground truth -> accuracy, latency, report.json / .md
     python -m mcn_ros.bag run       start the node, replay (lockstep, then at rate), evaluate, report
 
-The report's files (plots, video, report.json / report.md) are :mod:`mcn_ros.bag.report`'s. Everything here is free of rclpy (bag I/O, pacing bookkeeping, evaluation are tested without DDS); only the
+The report's files (report.json, report.md, plots, video) are written by :mod:`mcn_ros.bag.report`.
+Everything here is free of rclpy (bag I/O, pacing bookkeeping, evaluation are tested without DDS); only the
 player (:mod:`mcn_ros.ros.player`) talks to the node, and it is imported by the CLI where it is needed.
 """
 

@@ -189,34 +189,37 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finish_report(folder: Path, report: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    from mcn_ros.bag.evaluate import compare_to_baseline, read_baseline, write_report
+def _finish_report(
+    folder: Path, evaluation: Any, args: argparse.Namespace
+) -> tuple[dict[str, Path], list[str]]:
+    """Compare with ``--baseline`` (into the summary), then write the report files into ``folder``."""
+    from mcn_ros.bag.evaluate import read_baseline, write
+    from mcn_ros.bag.report import compare_to_baseline
 
     regressions: list[str] = []
     if args.baseline is not None:
         regressions = compare_to_baseline(
-            report, read_baseline(args.baseline), args.ap_tolerance, args.latency_tolerance
+            evaluation.summary, read_baseline(args.baseline), args.ap_tolerance, args.latency_tolerance
         )
-        report["baseline"] = {
+        evaluation.summary["baseline"] = {
             "path": str(args.baseline),
             "ap_tolerance": args.ap_tolerance,
             "latency_tolerance": args.latency_tolerance,
             "regressions": regressions,
         }
-    write_report(folder, report)
-    return regressions
+    return write(folder, evaluation), regressions
 
 
-def _print_summary(folder: Path, report: dict[str, Any], regressions: list[str]) -> int:
-    from mcn_ros.bag.evaluate import table
+def _print_summary(
+    folder: Path, summary: dict[str, Any], files: dict[str, Path], regressions: list[str]
+) -> int:
+    from mcn_ros.bag.evaluate import console_summary
 
-    print(table(report))
-    artifacts = report.get("artifacts", {})
-    print(f"\nreport: {folder / artifacts.get('report_md', 'report.md')} (+ report.json)")
-    others = {k: v for k, v in artifacts.items() if k not in ("report_json", "report_md")}
-    for name, path in others.items():
-        print(f"{name}: {folder / path}")
-    for note in report.get("notes", []):
+    print(console_summary(summary))
+    print()
+    for name, path in files.items():
+        print(f"{name:>10}: {path}")
+    for note in summary.get("notes", []):
         print(f"note: {note}")
     if regressions:
         print("regressed against the baseline: " + "; ".join(regressions), file=sys.stderr)
@@ -232,15 +235,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     folder = args.report_dir or args.path
     if folder is None:
         raise BagError("--outputs needs --report-dir (where report.json goes)")
-    report = evaluate_run(
+    evaluation = evaluate_run(
         args.path,
         outputs=args.outputs,
         ground_truth=args.ground_truth,
         weights=args.weights,
         direct=not args.no_direct,
     )
-    regressions = _finish_report(folder, report, args)
-    return _print_summary(folder, report, regressions)
+    files, regressions = _finish_report(folder, evaluation, args)
+    return _print_summary(evaluation.summary, files, regressions)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -248,17 +251,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     paces = ("lockstep", "rate") if args.pace == "both" else (args.pace,)
     regressions: list[str] = []
+    files: dict[str, Path] = {}
 
-    def finish(staged: Path, report: dict[str, Any]) -> None:
-        regressions.extend(_finish_report(staged, report, args))
+    def finish(staged: Path, evaluation: Any) -> None:
+        written, found = _finish_report(staged, evaluation, args)
+        files.update({name: args.out / path.relative_to(staged) for name, path in written.items()})
+        regressions.extend(found)
 
-    report = run(
+    evaluation = run(
         args.bag, args.weights, args.out, topic=args.topic, ground_truth=args.ground_truth, paces=paces,
         rate_factor=args.rate_factor, node=args.node, outputs=args.outputs, params_file=args.params_file,
         params=args.param, timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
         direct=not args.no_direct, overwrite=args.overwrite, finish=finish,
     )  # fmt: skip
-    return _print_summary(args.out, report, regressions)
+    return _print_summary(evaluation.summary, files, regressions)
 
 
 COMMANDS = {"make": cmd_make, "replay": cmd_replay, "evaluate": cmd_evaluate, "run": cmd_run}

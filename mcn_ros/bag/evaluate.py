@@ -15,16 +15,20 @@ Accuracy goes through :func:`mcn_ros.evaluation.evaluate` (COCO bbox / keypoint 
 Timing per output topic: end-to-end latency (publish -> received, the player's monotonic clock) p50 / p95 /
 p99 / max; frames sent / processed (any output came) / dropped (none came) / late; throughput; the node
 process's CPU time and peak resident memory (``/proc``).
+
+The summary's keys follow :mod:`mcn_ros.bag.report`, which writes report.json, report.md, the plots and the
+video (:func:`write`); everything else (bag and weights hashes, config, machine, versions, commit, the
+figures of each replay) travels in report.json as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import importlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mcn_ros.bag import BagError
-from mcn_ros.bag.bagio import OutputBag, read_camera_bag, read_output_bag, write_text_atomic
+from mcn_ros.bag.bagio import OutputBag, read_camera_bag, read_output_bag
 from mcn_ros.bag.convert import (
     ClassIndex,
     class_map_from_message,
@@ -44,18 +48,12 @@ from mcn_ros.bag.ground_truth import SIDECAR, GroundTruth, read_ground_truth, si
 from mcn_ros.bag.pacing import FrameRecord
 from mcn_ros.bag.provenance import git_commit, machine, versions
 from mcn_ros.bag.replay import OUTPUT_BAG, command_line, find_replays, read_phase_records, read_replay_info
+from mcn_ros.bag.report import latency_stats
 from mcn_ros.bag.typestore import DETECTIONS, IMAGE, LABEL_INFO, POSES
 from mcn_ros.evaluation import EvalReport, evaluate
 from mcn_ros.model.results import Detections, Poses, Results
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
 METRICS = ("bbox_AP", "bbox_AP50", "kp_AP", "kp_AP50", "mIoU", "person_IoU")
-#: Figures a baseline comparison checks (higher is better), besides the p95 latency.
-COMPARED = (
-    "bbox_AP", "bbox_AP50", "kp_AP", "kp_AP50", "mIoU",
-    "loaded_bbox_AP", "loaded_kp_AP", "loaded_mIoU",
-)  # fmt: skip
 TASK_OF = {"detections": "detection", "poses": "pose", "segmentation": "segmentation"}
 
 
@@ -139,43 +137,45 @@ def _first_by_stamp(outputs: OutputBag, topic: str | None) -> dict[int, Any]:
     return first
 
 
-def predictions_from_outputs(
-    outputs: OutputBag,
-    topics: OutputTopics,
-    ground_truth: GroundTruth,
-    classes: Classes,
-    records: Sequence[FrameRecord] | None = None,
-    on_time_only: bool = False,
-) -> tuple[dict[int, Results], dict[str, int]]:
-    """Results of every ground-truth frame from the output bag, and how many outputs each task missed.
-
-    A frame without a message of a recorded task gets an empty answer for it (no boxes, no persons,
-    segmentation all background); with ``on_time_only`` the same goes for a message that came late.
-    """
+def class_index(outputs: OutputBag, topics: OutputTopics, classes: Classes) -> ClassIndex:
+    """Detection class id -> index into the scored classes (through LabelInfo when it was recorded)."""
     label = None
     if topics.label_info is not None and outputs.messages[topics.label_info]:
         label = label_map(outputs.messages[topics.label_info][-1].message)
-    class_index = ClassIndex(classes.detection or [], label)
+    return ClassIndex(classes.detection or [], label)
+
+
+def results_by_stamp(
+    outputs: OutputBag,
+    topics: OutputTopics,
+    classes: Classes,
+    sizes: Mapping[int, tuple[int, int]],
+    late: Mapping[int, set[str]] | None = None,
+    fill_missing: bool = True,
+) -> tuple[dict[int, Results], dict[str, int]]:
+    """Results of each frame (header stamp -> (height, width)) from the output bag, and how many outputs
+    each task missed (never came, or late per ``late``: stamp -> output keys).
+
+    A missed output is an empty answer with ``fill_missing`` (no boxes, no persons, segmentation all
+    background: what a consumer that heard nothing knows), else left out (None).
+    """
+    index = class_index(outputs, topics, classes)
     by_key = {key: _first_by_stamp(outputs, topic) for key, topic in topics.present().items()}
-    late: dict[int, set[str]] = {}
-    if on_time_only and records is not None:
-        late = {r.stamp_ns: {k for k in r.arrivals_ns if not r.on_time(k)} for r in records}
     missing = dict.fromkeys(by_key, 0)
-    predictions: dict[int, Results] = {}
-    for stamp, image_id in sorted(ground_truth.image_of_stamp.items()):
-        size = ground_truth.image_size(image_id)
+    found: dict[int, Results] = {}
+    for stamp, size in sizes.items():
         results = Results(image_size=size)
         for key, messages in by_key.items():
             message = messages.get(stamp)
-            if message is None or key in late.get(stamp, set()):
+            if message is None or (late is not None and key in late.get(stamp, set())):
                 missing[key] += 1
+                if not fill_missing:
+                    continue
                 message = None
             try:
                 if key == "detections":
                     results.detections = (
-                        detections_from_message(message, class_index)
-                        if message is not None
-                        else Detections.empty()
+                        detections_from_message(message, index) if message is not None else Detections.empty()
                     )
                 elif key == "poses":
                     results.poses = poses_from_message(message) if message is not None else Poses.empty()
@@ -184,9 +184,27 @@ def predictions_from_outputs(
                         class_map_from_message(message) if message is not None else np.zeros(size, np.uint8)
                     )
             except ValueError as error:
-                raise BagError(f"image {image_id}: cannot read its {key} output: {error}") from error
-        predictions[image_id] = results
-    return predictions, missing
+                raise BagError(f"frame stamped {stamp} ns: cannot read its {key} output: {error}") from error
+        found[stamp] = results
+    return found, missing
+
+
+def predictions_from_outputs(
+    outputs: OutputBag,
+    topics: OutputTopics,
+    ground_truth: GroundTruth,
+    classes: Classes,
+    records: Sequence[FrameRecord] | None = None,
+    on_time_only: bool = False,
+) -> tuple[dict[int, Results], dict[str, int]]:
+    """:func:`results_by_stamp` of the ground truth's frames, by image id; with ``on_time_only`` an output
+    that came after the next frame was sent counts as missed."""
+    late = None
+    if on_time_only and records is not None:
+        late = {r.stamp_ns: {k for k in r.arrivals_ns if not r.on_time(k)} for r in records}
+    sizes = {stamp: ground_truth.image_size(i) for stamp, i in sorted(ground_truth.image_of_stamp.items())}
+    found, missing = results_by_stamp(outputs, topics, classes, sizes, late)
+    return {ground_truth.image_of_stamp[stamp]: r for stamp, r in found.items()}, missing
 
 
 def check_stamps(
@@ -294,30 +312,12 @@ def agreement(direct: Mapping[int, Results], replayed: Mapping[int, Results]) ->
 
 
 # -- timing --------------------------------------------------------------------------------------------------
-def latency_stats(values_ms: Sequence[float]) -> dict[str, float | int] | None:
-    """count, mean, p50, p95, p99, max of latencies in ms (None when there are none)."""
-    if not values_ms:
-        return None
-    array = np.asarray(values_ms, np.float64)
-    p50, p95, p99 = np.percentile(array, [50, 95, 99])
-    return {
-        "count": int(array.size),
-        "mean": round(float(array.mean()), 3),
-        "p50": round(float(p50), 3),
-        "p95": round(float(p95), 3),
-        "p99": round(float(p99), 3),
-        "max": round(float(array.max()), 3),
-    }
+def timing_summary(records: Sequence[FrameRecord], topics: Mapping[str, str]) -> dict[str, Any]:
+    """Frames, latencies (per output topic, and of a frame's last output) and throughput of one replay.
 
-
-def timing_summary(records: Sequence[FrameRecord]) -> dict[str, Any]:
-    """Frames and latencies of one replay (see the module docstring)."""
+    ``topics`` maps the records' output keys to topic names (the keys of ``latency_by_topic_ms``).
+    """
     keys = list(records[0].arrivals_ns) if records else []
-    per_topic = {
-        key: latency_stats([lat / 1e6 for r in records if (lat := r.latency_ns(key)) is not None])
-        for key in keys
-    }
-    frame_latency = [max(r.latency_ns(k) or 0 for k in keys) / 1e6 for r in records if r.complete()]
     answered = [r for r in records if r.answered()]
     arrivals = [a for r in records for a in r.arrivals_ns.values() if a is not None]
     span_s = (max(arrivals) - records[0].send_ns) / 1e9 if arrivals else 0.0
@@ -331,13 +331,26 @@ def timing_summary(records: Sequence[FrameRecord]) -> dict[str, Any]:
             "incomplete": sum(1 for r in answered if not r.complete()),
             "late": late,
         },
-        "latency_ms": latency_stats(frame_latency),
-        "latency_ms_per_topic": per_topic,
-        "throughput_hz": round(len(answered) / span_s, 3) if span_s > 0 else None,
-        "send_rate_hz": round((len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9), 3)
+        "latency_ms": latency_stats(frame_latencies_ms(records)),
+        "latency_by_topic_ms": {
+            topics.get(key, key): latency_stats(values) for key, values in topic_latencies_ms(records).items()
+        },
+        "throughput_fps": round(len(answered) / span_s, 3) if span_s > 0 else None,
+        "send_rate_fps": round((len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9), 3)
         if len(sends) > 1 and sends[-1] > sends[0]
         else None,
     }
+
+
+def topic_latencies_ms(records: Sequence[FrameRecord]) -> dict[str, list[float | None]]:
+    """Per output key, each frame's latency in ms (None: the output never came)."""
+    keys = list(records[0].arrivals_ns) if records else []
+    return {key: [None if (lat := r.latency_ns(key)) is None else lat / 1e6 for r in records] for key in keys}
+
+
+def frame_latencies_ms(records: Sequence[FrameRecord]) -> list[float | None]:
+    """Each frame's latency to its last output in ms (None unless every output came)."""
+    return [max(r.latency_ns(k) or 0 for k in r.arrivals_ns) / 1e6 if r.complete() else None for r in records]
 
 
 # -- the whole evaluation ------------------------------------------------------------------------------------
@@ -367,6 +380,18 @@ def _weights_info(weights: Path) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Evaluation:
+    """A report: its figures (``summary``, the content of report.json) and what its plots and video are
+    drawn from (:func:`mcn_ros.bag.report.write_report`)."""
+
+    summary: dict[str, Any]
+    latencies_ms: dict[str, list[float | None]] = field(default_factory=dict)
+    send_times_s: list[float] = field(default_factory=list)
+    video: Callable[[], Iterator[np.ndarray]] | None = None
+    fps: float = 10.0
+
+
 def evaluate_run(
     path: str | Path | None = None,
     *,
@@ -374,13 +399,15 @@ def evaluate_run(
     ground_truth: str | Path | None = None,
     weights: str | Path | None = None,
     direct: bool = True,
-) -> dict[str, Any]:
+) -> Evaluation:
     """The report of a run folder / replay folder (``path``), or of a recorded output bag (``outputs``)."""
     replays: dict[str, Path] = find_replays(path) if path is not None else {}
     infos = {phase: read_replay_info(folder) for phase, folder in replays.items()}
     first = next(iter(infos.values()), {})
-    input_bag = first.get("input", {}).get("bag")
-    parameters: dict[str, Any] = dict(first.get("node", {}).get("parameters", {}))
+    source: dict[str, Any] = first.get("input", {})
+    input_bag = source.get("bag")
+    node_info: dict[str, Any] = first.get("node", {})
+    parameters: dict[str, Any] = dict(node_info.get("parameters", {}))
     if weights is None and parameters.get("weights"):
         weights = parameters["weights"]
     weights_path = Path(weights) if weights else None
@@ -390,29 +417,31 @@ def evaluate_run(
         )
 
     gt: GroundTruth | None = None
-    no_gt = None
+    notes: list[str] = []
     if ground_truth is not None:
         gt = read_ground_truth(ground_truth)
         if input_bag is not None and Path(input_bag).is_dir():
-            gt.check_matches(read_camera_bag(input_bag, first["input"]["topic"]))
+            gt.check_matches(read_camera_bag(input_bag, source["topic"]))
     elif input_bag is not None and sidecar_path(input_bag).is_file():
         gt = read_ground_truth(input_bag)
     elif input_bag is not None:
-        no_gt = f"accuracy not evaluated: the input bag {input_bag} has no {SIDECAR} (pass --ground-truth)"
+        notes.append(
+            f"accuracy not evaluated: the input bag {input_bag} has no {SIDECAR} (pass --ground-truth)"
+        )
     else:
         raise BagError(
             "no ground truth: pass --ground-truth (a bag folder with ground_truth.json, or the file)"
         )
 
-    report: dict[str, Any] = {
+    summary: dict[str, Any] = {
         "format": "mcn_ros.replay_report",
         "version": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command_line(),
         "replay_commands": {phase: info.get("command") for phase, info in infos.items()},
-        "bag": first.get("input") or {"ground_truth": str(gt.path) if gt is not None else None},
+        "bag": source or {"ground_truth": str(gt.path) if gt is not None else None},
         "weights": _weights_info(weights_path) if weights_path is not None else None,
-        "node": {k: v for k, v in first.get("node", {}).items() if k != "parameters"},
+        "node": {k: v for k, v in node_info.items() if k != "parameters"},
         "config": {
             "node_parameters": parameters,
             "paces": {
@@ -423,13 +452,11 @@ def evaluate_run(
         "machine": machine(),
         "versions": versions(),
         "git_commit": git_commit(),
+        **dict.fromkeys(f"{prefix}{m}" for prefix in ("", "direct_", "loaded_") for m in METRICS),
         "accuracy": {},
         "timing": {},
-        "node_process": {},
-        "notes": [no_gt] if no_gt else [],
+        "notes": notes,
     }
-    for metric in METRICS:
-        report[metric] = None
 
     sources: dict[str, tuple[Path, list[FrameRecord] | None]] = {
         phase: (folder / str(infos[phase].get("output_bag", OUTPUT_BAG)), read_phase_records(folder))
@@ -439,28 +466,36 @@ def evaluate_run(
         sources["recorded"] = (Path(outputs), None)
     classes: Classes | None = None
     replayed: dict[str, dict[int, Results]] = {}
+    read: dict[str, tuple[OutputBag, OutputTopics]] = {}
     tasks: set[str] = set()
     for phase, (bag_path, records) in sources.items():
-        if records is not None:
-            report["timing"][phase] = timing_summary(records)
-            report["node_process"][phase] = infos[phase].get("node_process")
-        if gt is None:
-            continue
         output_bag = read_output_bag(bag_path)
         topics = output_topics(output_bag)
         if not topics.present():
             raise BagError(
                 f"output bag {bag_path} holds none of the node's outputs (detections, poses, segmentation)"
             )
-        check_stamps(gt, output_bag, topics, records)
+        read[phase] = (output_bag, topics)
         tasks |= {TASK_OF[k] for k in topics.present()}
+        if records is not None:
+            timing = timing_summary(records, dict(infos[phase].get("node", {}).get("outputs", {})))
+            summary["timing"][phase] = {**timing, "node_process": infos[phase].get("node_process")}
         if classes is None:
-            classes = resolve_classes(output_bag, topics, weights_path)
-            report["classes"] = dataclasses.asdict(classes)
+            try:
+                classes = resolve_classes(output_bag, topics, weights_path)
+            except BagError:
+                if gt is not None:
+                    raise
+                notes.append("video not made: the class names are unknown (no LabelInfo; pass --weights)")
+                continue
+            summary["classes"] = dataclasses.asdict(classes)
+        if gt is None:
+            continue
+        check_stamps(gt, output_bag, topics, records)
         predictions, missing = predictions_from_outputs(output_bag, topics, gt, classes, records)
         replayed[phase] = predictions
         key = "lockstep" if phase in ("lockstep", "recorded") else "rate_all_outputs"
-        report["accuracy"][key] = {
+        summary["accuracy"][key] = {
             **score(gt, predictions, classes).to_dict(),
             "frames_without_output": missing,
         }
@@ -468,70 +503,92 @@ def evaluate_run(
             loaded, late = predictions_from_outputs(
                 output_bag, topics, gt, classes, records, on_time_only=True
             )
-            report["accuracy"]["loaded"] = {
+            summary["accuracy"]["loaded"] = {
                 **score(gt, loaded, classes).to_dict(),
                 "frames_late_or_missing": late,
             }
 
-    headline = report["accuracy"].get("lockstep") or report["accuracy"].get("rate_all_outputs") or {}
-    for metric in METRICS:
-        report[metric] = headline.get(metric)
-    loaded = report["accuracy"].get("loaded", {})
-    for metric in ("bbox_AP", "kp_AP", "mIoU"):
-        report[f"loaded_{metric}"] = loaded.get(metric)
+    if gt is not None and classes is not None:
+        if direct and weights_path is not None and input_bag is not None:
+            direct_results = direct_predictions(
+                Path(input_bag), source["topic"], gt, weights_path, parameters, tasks
+            )
+            summary["accuracy"]["direct"] = score(gt, direct_results, classes).to_dict()
+            compared = replayed.get("lockstep") or replayed.get("recorded")
+            if compared is not None:
+                summary["agreement_with_direct"] = agreement(direct_results, compared)
+        elif direct:
+            notes.append("direct (model runtime alone) figures skipped: needs the weights and the input bag")
+    accuracy = summary["accuracy"]
+    headline = accuracy.get("lockstep") or accuracy.get("rate_all_outputs") or {}
+    for prefix, figures in (("", headline), ("loaded_", accuracy.get("loaded", {})),
+                            ("direct_", accuracy.get("direct", {}))):  # fmt: skip
+        for metric in METRICS:
+            summary[prefix + metric] = figures.get(metric)
+    summary["per_class_AP"] = headline.get("per_class_AP", {})
+    summary["per_class_IoU"] = headline.get("per_class_IoU", {})
 
-    if gt is None or classes is None:
-        pass
-    elif direct and weights_path is not None and input_bag is not None:
-        topic = first["input"]["topic"]
-        direct_results = direct_predictions(Path(input_bag), topic, gt, weights_path, parameters, tasks)
-        report["accuracy"]["direct"] = score(gt, direct_results, classes).to_dict()
-        compared = replayed.get("lockstep") or replayed.get("recorded")
-        if compared is not None:
-            report["agreement_with_direct"] = agreement(direct_results, compared)
-    elif direct:
-        report["notes"].append(
-            "direct (model runtime alone) figures skipped: needs the weights and the input bag"
-        )
-    for metric in METRICS:
-        report[f"direct_{metric}"] = report["accuracy"].get("direct", {}).get(metric)
-
-    timing_phase = (
-        "rate" if "rate" in report["timing"] else "lockstep" if "lockstep" in report["timing"] else None
-    )
+    evaluation = Evaluation(summary, fps=float(source.get("rate_hz") or 10.0))
+    timing_phase = next((p for p in ("rate", "lockstep") if p in summary["timing"]), None)
     if timing_phase is not None:
-        timing = report["timing"][timing_phase]
-        report["latency_ms"] = timing["latency_ms"]
-        report["frames"] = timing["frames"]
-        report["throughput_hz"] = timing["throughput_hz"]
-        report["timing_from"] = timing_phase
-    return report
-
-
-# -- baseline ------------------------------------------------------------------------------------------------
-def compare_to_baseline(
-    report: Mapping[str, Any], baseline: Mapping[str, Any], ap_tolerance: float, latency_tolerance: float
-) -> list[str]:
-    """The figures that regressed against a stored report, each as one phrase (empty: none did).
-
-    An accuracy figure (:data:`COMPARED`, fractions) regresses when it is more than ``ap_tolerance`` below the
-    baseline's; the p95 latency when it is more than ``latency_tolerance`` (a fraction: 0.2 = 20 %) above it.
-    Figures missing on either side are not compared.
-    """
-    regressions = []
-    for key in COMPARED:
-        now, before = report.get(key), baseline.get(key)
-        if now is not None and before is not None and float(now) < float(before) - ap_tolerance:
-            regressions.append(f"{key} {now:.4f} < baseline {before:.4f} - {ap_tolerance:g}")
-    now_p95 = (report.get("latency_ms") or {}).get("p95")
-    before_p95 = (baseline.get("latency_ms") or {}).get("p95")
-    if now_p95 is not None and before_p95 is not None and now_p95 > before_p95 * (1 + latency_tolerance):
-        regressions.append(
-            f"latency p95 {now_p95:.1f} ms > baseline {before_p95:.1f} ms + {100 * latency_tolerance:g} %"
+        timing = summary["timing"][timing_phase]
+        process = timing.get("node_process") or {}
+        summary.update(
+            timing_from=timing_phase,
+            latency_ms=timing["latency_ms"],
+            latency_by_topic_ms=timing["latency_by_topic_ms"],
+            frames=timing["frames"],
+            throughput_fps=timing["throughput_fps"],
         )
-    return regressions
+        summary["node"].update({k: v for k, v in process.items() if k != "samples"})
+        records = sources[timing_phase][1] or []
+        names = dict(infos[timing_phase].get("node", {}).get("outputs", {}))
+        evaluation.latencies_ms = {names.get(k, k): v for k, v in topic_latencies_ms(records).items()}
+        evaluation.send_times_s = [r.send_ns / 1e9 for r in records]
+    video_phase = next((p for p in ("lockstep", "recorded", "rate") if p in read), None)
+    if video_phase is not None and classes is not None and input_bag is not None and Path(input_bag).is_dir():
+        output_bag, topics = read[video_phase]
+        keypoint_threshold = float(parameters.get("keypoint_threshold", 0.1))
+        summary["video_from"] = video_phase
+        evaluation.video = functools.partial(
+            annotated_frames,
+            Path(input_bag),
+            source["topic"],
+            output_bag,
+            topics,
+            classes,
+            keypoint_threshold,
+        )
+    return evaluation
 
 
+def annotated_frames(
+    bag: Path,
+    topic: str,
+    outputs: OutputBag,
+    topics: OutputTopics,
+    classes: Classes,
+    keypoint_threshold: float,
+) -> Iterator[np.ndarray]:
+    """Each camera frame of ``bag`` (RGB) with the node's outputs for it drawn on (one frame at a time)."""
+    from mcn_ros.bag.typestore import typestore
+    from mcn_ros.ros.images import compressed_to_array, image_to_array
+    from mcn_ros.visualize import color_palette, draw_results
+
+    camera = read_camera_bag(bag, topic)
+    sizes = {f.stamp_ns: (f.height, f.width) for f in camera.frames}
+    found, _ = results_by_stamp(outputs, topics, classes, sizes, fill_missing=False)
+    palette = color_palette(max(len(classes.detection or []), len(classes.segmentation or []), 1))
+    convert = compressed_to_array if camera.compressed else image_to_array
+    store = typestore()
+    for frame in camera.frames:
+        pixels, order = convert(store.deserialize_cdr(frame.data, camera.msgtype))
+        rgb = np.ascontiguousarray(pixels if order == "rgb" else pixels[:, :, ::-1])
+        results = found.get(frame.stamp_ns) or Results(image_size=rgb.shape[:2])
+        yield draw_results(rgb, results, classes.detection or [], palette, keypoint_threshold)
+
+
+# -- writing -------------------------------------------------------------------------------------------------
 def read_baseline(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -542,134 +599,36 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# -- writing -------------------------------------------------------------------------------------------------
-def _pct(value: Any) -> str:
-    return "n/a" if value is None else f"{100 * float(value):.1f}"
+def write(folder: str | Path, evaluation: Evaluation) -> dict[str, Path]:
+    """report.json, report.md, the plots and the video, through :func:`mcn_ros.bag.report.write_report`."""
+    from mcn_ros.bag.report import write_report
 
-
-def _ms(stats: Mapping[str, Any] | None, key: str) -> str:
-    return "n/a" if not stats or stats.get(key) is None else f"{float(stats[key]):.1f}"
-
-
-def markdown(report: Mapping[str, Any]) -> str:
-    """The human summary: accuracy table, timing tables, provenance."""
-    acc = report.get("accuracy", {})
-    names = (
-        ("lockstep", "lockstep"),
-        ("at rate, every output", "rate_all_outputs"),
-        ("model alone", "direct"),
-        ("under load", "loaded"),
+    frames = evaluation.video() if evaluation.video is not None else iter(())
+    return write_report(
+        folder, evaluation.summary, evaluation.latencies_ms, evaluation.send_times_s, frames, evaluation.fps
     )
-    columns = [(name, acc[key]) for name, key in names if acc.get(key)]
-    if "lockstep" in acc:
-        columns = [c for c in columns if c[0] != "at rate, every output"]
-    bag, weights = report.get("bag") or {}, report.get("weights") or {}
-    mach = report.get("machine", {})
-    lines = ["# Replay report", ""]
-    lines.append(
-        f"- bag: `{bag.get('bag', bag.get('ground_truth'))}` ({bag.get('frames', '?')} frames on "
-        f"`{bag.get('topic', '?')}`, sha256 {str(bag.get('sha256', ''))[:12]})"
-    )
-    if weights:
-        lines.append(f"- weights: `{weights['path']}` ({weights['model']}, sha256 {weights['sha256'][:12]})")
-    lines.append(
-        f"- machine: {mach.get('cpu')} ({mach.get('cpu_count')} CPUs), git {report.get('git_commit')}"
-    )
-    lines += ["", "## Accuracy (%)", ""]
-    if columns:
-        lines.append("| metric | " + " | ".join(n for n, _ in columns) + " |")
-        lines.append("| --- |" + " ---: |" * len(columns))
-        for metric in METRICS:
-            if any(c.get(metric) is not None for _, c in columns):
-                lines.append(f"| {metric} | " + " | ".join(_pct(c.get(metric)) for _, c in columns) + " |")
-    else:
-        lines.append("not evaluated (no ground truth)")
-    agree = report.get("agreement_with_direct")
+
+
+def console_summary(summary: Mapping[str, Any]) -> str:
+    """The accuracy, latency and frames tables of report.md, for the terminal."""
+    from mcn_ros.bag.report import markdown_summary
+
+    text = markdown_summary(summary)
+    start = text.find("## Accuracy")
+    ends = [i for i in (text.find(m, start) for m in ("## Per class", "## Command")) if i >= 0]
+    table = text[start : min(ends) if ends else len(text)].strip()
+    lockstep = summary.get("timing", {}).get("lockstep")
+    if lockstep and summary.get("timing_from") != "lockstep" and lockstep.get("latency_ms"):
+        stats = lockstep["latency_ms"]
+        table += (
+            f"\n\nLockstep (one frame at a time): latency p50 {stats['p50']:.1f} ms, "
+            f"p95 {stats['p95']:.1f} ms, throughput {lockstep['throughput_fps']} frames/s."
+        )
+    agree = summary.get("agreement_with_direct")
     if agree:
-        lines += [
-            "",
-            f"Lockstep vs model alone: {agree['frames_with_other_box_count']} frames with another box count, "
-            f"largest box difference {agree['max_box_difference_px']} px, "
-            f"{agree['frames_with_other_segmentation']} frames with another segmentation.",
-        ]
-    paces = report.get("config", {}).get("paces", {})
-    for phase, timing in report.get("timing", {}).items():
-        frames = timing["frames"]
-        rate = (paces.get(phase) or {}).get("rate_factor")
-        title = phase + (f" (x{rate:g} the recorded rate)" if rate else "")
-        lines += ["", f"## Latency, {title}: publish -> received (ms)", ""]
-        lines += ["| output | p50 | p95 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |"]
-        rows = [("all outputs of a frame", timing["latency_ms"]), *timing["latency_ms_per_topic"].items()]
-        for name, stats in rows:
-            cells = " | ".join(_ms(stats, k) for k in ("p50", "p95", "p99", "max"))
-            lines.append(f"| {name} | {cells} |")
-        lines += [
-            "",
-            f"Frames: {frames['sent']} sent, {frames['processed']} processed, {frames['dropped']} dropped, "
-            f"{frames['late']} late; throughput {timing['throughput_hz']} Hz.",
-        ]
-        process = report.get("node_process", {}).get(phase)
-        if process and "cpu_s" in process:
-            lines.append(
-                f"Node process: {process['cpu_s']} CPU s ({process['cpu_percent']} % of one core), "
-                f"peak RSS {process['peak_rss_mib']} MiB."
-            )
-    baseline = report.get("baseline")
-    if baseline:
-        found = "; ".join(baseline["regressions"]) or "no regression"
-        lines += ["", "## Baseline", "", f"Compared with `{baseline['path']}`: {found}."]
-    for note in report.get("notes", []):
-        lines += ["", f"Note: {note}"]
-    artifacts = report.get("artifacts") or {}
-    if artifacts:
-        lines += ["", "## Files", ""] + [f"- {name}: `{path}`" for name, path in artifacts.items()]
-    lines += ["", "Command:", "", f"    {report.get('command')}", ""]
-    return "\n".join(lines)
-
-
-def table(report: Mapping[str, Any]) -> str:
-    """The short console summary: the accuracy and latency lines of the Markdown."""
-    text = markdown(report)
-    start = text.index("## Accuracy")
-    ends = [
-        i
-        for i in (text.find(m, start) for m in ("\n## Baseline", "\nNote:", "\n## Files", "\nCommand:"))
-        if i >= 0
-    ]
-    return text[start : min(ends)].strip()
-
-
-def render_extras(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """THE call site of ``mcn_ros.bag.report`` (plots: latency over time and histogram, per-class AP bars, a
-    strip of annotated frames; the MP4 video), written by a second engineer.
-
-    Expected interface: ``render(folder: Path, report: dict) -> dict[str, str]`` (artifact name -> path
-    relative to ``folder``), reading the replay folders and bags in ``folder``. Until that module exists the
-    report says so and carries on.
-    """
-    try:
-        extras = importlib.import_module("mcn_ros.bag.report")
-    except ModuleNotFoundError:
-        report["notes"].append("plots and video not made: mcn_ros/bag/report.py is not in this checkout")
-        return {}
-    return dict(extras.render(folder, report))
-
-
-def write_report(folder: str | Path, report: dict[str, Any]) -> dict[str, Path]:
-    """report.json and report.md in ``folder`` (plots and video through :func:`render_extras`)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    report["artifacts"] = {
-        **render_extras(folder, report),
-        "report_json": REPORT_JSON,
-        "report_md": REPORT_MD,
-    }
-    write_text_atomic(folder / REPORT_JSON, json.dumps(report, indent=1, default=_json_default))
-    write_text_atomic(folder / REPORT_MD, markdown(report))
-    return {"json": folder / REPORT_JSON, "markdown": folder / REPORT_MD}
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+        table += (
+            f"\nLockstep vs model alone: {agree['frames_with_other_box_count']} frames with another box "
+            f"count, largest box difference {agree['max_box_difference_px']} px, "
+            f"{agree['frames_with_other_segmentation']} frames with another segmentation."
+        )
+    return table

@@ -200,7 +200,8 @@ class ProcessMonitor:
     """Samples a process's CPU time and resident memory every ``period_s`` on a thread, from ``/proc``.
 
     ``summary()`` gives CPU seconds and mean utilisation (100 = one core) over the sampled span, the peak
-    resident memory seen while sampling, the process's lifetime peak (VmHWM), and the samples themselves.
+    resident memory seen while sampling and the process's lifetime peak (VmHWM) in MB (10^6 bytes), and the
+    samples themselves, ``[seconds, cpu seconds, rss MB]``.
     """
 
     def __init__(self, pid: int, period_s: float = 0.1) -> None:
@@ -255,7 +256,7 @@ class ProcessMonitor:
             "wall_s": round(t1 - t0, 3),
             "cpu_s": round(c1 - c0, 3),
             "cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1) if t1 > t0 else None,
-            "peak_rss_mib": round(max(s[2] for s in self.samples) / 1024, 1),
-            "lifetime_peak_rss_mib": None if hwm is None else round(hwm / 1024, 1),
-            "samples": [[round(t, 3), round(c, 3), round(r / 1024, 1)] for t, c, r in self.samples],
+            "peak_rss_mb": round(max(s[2] for s in self.samples) * 1024 / 1e6, 1),
+            "lifetime_peak_rss_mb": None if hwm is None else round(hwm * 1024 / 1e6, 1),
+            "samples": [[round(t, 3), round(c, 3), round(r * 1024 / 1e6, 1)] for t, c, r in self.samples],
         }

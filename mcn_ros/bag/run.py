@@ -3,7 +3,8 @@ evaluate, report -- into one run folder, written beside its final place and rena
 
     <out>/node.log            everything the node printed
     <out>/lockstep/, <out>/rate/   replay folders (:mod:`mcn_ros.bag.replay`)
-    <out>/report.json, report.md   (:mod:`mcn_ros.bag.evaluate`) and the plots / video of report.py
+    <out>/report.json, report.md, latency.png, per_class.png, frames.png, replay.mp4
+                          (:mod:`mcn_ros.bag.evaluate`, written by :mod:`mcn_ros.bag.report`)
 
 The node is ``python -m mcn_ros.ros.node --ros-args --params-file <params> -r __node:=<name>
 -r image:=<camera topic> -p weights:=<weights> -p autostart:=true [-p k:=v ...]`` in its own process; the
@@ -19,12 +20,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 from mcn_ros.bag import BagError
 from mcn_ros.bag.bagio import CameraBag, content_hash, read_camera_bag, staged_output
 from mcn_ros.bag.ground_truth import GroundTruth, read_ground_truth, sidecar_path
 from mcn_ros.bag.replay import input_info, record_phase
+
+if TYPE_CHECKING:
+    from mcn_ros.bag.evaluate import Evaluation
 
 REPO = Path(__file__).resolve().parents[2]
 #: Lines of the node's log that mean it will never answer.
@@ -169,12 +173,12 @@ def run(
     startup_timeout_s: float = 90.0,
     direct: bool = True,
     overwrite: bool = False,
-    finish: Callable[[Path, dict[str, Any]], None] | None = None,
+    finish: Callable[[Path, Evaluation], None] | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Node + replays + evaluation into ``out``; returns the report (timing only without ground truth).
+) -> Evaluation:
+    """Node + replays + evaluation into ``out``; returns the evaluation (timing only without ground truth).
 
-    ``finish(staged_folder, report)`` runs last inside the staged folder (writing the report files).
+    ``finish(staged_folder, evaluation)`` runs last inside the staged folder (it writes the report files).
     """
     weights = Path(weights)
     if not weights.is_file():
@@ -235,7 +239,7 @@ def run(
         if no_gt:
             log(f"[run] {no_gt}")
         log("[run] evaluating")
-        report = evaluate_run(staged, ground_truth=ground_truth, weights=weights, direct=direct)
+        evaluation = evaluate_run(staged, ground_truth=ground_truth, weights=weights, direct=direct)
         if finish is not None:
-            finish(staged, report)
-    return report
+            finish(staged, evaluation)
+    return evaluation
