@@ -210,9 +210,7 @@ def _finish_report(
     return write(folder, evaluation), regressions
 
 
-def _print_summary(
-    folder: Path, summary: dict[str, Any], files: dict[str, Path], regressions: list[str]
-) -> int:
+def _print_summary(summary: dict[str, Any], files: dict[str, Path], regressions: list[str]) -> int:
     from mcn_ros.bag.evaluate import console_summary
 
     print(console_summary(summary))
