@@ -87,5 +87,6 @@ if [ -n "$RECORD" ] && [ "$RECORD" != "0" ]; then
   cp "$OUT/run/report.md" bench/results/replay_synthetic.md
   say "recorded bench/results/replay_synthetic.json and .md"
 fi
-say "done: the report is $OUT/run/report.md (figures in report.json; output bags and per-frame records in"
-say "$OUT/run/lockstep and $OUT/run/rate; the node's log in $OUT/run/node.log)"
+say "done. Report: $OUT/run/report.md (figures: report.json; plots: latency.png, per_class.png, frames.png;"
+say "video: replay.mp4); output bags and per-frame records in $OUT/run/lockstep and $OUT/run/rate; node log"
+say "in $OUT/run/node.log"
