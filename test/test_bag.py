@@ -24,9 +24,9 @@ from mcn_ros.bag.bagio import (
     staged_output,
     with_stamp,
 )
-from mcn_ros.bag.evaluate import timing_summary
 from mcn_ros.bag.ground_truth import read_ground_truth
 from mcn_ros.bag.pacing import FrameRecord, rate_schedule, read_records, write_records
+from mcn_ros.bag.timing import timing_summary
 from mcn_ros.bag.typestore import message_dir, typestore
 
 START_NS = 1_700_000_000 * 1_000_000_000

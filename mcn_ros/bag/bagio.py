@@ -137,6 +137,13 @@ class CameraBag:
         gaps = gaps[gaps > 0]
         return float(1e9 / np.median(gaps)) if gaps.size else None
 
+    def pixels(self, frame: CameraFrame) -> tuple[np.ndarray, str]:
+        """One frame decoded as the node decodes it: (HxWx3 uint8 array, ``"rgb"`` or ``"bgr"``)."""
+        from mcn_ros.ros.images import compressed_to_array, image_to_array
+
+        convert = compressed_to_array if self.compressed else image_to_array
+        return convert(typestore().deserialize_cdr(frame.data, self.msgtype))
+
 
 def read_camera_bag(path: str | Path, topic: str | None = None) -> CameraBag:
     """Load every message of the camera topic (``topic``, or the bag's only Image/CompressedImage topic)."""

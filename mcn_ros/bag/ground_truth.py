@@ -10,7 +10,8 @@ Layout (JSON)::
      "source": {"images": "...", "instances": "...", "keypoints": "..."}}
 
 ``coco`` is one COCO dataset: the instances annotations (boxes, masks, all classes) with the keypoints of the
-person annotations merged in by annotation id (COCO ships them as two files), as the evaluator expects.
+person annotations merged in by annotation id (COCO ships them as two files; :mod:`mcn_ros.coco`), as the
+evaluator expects.
 """
 
 from __future__ import annotations
@@ -25,44 +26,10 @@ from typing import Any
 
 from mcn_ros.bag import BagError
 from mcn_ros.bag.bagio import CameraBag, split_stamp, write_text_atomic
-from mcn_ros.model.labels import NUM_KEYPOINTS
 
 SIDECAR = "ground_truth.json"
 FORMAT = "mcn_ros.ground_truth"
 VERSION = 1
-
-
-def merge_keypoints(instances: Mapping[str, Any], keypoints: Mapping[str, Any] | None) -> dict[str, Any]:
-    """One COCO dataset: ``instances`` with the keypoints of ``keypoints`` merged in by annotation id.
-
-    Person annotations without keypoints get 17 unlabelled ones (ignored by OKS); the person category gets
-    the keypoint names and skeleton of the keypoints file.
-    """
-    merged = json.loads(json.dumps(instances))  # a deep copy of plain JSON data
-    if keypoints is None:
-        return merged
-    annotations = merged.setdefault("annotations", [])
-    by_id = {ann["id"]: ann for ann in annotations}
-    for kp_ann in keypoints.get("annotations", []):
-        target = by_id.get(kp_ann["id"])
-        if target is None:
-            annotations.append(dict(kp_ann))
-            by_id[kp_ann["id"]] = annotations[-1]
-        else:
-            target["keypoints"] = kp_ann.get("keypoints", [0] * (3 * NUM_KEYPOINTS))
-            target["num_keypoints"] = int(kp_ann.get("num_keypoints", 0))
-    person_ids = set()
-    for cat in keypoints.get("categories", []):
-        for own in merged.get("categories", []):
-            if own["id"] == cat["id"] or own["name"] == cat["name"]:
-                own.setdefault("keypoints", cat.get("keypoints"))
-                own.setdefault("skeleton", cat.get("skeleton"))
-                person_ids.add(own["id"])
-    for ann in annotations:
-        if ann["category_id"] in person_ids and "keypoints" not in ann:
-            ann["keypoints"] = [0] * (3 * NUM_KEYPOINTS)
-            ann["num_keypoints"] = 0
-    return merged
 
 
 def subset(dataset: Mapping[str, Any], image_ids: list[int]) -> dict[str, Any]:

@@ -23,8 +23,9 @@ import numpy as np
 
 from mcn_ros.bag import BagError
 from mcn_ros.bag.bagio import OutputBagWriter, content_hash, serialize, split_stamp, staged_output
-from mcn_ros.bag.ground_truth import GroundTruth, merge_keypoints, subset
+from mcn_ros.bag.ground_truth import GroundTruth, subset
 from mcn_ros.bag.typestore import COMPRESSED_IMAGE, IMAGE, typestore
+from mcn_ros.coco import merge_keypoints
 
 DEFAULT_TOPIC = "/camera/image_raw"
 DEFAULT_FRAME_ID = "camera"

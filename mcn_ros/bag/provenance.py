@@ -1,16 +1,24 @@
-"""What a report records about where its figures come from: machine, library versions, git commit.
+"""What a report records about where its figures come from: machine, library versions, git commit, weights.
 
-(The same facts as ``bench/_common.py`` records for benchmark results, available to the installed package.)
+``bench/_common.py`` records the same facts for benchmark results through these functions (its own list of
+packages, no ROS entries, its checkout's commit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mcn_ros.bag import BagError
+
+if TYPE_CHECKING:
+    from mcn_ros.model.config import ModelConfig
 
 #: Distributions whose versions a replay report records.
 PACKAGES = ("torch", "numpy", "opencv-python-headless", "pycocotools", "rosbags", "timm", "safetensors")
@@ -41,24 +49,27 @@ def machine() -> dict[str, Any]:
     }
 
 
-def versions() -> dict[str, str]:
-    """Python, ROS distro (if sourced) and the installed versions of :data:`PACKAGES`."""
-    found = {
-        "python": platform.python_version(),
-        "ros_distro": os.environ.get("ROS_DISTRO", "unset"),
-    }
-    for name in (*PACKAGES, "ros-rclpy"):
+def versions(packages: Sequence[str] = PACKAGES, ros: bool = True) -> dict[str, str]:
+    """Python's version, with ``ros`` the ROS distro (if sourced), the installed versions of ``packages``
+    (distribution names; "not installed" when missing) and, with ``ros``, rclpy's when it is installed."""
+    found = {"python": platform.python_version()}
+    if ros:
+        found["ros_distro"] = os.environ.get("ROS_DISTRO", "unset")
+    for name in packages:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
-            if name != "ros-rclpy":
-                found[name] = "not installed"
+            found[name] = "not installed"
+    if ros:
+        with contextlib.suppress(PackageNotFoundError):
+            found["ros-rclpy"] = version("ros-rclpy")
     return found
 
 
-def git_commit() -> str | None:
-    """The commit of the source checkout this package runs from (``-dirty`` with local changes), or None."""
-    root = Path(__file__).resolve().parents[2]
+def git_commit(root: Path | None = None) -> str | None:
+    """The commit of the checkout at ``root`` (default: the source checkout this package runs from), with
+    ``-dirty`` when tracked files differ from it; None outside a git checkout."""
+    root = root or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
@@ -73,3 +84,30 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{head}-dirty" if dirty else head
+
+
+def weights_metadata(weights: Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The weights file's model config and provenance (:func:`mcn_ros.model.weights.read_metadata`); a file
+    that does not load raises :class:`~mcn_ros.bag.BagError`."""
+    from mcn_ros.model.weights import WeightsError, read_metadata
+
+    try:
+        return read_metadata(weights)
+    except WeightsError as error:
+        raise BagError(str(error)) from error
+
+
+def weights_info(weights: Path) -> dict[str, Any]:
+    """What a report records about the weights: path, sha256, model, backbone, input size, tasks, origin."""
+    from mcn_ros.bag.bagio import content_hash
+
+    config, provenance = weights_metadata(weights)
+    return {
+        "path": str(weights.resolve()),
+        "sha256": content_hash(weights),
+        "model": config.name,
+        "backbone": config.backbone,
+        "input_size": list(config.input_size),
+        "tasks": sorted(config.tasks),
+        "provenance": provenance,
+    }

@@ -1,15 +1,20 @@
-"""The annotated replay as an MP4 video (OpenCV)."""
+"""The annotated replay: camera frames with the node's outputs drawn on, and their MP4 video (OpenCV)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from mcn_ros.bag._util import as_rgb8, atomic_path, finite_number, letterbox
+
+if TYPE_CHECKING:
+    from mcn_ros.bag.accuracy import Classes, OutputTopics
+    from mcn_ros.bag.bagio import OutputBag
 
 #: MP4 codecs tried in order (the pinned opencv-python-headless writes mp4v; avc1 needs an H.264 encoder).
 VIDEO_CODECS: tuple[str, ...] = ("mp4v", "avc1")
@@ -69,3 +74,28 @@ def _check_video(path: Path, count: int, size: tuple[int, int]) -> None:
             f"the video written does not read back: {frames} frames of {got[1]}x{got[0]} "
             f"for {count} frames of {size[1]}x{size[0]}"
         )
+
+
+def annotated_frames(
+    bag: Path,
+    topic: str,
+    outputs: OutputBag,
+    topics: OutputTopics,
+    classes: Classes,
+    keypoint_threshold: float,
+) -> Iterator[np.ndarray]:
+    """Each camera frame of ``bag`` (RGB) with the node's outputs for it drawn on (one frame at a time)."""
+    from mcn_ros.bag.accuracy import results_by_stamp
+    from mcn_ros.bag.bagio import read_camera_bag
+    from mcn_ros.model.results import Results
+    from mcn_ros.visualize import color_palette, draw_results
+
+    camera = read_camera_bag(bag, topic)
+    sizes = {f.stamp_ns: (f.height, f.width) for f in camera.frames}
+    found, _ = results_by_stamp(outputs, topics, classes, sizes, fill_missing=False)
+    palette = color_palette(max(len(classes.detection or []), len(classes.segmentation or []), 1))
+    for frame in camera.frames:
+        pixels, order = camera.pixels(frame)
+        rgb = np.ascontiguousarray(pixels if order == "rgb" else pixels[:, :, ::-1])
+        results = found.get(frame.stamp_ns) or Results(image_size=rgb.shape[:2])
+        yield draw_results(rgb, results, classes.detection or [], palette, keypoint_threshold)

@@ -32,6 +32,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mcn_ros.coco import merge_keypoints_into
 from mcn_ros.evaluation import semantic_target
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.labels import NUM_KEYPOINTS
@@ -52,28 +53,8 @@ def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = No
     if keypoints_json is None:
         return coco, pose_images
     data = json.loads(Path(keypoints_json).read_text(encoding="utf-8"))
-    anns = coco.dataset.setdefault("annotations", [])
-    by_id = {ann["id"]: ann for ann in anns}
-    for kp_ann in data.get("annotations", []):
-        pose_images.add(int(kp_ann["image_id"]))
-        target = by_id.get(kp_ann["id"])
-        if target is None:  # a keypoint annotation the instances file lacks: take it whole
-            anns.append(kp_ann)
-            by_id[kp_ann["id"]] = kp_ann
-        else:
-            target["keypoints"] = kp_ann.get("keypoints", [0] * (3 * NUM_KEYPOINTS))
-            target["num_keypoints"] = int(kp_ann.get("num_keypoints", 0))
-    person_ids = set()
-    for cat in data.get("categories", []):
-        for own in coco.dataset.get("categories", []):
-            if own["id"] == cat["id"] or own["name"] == cat["name"]:
-                own.setdefault("keypoints", cat.get("keypoints"))
-                own.setdefault("skeleton", cat.get("skeleton"))
-                person_ids.add(own["id"])
-    for ann in anns:
-        if ann["category_id"] in person_ids and "keypoints" not in ann:
-            ann["keypoints"] = [0] * (3 * NUM_KEYPOINTS)
-            ann["num_keypoints"] = 0
+    pose_images.update(int(kp_ann["image_id"]) for kp_ann in data.get("annotations", []))
+    merge_keypoints_into(coco.dataset, data)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco, pose_images
