@@ -322,3 +322,25 @@ def test_failed_report_leaves_the_old_one_untouched(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="send times"):
         write_report(fresh, _summary(), {"/t": [1.0]}, [], [], fps=10)
     assert not fresh.exists()  # the folder this call made goes too
+
+
+def test_only_confident_boxes_and_persons_are_drawn() -> None:
+    import numpy as np
+
+    from mcn_ros.bag.video import confident
+    from mcn_ros.model.results import Detections, Poses, Results
+
+    boxes = np.array([[0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]], np.float32)
+    scores = np.array([0.9, 0.05, 0.3], np.float32)
+    results = Results(
+        image_size=(8, 8),
+        detections=Detections(boxes, scores, np.array([0, 1, 2])),
+        poses=Poses(boxes, scores, np.zeros((3, 17, 3), np.float32)),
+        segmentation=np.zeros((8, 8), np.uint8),
+    )
+    shown = confident(results, 0.3)
+    assert shown.detections is not None and shown.poses is not None
+    assert shown.detections.class_ids.tolist() == [0, 2]
+    assert shown.poses.scores.tolist() == pytest.approx([0.9, 0.3])
+    assert shown.poses.keypoints.shape == (2, 17, 3) and shown.segmentation is results.segmentation
+    assert confident(Results(image_size=(8, 8)), 0.3).detections is None

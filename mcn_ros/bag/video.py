@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 
 from mcn_ros.bag._util import as_rgb8, atomic_path, finite_number, letterbox
+from mcn_ros.model.results import Detections, Poses, Results
 
 if TYPE_CHECKING:
     from mcn_ros.bag.accuracy import Classes, OutputTopics
@@ -76,6 +78,22 @@ def _check_video(path: Path, count: int, size: tuple[int, int]) -> None:
         )
 
 
+#: Lowest detection / person score drawn on the report's frames and video.
+DISPLAY_SCORE = 0.3
+
+
+def confident(results: Results, min_score: float) -> Results:
+    """``results`` without the boxes and persons scoring under ``min_score`` (whole-array masks)."""
+    detections, poses = results.detections, results.poses
+    if detections is not None:
+        keep = detections.scores >= min_score
+        detections = Detections(detections.boxes[keep], detections.scores[keep], detections.class_ids[keep])
+    if poses is not None:
+        keep = poses.scores >= min_score
+        poses = Poses(poses.boxes[keep], poses.scores[keep], poses.keypoints[keep])
+    return dataclasses.replace(results, detections=detections, poses=poses)
+
+
 def annotated_frames(
     bag: Path,
     topic: str,
@@ -83,11 +101,15 @@ def annotated_frames(
     topics: OutputTopics,
     classes: Classes,
     keypoint_threshold: float,
+    display_score: float = DISPLAY_SCORE,
 ) -> Iterator[np.ndarray]:
-    """Each camera frame of ``bag`` (RGB) with the node's outputs for it drawn on (one frame at a time)."""
+    """Each camera frame of ``bag`` (RGB) with the node's outputs for it drawn on (one frame at a time).
+
+    Boxes and persons scoring under ``display_score`` are not drawn: accuracy is scored at a low threshold
+    (AP integrates over scores), but a picture full of 0.05 boxes shows a person nothing.
+    """
     from mcn_ros.bag.accuracy import results_by_stamp
     from mcn_ros.bag.bagio import read_camera_bag
-    from mcn_ros.model.results import Results
     from mcn_ros.visualize import color_palette, draw_results
 
     camera = read_camera_bag(bag, topic)
@@ -97,5 +119,5 @@ def annotated_frames(
     for frame in camera.frames:
         pixels, order = camera.pixels(frame)
         rgb = np.ascontiguousarray(pixels if order == "rgb" else pixels[:, :, ::-1])
-        results = found.get(frame.stamp_ns) or Results(image_size=rgb.shape[:2])
+        results = confident(found.get(frame.stamp_ns) or Results(image_size=rgb.shape[:2]), display_score)
         yield draw_results(rgb, results, classes.detection or [], palette, keypoint_threshold)
