@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source ./mcn_env.sh &&
 
-.PHONY: setup test lint check demo clean
+.PHONY: setup test lint check-distro-pins test-jazzy demo clean
 
 setup:
 	@bash scripts/setup.sh
@@ -10,9 +10,23 @@ setup:
 lint: setup
 	$(ENV) ruff check . && ruff format --check . && mypy -p mcn_ros -p mcn_training
 
-# pytest exits 5 when it collects nothing: that is a failure here too.
-test: lint
+# Stage 1: the whole suite on ROS 2 Kilted wheels + numpy 2. Stage 2 (test-jazzy): the ROS and model-runtime
+# tests again on ROS 2 Jazzy wheels (rclpy 7) + numpy 1.26 with the distro pins. pytest exits 5 when it
+# collects nothing: that is a failure here too.
+test: lint check-distro-pins
 	$(ENV) MCN_REQUIRE_ROS=1 python -m pytest
+	@$(MAKE) --no-print-directory test-jazzy
+
+# requirements/distro.txt resolves for Humble (Python 3.10, numpy 1.21) and Jazzy / Kilted (3.12, numpy 1.26).
+check-distro-pins: setup
+	$(ENV) bash scripts/check_distro_pins.sh
+
+# What rclpy 7 and numpy 1.x can break: messages, the node over DDS, the launch layout, replay, the model runtime.
+JAZZY_TESTS := test/test_messages.py test/test_node.py test/test_package.py test/test_parameters.py \
+	test/test_replay.py test/test_images.py test/test_model_predictor.py test/test_model_preprocess.py \
+	test/test_model_decode.py test/test_evaluation.py test/test_bag.py test/test_launch_args.py
+test-jazzy:
+	@bash scripts/test_jazzy.sh $(JAZZY_TESTS)
 
 # The main job: bag from synthetic validation images -> node -> replay (lockstep, then at rate) -> report.
 # Optional: WEIGHTS=file.safetensors BAG=rosbag2_folder, TRAIN=1 (retrain the demo weights first), RECORD=1
@@ -21,4 +35,4 @@ demo: setup
 	$(ENV) WEIGHTS="$(WEIGHTS)" BAG="$(BAG)" TRAIN="$(TRAIN)" RECORD="$(RECORD)" bash scripts/demo.sh
 
 clean:
-	rm -rf build install log mcn_env.sh
+	rm -rf build install log mcn_env.sh build-jazzy install-jazzy mcn_env_jazzy.sh

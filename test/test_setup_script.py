@@ -1,0 +1,97 @@
+"""scripts/setup.sh refuses a set-up it cannot serve with one line, before it creates or changes anything.
+
+Each case runs the real script from a copy of the repository's scripts/ and requirements/ in a temporary
+folder, so the refusal is checked against an empty tree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nodetools import REPO
+
+MADE_BY_SETUP = (".venv", ".venv-jazzy", "build", "install", "build-jazzy", "install-jazzy", "mcn_env.sh")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for folder in ("scripts", "requirements"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    return tmp_path
+
+
+def run_setup(
+    tree: Path, env: dict[str, str], path_extra: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ROS_", "AMENT", "COLCON", "MCN_"))}
+    base.pop("PYTHONPATH", None)
+    if path_extra is not None:
+        base["PATH"] = f"{path_extra}:{base['PATH']}"
+    return subprocess.run(
+        ["bash", str(tree / "scripts" / "setup.sh")],
+        env={**base, **env}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], tree: Path, *expected: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[setup] error: "), result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert [name for name in MADE_BY_SETUP if (tree / name).exists()] == []
+
+
+def fake_python(folder: Path, version: str) -> Path:
+    """An executable that answers the version query as another Python would (setup.sh asks nothing else)."""
+    folder.mkdir(exist_ok=True)
+    path = folder / f"python{version}"
+    path.write_text(f"#!/bin/sh\necho {version}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_unknown_distro(tree: Path) -> None:
+    result = run_setup(tree, {"ROS_DISTRO": "foxy"})
+    assert_refused(result, tree, "ROS_DISTRO=foxy", "humble jazzy kilted", "unset ROS_DISTRO")
+
+
+def test_unknown_wheels(tree: Path) -> None:
+    assert_refused(run_setup(tree, {"MCN_ROS_WHEELS": "rolling"}), tree, "kilted (default) or jazzy")
+
+
+def test_a_python_the_wheels_cannot_serve(tree: Path) -> None:
+    python = fake_python(tree / "fake", "3.13")
+    result = run_setup(tree, {"PYTHON": str(python)})
+    assert_refused(result, tree, "Python 3.13", "CPython 3.11 only", "PYTHON=python3.11")
+
+
+def test_a_python_the_distro_pins_cannot_serve(tree: Path) -> None:
+    python = fake_python(tree / "fake", "3.9")
+    result = run_setup(tree, {"ROS_DISTRO": "humble", "PYTHON": str(python)})
+    assert_refused(result, tree, "Python 3.9", "3.10 (Humble) and 3.12")
+
+
+def test_a_distro_that_is_not_installed(tree: Path) -> None:
+    if Path("/opt/ros/jazzy").exists():
+        pytest.skip("Jazzy is installed here")
+    result = run_setup(tree, {"ROS_DISTRO": "jazzy", "PYTHON": sys.executable})
+    assert_refused(result, tree, "ROS_DISTRO=jazzy", "no such distro is installed")
+
+
+def test_a_distro_without_vision_msgs(tree: Path) -> None:
+    # rclpy imports (the wheels in this venv) but vision_msgs does not (it lives in install/, off PYTHONPATH):
+    # what a sourced distro without ros-<distro>-vision-msgs looks like to setup.sh. A `ros2` on PATH stands
+    # for the distro's command line, which setup.sh only looks for.
+    pytest.importorskip("rclpy")
+    bin_dir = tree / "distro-bin"
+    bin_dir.mkdir()
+    (bin_dir / "ros2").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "ros2").chmod(0o755)
+    result = run_setup(tree, {"ROS_DISTRO": "jazzy", "PYTHON": sys.executable}, path_extra=bin_dir)
+    assert_refused(result, tree, "no vision_msgs", "apt install ros-jazzy-vision-msgs")
