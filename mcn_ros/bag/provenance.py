@@ -66,24 +66,31 @@ def versions(packages: Sequence[str] = PACKAGES, ros: bool = True) -> dict[str, 
     return found
 
 
-def git_commit(root: Path | None = None) -> str | None:
-    """The commit of the checkout at ``root`` (default: the source checkout this package runs from), with
-    ``-dirty`` when tracked files differ from it; None outside a git checkout."""
+def git_state(root: Path | None = None) -> tuple[str | None, bool | None]:
+    """HEAD's commit of the checkout at ``root`` (default: the source checkout this package runs from) and
+    whether tracked files differ from it; (None, None) outside a git checkout."""
     root = root or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
-        dirty = subprocess.run(
+        status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=root,
             capture_output=True,
             text=True,
+            check=True,
             timeout=10,
-        ).stdout.strip()
+        ).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{head}-dirty" if dirty else head
+        return None, None
+    return (head or None), bool(status.strip())
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """:func:`git_state` as one string: the commit, with ``-dirty`` when tracked files differ from it."""
+    head, dirty = git_state(root)
+    return None if head is None else f"{head}-dirty" if dirty else head
 
 
 def weights_metadata(weights: Path) -> tuple[ModelConfig, dict[str, Any]]:

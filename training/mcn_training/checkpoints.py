@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import random
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mcn_ros.bag.provenance import git_state
 from mcn_training.errors import TrainError
 
 LOG = logging.getLogger("mcn_training")
@@ -222,22 +222,8 @@ def restore_training(
 
 def git_info() -> dict[str, Any]:
     """Commit and dirty flag of the source tree this package runs from (None outside git)."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit or None, "dirty": bool(status.strip())}
+    commit, dirty = git_state(Path(__file__).resolve().parent)
+    return {"commit": commit, "dirty": dirty}
 
 
 def state_digest(model: nn.Module) -> str:
