@@ -68,8 +68,8 @@ def test_refusal_reasons() -> None:
 
     configure_time = [spec.name for spec in PARAMETERS if spec.applies is Applies.CONFIGURE]
     assert configure_time == [
-        "weights", "device", "half", "input_size", "use_compressed", "image_qos", "publisher_reliability",
-        "publisher_depth",
+        "weights", "device", "half", "input_size", "use_compressed", "cameras", "image_qos",
+        "publisher_reliability", "publisher_depth",
     ]  # fmt: skip
     for name in configure_time:
         reason = refusal(name, BY_NAME[name].declared_default(), configured=True)
@@ -88,6 +88,11 @@ def test_refusal_reasons() -> None:
     assert "[0.0, 1.0]" in str(refusal("score_threshold", 1.5, configured=False))
     assert "[1, 1000]" in str(refusal("max_detections", 0, configured=False))
     assert "read-only" in str(refusal("autostart", True, configured=False))
+    assert refusal("cameras", ["front", "back_left"], configured=False) is None
+    assert "distinct" in str(refusal("cameras", ["front", "front"], configured=False))
+    for bad in ("", "front/left", "2nd", "rear cam"):
+        assert f"camera name {bad!r}" in str(refusal("cameras", ["front", bad], configured=False))
+    assert "[0, 64]" in str(refusal("max_batch_size", -1, configured=False))
 
 
 def test_frame_settings_from_parameter_values() -> None:
@@ -100,6 +105,8 @@ def test_frame_settings_from_parameter_values() -> None:
         max_detections=100,
         flip_test=False,
         max_image_pixels=8192 * 8192,
+        batch_timeout_ms=10.0,
+        max_batch_size=0,
     )
     changed = frame_settings({**defaults, "tasks": ["pose"], "score_threshold": 0.5, "max_detections": 7})
     assert (changed.tasks, changed.score_threshold, changed.max_detections) == (frozenset({"pose"}), 0.5, 7)

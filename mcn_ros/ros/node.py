@@ -1,8 +1,9 @@
 """The mcn_ros lifecycle node: camera images in; detections, poses and segmentation out.
 
-Thin by design: convert the image (images.py), one call of the model runtime (Predictor), convert the
-results (messages.py). Inference runs on its own thread behind a latest-frame slot, so the executor is never
-blocked and frames never queue up. Run it with
+Thin by design: convert the images (images.py), one call of the model runtime (Predictor) for the frames of
+all cameras waiting, publish each camera's results (cameras.py). Inference runs on its own thread behind one
+latest-frame slot per camera (batching.py), so the executor is never blocked and frames never queue up.
+Run it with
 
     python -m mcn_ros.ros.node --ros-args --params-file config/mcn.yaml -p weights:=model.safetensors
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -29,22 +32,21 @@ from rclpy.qos import (
 )
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from vision_msgs.msg import LabelInfo
 
-from mcn_ros.msg import HumanPose2DArray, PoseInfo
+from mcn_ros.msg import PoseInfo
 from mcn_ros.ros import messages
-from mcn_ros.ros.frames import Frame, FrameStats, LatestFrameSlot, monotonic
-from mcn_ros.ros.images import ImageError, class_map_encoding, compressed_to_array, image_to_array
+from mcn_ros.ros.batching import CameraSlots
+from mcn_ros.ros.cameras import Camera
+from mcn_ros.ros.frames import Frame, monotonic
+from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
 from mcn_ros.ros.parameters import PARAMETERS, FrameSettings, descriptor, frame_settings, refusal
-from mcn_ros.visualize import color_palette, colorize, draw_results
+from mcn_ros.visualize import color_palette
 
 if TYPE_CHECKING:  # the model runtime (torch) loads on configure, not on import
     import numpy as np
-    from rclpy.subscription import Subscription
 
-    from mcn_ros.model.config import ModelConfig
     from mcn_ros.model.predictor import Predictor
-    from mcn_ros.model.results import Results
 
 THROTTLE_S = 5.0
 
@@ -54,22 +56,19 @@ class McnNode(LifecycleNode):
 
     def __init__(self, node_name: str = "mcn_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self.declare_parameters(
-            "", [(spec.name, spec.declared_default(), descriptor(spec)) for spec in PARAMETERS]
-        )
+        self._declare_parameters()
         self._frame_settings = self._read_frame_settings()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
 
         self._predictor: Predictor | None = None
-        self._output_publishers: dict[str, LifecyclePublisher[Any]] = {}
-        self._image_subscriptions: list[Subscription[Any]] = []
+        self._info_publishers: dict[str, LifecyclePublisher[Any]] = {}
+        self._cameras: dict[str, Camera] = {"": Camera("")}  # made anew on configure from `cameras`
+        self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
+        self._batch_sizes: Counter[int] = Counter()
         self._palette = color_palette(0)
-        self._frame_slot = LatestFrameSlot()
-        self._frame_stats = FrameStats()
         self._inference_thread: threading.Thread | None = None
         self._running = threading.Event()
-        self._computed_tasks: frozenset[str] = frozenset()
         self._last_error = ""
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics_period").value)
@@ -81,6 +80,26 @@ class McnNode(LifecycleNode):
         return self._predictor is not None
 
     # -- parameters (declared from the table in parameters.py) --------------------------------------------
+    def _declare_parameters(self) -> None:
+        # An empty array declares no type (and a parameter file's `[]` is dropped by rcl's parser), so such
+        # parameters are declared by type and set to their typed empty default unless the file gave a value.
+        empty_arrays = {spec.name for spec in PARAMETERS if spec.type == "string_array" and not spec.default}
+        string_array = Parameter.Type.STRING_ARRAY
+        declared = [
+            (s.name, string_array if s.name in empty_arrays else s.declared_default(), descriptor(s))
+            for s in PARAMETERS
+        ]
+        self.declare_parameters("", declared)
+        unset = [name for name in empty_arrays if self._unset(name)]
+        self.set_parameters([Parameter(name, string_array, []) for name in unset])
+
+    def _unset(self, name: str) -> bool:
+        try:
+            self.get_parameter(name)
+        except ParameterUninitializedException:
+            return True
+        return False
+
     def _read_frame_settings(self) -> FrameSettings:
         return frame_settings({spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS})
 
@@ -104,7 +123,7 @@ class McnNode(LifecycleNode):
         """(Re)publish the latched LabelInfo and PoseInfo with the current thresholds."""
         header = Header(stamp=self.get_clock().now().to_msg())
         settings = self._frame_settings
-        publishers = self._output_publishers
+        publishers = self._info_publishers
         detection = self._predictor.config.detection if self._predictor is not None else None
         if "label_info" in publishers and detection is not None:
             publishers["label_info"].publish(
@@ -193,17 +212,14 @@ class McnNode(LifecycleNode):
         )
         available = predictor.tasks
         create = self.create_lifecycle_publisher
-        publishers = self._output_publishers
         if "detection" in available:
-            publishers["detections"] = create(Detection2DArray, "~/detections", qos)
-            publishers["label_info"] = create(LabelInfo, "~/label_info", latched)
+            self._info_publishers["label_info"] = create(LabelInfo, "~/label_info", latched)
         if "pose" in available:
-            publishers["poses"] = create(HumanPose2DArray, "~/poses", qos)
-            publishers["pose_info"] = create(PoseInfo, "~/pose_info", latched)
-        if "segmentation" in available:
-            publishers["segmentation"] = create(Image, "~/segmentation", qos)
-            publishers["segmentation_color"] = create(Image, "~/segmentation/color", qos)
-        publishers["debug_image"] = create(Image, "~/debug_image", qos)
+            self._info_publishers["pose_info"] = create(PoseInfo, "~/pose_info", latched)
+        names = [str(name) for name in self.get_parameter("cameras").value] or [""]
+        self._cameras = {name: Camera(name) for name in names}
+        for camera in self._cameras.values():
+            camera.create_publishers(self, available, qos)
         class_counts = [len(c.classes) for c in (config.detection, config.segmentation) if c is not None]
         self._palette = color_palette(max(class_counts))  # one colour per class id, shared by all drawings
         self.get_logger().info(
@@ -217,23 +233,27 @@ class McnNode(LifecycleNode):
             image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         else:
             image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        image_topic = self._resolve("image")
-        subscriptions = self._image_subscriptions
-        subscriptions.append(
-            self.create_subscription(Image, image_topic, lambda m: self._on_image(m, False), image_qos)
-        )
-        if self.get_parameter("use_compressed").value:
-            subscriptions.append(
-                self.create_subscription(
-                    CompressedImage, image_topic + "/compressed", lambda m: self._on_image(m, True), image_qos
-                )
+        self._frame_slots = CameraSlots(list(self._cameras))
+        self._batch_sizes.clear()
+        compressed_too = bool(self.get_parameter("use_compressed").value)
+        topics = []
+        for camera in self._cameras.values():
+            topic = self._resolve(camera.image_topic)
+            topics.append(topic)
+            camera.subscriptions.append(
+                self.create_subscription(Image, topic, self._image_callback(camera.name, False), image_qos)
             )
+            if compressed_too:
+                on_compressed = self._image_callback(camera.name, True)
+                camera.subscriptions.append(
+                    self.create_subscription(CompressedImage, topic + "/compressed", on_compressed, image_qos)
+                )
         self._running.set()
         self._inference_thread = threading.Thread(
             target=self._inference_loop, name="mcn_inference", daemon=True
         )
         self._inference_thread.start()
-        self.get_logger().info(f"active: listening on {image_topic}")
+        self.get_logger().info(f"active: listening on {', '.join(topics)}")
 
     def _stop_inputs(self) -> None:
         """Stop the inference thread (after the frame in flight) and destroy the subscriptions."""
@@ -241,19 +261,21 @@ class McnNode(LifecycleNode):
         if self._inference_thread is not None:
             self._inference_thread.join()  # no timeout: the thread must be gone before its resources are
             self._inference_thread = None
-        self._frame_slot.clear()
-        for subscription in self._image_subscriptions:
-            self.destroy_subscription(subscription)
-        self._image_subscriptions.clear()
+        self._frame_slots.clear()
+        for camera in self._cameras.values():
+            for subscription in camera.subscriptions:
+                self.destroy_subscription(subscription)
+            camera.subscriptions.clear()
 
     def _teardown(self) -> None:
         """Back to the unconfigured state from anywhere: inputs, outputs, model, per-model state."""
         self._stop_inputs()
-        for publisher in self._output_publishers.values():
+        for camera in self._cameras.values():
+            camera.destroy(self)
+        for publisher in self._info_publishers.values():
             self.destroy_lifecycle_publisher(publisher)
-        self._output_publishers.clear()
+        self._info_publishers.clear()
         self._palette = color_palette(0)
-        self._computed_tasks = frozenset()
         self._last_error = ""
         if self._predictor is None:
             return
@@ -270,101 +292,95 @@ class McnNode(LifecycleNode):
         return str(resolve(topic)) if resolve is not None else topic
 
     # -- hot path -----------------------------------------------------------------------------------------
-    def _on_image(self, message: Image | CompressedImage, compressed: bool) -> None:
-        now = monotonic()
-        self._frame_stats.arrived(now)
-        self._frame_slot.put(Frame(message, compressed, now))
+    def _image_callback(self, camera: str, compressed: bool) -> Any:
+        def on_image(message: Image | CompressedImage) -> None:
+            now = monotonic()
+            self._cameras[camera].stats.arrived(now)
+            self._frame_slots.put(camera, Frame(message, compressed, now))
 
-    def _wanted_tasks(self, settings: FrameSettings, available: frozenset[str]) -> frozenset[str]:
-        """Enabled tasks the model has and somebody listens to (the debug image listens to all)."""
-        publishers = self._output_publishers.items()
-        listening = {name for name, publisher in publishers if publisher.get_subscription_count() > 0}
-        debug = "debug_image" in listening
-        wanted = set()
-        if debug or "detections" in listening:
-            wanted.add("detection")
-        if debug or "poses" in listening:
-            wanted.add("pose")
-        if debug or listening & {"segmentation", "segmentation_color"}:
-            wanted.add("segmentation")
-        return frozenset(wanted & settings.tasks & available)
+        return on_image
 
     def _inference_loop(self) -> None:
         while self._running.is_set():
-            frame = self._frame_slot.take(timeout=0.1)
-            if frame is None or not self._running.is_set():
+            settings = self._frame_settings
+            batch = self._frame_slots.take_batch(
+                timeout=0.1, batch_timeout_s=settings.batch_timeout_ms / 1e3, max_size=settings.max_batch_size
+            )
+            if not batch or not self._running.is_set():
                 continue
             try:
-                self._process(frame)
-            except ImageError as error:
-                self._frame_stats.rejected += 1
-                self._last_error = f"bad frame: {error}"
-                self.get_logger().warning(f"frame skipped: {error}", throttle_duration_sec=THROTTLE_S)
-            except Exception as error:  # the node keeps serving whatever one frame does
-                self._frame_stats.rejected += 1
-                self._last_error = f"inference failed: {error!r}"
-                self.get_logger().error(
-                    f"frame skipped, inference failed: {error!r}", throttle_duration_sec=THROTTLE_S
-                )
+                self._process_batch(batch, self._frame_settings)  # as they are now, not before the wait
+            except Exception as error:  # the node keeps serving whatever one batch does
+                self._reject(list(batch), f"inference failed: {error!r}")
 
-    def _process(self, frame: Frame) -> None:
-        settings = self._frame_settings
+    def _reject(self, cameras: Sequence[str], reason: str) -> None:
+        """Count a frame of each of ``cameras`` as rejected and log ``reason`` (throttled)."""
+        for name in cameras:
+            camera = self._cameras[name]
+            camera.stats.rejected += 1
+            camera.last_error = reason
+        self._last_error = reason
+        where = f" ({', '.join(cameras)})" if any(cameras) else ""
+        self.get_logger().warning(f"frame skipped{where}: {reason}", throttle_duration_sec=THROTTLE_S)
+
+    def _process_batch(self, batch: dict[str, Frame], settings: FrameSettings) -> None:
+        """Decode each camera's frame, run the cameras that want the same tasks as one batch, publish."""
         predictor = self._predictor
-        if predictor is None:  # cleaned up while the frame waited
+        if predictor is None:  # cleaned up while the frames waited
             return
-        tasks = self._wanted_tasks(settings, predictor.tasks)
-        self._computed_tasks = tasks
-        header = frame.message.header
-        if not tasks:
-            self._frame_stats.idle(monotonic())
-            return
-        if frame.compressed:
-            pixels, color_order = compressed_to_array(frame.message, settings.max_image_pixels)
-        else:
-            pixels, color_order = image_to_array(frame.message, settings.max_image_pixels)
-        (results,) = predictor.predict(  # a batch of one: predict's list form types the result
-            [pixels],
-            tasks=tasks,
-            color_order=color_order,
-            score_threshold=settings.score_threshold,
-            pose_score_threshold=settings.pose_score_threshold,
-            max_detections=settings.max_detections,
-            flip_test=settings.flip_test,
-        )
-        self._publish(header, pixels, color_order, results, settings, predictor.config)
-        now = monotonic()
-        self._frame_stats.finished(now, now - frame.received, self._stamp_age(header))
+        groups: dict[frozenset[str], list[tuple[Camera, Frame, np.ndarray, str]]] = {}
+        for name, frame in batch.items():
+            camera = self._cameras[name]
+            camera.computed_tasks = camera.wanted_tasks(settings.tasks, predictor.tasks)
+            if not camera.computed_tasks:
+                camera.stats.idle(monotonic())
+                continue
+            try:
+                decode = compressed_to_array if frame.compressed else image_to_array
+                pixels, color_order = decode(frame.message, settings.max_image_pixels)
+            except ImageError as error:  # this camera's frame alone; the others of the batch go on
+                self._reject([name], f"bad frame: {error}")
+                continue
+            groups.setdefault(camera.computed_tasks, []).append((camera, frame, pixels, color_order))
+        for tasks, members in groups.items():
+            self._run_group(predictor, tasks, members, settings)
 
-    def _publish(
+    def _run_group(
         self,
-        header: Header,
-        pixels: np.ndarray,
-        color_order: str,
-        results: Results,
+        predictor: Predictor,
+        tasks: frozenset[str],
+        members: list[tuple[Camera, Frame, np.ndarray, str]],
         settings: FrameSettings,
-        config: ModelConfig,
     ) -> None:
-        publishers = self._output_publishers
-        if results.detections is not None and publishers["detections"].get_subscription_count() > 0:
-            publishers["detections"].publish(messages.detections_message(header, results.detections))
-        if results.poses is not None and publishers["poses"].get_subscription_count() > 0:
-            publishers["poses"].publish(
-                messages.poses_message(header, results.poses, settings.keypoint_threshold)
+        orders = {order for _, _, _, order in members}
+        if len(orders) > 1:  # rgb and bgr cameras in one batch: the model runtime takes one order per call
+            members = [(c, f, p if o == "rgb" else p[:, :, ::-1].copy(), "rgb") for c, f, p, o in members]
+        color_order = members[0][3]
+        try:
+            results = predictor.predict(
+                [pixels for _, _, pixels, _ in members],
+                tasks=tasks,
+                color_order=color_order,
+                score_threshold=settings.score_threshold,
+                pose_score_threshold=settings.pose_score_threshold,
+                max_detections=settings.max_detections,
+                flip_test=settings.flip_test,
             )
-        if results.segmentation is not None:
-            class_map = results.segmentation
-            if publishers["segmentation"].get_subscription_count() > 0:
-                publishers["segmentation"].publish(
-                    messages.image_message(header, class_map, class_map_encoding(class_map))
-                )
-            if publishers["segmentation_color"].get_subscription_count() > 0:
-                color = colorize(class_map, self._palette)
-                publishers["segmentation_color"].publish(messages.image_message(header, color, "rgb8"))
-        if publishers["debug_image"].get_subscription_count() > 0:
-            rgb = pixels if color_order == "rgb" else pixels[:, :, ::-1]
-            classes = config.detection.classes if config.detection is not None else ()
-            drawn = draw_results(rgb, results, classes, self._palette, settings.keypoint_threshold)
-            publishers["debug_image"].publish(messages.image_message(header, drawn, "rgb8"))
+        except Exception as error:
+            if len(members) == 1:
+                self._reject([members[0][0].name], f"inference failed: {error!r}")
+                return
+            for member in members:  # find the frame that fails; the others are still served
+                self._run_group(predictor, tasks, [member], settings)
+            return
+        self._batch_sizes[len(members)] += 1
+        detection = predictor.config.detection
+        classes = detection.classes if detection is not None else ()
+        for (camera, frame, pixels, order), result in zip(members, results, strict=True):
+            header = frame.message.header
+            camera.publish(header, pixels, order, result, settings, classes, self._palette)
+            now = monotonic()
+            camera.stats.finished(now, now - frame.received, self._stamp_age(header))
 
     def _stamp_age(self, header: Header) -> float | None:
         if header.stamp.sec == 0 and header.stamp.nanosec == 0:
@@ -374,37 +390,58 @@ class McnNode(LifecycleNode):
 
     # -- diagnostics --------------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        summary = self._frame_stats.summary(monotonic())
-        active = self._running.is_set()
-        status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=self._device_name())
-        if self._predictor is None:
-            status.level, status.message = DiagnosticStatus.WARN, "unconfigured: no model loaded"
-        elif not active:
-            status.level, status.message = DiagnosticStatus.OK, "inactive"
-        elif summary["input_rate_hz"] > 0 and (
-            summary["processed_rate_hz"] + summary["idle_rate_hz"] < 0.5 * summary["input_rate_hz"]
-        ):
-            status.level, status.message = (
-                DiagnosticStatus.WARN,
-                "dropping frames: inference slower than input",
-            )
-        else:
-            status.level, status.message = DiagnosticStatus.OK, "active"
-        values = {
-            **{k: f"{v:.2f}" for k, v in summary.items()},
-            "frames_received": str(self._frame_stats.received),
-            "frames_processed": str(self._frame_stats.processed),
-            "frames_idle": str(self._frame_stats.idle_count),
-            "frames_dropped": str(self._frame_slot.dropped),
-            "frames_rejected": str(self._frame_stats.rejected),
-            "tasks_computed": ",".join(sorted(self._computed_tasks)),
-            "device": self._device_name(),
-            "last_error": self._last_error,
-        }
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
+        """One status per camera (the single camera's is the node's "inference" status), plus, with several
+        cameras, one for the node with the batch sizes used."""
+        now = monotonic()
+        statuses = [self._camera_status(camera, now) for camera in self._cameras.values()]
+        if len(self._cameras) > 1:
+            node_status = DiagnosticStatus(
+                name=f"{self.get_name()}: inference", hardware_id=self._device_name(),
+                level=max(status.level for status in statuses), message=self._state_message(),
+            )  # fmt: skip
+            values = {
+                "cameras": ",".join(self._cameras),
+                "batch_sizes": ",".join(f"{size}:{n}" for size, n in sorted(self._batch_sizes.items())),
+                "device": self._device_name(),
+                "last_error": self._last_error,
+            }
+            node_status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+            statuses.insert(0, node_status)
+        array = DiagnosticArray(status=statuses)
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_publisher.publish(array)
+
+    def _state_message(self) -> str:
+        if self._predictor is None:
+            return "unconfigured: no model loaded"
+        return "active" if self._running.is_set() else "inactive"
+
+    def _camera_status(self, camera: Camera, now: float) -> DiagnosticStatus:
+        summary = camera.stats.summary(now)
+        label = f"camera {camera.name}" if camera.name else "inference"
+        status = DiagnosticStatus(name=f"{self.get_name()}: {label}", hardware_id=self._device_name())
+        status.message = self._state_message()
+        status.level = DiagnosticStatus.WARN if self._predictor is None else DiagnosticStatus.OK
+        if (
+            self._running.is_set()
+            and summary["input_rate_hz"] > 0
+            and (summary["processed_rate_hz"] + summary["idle_rate_hz"] < 0.5 * summary["input_rate_hz"])
+        ):
+            status.level = DiagnosticStatus.WARN
+            status.message = "dropping frames: inference slower than input"
+        values = {
+            **{k: f"{v:.2f}" for k, v in summary.items()},
+            "frames_received": str(camera.stats.received),
+            "frames_processed": str(camera.stats.processed),
+            "frames_idle": str(camera.stats.idle_count),
+            "frames_dropped": str(self._frame_slots.dropped(camera.name)),
+            "frames_rejected": str(camera.stats.rejected),
+            "tasks_computed": ",".join(sorted(camera.computed_tasks)),
+            "device": self._device_name(),
+            "last_error": camera.last_error,
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        return status
 
     def _device_name(self) -> str:
         return str(self._predictor.device) if self._predictor is not None else "none"

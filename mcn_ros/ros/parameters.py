@@ -110,6 +110,16 @@ def _check_tasks(value: Any) -> str | None:
     return f"unknown task(s) {unknown}; known tasks: {list(TASKS)}" if unknown else None
 
 
+def check_camera_names(names: Any) -> str | None:
+    """Why ``names`` is not a valid ``cameras`` value (distinct ROS name tokens), or None."""
+    for name in names:
+        if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
+            return f"camera name {name!r} must be letters, digits and underscores, not starting with a digit"
+    if len(set(names)) != len(names):
+        return f"camera names must be distinct: {list(names)}"
+    return None
+
+
 def invalid_value(spec: ParameterSpec, value: Any) -> str | None:
     """Why ``value`` is not a valid value of ``spec`` (its type, range, choices, check), or None."""
     if not _has_type(value, spec.type):
@@ -149,6 +159,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   value_range=(1, 1 << 30)),
     ParameterSpec("use_compressed", "bool", False, CONFIGURE,
                   "Also subscribe to <image>/compressed (JPEG/PNG)"),
+    ParameterSpec("cameras", "string_array", (), CONFIGURE,
+                  "Camera names: each listens on <name>/image and publishes under ~/<name>/; empty = one "
+                  "camera on image", check=check_camera_names),
+    ParameterSpec("batch_timeout_ms", "double", 10.0, RUN_TIME,
+                  "Longest wait for the other cameras' frames once one is waiting",
+                  value_range=(0.0, 1000.0)),
+    ParameterSpec("max_batch_size", "integer", 0, RUN_TIME,
+                  "Most camera frames in one forward pass; 0 = all cameras, 1 = one at a time",
+                  value_range=(0, 64)),
     ParameterSpec("image_qos", "string", "sensor_data", CONFIGURE, f"Subscription QoS, one of {IMAGE_QOS}",
                   choices=IMAGE_QOS),
     ParameterSpec("publisher_reliability", "string", "reliable", CONFIGURE,
@@ -205,6 +224,8 @@ class FrameSettings:
     max_detections: int
     flip_test: bool
     max_image_pixels: int
+    batch_timeout_ms: float
+    max_batch_size: int
 
 
 def frame_settings(values: Mapping[str, Any]) -> FrameSettings:

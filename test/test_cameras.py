@@ -1,0 +1,227 @@
+"""Several cameras in one node: the batching policy on its own, then the real node over DDS."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from nodetools import Client, image_message, make_weights, start_node, stop_node
+
+from mcn_ros.ros.batching import CameraSlots
+
+
+class FakeClock:
+    """A clock the test moves by hand (the slots' only notion of time besides the condition's waits)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_newer_frame_replaces_its_cameras_waiting_frame_only() -> None:
+    slots: CameraSlots[str] = CameraSlots(["front", "back"])
+    slots.put("front", "f1")
+    slots.put("back", "b1")
+    slots.put("front", "f2")
+    assert (slots.dropped("front"), slots.dropped("back")) == (1, 0)
+    assert slots.take_batch(timeout=0.0) == {"back": "b1", "front": "f2"}
+    assert slots.take_batch(timeout=0.01) == {}
+
+
+def test_the_batch_waits_for_live_cameras_only_and_never_past_the_timeout() -> None:
+    clock = FakeClock()
+    slots: CameraSlots[str] = CameraSlots(["front", "back", "dead"], live_s=1.0, clock=clock)
+    slots.put("front", "f1")
+    slots.put("back", "b1")
+    slots.take_batch(timeout=0.0)
+    # Both live cameras send again; "dead" never sent: the batch does not wait for it.
+    slots.put("front", "f2")
+    slots.put("back", "b2")
+    assert slots.take_batch(timeout=0.0, batch_timeout_s=5.0) == {"front": "f2", "back": "b2"}
+
+    # Only front is waiting; back is live, so the batch waits for it until it comes (from another thread).
+    slots.put("front", "f3")
+    threading.Timer(0.05, slots.put, args=("back", "b3")).start()
+    assert slots.take_batch(timeout=0.0, batch_timeout_s=5.0) == {"front": "f3", "back": "b3"}
+
+    # back goes quiet for longer than live_s: no more waiting for it.
+    clock.now += 2.0
+    slots.put("front", "f4")
+    assert slots.take_batch(timeout=0.0, batch_timeout_s=5.0) == {"front": "f4"}
+
+
+def test_a_straggler_is_waited_for_at_most_the_batch_timeout() -> None:
+    slots: CameraSlots[str] = CameraSlots(["front", "back"])  # real clock
+    slots.put("back", "b1")
+    slots.take_batch(timeout=0.0)  # back is live now
+    slots.put("front", "f1")
+    assert slots.take_batch(timeout=0.0, batch_timeout_s=0.05) == {"front": "f1"}
+
+
+def test_a_size_limit_serves_the_longest_waiting_cameras_first() -> None:
+    clock = FakeClock()
+    slots: CameraSlots[str] = CameraSlots(["a", "b", "c"], clock=clock)
+    for name in ("b", "c", "a"):
+        slots.put(name, name)
+        clock.now += 0.01
+    assert slots.take_batch(timeout=0.0, max_size=1) == {"b": "b"}
+    assert slots.take_batch(timeout=0.0, max_size=2) == {"c": "c", "a": "a"}
+
+
+def test_camera_names_must_be_distinct() -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        CameraSlots(["front", "front"])
+    with pytest.raises(ValueError, match="at least one"):
+        CameraSlots([])
+
+
+# -- the real node over DDS -------------------------------------------------------------------------------
+SCORE = 0.05
+CAMERAS = {"front": (48, 80), "left": (64, 64), "back": (40, 100)}  # camera -> image (height, width)
+
+
+def camera_image(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    cv2.rectangle(image, (5, 5), (width // 2, height // 2), (240, 30, 30), -1)
+    return image
+
+
+def camera_status(c: Client, camera: str) -> dict[str, str]:
+    for msg in reversed(c.messages("/diagnostics")):
+        for status in msg.status:
+            if status.name == f"cameras_node: camera {camera}":
+                return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def node_status(c: Client) -> dict[str, str]:
+    for msg in reversed(c.messages("/diagnostics")):
+        for status in msg.status:
+            if status.name == "cameras_node: inference":
+                return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def publish_until(
+    c: Client, frames: dict[str, object], condition: Callable[[], bool], timeout: float
+) -> bool:
+    """Publish each camera's frame on /<camera>/image, all in one go every 0.3 s, until ``condition()``."""
+    import time
+
+    from sensor_msgs.msg import Image
+
+    publishers = {name: c.node.create_publisher(Image, f"/{name}/image", 10) for name in frames}
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(p.get_subscription_count() > 0 for p in publishers.values()):
+                for name, publisher in publishers.items():
+                    publisher.publish(frames[name])
+            if c.wait_for(condition, 0.3):
+                return True
+        return condition()
+    finally:
+        for publisher in publishers.values():
+            c.node.destroy_publisher(publisher)
+
+
+def boxes_of(message: object) -> np.ndarray:
+    detections = message.detections  # type: ignore[attr-defined]
+    centres = np.array([[d.bbox.center.position.x, d.bbox.center.position.y] for d in detections])
+    sizes = np.array([[d.bbox.size_x, d.bbox.size_y] for d in detections])
+    return np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).reshape(-1, 4)
+
+
+@pytest.mark.usefixtures("ros")
+def test_three_cameras_of_different_sizes_in_one_node(tmp_path: Path) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray
+
+    from mcn_ros.model.predictor import Predictor
+    from mcn_ros.msg import HumanPose2DArray
+
+    weights = make_weights(tmp_path / "model.safetensors")
+    cameras = [*CAMERAS, "spare"]  # nobody listens to the spare camera
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", f"cameras:=[{','.join(cameras)}]",
+        "-p", f"score_threshold:={SCORE}", "-p", f"pose_score_threshold:={SCORE}",
+        "-p", "batch_timeout_ms:=200.0", name="cameras_node",
+    )  # fmt: skip
+    c = Client("cameras_node")
+    try:
+        for camera in CAMERAS:
+            c.subscribe(f"{camera}/detections", Detection2DArray)
+            c.subscribe(f"{camera}/poses", HumanPose2DArray)
+            c.subscribe(f"{camera}/segmentation", Image)
+        c.subscribe("/diagnostics", DiagnosticArray)
+        images = {name: camera_image(*size, seed=i) for i, (name, size) in enumerate(CAMERAS.items())}
+        frames = {
+            name: image_message(images[name], stamp=(10 + i, 5), frame=f"{name}_optical")
+            for i, name in enumerate(CAMERAS)
+        }
+        frames["spare"] = image_message(camera_image(32, 32, seed=9), stamp=(99, 0), frame="spare_optical")
+
+        def all_answered() -> bool:
+            return all(
+                c.messages(f"{camera}/{topic}")
+                for camera in CAMERAS
+                for topic in ("detections", "poses", "segmentation")
+            )
+
+        assert publish_until(c, frames, all_answered, 90), sorted(c.received)
+        predictor = Predictor.from_weights(weights, device="cpu")
+        for i, camera in enumerate(CAMERAS):
+            for topic in ("detections", "poses", "segmentation"):
+                header = c.messages(f"{camera}/{topic}")[-1].header
+                assert (header.stamp.sec, header.frame_id) == (10 + i, f"{camera}_optical"), (camera, topic)
+            # The camera's boxes are the model runtime's on that image alone.
+            expected = predictor.predict(images[camera], score_threshold=SCORE, pose_score_threshold=SCORE)
+            assert expected.detections is not None and len(expected.detections) > 0
+            received = c.messages(f"{camera}/detections")[-1]
+            np.testing.assert_allclose(boxes_of(received), expected.detections.boxes, atol=1e-3)
+            segmentation = c.messages(f"{camera}/segmentation")[-1]
+            assert (segmentation.height, segmentation.width) == CAMERAS[camera]
+
+        # The frames of several cameras went through one forward pass.
+        assert c.wait_for(lambda: bool(node_status(c).get("batch_sizes")), 10)
+        sizes = [int(entry.split(":")[0]) for entry in node_status(c)["batch_sizes"].split(",")]
+        assert max(sizes) >= 2, node_status(c)
+        # The spare camera's frames arrived, and cost no head computation.
+        spare = camera_status(c, "spare")
+        assert int(spare["frames_received"]) > 0 and int(spare["frames_idle"]) > 0, spare
+        assert spare["frames_processed"] == "0" and spare["tasks_computed"] == "", spare
+
+        # A bad frame on one camera: rejected there alone; the other cameras of the batch are still served.
+        bad = image_message(images["left"], stamp=(77, 0), frame="left_optical")
+        bad.encoding = "yuv_unheard_of"
+        frames = {**frames, "left": bad}
+        frames["front"] = image_message(images["front"], stamp=(78, 0), frame="front_optical")
+        frames["back"] = image_message(images["back"], stamp=(79, 0), frame="back_optical")
+        c.clear()
+
+        def others_served_left_rejected() -> bool:
+            front, back = c.messages("front/detections"), c.messages("back/detections")
+            left = camera_status(c, "left")
+            return (
+                any(m.header.stamp.sec == 78 for m in front)
+                and any(m.header.stamp.sec == 79 for m in back)
+                and "yuv_unheard_of" in left.get("last_error", "")
+            )
+
+        assert publish_until(c, frames, others_served_left_rejected, 60), camera_status(c, "left")
+        assert not any(m.header.stamp.sec == 77 for m in c.messages("left/detections"))
+        assert int(camera_status(c, "left")["frames_rejected"]) > 0
+        assert camera_status(c, "front")["frames_rejected"] == "0"
+    finally:
+        c.close()
+        log = stop_node(process)
+    assert "Traceback" not in log, log
+    assert "listening on /front/image, /left/image, /back/image, /spare/image" in log, log
