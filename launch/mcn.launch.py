@@ -4,8 +4,11 @@
 
 Arguments: params_file (default: the installed config/mcn.yaml), weights and autostart (each overrides the
 parameter file only when given; autostart is true with the default parameter file), image (camera topic),
-namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace). What the arguments
-mean is decided in mcn_ros/ros/launch_args.py.
+cameras (names, e.g. front,back: each camera listens on <name>/image; overrides the file when given),
+namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace, one set per camera).
+What the arguments mean is decided in mcn_ros/ros/launch_args.py. Six cameras (config/six_cameras.yaml):
+
+    ros2 launch mcn_ros mcn.launch.py params_file:=<share>/mcn_ros/config/six_cameras.yaml weights:=...
 """
 
 from pathlib import Path
@@ -16,7 +19,14 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchContext, LaunchDescription
-from mcn_ros.ros.launch_args import NODE_NAME, parameter_overrides, parse_bool, write_rviz_config
+from mcn_ros.ros.launch_args import (
+    NODE_NAME,
+    cameras_in_params_file,
+    parameter_overrides,
+    parse_bool,
+    parse_cameras,
+    write_rviz_config,
+)
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -38,6 +48,12 @@ def generate_launch_description() -> LaunchDescription:
             "parameter file, else the file's value)",
         ),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="Camera image topic"),
+        DeclareLaunchArgument(
+            "cameras",
+            default_value="",
+            description="Camera names, comma-separated: each listens on <name>/image (empty: the parameter "
+            "file's)",
+        ),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
         DeclareLaunchArgument("rviz", default_value="false", description="Start RViz with config/mcn.rviz"),
     ]
@@ -52,7 +68,9 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
 
     namespace, image, params_file = argument("namespace"), argument("image"), argument("params_file")
     default_params = Path(params_file) == share / "config" / "mcn.yaml"
-    overrides = parameter_overrides(argument("weights"), argument("autostart"), default_params)
+    cameras_text = argument("cameras")
+    overrides = parameter_overrides(argument("weights"), argument("autostart"), default_params, cameras_text)
+    cameras = parse_cameras(cameras_text) if cameras_text else cameras_in_params_file(params_file)
     node = Node(
         package="mcn_ros",
         executable="mcn_node",
@@ -64,6 +82,6 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     )
     if not parse_bool("rviz", argument("rviz")):
         return [node]
-    rviz_config = write_rviz_config(share / "config" / "mcn.rviz", namespace, image)
+    rviz_config = write_rviz_config(share / "config" / "mcn.rviz", namespace, image, cameras)
     rviz = Node(package="rviz2", executable="rviz2", arguments=["-d", str(rviz_config)], output="screen")
     return [node, rviz]

@@ -61,7 +61,7 @@ def launch_argument_defaults() -> dict[str, str]:
 
 def test_weights_and_autostart_launch_arguments_default_to_the_parameter_file() -> None:
     defaults = launch_argument_defaults()
-    assert set(defaults) == {"params_file", "weights", "autostart", "image", "namespace", "rviz"}
+    assert set(defaults) == {"params_file", "weights", "autostart", "image", "cameras", "namespace", "rviz"}
     assert (defaults["weights"], defaults["autostart"]) == ("", "")
     assert "parameter_overrides(" in LAUNCH_FILE.read_text()
 
@@ -110,3 +110,32 @@ def test_the_rviz_copy_is_written_to_a_temporary_file() -> None:
         assert rviz_topics(written)["MCN debug image"] == "/robot/mcn_node/debug_image"
     finally:
         path.unlink()
+
+
+def test_cameras_argument_and_parameter_file() -> None:
+    from mcn_ros.ros.launch_args import cameras_in_params_file, parse_cameras
+
+    assert parse_cameras("front,back") == parse_cameras("[front, back]") == ["front", "back"]
+    assert parameter_overrides("", "", False, cameras="front, back") == {"cameras": ["front", "back"]}
+    with pytest.raises(ValueError, match="distinct"):
+        parse_cameras("front,front")
+    with pytest.raises(ValueError, match="camera name 'front/left'"):
+        parse_cameras("front/left")
+    six = ["front", "front_left", "front_right", "back", "back_left", "back_right"]
+    assert cameras_in_params_file(REPO / "config" / "six_cameras.yaml") == six
+    assert cameras_in_params_file(REPO / "config" / "mcn.yaml") == []
+
+
+def test_rviz_shows_every_camera() -> None:
+    from mcn_ros.ros.launch_args import cameras_rviz_config
+
+    base = yaml.safe_load(RVIZ_FILE.read_text())
+    assert cameras_rviz_config(base, []) == base
+    config = namespaced_rviz_config(cameras_rviz_config(base, ["front", "back"]), "car", "/camera/image_raw")
+    topics = [d["Topic"]["Value"] for d in config["Visualization Manager"]["Displays"] if d.get("Enabled")]
+    assert topics == [
+        "/car/mcn_node/front/debug_image",
+        "/car/mcn_node/front/segmentation/color",
+        "/car/mcn_node/back/debug_image",
+        "/car/mcn_node/back/segmentation/color",
+    ]

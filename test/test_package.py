@@ -91,18 +91,24 @@ def test_launch_file(prefix: Path, tmp_path: Path) -> None:
     parameters = yaml.safe_load(PARAMS_FILE.read_text())
     parameters["/**"]["ros__parameters"].update(weights=str(weights), autostart=True)
     params_file.write_text(yaml.safe_dump(parameters))
-    for namespace, arguments in [
-        ("launched", [f"weights:={weights}", "autostart:=true"]),
-        ("from_file", [f"params_file:={params_file}"]),
+    for namespace, arguments, listening in [
+        ("launched", [f"weights:={weights}", "autostart:=true"], "/camera/image_raw"),
+        ("from_file", [f"params_file:={params_file}"], "/camera/image_raw"),
+        (
+            "two",
+            [f"weights:={weights}", "autostart:=true", "cameras:=front,back"],
+            "/two/front/image, /two/back/image",
+        ),
     ]:
         launcher = subprocess.Popen(
             [sys.executable, "-c", LAUNCH_SCRIPT, str(installed), f"namespace:={namespace}", *arguments],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        assert_label_info_arrives(namespace, launcher)
+        log = assert_label_info_arrives(namespace, launcher)
+        assert f"active: listening on {listening}" in log, log
 
 
-def assert_label_info_arrives(namespace: str, launcher: subprocess.Popen[str]) -> None:
+def assert_label_info_arrives(namespace: str, launcher: subprocess.Popen[str]) -> str:
     from nodetools import Client
     from vision_msgs.msg import LabelInfo
 
@@ -115,6 +121,7 @@ def assert_label_info_arrives(namespace: str, launcher: subprocess.Popen[str]) -
         log = stop_node(launcher)
     assert arrived, log
     assert "Traceback" not in log, log
+    return log
 
 
 LAUNCH_SCRIPT = """

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from mcn_ros.ros.parameters import check_camera_names
+
 NODE_NAME = "mcn_node"
 
 _TRUE, _FALSE = ("true", "1"), ("false", "0")  # what launch's IfCondition accepts, in any case
@@ -28,14 +30,38 @@ def parse_bool(name: str, text: str) -> bool:
     raise ValueError(f"launch argument {name}:={text!r}: expected true or false")
 
 
-def parameter_overrides(weights: str, autostart: str, default_params_file: bool) -> dict[str, str | bool]:
-    """The node parameters that the ``weights`` and ``autostart`` launch arguments set.
+def parse_cameras(text: str) -> list[str]:
+    """The ``cameras`` launch argument: names separated by commas, optionally in brackets ("[front,back]")."""
+    names = [name.strip() for name in text.strip().removeprefix("[").removesuffix("]").split(",")]
+    names = [name for name in names if name]
+    problem = check_camera_names(names)
+    if problem is not None:
+        raise ValueError(f"launch argument cameras:={text!r}: {problem}")
+    return names
+
+
+def cameras_in_params_file(params_file: str | Path, node_name: str = NODE_NAME) -> list[str]:
+    """The ``cameras`` a node parameter file sets for ``node_name`` (or for every node, ``/**``)."""
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    for key in (node_name, f"/{node_name}", "/**"):
+        parameters = (data.get(key) or {}).get("ros__parameters") or {}
+        if "cameras" in parameters:
+            return [str(name) for name in parameters["cameras"] or []]
+    return []
+
+
+def parameter_overrides(
+    weights: str, autostart: str, default_params_file: bool, cameras: str = ""
+) -> dict[str, str | bool | list[str]]:
+    """The node parameters that the ``weights``, ``autostart`` and ``cameras`` launch arguments set.
 
     Arguments given (non-empty) override the parameter file. ``autostart`` not given is true with the
     installed default parameter file (a plain ``ros2 launch`` serves at once, as users without a lifecycle
     manager expect) and left to the file when the user names a parameter file of their own.
     """
-    overrides: dict[str, str | bool] = {}
+    overrides: dict[str, str | bool | list[str]] = {}
+    if cameras:
+        overrides["cameras"] = parse_cameras(cameras)
     if weights:
         overrides["weights"] = weights
     if autostart:
@@ -80,9 +106,36 @@ def namespaced_rviz_config(
     return out
 
 
-def write_rviz_config(source: str | Path, namespace: str, image_topic: str) -> Path:
-    """A copy of the RViz config ``source`` for a node launched in ``namespace``, in a new temporary file."""
-    config = namespaced_rviz_config(yaml.safe_load(Path(source).read_text()), namespace, image_topic)
+def cameras_rviz_config(
+    config: Mapping[str, Any], cameras: list[str], node_name: str = NODE_NAME
+) -> dict[str, Any]:
+    """config/mcn.rviz (loaded YAML) for a node with named ``cameras``: the node's image displays once per
+    camera (``/mcn_node/<camera>/...``); the raw camera display is left out. No cameras: ``config`` as is."""
+    out = copy.deepcopy(dict(config))
+    if not cameras:
+        return out
+    manager = out.get("Visualization Manager", {})
+    node_prefix = f"/{node_name}/"
+    displays = []
+    for camera in cameras:
+        for display in manager.get("Displays", []):
+            topic = (display.get("Topic") or {}).get("Value")
+            if isinstance(topic, str) and topic.startswith(node_prefix):
+                copied = copy.deepcopy(display)
+                copied["Name"] = f"{display.get('Name', 'MCN')} ({camera})"
+                copied["Topic"]["Value"] = f"{node_prefix}{camera}/{topic.removeprefix(node_prefix)}"
+                displays.append(copied)
+    manager["Displays"] = displays
+    return out
+
+
+def write_rviz_config(
+    source: str | Path, namespace: str, image_topic: str, cameras: list[str] | None = None
+) -> Path:
+    """A copy of the RViz config ``source`` for a node launched in ``namespace`` (with named ``cameras``, if
+    any), in a new temporary file."""
+    config = cameras_rviz_config(yaml.safe_load(Path(source).read_text()), cameras or [])
+    config = namespaced_rviz_config(config, namespace, image_topic)
     with tempfile.NamedTemporaryFile("w", prefix="mcn_", suffix=".rviz", delete=False) as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
     return Path(handle.name)
