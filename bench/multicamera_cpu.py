@@ -1,0 +1,329 @@
+"""Six cameras through one node: batched (one forward for the frames of all cameras) against one at a time.
+
+The node runs as users run it (``python -m mcn_ros.ros.node``, a separate process, ``cameras`` set), over DDS
+on this machine. Each camera publishes a 640x480 rgb8 image at ``--rate`` Hz, faster than the node can
+answer, so what is measured is the node's sustained throughput: frames answered per second over all cameras
+(a frame counts when its detections, poses and segmentation all arrived), with per-camera end-to-end latency
+(publish -> last of the three outputs) p50 / p95. Both modes are the same node code: ``max_batch_size`` 0
+(all waiting cameras in one batch) or 1 (one camera per forward). The modes alternate ``--rounds`` times so
+that a slow spell of the machine falls on both.
+
+Writes ``bench/results/multicamera_cpu.json`` (figures, command, machine, versions, git commit) and ``.md``;
+the headline is ``batched_vs_sequential_throughput``. Usage::
+
+    python bench/multicamera_cpu.py [--config config/models/resnet18_det80_seg80_pose_512.yaml]
+        [--cameras 6] [--rate 10] [--seconds 30] [--rounds 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import git_commit, machine, versions
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CAMERA_NAMES = ("front", "front_left", "front_right", "back", "back_left", "back_right", "left", "right")
+OUTPUTS = ("detections", "poses", "segmentation")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config", type=Path, default=ROOT / "config/models/resnet18_det80_seg80_pose_512.yaml"
+    )
+    parser.add_argument("--cameras", type=int, default=6, choices=range(2, len(CAMERA_NAMES) + 1))
+    parser.add_argument("--rate", type=float, default=10.0, help="Hz per camera")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per mode and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--warmup", type=float, default=8.0, help="seconds before measuring, per mode and round"
+    )
+    parser.add_argument("--quick", action="store_true", help="a short check of the script (not a result)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:  # written beside the system's temporary files, never into bench/results
+        args.seconds, args.rounds, args.warmup = 6.0, 1, 4.0
+        if args.results == RESULTS:
+            args.results = Path(tempfile.gettempdir()) / "mcn_bench_quick"
+    return args
+
+
+def make_weights(config_path: Path, out: Path) -> Path:
+    """Random-init weights of ``config_path`` in the project's format (speed does not depend on training)."""
+    import torch
+
+    from mcn_ros.model.config import ModelConfig
+    from mcn_ros.model.mcn import MultitaskCenterNet
+    from mcn_ros.model.weights import save_weights
+
+    config = ModelConfig.from_yaml(config_path)
+    torch.manual_seed(0)
+    return save_weights(out, MultitaskCenterNet(config), config, {"command": "bench/multicamera_cpu.py"})
+
+
+class Driver:
+    """Publishes every camera's image at a fixed rate and times each frame's outputs."""
+
+    def __init__(self, cameras: list[str], rate_hz: float) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from vision_msgs.msg import Detection2DArray
+
+        from mcn_ros.msg import HumanPose2DArray
+
+        self.cameras, self.period = cameras, 1.0 / rate_hz
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("multicamera_bench", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.publishers = {c: self.node.create_publisher(Image, f"/{c}/image", reliable) for c in cameras}
+        types = {"detections": Detection2DArray, "poses": HumanPose2DArray, "segmentation": Image}
+        self.lock = threading.Lock()
+        self.sent: dict[tuple[str, int], float] = {}
+        self.arrived: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+        for camera in cameras:
+            for output in OUTPUTS:
+                topic = f"/multicamera_node/{camera}/{output}"
+                self.node.create_subscription(types[output], topic, self._recorder(camera, output), reliable)
+        rng = np.random.default_rng(0)
+        self.images = {c: rng.integers(0, 255, size=(480, 640, 3), dtype=np.uint8) for c in cameras}
+        self.running = True
+        self.spinner = threading.Thread(target=self._spin, daemon=True)
+        self.spinner.start()
+
+    def _spin(self) -> None:
+        while self.running:
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def _recorder(self, camera: str, output: str) -> Any:
+        def record(message: Any) -> None:
+            now = time.perf_counter()
+            stamp = message.header.stamp.sec * 1_000_000_000 + message.header.stamp.nanosec
+            with self.lock:
+                self.arrived[(camera, stamp)].setdefault(output, now)
+
+        return record
+
+    def wait_for_node(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(p.get_subscription_count() > 0 for p in self.publishers.values()):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the node did not subscribe to every camera")
+
+    def publish_for(self, seconds: float, first_stamp: int) -> tuple[int, int]:
+        """Publish every camera at the rate for ``seconds``; returns the stamp range [first, last)."""
+        from sensor_msgs.msg import Image
+
+        stamp, start = first_stamp, time.perf_counter()
+        tick = 0
+        while time.perf_counter() - start < seconds:
+            for camera, publisher in self.publishers.items():
+                image = self.images[camera]
+                message = Image(height=480, width=640, encoding="rgb8", step=640 * 3, data=image.tobytes())
+                message.header.frame_id = camera
+                message.header.stamp.sec, message.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+                with self.lock:
+                    self.sent[(camera, stamp)] = time.perf_counter()
+                publisher.publish(message)
+            stamp += 1_000_000  # 1 ms apart: distinct stamps per tick
+            tick += 1
+            time.sleep(max(0.0, start + tick * self.period - time.perf_counter()))
+        return first_stamp, stamp
+
+    def measure(self, stamps: tuple[int, int], seconds: float) -> dict[str, Any]:
+        """Frames of the stamp range answered with all three outputs, their latencies, per camera."""
+        time.sleep(3.0)  # outputs of the last frames in flight
+        first, last = stamps
+        with self.lock:
+            answered = {
+                key: max(outputs.values()) - self.sent[key]
+                for key, outputs in self.arrived.items()
+                if first <= key[1] < last and len(outputs) == len(OUTPUTS) and key in self.sent
+            }
+            sent = sum(1 for key in self.sent if first <= key[1] < last)
+        per_camera = {}
+        for camera in self.cameras:
+            latencies = np.array([v for (c, _), v in answered.items() if c == camera]) * 1e3
+            per_camera[camera] = {
+                "answered": int(latencies.size),
+                "latency_p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies.size else None,
+                "latency_p95_ms": round(float(np.percentile(latencies, 95)), 1) if latencies.size else None,
+            }
+        everything = np.array(list(answered.values())) * 1e3
+        return {
+            "sent": sent,
+            "answered": len(answered),
+            "throughput_fps": round(len(answered) / seconds, 3),
+            "latency_p50_ms": round(float(np.percentile(everything, 50)), 1) if everything.size else None,
+            "latency_p95_ms": round(float(np.percentile(everything, 95)), 1) if everything.size else None,
+            "per_camera": per_camera,
+        }
+
+    def set_batch_size(self, size: int) -> None:
+        """``ros2 param set /multicamera_node max_batch_size <size>`` through the node's parameter service."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        client = self.node.create_client(SetParameters, "/multicamera_node/set_parameters")
+        try:
+            if not client.wait_for_service(timeout_sec=30):
+                raise RuntimeError("parameter service of the node not available")
+            parameter = Parameter("max_batch_size", value=size).to_parameter_msg()
+            future = client.call_async(SetParameters.Request(parameters=[parameter]))
+            deadline = time.monotonic() + 30
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            result = future.result() if future.done() else None
+            if result is None or not result.results[0].successful:
+                raise RuntimeError(f"max_batch_size:={size} refused or unanswered: {result}")
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.running = False
+        self.spinner.join(timeout=5)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def render(record: dict[str, Any]) -> str:
+    modes, host = record["modes"], record["machine"]
+    cpu = f"{host.get('cpu', '?')} ({', '.join(host.get('cpu_flags', []))}), {host.get('affinity', '?')} CPUs"
+    lines = [
+        "# Several cameras in one node (CPU)",
+        "",
+        f"`{record['command']}`",
+        "",
+        f"{record['cameras']} cameras x 640x480 rgb8 at {record['rate_hz']} Hz each, "
+        f"model `{record['model']}` (input {record['input_size'][0]}x{record['input_size'][1]}), "
+        f"{cpu}. "
+        "A frame counts when its detections, poses and "
+        "segmentation all arrived; latency is publish -> last of the three.",
+        "",
+        "| mode | answered frames/s (all cameras) | latency p50 ms | p95 ms | per-camera answered |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("batched", "sequential"):
+        m = modes[name]
+        counts = ", ".join(str(v["answered"]) for v in m["per_camera"].values())
+        lines.append(
+            f"| {name} | {m['throughput_fps']} | {m['latency_p50_ms']} | {m['latency_p95_ms']} | {counts} |"
+        )
+    lines += ["", f"**batched / sequential throughput: {record['batched_vs_sequential_throughput']}x**", ""]
+    return "\n".join(lines)
+
+
+def combine(rounds: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Several rounds of one mode as one: counts summed, latencies pooled by per-camera p50/p95 of rounds."""
+    answered = sum(r["answered"] for r in rounds)
+    per_camera: dict[str, dict[str, Any]] = {}
+    for camera in rounds[0]["per_camera"]:
+        values = [r["per_camera"][camera] for r in rounds]
+        per_camera[camera] = {
+            "answered": sum(v["answered"] for v in values),
+            "latency_p50_ms": max((v["latency_p50_ms"] or 0.0) for v in values),
+            "latency_p95_ms": max((v["latency_p95_ms"] or 0.0) for v in values),
+        }
+    return {
+        "sent": sum(r["sent"] for r in rounds),
+        "answered": answered,
+        "throughput_fps": round(answered / (seconds * len(rounds)), 3),
+        "latency_p50_ms": max((r["latency_p50_ms"] or 0.0) for r in rounds),
+        "latency_p95_ms": max((r["latency_p95_ms"] or 0.0) for r in rounds),
+        "per_camera": per_camera,
+        "rounds": rounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["python", "bench/multicamera_cpu.py", *(sys.argv[1:] if argv is None else argv)])
+    cameras = list(CAMERA_NAMES[: args.cameras])
+    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 60))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    from mcn_ros.model.config import ModelConfig
+
+    config = ModelConfig.from_yaml(args.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = make_weights(args.config, Path(tmp) / "model.safetensors")
+        node_command = [
+            sys.executable, "-m", "mcn_ros.ros.node",
+            "--ros-args", "--params-file", str(ROOT / "config/mcn.yaml"),
+            "-r", "__node:=multicamera_node", "-p", f"weights:={weights}", "-p", "autostart:=true",
+            "-p", f"cameras:=[{','.join(cameras)}]", "-p", "device:=cpu",
+        ]  # fmt: skip
+        node = subprocess.Popen(node_command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        driver = Driver(cameras, args.rate)
+        results: dict[str, list[dict[str, Any]]] = {"batched": [], "sequential": []}
+        try:
+            driver.wait_for_node()
+            stamp = 1_000_000_000
+            for round_index in range(args.rounds):
+                for mode, size in (("batched", 0), ("sequential", 1)):
+                    driver.set_batch_size(size)
+                    _, stamp = driver.publish_for(args.warmup, stamp)
+                    window = driver.publish_for(args.seconds, stamp)
+                    stamp = window[1]
+                    measured = driver.measure(window, args.seconds)
+                    print(
+                        f"round {round_index + 1} {mode}: {measured['throughput_fps']} frames/s", flush=True
+                    )
+                    results[mode].append(measured)
+        finally:
+            driver.close()
+            node.terminate()
+            node.wait(timeout=30)
+    modes = {mode: combine(rounds, args.seconds) for mode, rounds in results.items()}
+    sequential = modes["sequential"]["throughput_fps"]
+    record = {
+        "command": command,
+        "quick": args.quick,
+        "cameras": len(cameras),
+        "rate_hz": args.rate,
+        "seconds_per_round": args.seconds,
+        "rounds": args.rounds,
+        "model": config.name,
+        "input_size": list(config.input_size),
+        "modes": modes,
+        "batched_vs_sequential_throughput": round(modes["batched"]["throughput_fps"] / sequential, 3)
+        if sequential
+        else None,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "git": git_commit(),
+    }
+    name = "multicamera_cpu"
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.results / f"{name}.md").write_text(render(record))
+    print(render(record))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())
