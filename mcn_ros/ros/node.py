@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
@@ -32,7 +32,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from mcn_ros.msg import HumanPose2DArray, PoseInfo
-from mcn_ros.ros import messages
+from mcn_ros.ros import diagnostics, messages
 from mcn_ros.ros.frames import Frame, FrameStats, LatestFrameSlot, monotonic
 from mcn_ros.ros.images import ImageError, class_map_encoding, compressed_to_array, image_to_array
 from mcn_ros.ros.parameters import PARAMETERS, FrameSettings, descriptor, frame_settings, refusal
@@ -219,13 +219,20 @@ class McnNode(LifecycleNode):
             image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         image_topic = self._resolve("image")
         subscriptions = self._image_subscriptions
+        # A two-argument callback gets rclpy's MessageInfo (a dict on Jazzy and Kilted): its sequence numbers
+        # tell the frames lost before the node.
         subscriptions.append(
-            self.create_subscription(Image, image_topic, lambda m: self._on_image(m, False), image_qos)
+            self.create_subscription(
+                Image, image_topic, lambda m, info: self._on_image(m, info, False), image_qos
+            )
         )
         if self.get_parameter("use_compressed").value:
             subscriptions.append(
                 self.create_subscription(
-                    CompressedImage, image_topic + "/compressed", lambda m: self._on_image(m, True), image_qos
+                    CompressedImage,
+                    image_topic + "/compressed",
+                    lambda m, info: self._on_image(m, info, True),
+                    image_qos,
                 )
             )
         self._running.set()
@@ -245,6 +252,7 @@ class McnNode(LifecycleNode):
         for subscription in self._image_subscriptions:
             self.destroy_subscription(subscription)
         self._image_subscriptions.clear()
+        self._frame_stats.stop_listening()
 
     def _teardown(self) -> None:
         """Back to the unconfigured state from anywhere: inputs, outputs, model, per-model state."""
@@ -270,9 +278,9 @@ class McnNode(LifecycleNode):
         return str(resolve(topic)) if resolve is not None else topic
 
     # -- hot path -----------------------------------------------------------------------------------------
-    def _on_image(self, message: Image | CompressedImage, compressed: bool) -> None:
+    def _on_image(self, message: Image | CompressedImage, info: Any, compressed: bool) -> None:
         now = monotonic()
-        self._frame_stats.arrived(now)
+        self._frame_stats.arrived(now, info, stream=compressed)
         self._frame_slot.put(Frame(message, compressed, now))
 
     def _wanted_tasks(self, settings: FrameSettings, available: frozenset[str]) -> frozenset[str]:
@@ -297,11 +305,11 @@ class McnNode(LifecycleNode):
             try:
                 self._process(frame)
             except ImageError as error:
-                self._frame_stats.rejected += 1
+                self._frame_stats.reject(monotonic())
                 self._last_error = f"bad frame: {error}"
                 self.get_logger().warning(f"frame skipped: {error}", throttle_duration_sec=THROTTLE_S)
             except Exception as error:  # the node keeps serving whatever one frame does
-                self._frame_stats.rejected += 1
+                self._frame_stats.reject(monotonic())
                 self._last_error = f"inference failed: {error!r}"
                 self.get_logger().error(
                     f"frame skipped, inference failed: {error!r}", throttle_duration_sec=THROTTLE_S
@@ -375,35 +383,31 @@ class McnNode(LifecycleNode):
     # -- diagnostics --------------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         summary = self._frame_stats.summary(monotonic())
-        active = self._running.is_set()
-        status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=self._device_name())
-        if self._predictor is None:
-            status.level, status.message = DiagnosticStatus.WARN, "unconfigured: no model loaded"
-        elif not active:
-            status.level, status.message = DiagnosticStatus.OK, "inactive"
-        elif summary["input_rate_hz"] > 0 and (
-            summary["processed_rate_hz"] + summary["idle_rate_hz"] < 0.5 * summary["input_rate_hz"]
-        ):
-            status.level, status.message = (
-                DiagnosticStatus.WARN,
-                "dropping frames: inference slower than input",
-            )
-        else:
-            status.level, status.message = DiagnosticStatus.OK, "active"
-        values = {
-            **{k: f"{v:.2f}" for k, v in summary.items()},
-            "frames_received": str(self._frame_stats.received),
-            "frames_processed": str(self._frame_stats.processed),
-            "frames_idle": str(self._frame_stats.idle_count),
-            "frames_dropped": str(self._frame_slot.dropped),
-            "frames_rejected": str(self._frame_stats.rejected),
-            "tasks_computed": ",".join(sorted(self._computed_tasks)),
-            "device": self._device_name(),
-            "last_error": self._last_error,
-        }
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
+        predictor = self._predictor
+        knobs = diagnostics.Knobs(
+            input_size=predictor.config.input_size if predictor is not None else None,
+            tasks=sorted(self._computed_tasks),
+            flip_test=self._frame_settings.flip_test,
+            device=self._device_name(),
+        )
+        level, message = diagnostics.assess(
+            summary,
+            configured=predictor is not None,
+            active=self._running.is_set(),
+            tolerance=float(self.get_parameter("rate_warn_tolerance").value),
+            knobs=knobs,
+        )
+        values = diagnostics.status_values(
+            summary,
+            self._frame_stats.counts(self._frame_slot.dropped),
+            loss_counting=self._frame_stats.gaps.method(),
+            tasks=self._computed_tasks,
+            device=self._device_name(),
+            last_error=self._last_error,
+        )
+        name = f"{self.get_name()}: inference"
+        stamp = self.get_clock().now().to_msg()
+        array = diagnostics.diagnostic_array(name, self._device_name(), level, message, values, stamp)
         self._diagnostics_publisher.publish(array)
 
     def _device_name(self) -> str:
