@@ -378,7 +378,7 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
     """A burst far faster than the node processes (input_size 256: about a second a frame on 2 CPU cores):
     the frames it never received (lost in transport) and those replaced in its slot (dropped) are counted,
     and received + lost is what was sent."""
-    from diagnostic_msgs.msg import DiagnosticArray
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from vision_msgs.msg import Detection2DArray
 
     node = "slow_node"
@@ -410,6 +410,12 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
             sentinels += 1
             c.wait_for(answered, 4.0)
         assert answered()
+        warnings = [
+            status.message
+            for msg in c.messages("/diagnostics")
+            for status in msg.status
+            if status.name.startswith(f"{node}:") and status.level == DiagnosticStatus.WARN
+        ]
         after = settled_counts(c, node)
     finally:
         c.close()
@@ -424,3 +430,5 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
     assert delta["dropped"] > 0, delta  # frames replaced in the slot while one was processed
     assert delta["lost"] > 0, delta  # frames that never reached the node's callback
     assert delta["processed"] < burst // 4, delta
+    # While the burst was in the diagnostics window the node said it could not keep up, and what would help.
+    assert any("input_size (now 256x256)" in w and "frames/s sent" in w for w in warnings), warnings
