@@ -60,6 +60,11 @@ def test_slot_clear_counts_the_waiting_frame_as_dropped() -> None:
     slot.clear()
     assert slot.dropped == 1
     assert slot.take(timeout=0.0) is None
+    slot.put(frame(2))
+    taken = slot.take(timeout=0.0)
+    assert taken is not None
+    slot.give_up(taken)  # taken while deactivating, never processed
+    assert slot.dropped == 2
 
 
 def test_slot_wakes_a_waiting_taker() -> None:

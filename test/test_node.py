@@ -417,6 +417,18 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
             if status.name.startswith(f"{node}:") and status.level == DiagnosticStatus.WARN
         ]
         after = settled_counts(c, node)
+
+        # Deactivating with a frame in flight and one waiting: both are accounted for (nothing pending).
+        def received() -> int:
+            values = diagnostics_values(c, node)
+            return int(values["frames_received"]) if values else -1
+
+        for i in range(3):  # spaced so that the executor takes each (a burst would be lost in transport)
+            c.image_pub.publish(image_message(image, stamp=(4, i)))
+            c.wait_for(lambda i=i: received() >= after["received"] + i + 1, 2.0)
+        assert c.wait_for(lambda: received() >= after["received"] + 2, 20)
+        assert c.lifecycle("deactivate")
+        inactive = settled_counts(c, node)
     finally:
         c.close()
         log = stop_node(process)
@@ -430,5 +442,8 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
     assert delta["dropped"] > 0, delta  # frames replaced in the slot while one was processed
     assert delta["lost"] > 0, delta  # frames that never reached the node's callback
     assert delta["processed"] < burst // 4, delta
+    assert inactive["pending"] == 0 and inactive["received"] >= after["received"] + 2
+    handled = ("processed", "dropped", "idle", "rejected")
+    assert inactive["received"] == sum(inactive[k] for k in handled), inactive
     # While the burst was in the diagnostics window the node said it could not keep up, and what would help.
     assert any("input_size (now 256x256)" in w and "frames/s sent" in w for w in warnings), warnings

@@ -66,6 +66,11 @@ class LatestFrameSlot:
             frame, self._frame = self._frame, None
             return frame
 
+    def give_up(self, frame: Frame) -> None:
+        """Count a frame taken from the slot but never processed (the node is deactivating) as dropped."""
+        with self._ready:
+            self.dropped += 1
+
     def clear(self) -> None:
         """Discard a waiting frame (on deactivate); it counts as dropped, as it will never be processed."""
         with self._ready:

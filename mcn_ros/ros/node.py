@@ -210,10 +210,10 @@ class McnNode(LifecycleNode):
         if self._inference_thread is not None:
             self._inference_thread.join()  # no timeout: the thread must be gone before its resources are
             self._inference_thread = None
-        self._frame_slot.clear()
         for subscription in self._image_subscriptions:
             self.destroy_subscription(subscription)
         self._image_subscriptions.clear()
+        self._frame_slot.clear()  # after the subscriptions: no frame can arrive to wait for the next activate
         self._frame_stats.stop_listening()
 
     def _teardown(self) -> None:
@@ -246,7 +246,10 @@ class McnNode(LifecycleNode):
     def _inference_loop(self) -> None:
         while self._running.is_set():
             frame = self._frame_slot.take(timeout=0.1)
-            if frame is None or not self._running.is_set():
+            if frame is None:
+                continue
+            if not self._running.is_set():  # deactivating: the frame is given up
+                self._frame_slot.give_up(frame)
                 continue
             try:
                 self._process(frame)
