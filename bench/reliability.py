@@ -47,7 +47,13 @@ def synthetic_frames(count: int, folder: Path) -> list[bytes]:
     from mcn_training.synthetic import generate_dataset
 
     paths = generate_dataset(folder, count, seed=0, image_size=(240, 320), split="val")
-    return [image_bytes(cv2.imread(str(p))) for p in sorted(paths["images"].glob("*.jpg"))]
+    frames = []
+    for path in sorted(paths["images"].glob("*.jpg")):
+        image = cv2.imread(str(path))
+        if image is None:
+            raise RuntimeError(f"cannot read the synthetic image {path}")
+        frames.append(image_bytes(image))
+    return frames
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     goods = synthetic_frames(8, tmp / "images")
     first = cv2.imread(str(sorted((tmp / "images" / "images" / "val").glob("*.jpg"))[0]))
-    bads = bad_frames(np.ascontiguousarray(first))
+    bads = bad_frames(np.ascontiguousarray(first))  # read back above: not None
     command = node_command(Path(args.weights), NODE, TOPIC, default_params_file(), NODE_PARAMS)
     node = NodeProcess(command, tmp / "node.log")
     results: dict[str, Any] = {"node_command": shlex.join(command)}
