@@ -150,6 +150,7 @@ def overload(
         "received_plus_lost": delta["received"] + delta["lost"],
         "latency_ms": {q: percentile_ms(latencies, v) for q, v in LEVELS.items()},
         "p95_bound_ms": round(bound_ms, 2),
+        "p95_in_processing_times": None if p95 is None else round(p95 / (processing_s * 1e3), 2),
         "node_cpu_percent": process.get("cpu_percent"),
         "node_peak_rss_mb": process.get("peak_rss_mb"),
         "passed": p95 is not None and p95 < bound_ms and delta["received"] + delta["lost"] == sent,
