@@ -125,9 +125,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"| bad inputs | refused, node still serving | {sum(r['refused'] for r in bad['cases'])} / "
         f"{len(bad['cases'])}; cleanup/configure after them: {ok[bad['cleanup_configure_cycle_ok']]} | "
         f"{ok[bad['passed']]} |",
-        f"| churn | {churn['cycles']} cycles with frames flowing: RSS | {churn['rss_start_mb']} -> "
-        f"{churn['rss_end_mb']} MB (max {churn['rss_max_mb']}, {100 * (churn['rss_growth'] or 0):+.1f} %) | "
-        f"{ok[churn['passed']]} |",
+        f"| churn | {churn['cycles']} cycles with frames flowing: RSS serving | {churn['rss_start_mb']} -> "
+        f"{churn['rss_end_mb']} MB (max {churn['rss_max_mb']}, "
+        f"{100 * churn['rss_growth_by_state']['serving']:+.1f} %) | {ok[churn['passed']]} |",
+        f"| churn | RSS after cleanup, first -> last cycle | {churn['rss_unconfigured_mb'][0]} -> "
+        f"{churn['rss_unconfigured_mb'][-1]} MB "
+        f"({100 * churn['rss_growth_by_state']['unconfigured']:+.1f} %) | |",
         "",
         "## Bad inputs: what the user sees",
         "",
