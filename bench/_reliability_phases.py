@@ -7,6 +7,7 @@ Each takes a connected :class:`_node_probe.Probe` and the node process, and retu
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -128,6 +129,9 @@ def overload(
     played = probe.play(
         frames, [None] * count, "rate", out / "overload_bag", timeout_s=10.0, node_pid=node.pid
     )
+    # The node's own processing time (slot to publish) over the last seconds of the overload: on a shared
+    # machine it is longer than in lockstep, and it is what a frame that waited one frame costs.
+    node_processing_ms = float(probe.diagnostics().get("processing_p50_ms", "nan"))
     sentinels = _sentinel(probe, goods[0], max(1.0, 4 * processing_s))
     after = probe.settled_counts()
     delta = {k: after[k] - before[k] for k in after}
@@ -138,11 +142,16 @@ def overload(
     ]
     p95 = percentile_ms(latencies, 95)
     sent = count + sentinels
-    bound_ms = 2 * processing_s * 1e3
+    lockstep_ms = processing_s * 1e3
+    bound_ms = 2 * (node_processing_ms if math.isfinite(node_processing_ms) else lockstep_ms)
     process = played.summary.get("node_process") or {}
     return {
         "rate_hz": round(rate_hz, 2),
-        "processing_ms": round(processing_s * 1e3, 2),
+        "processing_ms": round(bound_ms / 2, 2),
+        "processing_source": "node processing_p50_ms during the overload"
+        if math.isfinite(node_processing_ms)
+        else "lockstep latency p50",
+        "lockstep_latency_p50_ms": round(lockstep_ms, 2),
         "duration_s": played.summary["duration_s"],
         "frames_sent": sent,
         "frames_answered": len(latencies),
@@ -150,7 +159,7 @@ def overload(
         "received_plus_lost": delta["received"] + delta["lost"],
         "latency_ms": {q: percentile_ms(latencies, v) for q, v in LEVELS.items()},
         "p95_bound_ms": round(bound_ms, 2),
-        "p95_in_processing_times": None if p95 is None else round(p95 / (processing_s * 1e3), 2),
+        "p95_in_processing_times": None if p95 is None else round(p95 / (bound_ms / 2), 2),
         "node_cpu_percent": process.get("cpu_percent"),
         "node_peak_rss_mb": process.get("peak_rss_mb"),
         "passed": p95 is not None and p95 < bound_ms and delta["received"] + delta["lost"] == sent,

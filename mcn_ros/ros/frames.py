@@ -175,7 +175,8 @@ class FrameStats:
     def __init__(self, window_s: float = 5.0, max_samples: int = 2048) -> None:
         self.window_s = window_s
         self._arrivals: deque[tuple[float, int]] = deque(maxlen=max_samples)  # (time, 1 + lost before it)
-        self._done: deque[tuple[float, float, float]] = deque(maxlen=max_samples)  # (time, latency, age)
+        # (time, latency from arrival, stamp age, processing time) of each processed frame
+        self._done: deque[tuple[float, float, float, float]] = deque(maxlen=max_samples)
         self._idle: deque[float] = deque(maxlen=max_samples)
         self._rejected: deque[float] = deque(maxlen=max_samples)
         self._lock = threading.Lock()
@@ -197,11 +198,22 @@ class FrameStats:
             self._arrivals.append((now, 1 + lost))
         return lost
 
-    def finished(self, now: float, latency_s: float, age_s: float | None) -> None:
-        """Count a processed frame: ``latency_s`` from arrival to publish, ``age_s`` from its header stamp."""
+    def finished(
+        self, now: float, latency_s: float, age_s: float | None, processing_s: float | None = None
+    ) -> None:
+        """Count a processed frame: ``latency_s`` from arrival to publish, ``age_s`` from its header stamp,
+        ``processing_s`` from leaving the slot to publish (the latency less the wait in the slot)."""
+        nan = float("nan")
         with self._lock:
             self.processed += 1
-            self._done.append((now, latency_s, age_s if age_s is not None else float("nan")))
+            self._done.append(
+                (
+                    now,
+                    latency_s,
+                    nan if age_s is None else age_s,
+                    nan if processing_s is None else processing_s,
+                )
+            )
 
     def idle(self, now: float) -> None:
         """Count a frame taken but not run because no output was wanted (nobody subscribed)."""
@@ -234,13 +246,13 @@ class FrameStats:
 
     def summary(self, now: float) -> dict[str, float]:
         """Rates (Hz) over the window: sent (received + lost), received, processed, idle, rejected;
-        latency and stamp-age p50/p95 (ms) of the processed frames."""
+        latency, stamp-age and processing-time p50/p95 (ms) of the processed frames."""
         with self._lock:
             start = now - self.window_s
             arrivals = [n for t, n in self._arrivals if t >= start]
             idle = sum(1 for t in self._idle if t >= start)
             rejected = sum(1 for t in self._rejected if t >= start)
-            done = np.array([d for d in self._done if d[0] >= start], dtype=np.float64).reshape(-1, 3)
+            done = np.array([d for d in self._done if d[0] >= start], dtype=np.float64).reshape(-1, 4)
         out = {
             "input_rate_hz": sum(arrivals) / self.window_s,
             "received_rate_hz": len(arrivals) / self.window_s,
@@ -248,7 +260,7 @@ class FrameStats:
             "idle_rate_hz": idle / self.window_s,
             "rejected_rate_hz": rejected / self.window_s,
         }
-        for name, column in (("latency", 1), ("stamp_age", 2)):
+        for name, column in (("latency", 1), ("stamp_age", 2), ("processing", 3)):
             values = done[:, column]
             values = values[np.isfinite(values)]
             for q in (50, 95):

@@ -286,6 +286,7 @@ class McnNode(LifecycleNode):
             )
 
     def _process(self, frame: Frame) -> None:
+        started = monotonic()
         settings = self._frame_settings
         predictor = self._predictor
         if predictor is None:  # cleaned up while the frame waited
@@ -312,7 +313,7 @@ class McnNode(LifecycleNode):
         )
         self._outputs.publish(header, pixels, color_order, results, settings)
         now = monotonic()
-        self._frame_stats.finished(now, now - frame.received, self._stamp_age(header))
+        self._frame_stats.finished(now, now - frame.received, self._stamp_age(header), now - started)
 
     def _stamp_age(self, header: Header) -> float | None:
         if header.stamp.sec == 0 and header.stamp.nanosec == 0:
