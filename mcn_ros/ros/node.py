@@ -16,35 +16,26 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-)
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from mcn_ros.msg import HumanPose2DArray, PoseInfo
-from mcn_ros.ros import messages
+from mcn_ros.ros import diagnostics
 from mcn_ros.ros.frames import Frame, FrameStats, LatestFrameSlot, monotonic
-from mcn_ros.ros.images import ImageError, class_map_encoding, compressed_to_array, image_to_array
+from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
+from mcn_ros.ros.memory import release_freed_memory
+from mcn_ros.ros.outputs import Outputs
 from mcn_ros.ros.parameters import PARAMETERS, FrameSettings, descriptor, frame_settings, refusal
-from mcn_ros.visualize import color_palette, colorize, draw_results
 
 if TYPE_CHECKING:  # the model runtime (torch) loads on configure, not on import
-    import numpy as np
     from rclpy.subscription import Subscription
 
-    from mcn_ros.model.config import ModelConfig
     from mcn_ros.model.predictor import Predictor
-    from mcn_ros.model.results import Results
 
 THROTTLE_S = 5.0
 
@@ -62,13 +53,14 @@ class McnNode(LifecycleNode):
         self.add_post_set_parameters_callback(self._after_set_parameters)
 
         self._predictor: Predictor | None = None
-        self._output_publishers: dict[str, LifecyclePublisher[Any]] = {}
+        self._outputs = Outputs()
         self._image_subscriptions: list[Subscription[Any]] = []
-        self._palette = color_palette(0)
         self._frame_slot = LatestFrameSlot()
         self._frame_stats = FrameStats()
         self._inference_thread: threading.Thread | None = None
-        self._running = threading.Event()
+        self._running = threading.Event()  # active: frames are taken and processed
+        self._busy = threading.Lock()  # held while a frame is processed
+        self._closing = threading.Event()
         self._computed_tasks: frozenset[str] = frozenset()
         self._last_error = ""
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -102,16 +94,7 @@ class McnNode(LifecycleNode):
 
     def _publish_info(self) -> None:
         """(Re)publish the latched LabelInfo and PoseInfo with the current thresholds."""
-        header = Header(stamp=self.get_clock().now().to_msg())
-        settings = self._frame_settings
-        publishers = self._output_publishers
-        detection = self._predictor.config.detection if self._predictor is not None else None
-        if "label_info" in publishers and detection is not None:
-            publishers["label_info"].publish(
-                messages.label_info_message(header, detection.classes, settings.score_threshold)
-            )
-        if "pose_info" in publishers:
-            publishers["pose_info"].publish(messages.pose_info_message(header, settings.keypoint_threshold))
+        self._outputs.publish_info(Header(stamp=self.get_clock().now().to_msg()), self._frame_settings)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     # rclpy turns an exception in a transition callback into an error transition without logging it, so each
@@ -181,33 +164,14 @@ class McnNode(LifecycleNode):
         predictor = Predictor(model, config, device=device, half=bool(self.get_parameter("half").value))
         self._predictor = predictor
 
-        depth = int(self.get_parameter("publisher_depth").value)
-        reliability = (
-            ReliabilityPolicy.RELIABLE
-            if self.get_parameter("publisher_reliability").value == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT
+        self._outputs.create(
+            self.create_lifecycle_publisher,
+            config,
+            depth=int(self.get_parameter("publisher_depth").value),
+            reliable=self.get_parameter("publisher_reliability").value == "reliable",
         )
-        qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=reliability)
-        latched = QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-        )
-        available = predictor.tasks
-        create = self.create_lifecycle_publisher
-        publishers = self._output_publishers
-        if "detection" in available:
-            publishers["detections"] = create(Detection2DArray, "~/detections", qos)
-            publishers["label_info"] = create(LabelInfo, "~/label_info", latched)
-        if "pose" in available:
-            publishers["poses"] = create(HumanPose2DArray, "~/poses", qos)
-            publishers["pose_info"] = create(PoseInfo, "~/pose_info", latched)
-        if "segmentation" in available:
-            publishers["segmentation"] = create(Image, "~/segmentation", qos)
-            publishers["segmentation_color"] = create(Image, "~/segmentation/color", qos)
-        publishers["debug_image"] = create(Image, "~/debug_image", qos)
-        class_counts = [len(c.classes) for c in (config.detection, config.segmentation) if c is not None]
-        self._palette = color_palette(max(class_counts))  # one colour per class id, shared by all drawings
         self.get_logger().info(
-            f"loaded {config.name} ({config.backbone}, tasks {sorted(available)}) on {predictor.device}"
+            f"loaded {config.name} ({config.backbone}, tasks {sorted(config.tasks)}) on {predictor.device}"
         )
 
     def _activate(self) -> None:
@@ -219,40 +183,47 @@ class McnNode(LifecycleNode):
             image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         image_topic = self._resolve("image")
         subscriptions = self._image_subscriptions
+        # A two-argument callback gets rclpy's MessageInfo (a dict on Jazzy and Kilted): its sequence numbers
+        # tell the frames lost before the node.
         subscriptions.append(
-            self.create_subscription(Image, image_topic, lambda m: self._on_image(m, False), image_qos)
+            self.create_subscription(
+                Image, image_topic, lambda m, info: self._on_image(m, info, False), image_qos
+            )
         )
         if self.get_parameter("use_compressed").value:
             subscriptions.append(
                 self.create_subscription(
-                    CompressedImage, image_topic + "/compressed", lambda m: self._on_image(m, True), image_qos
+                    CompressedImage,
+                    image_topic + "/compressed",
+                    lambda m, info: self._on_image(m, info, True),
+                    image_qos,
                 )
             )
         self._running.set()
-        self._inference_thread = threading.Thread(
-            target=self._inference_loop, name="mcn_inference", daemon=True
-        )
-        self._inference_thread.start()
+        if self._inference_thread is None:
+            # One thread for the node's life: glibc gives each new thread that allocates its own malloc arena
+            # and keeps it, so a thread per activation grew the process by ~8 MB per lifecycle cycle.
+            self._inference_thread = threading.Thread(
+                target=self._inference_loop, name="mcn_inference", daemon=True
+            )
+            self._inference_thread.start()
         self.get_logger().info(f"active: listening on {image_topic}")
 
     def _stop_inputs(self) -> None:
-        """Stop the inference thread (after the frame in flight) and destroy the subscriptions."""
+        """Stop inference (after the frame in flight) and destroy the subscriptions."""
         self._running.clear()
-        if self._inference_thread is not None:
-            self._inference_thread.join()  # no timeout: the thread must be gone before its resources are
-            self._inference_thread = None
-        self._frame_slot.clear()
+        with self._busy:  # the frame in flight is done; no other starts while _running is clear
+            pass
         for subscription in self._image_subscriptions:
             self.destroy_subscription(subscription)
         self._image_subscriptions.clear()
+        self._frame_slot.clear()  # after the subscriptions: no frame can arrive to wait for the next activate
+        self._frame_stats.stop_listening()
 
     def _teardown(self) -> None:
         """Back to the unconfigured state from anywhere: inputs, outputs, model, per-model state."""
         self._stop_inputs()
-        for publisher in self._output_publishers.values():
-            self.destroy_lifecycle_publisher(publisher)
-        self._output_publishers.clear()
-        self._palette = color_palette(0)
+        self._outputs.destroy(self.destroy_lifecycle_publisher)
         self._computed_tasks = frozenset()
         self._last_error = ""
         if self._predictor is None:
@@ -263,6 +234,7 @@ class McnNode(LifecycleNode):
             import torch
 
             torch.cuda.empty_cache()
+        release_freed_memory()
 
     def _resolve(self, topic: str) -> str:
         """Fully qualified (possibly remapped) topic name, so that '<image>/compressed' follows remaps."""
@@ -270,49 +242,57 @@ class McnNode(LifecycleNode):
         return str(resolve(topic)) if resolve is not None else topic
 
     # -- hot path -----------------------------------------------------------------------------------------
-    def _on_image(self, message: Image | CompressedImage, compressed: bool) -> None:
+    def _on_image(self, message: Image | CompressedImage, info: Any, compressed: bool) -> None:
         now = monotonic()
-        self._frame_stats.arrived(now)
+        self._frame_stats.arrived(now, info, stream=compressed)
         self._frame_slot.put(Frame(message, compressed, now))
 
-    def _wanted_tasks(self, settings: FrameSettings, available: frozenset[str]) -> frozenset[str]:
-        """Enabled tasks the model has and somebody listens to (the debug image listens to all)."""
-        publishers = self._output_publishers.items()
-        listening = {name for name, publisher in publishers if publisher.get_subscription_count() > 0}
-        debug = "debug_image" in listening
-        wanted = set()
-        if debug or "detections" in listening:
-            wanted.add("detection")
-        if debug or "poses" in listening:
-            wanted.add("pose")
-        if debug or listening & {"segmentation", "segmentation_color"}:
-            wanted.add("segmentation")
-        return frozenset(wanted & settings.tasks & available)
+    def destroy_node(self) -> None:
+        """Stop inference and end the inference thread, then destroy the node."""
+        self._stop_inputs()
+        self._closing.set()
+        if self._inference_thread is not None:
+            self._inference_thread.join(timeout=10.0)
+        super().destroy_node()
 
     def _inference_loop(self) -> None:
-        while self._running.is_set():
-            frame = self._frame_slot.take(timeout=0.1)
-            if frame is None or not self._running.is_set():
+        while not self._closing.is_set():
+            if not self._running.wait(timeout=0.1):
                 continue
-            try:
-                self._process(frame)
-            except ImageError as error:
-                self._frame_stats.rejected += 1
-                self._last_error = f"bad frame: {error}"
-                self.get_logger().warning(f"frame skipped: {error}", throttle_duration_sec=THROTTLE_S)
-            except Exception as error:  # the node keeps serving whatever one frame does
-                self._frame_stats.rejected += 1
-                self._last_error = f"inference failed: {error!r}"
-                self.get_logger().error(
-                    f"frame skipped, inference failed: {error!r}", throttle_duration_sec=THROTTLE_S
-                )
+            frame = self._frame_slot.take(timeout=0.1)
+            if frame is None:
+                continue
+            with self._busy:
+                if self._running.is_set():
+                    self._run_frame(frame)
+                else:  # deactivating: the frame is given up
+                    self._frame_slot.give_up(frame)
+
+    def _run_frame(self, frame: Frame) -> None:
+        """Process one frame; a bad frame or a failed inference is counted and logged, never raised."""
+        try:
+            self._process(frame)
+        except ImageError as error:
+            self._frame_stats.reject(monotonic())
+            self._last_error = f"bad frame: {error}"
+            self.get_logger().warning(f"frame skipped: {error}", throttle_duration_sec=THROTTLE_S)
+        except Exception as error:  # the node keeps serving whatever one frame does
+            if not self.context.ok():  # Ctrl-C shut the context down under the frame: not its fault
+                return
+            self._frame_stats.reject(monotonic())
+            self._last_error = f"inference failed: {error!r}"
+            self.get_logger().error(
+                f"frame skipped, inference failed: {error!r}", throttle_duration_sec=THROTTLE_S
+            )
 
     def _process(self, frame: Frame) -> None:
+        started = monotonic()
         settings = self._frame_settings
         predictor = self._predictor
         if predictor is None:  # cleaned up while the frame waited
+            self._frame_slot.give_up(frame)
             return
-        tasks = self._wanted_tasks(settings, predictor.tasks)
+        tasks = self._outputs.wanted_tasks(settings, predictor.tasks)
         self._computed_tasks = tasks
         header = frame.message.header
         if not tasks:
@@ -331,40 +311,9 @@ class McnNode(LifecycleNode):
             max_detections=settings.max_detections,
             flip_test=settings.flip_test,
         )
-        self._publish(header, pixels, color_order, results, settings, predictor.config)
+        self._outputs.publish(header, pixels, color_order, results, settings)
         now = monotonic()
-        self._frame_stats.finished(now, now - frame.received, self._stamp_age(header))
-
-    def _publish(
-        self,
-        header: Header,
-        pixels: np.ndarray,
-        color_order: str,
-        results: Results,
-        settings: FrameSettings,
-        config: ModelConfig,
-    ) -> None:
-        publishers = self._output_publishers
-        if results.detections is not None and publishers["detections"].get_subscription_count() > 0:
-            publishers["detections"].publish(messages.detections_message(header, results.detections))
-        if results.poses is not None and publishers["poses"].get_subscription_count() > 0:
-            publishers["poses"].publish(
-                messages.poses_message(header, results.poses, settings.keypoint_threshold)
-            )
-        if results.segmentation is not None:
-            class_map = results.segmentation
-            if publishers["segmentation"].get_subscription_count() > 0:
-                publishers["segmentation"].publish(
-                    messages.image_message(header, class_map, class_map_encoding(class_map))
-                )
-            if publishers["segmentation_color"].get_subscription_count() > 0:
-                color = colorize(class_map, self._palette)
-                publishers["segmentation_color"].publish(messages.image_message(header, color, "rgb8"))
-        if publishers["debug_image"].get_subscription_count() > 0:
-            rgb = pixels if color_order == "rgb" else pixels[:, :, ::-1]
-            classes = config.detection.classes if config.detection is not None else ()
-            drawn = draw_results(rgb, results, classes, self._palette, settings.keypoint_threshold)
-            publishers["debug_image"].publish(messages.image_message(header, drawn, "rgb8"))
+        self._frame_stats.finished(now, now - frame.received, self._stamp_age(header), now - started)
 
     def _stamp_age(self, header: Header) -> float | None:
         if header.stamp.sec == 0 and header.stamp.nanosec == 0:
@@ -375,35 +324,31 @@ class McnNode(LifecycleNode):
     # -- diagnostics --------------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         summary = self._frame_stats.summary(monotonic())
-        active = self._running.is_set()
-        status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=self._device_name())
-        if self._predictor is None:
-            status.level, status.message = DiagnosticStatus.WARN, "unconfigured: no model loaded"
-        elif not active:
-            status.level, status.message = DiagnosticStatus.OK, "inactive"
-        elif summary["input_rate_hz"] > 0 and (
-            summary["processed_rate_hz"] + summary["idle_rate_hz"] < 0.5 * summary["input_rate_hz"]
-        ):
-            status.level, status.message = (
-                DiagnosticStatus.WARN,
-                "dropping frames: inference slower than input",
-            )
-        else:
-            status.level, status.message = DiagnosticStatus.OK, "active"
-        values = {
-            **{k: f"{v:.2f}" for k, v in summary.items()},
-            "frames_received": str(self._frame_stats.received),
-            "frames_processed": str(self._frame_stats.processed),
-            "frames_idle": str(self._frame_stats.idle_count),
-            "frames_dropped": str(self._frame_slot.dropped),
-            "frames_rejected": str(self._frame_stats.rejected),
-            "tasks_computed": ",".join(sorted(self._computed_tasks)),
-            "device": self._device_name(),
-            "last_error": self._last_error,
-        }
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
+        predictor = self._predictor
+        knobs = diagnostics.Knobs(
+            input_size=predictor.config.input_size if predictor is not None else None,
+            tasks=sorted(self._computed_tasks),
+            flip_test=self._frame_settings.flip_test,
+            device=self._device_name(),
+        )
+        level, message = diagnostics.assess(
+            summary,
+            configured=predictor is not None,
+            active=self._running.is_set(),
+            tolerance=float(self.get_parameter("rate_warn_tolerance").value),
+            knobs=knobs,
+        )
+        values = diagnostics.status_values(
+            summary,
+            self._frame_stats.counts(self._frame_slot.dropped),
+            loss_counting=self._frame_stats.gaps.method(),
+            tasks=self._computed_tasks,
+            device=self._device_name(),
+            last_error=self._last_error,
+        )
+        name = f"{self.get_name()}: inference"
+        stamp = self.get_clock().now().to_msg()
+        array = diagnostics.diagnostic_array(name, self._device_name(), level, message, values, stamp)
         self._diagnostics_publisher.publish(array)
 
     def _device_name(self) -> str:
@@ -425,7 +370,6 @@ def main(args: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node._stop_inputs()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
