@@ -147,6 +147,11 @@ class Client:
         with self.lock:
             self.received.clear()
 
+    def clear_topic(self, topic: str) -> None:
+        full = topic if topic.startswith("/") else f"{self.prefix}/{topic}"
+        with self.lock:
+            self.received.pop(full, None)
+
     def wait_for(self, condition: Callable[[], bool], timeout: float = 20.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -95,3 +95,24 @@ def test_compressed_png_jpeg_and_garbage() -> None:
         compressed_to_array(SimpleNamespace(format="jpeg", data=b"\xff\xd8garbage" * 5))
     with pytest.raises(ImageError, match="no data"):
         compressed_to_array(SimpleNamespace(format="jpeg", data=b""))
+
+
+def test_damaged_compressed_frames_say_what_is_wrong() -> None:
+    image = np.zeros((60, 80, 3), np.uint8)
+    cv2.circle(image, (40, 30), 20, (0, 200, 100), -1)
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    png = cv2.imencode(".png", image)[1].tobytes()
+
+    def refusal(data: bytes, fmt: str) -> str:
+        with pytest.raises(ImageError) as error:
+            compressed_to_array(SimpleNamespace(format=fmt, data=data))
+        return str(error.value)
+
+    assert "truncated JPEG" in refusal(jpeg[: len(jpeg) // 2], "jpeg")
+    assert "corrupt JPEG" in refusal(jpeg[:2] + bytes(300) + jpeg[302:], "jpeg")  # headers overwritten
+    assert "truncated PNG" in refusal(png[: len(png) - 20], "png")
+    assert "corrupt PNG" in refusal(png[:12] + b"XXXX" + png[16:], "png")  # no IHDR: no size to trust
+    announcing = bytearray(jpeg)
+    at = announcing.find(b"\xff\xc0")
+    announcing[at + 5 : at + 9] = (60000).to_bytes(2, "big") * 2
+    assert "60000x60000 exceeds max_image_pixels" in refusal(bytes(announcing), "jpeg")

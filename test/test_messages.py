@@ -156,3 +156,104 @@ def test_every_published_type_crosses_dds_between_processes() -> None:
     image = got["/rt/segmentation"]["message"]
     assert (image["height"], image["width"], image["encoding"]) == (4, 6, "mono8")
     assert image["data"] == list(range(24))
+
+
+# -- the converters of mcn_ros/ros/messages.py ------------------------------------------------------------
+def header_of(sec: int = 7, frame: str = "cam") -> object:
+    from std_msgs.msg import Header
+
+    header = Header(frame_id=frame)
+    header.stamp.sec = sec
+    return header
+
+
+def test_detections_message_boxes_class_ids_and_scores() -> None:
+    from mcn_ros.model.results import Detections
+    from mcn_ros.ros.messages import detections_message
+
+    detections = Detections(
+        boxes=np.array([[10, 20, 30, 60], [0.5, 1.5, 2.5, 2.0]], np.float32),
+        scores=np.array([0.9, 0.25], np.float32),
+        class_ids=np.array([3, 0], np.int64),
+    )
+    msg = detections_message(header_of(), detections)  # type: ignore[arg-type]
+    assert (msg.header.stamp.sec, msg.header.frame_id) == (7, "cam")
+    assert len(msg.detections) == 2
+    first, second = msg.detections
+    assert (first.bbox.center.position.x, first.bbox.center.position.y) == (20.0, 40.0)
+    assert (first.bbox.size_x, first.bbox.size_y, first.bbox.center.theta) == (20.0, 40.0, 0.0)
+    assert [d.results[0].hypothesis.class_id for d in msg.detections] == ["3", "0"]
+    assert [d.results[0].hypothesis.score for d in msg.detections] == pytest.approx([0.9, 0.25])
+    assert second.bbox.center.position.x == pytest.approx(1.5)
+    assert second.bbox.size_y == pytest.approx(0.5)
+    assert all(d.header.frame_id == "cam" and len(d.results) == 1 for d in msg.detections)
+    assert detections_message(header_of(), Detections.empty()).detections == []  # type: ignore[arg-type]
+
+
+def test_poses_message_marks_keypoints_under_the_threshold_invalid() -> None:
+    from mcn_ros.model.results import Poses
+    from mcn_ros.ros.messages import poses_message
+
+    keypoints = np.zeros((2, 17, 3), np.float32)
+    keypoints[:, :, 0] = np.arange(17)
+    keypoints[:, :, 1] = 100 + np.arange(17)
+    keypoints[0, :, 2] = np.arange(17) / 16  # exact in float32: 0.5 is slot 8
+    keypoints[1, :, 2] = 0.5
+    poses = Poses(
+        boxes=np.array([[0, 0, 10, 20], [5, 5, 7, 9]], np.float32),
+        scores=np.array([0.8, 0.4], np.float32),
+        keypoints=keypoints,
+    )
+    msg = poses_message(header_of(9), poses, keypoint_threshold=0.5)  # type: ignore[arg-type]
+    assert msg.header.stamp.sec == 9 and len(msg.poses) == 2
+    first, second = msg.poses
+    assert first.score == pytest.approx(0.8)
+    assert (first.bbox.center.position.x, first.bbox.size_y) == (5.0, 20.0)
+    assert [k.valid for k in first.keypoints] == [s >= 0.5 for s in keypoints[0, :, 2]]
+    assert [k.valid for k in first.keypoints].index(True) == 8  # the threshold itself is valid
+    assert all(k.valid for k in second.keypoints)  # exactly at the threshold
+    assert (first.keypoints[4].x, first.keypoints[4].y) == (4.0, 104.0)
+    assert first.keypoints[4].score == pytest.approx(0.25)
+    stricter = poses_message(header_of(), poses, keypoint_threshold=0.51)  # type: ignore[arg-type]
+    assert not any(k.valid for k in stricter.poses[1].keypoints)
+
+
+def test_class_maps_are_mono8_up_to_255_classes_and_mono16_beyond() -> None:
+    from mcn_ros.ros.images import class_map_encoding
+    from mcn_ros.ros.messages import image_message
+
+    small = np.array([[0, 1, 255], [3, 4, 5]], np.uint8)
+    assert class_map_encoding(small) == "mono8"
+    msg = image_message(header_of(), small, class_map_encoding(small))  # type: ignore[arg-type]
+    assert (msg.height, msg.width, msg.step, msg.encoding) == (2, 3, 3, "mono8")
+    assert bytes(msg.data) == small.tobytes()
+
+    wide = np.array([[0, 256, 300], [1, 2, 65535]], np.uint16)
+    assert class_map_encoding(wide) == "mono16"
+    msg = image_message(header_of(), wide, class_map_encoding(wide))  # type: ignore[arg-type]
+    assert (msg.height, msg.width, msg.step, msg.encoding, msg.is_bigendian) == (2, 3, 6, "mono16", 0)
+    back = np.frombuffer(bytes(msg.data), "<u2").reshape(2, 3)
+    np.testing.assert_array_equal(back, wide)
+
+
+def test_image_message_of_a_non_contiguous_view() -> None:
+    from mcn_ros.ros.messages import image_message
+
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    bgr = rgb[:, :, ::-1]  # a view with negative strides
+    msg = image_message(header_of(), bgr, "bgr8")  # type: ignore[arg-type]
+    assert (msg.height, msg.width, msg.step) == (4, 5, 15)
+    assert bytes(msg.data) == np.ascontiguousarray(bgr).tobytes()
+
+
+def test_label_and_pose_info() -> None:
+    from mcn_ros.model.labels import KEYPOINT_NAMES, SKELETON
+    from mcn_ros.ros.messages import label_info_message, pose_info_message
+
+    labels = label_info_message(header_of(), ["person", "car"], 0.3)  # type: ignore[arg-type]
+    assert [(c.class_id, c.class_name) for c in labels.class_map] == [(0, "person"), (1, "car")]
+    assert labels.threshold == pytest.approx(0.3)
+    info = pose_info_message(header_of(), 0.25)  # type: ignore[arg-type]
+    assert list(info.keypoint_names) == list(KEYPOINT_NAMES)
+    assert list(zip(info.skeleton_from, info.skeleton_to, strict=True)) == [tuple(e) for e in SKELETON]
+    assert info.keypoint_threshold == pytest.approx(0.25)

@@ -339,3 +339,111 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
     assert "cannot load weights" in log
     assert "input_size [50, 50]" in log and "multiple of 32" in log
     assert cuda_available() or "configure failed: cannot load weights" in log.split("input_size [50, 50]")[-1]
+
+
+def diagnostics_values(c: Client, node: str) -> dict[str, str] | None:
+    """The key-values of the newest /diagnostics status of ``node``."""
+    for msg in reversed(c.messages("/diagnostics")):
+        for status in msg.status:
+            if status.name.startswith(f"{node}:"):
+                return {kv.key: kv.value for kv in status.values}
+    return None
+
+
+COUNTERS = ("sent", "received", "lost", "dropped", "rejected", "processed", "idle", "pending")
+
+
+def settled_counts(c: Client, node: str, timeout: float = 60.0) -> dict[str, int]:
+    """The node's frame counters once nothing is waiting or in flight and three reports agree."""
+    seen: list[dict[str, int]] = []
+
+    def settled() -> bool:
+        values = diagnostics_values(c, node)
+        if values is None:
+            return False
+        counts = {k: int(values[f"frames_{k}"]) for k in COUNTERS}
+        if not seen or seen[-1] != counts:
+            seen.append(counts)
+            c.clear_topic("/diagnostics")
+            return False
+        c.clear_topic("/diagnostics")
+        seen.append(counts)
+        return counts["pending"] == 0 and len(seen) >= 3 and seen[-3] == counts
+
+    assert c.wait_for(settled, timeout), seen[-3:]
+    return seen[-1]
+
+
+def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
+    """A burst far faster than the node processes (input_size 256: about a second a frame on 2 CPU cores):
+    the frames it never received (lost in transport) and those replaced in its slot (dropped) are counted,
+    and received + lost is what was sent."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from vision_msgs.msg import Detection2DArray
+
+    node = "slow_node"
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", "input_size:=[256, 256]",
+        "-p", "diagnostics_period:=0.2", name=node,
+    )  # fmt: skip
+    c = Client(node)
+    try:
+        c.subscribe("detections", Detection2DArray)
+        c.subscribe("/diagnostics", DiagnosticArray)
+        image = test_image(240, 320)
+        assert c.publish_until(image_message(image, stamp=(1, 0)), lambda: bool(c.messages("detections")), 90)
+        before = settled_counts(c, node)
+        assert before["received"] + before["lost"] == before["sent"]
+
+        burst = 150
+        for i in range(burst):
+            c.image_pub.publish(image_message(image, stamp=(2, i)))
+        # One last frame, sent until the node answers it, with a pause longer than a frame's processing
+        # between tries: it is received, so every gap before it is known.
+        sentinels = 0
+
+        def answered() -> bool:
+            return any(m.header.stamp.sec == 3 for m in c.messages("detections"))
+
+        while not answered() and sentinels < 30:
+            c.image_pub.publish(image_message(image, stamp=(3, 0)))
+            sentinels += 1
+            c.wait_for(answered, 4.0)
+        assert answered()
+        warnings = [
+            status.message
+            for msg in c.messages("/diagnostics")
+            for status in msg.status
+            if status.name.startswith(f"{node}:") and status.level == DiagnosticStatus.WARN
+        ]
+        after = settled_counts(c, node)
+
+        # Deactivating with a frame in flight and one waiting: both are accounted for (nothing pending).
+        def received() -> int:
+            values = diagnostics_values(c, node)
+            return int(values["frames_received"]) if values else -1
+
+        for i in range(3):  # spaced so that the executor takes each (a burst would be lost in transport)
+            c.image_pub.publish(image_message(image, stamp=(4, i)))
+            c.wait_for(lambda i=i: received() >= after["received"] + i + 1, 2.0)
+        assert c.wait_for(lambda: received() >= after["received"] + 2, 20)
+        assert c.lifecycle("deactivate")
+        inactive = settled_counts(c, node)
+    finally:
+        c.close()
+        log = stop_node(process)
+    assert "Traceback" not in log, log
+
+    delta = {k: after[k] - before[k] for k in COUNTERS}
+    assert delta["received"] + delta["lost"] == burst + sentinels, (delta, sentinels)
+    assert delta["sent"] == burst + sentinels
+    assert delta["received"] == delta["processed"] + delta["dropped"] + delta["idle"] + delta["rejected"]
+    assert delta["rejected"] == 0 and delta["idle"] == 0
+    assert delta["dropped"] > 0, delta  # frames replaced in the slot while one was processed
+    assert delta["lost"] > 0, delta  # frames that never reached the node's callback
+    assert delta["processed"] < burst // 4, delta
+    assert inactive["pending"] == 0 and inactive["received"] >= after["received"] + 2
+    handled = ("processed", "dropped", "idle", "rejected")
+    assert inactive["received"] == sum(inactive[k] for k in handled), inactive
+    # While the burst was in the diagnostics window the node said it could not keep up, and what would help.
+    assert any("input_size (now 256x256)" in w and "frames/s sent" in w for w in warnings), warnings

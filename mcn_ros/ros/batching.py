@@ -84,7 +84,14 @@ class CameraSlots(Generic[FrameT]):
         live = [c for c in self.cameras if now - self._last_put.get(c, -float("inf")) <= self.live_s]
         return all(camera in self._waiting for camera in live)
 
-    def clear(self) -> None:
-        """Forget the waiting frames (on deactivate) without counting them."""
+    def give_up(self, camera: str, frame: FrameT) -> None:
+        """Count a frame taken but never processed (the node is deactivating) as dropped."""
         with self._ready:
+            self._dropped[camera] += 1
+
+    def clear(self) -> None:
+        """Discard the waiting frames (on deactivate): dropped, as they will never be processed."""
+        with self._ready:
+            for camera in self._waiting:
+                self._dropped[camera] += 1
             self._waiting.clear()

@@ -1,17 +1,34 @@
-"""Latest-frame hand-off between the subscription callbacks and the inference thread, and frame statistics.
+"""The frames handed from the subscription callbacks to the inference thread (through the latest-frame
+slots of :mod:`mcn_ros.ros.batching`), and their accounting.
 
-No ROS imports: the policy and the numbers are tested on their own.
+Every frame a camera sends ends in exactly one of these counters, so that ``received + lost`` is what the
+publishers sent (from the first frame the node heard of each) and ``received`` is ``processed + idle + dropped
++ rejected`` plus at most the frame waiting in the slot and the one being processed:
+
+- ``lost``: never reached the node (best-effort transport, a full reader queue, an executor too busy to take
+  it); counted from gaps in each publisher's ``publication_sequence_number`` (:class:`SequenceGaps`).
+- ``dropped``: reached the node but was replaced in the latest-frame slot by a newer one (or was waiting there
+  when the node deactivated).
+- ``rejected``: unusable (bad encoding or size, corrupt data) or inference failed.
+- ``idle``: taken but not run because nobody listened to any output.
+- ``processed``: run and published.
+
+No ROS imports: the policy and the numbers are tested on their own (rclpy's ``MessageInfo`` is a plain dict).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+#: rmw's RMW_MESSAGE_INFO_SEQUENCE_NUMBER_UNSUPPORTED (UINT64_MAX), which rclpy < 9 passes through as is.
+SEQUENCE_UNSUPPORTED = 2**64 - 1
 
 
 @dataclass
@@ -23,64 +40,141 @@ class Frame:
     received: float  # time.monotonic() at arrival
 
 
-class LatestFrameSlot:
-    """Holds at most one waiting frame: a newer frame replaces the waiting one, which counts as dropped.
+def publication_sequence(info: Mapping[str, Any] | None) -> tuple[Hashable, int | None]:
+    """(publisher key, publication sequence number) from an rclpy ``MessageInfo`` dict.
 
-    So the node never queues without bound and always works on the newest image it has.
+    The key is the publisher's GID (rclpy >= 9, Kilted); rclpy 7 (Jazzy) gives no GID, so all publishers of
+    a topic share the key None. The number is None where the middleware does not report it.
+    """
+    if not info:
+        return None, None
+    gid = info.get("publisher_gid")
+    key: Hashable = bytes(gid["data"]) if isinstance(gid, Mapping) and "data" in gid else None
+    sequence = info.get("publication_sequence_number")
+    if not isinstance(sequence, int) or sequence <= 0 or sequence >= SEQUENCE_UNSUPPORTED:
+        return key, None
+    return key, sequence
+
+
+class SequenceGaps:
+    """Frames lost before reaching the node, from gaps in each publisher's publication sequence numbers.
+
+    Only gaps between two frames that arrived count: frames a publisher sent before the node first heard of
+    it, or after the last one that arrived, are not known. A number that does not increase means the
+    publisher restarted (or, without GIDs, that another publisher's frames interleave): it starts afresh.
+    At most ``max_publishers`` publishers are remembered (the least recently heard is forgotten).
     """
 
-    def __init__(self) -> None:
-        self._frame: Frame | None = None
-        self._ready = threading.Condition()
-        self.dropped = 0
+    def __init__(self, max_publishers: int = 64) -> None:
+        self._last: OrderedDict[Hashable, int] = OrderedDict()
+        self.max_publishers = max_publishers
+        self.lost = 0
+        self.restarts = 0
+        self.numbered = 0
+        self.keyless = 0
 
-    def put(self, frame: Frame) -> None:
-        """Offer a frame; replaces (and counts as dropped) any frame still waiting."""
-        with self._ready:
-            if self._frame is not None:
-                self.dropped += 1
-            self._frame = frame
-            self._ready.notify()
+    def seen(self, publisher: Hashable, sequence: int | None, stream: Hashable = None) -> int:
+        """Record a frame of ``publisher`` (a GID, or None) on ``stream`` (the subscription); returns how many
+        frames of that publisher were lost just before it."""
+        if sequence is None:
+            return 0
+        self.numbered += 1
+        if publisher is None:
+            self.keyless += 1
+        key = (stream, publisher)
+        last = self._last.pop(key, None)
+        self._last[key] = sequence
+        if len(self._last) > self.max_publishers:
+            self._last.popitem(last=False)
+        if last is None:
+            return 0
+        if sequence <= last:
+            self.restarts += 1
+            return 0
+        gap = sequence - last - 1
+        self.lost += gap
+        return gap
 
-    def take(self, timeout: float) -> Frame | None:
-        """Wait up to ``timeout`` seconds for a frame and remove it from the slot."""
-        with self._ready:
-            if self._frame is None:
-                self._ready.wait(timeout)
-            frame, self._frame = self._frame, None
-            return frame
+    def forget(self) -> None:
+        """Forget where each publisher was (on deactivate): what it sends meanwhile is not lost."""
+        self._last.clear()
 
-    def clear(self) -> None:
-        """Forget a waiting frame (on deactivate) without counting it."""
-        with self._ready:
-            self._frame = None
+    def method(self) -> str:
+        """How losses are counted, for the diagnostics."""
+        if not self.numbered:
+            return "not counted (no frame with a publication sequence number yet)"
+        if self.keyless:
+            return "sequence numbers, one stream per topic (this rclpy gives no publisher GID)"
+        return "sequence numbers per publisher GID"
+
+
+@dataclass(frozen=True)
+class FrameCounts:
+    """Totals since the node started (see the module docstring for what each means)."""
+
+    received: int
+    lost: int
+    dropped: int
+    rejected: int
+    processed: int
+    idle: int
+
+    @property
+    def sent(self) -> int:
+        """What the publishers sent (from the first frame heard of each): received + lost."""
+        return self.received + self.lost
+
+    @property
+    def pending(self) -> int:
+        """Received but not yet accounted for: waiting in the slot or being processed (0 to 2)."""
+        return self.received - self.dropped - self.rejected - self.processed - self.idle
 
 
 class FrameStats:
-    """Rates and latency percentiles over a sliding time window (bounded memory)."""
+    """Counters, rates and latency percentiles over a sliding time window (bounded memory)."""
 
     def __init__(self, window_s: float = 5.0, max_samples: int = 2048) -> None:
         self.window_s = window_s
-        self._arrivals: deque[float] = deque(maxlen=max_samples)
-        self._done: deque[tuple[float, float, float]] = deque(maxlen=max_samples)  # (time, latency, age)
+        self._arrivals: deque[tuple[float, int]] = deque(maxlen=max_samples)  # (time, 1 + lost before it)
+        # (time, latency from arrival, stamp age, processing time) of each processed frame
+        self._done: deque[tuple[float, float, float, float]] = deque(maxlen=max_samples)
         self._idle: deque[float] = deque(maxlen=max_samples)
+        self._rejected: deque[float] = deque(maxlen=max_samples)
         self._lock = threading.Lock()
+        self.gaps = SequenceGaps()
         self.received = 0
         self.processed = 0
         self.rejected = 0
         self.idle_count = 0
 
-    def arrived(self, now: float) -> None:
-        """Count an incoming frame."""
-        with self._lock:
-            self.received += 1
-            self._arrivals.append(now)
+    def arrived(self, now: float, info: Mapping[str, Any] | None = None, stream: Hashable = None) -> int:
+        """Count an incoming frame with its rclpy ``MessageInfo``; returns the frames lost just before it.
 
-    def finished(self, now: float, latency_s: float, age_s: float | None) -> None:
-        """Count a processed frame: ``latency_s`` from arrival to publish, ``age_s`` from its header stamp."""
+        ``stream`` tells apart subscriptions whose publishers have no GIDs (Image and CompressedImage).
+        """
+        key, sequence = publication_sequence(info)
+        with self._lock:
+            lost = self.gaps.seen(key, sequence, stream)
+            self.received += 1
+            self._arrivals.append((now, 1 + lost))
+        return lost
+
+    def finished(
+        self, now: float, latency_s: float, age_s: float | None, processing_s: float | None = None
+    ) -> None:
+        """Count a processed frame: ``latency_s`` from arrival to publish, ``age_s`` from its header stamp,
+        ``processing_s`` from leaving the slot to publish (the latency less the wait in the slot)."""
+        nan = float("nan")
         with self._lock:
             self.processed += 1
-            self._done.append((now, latency_s, age_s if age_s is not None else float("nan")))
+            self._done.append(
+                (
+                    now,
+                    latency_s,
+                    nan if age_s is None else age_s,
+                    nan if processing_s is None else processing_s,
+                )
+            )
 
     def idle(self, now: float) -> None:
         """Count a frame taken but not run because no output was wanted (nobody subscribed)."""
@@ -88,19 +182,46 @@ class FrameStats:
             self.idle_count += 1
             self._idle.append(now)
 
+    def reject(self, now: float) -> None:
+        """Count a frame that could not be used or whose inference failed."""
+        with self._lock:
+            self.rejected += 1
+            self._rejected.append(now)
+
+    def stop_listening(self) -> None:
+        """The subscriptions go away: sequence numbers restart from the next frame heard."""
+        with self._lock:
+            self.gaps.forget()
+
+    def counts(self, dropped: int) -> FrameCounts:
+        """The totals, with the slot's ``dropped``."""
+        with self._lock:
+            return FrameCounts(
+                received=self.received,
+                lost=self.gaps.lost,
+                dropped=dropped,
+                rejected=self.rejected,
+                processed=self.processed,
+                idle=self.idle_count,
+            )
+
     def summary(self, now: float) -> dict[str, float]:
-        """Input and processed rate (Hz), latency and stamp-age p50/p95 (ms) over the window."""
+        """Rates (Hz) over the window: sent (received + lost), received, processed, idle, rejected;
+        latency, stamp-age and processing-time p50/p95 (ms) of the processed frames."""
         with self._lock:
             start = now - self.window_s
-            arrivals = [t for t in self._arrivals if t >= start]
-            idle = [t for t in self._idle if t >= start]
-            done = np.array([d for d in self._done if d[0] >= start], dtype=np.float64).reshape(-1, 3)
+            arrivals = [n for t, n in self._arrivals if t >= start]
+            idle = sum(1 for t in self._idle if t >= start)
+            rejected = sum(1 for t in self._rejected if t >= start)
+            done = np.array([d for d in self._done if d[0] >= start], dtype=np.float64).reshape(-1, 4)
         out = {
-            "input_rate_hz": len(arrivals) / self.window_s,
+            "input_rate_hz": sum(arrivals) / self.window_s,
+            "received_rate_hz": len(arrivals) / self.window_s,
             "processed_rate_hz": len(done) / self.window_s,
-            "idle_rate_hz": len(idle) / self.window_s,
+            "idle_rate_hz": idle / self.window_s,
+            "rejected_rate_hz": rejected / self.window_s,
         }
-        for name, column in (("latency", 1), ("stamp_age", 2)):
+        for name, column in (("latency", 1), ("stamp_age", 2), ("processing", 3)):
             values = done[:, column]
             values = values[np.isfinite(values)]
             for q in (50, 95):

@@ -112,7 +112,9 @@ def compressed_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
         _check_size(info[0], info[1], max_pixels)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
-        raise ImageError(f"cannot decode compressed image (format {msg.format!r}, {data.size} bytes)")
+        raise ImageError(
+            f"cannot decode compressed image (format {msg.format!r}, {data.size} bytes): {_damage(data)}"
+        )
     _check_size(image.shape[0], image.shape[1], max_pixels)
     return image, "bgr"
 
@@ -121,6 +123,8 @@ def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
     """(height, width) from a PNG header or a JPEG start-of-frame marker, None when not found."""
     raw = data[:65536].tobytes()
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
+        if raw[12:16] != b"IHDR":  # the size would be read from garbage
+            raise ImageError("corrupt PNG: its first chunk is not the IHDR header")
         return int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big")
     if raw[:2] == b"\xff\xd8":
         at = 2
@@ -138,6 +142,20 @@ def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
                 )
             at += 2 + length
     return None
+
+
+def _damage(data: np.ndarray) -> str:
+    """Why undecodable data is so, as far as the bytes tell."""
+    raw = data.tobytes()
+    if raw[:2] == b"\xff\xd8":
+        # Entropy-coded data never holds FFD9 (FF bytes are stuffed), so the image's end-of-image marker
+        # follows its last start-of-scan unless the data was cut off.
+        if raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda"):
+            return "truncated JPEG (no end-of-image marker after the last scan)"
+        return "corrupt JPEG data"
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        return "truncated PNG (no IEND chunk)" if b"IEND" not in raw[-12:] else "corrupt PNG data"
+    return "neither JPEG nor PNG, or corrupt"
 
 
 def class_map_encoding(class_map: np.ndarray) -> str:

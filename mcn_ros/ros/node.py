@@ -1,7 +1,7 @@
 """The mcn_ros lifecycle node: camera images in; detections, poses and segmentation out.
 
 Thin by design: convert the images (images.py), one call of the model runtime (Predictor) for the frames of
-all cameras waiting, publish each camera's results (cameras.py). Inference runs on its own thread behind one
+the cameras waiting, publish each camera's results (outputs.py). Inference runs on its own thread behind one
 latest-frame slot per camera (batching.py), so the executor is never blocked and frames never queue up.
 Run it with
 
@@ -18,35 +18,31 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-)
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
-from vision_msgs.msg import LabelInfo
 
-from mcn_ros.msg import PoseInfo
-from mcn_ros.ros import messages
+from mcn_ros.ros import diagnostics
 from mcn_ros.ros.batching import CameraSlots
 from mcn_ros.ros.cameras import Camera
 from mcn_ros.ros.frames import Frame, monotonic
 from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
+from mcn_ros.ros.memory import release_freed_memory
 from mcn_ros.ros.parameters import PARAMETERS, FrameSettings, descriptor, frame_settings, refusal
-from mcn_ros.visualize import color_palette
 
 if TYPE_CHECKING:  # the model runtime (torch) loads on configure, not on import
     import numpy as np
 
     from mcn_ros.model.predictor import Predictor
+
+#: A camera's frame decoded for the model: (camera, frame, pixels, color order).
+Decoded = tuple[Camera, Frame, "np.ndarray", str]
 
 THROTTLE_S = 5.0
 
@@ -62,13 +58,13 @@ class McnNode(LifecycleNode):
         self.add_post_set_parameters_callback(self._after_set_parameters)
 
         self._predictor: Predictor | None = None
-        self._info_publishers: dict[str, LifecyclePublisher[Any]] = {}
         self._cameras: dict[str, Camera] = {"": Camera("")}  # made anew on configure from `cameras`
         self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
         self._batch_sizes: Counter[int] = Counter()
-        self._palette = color_palette(0)
         self._inference_thread: threading.Thread | None = None
-        self._running = threading.Event()
+        self._running = threading.Event()  # active: frames are taken and processed
+        self._busy = threading.Lock()  # held while a frame is processed
+        self._closing = threading.Event()
         self._last_error = ""
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics_period").value)
@@ -122,15 +118,8 @@ class McnNode(LifecycleNode):
     def _publish_info(self) -> None:
         """(Re)publish the latched LabelInfo and PoseInfo with the current thresholds."""
         header = Header(stamp=self.get_clock().now().to_msg())
-        settings = self._frame_settings
-        publishers = self._info_publishers
-        detection = self._predictor.config.detection if self._predictor is not None else None
-        if "label_info" in publishers and detection is not None:
-            publishers["label_info"].publish(
-                messages.label_info_message(header, detection.classes, settings.score_threshold)
-            )
-        if "pose_info" in publishers:
-            publishers["pose_info"].publish(messages.pose_info_message(header, settings.keypoint_threshold))
+        for camera in self._cameras.values():
+            camera.outputs.publish_info(header, self._frame_settings)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     # rclpy turns an exception in a transition callback into an error transition without logging it, so each
@@ -200,30 +189,18 @@ class McnNode(LifecycleNode):
         predictor = Predictor(model, config, device=device, half=bool(self.get_parameter("half").value))
         self._predictor = predictor
 
-        depth = int(self.get_parameter("publisher_depth").value)
-        reliability = (
-            ReliabilityPolicy.RELIABLE
-            if self.get_parameter("publisher_reliability").value == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT
-        )
-        qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=reliability)
-        latched = QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-        )
-        available = predictor.tasks
-        create = self.create_lifecycle_publisher
-        if "detection" in available:
-            self._info_publishers["label_info"] = create(LabelInfo, "~/label_info", latched)
-        if "pose" in available:
-            self._info_publishers["pose_info"] = create(PoseInfo, "~/pose_info", latched)
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
         self._cameras = {name: Camera(name) for name in names}
-        for camera in self._cameras.values():
-            camera.create_publishers(self, available, qos)
-        class_counts = [len(c.classes) for c in (config.detection, config.segmentation) if c is not None]
-        self._palette = color_palette(max(class_counts))  # one colour per class id, shared by all drawings
+        for index, camera in enumerate(self._cameras.values()):
+            camera.outputs.create(
+                self.create_lifecycle_publisher,
+                config,
+                depth=int(self.get_parameter("publisher_depth").value),
+                reliable=self.get_parameter("publisher_reliability").value == "reliable",
+                info=index == 0,  # the latched label and pose info are the node's, once
+            )
         self.get_logger().info(
-            f"loaded {config.name} ({config.backbone}, tasks {sorted(available)}) on {predictor.device}"
+            f"loaded {config.name} ({config.backbone}, tasks {sorted(config.tasks)}) on {predictor.device}"
         )
 
     def _activate(self) -> None:
@@ -240,42 +217,45 @@ class McnNode(LifecycleNode):
         for camera in self._cameras.values():
             topic = self._resolve(camera.image_topic)
             topics.append(topic)
+            # A two-argument callback gets rclpy's MessageInfo (a dict on Jazzy and Kilted): its sequence
+            # numbers tell the frames lost before the node.
             camera.subscriptions.append(
-                self.create_subscription(Image, topic, self._image_callback(camera.name, False), image_qos)
+                self.create_subscription(Image, topic, self._image_callback(camera, False), image_qos)
             )
             if compressed_too:
-                on_compressed = self._image_callback(camera.name, True)
+                on_compressed = self._image_callback(camera, True)
                 camera.subscriptions.append(
                     self.create_subscription(CompressedImage, topic + "/compressed", on_compressed, image_qos)
                 )
         self._running.set()
-        self._inference_thread = threading.Thread(
-            target=self._inference_loop, name="mcn_inference", daemon=True
-        )
-        self._inference_thread.start()
+        if self._inference_thread is None:
+            # One thread for the node's life: glibc gives each new thread that allocates its own malloc arena
+            # and keeps it, so a thread per activation grew the process by ~8 MB per lifecycle cycle.
+            self._inference_thread = threading.Thread(
+                target=self._inference_loop, name="mcn_inference", daemon=True
+            )
+            self._inference_thread.start()
         self.get_logger().info(f"active: listening on {', '.join(topics)}")
 
     def _stop_inputs(self) -> None:
-        """Stop the inference thread (after the frame in flight) and destroy the subscriptions."""
+        """Stop inference (after the frame in flight) and destroy the subscriptions."""
         self._running.clear()
-        if self._inference_thread is not None:
-            self._inference_thread.join()  # no timeout: the thread must be gone before its resources are
-            self._inference_thread = None
-        self._frame_slots.clear()
+        with self._busy:  # the frame in flight is done; no other starts while _running is clear
+            pass
         for camera in self._cameras.values():
             for subscription in camera.subscriptions:
                 self.destroy_subscription(subscription)
             camera.subscriptions.clear()
+            camera.stats.stop_listening()
+        self._frame_slots.clear()  # after the subscriptions: no frame arrives to wait for the next activate
 
     def _teardown(self) -> None:
         """Back to the unconfigured state from anywhere: inputs, outputs, model, per-model state."""
         self._stop_inputs()
         for camera in self._cameras.values():
-            camera.destroy(self)
-        for publisher in self._info_publishers.values():
-            self.destroy_lifecycle_publisher(publisher)
-        self._info_publishers.clear()
-        self._palette = color_palette(0)
+            camera.outputs.destroy(self.destroy_lifecycle_publisher)
+            camera.computed_tasks = frozenset()
+            camera.last_error = ""
         self._last_error = ""
         if self._predictor is None:
             return
@@ -285,6 +265,7 @@ class McnNode(LifecycleNode):
             import torch
 
             torch.cuda.empty_cache()
+        release_freed_memory()
 
     def _resolve(self, topic: str) -> str:
         """Fully qualified (possibly remapped) topic name, so that '<image>/compressed' follows remaps."""
@@ -292,46 +273,71 @@ class McnNode(LifecycleNode):
         return str(resolve(topic)) if resolve is not None else topic
 
     # -- hot path -----------------------------------------------------------------------------------------
-    def _image_callback(self, camera: str, compressed: bool) -> Any:
-        def on_image(message: Image | CompressedImage) -> None:
+    def _image_callback(self, camera: Camera, compressed: bool) -> Any:
+        def on_image(message: Image | CompressedImage, info: Any) -> None:
             now = monotonic()
-            self._cameras[camera].stats.arrived(now)
-            self._frame_slots.put(camera, Frame(message, compressed, now))
+            camera.stats.arrived(now, info, stream=compressed)
+            self._frame_slots.put(camera.name, Frame(message, compressed, now))
 
         return on_image
 
+    def destroy_node(self) -> None:
+        """Stop inference and end the inference thread, then destroy the node."""
+        self._stop_inputs()
+        self._closing.set()
+        if self._inference_thread is not None:
+            self._inference_thread.join(timeout=10.0)
+        super().destroy_node()
+
     def _inference_loop(self) -> None:
-        while self._running.is_set():
+        while not self._closing.is_set():
+            if not self._running.wait(timeout=0.1):
+                continue
             settings = self._frame_settings
             batch = self._frame_slots.take_batch(
                 timeout=0.1, batch_timeout_s=settings.batch_timeout_ms / 1e3, max_size=settings.max_batch_size
             )
-            if not batch or not self._running.is_set():
+            if not batch:
                 continue
-            try:
-                self._process_batch(batch, self._frame_settings)  # as they are now, not before the wait
-            except Exception as error:  # the node keeps serving whatever one batch does
-                self._reject(list(batch), f"inference failed: {error!r}")
+            with self._busy:
+                if self._running.is_set():
+                    self._run_batch(batch)
+                else:  # deactivating: the frames are given up
+                    for name, frame in batch.items():
+                        self._frame_slots.give_up(name, frame)
 
-    def _reject(self, cameras: Sequence[str], reason: str) -> None:
+    def _run_batch(self, batch: dict[str, Frame]) -> None:
+        """Process one batch; a bad frame or a failed inference is counted and logged, never raised."""
+        try:
+            self._process_batch(batch, self._frame_settings)  # the settings as they are now, after the wait
+        except Exception as error:  # the node keeps serving whatever one batch does
+            if not self.context.ok():  # Ctrl-C shut the context down under the frames: not their fault
+                return
+            self._reject([self._cameras[name] for name in batch], f"inference failed: {error!r}")
+
+    def _reject(self, cameras: Sequence[Camera], reason: str) -> None:
         """Count a frame of each of ``cameras`` as rejected and log ``reason`` (throttled)."""
-        for name in cameras:
-            camera = self._cameras[name]
-            camera.stats.rejected += 1
+        now = monotonic()
+        for camera in cameras:
+            camera.stats.reject(now)
             camera.last_error = reason
         self._last_error = reason
-        where = f" ({', '.join(cameras)})" if any(cameras) else ""
+        names = ", ".join(camera.name for camera in cameras if camera.name)
+        where = f" ({names})" if names else ""
         self.get_logger().warning(f"frame skipped{where}: {reason}", throttle_duration_sec=THROTTLE_S)
 
     def _process_batch(self, batch: dict[str, Frame], settings: FrameSettings) -> None:
         """Decode each camera's frame, run the cameras that want the same tasks as one batch, publish."""
+        started = monotonic()
         predictor = self._predictor
         if predictor is None:  # cleaned up while the frames waited
+            for name, frame in batch.items():
+                self._frame_slots.give_up(name, frame)
             return
-        groups: dict[frozenset[str], list[tuple[Camera, Frame, np.ndarray, str]]] = {}
+        groups: dict[frozenset[str], list[Decoded]] = {}
         for name, frame in batch.items():
             camera = self._cameras[name]
-            camera.computed_tasks = camera.wanted_tasks(settings.tasks, predictor.tasks)
+            camera.computed_tasks = camera.outputs.wanted_tasks(settings, predictor.tasks)
             if not camera.computed_tasks:
                 camera.stats.idle(monotonic())
                 continue
@@ -339,48 +345,46 @@ class McnNode(LifecycleNode):
                 decode = compressed_to_array if frame.compressed else image_to_array
                 pixels, color_order = decode(frame.message, settings.max_image_pixels)
             except ImageError as error:  # this camera's frame alone; the others of the batch go on
-                self._reject([name], f"bad frame: {error}")
+                self._reject([camera], f"bad frame: {error}")
                 continue
             groups.setdefault(camera.computed_tasks, []).append((camera, frame, pixels, color_order))
         for tasks, members in groups.items():
-            self._run_group(predictor, tasks, members, settings)
+            self._run_group(predictor, tasks, members, settings, started)
 
     def _run_group(
         self,
         predictor: Predictor,
         tasks: frozenset[str],
-        members: list[tuple[Camera, Frame, np.ndarray, str]],
+        members: list[Decoded],
         settings: FrameSettings,
+        started: float,
     ) -> None:
-        orders = {order for _, _, _, order in members}
-        if len(orders) > 1:  # rgb and bgr cameras in one batch: the model runtime takes one order per call
+        """One forward pass for the frames of ``members`` (cameras wanting ``tasks``), then publish each."""
+        if len({order for *_, order in members}) > 1:  # the model runtime takes one colour order per call
             members = [(c, f, p if o == "rgb" else p[:, :, ::-1].copy(), "rgb") for c, f, p, o in members]
-        color_order = members[0][3]
         try:
             results = predictor.predict(
                 [pixels for _, _, pixels, _ in members],
                 tasks=tasks,
-                color_order=color_order,
+                color_order=members[0][3],
                 score_threshold=settings.score_threshold,
                 pose_score_threshold=settings.pose_score_threshold,
                 max_detections=settings.max_detections,
                 flip_test=settings.flip_test,
             )
         except Exception as error:
-            if len(members) == 1:
-                self._reject([members[0][0].name], f"inference failed: {error!r}")
+            if len(members) == 1 or not self.context.ok():
+                self._reject([members[0][0]], f"inference failed: {error!r}")
                 return
             for member in members:  # find the frame that fails; the others are still served
-                self._run_group(predictor, tasks, [member], settings)
+                self._run_group(predictor, tasks, [member], settings, started)
             return
         self._batch_sizes[len(members)] += 1
-        detection = predictor.config.detection
-        classes = detection.classes if detection is not None else ()
         for (camera, frame, pixels, order), result in zip(members, results, strict=True):
             header = frame.message.header
-            camera.publish(header, pixels, order, result, settings, classes, self._palette)
+            camera.outputs.publish(header, pixels, order, result, settings)
             now = monotonic()
-            camera.stats.finished(now, now - frame.received, self._stamp_age(header))
+            camera.stats.finished(now, now - frame.received, self._stamp_age(header), now - started)
 
     def _stamp_age(self, header: Header) -> float | None:
         if header.stamp.sec == 0 and header.stamp.nanosec == 0:
@@ -390,58 +394,53 @@ class McnNode(LifecycleNode):
 
     # -- diagnostics --------------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        """One status per camera (the single camera's is the node's "inference" status), plus, with several
-        cameras, one for the node with the batch sizes used."""
-        now = monotonic()
-        statuses = [self._camera_status(camera, now) for camera in self._cameras.values()]
+        """One status per camera (the single camera's is the node's "inference" status); with several
+        cameras, first one for the node: its level the worst camera's, with the batch sizes used."""
+        predictor = self._predictor
+        statuses = [self._camera_status(camera) for camera in self._cameras.values()]
         if len(self._cameras) > 1:
-            node_status = DiagnosticStatus(
-                name=f"{self.get_name()}: inference", hardware_id=self._device_name(),
-                level=max(status.level for status in statuses), message=self._state_message(),
-            )  # fmt: skip
+            level = diagnostics.WARN if any(s[1] == diagnostics.WARN for s in statuses) else diagnostics.OK
+            if predictor is None:
+                message = "unconfigured: no model loaded"
+            else:
+                message = "active" if self._running.is_set() else "inactive"
             values = {
                 "cameras": ",".join(self._cameras),
                 "batch_sizes": ",".join(f"{size}:{n}" for size, n in sorted(self._batch_sizes.items())),
                 "device": self._device_name(),
                 "last_error": self._last_error,
             }
-            node_status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-            statuses.insert(0, node_status)
-        array = DiagnosticArray(status=statuses)
-        array.header.stamp = self.get_clock().now().to_msg()
+            statuses.insert(0, (f"{self.get_name()}: inference", level, message, values))
+        stamp = self.get_clock().now().to_msg()
+        array = diagnostics.diagnostic_array(statuses, self._device_name(), stamp)
         self._diagnostics_publisher.publish(array)
 
-    def _state_message(self) -> str:
-        if self._predictor is None:
-            return "unconfigured: no model loaded"
-        return "active" if self._running.is_set() else "inactive"
-
-    def _camera_status(self, camera: Camera, now: float) -> DiagnosticStatus:
-        summary = camera.stats.summary(now)
+    def _camera_status(self, camera: Camera) -> diagnostics.Status:
+        summary = camera.stats.summary(monotonic())
+        predictor = self._predictor
+        knobs = diagnostics.Knobs(
+            input_size=predictor.config.input_size if predictor is not None else None,
+            tasks=sorted(camera.computed_tasks),
+            flip_test=self._frame_settings.flip_test,
+            device=self._device_name(),
+        )
+        level, message = diagnostics.assess(
+            summary,
+            configured=predictor is not None,
+            active=self._running.is_set(),
+            tolerance=float(self.get_parameter("rate_warn_tolerance").value),
+            knobs=knobs,
+        )
+        values = diagnostics.status_values(
+            summary,
+            camera.stats.counts(self._frame_slots.dropped(camera.name)),
+            loss_counting=camera.stats.gaps.method(),
+            tasks=camera.computed_tasks,
+            device=self._device_name(),
+            last_error=camera.last_error,
+        )
         label = f"camera {camera.name}" if camera.name else "inference"
-        status = DiagnosticStatus(name=f"{self.get_name()}: {label}", hardware_id=self._device_name())
-        status.message = self._state_message()
-        status.level = DiagnosticStatus.WARN if self._predictor is None else DiagnosticStatus.OK
-        if (
-            self._running.is_set()
-            and summary["input_rate_hz"] > 0
-            and (summary["processed_rate_hz"] + summary["idle_rate_hz"] < 0.5 * summary["input_rate_hz"])
-        ):
-            status.level = DiagnosticStatus.WARN
-            status.message = "dropping frames: inference slower than input"
-        values = {
-            **{k: f"{v:.2f}" for k, v in summary.items()},
-            "frames_received": str(camera.stats.received),
-            "frames_processed": str(camera.stats.processed),
-            "frames_idle": str(camera.stats.idle_count),
-            "frames_dropped": str(self._frame_slots.dropped(camera.name)),
-            "frames_rejected": str(camera.stats.rejected),
-            "tasks_computed": ",".join(sorted(camera.computed_tasks)),
-            "device": self._device_name(),
-            "last_error": camera.last_error,
-        }
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        return status
+        return f"{self.get_name()}: {label}", level, message, values
 
     def _device_name(self) -> str:
         return str(self._predictor.device) if self._predictor is not None else "none"
@@ -462,7 +461,6 @@ def main(args: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node._stop_inputs()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -1,0 +1,120 @@
+"""The node's /diagnostics status: its level, message and key-values from the frame accounting.
+
+:func:`assess` and :func:`status_values` are plain functions of numbers (tested without ROS); only
+:func:`diagnostic_array` builds the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mcn_ros.ros.frames import FrameCounts
+
+if TYPE_CHECKING:
+    from diagnostic_msgs.msg import DiagnosticArray
+
+OK, WARN = "OK", "WARN"
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """What the node runs with now: the settings that decide how fast a frame is processed."""
+
+    input_size: tuple[int, int] | None  # the network input (height, width); None when unconfigured
+    tasks: Sequence[str]  # computed for the last frame
+    flip_test: bool
+    device: str
+
+
+def speed_hint(knobs: Knobs) -> str:
+    """What would make processing faster, naming the parameters and their values now."""
+    hints = []
+    if knobs.input_size is not None:
+        height, width = knobs.input_size
+        hints.append(f"a smaller input_size (now {height}x{width})")
+    if len(knobs.tasks) > 1:
+        hints.append(f"fewer tasks (computing {','.join(sorted(knobs.tasks))})")
+    if knobs.flip_test:
+        hints.append("flip_test off")
+    if knobs.device.startswith("cuda"):
+        hints.append("half:=true")
+    else:
+        hints.append(f"a CUDA device (device is {knobs.device})")
+    return ", ".join(hints)
+
+
+def assess(
+    summary: Mapping[str, float], *, configured: bool, active: bool, tolerance: float, knobs: Knobs
+) -> tuple[str, str]:
+    """(level, message): WARN when unconfigured, or when frames are handled (processed, idle or rejected)
+    more slowly than the publishers send them by more than ``tolerance`` (a fraction of the input rate)."""
+    if not configured:
+        return WARN, "unconfigured: no model loaded"
+    if not active:
+        return OK, "inactive"
+    sent = summary["input_rate_hz"]
+    handled = summary["processed_rate_hz"] + summary["idle_rate_hz"] + summary["rejected_rate_hz"]
+    if sent > 0 and handled < (1.0 - tolerance) * sent:
+        return WARN, (
+            f"processing {handled:.1f} of {sent:.1f} frames/s sent ({100 * (1 - handled / sent):.0f}% lost "
+            f"or dropped, more than rate_warn_tolerance={tolerance:g}): to keep up try {speed_hint(knobs)}"
+        )
+    return OK, "active"
+
+
+def status_values(
+    summary: Mapping[str, float],
+    counts: FrameCounts,
+    *,
+    loss_counting: str,
+    tasks: Collection[str],
+    device: str,
+    last_error: str,
+) -> dict[str, str]:
+    """The status's key-values: rates and latencies over the window, then the totals since start."""
+    return {
+        **{key: f"{value:.2f}" for key, value in summary.items()},
+        "frames_sent": str(counts.sent),
+        "frames_received": str(counts.received),
+        "frames_lost": str(counts.lost),
+        "frames_dropped": str(counts.dropped),
+        "frames_rejected": str(counts.rejected),
+        "frames_processed": str(counts.processed),
+        "frames_idle": str(counts.idle),
+        "frames_pending": str(counts.pending),
+        "loss_counting": loss_counting,
+        "tasks_computed": ",".join(sorted(tasks)),
+        "device": device,
+        "last_error": last_error,
+    }
+
+
+def parse_values(values: Sequence[Any]) -> dict[str, str]:
+    """A DiagnosticStatus's KeyValue list as a dict (for the node's readers: tests, bench)."""
+    return {str(kv.key): str(kv.value) for kv in values}
+
+
+#: One status: (name, level, message, key-values).
+Status = tuple[str, str, str, Mapping[str, str]]
+
+
+def diagnostic_array(statuses: Sequence[Status], hardware_id: str, stamp: Any) -> DiagnosticArray:
+    """The DiagnosticArray of ``statuses``."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    array = DiagnosticArray(
+        status=[
+            DiagnosticStatus(
+                name=name,
+                hardware_id=hardware_id,
+                level=DiagnosticStatus.WARN if level == WARN else DiagnosticStatus.OK,
+                message=message,
+                values=[KeyValue(key=key, value=value) for key, value in values.items()],
+            )
+            for name, level, message, values in statuses
+        ]
+    )
+    array.header.stamp = stamp
+    return array

@@ -1,0 +1,253 @@
+"""The latest-frame slot (one camera of batching.CameraSlots), the frame accounting and the diagnostics
+status, without ROS."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from mcn_ros.ros.batching import CameraSlots
+from mcn_ros.ros.diagnostics import Knobs, assess, speed_hint, status_values
+from mcn_ros.ros.frames import (
+    SEQUENCE_UNSUPPORTED,
+    Frame,
+    FrameCounts,
+    FrameStats,
+    SequenceGaps,
+    publication_sequence,
+)
+
+GID_A = {"implementation_identifier": "rmw_fastrtps_cpp", "data": b"A" * 16}
+GID_B = {"implementation_identifier": "rmw_fastrtps_cpp", "data": b"B" * 16}
+
+
+def info(sequence: int | None, gid: dict[str, object] | None = GID_A) -> dict[str, object]:
+    """An rclpy MessageInfo as Kilted (rclpy 9) passes it; ``gid=None`` is what Jazzy's lacks."""
+    out: dict[str, object] = {
+        "source_timestamp": 1,
+        "received_timestamp": 2,
+        "publication_sequence_number": sequence,
+        "reception_sequence_number": None,
+    }
+    if gid is not None:
+        out["publisher_gid"] = gid
+    return out
+
+
+def frame(n: int) -> Frame:
+    return Frame(message=n, compressed=False, received=float(n))
+
+
+# -- the slot ----------------------------------------------------------------------------------------------
+def test_slot_keeps_the_newest_frame_and_counts_the_replaced() -> None:
+    slot: CameraSlots[Frame] = CameraSlots([""])
+    assert slot.take_batch(timeout=0.0).get("") is None
+    for n in range(5):
+        slot.put("", frame(n))
+    assert slot.dropped("") == 4
+    taken = slot.take_batch(timeout=0.0).get("")
+    assert taken is not None and taken.message == 4
+    assert slot.take_batch(timeout=0.0).get("") is None
+    slot.put("", frame(5))  # the slot was empty: nothing replaced
+    assert slot.dropped("") == 4
+
+
+def test_slot_clear_counts_the_waiting_frame_as_dropped() -> None:
+    slot: CameraSlots[Frame] = CameraSlots([""])
+    slot.clear()
+    assert slot.dropped("") == 0
+    slot.put("", frame(1))
+    slot.clear()
+    assert slot.dropped("") == 1
+    assert slot.take_batch(timeout=0.0).get("") is None
+    slot.put("", frame(2))
+    taken = slot.take_batch(timeout=0.0).get("")
+    assert taken is not None
+    slot.give_up("", taken)  # taken while deactivating, never processed
+    assert slot.dropped("") == 2
+
+
+def test_slot_wakes_a_waiting_taker() -> None:
+    slot: CameraSlots[Frame] = CameraSlots([""])
+    got: list[Frame | None] = []
+    taker = threading.Thread(target=lambda: got.append(slot.take_batch(timeout=30.0).get("")))
+    taker.start()
+    slot.put("", frame(7))
+    taker.join(timeout=30.0)
+    assert not taker.is_alive() and got and got[0] is not None and got[0].message == 7
+
+
+# -- MessageInfo -------------------------------------------------------------------------------------------
+def test_publication_sequence_from_message_info() -> None:
+    assert publication_sequence(info(12)) == (b"A" * 16, 12)
+    assert publication_sequence(info(12, gid=None)) == (None, 12)  # Jazzy: no publisher_gid key
+    assert publication_sequence({**info(12), "publisher_gid": None}) == (None, 12)
+    assert publication_sequence(info(None)) == (b"A" * 16, None)  # Kilted: unsupported -> None
+    assert publication_sequence(info(SEQUENCE_UNSUPPORTED, gid=None)) == (None, None)  # Jazzy: UINT64_MAX
+    assert publication_sequence(info(0)) == (b"A" * 16, None)
+    assert publication_sequence(None) == (None, None)
+    assert publication_sequence({}) == (None, None)
+
+
+# -- sequence gaps -----------------------------------------------------------------------------------------
+def test_gaps_of_one_publisher() -> None:
+    gaps = SequenceGaps()
+    assert [gaps.seen("a", s) for s in (5, 6, 9, 10, 20)] == [0, 0, 2, 0, 9]
+    assert gaps.lost == 11
+    assert gaps.method() == "sequence numbers per publisher GID"
+
+
+def test_gaps_are_counted_per_publisher() -> None:
+    gaps = SequenceGaps()
+    # Two publishers interleaved: 1..6 of a with 3 and 5 lost, 100..103 of b with 101 lost.
+    arrivals = [("a", 1), ("b", 100), ("a", 2), ("b", 102), ("a", 4), ("b", 103), ("a", 6)]
+    assert [gaps.seen(key, s) for key, s in arrivals] == [0, 0, 0, 1, 1, 0, 1]
+    assert gaps.lost == 3
+
+
+def test_streams_are_apart_even_without_gids() -> None:
+    gaps = SequenceGaps()
+    assert gaps.seen(None, 1, stream="raw") == 0
+    assert gaps.seen(None, 1, stream="compressed") == 0
+    assert gaps.seen(None, 3, stream="raw") == 1
+    assert gaps.seen(None, 2, stream="compressed") == 0
+    assert gaps.lost == 1
+    assert "no publisher GID" in gaps.method()
+
+
+def test_a_restarted_publisher_starts_afresh() -> None:
+    gaps = SequenceGaps()
+    for s in (1, 2, 3, 40):
+        gaps.seen("a", s)
+    assert gaps.lost == 36
+    assert gaps.seen("a", 1) == 0  # restarted: the numbers went back
+    assert gaps.seen("a", 2) == 0
+    assert gaps.seen("a", 2) == 0  # a repeated number is not a loss either
+    assert gaps.seen("a", 5) == 2
+    assert (gaps.lost, gaps.restarts) == (38, 2)
+
+
+def test_frames_without_sequence_numbers_count_nothing() -> None:
+    gaps = SequenceGaps()
+    assert gaps.seen("a", None) == 0
+    assert gaps.lost == 0 and gaps.method().startswith("not counted")
+
+
+def test_forget_on_deactivate_does_not_count_frames_sent_meanwhile() -> None:
+    gaps = SequenceGaps()
+    gaps.seen("a", 1)
+    gaps.forget()
+    assert gaps.seen("a", 500) == 0
+    assert gaps.seen("a", 502) == 1
+
+
+def test_publishers_remembered_are_bounded() -> None:
+    gaps = SequenceGaps(max_publishers=3)
+    for key in "abcd":  # a is forgotten when d comes
+        gaps.seen(key, 1)
+    gaps.seen("b", 1)  # b heard again: now c is the least recent
+    gaps.seen("e", 1)
+    assert gaps.seen("a", 10) == 0  # forgotten: starts afresh
+    assert gaps.seen("b", 10) == 8  # remembered
+
+
+# -- counters and rates ------------------------------------------------------------------------------------
+def test_received_plus_lost_is_what_was_sent() -> None:
+    stats = FrameStats(window_s=10.0)
+    slot: CameraSlots[Frame] = CameraSlots([""])
+    sequences_a = [1, 2, 3, 7, 8, 12]  # 6 received, 6 lost: 12 sent
+    sequences_b = [50, 51, 60]  # 3 received, 8 lost: 11 sent (from the first one heard)
+    for n, s in enumerate(sequences_a):
+        stats.arrived(float(n), info(s))
+        slot.put("", frame(n))
+    for n, s in enumerate(sequences_b):
+        stats.arrived(float(n), info(s, GID_B))
+        slot.put("", frame(n))
+    taken = slot.take_batch(timeout=0.0).get("")
+    assert taken is not None
+    stats.finished(9.0, 0.1, None)
+    counts = stats.counts(slot.dropped(""))
+    assert (counts.received, counts.lost, counts.sent) == (9, 14, 23)
+    assert (counts.dropped, counts.processed, counts.pending) == (8, 1, 0)
+
+
+def test_pending_counts_frames_not_yet_accounted_for() -> None:
+    counts = FrameCounts(received=10, lost=2, dropped=4, rejected=1, processed=3, idle=1)
+    assert counts.pending == 1 and counts.sent == 12
+
+
+def test_rates_count_lost_frames_in_the_input_rate() -> None:
+    stats = FrameStats(window_s=2.0)
+    stats.arrived(10.0, info(1))
+    stats.arrived(10.5, info(5))  # 3 lost before it
+    stats.finished(10.6, 0.1, 0.2, 0.04)
+    stats.reject(10.7)
+    stats.idle(10.8)
+    stats.arrived(7.0, info(6))  # outside the window
+    summary = stats.summary(11.0)
+    assert summary["input_rate_hz"] == pytest.approx(5 / 2.0)
+    assert summary["received_rate_hz"] == pytest.approx(2 / 2.0)
+    assert summary["processed_rate_hz"] == pytest.approx(0.5)
+    assert summary["rejected_rate_hz"] == pytest.approx(0.5)
+    assert summary["idle_rate_hz"] == pytest.approx(0.5)
+    assert summary["latency_p50_ms"] == pytest.approx(100.0)
+    assert summary["stamp_age_p95_ms"] == pytest.approx(200.0)
+    assert summary["processing_p50_ms"] == pytest.approx(40.0)
+
+
+def test_memory_of_the_window_is_bounded() -> None:
+    stats = FrameStats(window_s=1e9, max_samples=16)
+    for n in range(1000):
+        stats.arrived(float(n), info(n + 1))
+        stats.finished(float(n), 0.01, None)
+    assert stats.received == 1000 and stats.processed == 1000
+    assert stats.summary(1000.0)["received_rate_hz"] == pytest.approx(16 / 1e9)
+
+
+# -- the diagnostics status --------------------------------------------------------------------------------
+OK = "OK"
+KNOBS = Knobs(input_size=(512, 512), tasks=("detection", "pose"), flip_test=True, device="cpu")
+
+
+def rates(sent: float, processed: float, idle: float = 0.0, rejected: float = 0.0) -> dict[str, float]:
+    return {
+        "input_rate_hz": sent,
+        "processed_rate_hz": processed,
+        "idle_rate_hz": idle,
+        "rejected_rate_hz": rejected,
+    }
+
+
+def test_assess_warns_when_processing_lags_the_input_by_more_than_the_tolerance() -> None:
+    def level(summary: dict[str, float], tolerance: float = 0.2, active: bool = True) -> str:
+        return assess(summary, configured=True, active=active, tolerance=tolerance, knobs=KNOBS)[0]
+
+    level_now, message = assess(rates(5.0, 1.5), configured=True, active=True, tolerance=0.2, knobs=KNOBS)
+    assert level_now == "WARN"
+    assert "processing 1.5 of 5.0 frames/s" in message
+    for hint in ("input_size (now 512x512)", "fewer tasks", "flip_test off", "device is cpu"):
+        assert hint in message
+    assert level(rates(5.0, 4.5)) == OK
+    assert level(rates(5.0, 4.5), tolerance=0.05) == "WARN"
+    # Idle and rejected frames are handled too: they do not make the node look slow.
+    assert level(rates(5.0, 1.0, 2.0, 2.0), tolerance=0.0) == OK
+    assert level(rates(0.0, 0.0)) == OK
+    assert level(rates(5.0, 0.0), active=False) == OK
+    assert assess(rates(5.0, 0.0), configured=False, active=False, tolerance=0.2, knobs=KNOBS)[0] == "WARN"
+
+
+def test_speed_hint_names_only_what_applies() -> None:
+    hint = speed_hint(Knobs(input_size=(128, 128), tasks=("pose",), flip_test=False, device="cuda:0"))
+    assert hint == "a smaller input_size (now 128x128), half:=true"
+
+
+def test_status_values_hold_every_counter() -> None:
+    counts = FrameCounts(received=10, lost=2, dropped=4, rejected=1, processed=3, idle=1)
+    values = status_values(
+        rates(1.0, 1.0), counts, loss_counting="x", tasks={"pose", "detection"}, device="cpu", last_error="e"
+    )
+    expected = {"frames_sent": "12", "frames_received": "10", "frames_lost": "2", "frames_dropped": "4"}
+    expected |= {"frames_rejected": "1", "frames_processed": "3", "frames_idle": "1", "frames_pending": "1"}
+    expected |= {"tasks_computed": "detection,pose", "input_rate_hz": "1.00", "last_error": "e"}
+    assert expected.items() <= values.items()
