@@ -25,6 +25,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -45,6 +46,9 @@ if TYPE_CHECKING:  # the model runtime (torch) loads on configure, not on import
 Decoded = tuple[Camera, Frame, "np.ndarray", str]
 
 THROTTLE_S = 5.0
+#: rclpy hands a two-argument subscription callback the MessageInfo since Iron (Jazzy: 7.x); Humble's (3.x)
+#: calls every callback with the message alone.
+WITH_MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 
 
 class McnNode(LifecycleNode):
@@ -217,8 +221,8 @@ class McnNode(LifecycleNode):
         for camera in self._cameras.values():
             topic = self._resolve(camera.image_topic)
             topics.append(topic)
-            # A two-argument callback gets rclpy's MessageInfo (a dict on Jazzy and Kilted): its sequence
-            # numbers tell the frames lost before the node.
+            # A two-argument callback gets rclpy's MessageInfo (a dict on Jazzy and Kilted; not on Humble):
+            # its sequence numbers tell the frames lost before the node.
             camera.subscriptions.append(
                 self.create_subscription(Image, topic, self._image_callback(camera, False), image_qos)
             )
@@ -279,7 +283,9 @@ class McnNode(LifecycleNode):
             camera.stats.arrived(now, info, stream=compressed)
             self._frame_slots.put(camera.name, Frame(message, compressed, now))
 
-        return on_image
+        if WITH_MESSAGE_INFO:
+            return on_image
+        return lambda message: on_image(message, None)  # Humble: losses are not counted (loss_counting says)
 
     def destroy_node(self) -> None:
         """Stop inference and end the inference thread, then destroy the node."""
