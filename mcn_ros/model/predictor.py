@@ -17,7 +17,7 @@ from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.device import resolve_device
 from mcn_ros.model.labels import flip_permutation
 from mcn_ros.model.mcn import resolve_tasks
-from mcn_ros.model.preprocess import preprocess
+from mcn_ros.model.preprocess import preprocess, rect_input_size
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import load_weights
 
@@ -71,6 +71,10 @@ class Predictor:
 
     ``half``: False (fp32), True or "fp16" (float16 autocast), "bf16" (bfloat16 autocast); CUDA only, ignored
     with a warning on CPU. ``channels_last`` uses the NHWC memory format (faster convs on GPUs and CPUs).
+    ``rect`` (default True): letterbox into a camera-shaped input, the smallest multiples of 32 that hold the
+    image at the scale of ``config.input_size`` (:func:`~mcn_ros.model.preprocess.rect_input_size`; a
+    640x480 image in a 512x512 model runs at 512x384, a quarter less work); False: always
+    ``config.input_size``. Results are in original pixels either way.
     """
 
     def __init__(
@@ -80,8 +84,10 @@ class Predictor:
         device: str | torch.device = "cpu",
         half: bool | str = False,
         channels_last: bool = True,
+        rect: bool = True,
     ) -> None:
         self.config = config
+        self.rect = rect
         self.device = resolve_device(device)
         dtype = _half_dtype(half)
         if dtype is not None and self.device.type != "cuda":
@@ -101,15 +107,22 @@ class Predictor:
         device: str | torch.device = "auto",
         half: bool | str = False,
         channels_last: bool = True,
+        rect: bool = True,
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present."""
         model, config, _ = load_weights(path, device=resolve_device(device))
-        return cls(model, config, device=device, half=half, channels_last=channels_last)
+        return cls(model, config, device=device, half=half, channels_last=channels_last, rect=rect)
 
     @property
     def tasks(self) -> frozenset[str]:
         """The tasks this model can run."""
         return self.config.tasks
+
+    def input_size(self, image_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """The network input (H, W) for images of ``image_sizes`` (h, w): camera-shaped with ``rect``."""
+        if self.rect:
+            return rect_input_size(image_sizes, self.config.input_size)
+        return self.config.input_size
 
     def forward(self, batch: Tensor, tasks: Collection[str], flip_test: bool = False) -> dict[str, Tensor]:
         """Raw outputs (float32) for a preprocessed batch, optionally merged with the flipped batch."""
@@ -181,9 +194,10 @@ class Predictor:
             max_detections=max_detections,
             kp_snap_score=kp_snap_score,
         )
+        sizes = [(int(im.shape[0]), int(im.shape[1])) for im in batch_images]
         batch, letterboxes = preprocess(
             batch_images,
-            self.config.input_size,
+            self.input_size(sizes),
             self.config.mean,
             self.config.std,
             device=self.device,
@@ -191,6 +205,5 @@ class Predictor:
             channels_last=self.channels_last,
         )
         outputs = self.forward(batch, asked, flip_test=flip_test)
-        sizes = [(int(im.shape[0]), int(im.shape[1])) for im in batch_images]
         results = decode_batch(outputs, letterboxes, sizes, self.config, asked, options)
         return results[0] if single else results
