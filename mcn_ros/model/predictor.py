@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mcn_ros.model.backends import BACKENDS, OnnxRuntimeForward
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.device import resolve_device
@@ -74,7 +75,9 @@ class Predictor:
     ``rect`` (default True): letterbox into a camera-shaped input, the smallest multiples of 32 that hold the
     image at the scale of ``config.input_size`` (:func:`~mcn_ros.model.preprocess.rect_input_size`; a
     640x480 image in a 512x512 model runs at 512x384, a quarter less work); False: always
-    ``config.input_size``. Results are in original pixels either way.
+    ``config.input_size``. Results are in original pixels either way. ``backend``: "torch" (eager PyTorch,
+    any device) or "onnxruntime" (CPU only, the optional onnxruntime package: :mod:`mcn_ros.model.backends`;
+    the forward exported once per task set, decoding unchanged).
     """
 
     def __init__(
@@ -85,17 +88,27 @@ class Predictor:
         half: bool | str = False,
         channels_last: bool = True,
         rect: bool = True,
+        backend: str = "torch",
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.config = config
         self.rect = rect
+        self.backend = backend
         self.device = resolve_device(device)
+        if backend == "onnxruntime" and self.device.type != "cpu":
+            raise ValueError(f"backend 'onnxruntime' runs on the CPU only, not on {self.device}")
         dtype = _half_dtype(half)
         if dtype is not None and self.device.type != "cuda":
             warnings.warn("half precision is only used on CUDA; running in float32", stacklevel=2)
             dtype = None
         self.autocast_dtype = dtype
-        self.channels_last = channels_last
         model = model.to(self.device).eval()
+        self._onnx: OnnxRuntimeForward | None = None
+        if backend == "onnxruntime":
+            self._onnx = OnnxRuntimeForward(model, config)
+            channels_last = False  # ONNX Runtime takes contiguous NCHW arrays
+        self.channels_last = channels_last
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -108,10 +121,11 @@ class Predictor:
         half: bool | str = False,
         channels_last: bool = True,
         rect: bool = True,
+        backend: str = "torch",
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present."""
         model, config, _ = load_weights(path, device=resolve_device(device))
-        return cls(model, config, device=device, half=half, channels_last=channels_last, rect=rect)
+        return cls(model, config, device, half, channels_last=channels_last, rect=rect, backend=backend)
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -131,8 +145,11 @@ class Predictor:
         autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if self.autocast_dtype is not None:
             autocast = torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-        with torch.inference_mode(), autocast:
-            outputs = self.model(batch, tasks)
+        if self._onnx is not None:
+            outputs = self._onnx(batch, tasks)
+        else:
+            with torch.inference_mode(), autocast:
+                outputs = self.model(batch, tasks)
         outputs = {k: v.float() for k, v in outputs.items()}
         if flip_test:
             outputs = merge_flipped(outputs, batch.shape[0] // 2)
