@@ -52,15 +52,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES: dict[str, tuple[int, int]] = {"square": (512, 512), "camera": (384, 512)}
 #: The three-task MCN of each backbone and its single-task networks (Table 4's STN composite).
 MCN: dict[str, str] = {"resnet18": "resnet18_det80_seg80_pose_512", "dla34": "dla34_det80_seg80_pose_512"}
-STN_OF = ("only_det80", "only_seg80", "det1_pose")
+STN_OF = ("det80", "seg80", "det1_pose")
 
 
 def single_task(config: ModelConfig, part: str) -> ModelConfig:
-    """A single-task network of a three-task config: only detection, only segmentation, or person + pose."""
-    name = f"{config.name.split('_')[0]}_{part}_512"
-    if part == "only_det80":
+    """A single-task network of a three-task config, named as the shipped configs (a shipped config of that
+    name is used instead): only detection, only segmentation, or person + pose."""
+    name = f"{config.backbone}_{part}_512"
+    if part == "det80":
         return dataclasses.replace(config, name=name, pose=None, segmentation=None)
-    if part == "only_seg80":
+    if part == "seg80":
         return dataclasses.replace(config, name=name, detection=None, pose=None)
     return dataclasses.replace(config, name=name, detection=DetectionConfig(("person",)), segmentation=None)
 
