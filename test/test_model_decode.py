@@ -10,7 +10,14 @@ import torch
 
 from mcn_ros.model import decode
 from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
-from mcn_ros.model.decode import DecodeOptions, decode_batch, find_peaks, local_peaks, topk_peaks
+from mcn_ros.model.decode import (
+    DecodeOptions,
+    channel_argmax,
+    decode_batch,
+    find_peaks,
+    local_peaks,
+    topk_peaks,
+)
 from mcn_ros.model.preprocess import letterbox_for
 
 INPUT = (128, 128)  # output maps 32 x 32
@@ -283,6 +290,16 @@ def test_find_peaks_takes_the_sparse_path_when_few_cells_pass(monkeypatch: pytes
     assert (int(peaks.channels[0, 0, 0]), int(peaks.ys[0, 0, 0]), int(peaks.xs[0, 0, 0])) == (2, 5, 9)
     none = find_peaks(logits, 10, 0.95, 3)
     assert none.scores.shape == (1, 1, 1) and float(none.scores[0, 0, 0]) == -1.0
+
+
+def test_channel_argmax_in_both_layouts() -> None:
+    torch.manual_seed(2)
+    logits = torch.randn(2, 9, 7, 5).round(decimals=1)  # rounded: ties, where the first channel must win
+    expected = logits.argmax(dim=1)
+    assert torch.equal(channel_argmax(logits), expected)
+    assert torch.equal(channel_argmax(logits.contiguous(memory_format=torch.channels_last)), expected)
+    tied = torch.zeros(1, 4, 2, 2)
+    assert torch.equal(channel_argmax(tied), torch.zeros(1, 2, 2, dtype=torch.long))
 
 
 def test_missing_output_is_reported() -> None:

@@ -294,6 +294,23 @@ def decode_keypoints(
     return keypoints, scores
 
 
+def channel_argmax(logits: Tensor) -> Tensor:
+    """``logits.argmax(dim=1)`` of [B, C, H, W] (the first maximum on ties), [B, H, W].
+
+    torch's argmax over the channels of a contiguous (NCHW) CPU tensor is about twice as slow as a running
+    maximum over the channel planes (ONNX Runtime's outputs are NCHW); channels_last and CUDA tensors use it.
+    """
+    if logits.device.type != "cpu" or not logits.is_contiguous() or logits.shape[1] == 1:
+        return logits.argmax(dim=1)
+    best = logits[:, 0].clone()
+    index = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
+    for c in range(1, logits.shape[1]):
+        plane = logits[:, c]
+        index.masked_fill_(plane > best, c)
+        torch.maximum(best, plane, out=best)
+    return index
+
+
 @functools.lru_cache(maxsize=32)
 def _mapping_tensors(
     letterboxes: tuple[Letterbox, ...], image_sizes: tuple[tuple[int, int], ...], device: torch.device
@@ -375,7 +392,7 @@ def decode_batch(
         assert config.segmentation is not None
         logits = outputs["segmentation"]
         stride = config.segmentation.output_stride
-        class_map = logits.argmax(dim=1)
+        class_map = channel_argmax(logits)
         wide = config.segmentation.num_outputs > 256
         for i in range(batch):
             seg = segmentation_to_original(class_map[i], letterboxes[i], image_sizes[i], stride)
