@@ -11,14 +11,16 @@ batch 1, fp32. The MCN's time is split into preprocess / forward / decode (timed
 YOLO's into ultralytics' own preprocess / inference / postprocess sums.
 
 Headline ``e2e_vs_yolo26n_speedup``: at 640x480, the MCN's fastest CPU backend against YOLO26n x3 in the
-same backend (YOLO26n x3 median / MCN median). Random weights unless ``--weights`` (then the MCN runs that
-file's config at its input size; decode work depends on how many peaks pass the threshold). ``--quick``:
-640x480 only, 2 rounds, a temporary output folder unless ``--out``: a check of the script, not a result.
+same backend (YOLO26n x3 median / MCN median). Random weights unless ``--weights`` (that file's model, run
+at ``--input`` like the random one: trained heads let more peaks pass the threshold, so decoding does
+more). ``--quick``: 640x480 only, 2 rounds, a temporary output folder unless ``--out``: a check of the
+script, not a result.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -41,6 +43,7 @@ from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.preprocess import preprocess, rect_input_size
+from mcn_ros.model.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES: dict[str, tuple[int, int]] = {"640x480": (480, 640), "1280x720": (720, 1280)}
@@ -137,11 +140,11 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
     """Contenders keyed ``backend:network@size`` and facts about the runs."""
     torch.manual_seed(0)
     if args.weights:
-        torch_predictor = Predictor.from_weights(args.weights, device="cpu")
-        model, config = torch_predictor.model, torch_predictor.config
+        model, config, _ = load_weights(args.weights, device=torch.device("cpu"))
     else:
         config = ModelConfig.from_yaml(DEFAULT_CONFIG)
         model = MultitaskCenterNet(config)
+    config = dataclasses.replace(config, input_size=(args.input, args.input))  # YOLO's imgsz too
     has_ort = onnxruntime_version() is not None
     predictors = {
         "torch:mcn": Predictor(model, config),
@@ -176,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--weights", default=None, help="MCN weights (default: random init of the R18 3-task 512)"
     )
+    parser.add_argument("--input", type=int, default=512, help="input side (MCN input_size, YOLO imgsz); 512")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads; default 2")
     parser.add_argument(
         "--rounds", type=int, default=10, help="interleaved rounds; default 10 (2 with --quick)"
