@@ -79,7 +79,8 @@ class Predictor:
     any device) or "onnxruntime" (CPU only, the optional onnxruntime package: :mod:`mcn_ros.model.backends`;
     the forward exported once per task set, decoding unchanged). ``fold_bn`` (torch backend, default True):
     run an inference copy with the BatchNorms folded into the convs
-    (:func:`~mcn_ros.model.backends.fold_batch_norms`); ``model`` stays the module given.
+    (:func:`~mcn_ros.model.backends.fold_batch_norms`); ``model`` stays the module given, and weights
+    loaded into it later are not seen by the folded copy (make a new Predictor).
     """
 
     def __init__(
