@@ -10,6 +10,8 @@ PyTorch and, exported by ultralytics to ONNX at that input shape, in ONNX Runtim
 batch 1, fp32. The MCN's time is split into preprocess / forward / decode (timed inside the same calls),
 YOLO's into ultralytics' own preprocess / inference / postprocess sums.
 
+Also ``e2e_cpu.png``: the split per network and backend.
+
 Headline ``e2e_vs_yolo26n_speedup``: at 640x480, the MCN's fastest CPU backend against YOLO26n x3 in the
 same backend (YOLO26n x3 median / MCN median). Random weights unless ``--weights`` (that file's model, run
 at ``--input`` like the random one: trained heads let more peaks pass the threshold, so decoding does
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "e2e_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "e2e_cpu.md").write_text(markdown(report))
+    plot(report, out / "e2e_cpu.png")
     print(json.dumps(report["speedups"], indent=1))
     print(f"e2e_vs_yolo26n_speedup {report['e2e_vs_yolo26n_speedup']}; wrote {out / 'e2e_cpu.json'}")
     return 0
@@ -251,6 +254,30 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
             per["best"] = {"backend": fastest, **per[fastest]}
         out[size] = per
     return out
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Latency per network and backend: stacked preprocess / forward / decode bars, one panel per size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sizes = sorted({row["size"] for row in report["runs"].values()})
+    figure = Figure(figsize=(4.5 * len(sizes), 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(sizes), squeeze=False)[0]
+    colours = {"preprocess": "#4c72b0", "forward": "#dd8452", "decode": "#55a868"}
+    for ax, size in zip(axes, sizes, strict=True):
+        rows = [(k.split("@")[0], r) for k, r in report["runs"].items() if r["size"] == size]
+        bottom = np.zeros(len(rows))
+        for part, colour in colours.items():
+            values = np.array([r["split_median_ms"].get(part, 0.0) for _, r in rows])
+            ax.bar(range(len(rows)), values, bottom=bottom, color=colour, label=part)
+            bottom += values
+        ax.set_xticks(range(len(rows)), [name.replace(":", "\n") for name, _ in rows], fontsize=7)
+        ax.set_title(f"{size} image in, results out")
+        ax.set_ylabel("median ms")
+    axes[0].legend(fontsize=7)
+    figure.savefig(path, dpi=100)
 
 
 def markdown(report: dict[str, Any]) -> str:
