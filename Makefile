@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source ./mcn_env.sh &&
 
-.PHONY: setup test lint check-distro-pins test-jazzy demo clean
+.PHONY: setup test lint check-distro-pins test-jazzy demo bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,16 @@ test-jazzy:
 # (bench/results/replay_synthetic.json); see scripts/demo.sh.
 demo: setup
 	$(ENV) WEIGHTS="$(WEIGHTS)" BAG="$(BAG)" TRAIN="$(TRAIN)" RECORD="$(RECORD)" bash scripts/demo.sh
+
+# CPU speed benchmarks (bench/results/model_cpu.*, e2e_cpu.*): installs the benchmark-only packages
+# (requirements/bench.txt: ultralytics for the YOLO peers, onnxruntime + onnx) into .venv without their
+# dependency resolution (see that file), then runs the scripts. QUICK=1: a short check of the scripts, written
+# to a temporary folder. Run it on an otherwise idle machine; THREADS sets torch / ONNX Runtime threads.
+THREADS ?= 2
+bench: setup
+	$(ENV) pip install -q --no-deps -r requirements/bench.txt
+	$(ENV) python bench/model_cpu.py --threads $(THREADS) $(if $(QUICK),--quick,)
+	$(ENV) python bench/e2e_cpu.py --threads $(THREADS) $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf build install log mcn_env.sh build-jazzy install-jazzy mcn_env_jazzy.sh

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from mcn_ros.model import decode
 from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
-from mcn_ros.model.decode import DecodeOptions, decode_batch, local_peaks, topk_peaks
+from mcn_ros.model.decode import (
+    DecodeOptions,
+    channel_argmax,
+    decode_batch,
+    find_peaks,
+    local_peaks,
+    topk_peaks,
+)
 from mcn_ros.model.preprocess import letterbox_for
 
 INPUT = (128, 128)  # output maps 32 x 32
@@ -210,6 +218,88 @@ def test_peaks_and_topk() -> None:
     assert scores[0].tolist() == pytest.approx([0.9, 0.7])
     assert channels.tolist() == [[1, 0]] and ys.tolist() == [[2, 0]] and xs.tolist() == [[3, 0]]
     assert flat.tolist() == [[13, 0]]
+
+
+def _reference_peaks(
+    logits: torch.Tensor, k: int, threshold: float, kernel: int, per_channel: bool
+) -> list[set[tuple[int, int, int, int]]]:
+    """Per group: the (channel, y, x, round(score * 1e6)) of the best k local maxima >= threshold, by the
+    dense max-pool and top-k of the probabilities."""
+    heat = local_peaks(logits.sigmoid(), kernel)
+    groups = []
+    for image in heat:
+        for part in image.split(1) if per_channel else [image]:
+            offset = len(groups) % image.shape[0] if per_channel else 0
+            scores, index = part.flatten().topk(k)
+            c, rest = index // (part.shape[1] * part.shape[2]), index % (part.shape[1] * part.shape[2])
+            y, x = rest // part.shape[2], rest % part.shape[2]
+            groups.append(
+                {
+                    (int(ci) + offset, int(yi), int(xi), round(float(si) * 1e6))
+                    for si, ci, yi, xi in zip(scores, c, y, x, strict=True)
+                    if si >= threshold
+                }
+            )
+    return groups
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize(("threshold", "kernel"), [(0.3, 3), (0.6, 5), (0.05, 3), (0.0, 3)])
+def test_find_peaks_equals_the_dense_search(
+    threshold: float, kernel: int, per_channel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sparse search (cells passing the threshold only) finds exactly the dense search's peaks, also at
+    the map borders, per image and per channel; with a low threshold it falls back to the dense search."""
+    dense_calls = []
+    dense = decode._dense_peaks
+    monkeypatch.setattr(decode, "_dense_peaks", lambda *a: dense_calls.append(1) or dense(*a))
+    torch.manual_seed(1)
+    logits = torch.randn(2, 4, 20, 24) * 2 - 4  # about 6 % of the values score >= 0.3
+    logits[0, 1, 0, 0] = logits[1, 3, 19, 23] = 5.0  # peaks in the corners
+    logits = logits.contiguous(memory_format=torch.channels_last)  # the layout the model gives
+    k = 7
+    peaks = find_peaks(logits, k, threshold, kernel, per_channel)
+    groups = 4 if per_channel else 1
+    assert peaks.scores.shape[:2] == (2, groups) and peaks.scores.shape[2] <= k
+    torch.testing.assert_close(peaks.flat, peaks.ys * 24 + peaks.xs, rtol=0, atol=0)
+    found = []
+    for g in range(2 * groups):
+        row = [field.reshape(2 * groups, -1)[g] for field in peaks]
+        found.append(
+            {
+                (int(c), int(y), int(x), round(float(s) * 1e6))
+                for s, _, c, y, x in zip(*row, strict=True)
+                if s >= threshold and s >= 0
+            }
+        )
+        scores = row[0][row[0] >= 0]
+        assert torch.equal(scores, scores.sort(descending=True).values), "best first"
+    assert found == _reference_peaks(logits, k, threshold, kernel, per_channel)
+    assert any(found), "the test maps have peaks above every threshold tried"
+    assert bool(dense_calls) == (threshold < 0.1), "sparse search for the high thresholds only"
+
+
+def test_find_peaks_takes_the_sparse_path_when_few_cells_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A high threshold examines only the passing cells: no max-pool over the map is run."""
+    logits = torch.full((1, 3, 16, 16), -6.0)
+    logits[0, 2, 5, 9] = 2.0
+    logits[0, 2, 5, 10] = 1.0  # a neighbour, not a peak
+    monkeypatch.setattr(decode, "local_peaks", None)  # the dense search would fail
+    peaks = find_peaks(logits, 10, 0.3, 3)
+    assert peaks.scores.shape == (1, 1, 1)
+    assert (int(peaks.channels[0, 0, 0]), int(peaks.ys[0, 0, 0]), int(peaks.xs[0, 0, 0])) == (2, 5, 9)
+    none = find_peaks(logits, 10, 0.95, 3)
+    assert none.scores.shape == (1, 1, 1) and float(none.scores[0, 0, 0]) == -1.0
+
+
+def test_channel_argmax_in_both_layouts() -> None:
+    torch.manual_seed(2)
+    logits = torch.randn(2, 9, 7, 5).round(decimals=1)  # rounded: ties, where the first channel must win
+    expected = logits.argmax(dim=1)
+    assert torch.equal(channel_argmax(logits), expected)
+    assert torch.equal(channel_argmax(logits.contiguous(memory_format=torch.channels_last)), expected)
+    tied = torch.zeros(1, 4, 2, 2)
+    assert torch.equal(channel_argmax(tied), torch.zeros(1, 2, 2, dtype=torch.long))
 
 
 def test_missing_output_is_reported() -> None:

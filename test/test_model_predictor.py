@@ -71,6 +71,39 @@ def test_mixed_batch_results_in_original_coordinates() -> None:
         assert y2 - y1 == pytest.approx(2 * cell_y, rel=1e-4) or y1 == 0 or y2 == h
 
 
+class ShapeRecorder(BrightSpotModel):
+    """The bright-spot model, remembering the input shapes it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, images: Tensor, tasks: Collection[str] | None = None) -> dict[str, Tensor]:
+        self.shapes.append(tuple(images.shape))
+        return super().forward(images, tasks)
+
+
+def test_camera_shaped_input_maps_back_like_the_square_one() -> None:
+    """rect (the default) runs a 640x480 image at 512x384 and a portrait one at 384x512; the boxes come back
+    in original pixels exactly as with the square 512x512 input."""
+    config = ModelConfig(
+        name="fake", backbone="resnet18", input_size=(512, 512), detection=DetectionConfig(("person",))
+    )
+    model = ShapeRecorder()
+    rect, square = Predictor(model, config), Predictor(model, config, rect=False)
+    assert rect.rect and not square.rect
+    for (h, w), shape in (((480, 640), (1, 3, 384, 512)), ((640, 480), (1, 3, 512, 384))):
+        image = np.zeros((h, w, 3), np.uint8)
+        image[300:310, 200:210] = 255
+        got, want = rect.predict(image), square.predict(image)
+        assert isinstance(got, Results) and isinstance(want, Results)
+        assert model.shapes[-2:] == [shape, (1, 3, 512, 512)]
+        assert got.detections is not None and want.detections is not None and len(got.detections) == 1
+        np.testing.assert_allclose(got.detections.boxes, want.detections.boxes, atol=1e-3)
+        x1, y1, x2, y2 = got.detections.boxes[0]
+        assert abs((x1 + x2) / 2 - 205) <= 5 and abs((y1 + y2) / 2 - 305) <= 5
+
+
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     torch.manual_seed(0)

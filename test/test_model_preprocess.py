@@ -15,6 +15,7 @@ from mcn_ros.model.preprocess import (
     pixel_cells,
     points_to_original,
     preprocess,
+    rect_input_size,
     segmentation_to_original,
 )
 
@@ -106,3 +107,40 @@ def test_segmentation_to_original_is_nearest_per_axis() -> None:
     np.testing.assert_array_equal(torch_cols.numpy(), cols)
     identity = segmentation_to_original(class_map, Letterbox(1, 1, 0, 0), (16, 16), 1)
     assert torch.equal(identity, class_map)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [
+        ([(480, 640)], (384, 512)),  # VGA: 512x384, no padding
+        ([(720, 1280)], (288, 512)),
+        ([(500, 640)], (416, 512)),  # 400 rows rounded up to the stride
+        ([(640, 480)], (512, 384)),  # portrait
+        ([(480, 640), (640, 480)], (512, 512)),  # a batch holds all of its images
+        ([(10, 10)], (512, 512)),  # upscaled to the configured size
+        ([(3, 1000)], (32, 512)),  # never below one stride
+    ],
+)
+def test_rect_input_size(sizes: list[tuple[int, int]], expected: tuple[int, int]) -> None:
+    assert rect_input_size(sizes, (512, 512)) == expected
+    for size in sizes:  # the same scale as the configured square input
+        square, rect = letterbox_for(size, (512, 512)), letterbox_for(size, expected)
+        assert (rect.scale_x, rect.scale_y) == (square.scale_x, square.scale_y)
+
+
+@pytest.mark.parametrize("size", [(480, 640), (333, 517), (1080, 1920), (20, 30)])
+def test_cpu_uint8_resize_matches_the_float_resize(size: tuple[int, int]) -> None:
+    """The CPU path resizes the uint8 image (OpenCV) before converting; the float path (other devices)
+    converts first (torch). They agree within one grey level, also for a BGR view with negative strides."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    image[size[0] // 3 :, : size[1] // 2] //= 4  # some structure: an edge
+    view = image[..., ::-1]
+    view.setflags(write=False)
+    ones = (1.0, 1.0, 1.0)
+    batch, boxes = preprocess([view], (128, 160), (0.0, 0.0, 0.0), ones, color_order="bgr")
+    expected, box = letterbox_tensor(torch.from_numpy(image).permute(2, 0, 1).float(), (128, 160))
+    assert boxes == [box]
+    difference = (batch[0] * 255 - expected).abs()
+    assert float(difference.max()) <= 1.0 + 1e-4
+    assert float(difference.mean()) < 0.5

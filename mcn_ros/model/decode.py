@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -97,11 +98,122 @@ def topk_peaks(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, 
     return top, flat, channels, ys, xs
 
 
+class Peaks(NamedTuple):
+    """Heatmap peaks per group, best first: each field [B, G, K] (G = 1, or one group per channel).
+
+    Slots past a group's last peak hold score -1 at cell (0, 0) of channel 0.
+    """
+
+    scores: Tensor
+    flat: Tensor
+    channels: Tensor
+    ys: Tensor
+    xs: Tensor
+
+
+#: The sparse peak search runs while at most this fraction of an image's cells has a channel passing the
+#: threshold, and ...
+SPARSE_CELL_FRACTION = 0.5
+#: ... at most this fraction of all (cell, channel) values passes it; beyond, the dense search is cheaper.
+SPARSE_VALUE_FRACTION = 0.125
+
+
+def find_peaks(logits: Tensor, k: int, threshold: float, kernel: int, per_channel: bool = False) -> Peaks:
+    """Local maxima of ``sigmoid(logits)`` [B, C, H, W] scoring at least ``threshold``, the best ``k`` of each
+    image (``per_channel``: of each channel).
+
+    The same peaks as :func:`local_peaks` then :func:`topk_peaks` on the probabilities, minus those below
+    ``threshold``. With a threshold in (0, 1), one max over the channels finds the cells where any channel
+    passes, and only those (their ``kernel``-square neighbourhoods) are examined: no max-pool, full-map
+    sigmoid or top-k. A threshold so low that many cells pass (:data:`SPARSE_CELL_FRACTION`,
+    :data:`SPARSE_VALUE_FRACTION`) falls back to that dense search.
+    """
+    b, c, h, w = logits.shape
+    if 0.0 < threshold < 1.0:
+        cutoff = math.log(threshold / (1.0 - threshold)) - 1e-3  # a margin for rounding; tested exactly later
+        cells = (logits.amax(dim=1) >= cutoff).nonzero()  # [M, 3] (b, y, x) where some channel passes
+        if cells.shape[0] <= SPARSE_CELL_FRACTION * b * h * w:
+            bi, yi, xi = cells.unbind(1)
+            passing = (logits[bi, :, yi, xi] >= cutoff).nonzero()  # [N, 2] (cell, channel)
+            if passing.shape[0] <= SPARSE_VALUE_FRACTION * b * c * h * w:
+                cell, ci = passing.unbind(1)
+                candidates = (bi[cell], ci, yi[cell], xi[cell])
+                return _sparse_peaks(logits, candidates, k, threshold, kernel, per_channel)
+    return _dense_peaks(logits.sigmoid(), k, threshold, kernel, per_channel)
+
+
+def _dense_peaks(heat: Tensor, k: int, threshold: float, kernel: int, per_channel: bool) -> Peaks:
+    b, c, h, w = heat.shape
+    heat = local_peaks(heat, kernel)
+    groups = c if per_channel else 1
+    k = min(k, heat[0].numel() // groups)
+    scores, index = heat.reshape(b, groups, -1).topk(k, dim=2)
+    if per_channel:
+        channels = torch.arange(c, device=heat.device).view(1, c, 1).expand(b, c, k)
+        flat = index
+    else:
+        channels = torch.div(index, h * w, rounding_mode="floor")
+        flat = index - channels * (h * w)
+    scores = scores.masked_fill(scores < threshold, -1.0) if threshold > 0 else scores
+    ys = torch.div(flat, w, rounding_mode="floor")
+    return Peaks(scores, flat, channels, ys, flat - ys * w)
+
+
+def _sparse_peaks(
+    logits: Tensor,
+    candidates: tuple[Tensor, Tensor, Tensor, Tensor],
+    k: int,
+    threshold: float,
+    kernel: int,
+    per_channel: bool,
+) -> Peaks:
+    """:func:`find_peaks` on ``candidates`` (b, c, y, x) [N] each: exact local-maximum and threshold tests on
+    their neighbourhoods, then the best ``k`` per group."""
+    b, c, h, w = logits.shape
+    device = logits.device
+    bi, ci, yi, xi = candidates
+    r = kernel // 2
+    steps = torch.arange(-r, r + 1, device=device)
+    dy, dx = steps.repeat_interleave(kernel), steps.repeat(kernel)
+    yy, xx = yi[:, None] + dy, xi[:, None] + dx  # [N, kernel^2], the centre at kernel^2 // 2
+    inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+    yy, xx = yy.clamp_(0, h - 1), xx.clamp_(0, w - 1)
+    window = logits[bi[:, None], ci[:, None], yy, xx].sigmoid_().masked_fill_(~inside, -1.0)
+    score = window[:, (kernel * kernel) // 2]
+    keep = ((score >= window.amax(dim=1)) & (score >= threshold)).nonzero().squeeze(1)
+    score, bi, ci, yi, xi = (v.index_select(0, keep) for v in (score, bi, ci, yi, xi))
+    groups = c if per_channel else 1
+    group = bi * groups + ci if per_channel else bi
+    # Best first within each group: sort by score, then (stable) by group; rank = place within the group.
+    order = score.argsort(descending=True, stable=True)
+    order = order[group[order].argsort(stable=True)]
+    group = group[order]
+    counts = torch.bincount(group, minlength=b * groups)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(group.shape[0], device=device) - starts[group]
+    slots = max(1, min(k, int(counts.max())))
+    taken = (rank < slots).nonzero().squeeze(1)
+    take, rows, cols = order[taken], group[taken], rank[taken]
+    out_scores = torch.full((b * groups, slots), -1.0, device=device, dtype=score.dtype)
+    out_scores[rows, cols] = score[take]
+    fields = []
+    for values in (ci, yi, xi):
+        field = torch.zeros((b * groups, slots), device=device, dtype=torch.long)
+        field[rows, cols] = values[take]
+        fields.append(field.view(b, groups, slots))
+    channels, ys, xs = fields
+    return Peaks(out_scores.view(b, groups, slots), ys * w + xs, channels, ys, xs)
+
+
 def gather_at(feature: Tensor, flat: Tensor) -> Tensor:
-    """Values of ``feature`` [B, C, H, W] at flat positions [B, K] -> [B, K, C]."""
-    b, c = feature.shape[:2]
-    values = feature.reshape(b, c, -1).gather(2, flat.unsqueeze(1).expand(b, c, flat.shape[1]))
-    return values.transpose(1, 2)
+    """Values of ``feature`` [B, C, H, W] at flat positions ``y * W + x`` [B, K] -> [B, K, C].
+
+    Indexes the cells directly, so a channels_last feature map is not copied to contiguous first.
+    """
+    b, w = feature.shape[0], feature.shape[3]
+    ys = torch.div(flat, w, rounding_mode="floor")
+    rows = torch.arange(b, device=feature.device).view(b, 1)
+    return feature[rows, :, ys, flat - ys * w]
 
 
 def _boxes_at(size: Tensor, offset: Tensor, flat: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
@@ -132,26 +244,25 @@ def _clip_boxes(boxes: Tensor, sizes_hw: Tensor) -> Tensor:
 def decode_keypoints(
     boxes: Tensor,
     regressed: Tensor,
-    kp_heatmap: Tensor,
+    kp_logits: Tensor,
     kp_subpixel: Tensor,
     options: DecodeOptions,
 ) -> tuple[Tensor, Tensor]:
     """Snap regressed keypoints to keypoint-heatmap peaks (CenterNet multi-pose), all in output-map coords.
 
     ``boxes`` [B, K, 4] person boxes; ``regressed`` [B, K, J, 2] keypoints from the centre;
-    ``kp_heatmap`` [B, J, H, W] probabilities; ``kp_subpixel`` [B, 2, H, W].
+    ``kp_logits`` [B, J, H, W] keypoint heatmap logits; ``kp_subpixel`` [B, 2, H, W].
     Returns keypoints [B, K, J, 2] and scores [B, K, J].
     """
-    b, j, h, w = kp_heatmap.shape
+    b, j, h, w = kp_logits.shape
     k = regressed.shape[1]
-    kp = min(options.keypoint_candidates, h * w)
-    # Candidate peaks per joint: [B, J, Kp].
-    cand_score, cand_flat = local_peaks(kp_heatmap, options.pool_kernel).reshape(b, j, -1).topk(kp, dim=2)
-    cand_y = torch.div(cand_flat, w, rounding_mode="floor")
-    cand_x = cand_flat - cand_y * w
-    sub = kp_subpixel.float().reshape(b, 2, -1).gather(2, cand_flat.reshape(b, 1, -1).expand(b, 2, j * kp))
-    sub = sub.reshape(b, 2, j, kp)
-    cand = torch.stack((cand_x.float() + sub[:, 0], cand_y.float() + sub[:, 1]), dim=-1)  # [B, J, Kp, 2]
+    # Candidate peaks per joint scoring at least kp_snap_score (weaker ones are never snapped to): [B, J, Kp].
+    peaks = find_peaks(
+        kp_logits, options.keypoint_candidates, options.kp_snap_score, options.pool_kernel, per_channel=True
+    )
+    cand_score, kp = peaks.scores, peaks.scores.shape[2]
+    sub = gather_at(kp_subpixel, peaks.flat.reshape(b, -1)).float().reshape(b, j, kp, 2)
+    cand = torch.stack((peaks.xs.float() + sub[..., 0], peaks.ys.float() + sub[..., 1]), dim=-1)
     # Squared distance of every regressed keypoint to every candidate of its joint: [B, K, J, Kp], built in
     # place from the x and y differences (no [B, K, J, Kp, 2] temporary, no square root).
     dist_sq = regressed[..., 0].unsqueeze(3) - cand[..., 0].unsqueeze(1)
@@ -175,11 +286,29 @@ def decode_keypoints(
     # Score of a keypoint that stays where it was regressed: the heatmap at its cell (clamped to the map).
     rx = regressed[..., 0].floor().clamp(0, w - 1).long()
     ry = regressed[..., 1].floor().clamp(0, h - 1).long()
-    reg_flat = (ry * w + rx).transpose(1, 2)  # [B, J, K]
-    reg_score = kp_heatmap.reshape(b, j, -1).gather(2, reg_flat).transpose(1, 2)  # [B, K, J]
+    rows = torch.arange(b, device=kp_logits.device).view(b, 1, 1)
+    joints = torch.arange(j, device=kp_logits.device).view(1, 1, j)
+    reg_score = kp_logits[rows, joints, ry, rx].float().sigmoid()  # [B, K, J]
     keypoints = torch.where(use.unsqueeze(-1), snapped, regressed)
     scores = torch.where(use, snapped_score, reg_score.to(snapped_score.dtype))
     return keypoints, scores
+
+
+def channel_argmax(logits: Tensor) -> Tensor:
+    """``logits.argmax(dim=1)`` of [B, C, H, W] (the first maximum on ties), [B, H, W].
+
+    torch's argmax over the channels of a contiguous (NCHW) CPU tensor is about twice as slow as a running
+    maximum over the channel planes (ONNX Runtime's outputs are NCHW); channels_last and CUDA tensors use it.
+    """
+    if logits.device.type != "cpu" or not logits.is_contiguous() or logits.shape[1] == 1:
+        return logits.argmax(dim=1)
+    best = logits[:, 0].clone()
+    index = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
+    for c in range(1, logits.shape[1]):
+        plane = logits[:, c]
+        index.masked_fill_(plane > best, c)
+        torch.maximum(best, plane, out=best)
+    return index
 
 
 @functools.lru_cache(maxsize=32)
@@ -228,26 +357,24 @@ def decode_batch(
     if asked & {"detection", "pose"}:
         size, offset = outputs["size"], outputs["offset"]
     if "detection" in asked:
-        heat = outputs["heatmap"].float().sigmoid()
-        scores, flat, classes, ys, xs = topk_peaks(local_peaks(heat, options.pool_kernel), options.top_k)
-        boxes = _boxes_at(size, offset, flat, xs, ys) * OUTPUT_STRIDE
+        peaks = find_peaks(outputs["heatmap"], options.top_k, options.score_threshold, options.pool_kernel)
+        scores, flat = peaks.scores[:, 0], peaks.flat[:, 0]
+        boxes = _boxes_at(size, offset, flat, peaks.xs[:, 0], peaks.ys[:, 0]) * OUTPUT_STRIDE
         boxes = _clip_boxes(points_to_original(boxes, letterbox_boxes), sizes_hw)
         keep = (scores >= options.score_threshold).sum(dim=1).clamp(max=options.max_detections)
+        classes = peaks.channels[:, 0]
         packed.update(det_boxes=boxes, det_scores=scores, det_classes=classes.float(), det_count=keep.float())
     if "pose" in asked:
         person = config.person_index
         assert person is not None  # guaranteed by ModelConfig validation
-        if "detection" in asked:
-            person_heat = heat[:, person : person + 1]
-        else:  # pose alone: the probabilities of the person channel only
-            person_heat = outputs["heatmap"][:, person : person + 1].float().sigmoid()
-        person_heat = local_peaks(person_heat, options.pool_kernel)
-        scores, flat, _, ys, xs = topk_peaks(person_heat, options.top_k)
+        person_logits = outputs["heatmap"][:, person : person + 1]
+        peaks = find_peaks(person_logits, options.top_k, options.pose_score_threshold, options.pool_kernel)
+        scores, flat, ys, xs = peaks.scores[:, 0], peaks.flat[:, 0], peaks.ys[:, 0], peaks.xs[:, 0]
         boxes = _boxes_at(size, offset, flat, xs, ys)
         regressed = gather_at(outputs["kp_offsets"], flat).float().unflatten(-1, (-1, 2))
         regressed = regressed + torch.stack((xs, ys), dim=-1).float().unsqueeze(2)
         keypoints, kp_scores = decode_keypoints(
-            boxes, regressed, outputs["kp_heatmap"].float().sigmoid(), outputs["kp_subpixel"], options
+            boxes, regressed, outputs["kp_heatmap"], outputs["kp_subpixel"], options
         )
         boxes = _clip_boxes(points_to_original(boxes * OUTPUT_STRIDE, letterbox_boxes), sizes_hw)
         keypoints = points_to_original(keypoints.flatten(-2) * OUTPUT_STRIDE, letterbox_boxes).unflatten(
@@ -265,7 +392,7 @@ def decode_batch(
         assert config.segmentation is not None
         logits = outputs["segmentation"]
         stride = config.segmentation.output_stride
-        class_map = logits.argmax(dim=1)
+        class_map = channel_argmax(logits)
         wide = config.segmentation.num_outputs > 256
         for i in range(batch):
             seg = segmentation_to_original(class_map[i], letterboxes[i], image_sizes[i], stride)

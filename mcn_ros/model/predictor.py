@@ -12,12 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mcn_ros.model.backends import BACKENDS, OnnxRuntimeForward, fold_batch_norms
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.device import resolve_device
 from mcn_ros.model.labels import flip_permutation
 from mcn_ros.model.mcn import resolve_tasks
-from mcn_ros.model.preprocess import preprocess
+from mcn_ros.model.preprocess import preprocess, rect_input_size
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import load_weights
 
@@ -71,6 +72,15 @@ class Predictor:
 
     ``half``: False (fp32), True or "fp16" (float16 autocast), "bf16" (bfloat16 autocast); CUDA only, ignored
     with a warning on CPU. ``channels_last`` uses the NHWC memory format (faster convs on GPUs and CPUs).
+    ``rect`` (default True): letterbox into a camera-shaped input, the smallest multiples of 32 that hold the
+    image at the scale of ``config.input_size`` (:func:`~mcn_ros.model.preprocess.rect_input_size`; a
+    640x480 image in a 512x512 model runs at 512x384, a quarter less work); False: always
+    ``config.input_size``. Results are in original pixels either way. ``backend``: "torch" (eager PyTorch,
+    any device) or "onnxruntime" (CPU only, the optional onnxruntime package: :mod:`mcn_ros.model.backends`;
+    the forward exported once per task set, decoding unchanged). ``fold_bn`` (torch backend, default True):
+    run an inference copy with the BatchNorms folded into the convs
+    (:func:`~mcn_ros.model.backends.fold_batch_norms`); ``model`` stays the module given, and weights
+    loaded into it later are not seen by the folded copy (make a new Predictor).
     """
 
     def __init__(
@@ -80,19 +90,37 @@ class Predictor:
         device: str | torch.device = "cpu",
         half: bool | str = False,
         channels_last: bool = True,
+        rect: bool = True,
+        backend: str = "torch",
+        fold_bn: bool = True,
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.config = config
+        self.rect = rect
+        self.backend = backend
         self.device = resolve_device(device)
+        if backend == "onnxruntime" and self.device.type != "cpu":
+            raise ValueError(f"backend 'onnxruntime' runs on the CPU only, not on {self.device}")
         dtype = _half_dtype(half)
         if dtype is not None and self.device.type != "cuda":
             warnings.warn("half precision is only used on CUDA; running in float32", stacklevel=2)
             dtype = None
         self.autocast_dtype = dtype
-        self.channels_last = channels_last
         model = model.to(self.device).eval()
+        self._onnx: OnnxRuntimeForward | None = None
+        if backend == "onnxruntime":
+            self._onnx = OnnxRuntimeForward(model, config)
+            channels_last = False  # ONNX Runtime takes contiguous NCHW arrays
+        self.channels_last = channels_last
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self._run_model = model
+        if fold_bn and self._onnx is None:
+            self._run_model = fold_batch_norms(model)
+            if channels_last:
+                self._run_model = self._run_model.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_weights(
@@ -101,15 +129,24 @@ class Predictor:
         device: str | torch.device = "auto",
         half: bool | str = False,
         channels_last: bool = True,
+        rect: bool = True,
+        backend: str = "torch",
+        fold_bn: bool = True,
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present."""
         model, config, _ = load_weights(path, device=resolve_device(device))
-        return cls(model, config, device=device, half=half, channels_last=channels_last)
+        return cls(model, config, device, half, channels_last, rect=rect, backend=backend, fold_bn=fold_bn)
 
     @property
     def tasks(self) -> frozenset[str]:
         """The tasks this model can run."""
         return self.config.tasks
+
+    def input_size(self, image_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """The network input (H, W) for images of ``image_sizes`` (h, w): camera-shaped with ``rect``."""
+        if self.rect:
+            return rect_input_size(image_sizes, self.config.input_size)
+        return self.config.input_size
 
     def forward(self, batch: Tensor, tasks: Collection[str], flip_test: bool = False) -> dict[str, Tensor]:
         """Raw outputs (float32) for a preprocessed batch, optionally merged with the flipped batch."""
@@ -118,8 +155,11 @@ class Predictor:
         autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if self.autocast_dtype is not None:
             autocast = torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-        with torch.inference_mode(), autocast:
-            outputs = self.model(batch, tasks)
+        if self._onnx is not None:
+            outputs = self._onnx(batch, tasks)
+        else:
+            with torch.inference_mode(), autocast:
+                outputs = self._run_model(batch, tasks)
         outputs = {k: v.float() for k, v in outputs.items()}
         if flip_test:
             outputs = merge_flipped(outputs, batch.shape[0] // 2)
@@ -181,9 +221,10 @@ class Predictor:
             max_detections=max_detections,
             kp_snap_score=kp_snap_score,
         )
+        sizes = [(int(im.shape[0]), int(im.shape[1])) for im in batch_images]
         batch, letterboxes = preprocess(
             batch_images,
-            self.config.input_size,
+            self.input_size(sizes),
             self.config.mean,
             self.config.std,
             device=self.device,
@@ -191,6 +232,5 @@ class Predictor:
             channels_last=self.channels_last,
         )
         outputs = self.forward(batch, asked, flip_test=flip_test)
-        sizes = [(int(im.shape[0]), int(im.shape[1])) for im in batch_images]
         results = decode_batch(outputs, letterboxes, sizes, self.config, asked, options)
         return results[0] if single else results

@@ -1,10 +1,15 @@
 """Letterbox preprocessing (forward and inverse) done with torch on the inference device.
 
 An image of size (h, w) is scaled by ``s = min(H_in / h, W_in / w)`` to ``(round(h s), round(w s))``
-(bilinear, no antialiasing, like OpenCV's INTER_LINEAR), placed centred in the (H_in, W_in) network input
-with padding ``floor((W_in - new_w) / 2)`` (likewise y) and padding value 0 after normalisation (the mean
-colour). Points map as ``p_in = p_orig * scale + pad`` and back as ``p_orig = (p_in - pad) / scale``, with
-continuous pixel coordinates (pixel i covers [i, i + 1)).
+(bilinear, no antialiasing: OpenCV's INTER_LINEAR on the uint8 image on a CPU, torch's bilinear
+interpolation of the float image on other devices; the two differ by at most one grey level), placed
+centred in the (H_in, W_in) network input with padding ``floor((W_in - new_w) / 2)`` (likewise y) and
+padding value 0 after normalisation (the mean colour). Points map as ``p_in = p_orig * scale + pad`` and
+back as ``p_orig = (p_in - pad) / scale``, with continuous pixel coordinates (pixel i covers [i, i + 1)).
+
+The input size is the configured one, or with ``rect`` (:func:`rect_input_size`) the smallest multiples of the
+backbone stride that hold the images at the configured scale: a 640x480 camera in a 512x512 configuration
+runs at 512x384, with the same scale and less padding.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -80,6 +86,19 @@ def letterbox_for(orig_hw: Sequence[int], input_hw: Sequence[int]) -> Letterbox:
     )
 
 
+def rect_input_size(
+    image_sizes: Sequence[Sequence[int]], input_hw: Sequence[int], stride: int = 32
+) -> tuple[int, int]:
+    """Camera-shaped input: the smallest (H, W), multiples of ``stride`` and at most ``input_hw``, that holds
+    every (h, w) of ``image_sizes`` letterboxed at its ``input_hw`` scale (the batch shares one shape)."""
+    height = width = stride
+    for size in image_sizes:
+        new_h, new_w = resized_size(size, input_hw)
+        height = max(height, -(-new_h // stride) * stride)
+        width = max(width, -(-new_w // stride) * stride)
+    return min(height, int(input_hw[0])), min(width, int(input_hw[1]))
+
+
 def letterbox_tensor(
     image: Tensor, input_hw: Sequence[int], out: Tensor | None = None
 ) -> tuple[Tensor, Letterbox]:
@@ -109,8 +128,14 @@ def _check_image(image: np.ndarray, index: int) -> None:
         raise ValueError(f"image {index}: empty image {image.shape}")
 
 
-def image_to_tensor(image: np.ndarray, device: torch.device | str, color_order: str = "rgb") -> Tensor:
-    """HxWx3 uint8 array -> float [3, h, w] RGB in [0, 255] on ``device`` (only uint8 is transferred)."""
+def image_to_tensor(
+    image: np.ndarray,
+    device: torch.device | str,
+    color_order: str = "rgb",
+    dtype: torch.dtype | None = torch.float32,
+) -> Tensor:
+    """HxWx3 uint8 array -> [3, h, w] RGB in [0, 255] on ``device`` (only uint8 is transferred), converted to
+    ``dtype`` (None: a uint8 view where possible)."""
     if any(stride < 0 for stride in image.strides):  # e.g. image[..., ::-1]: torch needs positive strides
         image = np.ascontiguousarray(image)
     if image.flags.writeable:
@@ -123,7 +148,7 @@ def image_to_tensor(image: np.ndarray, device: torch.device | str, color_order: 
     data = data.to(device, non_blocking=True).permute(2, 0, 1)
     if color_order == "bgr":
         data = data.flip(0)
-    return data.float()
+    return data if dtype is None else data.to(dtype)
 
 
 def preprocess(
@@ -155,10 +180,28 @@ def preprocess(
     letterboxes = []
     for i, image in enumerate(images):
         _check_image(image, i)
-        _, box = letterbox_tensor(image_to_tensor(image, device, color_order), (height, width), out=batch[i])
+        if device.type == "cpu":
+            box = _letterbox_uint8(image, (height, width), color_order, out=batch[i])
+        else:
+            _, box = letterbox_tensor(
+                image_to_tensor(image, device, color_order), (height, width), out=batch[i]
+            )
         letterboxes.append(box)
     batch.sub_(shift).mul_(scale)
     return batch, letterboxes
+
+
+def _letterbox_uint8(image: np.ndarray, input_hw: Sequence[int], color_order: str, out: Tensor) -> Letterbox:
+    """CPU letterbox: resize the uint8 image (OpenCV INTER_LINEAR), then convert only the resized pixels to
+    float while writing them into ``out`` [3, H, W] (no full-resolution float copy)."""
+    box = letterbox_for(image.shape[:2], input_hw)
+    new_h, new_w = resized_size(image.shape[:2], input_hw)
+    if (new_h, new_w) != image.shape[:2]:
+        image = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    data = image_to_tensor(image, "cpu", color_order, dtype=None)
+    x0, y0 = int(box.pad_x), int(box.pad_y)
+    out[:, y0 : y0 + new_h, x0 : x0 + new_w].copy_(data)
+    return box
 
 
 @functools.lru_cache(maxsize=8)

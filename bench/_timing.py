@@ -1,0 +1,97 @@
+"""What the CPU speed benchmarks share: interleaved timing, latency statistics, FLOP counts, the machine's
+matrix-product rate, and the ultralytics peer networks (imported here only, never by mcn_ros).
+
+Timing runs every contender once per round, in a rotating order, so that a machine shared with other work
+slows all of them alike; reports compare contenders of the same run only.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+#: The peer networks: one per task, built from ultralytics' own model YAMLs (random init, no download).
+YOLO_FAMILIES: dict[str, tuple[str, ...]] = {
+    "yolo26n": ("yolo26n.yaml", "yolo26n-pose.yaml", "yolo26n-sem.yaml"),
+    "yolo11n": ("yolo11n.yaml", "yolo11n-pose.yaml", "yolo11n-seg.yaml"),
+}
+
+
+def interleaved(
+    contenders: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Run each contender ``warmup`` times, then ``rounds`` rounds of one call each (rotating order);
+    returns the wall times in milliseconds per contender."""
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    """Median, 95th percentile, min and count of millisecond samples."""
+    return {
+        "median_ms": round(statistics.median(samples), 3),
+        "p95_ms": round(float(np.percentile(samples, 95)), 3),
+        "min_ms": round(min(samples), 3),
+        "n": len(samples),
+    }
+
+
+def gflops(fn: Callable[[], object]) -> float:
+    """GFLOPs of one call of ``fn`` (torch's FLOP counter: 2 per multiply-add of convs and matmuls)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops_per_s(size: int = 2048, repeats: int = 5) -> float:
+    """The best rate of a ``size`` square float32 matrix product on this machine (GFLOP/s, torch threads)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def yolo_models(family: str) -> list[Any]:
+    """The three ``ultralytics.YOLO`` networks of ``family`` (detect, pose, segmentation), random init."""
+    try:
+        from ultralytics import YOLO
+    except ImportError as error:
+        raise SystemExit(
+            "the YOLO peers need ultralytics (make bench installs requirements/bench.txt; or put a "
+            f"pip --target folder with it on PYTHONPATH): {error}"
+        ) from error
+    return [YOLO(name, verbose=False) for name in YOLO_FAMILIES[family]]
+
+
+def yolo_forward_module(yolo: Any) -> torch.nn.Module:
+    """The torch module ultralytics' own predictor runs (eval mode, Conv+BN fused as its predictor fuses)."""
+    module = yolo.model.eval()
+    return module.fuse(verbose=False) if hasattr(module, "fuse") else module
+
+
+def onnxruntime_version() -> str | None:
+    """The installed onnxruntime's version, or None."""
+    try:
+        import onnxruntime  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return str(onnxruntime.__version__)

@@ -1,0 +1,329 @@
+"""End to end on the CPU: a numpy camera image in, results out; the MCN against YOLO26n x3, per backend.
+
+    python bench/e2e_cpu.py [--weights W.safetensors] [--threads 2] [--rounds 10] [--quick] [--out DIR]
+
+For a 640x480 and a 1280x720 BGR uint8 image: ``Predictor.predict`` (all three tasks, score threshold 0.3)
+with the PyTorch backend (camera-shaped input, the default, and the square 512x512 input) and with ONNX
+Runtime; and ultralytics' own ``YOLO.predict`` of YOLO26n detect + pose + semantic segmentation (random init
+from ultralytics' YAMLs, ``imgsz=512``: its rectangular letterbox, the same input resolution as ours) in
+PyTorch and, exported by ultralytics to ONNX at that input shape, in ONNX Runtime. Interleaved rounds,
+batch 1, fp32. The MCN's time is split into preprocess / forward / decode (timed inside the same calls),
+YOLO's into ultralytics' own preprocess / inference / postprocess sums.
+
+Also ``e2e_cpu.png``: the split per network and backend.
+
+Headline ``e2e_vs_yolo26n_speedup``: at 640x480, the MCN's fastest CPU backend against YOLO26n x3 in the
+same backend (YOLO26n x3 median / MCN median). Random weights unless ``--weights`` (that file's model, run
+at ``--input`` like the random one: trained heads let more peaks pass the threshold, so decoding does
+more). ``--quick``: 640x480 only, 2 rounds, a temporary output folder unless ``--out``: a check of the
+script, not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from _common import PACKAGES, git_commit, machine, versions
+from _timing import YOLO_FAMILIES, interleaved, onnxruntime_version, stats, yolo_models
+
+from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.decode import DecodeOptions, decode_batch
+from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.predictor import Predictor
+from mcn_ros.model.preprocess import preprocess, rect_input_size
+from mcn_ros.model.weights import load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES: dict[str, tuple[int, int]] = {"640x480": (480, 640), "1280x720": (720, 1280)}
+DEFAULT_CONFIG = ROOT / "config" / "models" / "resnet18_det80_seg80_pose_512.yaml"
+SCORE_THRESHOLD = 0.3
+
+
+def camera_image(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A deterministic BGR picture with texture, edges and blobs (not noise alone)."""
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+    for _ in range(12):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        size = int(rng.integers(h // 20, h // 4))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.rectangle(image, (x, y), (x + size // 2, y + size), colour, -1)
+        cv2.circle(image, (x, y), size // 4, colour[::-1], -1)
+    return image
+
+
+class SplitPredict:
+    """``Predictor.predict`` done step by step (the same calls), recording each step's milliseconds."""
+
+    def __init__(self, predictor: Predictor, image: np.ndarray) -> None:
+        self.predictor = predictor
+        self.image = image
+        self.options = DecodeOptions.from_config(
+            predictor.config.decode, score_threshold=SCORE_THRESHOLD, pose_score_threshold=SCORE_THRESHOLD
+        )
+        self.parts: dict[str, list[float]] = {"preprocess": [], "forward": [], "decode": []}
+
+    def __call__(self) -> object:
+        p, size = self.predictor, (int(self.image.shape[0]), int(self.image.shape[1]))
+        tasks = p.config.tasks
+        start = time.perf_counter()
+        batch, boxes = preprocess(
+            [self.image], p.input_size([size]), p.config.mean, p.config.std, p.device, "bgr", p.channels_last
+        )
+        middle = time.perf_counter()
+        outputs = p.forward(batch, tasks)
+        end = time.perf_counter()
+        results = decode_batch(outputs, boxes, [size], p.config, tasks, self.options)
+        done = time.perf_counter()
+        for name, value in (
+            ("preprocess", middle - start),
+            ("forward", end - middle),
+            ("decode", done - end),
+        ):
+            self.parts[name].append(1000 * value)
+        return results
+
+
+class YoloTrio:
+    """Three ultralytics networks predicting one image one after another; records their own speed split."""
+
+    def __init__(self, models: list[Any], image: np.ndarray, imgsz: int | tuple[int, int]) -> None:
+        self.models, self.image, self.imgsz = models, image, imgsz
+        self.parts: dict[str, list[float]] = {"preprocess": [], "forward": [], "decode": []}
+
+    def __call__(self) -> object:
+        totals = dict.fromkeys(self.parts, 0.0)
+        outputs = []
+        for model in self.models:
+            result = model.predict(self.image, imgsz=self.imgsz, device="cpu", verbose=False)[0]
+            totals["preprocess"] += result.speed["preprocess"]
+            totals["forward"] += result.speed["inference"]
+            totals["decode"] += result.speed["postprocess"]
+            outputs.append(result)
+        for name, value in totals.items():
+            self.parts[name].append(value)
+        return outputs
+
+
+def yolo_onnx(family: str, shape: tuple[int, int], folder: Path) -> list[Any]:
+    """The family's three networks exported by ultralytics to ONNX at ``shape`` (static), loaded for ORT."""
+    from ultralytics import YOLO
+
+    models = []
+    for yolo, yaml_name in zip(yolo_models(family), YOLO_FAMILIES[family], strict=True):
+        cwd = Path.cwd()
+        target = folder / f"{Path(yaml_name).stem}_{shape[0]}x{shape[1]}"
+        target.mkdir(parents=True, exist_ok=True)
+        os.chdir(target)  # ultralytics writes the file next to the model's name
+        try:
+            path = yolo.export(format="onnx", imgsz=shape, simplify=False, dynamic=False, verbose=False)
+        finally:
+            os.chdir(cwd)
+        models.append(YOLO(str(target / path) if not Path(path).is_absolute() else path, task=yolo.task))
+    return models
+
+
+def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
+    """Contenders keyed ``backend:network@size`` and facts about the runs."""
+    torch.manual_seed(0)
+    if args.weights:
+        model, config, _ = load_weights(args.weights, device=torch.device("cpu"))
+    else:
+        config = ModelConfig.from_yaml(DEFAULT_CONFIG)
+        model = MultitaskCenterNet(config)
+    config = dataclasses.replace(config, input_size=(args.input, args.input))  # YOLO's imgsz too
+    has_ort = onnxruntime_version() is not None
+    predictors = {
+        "torch:mcn": Predictor(model, config),
+        "torch:mcn_square": Predictor(model, config, rect=False),
+    }
+    if has_ort:
+        predictors["onnxruntime:mcn"] = Predictor(model, config, backend="onnxruntime")
+    contenders: dict[str, Callable[[], object]] = {}
+    facts: dict[str, Any] = {
+        "mcn_config": config.name,
+        "weights": args.weights or "random init",
+        "inputs": {},
+    }
+    sizes = {"640x480": SIZES["640x480"]} if args.quick else SIZES
+    yolo_torch = yolo_models("yolo26n")
+    for size_name, hw in sizes.items():
+        image = camera_image(hw)
+        shape = rect_input_size([hw], config.input_size)
+        facts["inputs"][size_name] = {"mcn_rect": list(shape), "mcn_square": list(config.input_size)}
+        for key, predictor in predictors.items():
+            contenders[f"{key}@{size_name}"] = SplitPredict(predictor, image)
+        contenders[f"torch:yolo26n_x3@{size_name}"] = YoloTrio(yolo_torch, image, config.input_size[1])
+        if has_ort:
+            onnx_models = yolo_onnx("yolo26n", shape, folder)
+            contenders[f"onnxruntime:yolo26n_x3@{size_name}"] = YoloTrio(onnx_models, image, shape)
+    return contenders, facts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build, time interleaved, write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--weights", default=None, help="MCN weights (default: random init of the R18 3-task 512)"
+    )
+    parser.add_argument("--input", type=int, default=512, help="input side (MCN input_size, YOLO imgsz); 512")
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads; default 2")
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="interleaved rounds; default 10 (2 with --quick)"
+    )
+    parser.add_argument("--quick", action="store_true", help="640x480 only, 2 rounds: a check of the script")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default bench/results; temp with --quick)"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rounds = 2 if args.quick and args.rounds == 10 else args.rounds
+    with tempfile.TemporaryDirectory() as folder:
+        contenders, facts = build(args, Path(folder))
+        print(f"{len(contenders)} contenders, {rounds} rounds", flush=True)
+        times = interleaved(contenders, rounds)
+    rows: dict[str, Any] = {}
+    for key, samples in times.items():
+        backend_net, size = key.split("@")
+        backend, network = backend_net.split(":")
+        parts = getattr(contenders[key], "parts", {})
+        row = {"backend": backend, "network": network, "size": size, **stats(samples)}
+        row["split_median_ms"] = {k: round(float(np.median(v[-len(samples) :])), 3) for k, v in parts.items()}
+        rows[key] = row
+        print(f"{key:40s} {row['median_ms']:9.1f} ms (p95 {row['p95_ms']:.1f}) {row['split_median_ms']}")
+    report: dict[str, Any] = {
+        "command": shlex.join(["python", *(sys.argv if argv is None else ["bench/e2e_cpu.py", *argv])]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": machine(),
+        "versions": versions((*PACKAGES, "ultralytics", "onnxruntime", "onnx")),
+        "git_commit": git_commit(),
+        "threads": args.threads,
+        "rounds": rounds,
+        "score_threshold": SCORE_THRESHOLD,
+        **facts,
+        "speedups": speedups(rows),
+        "runs": rows,
+    }
+    best = report["speedups"].get("640x480", {}).get("best")
+    report["e2e_vs_yolo26n_speedup"] = best["speedup"] if best else None
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(tempfile.mkdtemp()) if args.quick else ROOT / "bench" / "results")
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "e2e_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "e2e_cpu.md").write_text(markdown(report))
+    plot(report, out / "e2e_cpu.png")
+    print(json.dumps(report["speedups"], indent=1))
+    print(f"e2e_vs_yolo26n_speedup {report['e2e_vs_yolo26n_speedup']}; wrote {out / 'e2e_cpu.json'}")
+    return 0
+
+
+def speedups(rows: dict[str, Any]) -> dict[str, Any]:
+    """Per size and backend: YOLO26n x3 median / MCN median; ``best``: the MCN's fastest backend's."""
+    out: dict[str, Any] = {}
+    for size in sorted({r["size"] for r in rows.values()}):
+        per: dict[str, Any] = {}
+        for backend in ("torch", "onnxruntime"):
+            mcn, yolo = rows.get(f"{backend}:mcn@{size}"), rows.get(f"{backend}:yolo26n_x3@{size}")
+            if mcn and yolo:
+                per[backend] = {
+                    "mcn_ms": mcn["median_ms"],
+                    "yolo26n_x3_ms": yolo["median_ms"],
+                    "speedup": round(yolo["median_ms"] / mcn["median_ms"], 3),
+                }
+        if per:
+            fastest = min(per, key=lambda b: per[b]["mcn_ms"])
+            per["best"] = {"backend": fastest, **per[fastest]}
+        out[size] = per
+    return out
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Latency per network and backend: stacked preprocess / forward / decode bars, one panel per size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sizes = sorted({row["size"] for row in report["runs"].values()})
+    figure = Figure(figsize=(4.5 * len(sizes), 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(sizes), squeeze=False)[0]
+    colours = {"preprocess": "#4c72b0", "forward": "#dd8452", "decode": "#55a868"}
+    for ax, size in zip(axes, sizes, strict=True):
+        rows = [(k.split("@")[0], r) for k, r in report["runs"].items() if r["size"] == size]
+        bottom = np.zeros(len(rows))
+        for part, colour in colours.items():
+            values = np.array([r["split_median_ms"].get(part, 0.0) for _, r in rows])
+            ax.bar(range(len(rows)), values, bottom=bottom, color=colour, label=part)
+            bottom += values
+        ax.set_xticks(range(len(rows)), [name.replace(":", "\n") for name, _ in rows], fontsize=7)
+        ax.set_title(f"{size} image in, results out")
+        ax.set_ylabel("median ms")
+    axes[0].legend(fontsize=7)
+    figure.savefig(path, dpi=100)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as tables."""
+    lines = [
+        "# End to end on the CPU: image in, results out (MCN vs YOLO26n x3)",
+        "",
+        f"`{report['command']}` ({report['date']}, commit {report['git_commit']}; "
+        f"{report['machine'].get('cpu')} {', '.join(report['machine'].get('cpu_flags', []))}, "
+        f"{report['threads']} threads, {report['rounds']} interleaved rounds, MCN {report['mcn_config']} "
+        f"({report['weights']}), score threshold {report['score_threshold']})."
+        + (" **--quick: a check of the script, not a result.**" if report["quick"] else ""),
+        "",
+        "**e2e_vs_yolo26n_speedup** (640x480, the MCN's fastest backend): "
+        f"**{report['e2e_vs_yolo26n_speedup']}**",
+        "",
+        "| size | backend | MCN ms | YOLO26n x3 ms | speed-up |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for size, per in report["speedups"].items():
+        for backend in ("torch", "onnxruntime"):
+            if backend in per:
+                v = per[backend]
+                figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x"
+                lines.append(f"| {size} | {backend} | {figures} |")
+    lines += [
+        "",
+        "| run | median ms | p95 | preprocess | forward | decode / postprocess |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, row in report["runs"].items():
+        split = row["split_median_ms"]
+        lines.append(
+            f"| {key} | {row['median_ms']:.1f} | {row['p95_ms']:.1f} | {split.get('preprocess', 0):.1f} | "
+            f"{split.get('forward', 0):.1f} | {split.get('decode', 0):.1f} |"
+        )
+    lines += [
+        "",
+        "`mcn` letterboxes to the camera shape (`Predictor(rect=True)`, the default), `mcn_square` to",
+        "512x512.",
+        "YOLO's split is ultralytics' own per-call speed figures summed over its three networks; its ONNX",
+        "Runtime sessions use ultralytics' session settings (threads chosen by ONNX Runtime).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

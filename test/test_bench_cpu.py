@@ -1,0 +1,73 @@
+"""The CPU speed benchmarks' bookkeeping (which networks, which ratios), without timing anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCH))  # as `python bench/NAME.py` has it (`import _common`)
+    spec = importlib.util.spec_from_file_location(f"mcn_bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_cpu_networks_and_headlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load(monkeypatch, "model_cpu")
+    quick = bench.mcn_networks(True)
+    assert sorted(quick) == [
+        "resnet18_det1_pose_512",
+        "resnet18_det80_512",
+        "resnet18_det80_seg80_pose_512",
+        "resnet18_seg80_512",
+    ]
+    assert quick["resnet18_det80_512"].tasks == {"detection"}
+    assert quick["resnet18_seg80_512"].tasks == {"segmentation"}
+    pose = quick["resnet18_det1_pose_512"]
+    assert pose.tasks == {"detection", "pose"} and pose.detection is not None
+    assert pose.detection.classes == ("person",)
+    full = bench.mcn_networks(False)
+    assert "dla34_det80_512" in full and "dla34_only_det80_512" not in full  # shipped configs are reused
+
+    def net(kind: str, ms: float) -> dict[str, object]:
+        return {"kind": kind, "latency": {"square": {"median_ms": ms}}}
+
+    nets = {
+        "resnet18_det80_seg80_pose_512": net("mcn", 100.0),
+        "resnet18_det80_512": net("mcn", 80.0),
+        "resnet18_seg80_512": net("mcn", 70.0),
+        "resnet18_det1_pose_512": net("mcn", 90.0),
+        "yolo26n": net("yolo26n", 30.0),
+        "yolo26n-pose": net("yolo26n", 40.0),
+        "yolo26n-sem": net("yolo26n", 50.0),
+    }
+    assert bench.headline(nets, "square") == {
+        "mcn_vs_stn_speedup": 2.4,
+        "mcn_vs_yolo26n_speedup": 1.2,
+        "mcn_vs_yolo11n_speedup": None,  # not measured: no figure rather than a wrong one
+    }
+
+
+def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load(monkeypatch, "e2e_cpu")
+    rows = {
+        "torch:mcn@640x480": {"size": "640x480", "median_ms": 200.0},
+        "torch:yolo26n_x3@640x480": {"size": "640x480", "median_ms": 250.0},
+        "onnxruntime:mcn@640x480": {"size": "640x480", "median_ms": 160.0},
+        "onnxruntime:yolo26n_x3@640x480": {"size": "640x480", "median_ms": 240.0},
+    }
+    out = bench.speedups(rows)["640x480"]
+    assert out["torch"]["speedup"] == 1.25 and out["onnxruntime"]["speedup"] == 1.5
+    assert out["best"]["backend"] == "onnxruntime" and out["best"]["speedup"] == 1.5
+    image = bench.camera_image((480, 640))
+    assert image.shape == (480, 640, 3) and image.std() > 20  # texture, not a flat frame

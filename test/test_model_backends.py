@@ -1,0 +1,103 @@
+"""The ONNX Runtime backend gives the PyTorch backend's outputs and results; a clear error without it."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mcn_ros.model.backends import fold_batch_norms
+from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.predictor import Predictor
+from mcn_ros.model.results import Results
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "models"
+
+
+def _model(seg_stride: int = 4) -> tuple[MultitaskCenterNet, ModelConfig]:
+    torch.manual_seed(0)
+    config = ModelConfig.from_yaml(CONFIG_DIR / "resnet18_det1_seg1_pose_128.yaml")
+    assert config.segmentation is not None
+    segmentation = dataclasses.replace(config.segmentation, output_stride=seg_stride)
+    config = dataclasses.replace(config, input_size=(96, 96), segmentation=segmentation)
+    return MultitaskCenterNet(config).eval(), config
+
+
+def test_unknown_backend_and_missing_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, config = _model()
+    with pytest.raises(ValueError, match="backend must be one of torch, onnxruntime"):
+        Predictor(model, config, backend="tensorrt")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ImportError, match="needs the optional packages onnxruntime and onnx"):
+        Predictor(model, config, backend="onnxruntime")
+
+
+@pytest.mark.parametrize("seg_stride", [4, 1])
+def test_onnxruntime_equals_torch(seg_stride: int) -> None:
+    """Raw outputs within 1e-4 of their scale at two input shapes (dynamic axes) and every task subset's
+    graph; decoded detections, keypoints and segmentation equal on camera-shaped inputs."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model, config = _model(seg_stride)
+    eager = Predictor(model, config)
+    onnx = Predictor(model, config, backend="onnxruntime")
+    assert onnx.backend == "onnxruntime" and not onnx.channels_last
+    for shape, tasks in (
+        ((2, 3, 96, 96), None),
+        ((1, 3, 64, 128), ["segmentation"]),
+        ((1, 3, 96, 64), ["pose"]),
+    ):
+        batch = torch.randn(shape)
+        want, got = (
+            eager.forward(batch, eager.config.tasks if tasks is None else tasks),
+            onnx.forward(batch, onnx.config.tasks if tasks is None else tasks),
+        )
+        assert sorted(got) == sorted(want)
+        for key, value in want.items():
+            assert got[key].shape == value.shape, key
+            scale = float(value.abs().max()) + 1e-6
+            assert float((got[key] - value).abs().max()) <= 1e-4 * scale, key
+    rng = np.random.default_rng(5)
+    images = [
+        rng.integers(0, 256, (60, 100, 3), dtype=np.uint8),
+        rng.integers(0, 256, (90, 50, 3), dtype=np.uint8),
+    ]
+    for a, b in zip(
+        eager.predict(images, score_threshold=0.0), onnx.predict(images, score_threshold=0.0), strict=True
+    ):
+        assert isinstance(a, Results) and isinstance(b, Results)
+        assert a.detections is not None and b.detections is not None
+        np.testing.assert_allclose(b.detections.scores, a.detections.scores, atol=1e-5)
+        np.testing.assert_allclose(b.detections.boxes, a.detections.boxes, atol=1e-3)
+        assert a.poses is not None and b.poses is not None
+        np.testing.assert_allclose(b.poses.keypoints, a.poses.keypoints, atol=1e-3)
+        assert a.segmentation is not None and b.segmentation is not None
+        assert np.mean(a.segmentation != b.segmentation) < 1e-3  # argmax ties at most
+
+
+def test_folded_batch_norms_give_the_same_outputs() -> None:
+    """The inference copy has no BatchNorm after a plain conv and the same outputs; the model is untouched."""
+    model, config = _model()
+    for module in model.modules():  # BatchNorms that do something (fresh ones are the identity)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    keys = list(model.state_dict())
+    folded = fold_batch_norms(model)
+    batch_norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(batch_norms) < sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) / 4
+    assert list(model.state_dict()) == keys
+    batch = torch.randn(2, 3, 96, 64)
+    with torch.inference_mode():
+        want, got = model(batch), folded(batch)
+    for key, value in want.items():
+        assert float((got[key] - value).abs().max()) <= 1e-4 * float(value.abs().max()), key
+    predictor = Predictor(model, config)
+    assert predictor.model is model and predictor._run_model is not model
+    assert Predictor(model, config, fold_bn=False)._run_model is model
