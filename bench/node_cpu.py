@@ -1,0 +1,176 @@
+"""The node's own cost: a 640x480 image published -> its outputs received over DDS, against the model runtime
+alone on the same image in one process.
+
+The node runs as users run it (``python -m mcn_ros.ros.node``, a separate process, one camera, CPU). Three
+phases, the runtime's before and after the node's so that a drift of the machine falls on both:
+
+1. ``Predictor.predict`` in this process (same weights, tasks, thresholds, torch threads), ``--frames`` calls;
+2. lockstep through the node: publish a frame, wait for its detections, poses and segmentation, repeat;
+   latency p50 / p95 / p99 (publish -> last output);
+3. sustained: frames published at ``--rate`` Hz (more than the node can take) for ``--seconds``; frames
+   answered per second.
+
+``overhead_ratio`` = (node lockstep p50 - predict p50) / predict p50: what the ROS path (serialisation,
+DDS on loopback, conversion, messages, the inference thread's hand-off) adds to the model runtime.
+
+Writes ``bench/results/node_cpu.json`` (+ ``.md``). Usage::
+
+    python bench/node_cpu.py [--config config/models/resnet18_det80_seg80_pose_512.yaml] [--frames 30]
+        [--seconds 20] [--rate 30] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import git_commit, machine, versions
+from _node_driver import Driver
+from multicamera_cpu import make_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SCORE = 0.3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config", type=Path, default=ROOT / "config/models/resnet18_det80_seg80_pose_512.yaml"
+    )
+    parser.add_argument("--frames", type=int, default=30, help="lockstep frames, and predict calls per phase")
+    parser.add_argument("--seconds", type=float, default=20.0, help="sustained phase")
+    parser.add_argument("--rate", type=float, default=30.0, help="Hz in the sustained phase")
+    parser.add_argument("--quick", action="store_true", help="a short check of the script (not a result)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:  # written beside the system's temporary files, never into bench/results
+        args.frames, args.seconds = 5, 5.0
+        if args.results == RESULTS:
+            args.results = Path(tempfile.gettempdir()) / "mcn_bench_quick"
+    return args
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    values = np.asarray(samples)
+    return {f"p{q}_ms": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)} | {"n": len(samples)}
+
+
+def predict_times(weights: Path, image: np.ndarray, calls: int) -> list[float]:
+    """Milliseconds of ``Predictor.predict`` on ``image`` (all tasks), after two warm-up calls."""
+    from mcn_ros.model.predictor import Predictor
+
+    predictor = Predictor.from_weights(weights, device="cpu")
+    times = []
+    for n in range(calls + 2):
+        start = time.perf_counter()
+        predictor.predict(image, score_threshold=SCORE, pose_score_threshold=SCORE)
+        if n >= 2:
+            times.append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def row(name: str, figures: dict[str, float]) -> str:
+    return f"| {name} | {figures['p50_ms']} | {figures['p95_ms']} | {figures['p99_ms']} | {figures['n']} |"
+
+
+def render(record: dict[str, Any]) -> str:
+    host = record["machine"]
+    cpu = f"{host.get('cpu', '?')} ({', '.join(host.get('cpu_flags', []))}), {host.get('affinity', '?')} CPUs"
+    predict, node = record["predict"], record["node_lockstep"]
+    return "\n".join(
+        [
+            "# The node's own cost (CPU)",
+            "",
+            f"`{record['command']}`",
+            "",
+            f"One 640x480 rgb8 camera, model `{record['model']}`, {cpu}, torch threads "
+            f"{record['torch_threads']}. Latency: publish -> the last of detections, poses, segmentation.",
+            "",
+            "| path | p50 ms | p95 ms | p99 ms | n |",
+            "|---|---|---|---|---|",
+            row("`Predictor.predict` in-process", predict),
+            row("through the node over DDS (lockstep)", node),
+            "",
+            f"Sustained: {record['sustained']['throughput_fps']} frames/s answered, "
+            f"{record['rate_hz']} Hz offered. **overhead_ratio {record['overhead_ratio']}** (target <= 0.1).",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    command = shlex.join(["python", "bench/node_cpu.py", *(sys.argv[1:] if argv is None else argv)])
+    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 60))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    from mcn_ros.model.config import ModelConfig
+
+    config = ModelConfig.from_yaml(args.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = make_weights(args.config, Path(tmp) / "model.safetensors")
+        node_command = [
+            sys.executable, "-m", "mcn_ros.ros.node",
+            "--ros-args", "--params-file", str(ROOT / "config/mcn.yaml"),
+            "-r", "__node:=node_bench", "-p", f"weights:={weights}", "-p", "autostart:=true",
+            "-p", "device:=cpu", "-p", f"score_threshold:={SCORE}", "-p", f"pose_score_threshold:={SCORE}",
+        ]  # fmt: skip
+        driver = Driver([""], args.rate, node="node_bench")
+        image = driver.images[""]
+        predict_before = predict_times(weights, image, args.frames)
+        node = subprocess.Popen(node_command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            driver.wait_for_node()
+            driver.lockstep(3, first_stamp=1_000_000_000)  # warm-up
+            lockstep = driver.lockstep(args.frames, first_stamp=2_000_000_000)
+            window = driver.publish_for(args.seconds, 3_000_000_000)
+            sustained = driver.measure(window, args.seconds)
+        finally:
+            driver.close()
+            node.terminate()
+            node.wait(timeout=30)
+        predict_after = predict_times(weights, image, args.frames)
+    predict = percentiles(predict_before + predict_after)
+    node_stats = percentiles(lockstep)
+    record = {
+        "command": command,
+        "quick": args.quick,
+        "model": config.name,
+        "input_size": list(config.input_size),
+        "torch_threads": torch.get_num_threads(),
+        "predict": predict,
+        "predict_p50_before_after_ms": [
+            percentiles(predict_before)["p50_ms"],
+            percentiles(predict_after)["p50_ms"],
+        ],
+        "node_lockstep": node_stats,
+        "rate_hz": args.rate,
+        "sustained": {k: v for k, v in sustained.items() if k != "per_camera"},
+        "overhead_ratio": round((node_stats["p50_ms"] - predict["p50_ms"]) / predict["p50_ms"], 3),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "git": git_commit(),
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "node_cpu.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.results / "node_cpu.md").write_text(render(record))
+    print(render(record))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())
