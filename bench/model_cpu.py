@@ -8,7 +8,8 @@ and YOLO11n x3 built from ultralytics' own model YAMLs (detect, pose, segmentati
 fused as their predictor runs them): parameters, GFLOPs, forward latency (median, p95) at 512x512 and at the
 camera-shaped 384x512 input (a 640x480 image letterboxed at scale 0.8), and the achieved GFLOP/s against a
 2048 matrix product's in the same run. Batch 1, float32, ``--threads`` torch threads, random weights,
-interleaved rounds. The MCN runs as ``Predictor`` runs it (channels_last; ONNX Runtime too when installed).
+interleaved rounds. The MCN runs as ``Predictor`` runs it (BatchNorms folded, channels_last; ONNX Runtime
+too when installed).
 
 Headlines: ``mcn_vs_stn_speedup`` (ResNet-18, sum of the three STN forwards / the MCN's),
 ``mcn_vs_yolo26n_speedup`` and ``mcn_vs_yolo11n_speedup`` (the three YOLO forwards / the ResNet-18 MCN's),
@@ -44,6 +45,7 @@ from _timing import (
     yolo_models,
 )
 
+from mcn_ros.model.backends import fold_batch_norms
 from mcn_ros.model.config import DetectionConfig, ModelConfig
 from mcn_ros.model.heads import count_parameters
 from mcn_ros.model.mcn import MultitaskCenterNet
@@ -83,8 +85,11 @@ def mcn_networks(quick: bool) -> dict[str, ModelConfig]:
 
 
 def mcn_forward(config: ModelConfig, shape: tuple[int, int]) -> tuple[Callable[[], object], int]:
-    """A forward call of a random-init MCN as Predictor runs it (eval, channels_last) and its parameters."""
-    model = MultitaskCenterNet(config).eval().to(memory_format=torch.channels_last)
+    """A forward call of a random-init MCN as Predictor runs it (eval, BatchNorms folded, channels_last)
+    and its parameters."""
+    model = MultitaskCenterNet(config).eval()
+    params = count_parameters(model)
+    model = fold_batch_norms(model).to(memory_format=torch.channels_last)
     batch = torch.randn(1, 3, *shape).contiguous(memory_format=torch.channels_last)
     tasks = config.tasks
 
@@ -92,7 +97,7 @@ def mcn_forward(config: ModelConfig, shape: tuple[int, int]) -> tuple[Callable[[
         with torch.inference_mode():
             return model(batch, tasks)
 
-    return run, count_parameters(model)
+    return run, params
 
 
 def onnx_forward(config: ModelConfig, shape: tuple[int, int]) -> Callable[[], object]:
@@ -106,8 +111,8 @@ def onnx_forward(config: ModelConfig, shape: tuple[int, int]) -> Callable[[], ob
     return lambda: runner(batch, config.tasks)
 
 
-def yolo_forward(yolo: Any, shape: tuple[int, int]) -> tuple[Callable[[], object], int]:
-    """A forward call of a YOLO network (fused, eval) and its parameters."""
+def yolo_forward(yolo: Any, shape: tuple[int, int]) -> Callable[[], object]:
+    """A forward call of a YOLO network (Conv+BN fused, eval)."""
     module = yolo_forward_module(yolo)
     batch = torch.randn(1, 3, *shape)
 
@@ -115,7 +120,7 @@ def yolo_forward(yolo: Any, shape: tuple[int, int]) -> tuple[Callable[[], object
         with torch.inference_mode():
             return module(batch)
 
-    return run, sum(p.numel() for p in module.parameters())
+    return run
 
 
 def build(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, Callable[[], object]]]:
@@ -141,10 +146,10 @@ def build(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str
     for family in ["yolo26n"] if args.quick else ["yolo26n", "yolo11n"]:
         for yolo in yolo_models(family):
             name = Path(str(yolo.model.yaml.get("yaml_file", yolo.task))).stem or yolo.task
-            nets[name] = {"kind": family, "task": yolo.task}
+            params = sum(p.numel() for p in yolo.model.parameters())  # before fusing, as ours
+            nets[name] = {"kind": family, "task": yolo.task, "params": params}
             for shape_name, shape in SHAPES.items():
-                run, params = yolo_forward(yolo, shape)
-                nets[name]["params"] = params
+                run = yolo_forward(yolo, shape)
                 nets[name].setdefault("gflops", {})[shape_name] = round(gflops(run), 3)
                 calls[f"{name}@{shape_name}"] = run
     return nets, calls
@@ -258,8 +263,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "STN composite = Only Det (80 classes) + Only Seg (80 classes) + Det (person) & Pose, each a full",
-        "network (Table 4's composite). YOLO networks run Conv+BN fused (as their predictor runs them); ours",
-        "unfused.",
+        "network (Table 4's composite). All networks run with Conv+BN fused, as their predictors run them.",
         "GFLOPs from torch's FLOP counter (2 per multiply-add); it does not count torchvision's deformable",
         "convolution (DLA-34 with DCN), so those rows understate work and efficiency.",
         "",
