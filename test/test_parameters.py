@@ -68,8 +68,8 @@ def test_refusal_reasons() -> None:
 
     configure_time = [spec.name for spec in PARAMETERS if spec.applies is Applies.CONFIGURE]
     assert configure_time == [
-        "weights", "device", "half", "input_size", "use_compressed", "cameras", "image_qos",
-        "publisher_reliability", "publisher_depth",
+        "weights", "device", "half", "backend", "rect_input", "input_size", "use_compressed", "cameras",
+        "image_qos", "publisher_reliability", "publisher_depth",
     ]  # fmt: skip
     for name in configure_time:
         reason = refusal(name, BY_NAME[name].declared_default(), configured=True)
@@ -93,6 +93,14 @@ def test_refusal_reasons() -> None:
     for bad in ("", "front/left", "2nd", "rear cam"):
         assert f"camera name {bad!r}" in str(refusal("cameras", ["front", bad], configured=False))
     assert "[0, 64]" in str(refusal("max_batch_size", -1, configured=False))
+
+
+def test_backend_choices_are_the_model_runtimes() -> None:
+    from mcn_ros.model.backends import BACKENDS
+    from mcn_ros.ros.parameters import BACKEND_CHOICES
+
+    assert BACKEND_CHOICES == BACKENDS
+    assert "backend must be one of" in str(refusal("backend", "tensorrt", configured=False))
 
 
 def test_frame_settings_from_parameter_values() -> None:
@@ -140,6 +148,43 @@ def test_the_running_node_declares_the_table() -> None:
             limits = (*descriptor.integer_range, *descriptor.floating_point_range)
             ranges = [(r.from_value, r.to_value) for r in limits]
             assert ranges == ([spec.value_range] if spec.value_range else []), spec.name
+    finally:
+        c.close()
+        log = stop_node(process)
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.usefixtures("ros")
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("score_threshold:=1.5", "score_threshold out of range"),
+        ("score_threshold:=high", "score_threshold must be of type double, got 'high'"),
+        ("image_qos:=fast", "image_qos must be one of"),
+        ("cameras:=[front,front]", "camera names must be distinct"),
+    ],
+)
+def test_a_bad_start_up_value_stops_the_node_with_one_line(override: str, expected: str) -> None:
+    """Values from parameter files and -p are checked by the table at start-up, not only on later sets."""
+    command = [sys.executable, "-m", "mcn_ros.ros.node", "--ros-args", "-p", override]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[mcn_node] error: invalid parameters: "), lines
+    assert expected in lines[0]
+
+
+@pytest.mark.usefixtures("ros")
+def test_a_value_of_the_wrong_type_is_refused_with_the_type_it_needs() -> None:
+    from nodetools import Client, start_node, stop_node
+
+    process = start_node(name="typed_node")
+    c = Client("typed_node")
+    try:
+        result = c.set_parameters(score_threshold="high")[0]
+        assert not result.successful
+        assert result.reason == "score_threshold must be of type double, got 'high'"
+        assert c.set_parameters(score_threshold=0.5)[0].successful
     finally:
         c.close()
         log = stop_node(process)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.exceptions import ParameterUninitializedException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -35,7 +35,14 @@ from mcn_ros.ros.cameras import Camera
 from mcn_ros.ros.frames import Frame, monotonic
 from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
 from mcn_ros.ros.memory import release_freed_memory
-from mcn_ros.ros.parameters import PARAMETERS, FrameSettings, descriptor, frame_settings, refusal
+from mcn_ros.ros.parameters import (
+    PARAMETERS,
+    FrameSettings,
+    descriptor,
+    frame_settings,
+    refusal,
+    start_up_problems,
+)
 
 if TYPE_CHECKING:  # the model runtime (torch) loads on configure, not on import
     import numpy as np
@@ -51,16 +58,16 @@ THROTTLE_S = 5.0
 WITH_MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 
 
+class StartupError(ValueError):
+    """The node cannot start with the parameter values it was given."""
+
+
 class McnNode(LifecycleNode):
     """Managed node: configure loads the model, activate subscribes and publishes, cleanup frees it."""
 
     def __init__(self, node_name: str = "mcn_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._declare_parameters()
-        self._frame_settings = self._read_frame_settings()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._after_set_parameters)
-
+        # The state first: a start refused for its parameters still goes through the shutdown transition.
         self._predictor: Predictor | None = None
         self._cameras: dict[str, Camera] = {"": Camera("")}  # made anew on configure from `cameras`
         self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
@@ -70,6 +77,11 @@ class McnNode(LifecycleNode):
         self._busy = threading.Lock()  # held while a frame is processed
         self._closing = threading.Event()
         self._last_error = ""
+
+        self._declare_parameters()
+        self._frame_settings = self._read_frame_settings()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics_period").value)
         self._diagnostics_timer = self.create_timer(period, self._publish_diagnostics)
@@ -81,24 +93,24 @@ class McnNode(LifecycleNode):
 
     # -- parameters (declared from the table in parameters.py) --------------------------------------------
     def _declare_parameters(self) -> None:
-        # An empty array declares no type (and a parameter file's `[]` is dropped by rcl's parser), so such
-        # parameters are declared by type and set to their typed empty default unless the file gave a value.
+        """Declare the table's parameters; values from parameter files and ``-p`` that the table refuses stop
+        the start with :class:`StartupError` naming each (they are not checked by a set-callback yet)."""
+        # An empty array has no type (and a parameter file's `[]` is dropped by rcl's parser): such parameters
+        # are declared unset and set to their typed empty default unless a value was given.
         empty_arrays = {spec.name for spec in PARAMETERS if spec.type == "string_array" and not spec.default}
-        string_array = Parameter.Type.STRING_ARRAY
         declared = [
-            (s.name, string_array if s.name in empty_arrays else s.declared_default(), descriptor(s))
+            (s.name, None if s.name in empty_arrays else s.declared_default(), descriptor(s))
             for s in PARAMETERS
         ]
-        self.declare_parameters("", declared)
-        unset = [name for name in empty_arrays if self._unset(name)]
-        self.set_parameters([Parameter(name, string_array, []) for name in unset])
-
-    def _unset(self, name: str) -> bool:
         try:
-            self.get_parameter(name)
-        except ParameterUninitializedException:
-            return True
-        return False
+            self.declare_parameters("", declared)
+        except (InvalidParameterTypeException, InvalidParameterValueException) as error:
+            raise StartupError(str(error)) from error
+        unset = [name for name in empty_arrays if self.get_parameter(name).value is None]
+        self.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, []) for name in unset])
+        problems = start_up_problems({spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS})
+        if problems:
+            raise StartupError("; ".join(problems))
 
     def _read_frame_settings(self) -> FrameSettings:
         return frame_settings({spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS})
@@ -190,7 +202,14 @@ class McnNode(LifecycleNode):
                 config = dataclasses.replace(config, input_size=(size[0], size[1]))
             except ValueError as error:
                 raise ValueError(f"parameter input_size {size}: {error}") from error
-        predictor = Predictor(model, config, device=device, half=bool(self.get_parameter("half").value))
+        predictor = Predictor(
+            model,
+            config,
+            device=device,
+            half=bool(self.get_parameter("half").value),
+            rect=bool(self.get_parameter("rect_input").value),
+            backend=str(self.get_parameter("backend").value),
+        )
         self._predictor = predictor
 
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
@@ -458,7 +477,12 @@ class McnNode(LifecycleNode):
 def main(args: Sequence[str] | None = None) -> int:
     """Console entry point: spin until Ctrl-C or shutdown; ``autostart`` skips the lifecycle manager."""
     rclpy.init(args=list(args) if args is not None else sys.argv)
-    node = McnNode()
+    try:
+        node = McnNode()
+    except StartupError as error:
+        print(f"[mcn_node] error: invalid parameters: {error}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:

@@ -134,6 +134,7 @@ def invalid_value(spec: ParameterSpec, value: Any) -> str | None:
 
 
 IMAGE_QOS = ("sensor_data", "reliable")
+BACKEND_CHOICES = ("torch", "onnxruntime")  # mcn_ros.model.backends.BACKENDS, without importing torch here
 PUBLISHER_RELIABILITY = ("reliable", "best_effort")
 CONFIGURE, RUN_TIME, START_UP = Applies.CONFIGURE, Applies.RUN_TIME, Applies.START_UP
 
@@ -142,6 +143,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("weights", "string", "", CONFIGURE, "Path of the .safetensors weights file"),
     ParameterSpec("device", "string", "auto", CONFIGURE, "auto, cpu or cuda:N", check=_check_device),
     ParameterSpec("half", "bool", False, CONFIGURE, "fp16 autocast on CUDA"),
+    ParameterSpec("backend", "string", "torch", CONFIGURE,
+                  f"Inference backend, one of {BACKEND_CHOICES} (onnxruntime: CPU only, optional package)",
+                  choices=BACKEND_CHOICES),
+    ParameterSpec("rect_input", "bool", True, CONFIGURE,
+                  "Camera-shaped network input (multiples of 32 at the input_size scale); false: input_size"),
     ParameterSpec("input_size", "integer_array", (0, 0), CONFIGURE,
                   "Network input [height, width], multiples of 32; [0, 0] = the weights' own"),
     ParameterSpec("tasks", "string_array", TASKS, RUN_TIME, f"Enabled tasks, a subset of {list(TASKS)}",
@@ -186,6 +192,16 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
 
 
+def start_up_problems(values: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the values the node starts with (its parameter files and ``-p`` overrides)."""
+    problems = []
+    for spec in PARAMETERS:
+        problem = invalid_value(spec, values[spec.name])
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
 def refusal(name: str, value: Any, *, configured: bool) -> str | None:
     """Why setting parameter ``name`` to ``value`` now is refused, or None when it is accepted.
 
@@ -203,10 +219,16 @@ def refusal(name: str, value: Any, *, configured: bool) -> str | None:
 
 
 def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
-    """The rclpy descriptor of ``spec``: description, read-only flag, range."""
+    """The rclpy descriptor of ``spec``: description, read-only flag, range.
+
+    Dynamically typed, so that a value of the wrong type reaches :func:`refusal`, which names the parameter
+    and the type it wants, instead of rclpy's "Wrong parameter type, expected '3' got '4'".
+    """
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    described = ParameterDescriptor(description=spec.full_description, read_only=spec.read_only)
+    described = ParameterDescriptor(
+        description=spec.full_description, read_only=spec.read_only, dynamic_typing=True
+    )
     if spec.value_range is not None:
         low, high = spec.value_range
         if spec.type == "integer":
