@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         node = subprocess.Popen(node_command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             driver.wait_for_node()
-            driver.lockstep(3, first_stamp=1_000_000_000)  # warm-up
+            # Warm-up, and discovery of the node's outputs by this driver: frames flowing for a few seconds.
+            driver.publish_for(5.0, first_stamp=1_000_000_000)
+            time.sleep(3.0)
             lockstep = driver.lockstep(args.frames, first_stamp=2_000_000_000)
             window = driver.publish_for(args.seconds, 3_000_000_000)
             sustained = driver.measure(window, args.seconds)
