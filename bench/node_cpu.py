@@ -13,6 +13,11 @@ phases, the runtime's before and after the node's so that a drift of the machine
 ``overhead_ratio`` = (node lockstep p50 - predict p50) / predict p50: what the ROS path (serialisation,
 DDS on loopback, conversion, messages, the inference thread's hand-off) adds to the model runtime.
 
+The node subscribes reliably here (``image_qos:=reliable``; the driver publishes reliably): with the default
+best-effort subscription, Fast DDS on this machine lost about half of the 640x480 frames (0.9 MB, more than
+its default shared-memory segment) even at 10 Hz, and a lost lockstep frame would never be answered. The
+node counts such losses (``frames_lost`` in /diagnostics).
+
 Writes ``bench/results/node_cpu.json`` (+ ``.md``). Usage::
 
     python bench/node_cpu.py [--config config/models/resnet18_det80_seg80_pose_512.yaml] [--frames 30]
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             "--ros-args", "--params-file", str(ROOT / "config/mcn.yaml"),
             "-r", "__node:=node_bench", "-p", f"weights:={weights}", "-p", "autostart:=true",
             "-p", "device:=cpu", "-p", f"score_threshold:={SCORE}", "-p", f"pose_score_threshold:={SCORE}",
+            "-p", "image_qos:=reliable",  # see the module docstring
         ]  # fmt: skip
         driver = Driver([""], args.rate, node="node_bench")
         image = driver.images[""]
