@@ -24,17 +24,26 @@ YOLO_FAMILIES: dict[str, tuple[str, ...]] = {
 
 
 def interleaved(
-    contenders: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1
+    contenders: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1, threads: int | None = None
 ) -> dict[str, list[float]]:
     """Run each contender ``warmup`` times, then ``rounds`` rounds of one call each (rotating order);
-    returns the wall times in milliseconds per contender."""
+    returns the wall times in milliseconds per contender.
+
+    ``threads``: torch's thread count, set again before every call (untimed), because ultralytics' predictor
+    sets it to the CPU count less one when it selects its device, which would leave every torch contender
+    after it on other threads than asked (one thread on a 2-core machine).
+    """
     names = list(contenders)
     for _ in range(warmup):
         for name in names:
+            if threads is not None:
+                torch.set_num_threads(threads)
             contenders[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            if threads is not None:
+                torch.set_num_threads(threads)
             start = time.perf_counter()
             contenders[name]()
             times[name].append(1000 * (time.perf_counter() - start))

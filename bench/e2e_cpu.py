@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         contenders, facts = build(args, Path(folder))
         print(f"{len(contenders)} contenders, {rounds} rounds", flush=True)
-        times = interleaved(contenders, rounds)
+        times = interleaved(contenders, rounds, threads=args.threads)
     rows: dict[str, Any] = {}
     for key, samples in times.items():
         backend_net, size = key.split("@")

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     nets, calls = build(args)
     print(f"{len(calls)} forward calls, {rounds} rounds", flush=True)
     matmul = matmul_gflops_per_s()
-    times = interleaved(calls, rounds)
+    times = interleaved(calls, rounds, threads=args.threads)
     matmul = max(matmul, matmul_gflops_per_s())  # before and after: the better of the two
     for key, samples in times.items():
         name, shape = key.split("@")
