@@ -7,8 +7,9 @@ with the PyTorch backend (camera-shaped input, the default, and the square 512x5
 Runtime; and ultralytics' own ``YOLO.predict`` of YOLO26n detect + pose + semantic segmentation (random init
 from ultralytics' YAMLs, ``imgsz=512``: its rectangular letterbox, the same input resolution as ours) in
 PyTorch and, exported by ultralytics to ONNX at that input shape, in ONNX Runtime. Interleaved rounds
-(each backend's runs among themselves; torch's thread count set again before every call), batch 1, fp32. The MCN's time is split into preprocess / forward / decode (timed inside the same calls),
-YOLO's into ultralytics' own preprocess / inference / postprocess sums.
+(each backend's runs among themselves; torch's thread count set again before every call), batch 1, fp32.
+The MCN's time is split into preprocess / forward / decode (timed inside the same calls), YOLO's into
+ultralytics' own preprocess / inference / postprocess sums.
 
 Also ``e2e_cpu.png``: the split per network and backend.
 
