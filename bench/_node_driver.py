@@ -7,14 +7,29 @@ publishes ``/front/image`` and listens on ``/<node>/front/...``.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 OUTPUTS = ("detections", "poses", "segmentation")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def node_command(weights: Path, name: str, *parameters: str) -> list[str]:
+    """The node as users start it (config/mcn.yaml, autostart, CPU), named ``name``, ``-p`` ``parameters``."""
+    command = [
+        sys.executable, "-m", "mcn_ros.ros.node",
+        "--ros-args", "--params-file", str(ROOT / "config/mcn.yaml"),
+        "-r", f"__node:={name}", "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", "device:=cpu",
+    ]  # fmt: skip
+    for parameter in parameters:
+        command += ["-p", parameter]
+    return command
 
 
 class Driver:

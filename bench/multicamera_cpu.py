@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import git_commit, machine, versions
-from _node_driver import Driver
+from _node_driver import Driver, node_command
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -131,13 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     config = ModelConfig.from_yaml(args.config)
     with tempfile.TemporaryDirectory() as tmp:
         weights = make_weights(args.config, Path(tmp) / "model.safetensors")
-        node_command = [
-            sys.executable, "-m", "mcn_ros.ros.node",
-            "--ros-args", "--params-file", str(ROOT / "config/mcn.yaml"),
-            "-r", "__node:=multicamera_node", "-p", f"weights:={weights}", "-p", "autostart:=true",
-            "-p", f"cameras:=[{','.join(cameras)}]", "-p", "device:=cpu",
-        ]  # fmt: skip
-        node = subprocess.Popen(node_command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        command_line = node_command(weights, "multicamera_node", f"cameras:=[{','.join(cameras)}]")
+        node = subprocess.Popen(command_line, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         driver = Driver(cameras, args.rate)
         results: dict[str, list[dict[str, Any]]] = {"batched": [], "sequential": []}
         try:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from _common import git_commit, machine, versions
-from _node_driver import Driver
+from _node_driver import Driver, node_command
 from multicamera_cpu import make_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,17 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     config = ModelConfig.from_yaml(args.config)
     with tempfile.TemporaryDirectory() as tmp:
         weights = make_weights(args.config, Path(tmp) / "model.safetensors")
-        node_command = [
-            sys.executable, "-m", "mcn_ros.ros.node",
-            "--ros-args", "--params-file", str(ROOT / "config/mcn.yaml"),
-            "-r", "__node:=node_bench", "-p", f"weights:={weights}", "-p", "autostart:=true",
-            "-p", "device:=cpu", "-p", f"score_threshold:={SCORE}", "-p", f"pose_score_threshold:={SCORE}",
-            "-p", "image_qos:=reliable",  # see the module docstring
-        ]  # fmt: skip
+        command_line = node_command(
+            weights, "node_bench", f"score_threshold:={SCORE}", f"pose_score_threshold:={SCORE}",
+            "image_qos:=reliable",  # see the module docstring
+        )  # fmt: skip
         driver = Driver([""], args.rate, node="node_bench")
         image = driver.images[""]
         predict_before = predict_times(weights, image, args.frames)
-        node = subprocess.Popen(node_command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        node = subprocess.Popen(command_line, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             driver.wait_for_node()
             # Warm-up, and discovery of the node's outputs by this driver: frames flowing for a few seconds.
