@@ -16,6 +16,7 @@ from mcn_ros.model.preprocess import (
     points_to_original,
     preprocess,
     rect_input_size,
+    segmentation_logits_to_original,
     segmentation_to_original,
 )
 
@@ -107,6 +108,60 @@ def test_segmentation_to_original_is_nearest_per_axis() -> None:
     np.testing.assert_array_equal(torch_cols.numpy(), cols)
     identity = segmentation_to_original(class_map, Letterbox(1, 1, 0, 0), (16, 16), 1)
     assert torch.equal(identity, class_map)
+
+
+def _bilinear_reference(
+    logits: torch.Tensor, box: Letterbox, hw: tuple[int, int], stride: int
+) -> torch.Tensor:
+    """Every pixel interpolated by torch's grid_sample (border cells repeated), then the argmax."""
+    h, w = hw
+    cells_y, cells_x = logits.shape[-2:]
+    x_in = (torch.arange(w, dtype=torch.float64) + 0.5) * box.scale_x + box.pad_x
+    y_in = (torch.arange(h, dtype=torch.float64) + 0.5) * box.scale_y + box.pad_y
+    gx = (2 * x_in / (stride * cells_x) - 1).view(1, w).expand(h, w)
+    gy = (2 * y_in / (stride * cells_y) - 1).view(h, 1).expand(h, w)
+    grid = torch.stack((gx, gy), dim=-1)[None]
+    sampled = torch.nn.functional.grid_sample(
+        logits[None].double(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return sampled[0].argmax(0)
+
+
+@pytest.mark.parametrize("smooth", [True, False])
+@pytest.mark.parametrize(("hw", "inp", "stride"), [((30, 60), (64, 64), 4), ((48, 40), (64, 64), 2)])
+def test_bilinear_segmentation_is_the_argmax_of_interpolated_logits(
+    hw: tuple[int, int], inp: tuple[int, int], stride: int, smooth: bool
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    cells = (inp[0] // stride, inp[1] // stride)
+    logits = torch.randn(6, *cells, generator=generator)
+    if smooth:  # large regions of one class, as a trained model gives: most pixels skip interpolation
+        logits = torch.nn.functional.avg_pool2d(logits[None], 5, stride=1, padding=2)[0] * 5
+    box = letterbox_for(hw, inp)
+    class_map = logits.argmax(0)
+    seg = segmentation_logits_to_original(logits, class_map, box, hw, stride)
+    assert tuple(seg.shape) == hw and seg.dtype == class_map.dtype
+    # The same from channels-last logits (the Predictor's layout), read without a copy.
+    channels_last = logits[None].contiguous(memory_format=torch.channels_last)[0]
+    assert torch.equal(segmentation_logits_to_original(channels_last, class_map, box, hw, stride), seg)
+    reference = _bilinear_reference(logits, box, hw, stride)
+    nearest = segmentation_to_original(class_map, box, hw, stride)
+    if smooth:
+        # Only the classes of the four cells around a pixel compete: equal to interpolating all classes
+        # up to rare pixels where another class would win in between; far closer than nearest.
+        assert (seg != reference).float().mean() < 0.01
+        assert 0.8 < (seg == nearest).float().mean() < 1.0  # they differ, near the class boundaries
+    else:  # noise: every cell its own class, so closer to full interpolation than nearest still
+        assert (seg != reference).float().mean() < (nearest != reference).float().mean()
+
+
+def test_bilinear_segmentation_of_two_classes_is_exact() -> None:
+    """With two classes the four cells' classes are all the classes: exactly the full interpolation."""
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.nn.functional.avg_pool2d(torch.randn(1, 2, 16, 24, generator=generator), 3, 1, 1)[0]
+    box = letterbox_for((37, 50), (64, 96))
+    seg = segmentation_logits_to_original(logits, logits.argmax(0), box, (37, 50), 4)
+    assert torch.equal(seg, _bilinear_reference(logits, box, (37, 50), 4))
 
 
 @pytest.mark.parametrize(

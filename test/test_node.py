@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from nodetools import Client, image_message, make_weights, rss_kib, start_node, stop_node
+from nodetools import REPO, Client, image_message, make_weights, rss_kib, start_node, stop_node
 
 pytestmark = pytest.mark.usefixtures("ros")
 
@@ -286,6 +286,43 @@ def test_a_task_nobody_listens_to_is_not_computed(weights: Path) -> None:
         stop_node(process)
 
 
+def test_segmentation_resampling_changes_at_run_time(tmp_path: Path) -> None:
+    """The demo weights (trained: several classes per image) segment a synthetic scene; bilinear and nearest
+    resampling each give the model runtime's map, and they differ."""
+    import cv2
+    from sensor_msgs.msg import Image
+
+    from mcn_ros.model.predictor import Predictor
+    from mcn_training.synthetic import generate_dataset
+
+    weights = REPO / "demo" / "mcn_demo.safetensors"
+    files = generate_dataset(tmp_path, 1, 4, (96, 160), split="val")
+    image = cv2.cvtColor(cv2.imread(str(next(files["images"].iterdir()))), cv2.COLOR_BGR2RGB)
+    predictor = Predictor.from_weights(weights, device="cpu")
+    expected = {
+        mode: predictor.predict(image, tasks=["segmentation"], segmentation_resampling=mode).segmentation
+        for mode in ("nearest", "bilinear")
+    }
+    assert np.any(expected["nearest"] != expected["bilinear"])
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", "tasks:=[segmentation]",
+        "-p", "segmentation_resampling:=bilinear", name="resampling_node",
+    )  # fmt: skip
+    c = Client("resampling_node")
+    try:
+        c.subscribe("segmentation", Image)
+        for mode in ("bilinear", "nearest"):
+            assert c.set_parameters(segmentation_resampling=mode)[0].successful
+
+            def answered(mode: str = mode) -> bool:  # a frame taken before the change may still come first
+                return bool(c.messages("segmentation")) and segmentation_equal(c, expected[mode])
+
+            assert c.publish_until(image_message(image), answered, 60), mode
+    finally:
+        c.close()
+        stop_node(process)
+
+
 def cuda_available() -> bool:
     import torch
 
@@ -395,9 +432,13 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
         before = settled_counts(c, node)
         assert before["received"] + before["lost"] == before["sent"]
 
+        # Half back to back (more than the middleware delivers to a busy node: losses), half at 50 Hz (still
+        # faster than the node processes, slow enough that frames arrive while one is processed: drops).
         burst = 150
         for i in range(burst):
             c.image_pub.publish(image_message(image, stamp=(2, i)))
+            if i >= burst // 2:
+                time.sleep(0.02)
         # One last frame, sent until the node answers it, with a pause longer than a frame's processing
         # between tries: it is received, so every gap before it is known.
         sentinels = 0

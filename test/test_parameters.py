@@ -103,6 +103,17 @@ def test_backend_choices_are_the_model_runtimes() -> None:
     assert "backend must be one of" in str(refusal("backend", "tensorrt", configured=False))
 
 
+def test_segmentation_resampling_choices_are_the_decoders() -> None:
+    from mcn_ros.model.decode import SEGMENTATION_RESAMPLING
+    from mcn_ros.ros.parameters import SEGMENTATION_RESAMPLING as CHOICES
+
+    assert CHOICES == SEGMENTATION_RESAMPLING
+    assert refusal("segmentation_resampling", "bilinear", configured=True) is None  # run time
+    assert "segmentation_resampling must be one of" in str(
+        refusal("segmentation_resampling", "bicubic", configured=False)
+    )
+
+
 def test_frame_settings_from_parameter_values() -> None:
     defaults = {spec.name: spec.declared_default() for spec in PARAMETERS}
     assert frame_settings(defaults) == FrameSettings(
@@ -112,6 +123,7 @@ def test_frame_settings_from_parameter_values() -> None:
         keypoint_threshold=0.1,
         max_detections=100,
         flip_test=False,
+        segmentation_resampling="nearest",
         max_image_pixels=8192 * 8192,
         batch_timeout_ms=10.0,
         max_batch_size=0,

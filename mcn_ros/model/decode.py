@@ -34,9 +34,13 @@ from mcn_ros.model.preprocess import (
     Letterbox,
     letterboxes_to_tensor,
     points_to_original,
+    segmentation_logits_to_original,
     segmentation_to_original,
 )
 from mcn_ros.model.results import Detections, Poses, Results
+
+#: Ways to bring segmentation logits back to original pixels (:attr:`DecodeOptions.segmentation_resampling`).
+SEGMENTATION_RESAMPLING: tuple[str, ...] = ("nearest", "bilinear")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,17 @@ class DecodeOptions:
     kp_snap_score: float = 0.1
     #: Snapping radius as a fraction of the longer person-box side.
     kp_snap_distance: float = 0.3
+    #: How the segmentation logits reach the original pixels: "nearest" (the class of the map cell a pixel
+    #: falls in) or "bilinear" (argmax of the logits interpolated between the four nearest cells; smoother
+    #: class boundaries, more time on boundary pixels).
+    segmentation_resampling: str = "nearest"
+
+    def __post_init__(self) -> None:
+        if self.segmentation_resampling not in SEGMENTATION_RESAMPLING:
+            raise ValueError(
+                f"segmentation_resampling must be one of {SEGMENTATION_RESAMPLING}, "
+                f"got {self.segmentation_resampling!r}"
+            )
 
     @classmethod
     def from_config(cls, decode: DecodeConfig, **overrides: Any) -> DecodeOptions:
@@ -395,11 +410,18 @@ def decode_batch(
         assert config.segmentation is not None
         logits = outputs["segmentation"]
         stride = config.segmentation.output_stride
-        class_map = channel_argmax(logits)
+        # Narrow ids before resampling: the full-resolution gathers move a byte per pixel, not eight.
         wide = config.segmentation.num_outputs > 256
+        class_map = channel_argmax(logits).to(torch.int32 if wide else torch.uint8)
+        bilinear = options.segmentation_resampling == "bilinear"
         for i in range(batch):
-            seg = segmentation_to_original(class_map[i], letterboxes[i], image_sizes[i], stride)
-            seg_maps.append(seg.to(torch.int32 if wide else torch.uint8).flatten())
+            if bilinear:
+                seg = segmentation_logits_to_original(
+                    logits[i], class_map[i], letterboxes[i], image_sizes[i], stride
+                )
+            else:
+                seg = segmentation_to_original(class_map[i], letterboxes[i], image_sizes[i], stride)
+            seg_maps.append(seg.flatten())
 
     # One packed transfer for the numbers, one for the segmentation maps.
     names = list(packed)

@@ -176,6 +176,7 @@ class Predictor:
         kp_snap_score: float | None = ...,
         max_detections: int = ...,
         flip_test: bool = ...,
+        segmentation_resampling: str = ...,
     ) -> Results | list[Results]: ...
 
     @overload
@@ -189,6 +190,7 @@ class Predictor:
         kp_snap_score: float | None = ...,
         max_detections: int = ...,
         flip_test: bool = ...,
+        segmentation_resampling: str = ...,
     ) -> list[Results]: ...
 
     def predict(
@@ -201,6 +203,7 @@ class Predictor:
         kp_snap_score: float | None = None,
         max_detections: int = 100,
         flip_test: bool = False,
+        segmentation_resampling: str = "nearest",
     ) -> Results | list[Results]:
         """Detect / estimate poses / segment ``images`` (HxWx3 uint8, any sizes, ``color_order`` rgb or bgr).
 
@@ -209,7 +212,8 @@ class Predictor:
         config's ``decode.kp_snap_score`` (minimum keypoint-heatmap peak score used for snapping; it does not
         filter keypoints): every keypoint keeps its slot with its score, so consumers compare scores to their
         own threshold. Up to ``max_detections`` boxes and poses per image (the config's ``decode.top_k``
-        peaks are taken, or ``max_detections`` if that is larger).
+        peaks are taken, or ``max_detections`` if that is larger). ``segmentation_resampling`` "nearest"
+        or "bilinear" (:attr:`~mcn_ros.model.decode.DecodeOptions.segmentation_resampling`).
         """
         single = isinstance(images, np.ndarray) and images.ndim == 3
         batch_images: list[np.ndarray] = [images] if single else list(images)  # type: ignore[list-item]
@@ -220,6 +224,7 @@ class Predictor:
             pose_score_threshold=pose_score_threshold,
             max_detections=max_detections,
             kp_snap_score=kp_snap_score,
+            segmentation_resampling=segmentation_resampling,
         )
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in batch_images]
         batch, letterboxes = preprocess(

@@ -260,3 +260,79 @@ def segmentation_to_original(
     rows = rows.clamp_(0, class_map.shape[0] - 1)
     cols = cols.clamp_(0, class_map.shape[1] - 1)
     return class_map.index_select(0, rows).index_select(1, cols)
+
+
+def _bilinear_taps(
+    size: int, scale: float, pad: float, stride: int, cells: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Along one axis, each original pixel's two neighbouring map cells and the weight of the second.
+
+    The pixel centre ``u + 0.5`` maps to the input coordinate ``(u + 0.5) * scale + pad``; map cell ``i``
+    is centred on input coordinate ``(i + 0.5) * stride``. Outside the first / last centre the border cell
+    is repeated (weight 0), as ``F.interpolate(..., align_corners=False)`` does.
+    """
+    u = torch.arange(size, device=device, dtype=torch.float64)
+    position = ((u + 0.5) * scale + pad) / stride - 0.5
+    low = position.floor().clamp(0, cells - 1)
+    weight = (position - low).clamp(0, 1)
+    first = low.long()
+    second = (first + 1).clamp(max=cells - 1)
+    return first, second, weight.float()
+
+
+def segmentation_logits_to_original(
+    logits: Tensor, class_map: Tensor, letterbox: Letterbox, orig_hw: Sequence[int], map_stride: int
+) -> Tensor:
+    """Class-id map [h, w] of the original image from logits [C, h_m, w_m] resampled bilinearly.
+
+    ``class_map`` is ``logits.argmax(0)``. Each pixel takes, among the classes of the four map cells around
+    it, the one whose logits interpolated bilinearly at the pixel are highest. Where the four cells share
+    their class that class is taken as it is (every convex combination of their logits has the same
+    argmax), so the interpolation runs only near class boundaries and only for the (at most four) classes
+    met there, not for all C; a class that is the argmax of none of the four cells is not considered.
+    """
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    cells_y, cells_x = class_map.shape
+    device = logits.device
+    y0, y1, wy = _bilinear_taps(h, letterbox.scale_y, letterbox.pad_y, map_stride, cells_y, device)
+    x0, x1, wx = _bilinear_taps(w, letterbox.scale_x, letterbox.pad_x, map_stride, cells_x, device)
+    result = class_map.index_select(0, y0).index_select(1, x0)
+    # A square between four cell centres is mixed when its corners' classes differ.
+    below = torch.cat((class_map[1:], class_map[-1:]), 0)
+    right = torch.cat((class_map[:, 1:], class_map[:, -1:]), 1)
+    below_right = torch.cat((below[:, 1:], below[:, -1:]), 1)
+    mixed = (class_map != below) | (class_map != right) | (class_map != below_right)
+    rows, cols = mixed.index_select(0, y0).index_select(1, x0).nonzero(as_tuple=True)
+    if rows.numel():
+        ry0, ry1, fy = y0.index_select(0, rows), y1.index_select(0, rows), wy.index_select(0, rows)
+        cx0, cx1, fx = x0.index_select(0, cols), x1.index_select(0, cols), wx.index_select(0, cols)
+        corners = (
+            (ry0 * cells_x + cx0, (1 - fy) * (1 - fx)),
+            (ry0 * cells_x + cx1, (1 - fy) * fx),
+            (ry1 * cells_x + cx0, fy * (1 - fx)),
+            (ry1 * cells_x + cx1, fy * fx),
+        )
+        flat_classes = class_map.reshape(-1)
+        # Element (class, cell) of the logits as a flat index, without copying channels-last logits.
+        cells_last = logits.permute(1, 2, 0)
+        if cells_last.is_contiguous():
+            flat_logits, class_step, cell_step = cells_last.reshape(-1), 1, logits.shape[0]
+        else:
+            flat_logits, class_step, cell_step = logits.reshape(-1), cells_y * cells_x, 1
+        best_class = best_score = None
+        for cell, _ in corners:  # each corner's class competes, scored at the pixel
+            candidate = flat_classes.index_select(0, cell)
+            base = candidate.long() * class_step
+            score = sum(
+                flat_logits.index_select(0, base + other * cell_step) * weight for other, weight in corners
+            )
+            assert isinstance(score, Tensor)
+            if best_class is None or best_score is None:
+                best_class, best_score = candidate, score
+            else:
+                better = score > best_score
+                best_class = torch.where(better, candidate, best_class)
+                best_score = torch.maximum(score, best_score)
+        assert best_class is not None
+        result[rows, cols] = best_class
+    return result

@@ -399,6 +399,7 @@ class McnNode(LifecycleNode):
                 pose_score_threshold=settings.pose_score_threshold,
                 max_detections=settings.max_detections,
                 flip_test=settings.flip_test,
+                segmentation_resampling=settings.segmentation_resampling,
             )
         except Exception as error:
             if len(members) == 1 or not self.context.ok():

@@ -136,6 +136,8 @@ def invalid_value(spec: ParameterSpec, value: Any) -> str | None:
 IMAGE_QOS = ("sensor_data", "reliable")
 BACKEND_CHOICES = ("torch", "onnxruntime")  # mcn_ros.model.backends.BACKENDS, without importing torch here
 PUBLISHER_RELIABILITY = ("reliable", "best_effort")
+#: mcn_ros.model.decode.SEGMENTATION_RESAMPLING, without importing torch here.
+SEGMENTATION_RESAMPLING = ("nearest", "bilinear")
 CONFIGURE, RUN_TIME, START_UP = Applies.CONFIGURE, Applies.RUN_TIME, Applies.START_UP
 
 #: The node's parameters in the order of config/mcn.yaml.
@@ -161,6 +163,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("max_detections", "integer", 100, RUN_TIME, "Most detections per image",
                   value_range=(1, 1000)),
     ParameterSpec("flip_test", "bool", False, RUN_TIME, "Average with the mirrored image"),
+    ParameterSpec("segmentation_resampling", "string", "nearest", RUN_TIME,
+                  f"Segmentation to image pixels, one of {SEGMENTATION_RESAMPLING} (bilinear: smoother class "
+                  "boundaries, a few ms more per frame)", choices=SEGMENTATION_RESAMPLING),
     ParameterSpec("max_image_pixels", "integer", DEFAULT_MAX_PIXELS, RUN_TIME, "Larger frames are refused",
                   value_range=(1, 1 << 30)),
     ParameterSpec("use_compressed", "bool", False, CONFIGURE,
@@ -248,6 +253,7 @@ class FrameSettings:
     keypoint_threshold: float
     max_detections: int
     flip_test: bool
+    segmentation_resampling: str
     max_image_pixels: int
     batch_timeout_ms: float
     max_batch_size: int
