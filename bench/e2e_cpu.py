@@ -51,6 +51,8 @@ from mcn_ros.model.weights import load_weights
 ROOT = Path(__file__).resolve().parents[1]
 SIZES: dict[str, tuple[int, int]] = {"640x480": (480, 640), "1280x720": (720, 1280)}
 DEFAULT_CONFIG = ROOT / "config" / "models" / "resnet18_det80_seg80_pose_512.yaml"
+#: The lighter variant (not the paper's), timed in PyTorch beside the paper's config (random init).
+LIGHT_CONFIG = ROOT / "config" / "models" / "resnet18_det80_seg80_pose_light_512.yaml"
 SCORE_THRESHOLD = 0.3
 
 
@@ -153,6 +155,9 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
         "torch:mcn": Predictor(model, config),
         "torch:mcn_square": Predictor(model, config, rect=False),
     }
+    if not args.weights:
+        light = dataclasses.replace(ModelConfig.from_yaml(LIGHT_CONFIG), input_size=config.input_size)
+        predictors["torch:mcn_light"] = Predictor(MultitaskCenterNet(light), light)
     if has_ort:
         predictors["onnxruntime:mcn"] = Predictor(model, config, backend="onnxruntime")
     contenders: dict[str, Callable[[], object]] = {}
@@ -228,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     best = report["speedups"].get("640x480", {}).get("best")
     report["e2e_vs_yolo26n_speedup"] = best["speedup"] if best else None
+    light = report["speedups"].get("640x480", {}).get("light")
+    report["e2e_light_vs_yolo26n_speedup"] = light["speedup"] if light else None
     out = (
         Path(args.out)
         if args.out
@@ -258,6 +265,14 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
         if per:
             fastest = min(per, key=lambda b: per[b]["mcn_ms"])
             per["best"] = {"backend": fastest, **per[fastest]}
+        light, yolo = rows.get(f"torch:mcn_light@{size}"), rows.get(f"torch:yolo26n_x3@{size}")
+        if light and yolo:
+            per["light"] = {
+                "backend": "torch",
+                "mcn_ms": light["median_ms"],
+                "yolo26n_x3_ms": yolo["median_ms"],
+                "speedup": round(yolo["median_ms"] / light["median_ms"], 3),
+            }
         out[size] = per
     return out
 
@@ -298,7 +313,8 @@ def markdown(report: dict[str, Any]) -> str:
         + (" **--quick: a check of the script, not a result.**" if report["quick"] else ""),
         "",
         "**e2e_vs_yolo26n_speedup** (640x480, the MCN's fastest backend): "
-        f"**{report['e2e_vs_yolo26n_speedup']}**",
+        f"**{report['e2e_vs_yolo26n_speedup']}**; the lighter variant (`mcn_light`, PyTorch): "
+        f"**{report.get('e2e_light_vs_yolo26n_speedup')}**",
         "",
         "| size | backend | MCN ms | YOLO26n x3 ms | speed-up |",
         "|---|---|---:|---:|---:|",
@@ -309,6 +325,10 @@ def markdown(report: dict[str, Any]) -> str:
                 v = per[backend]
                 figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x"
                 lines.append(f"| {size} | {backend} | {figures} |")
+        if "light" in per:
+            v = per["light"]
+            figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x"
+            lines.append(f"| {size} | torch, light variant | {figures} |")
     lines += [
         "",
         "| run | median ms | p95 | preprocess | forward | decode / postprocess |",
@@ -323,7 +343,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "`mcn` letterboxes to the camera shape (`Predictor(rect=True)`, the default), `mcn_square` to",
-        "512x512.",
+        "512x512. `mcn_light` is config/models/resnet18_det80_seg80_pose_light_512.yaml (one head conv per",
+        "task, a narrower up-path; not the paper's), camera-shaped like `mcn`.",
         "YOLO's split is ultralytics' own per-call speed figures summed over its three networks; its ONNX",
         "Runtime sessions use ultralytics' session settings (threads chosen by ONNX Runtime).",
         "",

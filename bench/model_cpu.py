@@ -54,6 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES: dict[str, tuple[int, int]] = {"square": (512, 512), "camera": (384, 512)}
 #: The three-task MCN of each backbone and its single-task networks (Table 4's STN composite).
 MCN: dict[str, str] = {"resnet18": "resnet18_det80_seg80_pose_512", "dla34": "dla34_det80_seg80_pose_512"}
+#: The lighter ResNet-18 variant (not the paper's: one head conv per task, a narrower up-path).
+LIGHT = "resnet18_det80_seg80_pose_light_512"
 STN_OF = ("det80", "seg80", "det1_pose")
 
 
@@ -170,6 +172,9 @@ def headline(
     for family in ("yolo26n", "yolo11n"):
         yolo = [v["latency"][shape]["median_ms"] for v in nets.values() if v["kind"] == family]
         out[f"mcn_vs_{family}_speedup"] = round(sum(yolo) / mcn, 3) if mcn and len(yolo) == 3 else None
+    light = median(LIGHT) if backbone == "resnet18" else None
+    yolo26n = [v["latency"][shape]["median_ms"] for v in nets.values() if v["kind"] == "yolo26n"]
+    out["light_vs_yolo26n_speedup"] = round(sum(yolo26n) / light, 3) if light and len(yolo26n) == 3 else None
     return out
 
 
@@ -244,7 +249,12 @@ def markdown(report: dict[str, Any]) -> str:
         "| headline | 512x512 | 384x512 (camera) |",
         "|---|---:|---:|",
     ]
-    for key in ("mcn_vs_stn_speedup", "mcn_vs_yolo26n_speedup", "mcn_vs_yolo11n_speedup"):
+    for key in (
+        "mcn_vs_stn_speedup",
+        "mcn_vs_yolo26n_speedup",
+        "mcn_vs_yolo11n_speedup",
+        "light_vs_yolo26n_speedup",
+    ):
         row = [report["headline"][s].get(key) for s in ("square", "camera")]
         lines.append(f"| {key} | " + " | ".join("n/a" if v is None else f"{v:.2f}x" for v in row) + " |")
     lines += [

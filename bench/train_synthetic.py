@@ -4,6 +4,8 @@
     python bench/train_synthetic.py --minutes 30            # 30 minutes each, calibrated to steps
     python bench/train_synthetic.py --render                # rewrite the .md from the .json only
     python bench/train_synthetic.py --minutes 0.5 --train-images 64 --val-images 16  # smoke run
+    python bench/train_synthetic.py --steps 500 --networks mcn,mcn_light --eval-points 2 \
+        --name light_variant --work-dir runs/light_variant   # the lighter variant against the paper's
 
 Every network trains from random init with the recipe of
 config/train/resnet18_det80_seg80_pose_128_synthetic.yaml (only the model differs) on ``--train-images``
@@ -18,7 +20,7 @@ training on this machine: a short calibration run measures each network's second
 
 Writes bench/results/train_synthetic.json (``rows``: network, bbox_AP, bbox_AP50, kp_AP, mIoU, null where a
 task is absent, plus learning curves; the budget, wall time, exact command, machine and versions) and
-bench/results/train_synthetic.md (the tables).
+bench/results/train_synthetic.md (the tables); ``--name`` names the two files otherwise.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ NETWORKS: dict[str, Network] = {
         {"name": "resnet18_det80_seg80_128", "pose": None},
     ),
     "mcn": Network("Seg + Det + Pose (MCN)", 1, "resnet18_det80_seg80_pose_128.yaml"),
+    "mcn_light": Network(
+        "Seg + Det + Pose, lighter variant (not the paper's)", 1, "resnet18_det80_seg80_pose_light_128.yaml"
+    ),
     "person_only_seg": Network(
         "Only Seg",
         2,
@@ -109,15 +114,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--work-dir", type=Path, default=REPO / "runs" / "bench_synthetic", help="run folders"
     )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="results folder")
+    parser.add_argument(
+        "--name", default="train_synthetic", help="results file names <name>.json / .md (default %(default)s)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--eval-points", type=int, default=10, help="evaluations per run (learning curve)")
     parser.add_argument(
         "--calibration-steps", type=int, default=8, help="steps timed per network (--minutes)"
     )
     parser.add_argument("--reuse", action="store_true", help="keep finished rows of an earlier identical run")
-    parser.add_argument(
-        "--render", action="store_true", help="only rewrite train_synthetic.md from train_synthetic.json"
-    )
+    parser.add_argument("--render", action="store_true", help="only rewrite <name>.md from <name>.json")
     return parser.parse_args(argv)
 
 
@@ -306,15 +312,15 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{pct(point['bbox_AP'])} | {pct(point['bbox_AP50'])} | {pct(point['kp_AP'])} | "
                 f"{pct(point['kp_AP50'])} | {pct(point['mIoU'])} |"
             )
-    lines += ["", "Loss terms every 20 steps: `loss_curve` of each row in train_synthetic.json.", ""]
+    lines += ["", f"Loss terms every 20 steps: `loss_curve` of each row in {result['benchmark']}.json.", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.render:
-        result = json.loads((args.results / "train_synthetic.json").read_text())
-        (args.results / "train_synthetic.md").write_text(markdown(result))
+        result = json.loads((args.results / f"{args.name}.json").read_text())
+        (args.results / f"{args.name}.md").write_text(markdown(result))
         return dict(result)
     if args.minutes is None and args.steps is None:
         raise SystemExit("give the budget: --minutes M or --steps N")
@@ -341,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"=== {key}: {NETWORKS[key].title} (table {NETWORKS[key].table}) ===", flush=True)
         rows.append(run_network(key, NETWORKS[key], args, budget))
     result = {
-        "benchmark": "train_synthetic",
+        "benchmark": args.name,
         "command": shlex.join(
             ["python", "bench/train_synthetic.py", *(sys.argv[1:] if argv is None else argv)]
         ),
@@ -357,8 +363,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "train_synthetic.json").write_text(json.dumps(result, indent=1))
-    (args.results / "train_synthetic.md").write_text(markdown(result))
+    (args.results / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    (args.results / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
     return result
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcn_ros.model.backbones import OUT_INDICES, Backbone, ModulatedDeformConv2d, create_up_path
-from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
+from mcn_ros.model.config import ConfigError, DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
 from mcn_ros.model.heads import HEATMAP_BIAS, DetectionHead, PoseHead, SegmentationHead
 from mcn_ros.model.mcn import MultitaskCenterNet
 
@@ -126,6 +126,31 @@ def test_head_initialisation() -> None:
         assert isinstance(branch[0], nn.Conv2d) and branch[0].kernel_size == (3, 3)
         assert branch[0].out_channels == 16 and isinstance(branch[1], nn.ReLU)
     assert tuple(seg(torch.zeros(1, 8, 5, 6))["segmentation"].shape) == (1, 4, 20, 24)
+
+
+def test_shared_head_conv_gives_the_same_outputs_from_one_branch_per_task() -> None:
+    paper = ModelConfig(
+        name="paper", backbone="resnet18", use_dcn=False, input_size=(64, 96),
+        detection=DetectionConfig(), pose=PoseConfig(), segmentation=SegmentationConfig(),
+    )  # fmt: skip
+    light = dataclasses.replace(paper, name="light", shared_head_conv=True, neck_channels=(128, 64, 32))
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = MultitaskCenterNet(paper).eval()(x)
+        model = MultitaskCenterNet(light).eval()
+        outputs = model(x)
+    assert {k: v.shape for k, v in outputs.items()} == {k: v.shape for k, v in expected.items()}
+    head_convs = [m for m in model.heads.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(head_convs) == 3  # one per task, against 7 (one per output) in the paper's layout
+    assert model.neck.out_channels == 32 and all(c.in_channels == 32 for c in head_convs)
+    # Each output's slice of the shared 1x1 conv starts at its own bias (heatmaps at the focal-loss prior).
+    det = model.heads["detection"].shared.branch[2].bias
+    num_classes = light.detection.num_classes  # type: ignore[union-attr]
+    assert torch.all(det[:num_classes] == HEATMAP_BIAS) and torch.all(det[num_classes:] == 0)
+    pose = model.heads["pose"].shared.branch[2].bias
+    assert torch.all(pose[34:51] == HEATMAP_BIAS) and torch.all(pose[:34] == 0) and torch.all(pose[51:] == 0)
+    with pytest.raises(ConfigError, match="neck_channels"):
+        dataclasses.replace(paper, backbone="dla34", neck_channels=(128, 64, 32))
 
 
 @pytest.fixture(scope="module")

@@ -277,8 +277,11 @@ class DLAUpPath(nn.Module):
         return y[-1]
 
 
-def create_up_path(backbone: Backbone, use_dcn: bool) -> ResNetUpPath | DLAUpPath:
-    """The backbone family's CenterNet up-path, sized from the backbone's ``feature_info``."""
+def create_up_path(
+    backbone: Backbone, use_dcn: bool, resnet_channels: Sequence[int] = (256, 128, 64)
+) -> ResNetUpPath | DLAUpPath:
+    """The backbone family's CenterNet up-path, sized from the backbone's ``feature_info`` (a ResNet's
+    stage widths ``resnet_channels``)."""
     if backbone.name.startswith("dla"):
         return DLAUpPath(backbone.channels, backbone.strides, use_dcn)
-    return ResNetUpPath(backbone.channels, use_dcn)
+    return ResNetUpPath(backbone.channels, use_dcn, resnet_channels)

@@ -34,6 +34,8 @@ DEFAULT_HEAD_CONV: dict[str, int] = {
     "resnet101": 64,
     "dla34": 256,
 }
+#: Channels of CenterNet's ResNet up-path stages (strides 16, 8, 4).
+DEFAULT_NECK_CHANNELS: tuple[int, int, int] = (256, 128, 64)
 #: ImageNet RGB statistics for images scaled to [0, 1] (timm's backbones are trained with them).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -94,6 +96,7 @@ ClassNames = Annotated[
 ]
 #: One side of the network input: a multiple of 32 (the backbone's stride).
 _InputSide = Annotated[int, Field(ge=32, multiple_of=32)]
+_Channels = Annotated[int, Field(ge=1)]
 _NonNegative = Annotated[float, Field(ge=0)]
 _Positive = Annotated[float, Field(gt=0)]
 
@@ -181,6 +184,13 @@ class ModelConfig:
     input_size: tuple[_InputSide, _InputSide] = (512, 512)
     #: Channels of each head branch's 3x3 conv; 0 = the backbone's default (:data:`DEFAULT_HEAD_CONV`).
     head_conv: Annotated[int, Field(ge=0)] = 0
+    #: True: one 3x3 conv per task, shared by all of the task's outputs through one 1x1 conv (a lighter
+    #: variant, not the paper's: 3 head convs instead of 7 for three tasks); False: one branch per output, as
+    #: CenterNet. Default False.
+    shared_head_conv: bool = False
+    #: Channels of the three up-path stages of a ResNet backbone (strides 16, 8, 4); CenterNet's (256, 128,
+    #: 64) by default. DLA-34's up-path is sized by its backbone and takes only the default.
+    neck_channels: tuple[_Channels, _Channels, _Channels] = DEFAULT_NECK_CHANNELS
     #: Deformable convs (DCNv2) in the up-path (CenterNet's DLA-34/ResNet-DCN); False = plain 3x3 convs
     #: (exportable, faster on CPU). Default True.
     use_dcn: bool = True
@@ -200,6 +210,8 @@ class ModelConfig:
         check_fields(self)
         if not self.head_conv:
             object.__setattr__(self, "head_conv", DEFAULT_HEAD_CONV[self.backbone])
+        if self.backbone.startswith("dla") and self.neck_channels != DEFAULT_NECK_CHANNELS:
+            raise ConfigError("neck_channels: only ResNet backbones take other up-path widths")
         if not self.tasks:
             raise ConfigError("detection/pose/segmentation: at least one task must be configured")
         if self.pose is not None and (self.detection is None or "person" not in self.detection.classes):

@@ -3,6 +3,8 @@
 Every output is a CenterNet head branch: 3x3 conv (``head_conv`` channels) + ReLU + 1x1 conv. Heatmap
 branches start with bias -2.19 (sigmoid = 0.1, the focal-loss prior of CenterNet); every other final conv
 starts with bias 0. Outputs are raw (logits / regressions); :mod:`mcn_ros.model.decode` interprets them.
+With ``shared`` (the config's ``shared_head_conv``, a lighter variant, not the paper's) the outputs of one
+task come from one branch whose 1x1 conv gives all of them, channel slices in the order listed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,33 @@ def head_branch(in_channels: int, head_conv: int, out_channels: int, bias: float
     return branch
 
 
+class SharedBranch(nn.Module):
+    """One head branch for several outputs: ``branch`` (conv3x3 + ReLU + conv1x1) gives their channels
+    side by side; each output is its slice (a view), each slice's final bias initialised on its own."""
+
+    def __init__(
+        self, in_channels: int, head_conv: int, outputs: dict[str, int], biases: dict[str, float]
+    ) -> None:
+        super().__init__()
+        self.outputs = tuple(outputs.items())
+        self.branch = head_branch(in_channels, head_conv, sum(outputs.values()))
+        final = self.branch[2]
+        assert isinstance(final, nn.Conv2d) and final.bias is not None
+        start = 0
+        for name, channels in self.outputs:
+            nn.init.constant_(final.bias[start : start + channels], biases.get(name, 0.0))
+            start += channels
+
+    def forward(self, features: Tensor) -> dict[str, Tensor]:
+        """Each output's channel slice of the one branch."""
+        combined = self.branch(features)
+        outputs, start = {}, 0
+        for name, channels in self.outputs:
+            outputs[name] = combined[:, start : start + channels]
+            start += channels
+        return outputs
+
+
 class DetectionHead(nn.Module):
     """CenterNet box detection: class-centre heatmap, box size and centre sub-pixel offset.
 
@@ -41,14 +70,27 @@ class DetectionHead(nn.Module):
     height in output-map pixels); ``offset`` [B, 2, h, w] (centre minus its integer cell, x then y).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, head_conv: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, head_conv: int, shared: bool = False) -> None:
         super().__init__()
-        self.heatmap = head_branch(in_channels, head_conv, num_classes, HEATMAP_BIAS)
-        self.size = head_branch(in_channels, head_conv, 2)
-        self.offset = head_branch(in_channels, head_conv, 2)
+        self.shared = (
+            SharedBranch(
+                in_channels,
+                head_conv,
+                {"heatmap": num_classes, "size": 2, "offset": 2},
+                {"heatmap": HEATMAP_BIAS},
+            )
+            if shared
+            else None
+        )
+        if not shared:
+            self.heatmap = head_branch(in_channels, head_conv, num_classes, HEATMAP_BIAS)
+            self.size = head_branch(in_channels, head_conv, 2)
+            self.offset = head_branch(in_channels, head_conv, 2)
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         """Raw detection outputs of the stride-4 features."""
+        if self.shared is not None:
+            return self.shared(features)
         return {
             "heatmap": self.heatmap(features),
             "size": self.size(features),
@@ -64,14 +106,27 @@ class PoseHead(nn.Module):
     The person boxes and scores come from the detection head's person channel.
     """
 
-    def __init__(self, in_channels: int, num_keypoints: int, head_conv: int) -> None:
+    def __init__(self, in_channels: int, num_keypoints: int, head_conv: int, shared: bool = False) -> None:
         super().__init__()
-        self.kp_offsets = head_branch(in_channels, head_conv, 2 * num_keypoints)
-        self.kp_heatmap = head_branch(in_channels, head_conv, num_keypoints, HEATMAP_BIAS)
-        self.kp_subpixel = head_branch(in_channels, head_conv, 2)
+        self.shared = (
+            SharedBranch(
+                in_channels,
+                head_conv,
+                {"kp_offsets": 2 * num_keypoints, "kp_heatmap": num_keypoints, "kp_subpixel": 2},
+                {"kp_heatmap": HEATMAP_BIAS},
+            )
+            if shared
+            else None
+        )
+        if not shared:
+            self.kp_offsets = head_branch(in_channels, head_conv, 2 * num_keypoints)
+            self.kp_heatmap = head_branch(in_channels, head_conv, num_keypoints, HEATMAP_BIAS)
+            self.kp_subpixel = head_branch(in_channels, head_conv, 2)
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         """Raw pose outputs of the stride-4 features."""
+        if self.shared is not None:
+            return self.shared(features)
         return {
             "kp_offsets": self.kp_offsets(features),
             "kp_heatmap": self.kp_heatmap(features),

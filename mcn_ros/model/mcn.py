@@ -43,13 +43,17 @@ class MultitaskCenterNet(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = Backbone(config.backbone, backbone_weights)
-        self.neck = create_up_path(self.backbone, config.use_dcn)
+        self.neck = create_up_path(self.backbone, config.use_dcn, config.neck_channels)
         channels = self.neck.out_channels
         heads: dict[str, nn.Module] = {}
         if config.detection is not None:
-            heads["detection"] = DetectionHead(channels, config.detection.num_classes, config.head_conv)
+            heads["detection"] = DetectionHead(
+                channels, config.detection.num_classes, config.head_conv, config.shared_head_conv
+            )
         if config.pose is not None:
-            heads["pose"] = PoseHead(channels, config.pose.num_keypoints, config.head_conv)
+            heads["pose"] = PoseHead(
+                channels, config.pose.num_keypoints, config.head_conv, config.shared_head_conv
+            )
         if config.segmentation is not None:
             seg = config.segmentation
             heads["segmentation"] = SegmentationHead(
