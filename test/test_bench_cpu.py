@@ -29,6 +29,7 @@ def test_model_cpu_networks_and_headlines(monkeypatch: pytest.MonkeyPatch) -> No
         "resnet18_det1_pose_512",
         "resnet18_det80_512",
         "resnet18_det80_seg80_pose_512",
+        "resnet18_det80_seg80_pose_light_512",
         "resnet18_seg80_512",
     ]
     assert quick["resnet18_det80_512"].tasks == {"detection"}
@@ -47,6 +48,7 @@ def test_model_cpu_networks_and_headlines(monkeypatch: pytest.MonkeyPatch) -> No
         "resnet18_det80_512": net("mcn", 80.0),
         "resnet18_seg80_512": net("mcn", 70.0),
         "resnet18_det1_pose_512": net("mcn", 90.0),
+        "resnet18_det80_seg80_pose_light_512": net("mcn", 80.0),
         "yolo26n": net("yolo26n", 30.0),
         "yolo26n-pose": net("yolo26n", 40.0),
         "yolo26n-sem": net("yolo26n", 50.0),
@@ -55,6 +57,7 @@ def test_model_cpu_networks_and_headlines(monkeypatch: pytest.MonkeyPatch) -> No
         "mcn_vs_stn_speedup": 2.4,
         "mcn_vs_yolo26n_speedup": 1.2,
         "mcn_vs_yolo11n_speedup": None,  # not measured: no figure rather than a wrong one
+        "light_vs_yolo26n_speedup": 1.5,
     }
 
 
@@ -65,8 +68,10 @@ def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPat
         "torch:yolo26n_x3@640x480": {"size": "640x480", "median_ms": 250.0},
         "onnxruntime:mcn@640x480": {"size": "640x480", "median_ms": 160.0},
         "onnxruntime:yolo26n_x3@640x480": {"size": "640x480", "median_ms": 240.0},
+        "torch:mcn_light@640x480": {"size": "640x480", "median_ms": 125.0},
     }
     out = bench.speedups(rows)["640x480"]
+    assert out["light"] == {"backend": "torch", "mcn_ms": 125.0, "yolo26n_x3_ms": 250.0, "speedup": 2.0}
     assert out["torch"]["speedup"] == 1.25 and out["onnxruntime"]["speedup"] == 1.5
     assert out["best"]["backend"] == "onnxruntime" and out["best"]["speedup"] == 1.5
     image = bench.camera_image((480, 640))
