@@ -63,7 +63,34 @@ class SharedBranch(nn.Module):
         return outputs
 
 
-class DetectionHead(nn.Module):
+class TaskHead(nn.Module):
+    """The head of one task: an output per entry of ``outputs`` (name -> channels), each from its own branch
+    (attribute ``name``, CenterNet's layout) or, with ``shared``, all from one :class:`SharedBranch`
+    (attribute ``shared``). ``biases``: initial final-conv bias by output name (default 0)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        head_conv: int,
+        outputs: dict[str, int],
+        biases: dict[str, float],
+        shared: bool,
+    ) -> None:
+        super().__init__()
+        self.names = tuple(outputs)
+        self.shared = SharedBranch(in_channels, head_conv, outputs, biases) if shared else None
+        if not shared:
+            for name, channels in outputs.items():
+                self.add_module(name, head_branch(in_channels, head_conv, channels, biases.get(name, 0.0)))
+
+    def forward(self, features: Tensor) -> dict[str, Tensor]:
+        """Raw outputs of the stride-4 features, by name."""
+        if self.shared is not None:
+            return self.shared(features)
+        return {name: getattr(self, name)(features) for name in self.names}
+
+
+class DetectionHead(TaskHead):
     """CenterNet box detection: class-centre heatmap, box size and centre sub-pixel offset.
 
     Outputs (``h, w`` = input / 4): ``heatmap`` [B, C, h, w] logits; ``size`` [B, 2, h, w] (box width and
@@ -71,34 +98,11 @@ class DetectionHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, head_conv: int, shared: bool = False) -> None:
-        super().__init__()
-        self.shared = (
-            SharedBranch(
-                in_channels,
-                head_conv,
-                {"heatmap": num_classes, "size": 2, "offset": 2},
-                {"heatmap": HEATMAP_BIAS},
-            )
-            if shared
-            else None
-        )
-        if not shared:
-            self.heatmap = head_branch(in_channels, head_conv, num_classes, HEATMAP_BIAS)
-            self.size = head_branch(in_channels, head_conv, 2)
-            self.offset = head_branch(in_channels, head_conv, 2)
-
-    def forward(self, features: Tensor) -> dict[str, Tensor]:
-        """Raw detection outputs of the stride-4 features."""
-        if self.shared is not None:
-            return self.shared(features)
-        return {
-            "heatmap": self.heatmap(features),
-            "size": self.size(features),
-            "offset": self.offset(features),
-        }
+        outputs = {"heatmap": num_classes, "size": 2, "offset": 2}
+        super().__init__(in_channels, head_conv, outputs, {"heatmap": HEATMAP_BIAS}, shared)
 
 
-class PoseHead(nn.Module):
+class PoseHead(TaskHead):
     """CenterNet multi-person pose: keypoints regressed from the person centre plus keypoint heatmaps.
 
     Outputs: ``kp_offsets`` [B, 2K, h, w] (keypoint j = centre cell + channels (2j, 2j+1), output pixels);
@@ -107,31 +111,8 @@ class PoseHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_keypoints: int, head_conv: int, shared: bool = False) -> None:
-        super().__init__()
-        self.shared = (
-            SharedBranch(
-                in_channels,
-                head_conv,
-                {"kp_offsets": 2 * num_keypoints, "kp_heatmap": num_keypoints, "kp_subpixel": 2},
-                {"kp_heatmap": HEATMAP_BIAS},
-            )
-            if shared
-            else None
-        )
-        if not shared:
-            self.kp_offsets = head_branch(in_channels, head_conv, 2 * num_keypoints)
-            self.kp_heatmap = head_branch(in_channels, head_conv, num_keypoints, HEATMAP_BIAS)
-            self.kp_subpixel = head_branch(in_channels, head_conv, 2)
-
-    def forward(self, features: Tensor) -> dict[str, Tensor]:
-        """Raw pose outputs of the stride-4 features."""
-        if self.shared is not None:
-            return self.shared(features)
-        return {
-            "kp_offsets": self.kp_offsets(features),
-            "kp_heatmap": self.kp_heatmap(features),
-            "kp_subpixel": self.kp_subpixel(features),
-        }
+        outputs = {"kp_offsets": 2 * num_keypoints, "kp_heatmap": num_keypoints, "kp_subpixel": 2}
+        super().__init__(in_channels, head_conv, outputs, {"kp_heatmap": HEATMAP_BIAS}, shared)
 
 
 class SegmentationHead(nn.Module):

@@ -319,20 +319,21 @@ def segmentation_logits_to_original(
             flat_logits, class_step, cell_step = cells_last.reshape(-1), 1, logits.shape[0]
         else:
             flat_logits, class_step, cell_step = logits.reshape(-1), cells_y * cells_x, 1
-        best_class = best_score = None
-        for cell, _ in corners:  # each corner's class competes, scored at the pixel
-            candidate = flat_classes.index_select(0, cell)
+
+        def interpolated(candidate: Tensor) -> Tensor:
+            """Each pixel's logit of its ``candidate`` class, interpolated from the four cells."""
             base = candidate.long() * class_step
-            score = sum(
-                flat_logits.index_select(0, base + other * cell_step) * weight for other, weight in corners
-            )
-            assert isinstance(score, Tensor)
-            if best_class is None or best_score is None:
-                best_class, best_score = candidate, score
-            else:
-                better = score > best_score
-                best_class = torch.where(better, candidate, best_class)
-                best_score = torch.maximum(score, best_score)
-        assert best_class is not None
+            total = torch.zeros_like(fy)
+            for cell, weight in corners:
+                total += flat_logits.index_select(0, base + cell * cell_step) * weight
+            return total
+
+        # Each corner's class competes, scored at the pixel; the first best wins ties.
+        candidates = [flat_classes.index_select(0, cell) for cell, _ in corners]
+        best_class, best_score = candidates[0], interpolated(candidates[0])
+        for candidate in candidates[1:]:
+            score = interpolated(candidate)
+            best_class = torch.where(score > best_score, candidate, best_class)
+            best_score = torch.maximum(score, best_score)
         result[rows, cols] = best_class
     return result
