@@ -3,6 +3,7 @@ status, without ROS."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -239,7 +240,11 @@ def test_assess_warns_when_processing_lags_the_input_by_more_than_the_tolerance(
 
 def test_speed_hint_names_only_what_applies() -> None:
     hint = speed_hint(Knobs(input_size=(128, 128), tasks=("pose",), flip_test=False, device="cuda:0"))
-    assert hint == "a smaller input_size (now 128x128), half:=true"
+    assert hint == "a smaller input_size (now 128x128), precision:=fp16"
+    on_cpu = Knobs(input_size=None, tasks=("pose",), flip_test=False, device="cpu", cpu_bf16=True)
+    assert speed_hint(on_cpu) == "a CUDA device (device is cpu), precision:=bf16 (this CPU has native bf16)"
+    already = dataclasses.replace(on_cpu, precision="bf16")
+    assert speed_hint(already) == "a CUDA device (device is cpu)"
 
 
 def test_status_values_hold_every_counter() -> None:

@@ -161,11 +161,12 @@ def test_bgr_equals_rgb_of_swapped_image(predictor: Predictor) -> None:
     np.testing.assert_allclose(a.detections.boxes, b.detections.boxes, rtol=1e-5, atol=1e-4)
 
 
-def test_half_on_cpu_warns_and_runs_float32(predictor: Predictor) -> None:
+def test_fp16_on_cpu_warns_and_runs_float32(predictor: Predictor) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        half = Predictor(predictor.model, predictor.config, device="cpu", half="bf16")
-    assert half.autocast_dtype is None and any("CUDA" in str(w.message) for w in caught)
+        half = Predictor(predictor.model, predictor.config, device="cpu", precision="fp16")
+    assert half.precision.name == "fp32" and half.precision.autocast_dtype is None
+    assert any("CUDA" in str(w.message) for w in caught)
 
 
 def test_from_weights(predictor: Predictor, tmp_path: Path) -> None:
@@ -230,8 +231,8 @@ def test_flip_merge_is_consistent_with_decoding() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("half", [False, "fp16", "bf16"])
-def test_cuda_matches_cpu(half: bool | str) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_matches_cpu(precision: str) -> None:
     torch.manual_seed(0)
     config = ModelConfig(
         name="g",
@@ -252,13 +253,13 @@ def test_cuda_matches_cpu(half: bool | str) -> None:
     cpu = Predictor(model, config, device="cpu")
     image = np.random.default_rng(3).integers(0, 256, (100, 150, 3), dtype=np.uint8)
     ref = cpu.predict(image, score_threshold=0.0)
-    gpu = Predictor(MultitaskCenterNet(config).eval(), config, device="cuda", half=half)
+    gpu = Predictor(MultitaskCenterNet(config).eval(), config, device="cuda", precision=precision)
     gpu.model.load_state_dict(model.state_dict())
     res = gpu.predict(image, score_threshold=0.0)
     assert isinstance(ref, Results) and isinstance(res, Results)
     assert ref.detections is not None and res.detections is not None and res.segmentation is not None
-    tol = 1e-3 if half is False else 5e-2
+    tol = 1e-3 if precision == "fp32" else 5e-2
     np.testing.assert_allclose(res.detections.scores[:10], ref.detections.scores[:10], atol=tol, rtol=tol)
     assert res.segmentation.shape == (100, 150)
-    if half is False:
+    if precision == "fp32":
         assert (res.segmentation == ref.segmentation).mean() > 0.99

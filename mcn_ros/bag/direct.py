@@ -20,6 +20,13 @@ from mcn_ros.bag.ground_truth import GroundTruth
 from mcn_ros.model.results import Results
 
 
+def _precision(parameters: Mapping[str, Any]) -> str:
+    """The node's precision parameter (reports written before it existed recorded a bool ``half``)."""
+    if "precision" in parameters:
+        return str(parameters["precision"])
+    return "fp16" if parameters.get("half") else "fp32"
+
+
 def direct_predictions(
     bag: Path,
     topic: str,
@@ -34,7 +41,7 @@ def direct_predictions(
 
     try:
         predictor = Predictor.from_weights(
-            weights, device=str(parameters.get("device", "auto")), half=bool(parameters.get("half", False))
+            weights, device=str(parameters.get("device", "auto")), precision=_precision(parameters)
         )
     except WeightsError as error:
         raise BagError(str(error)) from error

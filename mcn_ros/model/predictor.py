@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -18,22 +19,12 @@ from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.device import resolve_device
 from mcn_ros.model.labels import flip_permutation
 from mcn_ros.model.mcn import resolve_tasks
+from mcn_ros.model.precision import Precision
 from mcn_ros.model.preprocess import preprocess, rect_input_size
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import load_weights
 
-HALF_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _EPS = 1e-4
-
-
-def _half_dtype(half: bool | str) -> torch.dtype | None:
-    if half is False or half in ("", "none", "fp32"):
-        return None
-    if half is True:
-        return torch.float16
-    if isinstance(half, str) and half in HALF_DTYPES:
-        return HALF_DTYPES[half]
-    raise ValueError(f"half must be a bool, 'fp16', 'bf16' or 'fp32', got {half!r}")
 
 
 def _logit(p: Tensor) -> Tensor:
@@ -70,8 +61,9 @@ def merge_flipped(outputs: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
 class Predictor:
     """Runs a :class:`MultitaskCenterNet` on numpy images: letterbox, forward, decode, map back.
 
-    ``half``: False (fp32), True or "fp16" (float16 autocast), "bf16" (bfloat16 autocast); CUDA only, ignored
-    with a warning on CPU. ``channels_last`` uses the NHWC memory format (faster convs on GPUs and CPUs).
+    ``precision``: "fp32" (default), "fp16" or "bf16" (:class:`~mcn_ros.model.precision.Precision`: autocast
+    on CUDA; bf16 also on a CPU with native bf16, as a bfloat16 copy of the model; where the request cannot
+    be used it warns, runs fp32 and says why in ``precision.note``). ``channels_last`` uses the NHWC memory format (faster convs on GPUs and CPUs).
     ``rect`` (default True): letterbox into a camera-shaped input, the smallest multiples of 32 that hold the
     image at the scale of ``config.input_size`` (:func:`~mcn_ros.model.preprocess.rect_input_size`; a
     640x480 image in a 512x512 model runs at 512x384, a quarter less work); False: always
@@ -88,7 +80,7 @@ class Predictor:
         model: nn.Module,
         config: ModelConfig,
         device: str | torch.device = "cpu",
-        half: bool | str = False,
+        precision: bool | str = "fp32",
         channels_last: bool = True,
         rect: bool = True,
         backend: str = "torch",
@@ -102,11 +94,9 @@ class Predictor:
         self.device = resolve_device(device)
         if backend == "onnxruntime" and self.device.type != "cpu":
             raise ValueError(f"backend 'onnxruntime' runs on the CPU only, not on {self.device}")
-        dtype = _half_dtype(half)
-        if dtype is not None and self.device.type != "cuda":
-            warnings.warn("half precision is only used on CUDA; running in float32", stacklevel=2)
-            dtype = None
-        self.autocast_dtype = dtype
+        self.precision = Precision.resolve(precision, self.device, backend)
+        if self.precision.note is not None:
+            warnings.warn(self.precision.note, stacklevel=2)
         model = model.to(self.device).eval()
         self._onnx: OnnxRuntimeForward | None = None
         if backend == "onnxruntime":
@@ -119,15 +109,19 @@ class Predictor:
         self._run_model = model
         if fold_bn and self._onnx is None:
             self._run_model = fold_batch_norms(model)
-            if channels_last:
-                self._run_model = self._run_model.to(memory_format=torch.channels_last)
+        if self.precision.model_dtype != torch.float32 and self._onnx is None:
+            if self._run_model is model:  # the caller's module keeps its float32 weights
+                self._run_model = copy.deepcopy(model)
+            self._run_model = self._run_model.to(self.precision.model_dtype)
+        if self._run_model is not model and channels_last:
+            self._run_model = self._run_model.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_weights(
         cls,
         path: str | Path,
         device: str | torch.device = "auto",
-        half: bool | str = False,
+        precision: bool | str = "fp32",
         channels_last: bool = True,
         rect: bool = True,
         backend: str = "torch",
@@ -135,7 +129,7 @@ class Predictor:
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present."""
         model, config, _ = load_weights(path, device=resolve_device(device))
-        return cls(model, config, device, half, channels_last, rect=rect, backend=backend, fold_bn=fold_bn)
+        return cls(model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn)
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -153,8 +147,10 @@ class Predictor:
         if flip_test:
             batch = torch.cat((batch, batch.flip(-1)), dim=0)
         autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if self.autocast_dtype is not None:
-            autocast = torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        if self.precision.autocast_dtype is not None:
+            autocast = torch.autocast(device_type=self.device.type, dtype=self.precision.autocast_dtype)
+        if batch.dtype != self.precision.model_dtype and self._onnx is None:
+            batch = batch.to(self.precision.model_dtype)
         if self._onnx is not None:
             outputs = self._onnx(batch, tasks)
         else:

@@ -26,6 +26,8 @@ class Knobs:
     tasks: Sequence[str]  # computed for the last frame
     flip_test: bool
     device: str
+    precision: str = "fp32"  # the precision the forward runs at (after any fallback)
+    cpu_bf16: bool = False  # the CPU has native bf16 (precision bf16 would run there)
 
 
 def speed_hint(knobs: Knobs) -> str:
@@ -39,9 +41,12 @@ def speed_hint(knobs: Knobs) -> str:
     if knobs.flip_test:
         hints.append("flip_test off")
     if knobs.device.startswith("cuda"):
-        hints.append("half:=true")
+        if knobs.precision == "fp32":
+            hints.append("precision:=fp16")
     else:
         hints.append(f"a CUDA device (device is {knobs.device})")
+        if knobs.cpu_bf16 and knobs.precision == "fp32":
+            hints.append("precision:=bf16 (this CPU has native bf16)")
     return ", ".join(hints)
 
 
@@ -72,6 +77,7 @@ def status_values(
     tasks: Collection[str],
     device: str,
     last_error: str,
+    precision: str = "fp32",
 ) -> dict[str, str]:
     """The status's key-values: rates and latencies over the window, then the totals since start."""
     return {
@@ -87,6 +93,7 @@ def status_values(
         "loss_counting": loss_counting,
         "tasks_computed": ",".join(sorted(tasks)),
         "device": device,
+        "precision": precision,
         "last_error": last_error,
     }
 

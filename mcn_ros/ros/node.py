@@ -69,6 +69,7 @@ class McnNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         # The state first: a start refused for its parameters still goes through the shutdown transition.
         self._predictor: Predictor | None = None
+        self._cpu_bf16 = False  # the CPU multiplies bf16 natively (known after configure; a speed hint)
         self._cameras: dict[str, Camera] = {"": Camera("")}  # made anew on configure from `cameras`
         self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
         self._batch_sizes: Counter[int] = Counter()
@@ -183,6 +184,7 @@ class McnNode(LifecycleNode):
 
     def _configure(self) -> None:
         from mcn_ros.model.device import resolve_device
+        from mcn_ros.model.precision import cpu_bf16_native
         from mcn_ros.model.predictor import Predictor
         from mcn_ros.model.weights import load_weights
 
@@ -206,11 +208,12 @@ class McnNode(LifecycleNode):
             model,
             config,
             device=device,
-            half=bool(self.get_parameter("half").value),
+            precision=str(self.get_parameter("precision").value),
             rect=bool(self.get_parameter("rect_input").value),
             backend=str(self.get_parameter("backend").value),
         )
         self._predictor = predictor
+        self._cpu_bf16 = cpu_bf16_native()
 
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
         self._cameras = {name: Camera(name) for name in names}
@@ -222,8 +225,11 @@ class McnNode(LifecycleNode):
                 reliable=self.get_parameter("publisher_reliability").value == "reliable",
                 info=index == 0,  # the latched label and pose info are the node's, once
             )
+        if predictor.precision.note is not None:
+            self.get_logger().warning(f"parameter precision: {predictor.precision.note}")
         self.get_logger().info(
-            f"loaded {config.name} ({config.backbone}, tasks {sorted(config.tasks)}) on {predictor.device}"
+            f"loaded {config.name} ({config.backbone}, tasks {sorted(config.tasks)}) on {predictor.device}, "
+            f"{predictor.precision.name}"
         )
 
     def _activate(self) -> None:
@@ -452,6 +458,8 @@ class McnNode(LifecycleNode):
             tasks=sorted(camera.computed_tasks),
             flip_test=self._frame_settings.flip_test,
             device=self._device_name(),
+            precision=predictor.precision.name if predictor is not None else "fp32",
+            cpu_bf16=self._cpu_bf16,
         )
         level, message = diagnostics.assess(
             summary,
@@ -467,6 +475,7 @@ class McnNode(LifecycleNode):
             tasks=camera.computed_tasks,
             device=self._device_name(),
             last_error=camera.last_error,
+            precision=predictor.precision.name if predictor is not None else "none",
         )
         label = f"camera {camera.name}" if camera.name else "inference"
         return f"{self.get_name()}: {label}", level, message, values

@@ -39,7 +39,7 @@ LATCHED: dict[str, tuple[str, str]] = {
 }
 #: Node parameters recorded with each replay (the direct evaluation runs the model with the same ones).
 PARAMETERS = (
-    "weights", "device", "half", "input_size", "tasks", "score_threshold", "pose_score_threshold",
+    "weights", "device", "precision", "input_size", "tasks", "score_threshold", "pose_score_threshold",
     "keypoint_threshold", "max_detections", "flip_test", "image_qos", "publisher_reliability",
     "publisher_depth", "use_compressed",
 )  # fmt: skip

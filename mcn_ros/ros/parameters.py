@@ -134,6 +134,7 @@ def invalid_value(spec: ParameterSpec, value: Any) -> str | None:
 
 
 IMAGE_QOS = ("sensor_data", "reliable")
+PRECISIONS = ("fp32", "fp16", "bf16")  # mcn_ros.model.precision.PRECISIONS, without importing torch here
 BACKEND_CHOICES = ("torch", "onnxruntime")  # mcn_ros.model.backends.BACKENDS, without importing torch here
 PUBLISHER_RELIABILITY = ("reliable", "best_effort")
 #: mcn_ros.model.decode.SEGMENTATION_RESAMPLING, without importing torch here.
@@ -144,7 +145,9 @@ CONFIGURE, RUN_TIME, START_UP = Applies.CONFIGURE, Applies.RUN_TIME, Applies.STA
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("weights", "string", "", CONFIGURE, "Path of the .safetensors weights file"),
     ParameterSpec("device", "string", "auto", CONFIGURE, "auto, cpu or cuda:N", check=_check_device),
-    ParameterSpec("half", "bool", False, CONFIGURE, "fp16 autocast on CUDA"),
+    ParameterSpec("precision", "string", "fp32", CONFIGURE,
+                  f"One of {PRECISIONS}: fp16/bf16 autocast on CUDA; bf16 on a CPU with avx512_bf16 or amx_bf16 "
+                  "(elsewhere fp32, with a warning)", choices=PRECISIONS),
     ParameterSpec("backend", "string", "torch", CONFIGURE,
                   f"Inference backend, one of {BACKEND_CHOICES} (onnxruntime: CPU only, optional package)",
                   choices=BACKEND_CHOICES),

@@ -1,0 +1,82 @@
+"""The number format the forward runs in: fp32, or fp16 / bf16 where the device computes it natively.
+
+CUDA runs fp16 or bf16 as autocast. A CPU runs bf16 only when it has native bf16 dot products
+(``avx512_bf16`` or ``amx_bf16``): there the inference copy of the model and its inputs are converted to
+bfloat16 outright (autocast would cast the weights again on every call). Without those instructions bf16
+is emulated and many times slower than fp32 (16x on an AVX2 machine), and fp16 convolutions have no fast
+CPU kernels: both fall back to fp32 with a note saying why. Nothing here picks a reduced precision by
+itself; fp32 is the default everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+#: CPU flags (Linux /proc/cpuinfo names) meaning the CPU multiplies bfloat16 natively.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The flags of the first CPU in ``cpuinfo`` (default: this machine's /proc/cpuinfo; empty elsewhere)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_bf16_native(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU (``flags``, default this machine's) has native bfloat16 dot products."""
+    found = cpu_flags() if flags is None else flags
+    return any(flag in found for flag in NATIVE_BF16_FLAGS)
+
+
+def parse_precision(setting: bool | str) -> str:
+    """``"fp32"``, ``"fp16"`` or ``"bf16"`` from a setting (also False/"" = fp32, True = fp16)."""
+    if setting is False or setting in ("", "none"):
+        return "fp32"
+    if setting is True:
+        return "fp16"
+    if isinstance(setting, str) and setting in PRECISIONS:
+        return setting
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or a bool), got {setting!r}")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward runs: ``name`` is the precision used (after any fallback), ``note`` why it differs."""
+
+    name: str = "fp32"
+    autocast_dtype: torch.dtype | None = None  # CUDA: autocast to this dtype
+    model_dtype: torch.dtype = torch.float32  # CPU bf16: weights and inputs in this dtype
+    note: str | None = None  # set when the requested precision could not be used here
+
+    @classmethod
+    def resolve(
+        cls, setting: bool | str, device: torch.device, backend: str = "torch", flags: frozenset[str] | None = None
+    ) -> Precision:
+        """The precision ``setting`` runs at on ``device`` with ``backend`` (``flags``: the CPU's, for tests)."""
+        wanted = parse_precision(setting)
+        if wanted == "fp32":
+            return cls()
+        if backend != "torch":
+            return cls(note=f"{wanted} is not used with the {backend} backend (it runs float32); running fp32")
+        if device.type == "cuda":
+            return cls(wanted, autocast_dtype=_DTYPES[wanted])
+        if wanted == "bf16" and device.type == "cpu":
+            if cpu_bf16_native(flags):
+                return cls("bf16", model_dtype=torch.bfloat16)
+            return cls(
+                note=f"bf16 on this CPU would be emulated (it has neither {' nor '.join(NATIVE_BF16_FLAGS)}) "
+                "and many times slower; running fp32"
+            )
+        return cls(note=f"{wanted} runs on CUDA only (a CPU: bf16 where it is native); running fp32")

@@ -1,0 +1,79 @@
+"""Precision: which number format runs where, and CPU bf16 against fp32 on the same model."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.precision import Precision, cpu_bf16_native, cpu_flags, parse_precision
+from mcn_ros.model.predictor import Predictor
+from mcn_ros.model.preprocess import preprocess
+
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "models" / "resnet18_det1_seg1_pose_128.yaml"
+CPU = torch.device("cpu")
+GENOA = frozenset({"avx2", "avx512f", "avx512_bf16"})
+SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"})
+AVX2_ONLY = frozenset({"avx", "avx2", "fma"})
+
+
+def test_cpu_flags_are_read_from_the_first_flags_line() -> None:
+    text = "processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512_bf16\n\nflags\t\t: other\n"
+    assert cpu_flags(text) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_flags("no flags here") == frozenset()
+    assert cpu_bf16_native(GENOA) and cpu_bf16_native(SAPPHIRE_RAPIDS) and not cpu_bf16_native(AVX2_ONLY)
+
+
+def test_settings_parse_and_bad_ones_are_named() -> None:
+    assert [parse_precision(v) for v in (False, True, "", "fp32", "fp16", "bf16")] == [
+        "fp32", "fp16", "fp32", "fp32", "fp16", "bf16",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, bf16.*'int8'"):
+        parse_precision("int8")
+
+
+def test_reduced_precision_only_where_the_device_has_it() -> None:
+    assert Precision.resolve("bf16", CPU, flags=GENOA) == Precision("bf16", model_dtype=torch.bfloat16)
+    assert Precision.resolve("bf16", CPU, flags=SAPPHIRE_RAPIDS).model_dtype == torch.bfloat16
+    emulated = Precision.resolve("bf16", CPU, flags=AVX2_ONLY)
+    assert emulated.name == "fp32" and emulated.model_dtype == torch.float32
+    assert emulated.note is not None and "avx512_bf16" in emulated.note and "running fp32" in emulated.note
+    fp16 = Precision.resolve("fp16", CPU, flags=GENOA)
+    assert fp16.name == "fp32" and fp16.note is not None and "CUDA" in fp16.note
+    onnx = Precision.resolve("bf16", CPU, backend="onnxruntime", flags=GENOA)
+    assert onnx.name == "fp32" and onnx.note is not None and "onnxruntime" in onnx.note
+    cuda = torch.device("cuda", 0)  # a device object only: nothing runs on it
+    assert Precision.resolve("fp16", cuda) == Precision("fp16", autocast_dtype=torch.float16)
+    assert Precision.resolve("bf16", cuda).autocast_dtype == torch.bfloat16
+    assert Precision.resolve("fp32", CPU, flags=GENOA) == Precision()
+
+
+def test_cpu_bf16_matches_fp32_or_falls_back_where_not_native() -> None:
+    torch.manual_seed(0)
+    config = dataclasses.replace(ModelConfig.from_yaml(CONFIG), input_size=(96, 128))
+    model = MultitaskCenterNet(config)
+    fp32 = Predictor(model, config, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bf16 = Predictor(model, config, device="cpu", precision="bf16")
+    if not cpu_bf16_native():  # this machine emulates bf16: the request falls back, saying why
+        assert bf16.precision.name == "fp32" and any("emulated" in str(w.message) for w in caught)
+        return
+    assert bf16.precision.name == "bf16" and not caught
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the caller's module is untouched
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    batch, _ = preprocess([image], fp32.input_size([(90, 120)]), config.mean, config.std, CPU, "rgb", True)
+    reference, reduced = fp32.forward(batch, config.tasks), bf16.forward(batch, config.tasks)
+    assert reduced.keys() == reference.keys()
+    for key, value in reference.items():
+        assert reduced[key].dtype == torch.float32  # decoding always sees float32
+        scale = float(value.abs().max()) + 1e-6
+        error = float((reduced[key] - value).abs().max())
+        assert error <= 0.05 * scale, (key, error, scale)  # bf16 keeps ~3 significant digits per layer
+        assert error > 0, key  # it really ran in bfloat16
