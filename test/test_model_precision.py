@@ -34,7 +34,7 @@ def test_settings_parse_and_bad_ones_are_named() -> None:
     assert [parse_precision(v) for v in (False, True, "", "fp32", "fp16", "bf16")] == [
         "fp32", "fp16", "fp32", "fp32", "fp16", "bf16",
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, bf16.*'int8'"):
+    with pytest.raises(ValueError, match=r"precision must be one of fp32, fp16, bf16 .*'int8'"):
         parse_precision("int8")
 
 

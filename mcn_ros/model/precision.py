@@ -62,14 +62,18 @@ class Precision:
 
     @classmethod
     def resolve(
-        cls, setting: bool | str, device: torch.device, backend: str = "torch", flags: frozenset[str] | None = None
+        cls,
+        setting: bool | str,
+        device: torch.device,
+        backend: str = "torch",
+        flags: frozenset[str] | None = None,
     ) -> Precision:
-        """The precision ``setting`` runs at on ``device`` with ``backend`` (``flags``: the CPU's, for tests)."""
+        """What ``setting`` runs at on ``device`` with ``backend`` (``flags``: the CPU's, for tests)."""
         wanted = parse_precision(setting)
         if wanted == "fp32":
             return cls()
         if backend != "torch":
-            return cls(note=f"{wanted} is not used with the {backend} backend (it runs float32); running fp32")
+            return cls(note=f"{wanted} is not used by the {backend} backend (float32 only); running fp32")
         if device.type == "cuda":
             return cls(wanted, autocast_dtype=_DTYPES[wanted])
         if wanted == "bf16" and device.type == "cpu":

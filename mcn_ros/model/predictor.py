@@ -63,7 +63,8 @@ class Predictor:
 
     ``precision``: "fp32" (default), "fp16" or "bf16" (:class:`~mcn_ros.model.precision.Precision`: autocast
     on CUDA; bf16 also on a CPU with native bf16, as a bfloat16 copy of the model; where the request cannot
-    be used it warns, runs fp32 and says why in ``precision.note``). ``channels_last`` uses the NHWC memory format (faster convs on GPUs and CPUs).
+    be used it warns, runs fp32 and says why in ``precision.note``). ``channels_last`` uses the NHWC memory
+    format (faster convs on GPUs and CPUs).
     ``rect`` (default True): letterbox into a camera-shaped input, the smallest multiples of 32 that hold the
     image at the scale of ``config.input_size`` (:func:`~mcn_ros.model.preprocess.rect_input_size`; a
     640x480 image in a 512x512 model runs at 512x384, a quarter less work); False: always
@@ -129,7 +130,9 @@ class Predictor:
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present."""
         model, config, _ = load_weights(path, device=resolve_device(device))
-        return cls(model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn)
+        return cls(
+            model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn
+        )
 
     @property
     def tasks(self) -> frozenset[str]:

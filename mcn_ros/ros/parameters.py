@@ -146,8 +146,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("weights", "string", "", CONFIGURE, "Path of the .safetensors weights file"),
     ParameterSpec("device", "string", "auto", CONFIGURE, "auto, cpu or cuda:N", check=_check_device),
     ParameterSpec("precision", "string", "fp32", CONFIGURE,
-                  f"One of {PRECISIONS}: fp16/bf16 autocast on CUDA; bf16 on a CPU with avx512_bf16 or amx_bf16 "
-                  "(elsewhere fp32, with a warning)", choices=PRECISIONS),
+                  f"One of {PRECISIONS}: fp16/bf16 autocast on CUDA; bf16 also on a CPU with avx512_bf16 "
+                  "or amx_bf16 (elsewhere fp32, with a warning)", choices=PRECISIONS),
     ParameterSpec("backend", "string", "torch", CONFIGURE,
                   f"Inference backend, one of {BACKEND_CHOICES} (onnxruntime: CPU only, optional package)",
                   choices=BACKEND_CHOICES),
