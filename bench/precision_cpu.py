@@ -1,6 +1,6 @@
 """Reduced precision on the CPU: bf16 against fp32, accuracy and speed, with YOLO26n x3 given the same.
 
-    python bench/precision_cpu.py [--rounds 10] [--threads 2]
+    python bench/precision_cpu.py [--rounds 30] [--threads 2]
 
 Only meaningful on a CPU with native bf16 (``avx512_bf16`` or ``amx_bf16``: :mod:`mcn_ros.model.precision`);
 elsewhere ``Predictor`` refuses bf16 and this script says so and exits 2 without writing anything.
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     """Measure accuracy and speed at fp32 and bf16, write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
     if not cpu_bf16_native():
