@@ -18,10 +18,14 @@ best-effort subscription, Fast DDS on this machine lost about half of the 640x48
 its default shared-memory segment) even at 10 Hz, and a lost lockstep frame would never be answered. The
 node counts such losses (``frames_lost`` in /diagnostics).
 
-Writes ``bench/results/node_cpu.json`` (+ ``.md``). Usage::
+Fast DDS: the node and this driver load config/fastdds.xml (shared memory sized for camera frames, what
+the launch file gives the node; ``--fastdds-profile none`` measures Fast DDS's defaults, where a 0.9 MB
+frame does not fit the 512 KiB shared-memory segment and crosses loopback UDP in fragments).
+
+Writes ``bench/results/<name>.json`` (+ ``.md``; name node_cpu by default). Usage::
 
     python bench/node_cpu.py [--config config/models/resnet18_det80_seg80_pose_512.yaml] [--frames 30]
-        [--seconds 20] [--rate 30] [--quick]
+        [--seconds 20] [--rate 30] [--fastdds-profile shipped|none|PATH] [--name node_cpu] [--quick]
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from _common import git_commit, machine, versions
 from _node_driver import Driver, node_command
 from multicamera_cpu import make_weights
 
+from mcn_ros.ros.fastdds import PROFILE_VARIABLES, profile_environment, shipped_profile
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SCORE = 0.3
@@ -56,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=30, help="lockstep frames, and predict calls per phase")
     parser.add_argument("--seconds", type=float, default=20.0, help="sustained phase")
     parser.add_argument("--rate", type=float, default=30.0, help="Hz in the sustained phase")
+    parser.add_argument(
+        "--fastdds-profile",
+        default="shipped",
+        help="Fast DDS profile for the node and this driver: shipped (config/fastdds.xml, what the launch "
+        "file gives the node), none (Fast DDS's defaults), or a path; an environment that names one wins",
+    )
+    parser.add_argument("--name", default="node_cpu", help="results file name (default node_cpu)")
     parser.add_argument("--quick", action="store_true", help="a short check of the script (not a result)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -64,6 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.results == RESULTS:
             args.results = Path(tempfile.gettempdir()) / "mcn_bench_quick"
     return args
+
+
+def shown(path: str | None) -> str | None:
+    """``path`` relative to the repository when inside it (None stays None)."""
+    if not path:
+        return None
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -100,7 +121,8 @@ def render(record: dict[str, Any]) -> str:
             f"`{record['command']}`",
             "",
             f"One 640x480 rgb8 camera, model `{record['model']}`, {cpu}, torch threads "
-            f"{record['torch_threads']}. Latency: publish -> the last of detections, poses, segmentation.",
+            f"{record['torch_threads']}. Latency: publish -> the last of detections, poses, segmentation. "
+            f"Fast DDS profile (node and driver): {record['fastdds_profile'] or 'none (Fast DDS defaults)'}.",
             "",
             "| path | p50 ms | p95 ms | p99 ms | n |",
             "|---|---|---|---|---|",
@@ -121,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "bench/node_cpu.py", *(sys.argv[1:] if argv is None else argv)])
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 60))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    profile = {"shipped": shipped_profile(), "none": None}.get(args.fastdds_profile, args.fastdds_profile)
+    os.environ.update(profile_environment(os.environ, profile))  # before the driver's participant
+    used_profile = os.environ.get(PROFILE_VARIABLES[0]) or os.environ.get(PROFILE_VARIABLES[1])
     from mcn_ros.model.config import ModelConfig
 
     config = ModelConfig.from_yaml(args.config)
@@ -155,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": config.name,
         "input_size": list(config.input_size),
         "torch_threads": torch.get_num_threads(),
+        "fastdds_profile": shown(used_profile),
         "predict": predict,
         "predict_p50_before_after_ms": [
             percentiles(predict_before)["p50_ms"],
@@ -170,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_commit(),
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "node_cpu.json").write_text(json.dumps(record, indent=1) + "\n")
-    (args.results / "node_cpu.md").write_text(render(record))
+    (args.results / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.results / f"{args.name}.md").write_text(render(record))
     print(render(record))
     return 0
 

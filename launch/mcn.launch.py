@@ -5,12 +5,15 @@
 Arguments: params_file (default: the installed config/mcn.yaml), weights and autostart (each overrides the
 parameter file only when given; autostart is true with the default parameter file), image (camera topic),
 cameras (names, e.g. front,back: each camera listens on <name>/image; overrides the file when given),
-namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace, one set per camera).
+namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace, one set per camera),
+fastdds_profile (default: the installed config/fastdds.xml, Fast DDS shared memory sized for camera frames;
+given to the node and RViz unless the environment names a profile already; empty: none).
 What the arguments mean is decided in mcn_ros/ros/launch_args.py. Six cameras (config/six_cameras.yaml):
 
     ros2 launch mcn_ros mcn.launch.py params_file:=<share>/mcn_ros/config/six_cameras.yaml weights:=...
 """
 
+import os
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
@@ -19,6 +22,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchContext, LaunchDescription
+from mcn_ros.ros.fastdds import PROFILE_NAME, profile_environment
 from mcn_ros.ros.launch_args import (
     NODE_NAME,
     cameras_in_params_file,
@@ -56,6 +60,12 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
         DeclareLaunchArgument("rviz", default_value="false", description="Start RViz with config/mcn.rviz"),
+        DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value=str(share / "config" / PROFILE_NAME),
+            description="Fast DDS XML profile for the node and RViz (shared memory for camera-sized frames), "
+            "unless FASTDDS_/FASTRTPS_DEFAULT_PROFILES_FILE is set; empty: none",
+        ),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=launch_nodes, args=[share])])
 
@@ -71,6 +81,7 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     cameras_text = argument("cameras")
     overrides = parameter_overrides(argument("weights"), argument("autostart"), default_params, cameras_text)
     cameras = parse_cameras(cameras_text) if cameras_text else cameras_in_params_file(params_file)
+    dds_env = profile_environment(os.environ, argument("fastdds_profile"))
     node = Node(
         package="mcn_ros",
         executable="mcn_node",
@@ -79,9 +90,16 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
         parameters=[params_file, *([overrides] if overrides else [])],
         remappings=[("image", image)],
         output="screen",
+        additional_env=dds_env,
     )
     if not parse_bool("rviz", argument("rviz")):
         return [node]
     rviz_config = write_rviz_config(share / "config" / "mcn.rviz", namespace, image, cameras)
-    rviz = Node(package="rviz2", executable="rviz2", arguments=["-d", str(rviz_config)], output="screen")
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        arguments=["-d", str(rviz_config)],
+        output="screen",
+        additional_env=dds_env,
+    )
     return [node, rviz]

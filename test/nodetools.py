@@ -43,8 +43,11 @@ def make_weights(path: Path, seed: int = 0) -> Path:
     return save_weights(path, model, config, {"command": "test/nodetools.py make_weights"})
 
 
-def start_node(*ros_args: str, name: str = "mcn_node") -> subprocess.Popen[str]:
-    """`python -m mcn_ros.ros.node --ros-args --params-file config/mcn.yaml <ros_args>` in a new process."""
+def start_node(
+    *ros_args: str, name: str = "mcn_node", env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`python -m mcn_ros.ros.node --ros-args --params-file config/mcn.yaml <ros_args>` in a new process
+    (``env``: variables added to this process's environment)."""
     command = [
         sys.executable,
         "-m",
@@ -57,7 +60,11 @@ def start_node(*ros_args: str, name: str = "mcn_node") -> subprocess.Popen[str]:
         *ros_args,
     ]
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy()
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
 
 

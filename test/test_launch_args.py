@@ -61,9 +61,16 @@ def launch_argument_defaults() -> dict[str, str]:
 
 def test_weights_and_autostart_launch_arguments_default_to_the_parameter_file() -> None:
     defaults = launch_argument_defaults()
-    assert set(defaults) == {"params_file", "weights", "autostart", "image", "cameras", "namespace", "rviz"}
+    assert set(defaults) == {
+        "params_file", "weights", "autostart", "image", "cameras", "namespace", "rviz", "fastdds_profile",
+    }  # fmt: skip
     assert (defaults["weights"], defaults["autostart"]) == ("", "")
     assert "parameter_overrides(" in LAUNCH_FILE.read_text()
+    # The Fast DDS profile: the installed config/fastdds.xml, handed to the node and RViz through the same
+    # decision as everywhere else (test/test_fastdds.py), never overriding the user's environment.
+    assert defaults["fastdds_profile"] == "<computed>"
+    source = LAUNCH_FILE.read_text()
+    assert "profile_environment(os.environ" in source and source.count("additional_env=dds_env") == 2
 
 
 @pytest.mark.parametrize(

@@ -169,8 +169,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from mcn_ros.bag.bagio import content_hash, staged_output
     from mcn_ros.bag.replay import input_info, record_phase
     from mcn_ros.bag.run import load_inputs
+    from mcn_ros.ros.fastdds import use_shipped_profile
     from mcn_ros.ros.player import Player
 
+    use_shipped_profile()  # the player's frames over shared memory (the running node has its own setting)
     camera, gt, no_gt = load_inputs(args.bag, args.topic, args.ground_truth)
     if no_gt:
         print(f"note: {no_gt}")

@@ -1,0 +1,97 @@
+"""The Fast DDS profile for camera-sized frames: when it is handed out, what it holds, and a real node
+process running with it (its shared-memory segment sized by the profile, frames answered)."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nodetools import REPO, Client, image_message, make_weights, start_node, stop_node
+
+from mcn_ros.ros.fastdds import PROFILE_VARIABLES, profile_environment, shipped_profile
+
+PROFILE = REPO / "config" / "fastdds.xml"
+FULL_HD_RGB8 = 1920 * 1080 * 3
+
+
+def test_the_profile_goes_where_nobody_chose_another() -> None:
+    both = dict.fromkeys(PROFILE_VARIABLES, str(PROFILE.resolve()))
+    assert profile_environment({}, PROFILE) == both
+    assert profile_environment({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, PROFILE) == both
+    assert profile_environment({"RMW_IMPLEMENTATION": "rmw_fastrtps_dynamic_cpp"}, str(PROFILE)) == both
+    assert profile_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, PROFILE) == {}
+    assert profile_environment({"RMW_IMPLEMENTATION": "rmw_zenoh_cpp"}, PROFILE) == {}
+    for name in PROFILE_VARIABLES:  # the user's own profile, or an explicit empty one, wins
+        assert profile_environment({name: "/etc/mine.xml"}, PROFILE) == {}
+        assert profile_environment({name: ""}, PROFILE) == {}
+    assert profile_environment({}, None) == {} and profile_environment({}, "") == {}
+
+
+def test_the_shipped_profile_is_found_in_the_checkout_and_in_an_install(tmp_path: Path) -> None:
+    assert shipped_profile({}) == PROFILE
+    installed = tmp_path / "share" / "mcn_ros" / "config" / "fastdds.xml"
+    installed.parent.mkdir(parents=True)
+    installed.write_text(PROFILE.read_text())
+    assert shipped_profile({"AMENT_PREFIX_PATH": str(tmp_path)}) == PROFILE  # the checkout's comes first
+
+
+def test_the_profile_gives_shared_memory_room_for_full_hd_frames_and_keeps_udp() -> None:
+    root = ET.parse(PROFILE).getroot()
+    ns = {"p": root.tag.partition("}")[0].lstrip("{")}
+    descriptors = {
+        d.findtext("p:transport_id", namespaces=ns): d for d in root.iterfind(".//p:transport_descriptor", ns)
+    }
+    participant = root.find(".//p:participant", ns)
+    assert participant is not None and participant.get("is_default_profile") == "true"
+    used = [t.text for t in participant.iterfind(".//p:userTransports/p:transport_id", ns)]
+    kinds = {descriptors[name].findtext("p:type", namespaces=ns) for name in used}
+    assert kinds == {"SHM", "UDPv4"}  # other hosts still reach the node
+    shm = next(
+        descriptors[name] for name in used if descriptors[name].findtext("p:type", namespaces=ns) == "SHM"
+    )
+    assert int(shm.findtext("p:segment_size", namespaces=ns) or 0) >= 2 * FULL_HD_RGB8
+
+
+def shm_segments_kib(pid: int) -> list[int]:
+    """Sizes of the Fast DDS shared-memory segments (not the port queues) mapped by process ``pid``."""
+    sizes = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        name = fields[5] if len(fields) >= 6 else ""
+        if name.startswith("/dev/shm/fastdds_") and "port" not in name:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            sizes.append((end - start) // 1024)
+    return sizes
+
+
+@pytest.mark.usefixtures("ros")
+@pytest.mark.skipif(
+    not os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps"),
+    reason="the profile is Fast DDS's",
+)
+def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(tmp_path: Path) -> None:
+    from vision_msgs.msg import Detection2DArray
+
+    weights = make_weights(tmp_path / "model.safetensors")
+    env = profile_environment({}, PROFILE)
+    process = start_node("-p", f"weights:={weights}", "-p", "autostart:=true", env=env)
+    c = Client()
+    c.subscribe("detections", Detection2DArray)
+    try:
+        frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # 0.9 MB
+        message = image_message(frame, stamp=(7, 1))
+        answered = c.publish_until(
+            message, lambda: any(m.header.stamp.sec == 7 for m in c.messages("detections")), timeout=120
+        )
+        assert answered, "no detections for a 640x480 frame"
+        segments = shm_segments_kib(process.pid)
+        assert segments and max(segments) >= 16 * 1024, (
+            segments
+        )  # the profile's 16 MiB, not the 512 KiB default
+    finally:
+        c.close()
+        log = stop_node(process)
+    assert "XMLPARSER" not in log and "Traceback" not in log, log
