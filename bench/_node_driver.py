@@ -58,6 +58,7 @@ class Driver:
         }
         types = {"detections": Detection2DArray, "poses": HumanPose2DArray, "segmentation": Image}
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # notified with each output recorded
         self.sent: dict[tuple[str, int], float] = {}
         self.arrived: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
         for camera in cameras:
@@ -71,8 +72,8 @@ class Driver:
         self.spinner.start()
 
     def _spin(self) -> None:
-        while self.running:
-            self.executor.spin_once(timeout_sec=0.01)
+        while self.running:  # wakes on messages; the timeout only bounds how long close() waits
+            self.executor.spin_once(timeout_sec=0.1)
 
     def _recorder(self, camera: str, output: str) -> Any:
         def record(message: Any) -> None:
@@ -80,6 +81,7 @@ class Driver:
             stamp = message.header.stamp.sec * 1_000_000_000 + message.header.stamp.nanosec
             with self.lock:
                 self.arrived[(camera, stamp)].setdefault(output, now)
+                self.changed.notify_all()
 
         return record
 
@@ -126,18 +128,18 @@ class Driver:
                 with self.lock:
                     self.sent[(camera, stamp)] = time.perf_counter()
                 publisher.publish(message)
-            deadline = time.monotonic() + timeout_s
             keys = [(camera, stamp) for camera in self.publishers]
-            while time.monotonic() < deadline:
-                with self.lock:
-                    if all(len(self.arrived.get(key, {})) == len(OUTPUTS) for key in keys):
-                        break
-                time.sleep(0.0005)
-            else:
+            with self.lock:  # woken by each output recorded, no polling beside the node's work
+                answered = self.changed.wait_for(lambda k=keys: self._complete(k), timeout_s)
+            if not answered:
                 raise RuntimeError(f"frame {n}: the node did not answer within {timeout_s} s")
             with self.lock:
                 latencies += [1e3 * (max(self.arrived[k].values()) - self.sent[k]) for k in keys]
         return latencies
+
+    def _complete(self, keys: list[tuple[str, int]]) -> bool:
+        """Every output of every frame of ``keys`` arrived (called holding the lock)."""
+        return all(len(self.arrived.get(key, {})) == len(OUTPUTS) for key in keys)
 
     def measure(self, stamps: tuple[int, int], seconds: float) -> dict[str, Any]:
         """Frames of the stamp range answered with all three outputs, their latencies, per camera."""

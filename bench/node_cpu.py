@@ -1,17 +1,21 @@
 """The node's own cost: a 640x480 image published -> its outputs received over DDS, against the model runtime
 alone on the same image in one process.
 
-The node runs as users run it (``python -m mcn_ros.ros.node``, a separate process, one camera, CPU). Three
-phases, the runtime's before and after the node's so that a drift of the machine falls on both:
+The node runs as users run it (``python -m mcn_ros.ros.node``, a separate process, one camera, CPU). Two
+phases:
 
-1. ``Predictor.predict`` in this process (same weights, tasks, thresholds, torch threads), ``--frames`` calls;
-2. lockstep through the node: publish a frame, wait for its detections, poses and segmentation, repeat;
-   latency p50 / p95 / p99 (publish -> last output);
-3. sustained: frames published at ``--rate`` Hz (more than the node can take) for ``--seconds``; frames
+1. paired, ``--frames`` pairs: ``Predictor.predict`` once in this process (same weights, tasks, thresholds,
+   torch threads), then one frame through the node in lockstep (publish, wait for its detections, poses
+   and segmentation); latency p50 / p95 / p99 of each (node: publish -> last output). Alternating call by
+   call, a drift of this shared machine falls on both alike (phases run one after the other differed by a
+   fifth here);
+2. sustained: frames published at ``--rate`` Hz (more than the node can take) for ``--seconds``; frames
    answered per second.
 
 ``overhead_ratio`` = (node lockstep p50 - predict p50) / predict p50: what the ROS path (serialisation,
-DDS on loopback, conversion, messages, the inference thread's hand-off) adds to the model runtime.
+DDS on loopback, conversion, messages, the inference thread's hand-off) adds to the model runtime. The node
+also reports its own processing time (frame taken -> outputs published) in /diagnostics; its p50 over
+the paired phase is recorded as ``node_processing_p50_ms``.
 
 The node subscribes reliably here (``image_qos:=reliable``; the driver publishes reliably): with the default
 best-effort subscription, Fast DDS on this machine lost about half of the 640x480 frames (0.9 MB, more than
@@ -92,18 +96,39 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {f"p{q}_ms": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)} | {"n": len(samples)}
 
 
-def predict_times(weights: Path, image: np.ndarray, calls: int) -> list[float]:
-    """Milliseconds of ``Predictor.predict`` on ``image`` (all tasks), after two warm-up calls."""
+def node_status(driver: Any) -> dict[str, str]:
+    """The latest key-values of the node's inference status on /diagnostics (kept up to date)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    latest: dict[str, str] = {}
+
+    def record(message: Any) -> None:
+        for status in message.status:
+            if status.name.endswith(": inference"):
+                latest.update({kv.key: kv.value for kv in status.values})
+
+    driver.node.create_subscription(DiagnosticArray, "/diagnostics", record, 10)
+    return latest
+
+
+def paired_times(
+    driver: Any, weights: Path, image: np.ndarray, pairs: int
+) -> tuple[list[float], list[float]]:
+    """Milliseconds of ``Predictor.predict`` in this process and of one lockstep frame through the node,
+    alternating ``pairs`` times (after one warm-up of each)."""
     from mcn_ros.model.predictor import Predictor
 
     predictor = Predictor.from_weights(weights, device="cpu")
-    times = []
-    for n in range(calls + 2):
+    predict, node = [], []
+    for n in range(pairs + 1):
         start = time.perf_counter()
         predictor.predict(image, score_threshold=SCORE, pose_score_threshold=SCORE)
-        if n >= 2:
-            times.append(1e3 * (time.perf_counter() - start))
-    return times
+        elapsed = 1e3 * (time.perf_counter() - start)
+        through_node = driver.lockstep(1, first_stamp=2_000_000_000 + n * 1_000_000)
+        if n:
+            predict.append(elapsed)
+            node += through_node
+    return predict, node
 
 
 def row(name: str, figures: dict[str, float]) -> str:
@@ -128,6 +153,9 @@ def render(record: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
             row("`Predictor.predict` in-process", predict),
             row("through the node over DDS (lockstep)", node),
+            "",
+            f"The node's own processing (frame taken -> outputs published, its /diagnostics, last 5 s of the "
+            f"paired phase): p50 {record['node_processing_p50_ms']} ms.",
             "",
             f"Sustained: {record['sustained']['throughput_fps']} frames/s answered, "
             f"{record['rate_hz']} Hz offered. **overhead_ratio {record['overhead_ratio']}** (target <= 0.1).",
@@ -156,23 +184,24 @@ def main(argv: list[str] | None = None) -> int:
             "image_qos:=reliable",  # see the module docstring
         )  # fmt: skip
         driver = Driver([""], args.rate, node="node_bench")
+        status = node_status(driver)
         image = driver.images[""]
-        predict_before = predict_times(weights, image, args.frames)
         node = subprocess.Popen(command_line, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             driver.wait_for_node()
             # Warm-up, and discovery of the node's outputs by this driver: frames flowing for a few seconds.
             driver.publish_for(5.0, first_stamp=1_000_000_000)
-            time.sleep(3.0)
-            lockstep = driver.lockstep(args.frames, first_stamp=2_000_000_000)
+            time.sleep(6.0)  # the warm-up's frames leave the node's 5 s statistics window
+            predict_times, lockstep = paired_times(driver, weights, image, args.frames)
+            time.sleep(1.5)  # the next /diagnostics: the window's last paired frames
+            processing_p50 = float(status.get("processing_p50_ms", "nan"))
             window = driver.publish_for(args.seconds, 3_000_000_000)
             sustained = driver.measure(window, args.seconds)
         finally:
             driver.close()
             node.terminate()
             node.wait(timeout=30)
-        predict_after = predict_times(weights, image, args.frames)
-    predict = percentiles(predict_before + predict_after)
+    predict = percentiles(predict_times)
     node_stats = percentiles(lockstep)
     record = {
         "command": command,
@@ -182,11 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "fastdds_profile": shown(used_profile),
         "predict": predict,
-        "predict_p50_before_after_ms": [
-            percentiles(predict_before)["p50_ms"],
-            percentiles(predict_after)["p50_ms"],
-        ],
         "node_lockstep": node_stats,
+        "node_processing_p50_ms": round(processing_p50, 2),
         "rate_hz": args.rate,
         "sustained": {k: v for k, v in sustained.items() if k != "per_camera"},
         "overhead_ratio": round((node_stats["p50_ms"] - predict["p50_ms"]) / predict["p50_ms"], 3),

@@ -11,23 +11,46 @@ import numpy as np
 import pytest
 from nodetools import REPO, Client, image_message, make_weights, start_node, stop_node
 
-from mcn_ros.ros.fastdds import PROFILE_VARIABLES, profile_environment, shipped_profile
+from mcn_ros.ros.fastdds import PROFILE_VARIABLES, fast_dds_major, profile_environment, shipped_profile
 
 PROFILE = REPO / "config" / "fastdds.xml"
 FULL_HD_RGB8 = 1920 * 1080 * 3
 
 
 def test_the_profile_goes_where_nobody_chose_another() -> None:
-    both = dict.fromkeys(PROFILE_VARIABLES, str(PROFILE.resolve()))
-    assert profile_environment({}, PROFILE) == both
-    assert profile_environment({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, PROFILE) == both
-    assert profile_environment({"RMW_IMPLEMENTATION": "rmw_fastrtps_dynamic_cpp"}, str(PROFILE)) == both
+    path = str(PROFILE.resolve())
+    fast_dds_3 = {"FASTDDS_DEFAULT_PROFILES_FILE": path}
+    fast_dds_2 = {"FASTRTPS_DEFAULT_PROFILES_FILE": path}
+    assert profile_environment({"ROS_DISTRO": "kilted"}, PROFILE) == fast_dds_3
+    assert profile_environment({"ROS_DISTRO": "rolling"}, PROFILE) == fast_dds_3
+    assert profile_environment({"ROS_DISTRO": "jazzy"}, PROFILE) == fast_dds_2
+    assert profile_environment({"ROS_DISTRO": "humble"}, str(PROFILE)) == fast_dds_2
+    assert profile_environment({}, PROFILE) == {**fast_dds_3, **fast_dds_2}  # nothing known: both
+    kilted = {"ROS_DISTRO": "kilted", "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}
+    assert profile_environment(kilted, PROFILE) == fast_dds_3
+    assert (
+        profile_environment({**kilted, "RMW_IMPLEMENTATION": "rmw_fastrtps_dynamic_cpp"}, PROFILE)
+        == fast_dds_3
+    )
     assert profile_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, PROFILE) == {}
     assert profile_environment({"RMW_IMPLEMENTATION": "rmw_zenoh_cpp"}, PROFILE) == {}
     for name in PROFILE_VARIABLES:  # the user's own profile, or an explicit empty one, wins
         assert profile_environment({name: "/etc/mine.xml"}, PROFILE) == {}
         assert profile_environment({name: ""}, PROFILE) == {}
     assert profile_environment({}, None) == {} and profile_environment({}, "") == {}
+
+
+def test_the_installed_fast_dds_decides_the_variable(tmp_path: Path) -> None:
+    for library, major in (("libfastdds.so.3.2", 3), ("libfastrtps.so.2.14", 2)):
+        prefix = tmp_path / str(major)
+        (prefix / "lib").mkdir(parents=True)
+        (prefix / "lib" / library).write_bytes(b"")
+        assert fast_dds_major({"AMENT_PREFIX_PATH": f"/nonexistent{os.pathsep}{prefix}"}) == major
+        environ = {"AMENT_PREFIX_PATH": str(prefix), "ROS_DISTRO": "kilted" if major == 2 else "jazzy"}
+        assert fast_dds_major(environ) == major  # the library found wins over the distro's name
+        assert list(profile_environment(environ, PROFILE)) == [PROFILE_VARIABLES[3 - major]]
+    assert fast_dds_major({"ROS_DISTRO": "jazzy"}) == 2 and fast_dds_major({"ROS_DISTRO": "kilted"}) == 3
+    assert fast_dds_major({}) is None
 
 
 def test_the_shipped_profile_is_found_in_the_checkout_and_in_an_install(tmp_path: Path) -> None:
@@ -76,7 +99,8 @@ def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(
     from vision_msgs.msg import Detection2DArray
 
     weights = make_weights(tmp_path / "model.safetensors")
-    env = profile_environment({}, PROFILE)
+    env = profile_environment({k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}, PROFILE)
+    assert len(env) == 1, env  # the installed Fast DDS is recognised
     process = start_node("-p", f"weights:={weights}", "-p", "autostart:=true", env=env)
     c = Client()
     c.subscribe("detections", Detection2DArray)
@@ -95,3 +119,4 @@ def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(
         c.close()
         log = stop_node(process)
     assert "XMLPARSER" not in log and "Traceback" not in log, log
+    assert "deprecated" not in log, log  # the variable this distro's Fast DDS reads, not the old name

@@ -26,7 +26,7 @@ from mcn_ros.bag import BagError
 from mcn_ros.bag.bagio import CameraBag, content_hash, read_camera_bag, staged_output
 from mcn_ros.bag.ground_truth import GroundTruth, read_ground_truth, sidecar_path
 from mcn_ros.bag.replay import input_info, record_phase
-from mcn_ros.ros.fastdds import PROFILE_VARIABLES, use_shipped_profile
+from mcn_ros.ros.fastdds import use_shipped_profile
 
 if TYPE_CHECKING:
     from mcn_ros.bag.evaluate import Evaluation
@@ -192,8 +192,8 @@ def run(
     added = use_shipped_profile()  # before the player's participant; the node inherits it
     with staged_output(out, overwrite) as staged:
         staged.mkdir()
-        if added:
-            log(f"[run] Fast DDS profile for camera-sized frames: {added[PROFILE_VARIABLES[0]]}")
+        for name, path in added.items():
+            log(f"[run] Fast DDS profile for camera-sized frames: {name}={path}")
         log(f"[run] starting the node: {' '.join(command[1:])}")
         process = NodeProcess(command, staged / "node.log")
         try:

@@ -11,8 +11,26 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-#: Fast DDS 3.x (Kilted) reads the first, 2.x (Humble, Jazzy) the second.
+#: Fast DDS 3.x (Kilted and later, libfastdds) reads the first, 2.x (Humble, Jazzy, libfastrtps) the second;
+#: the 3.x middleware warns that the second is deprecated: only the one the installed Fast DDS reads is set.
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
+
+
+def fast_dds_major(environ: Mapping[str, str]) -> int | None:
+    """3 or 2: the Fast DDS library found under the ROS prefixes (``AMENT_PREFIX_PATH``), else what
+    ``ROS_DISTRO`` ships, else None."""
+    for prefix in environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        lib = Path(prefix) / "lib" if prefix else None
+        if lib is not None and lib.is_dir():
+            if any(lib.glob("libfastdds.so*")):
+                return 3
+            if any(lib.glob("libfastrtps.so*")):
+                return 2
+    distro = environ.get("ROS_DISTRO", "")
+    return None if not distro else 2 if distro in FAST_DDS_2_DISTROS else 3
+
+
 PROFILE_NAME = "fastdds.xml"
 _CHECKOUT = Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME
 
@@ -30,14 +48,17 @@ def shipped_profile(environ: Mapping[str, str] | None = None) -> Path | None:
 
 
 def profile_environment(environ: Mapping[str, str], profile: str | Path | None) -> dict[str, str]:
-    """The variables to add to ``environ`` so that Fast DDS loads ``profile``; empty when ``profile`` is
-    None or empty, the user set either variable (even empty), or ``RMW_IMPLEMENTATION`` is not Fast DDS."""
+    """The variable to add to ``environ`` so that Fast DDS loads ``profile`` (the one the installed Fast DDS
+    reads, :func:`fast_dds_major`; both when that is unknown); empty when ``profile`` is None or empty, the
+    user set either variable (even empty), or ``RMW_IMPLEMENTATION`` is not Fast DDS."""
     if not profile or any(name in environ for name in PROFILE_VARIABLES):
         return {}
     rmw = environ.get("RMW_IMPLEMENTATION", "")
     if rmw and not rmw.startswith("rmw_fastrtps"):
         return {}
-    return dict.fromkeys(PROFILE_VARIABLES, str(Path(profile).resolve()))
+    fast_dds_3, fast_dds_2 = PROFILE_VARIABLES
+    names = {3: (fast_dds_3,), 2: (fast_dds_2,), None: PROFILE_VARIABLES}[fast_dds_major(environ)]
+    return dict.fromkeys(names, str(Path(profile).resolve()))
 
 
 def use_shipped_profile() -> dict[str, str]:

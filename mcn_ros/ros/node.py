@@ -21,7 +21,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -493,7 +493,11 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"[mcn_node] error: invalid parameters: {error}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=2)
+    # One thread: every callback is short (frames go to the inference thread) and shares the node's one
+    # mutually exclusive group, so a second thread could never run beside the first; and rclpy's
+    # MultiThreadedExecutor kept its dispatching thread busy while frames were in flight (a fifth of a core
+    # taken from the forward on 2 cores, bench/node_cpu.py).
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         if node.get_parameter("autostart").value:
