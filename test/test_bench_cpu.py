@@ -76,3 +76,19 @@ def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPat
     assert out["best"]["backend"] == "onnxruntime" and out["best"]["speedup"] == 1.5
     image = bench.camera_image((480, 640))
     assert image.shape == (480, 640, 3) and image.std() > 20  # texture, not a flat frame
+
+
+def test_precision_ratios_compare_like_with_like(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load(monkeypatch, "precision_cpu")
+    ms = {"mcn@fp32": 150.0, "mcn@bf16": 75.0, "yolo26n_x3@fp32": 120.0, "yolo26n_x3@bf16": 90.0}
+    rows = {f"forward:{key}": {"median_ms": value} for key, value in ms.items()}
+    rows |= {f"e2e:{key}": {"median_ms": 2 * value} for key, value in ms.items()}
+    ratios = bench.ratios(rows, "forward")
+    assert ratios == {
+        "mcn_bf16_speedup": 2.0,
+        "yolo26n_x3_bf16_speedup": round(120 / 90, 3),
+        "mcn_vs_yolo26n_fp32": 0.8,
+        "mcn_vs_yolo26n_bf16": 1.2,  # both in bf16: the like-for-like figure
+        "mcn_bf16_vs_yolo26n_fp32": 1.6,
+    }
+    assert bench.ratios(rows, "e2e") == ratios  # each kind reads its own rows
