@@ -79,12 +79,13 @@ def test_the_profile_gives_shared_memory_room_for_full_hd_frames_and_keeps_udp()
 
 
 def shm_segments_kib(pid: int) -> list[int]:
-    """Sizes of the Fast DDS shared-memory segments (not the port queues) mapped by process ``pid``."""
+    """Sizes of the Fast DDS shared-memory segments (not the port queues) mapped by process ``pid``
+    (files named fastdds_* by Fast DDS 3, fastrtps_* by 2.x)."""
     sizes = []
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
         fields = line.split()
         name = fields[5] if len(fields) >= 6 else ""
-        if name.startswith("/dev/shm/fastdds_") and "port" not in name:
+        if name.startswith(("/dev/shm/fastdds_", "/dev/shm/fastrtps_")) and "port" not in name:
             start, end = (int(x, 16) for x in fields[0].split("-"))
             sizes.append((end - start) // 1024)
     return sizes
