@@ -6,7 +6,8 @@ answer, so what is measured is the node's sustained throughput: frames answered 
 (a frame counts when its detections, poses and segmentation all arrived), with per-camera end-to-end latency
 (publish -> last of the three outputs) p50 / p95. Both modes are the same node code: ``max_batch_size`` 0
 (all waiting cameras in one batch) or 1 (one camera per forward). The modes alternate ``--rounds`` times so
-that a slow spell of the machine falls on both.
+that a slow spell of the machine falls on both. The node and the driver load config/fastdds.xml (shared
+memory sized for camera frames, what the launch file gives the node) unless the environment names a profile.
 
 Writes ``bench/results/multicamera_cpu.json`` (figures, command, machine, versions, git commit) and ``.md``;
 the headline is ``batched_vs_sequential_throughput``. Usage::
@@ -30,6 +31,8 @@ from typing import Any
 
 from _common import git_commit, machine, versions
 from _node_driver import Driver, node_command
+
+from mcn_ros.ros.fastdds import use_shipped_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -83,7 +86,8 @@ def render(record: dict[str, Any]) -> str:
         f"model `{record['model']}` (input {record['input_size'][0]}x{record['input_size'][1]}), "
         f"{cpu}. "
         "A frame counts when its detections, poses and "
-        "segmentation all arrived; latency is publish -> last of the three.",
+        "segmentation all arrived; latency is publish -> last of the three. Fast DDS profile: "
+        f"{record.get('fastdds_profile') or 'none (Fast DDS defaults)'}.",
         "",
         "| mode | answered frames/s (all cameras) | latency p50 ms | p95 ms | per-camera answered |",
         "|---|---|---|---|---|",
@@ -126,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     cameras = list(CAMERA_NAMES[: args.cameras])
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 60))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    profile = use_shipped_profile()  # as the launch file gives the node; the driver's cameras send with it
     from mcn_ros.model.config import ModelConfig
 
     config = ModelConfig.from_yaml(args.config)
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "model": config.name,
         "input_size": list(config.input_size),
+        "fastdds_profile": "config/fastdds.xml" if profile else None,
         "modes": modes,
         "batched_vs_sequential_throughput": round(modes["batched"]["throughput_fps"] / sequential, 3)
         if sequential
