@@ -74,6 +74,22 @@ def test_a_size_limit_serves_the_longest_waiting_cameras_first() -> None:
     assert slots.take_batch(timeout=0.0, max_size=2) == {"c": "c", "a": "a"}
 
 
+def test_a_size_limit_serves_busy_cameras_in_turn() -> None:
+    """A synchronised rig: every camera sends a new frame, in the same order, before each take. The
+    camera whose frame is replaced first each round must not be the only one served."""
+    clock = FakeClock()
+    slots: CameraSlots[str] = CameraSlots(["a", "b", "c"], clock=clock)
+    served = []
+    for round_index in range(9):
+        for name in ("a", "b", "c"):
+            slots.put(name, f"{name}{round_index}")
+            clock.now += 0.001
+        served += list(slots.take_batch(timeout=0.0, max_size=1))
+    assert served == ["a", "b", "c"] * 3
+    # every frame was served, replaced in its slot (dropped) or is still waiting (a's and b's last)
+    assert sum(slots.dropped(name) for name in "abc") == 27 - 9 - 2
+
+
 def test_camera_names_must_be_distinct() -> None:
     with pytest.raises(ValueError, match="distinct"):
         CameraSlots(["front", "front"])

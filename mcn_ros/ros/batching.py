@@ -34,6 +34,8 @@ class CameraSlots(Generic[FrameT]):
         self._clock = clock
         self._waiting: dict[str, FrameT] = {}
         self._last_put: dict[str, float] = {}
+        self._last_taken: dict[str, int] = {}  # the take (a count) that last served each camera
+        self._takes = 0
         self._dropped = dict.fromkeys(self.cameras, 0)
         self._ready = threading.Condition()
 
@@ -57,8 +59,10 @@ class CameraSlots(Generic[FrameT]):
         """The waiting frames, at most one per camera and ``max_size`` in all (0: no limit).
 
         Waits up to ``timeout`` seconds for a first frame (an empty dict when none came), then up to
-        ``batch_timeout_s`` for every other live camera to have one. With a size limit the cameras whose
-        frames waited longest go first, so a limit of 1 serves the cameras in turn.
+        ``batch_timeout_s`` for every other live camera to have one. With a size limit the cameras served
+        least recently go first (never served: first), then those whose frame waited longest, so a limit
+        of 1 serves busy cameras in turn. (By frame age alone, a camera whose frame is always replaced
+        first in each round of a synchronised rig would be served every time and the others starved.)
         """
         with self._ready:
             if not self._waiting:
@@ -71,9 +75,11 @@ class CameraSlots(Generic[FrameT]):
                 if remaining <= 0:
                     break
                 self._ready.wait(remaining)
-            order = sorted(self._waiting, key=lambda camera: self._last_put[camera])
+            order = sorted(self._waiting, key=lambda c: (self._last_taken.get(c, -1), self._last_put[c]))
             if max_size > 0:
                 order = order[:max_size]
+            self._takes += 1
+            self._last_taken.update(dict.fromkeys(order, self._takes))
             return {camera: self._waiting.pop(camera) for camera in order}
 
     def _complete(self, max_size: int) -> bool:
