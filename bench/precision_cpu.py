@@ -38,7 +38,7 @@ import torch
 from _common import PACKAGES, git_commit, machine, pct, versions
 from _timing import interleaved, stats, yolo_forward_module, yolo_models
 from e2e_cpu import SCORE_THRESHOLD, camera_image
-from seg_resampling import DEMO_VAL, DEMO_WEIGHTS
+from seg_resampling import DEMO_WEIGHTS, demo_val_dataset, generate_demo_val
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -48,9 +48,7 @@ from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.precision import cpu_bf16_native
 from mcn_ros.model.predictor import Predictor
 from mcn_training.config import EvalConfig
-from mcn_training.data import CocoMultitaskDataset
 from mcn_training.evaluate import decode_options, evaluate_model
-from mcn_training.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -71,26 +69,12 @@ class PredictorForward(nn.Module):
         return self.predictor.forward(images, self.predictor.tasks)
 
 
-def demo_split(root: Path) -> Path:
-    """The demo's held-out images (bench/seg_resampling.py's spec) generated under ``root``."""
-    generate_dataset(
-        root / "demo", DEMO_VAL["images"], DEMO_VAL["seed"], DEMO_VAL["size"], "val", DEMO_VAL["first_id"]
-    )
-    return root / "demo"
-
-
 def accuracy(folder: Path, precision: str) -> dict[str, Any]:
     """The demo weights' validation metrics with the forward at ``precision``."""
     predictor = Predictor.from_weights(DEMO_WEIGHTS, device="cpu", precision=precision)
     assert predictor.precision.name == precision, predictor.precision.note
     config = predictor.config
-    dataset = CocoMultitaskDataset(
-        str(folder / "images" / "val"),
-        str(folder / "annotations" / "instances_val.json"),
-        str(folder / "annotations" / "person_keypoints_val.json"),
-        config,
-        None,
-    )
+    dataset = demo_val_dataset(folder, config)
     loader = DataLoader(dataset, batch_size=16, num_workers=0)
     options = decode_options(EvalConfig(), config)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -237,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as root:
-        folder = demo_split(Path(root))
+        folder = generate_demo_val(Path(root) / "demo")
         measured = {name: accuracy(folder, name) for name in ("fp32", "bf16")}
     measured["change"] = {
         key: (measured["bf16"][key] or 0.0) - (measured["fp32"][key] or 0.0) for key in METRICS

@@ -37,6 +37,7 @@ from _common import git_commit, machine, versions
 from oracle import oracle_config, run_oracle
 from torch.utils.data import DataLoader
 
+from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.decode import SEGMENTATION_RESAMPLING, DecodeOptions, decode_batch
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.preprocess import preprocess
@@ -60,16 +61,29 @@ def oracle_miou(folder: Path, resampling: str) -> float:
     return float(run_oracle(folder, "val", config, options).mIoU)
 
 
-def demo_accuracy(folder: Path, resampling: str) -> dict[str, float]:
-    """mIoU and person IoU of the demo weights on the held-out split with ``resampling``."""
-    model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
-    dataset = CocoMultitaskDataset(
+def generate_demo_val(folder: Path) -> Path:
+    """Write the demo's held-out split (:data:`DEMO_VAL`) into ``folder``; returns ``folder``."""
+    generate_dataset(
+        folder, DEMO_VAL["images"], DEMO_VAL["seed"], DEMO_VAL["size"], "val", DEMO_VAL["first_id"]
+    )
+    return folder
+
+
+def demo_val_dataset(folder: Path, config: ModelConfig) -> CocoMultitaskDataset:
+    """The held-out split written by :func:`generate_demo_val`, as training's validation reads it."""
+    return CocoMultitaskDataset(
         str(folder / "images" / "val"),
         str(folder / "annotations" / "instances_val.json"),
         str(folder / "annotations" / "person_keypoints_val.json"),
         config,
         None,
     )
+
+
+def demo_accuracy(folder: Path, resampling: str) -> dict[str, float]:
+    """mIoU and person IoU of the demo weights on the held-out split with ``resampling``."""
+    model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
+    dataset = demo_val_dataset(folder, config)
     options = dataclasses.replace(decode_options(EvalConfig(), config), segmentation_resampling=resampling)
     loader = DataLoader(dataset, batch_size=16, num_workers=0)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -180,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         generate_dataset(root / "oracle", 64, 7, (120, 200), split="val")
-        generate_dataset(
-            root / "demo", DEMO_VAL["images"], DEMO_VAL["seed"], DEMO_VAL["size"], "val", DEMO_VAL["first_id"]
-        )
+        generate_demo_val(root / "demo")
         files = generate_dataset(root / "vga", args.images, 11, (480, 640), split="val")
         paths = sorted(files["images"].iterdir())
         images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
