@@ -32,7 +32,7 @@ from typing import Any
 from _common import git_commit, machine, versions
 from _node_driver import Driver, node_command
 
-from mcn_ros.ros.fastdds import use_shipped_profile
+from mcn_ros.ros.fastdds import PROFILE_VARIABLES, use_shipped_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     cameras = list(CAMERA_NAMES[: args.cameras])
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 60))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    profile = use_shipped_profile()  # as the launch file gives the node; the driver's cameras send with it
+    use_shipped_profile()  # as the launch file gives the node; the driver's cameras send with it
+    profile = os.environ.get(PROFILE_VARIABLES[0]) or os.environ.get(PROFILE_VARIABLES[1])
     from mcn_ros.model.config import ModelConfig
 
     config = ModelConfig.from_yaml(args.config)
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "model": config.name,
         "input_size": list(config.input_size),
-        "fastdds_profile": "config/fastdds.xml" if profile else None,
+        "fastdds_profile": profile,
         "modes": modes,
         "batched_vs_sequential_throughput": round(modes["batched"]["throughput_fps"] / sequential, 3)
         if sequential

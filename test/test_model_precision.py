@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from mcn_ros.model import precision
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.precision import Precision, cpu_bf16_native, cpu_flags, parse_precision
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.preprocess import preprocess
+from mcn_ros.model.results import Results
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "models" / "resnet18_det1_seg1_pose_128.yaml"
 CPU = torch.device("cpu")
@@ -54,22 +56,31 @@ def test_reduced_precision_only_where_the_device_has_it() -> None:
     assert Precision.resolve("fp32", CPU, flags=GENOA) == Precision()
 
 
-def test_cpu_bf16_matches_fp32_or_falls_back_where_not_native() -> None:
+def test_cpu_bf16_where_not_native_falls_back_to_fp32_saying_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda flags=None: False)
+    config = dataclasses.replace(ModelConfig.from_yaml(CONFIG), input_size=(64, 64))
+    with pytest.warns(UserWarning, match="would be emulated"):
+        fallback = Predictor(MultitaskCenterNet(config), config, device="cpu", precision="bf16")
+    assert fallback.precision.name == "fp32"
+
+
+@pytest.mark.parametrize(("fold_bn", "flip_test"), [(True, False), (False, True)])
+def test_cpu_bf16_matches_fp32(monkeypatch: pytest.MonkeyPatch, fold_bn: bool, flip_test: bool) -> None:
+    """The bf16 copy against fp32 on one image (where the CPU emulates bf16 it runs slowly, but runs)."""
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda flags=None: True)
     torch.manual_seed(0)
     config = dataclasses.replace(ModelConfig.from_yaml(CONFIG), input_size=(96, 128))
     model = MultitaskCenterNet(config)
-    fp32 = Predictor(model, config, device="cpu")
+    fp32 = Predictor(model, config, device="cpu", fold_bn=fold_bn)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bf16 = Predictor(model, config, device="cpu", precision="bf16")
-    if not cpu_bf16_native():  # this machine emulates bf16: the request falls back, saying why
-        assert bf16.precision.name == "fp32" and any("emulated" in str(w.message) for w in caught)
-        return
-    assert bf16.precision.name == "bf16" and not caught
+        bf16 = Predictor(model, config, device="cpu", precision="bf16", fold_bn=fold_bn)
+    assert bf16.precision.name == "bf16" and not [w for w in caught if "fp32" in str(w.message)]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the caller's module is untouched
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     batch, _ = preprocess([image], fp32.input_size([(90, 120)]), config.mean, config.std, CPU, "rgb", True)
-    reference, reduced = fp32.forward(batch, config.tasks), bf16.forward(batch, config.tasks)
+    reference = fp32.forward(batch, config.tasks, flip_test=flip_test)
+    reduced = bf16.forward(batch, config.tasks, flip_test=flip_test)
     assert reduced.keys() == reference.keys()
     for key, value in reference.items():
         assert reduced[key].dtype == torch.float32  # decoding always sees float32
@@ -77,3 +88,14 @@ def test_cpu_bf16_matches_fp32_or_falls_back_where_not_native() -> None:
         error = float((reduced[key] - value).abs().max())
         assert error <= 0.05 * scale, (key, error, scale)  # bf16 keeps ~3 significant digits per layer
         assert error > 0, key  # it really ran in bfloat16
+    result = bf16.predict(image, score_threshold=0.0, flip_test=flip_test)
+    assert isinstance(result, Results) and result.segmentation is not None
+    assert result.segmentation.shape == (90, 120)
+
+
+def test_this_machine_runs_bf16_exactly_where_it_is_native() -> None:
+    config = dataclasses.replace(ModelConfig.from_yaml(CONFIG), input_size=(64, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        here = Predictor(MultitaskCenterNet(config), config, device="cpu", precision="bf16")
+    assert (here.precision.name == "bf16") == cpu_bf16_native()

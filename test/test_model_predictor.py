@@ -253,8 +253,9 @@ def test_cuda_matches_cpu(precision: str) -> None:
     cpu = Predictor(model, config, device="cpu")
     image = np.random.default_rng(3).integers(0, 256, (100, 150, 3), dtype=np.uint8)
     ref = cpu.predict(image, score_threshold=0.0)
-    gpu = Predictor(MultitaskCenterNet(config).eval(), config, device="cuda", precision=precision)
-    gpu.model.load_state_dict(model.state_dict())
+    same = MultitaskCenterNet(config).eval()
+    same.load_state_dict(model.state_dict())  # before the Predictor: it runs a folded copy of the module
+    gpu = Predictor(same, config, device="cuda", precision=precision)
     res = gpu.predict(image, score_threshold=0.0)
     assert isinstance(ref, Results) and isinstance(res, Results)
     assert ref.detections is not None and res.detections is not None and res.segmentation is not None

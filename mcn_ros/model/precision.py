@@ -41,7 +41,7 @@ def cpu_bf16_native(flags: frozenset[str] | None = None) -> bool:
 
 
 def parse_precision(setting: bool | str) -> str:
-    """``"fp32"``, ``"fp16"`` or ``"bf16"`` from a setting (also False/"" = fp32, True = fp16)."""
+    """``"fp32"``, ``"fp16"`` or ``"bf16"`` from a setting (also False, "" or "none" = fp32, True = fp16)."""
     if setting is False or setting in ("", "none"):
         return "fp32"
     if setting is True:

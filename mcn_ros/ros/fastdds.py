@@ -14,7 +14,7 @@ from pathlib import Path
 #: Fast DDS 3.x (Kilted and later, libfastdds) reads the first, 2.x (Humble, Jazzy, libfastrtps) the second;
 #: the 3.x middleware warns that the second is deprecated: only the one the installed Fast DDS reads is set.
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
+FAST_DDS_2_DISTROS = ("foxy", "galactic", "humble", "iron", "jazzy")
 
 
 def fast_dds_major(environ: Mapping[str, str]) -> int | None:
@@ -50,12 +50,15 @@ def shipped_profile(environ: Mapping[str, str] | None = None) -> Path | None:
 def profile_environment(environ: Mapping[str, str], profile: str | Path | None) -> dict[str, str]:
     """The variable to add to ``environ`` so that Fast DDS loads ``profile`` (the one the installed Fast DDS
     reads, :func:`fast_dds_major`; both when that is unknown); empty when ``profile`` is None or empty, the
-    user set either variable (even empty), or ``RMW_IMPLEMENTATION`` is not Fast DDS."""
+    user set either variable (even empty), or ``RMW_IMPLEMENTATION`` is not Fast DDS. A ``profile`` that
+    would be used but is no file raises FileNotFoundError."""
     if not profile or any(name in environ for name in PROFILE_VARIABLES):
         return {}
     rmw = environ.get("RMW_IMPLEMENTATION", "")
     if rmw and not rmw.startswith("rmw_fastrtps"):
         return {}
+    if not Path(profile).is_file():
+        raise FileNotFoundError(f"Fast DDS profile {profile} does not exist (an empty value uses none)")
     fast_dds_3, fast_dds_2 = PROFILE_VARIABLES
     names = {3: (fast_dds_3,), 2: (fast_dds_2,), None: PROFILE_VARIABLES}[fast_dds_major(environ)]
     return dict.fromkeys(names, str(Path(profile).resolve()))

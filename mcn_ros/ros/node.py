@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -204,16 +205,19 @@ class McnNode(LifecycleNode):
                 config = dataclasses.replace(config, input_size=(size[0], size[1]))
             except ValueError as error:
                 raise ValueError(f"parameter input_size {size}: {error}") from error
-        predictor = Predictor(
-            model,
-            config,
-            device=device,
-            precision=str(self.get_parameter("precision").value),
-            rect=bool(self.get_parameter("rect_input").value),
-            backend=str(self.get_parameter("backend").value),
-        )
+        backend = str(self.get_parameter("backend").value)
+        with warnings.catch_warnings():  # a precision fallback is logged below, once, in the node's log
+            warnings.simplefilter("ignore", UserWarning)
+            predictor = Predictor(
+                model,
+                config,
+                device=device,
+                precision=str(self.get_parameter("precision").value),
+                rect=bool(self.get_parameter("rect_input").value),
+                backend=backend,
+            )
         self._predictor = predictor
-        self._cpu_bf16 = cpu_bf16_native()
+        self._cpu_bf16 = backend == "torch" and cpu_bf16_native()  # what precision:=bf16 would use here
 
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
         self._cameras = {name: Camera(name) for name in names}
@@ -493,8 +497,8 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"[mcn_node] error: invalid parameters: {error}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    # One thread: every callback is short (frames go to the inference thread) and shares the node's one
-    # mutually exclusive group, so a second thread could never run beside the first; and rclpy's
+    # One thread: every callback shares the node's one mutually exclusive group (so a second thread could
+    # never run beside the first; frames go to the inference thread, configure blocks either way); and rclpy's
     # MultiThreadedExecutor kept its dispatching thread busy while frames were in flight (a fifth of a core
     # taken from the forward on 2 cores, bench/node_cpu.py).
     executor = SingleThreadedExecutor()
