@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import threading
 import time
 
 import numpy as np
@@ -32,17 +31,19 @@ def echo() -> None:
 def ping(frames: int, sizes: list[tuple[int, int]]) -> None:
     node = rclpy.create_node("dds_ping")
     publisher = node.create_publisher(Image, "/dds_ping", QOS)
-    answered = threading.Event()
-    node.create_subscription(Image, "/dds_echo", lambda _: answered.set(), QOS)
+    echoed: list[Image] = []
+    node.create_subscription(Image, "/dds_echo", echoed.append, QOS)
+    # Spun from this thread only: an executor thread still waiting at interpreter exit aborts the process.
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
     deadline = time.monotonic() + 60
     while publisher.get_subscription_count() == 0 or node.count_publishers("/dds_echo") == 0:
         if time.monotonic() > deadline:
             raise SystemExit("the echo process was not discovered within 60 s")
-        time.sleep(0.1)
-    time.sleep(1.0)
+        executor.spin_once(timeout_sec=0.1)
+    settle = time.monotonic() + 1.0
+    while time.monotonic() < settle:
+        executor.spin_once(timeout_sec=0.1)
     rng = np.random.default_rng(0)
     out = {}
     for height, width in sizes:
@@ -50,15 +51,20 @@ def ping(frames: int, sizes: list[tuple[int, int]]) -> None:
         message.data = rng.integers(0, 255, (height, width, 3), dtype=np.uint8).tobytes()
         times = []
         for n in range(frames + 3):  # three warm-up frames
-            answered.clear()
+            echoed.clear()
             start = time.perf_counter()
             publisher.publish(message)
-            if not answered.wait(10.0):
-                raise SystemExit(f"{width}x{height}: frame {n} not echoed within 10 s")
+            give_up = time.monotonic() + 10.0
+            while not echoed:
+                if time.monotonic() > give_up:
+                    raise SystemExit(f"{width}x{height}: frame {n} not echoed within 10 s")
+                executor.spin_once(timeout_sec=0.05)
             if n >= 3:
                 times.append(1e3 * (time.perf_counter() - start))
         out[f"{width}x{height}"] = times
     print(json.dumps(out), flush=True)
+    executor.shutdown()
+    node.destroy_node()
 
 
 if __name__ == "__main__":
