@@ -92,3 +92,22 @@ def test_precision_ratios_compare_like_with_like(monkeypatch: pytest.MonkeyPatch
         "mcn_bf16_vs_yolo26n_fp32": 1.6,
     }
     assert bench.ratios(rows, "e2e") == ratios  # each kind reads its own rows
+
+
+def test_node_cpu_overhead_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load(monkeypatch, "node_cpu")
+    steady = bench.overhead_figures([100.0] * 9, [110.0] * 9)
+    assert steady == {
+        "overhead_ratio": 0.1,
+        "overhead_ratio_ci95": [0.1, 0.1],
+        "overhead_ratio_paired_median": 0.1,
+    }
+    predict = [100.0, 120.0, 90.0, 130.0, 105.0, 95.0, 140.0, 100.0]
+    jitter = [3.0, -4.0, 0.0, 6.0, -2.0, 1.0, -5.0, 2.0]
+    node = [p * 1.2 + j for p, j in zip(predict, jitter, strict=True)]  # the machine drifts under both
+    noisy = bench.overhead_figures(predict, node)
+    low, high = noisy["overhead_ratio_ci95"]
+    assert 0.18 < noisy["overhead_ratio_paired_median"] < 0.22
+    assert low <= noisy["overhead_ratio"] <= high and low < high
+    with pytest.raises(ValueError, match="as many"):
+        bench.overhead_figures([1.0, 2.0], [1.0])
