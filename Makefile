@@ -25,7 +25,8 @@ check-distro-pins: setup
 JAZZY_TESTS := test/test_messages.py test/test_node.py test/test_package.py test/test_parameters.py \
 	test/test_replay.py test/test_images.py test/test_model_predictor.py test/test_model_preprocess.py \
 	test/test_model_decode.py test/test_evaluation.py test/test_bag.py test/test_launch_args.py \
-	test/test_frames.py test/test_cameras.py test/test_fastdds.py test/test_model_precision.py
+	test/test_frames.py test/test_cameras.py test/test_fastdds.py test/test_model_precision.py \
+	test/test_node_threads.py
 test-jazzy:
 	@bash scripts/test_jazzy.sh $(JAZZY_TESTS)
 

@@ -11,12 +11,14 @@ Run it with
 from __future__ import annotations
 
 import dataclasses
+import queue
 import sys
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -53,6 +55,7 @@ if TYPE_CHECKING:  # the model runtime (torch) loads on configure, not on import
 #: A camera's frame decoded for the model: (camera, frame, pixels, color order).
 Decoded = tuple[Camera, Frame, "np.ndarray", str]
 
+T = TypeVar("T")
 THROTTLE_S = 5.0
 #: rclpy hands a two-argument subscription callback the MessageInfo since Iron (Jazzy: 7.x); Humble's (3.x)
 #: calls every callback with the message alone.
@@ -75,6 +78,7 @@ class McnNode(LifecycleNode):
         self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
         self._batch_sizes: Counter[int] = Counter()
         self._inference_thread: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self._running = threading.Event()  # active: frames are taken and processed
         self._busy = threading.Lock()  # held while a frame is processed
         self._closing = threading.Event()
@@ -194,7 +198,7 @@ class McnNode(LifecycleNode):
             raise ValueError("parameter 'weights' is empty (path of a .safetensors file)")
         device = resolve_device(str(self.get_parameter("device").value))
         try:
-            model, config, _ = load_weights(weights, device=device)
+            model, config, _ = self._on_inference_thread(lambda: load_weights(weights, device=device))
         except Exception as error:
             raise RuntimeError(f"cannot load weights {weights!r}: {error}") from error
         size = [int(v) for v in self.get_parameter("input_size").value]
@@ -206,16 +210,17 @@ class McnNode(LifecycleNode):
             except ValueError as error:
                 raise ValueError(f"parameter input_size {size}: {error}") from error
         backend = str(self.get_parameter("backend").value)
-        with warnings.catch_warnings():  # a precision fallback is logged below, once, in the node's log
-            warnings.simplefilter("ignore", UserWarning)
-            predictor = Predictor(
-                model,
-                config,
-                device=device,
-                precision=str(self.get_parameter("precision").value),
-                rect=bool(self.get_parameter("rect_input").value),
-                backend=backend,
-            )
+        precision = str(self.get_parameter("precision").value)
+        rect = bool(self.get_parameter("rect_input").value)
+
+        def make_predictor() -> Predictor:
+            with warnings.catch_warnings():  # a precision fallback is logged below, once, in the node's log
+                warnings.simplefilter("ignore", UserWarning)
+                return Predictor(
+                    model, config, device=device, precision=precision, rect=rect, backend=backend
+                )
+
+        predictor = self._on_inference_thread(make_predictor)
         self._predictor = predictor
         self._cpu_bf16 = backend == "torch" and cpu_bf16_native()  # what precision:=bf16 would use here
 
@@ -261,13 +266,7 @@ class McnNode(LifecycleNode):
                     self.create_subscription(CompressedImage, topic + "/compressed", on_compressed, image_qos)
                 )
         self._running.set()
-        if self._inference_thread is None:
-            # One thread for the node's life: glibc gives each new thread that allocates its own malloc arena
-            # and keeps it, so a thread per activation grew the process by ~8 MB per lifecycle cycle.
-            self._inference_thread = threading.Thread(
-                target=self._inference_loop, name="mcn_inference", daemon=True
-            )
-            self._inference_thread.start()
+        self._start_inference_thread()
         self.get_logger().info(f"active: listening on {', '.join(topics)}")
 
     def _stop_inputs(self) -> None:
@@ -324,10 +323,46 @@ class McnNode(LifecycleNode):
             self._inference_thread.join(timeout=10.0)
         super().destroy_node()
 
+    def _start_inference_thread(self) -> None:
+        if self._inference_thread is None:
+            # One thread for the node's life: glibc gives each new thread that allocates its own malloc arena
+            # and keeps it, so a thread per activation grew the process by ~8 MB per lifecycle cycle.
+            self._inference_thread = threading.Thread(
+                target=self._inference_loop, name="mcn_inference", daemon=True
+            )
+            self._inference_thread.start()
+
+    def _on_inference_thread(self, job: Callable[[], T]) -> T:
+        """Run ``job`` (model loading) on the inference thread; return its result or raise its exception.
+
+        All of the node's torch work runs on that one thread: PyTorch gives each thread that enters a
+        parallel region its own OpenMP team, and with a second team in the process (configure's on the
+        executor thread) libgomp's workers slept between regions instead of spinning: ~270 thread wake-ups
+        and a tenth more time per forward on 2 cores.
+        """
+        self._start_inference_thread()
+        future: Future[T] = Future()
+        self._jobs.put((job, future))
+        return future.result()
+
+    def _run_job(self, timeout: float | None) -> None:
+        """Run the next job of :meth:`_on_inference_thread`, waiting up to ``timeout`` (None: don't wait)."""
+        try:
+            job, future = self._jobs.get(timeout=timeout) if timeout else self._jobs.get_nowait()
+        except queue.Empty:
+            return
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(job())
+            except Exception as error:  # handed to the caller, who reports it
+                future.set_exception(error)
+
     def _inference_loop(self) -> None:
         while not self._closing.is_set():
-            if not self._running.wait(timeout=0.1):
+            if not self._running.is_set():
+                self._run_job(timeout=0.1)
                 continue
+            self._run_job(timeout=None)  # none come while active (lifecycle); never left waiting if one does
             settings = self._frame_settings
             batch = self._frame_slots.take_batch(
                 timeout=0.1, batch_timeout_s=settings.batch_timeout_ms / 1e3, max_size=settings.max_batch_size

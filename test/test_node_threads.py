@@ -1,0 +1,87 @@
+"""The node's torch work on one thread: the real McnNode in this process (its own rclpy context)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nodetools import make_weights
+
+pytestmark = pytest.mark.usefixtures("ros")
+
+
+@pytest.fixture
+def node_factory() -> Iterator[Any]:
+    """Makes McnNodes with the given parameters in a fresh context; destroys them afterwards."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+
+    from mcn_ros.ros.node import McnNode
+
+    context = Context()
+    rclpy.init(context=context)
+    nodes: list[Any] = []
+
+    def make(**parameters: str) -> Any:
+        overrides = [Parameter(name, value=value) for name, value in parameters.items()]
+        nodes.append(McnNode(f"threads_node_{len(nodes)}", context=context, parameter_overrides=overrides))
+        return nodes[-1]
+
+    try:
+        yield make
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_configure_loads_the_model_on_the_inference_thread(
+    node_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PyTorch gives each thread that enters a parallel region its own OpenMP team; a second team (the
+    # model loaded on the executor's thread, frames run on the inference thread) made every forward of the
+    # node a tenth slower than the same call in one thread (libgomp's workers stopped spinning).
+    import mcn_ros.model.predictor as predictor_module
+    import mcn_ros.model.weights as weights_module
+
+    where: list[str] = []
+    load_weights, predictor_init = weights_module.load_weights, predictor_module.Predictor.__init__
+
+    def observed_load(*args: Any, **kwargs: Any) -> Any:
+        where.append(f"load_weights on {threading.current_thread().name}")
+        return load_weights(*args, **kwargs)
+
+    def observed_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        where.append(f"Predictor on {threading.current_thread().name}")
+        predictor_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(weights_module, "load_weights", observed_load)  # called through, only observed
+    monkeypatch.setattr(predictor_module.Predictor, "__init__", observed_init)
+    weights = make_weights(tmp_path / "model.safetensors")
+    node = node_factory(weights=str(weights), device="cpu")
+    node.trigger_configure()
+    assert node.configured
+    assert where == ["load_weights on mcn_inference", "Predictor on mcn_inference"]
+    node.trigger_cleanup()
+    assert not node.configured
+    node.trigger_configure()  # again, on the same thread (one for the node's life)
+    assert node.configured and where[2:] == where[:2]
+
+
+def test_a_load_error_on_the_inference_thread_fails_configure(node_factory: Any, tmp_path: Path) -> None:
+    node = node_factory(weights=str(tmp_path / "missing.safetensors"), device="cpu")
+    from rclpy.parameter import Parameter
+
+    node.trigger_configure()
+    assert not node.configured
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    node.set_parameters([Parameter("weights", value=str(tmp_path / "broken.safetensors"))])
+    node.trigger_configure()
+    assert not node.configured
+    node.set_parameters([Parameter("weights", value=str(make_weights(tmp_path / "good.safetensors")))])
+    node.trigger_configure()  # the thread survived both errors
+    assert node.configured
