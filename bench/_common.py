@@ -36,3 +36,12 @@ def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
 def pct(value: float | None) -> str:
     """A fraction as a percentage with one decimal ("n/a" for None)."""
     return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def repo_relative(path: str | None) -> str | None:
+    """``path`` relative to the repository when inside it (None and "" give None)."""
+    if not path:
+        return None
+    root = Path(__file__).resolve().parent.parent
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from _common import git_commit, machine, versions
+from _common import git_commit, machine, repo_relative, versions
 from _node_driver import Driver, node_command
 
 from mcn_ros.ros.fastdds import PROFILE_VARIABLES, use_shipped_profile
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "model": config.name,
         "input_size": list(config.input_size),
-        "fastdds_profile": profile,
+        "fastdds_profile": repo_relative(profile),
         "modes": modes,
         "batched_vs_sequential_throughput": round(modes["batched"]["throughput_fps"] / sequential, 3)
         if sequential

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import git_commit, machine, versions
+from _common import git_commit, machine, repo_relative, versions
 from _node_driver import Driver, node_command
 from multicamera_cpu import make_weights
 
@@ -84,14 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.results == RESULTS:
             args.results = Path(tempfile.gettempdir()) / "mcn_bench_quick"
     return args
-
-
-def shown(path: str | None) -> str | None:
-    """``path`` relative to the repository when inside it (None stays None)."""
-    if not path:
-        return None
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -236,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": config.name,
         "input_size": list(config.input_size),
         "torch_threads": torch.get_num_threads(),
-        "fastdds_profile": shown(used_profile),
+        "fastdds_profile": repo_relative(used_profile),
         "predict": predict,
         "node_lockstep": node_stats,
         "node_processing_p50_ms": round(processing_p50, 2),
