@@ -1,4 +1,5 @@
-"""The node's torch work on one thread: the real McnNode in this process (its own rclpy context)."""
+"""The real McnNode in this process (its own rclpy context): its torch work on one thread, the values it
+is given for parameters it lacks."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def node_factory() -> Iterator[Any]:
     rclpy.init(context=context)
     nodes: list[Any] = []
 
-    def make(**parameters: str) -> Any:
+    def make(**parameters: Any) -> Any:
         overrides = [Parameter(name, value=value) for name, value in parameters.items()]
         nodes.append(McnNode(f"threads_node_{len(nodes)}", context=context, parameter_overrides=overrides))
         return nodes[-1]
@@ -85,3 +86,12 @@ def test_a_load_error_on_the_inference_thread_fails_configure(node_factory: Any,
     node.set_parameters([Parameter("weights", value=str(make_weights(tmp_path / "good.safetensors")))])
     node.trigger_configure()  # the thread survived both errors
     assert node.configured
+
+
+def test_values_for_parameters_the_node_lacks_are_logged(
+    node_factory: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    node_factory(half=True, score_treshold=0.5, score_threshold=0.4)
+    logged = capfd.readouterr().err
+    assert "ignoring values for parameters this node does not have: half (replaced by precision" in logged
+    assert "score_treshold" in logged and "score_threshold," not in logged

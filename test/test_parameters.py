@@ -20,6 +20,7 @@ from mcn_ros.ros.parameters import (
     ParameterSpec,
     frame_settings,
     refusal,
+    unknown_parameters,
 )
 
 
@@ -201,3 +202,14 @@ def test_a_value_of_the_wrong_type_is_refused_with_the_type_it_needs() -> None:
         c.close()
         log = stop_node(process)
     assert "Traceback" not in log, log
+
+
+def test_values_for_unknown_parameters_are_named() -> None:
+    declared = [spec.name for spec in PARAMETERS] + ["use_sim_time"]
+    assert unknown_parameters(["score_threshold", "use_sim_time"], declared) is None
+    assert unknown_parameters(["qos_overrides./image.subscription.depth"], declared) is None
+    warning = unknown_parameters(["score_treshold", "half", "device"], declared)
+    assert warning == (
+        "ignoring values for parameters this node does not have: half (replaced by precision "
+        "(half:=true was precision:=fp16)), score_treshold"
+    )

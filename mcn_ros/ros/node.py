@@ -45,6 +45,7 @@ from mcn_ros.ros.parameters import (
     frame_settings,
     refusal,
     start_up_problems,
+    unknown_parameters,
 )
 
 if TYPE_CHECKING:  # the model runtime (torch) loads on configure, not on import
@@ -85,6 +86,12 @@ class McnNode(LifecycleNode):
         self._last_error = ""
 
         self._declare_parameters()
+        # rclpy keeps the values of parameter files and -p in a private dict (no public accessor, Humble to
+        # Kilted); without it there is just no warning.
+        given = getattr(self, "_parameter_overrides", {})
+        unknown = unknown_parameters(given, self.list_parameters([], 0).names)
+        if unknown is not None:
+            self.get_logger().warning(unknown)
         self._frame_settings = self._read_frame_settings()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)

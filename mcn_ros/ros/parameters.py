@@ -10,7 +10,7 @@ The table is plain dataclasses: it reads without rclpy, which only :func:`descri
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
@@ -208,6 +208,22 @@ def start_up_problems(values: Mapping[str, Any]) -> list[str]:
         if problem is not None:
             problems.append(problem)
     return problems
+
+
+#: Parameters that were removed, with what replaces them.
+REMOVED = {"half": "replaced by precision (half:=true was precision:=fp16)"}
+
+
+def unknown_parameters(given: Iterable[str], declared: Iterable[str]) -> str | None:
+    """A warning naming the ``given`` parameter values (files, ``-p``) that no declared parameter takes, or
+    None. rclpy ignores them silently, so a typo or a removed name would otherwise go unnoticed. rclpy's
+    ``qos_overrides.*`` are declared only with their publishers, and are left out."""
+    known = set(declared)
+    unknown = sorted(n for n in set(given) - known if not n.startswith("qos_overrides."))
+    if not unknown:
+        return None
+    named = ", ".join(f"{n} ({REMOVED[n]})" if n in REMOVED else n for n in unknown)
+    return f"ignoring values for parameters this node does not have: {named}"
 
 
 def refusal(name: str, value: Any, *, configured: bool) -> str | None:
