@@ -1,0 +1,161 @@
+"""Decoding's share of the forward on the CPU, with trained weights and at random init.
+
+    python bench/decode_share.py [--images 100] [--rounds 2]
+
+The demo weights (demo/mcn_demo.safetensors: ResNet-18, 80 classes, pose, segmentation, trained at 128x128)
+and the same model at random init (seed 0), on the demo's held-out scenes rendered at 640x480 (the
+generator scales its objects with the image), at two network inputs: the demo's own scale (128: 128x96
+camera-shaped) and the paper's (512: 512x384). Trained heads let many peaks pass the node's default
+thresholds (0.3), so decoding has more to do than at random init. Each image goes through the four
+settings in turn (``Predictor.predict`` step by step, as bench/e2e_cpu.py splits it), ``--rounds`` times
+after a warm-up; per setting the medians of preprocess / forward / decode, decode / forward, and the
+detections and persons per image. The target (issue 13) is decode <= 5 % of the forward.
+
+Writes bench/results/decode_share.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from _common import git_commit, machine, versions
+from e2e_cpu import SplitPredict
+from seg_resampling import DEMO_VAL, DEMO_WEIGHTS
+
+from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.predictor import Predictor
+from mcn_ros.model.weights import load_weights
+from mcn_training.synthetic import generate_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+CAMERA = (480, 640)
+INPUTS = (128, 512)
+
+
+def predictors(threads: int) -> dict[str, Predictor]:
+    """``<weights>@<input>`` -> Predictor, for the demo weights and the same model at random init."""
+    torch.set_num_threads(threads)
+    out = {}
+    for side in INPUTS:
+        for kind in ("demo", "random"):
+            model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
+            if kind == "random":
+                torch.manual_seed(0)
+                model = MultitaskCenterNet(config).eval()
+            config = dataclasses.replace(config, input_size=(side, side))
+            out[f"{kind}@{side}"] = Predictor(model, config, device="cpu")
+    return out
+
+
+def camera_scenes(folder: Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` held-out demo scenes, drawn at 640x480 (BGR)."""
+    written = generate_dataset(folder, count, DEMO_VAL["seed"], CAMERA, "val", DEMO_VAL["first_id"])
+    images = [cv2.imread(str(path)) for path in sorted(written["images"].glob("*.jpg"))]
+    if len(images) != count or any(image is None for image in images):
+        raise RuntimeError(f"could not read the {count} generated images in {written['images']}")
+    return images
+
+
+def measure(settings: dict[str, Predictor], images: list[np.ndarray], rounds: int) -> dict[str, Any]:
+    """Each image through every setting in turn, ``rounds`` times after one warm-up of each."""
+    split = {name: SplitPredict(predictor, images[0]) for name, predictor in settings.items()}
+    found: dict[str, dict[str, list[int]]] = {name: {"detections": [], "persons": []} for name in settings}
+    for call in split.values():
+        call()
+        for part in call.parts.values():
+            part.clear()
+    for _ in range(rounds):
+        for image in images:
+            for name, call in split.items():
+                call.image = image
+                (result,) = call()  # type: ignore[misc]
+                assert result.detections is not None and result.poses is not None  # all tasks run
+                found[name]["detections"].append(len(result.detections.scores))
+                found[name]["persons"].append(len(result.poses.scores))
+    record = {}
+    for name, call in split.items():
+        medians = {part: round(float(np.median(ms)), 2) for part, ms in call.parts.items()}
+        record[name] = {
+            "median_ms": medians,
+            "decode_share": round(medians["decode"] / medians["forward"], 4),
+            "detections_per_image": round(float(np.mean(found[name]["detections"])), 2),
+            "persons_per_image": round(float(np.mean(found[name]["persons"])), 2),
+            "network_input": list(settings[name].input_size([CAMERA])),
+            "calls": len(call.parts["forward"]),
+        }
+    return record
+
+
+def render(record: dict[str, Any]) -> str:
+    host = record["machine"]
+    lines = [
+        "# Decoding's share of the forward (CPU)",
+        "",
+        f"`{record['command']}` ({record['date']}, commit {record['git']}; {host.get('cpu')}, "
+        f"{host.get('affinity')} CPUs, torch threads {record['threads']}). The demo's held-out scenes at "
+        f"640x480 ({record['images']} images x {record['rounds']} rounds), score thresholds "
+        f"{record['score_threshold']}, segmentation resampling nearest; medians.",
+        "",
+        "| weights | network input | detections / image | persons / image | preprocess ms | forward ms | "
+        "decode ms | decode / forward |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in record["settings"].items():
+        kind = "demo (trained)" if name.startswith("demo") else "random init"
+        height, width = row["network_input"]
+        ms = row["median_ms"]
+        lines.append(
+            f"| {kind} | {width}x{height} | {row['detections_per_image']} | {row['persons_per_image']} | "
+            f"{ms['preprocess']} | {ms['forward']} | {ms['decode']} | {100 * row['decode_share']:.1f} % |"
+        )
+    return "\n".join([*lines, "", "Target: decode <= 5 % of the forward.", ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--images", type=int, default=100, help="held-out scenes (at most 200)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads; default 2")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if not 1 <= args.images <= DEMO_VAL["images"]:
+        parser.error(f"--images must be 1..{DEMO_VAL['images']}")
+    settings = predictors(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = camera_scenes(Path(tmp), args.images)
+    from e2e_cpu import SCORE_THRESHOLD
+
+    record: dict[str, Any] = {
+        "command": shlex.join(["python", "bench/decode_share.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images": args.images,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "score_threshold": SCORE_THRESHOLD,
+        "settings": measure(settings, images, args.rounds),
+        "machine": machine(),
+        "versions": versions(),
+        "git": git_commit(),
+    }
+    record["decode_share_max"] = max(row["decode_share"] for row in record["settings"].values())
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "decode_share.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.results / "decode_share.md").write_text(render(record))
+    print(render(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
