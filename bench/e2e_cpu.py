@@ -1,6 +1,6 @@
 """End to end on the CPU: a numpy camera image in, results out; the MCN against YOLO26n x3, per backend.
 
-    python bench/e2e_cpu.py [--weights W.safetensors] [--threads 2] [--rounds 10] [--quick] [--out DIR]
+    python bench/e2e_cpu.py [--weights W.safetensors] [--threads 2] [--rounds 30] [--quick] [--out DIR]
 
 For a 640x480 and a 1280x720 BGR uint8 image: ``Predictor.predict`` (all three tasks, score threshold 0.3)
 with the PyTorch backend (camera-shaped input, the default, and the square 512x512 input) and with ONNX
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=int, default=512, help="input side (MCN input_size, YOLO imgsz); 512")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads; default 2")
     parser.add_argument(
-        "--rounds", type=int, default=10, help="interleaved rounds; default 10 (2 with --quick)"
+        "--rounds", type=int, default=30, help="interleaved rounds; default 30 (2 with --quick)"
     )
     parser.add_argument("--quick", action="store_true", help="640x480 only, 2 rounds: a check of the script")
     parser.add_argument(
