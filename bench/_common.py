@@ -8,6 +8,7 @@ this file's list of packages, no ROS entries and no host name.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,11 @@ def repo_relative(path: str | None) -> str | None:
     root = Path(__file__).resolve().parent.parent
     resolved = Path(path).resolve()
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
+
+def write_record(folder: Path, name: str, record: dict[str, Any], markdown: str) -> None:
+    """``folder/<name>.json`` (the record) and ``folder/<name>.md`` (its table); the table is printed too."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (folder / f"{name}.md").write_text(markdown)
+    print(markdown)

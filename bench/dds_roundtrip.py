@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import git_commit, machine, versions
+from _common import git_commit, machine, versions, write_record
 
 from mcn_ros.ros.fastdds import PROFILE_VARIABLES, profile_environment, shipped_profile
 
@@ -108,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "git": git_commit(),
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "dds_roundtrip.json").write_text(json.dumps(record, indent=1) + "\n")
-    (args.results / "dds_roundtrip.md").write_text(render(record))
-    print(render(record))
+    write_record(args.results, "dds_roundtrip", record, render(record))
     return 0
 
 

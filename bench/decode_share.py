@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from _common import git_commit, machine, versions
+from _common import git_commit, machine, versions, write_record
 from e2e_cpu import SplitPredict
 from seg_resampling import DEMO_VAL, DEMO_WEIGHTS
 
@@ -150,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_commit(),
     }
     record["decode_share_max"] = max(row["decode_share"] for row in record["settings"].values())
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "decode_share.json").write_text(json.dumps(record, indent=1) + "\n")
-    (args.results / "decode_share.md").write_text(render(record))
-    print(render(record))
+    write_record(args.results, "decode_share", record, render(record))
     return 0
 
 

@@ -19,7 +19,6 @@ the headline is ``batched_vs_sequential_throughput``. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -29,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from _common import git_commit, machine, repo_relative, versions
+from _common import git_commit, machine, repo_relative, versions, write_record
 from _node_driver import Driver, node_command
 
 from mcn_ros.ros.fastdds import PROFILE_VARIABLES, use_shipped_profile
@@ -180,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "git": git_commit(),
     }
-    name = "multicamera_cpu"
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (args.results / f"{name}.md").write_text(render(record))
-    print(render(record))
+    write_record(args.results, "multicamera_cpu", record, render(record))
     return 0
 
 

@@ -38,7 +38,6 @@ Writes ``bench/results/<name>.json`` (+ ``.md``; name node_cpu by default). Usag
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import git_commit, machine, repo_relative, versions
+from _common import git_commit, machine, repo_relative, versions, write_record
 from _node_driver import Driver, node_command
 from multicamera_cpu import make_weights
 
@@ -241,10 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "git": git_commit(),
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (args.results / f"{args.name}.md").write_text(render(record))
-    print(render(record))
+    write_record(args.results, args.name, record, render(record))
     return 0
 
 
