@@ -24,10 +24,18 @@ YOLO_FAMILIES: dict[str, tuple[str, ...]] = {
 
 
 def interleaved(
-    contenders: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1, threads: int | None = None
+    contenders: Mapping[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    threads: int | None = None,
+    settle: int = 0,
 ) -> dict[str, list[float]]:
     """Run each contender ``warmup`` times, then ``rounds`` rounds of one call each (rotating order);
     returns the wall times in milliseconds per contender.
+
+    ``settle``: untimed calls of the same contender right before each timed one. An ONNX Runtime session's
+    threads spin for a while after a call, and each session has its own pool: the next session's call was
+    up to 60 % slower here (bench/int8_onnxruntime.py); the settling call takes that instead.
 
     ``threads``: torch's thread count, set again before every call (untimed), because ultralytics' predictor
     sets it to the CPU count less one when it selects its device, which would leave every torch contender
@@ -44,6 +52,8 @@ def interleaved(
         for name in names[r % len(names) :] + names[: r % len(names)]:
             if threads is not None:
                 torch.set_num_threads(threads)
+            for _ in range(settle):
+                contenders[name]()
             start = time.perf_counter()
             contenders[name]()
             times[name].append(1000 * (time.perf_counter() - start))

@@ -74,6 +74,14 @@ def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPat
     assert out["light"] == {"backend": "torch", "mcn_ms": 125.0, "yolo26n_x3_ms": 250.0, "speedup": 2.0}
     assert out["torch"]["speedup"] == 1.25 and out["onnxruntime"]["speedup"] == 1.5
     assert out["best"]["backend"] == "onnxruntime" and out["best"]["speedup"] == 1.5
+    assert out["best_vs_best"] == {
+        "mcn_backend": "onnxruntime",
+        "yolo26n_x3_backend": "onnxruntime",
+        "speedup": 1.5,
+    }
+    rows["onnxruntime:yolo26n_x3@640x480"]["median_ms"] = 300.0  # YOLO fastest in torch, the MCN in ORT
+    both = bench.speedups(rows)["640x480"]["best_vs_best"]
+    assert both == {"mcn_backend": "onnxruntime", "yolo26n_x3_backend": "torch", "speedup": 1.562}
     image = bench.camera_image((480, 640))
     assert image.shape == (480, 640, 3) and image.std() > 20  # texture, not a flat frame
 
