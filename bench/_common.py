@@ -39,7 +39,7 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def repo_relative(path: str | None) -> str | None:
+def repo_relative(path: str | Path | None) -> str | None:
     """``path`` relative to the repository when inside it (None and "" give None)."""
     if not path:
         return None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import git_commit, machine, versions, write_record
+from _common import git_commit, machine, repo_relative, versions, write_record
 
 from mcn_ros.ros.fastdds import PROFILE_VARIABLES, profile_environment, shipped_profile
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             ["python", "bench/dds_roundtrip.py", *(sys.argv[1:] if argv is None else argv)]
         ),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "profile_environment": {k: str(Path(v).relative_to(ROOT)) for k, v in with_profile.items()},
+        "profile_environment": {k: repo_relative(v) for k, v in with_profile.items()},
         "sizes": {
             f"{w}x{h}": {
                 "bytes": h * w * 3,

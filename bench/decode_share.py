@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 from _common import git_commit, machine, versions, write_record
-from e2e_cpu import SplitPredict
+from e2e_cpu import SCORE_THRESHOLD, SplitPredict
 from seg_resampling import DEMO_VAL, DEMO_WEIGHTS
 
 from mcn_ros.model.mcn import MultitaskCenterNet
@@ -134,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = predictors(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         images = camera_scenes(Path(tmp), args.images)
-    from e2e_cpu import SCORE_THRESHOLD
-
     record: dict[str, Any] = {
         "command": shlex.join(["python", "bench/decode_share.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

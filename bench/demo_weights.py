@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from _common import git_commit, machine, pct, versions
+from _common import git_commit, machine, pct, repo_relative, versions
 from train_synthetic import ensure_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,12 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def shown(path: Path) -> str:
-    """``path`` relative to the repository when it lies inside (commands run there), else absolute."""
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def train_command(args: argparse.Namespace) -> list[str]:
     """The training command line (options, then overrides); ``--resume`` is added when resuming."""
     every = max(1, args.steps // 6)
@@ -70,11 +64,11 @@ def train_command(args: argparse.Namespace) -> list[str]:
         "-m",
         "mcn_training.train",
         "--config",
-        shown(TRAIN_CONFIG),
+        repo_relative(TRAIN_CONFIG),
         "--data",
-        shown(args.data),
+        repo_relative(args.data),
         "--out",
-        shown(args.work_dir),
+        repo_relative(args.work_dir),
         f"schedule.max_steps={args.steps}",
         f"eval.every_steps={every}",
         "checkpoint.every_steps=150",
@@ -113,7 +107,7 @@ def export_fp16(source: Path, out: Path, command: str) -> dict[str, Any]:
     provenance = {
         **provenance,
         "dtype": "float16",
-        "converted_from": shown(source),
+        "converted_from": repo_relative(source),
         "demo_weights_command": command,
     }
     save_weights(out, model.half(), config, provenance)
@@ -199,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": command,
         "train_command": provenance.get("command"),
-        "file": shown(args.out),
+        "file": repo_relative(args.out),
         "model": config.name,
         "size_mb": round(args.out.stat().st_size / 1e6, 2),
         "sha256": sha256(args.out),

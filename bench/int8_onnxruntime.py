@@ -40,17 +40,14 @@ from multicamera_cpu import make_weights
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from precision_cpu import METRICS
-from seg_resampling import DEMO_WEIGHTS, demo_val_dataset, generate_demo_val
+from seg_resampling import DEMO_WEIGHTS, demo_report, generate_demo_val
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from mcn_ros.model.backends import export_onnx, fold_batch_norms
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.preprocess import preprocess
 from mcn_ros.model.weights import load_weights
-from mcn_training.config import EvalConfig
-from mcn_training.evaluate import decode_options, evaluate_model
 from mcn_training.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,16 +118,9 @@ def calibration_batches(folder: Path, count: int, size: tuple[int, int], config:
 
 def accuracy(graphs: Graphs, config: ModelConfig, folder: Path) -> dict[str, dict[str, float]]:
     """The demo's validation metrics through each of ``graphs``' sessions."""
-    dataset = demo_val_dataset(folder, config)
-    options = decode_options(EvalConfig(), config)
     out = {}
     for kind in graphs.sessions:
-        loader = DataLoader(dataset, batch_size=16, num_workers=0)
-        with contextlib.redirect_stdout(io.StringIO()):
-            report = evaluate_model(
-                GraphForward(graphs, kind), config, loader, dataset.coco, torch.device("cpu"), options
-            )
-        assert report is not None
+        report = demo_report(GraphForward(graphs, kind), config, folder)
         out[kind] = {key: round(100 * float(getattr(report, key)), 1) for key in METRICS}  # percent
     return out
 
@@ -189,6 +179,11 @@ def render(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fresh(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=15, help="calls per timing block (two blocks each)")
@@ -228,11 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_record(args.results, "int8_onnxruntime", record, render(record))
     return 0
-
-
-def _fresh(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 if __name__ == "__main__":

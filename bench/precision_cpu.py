@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import io
 import json
 import shlex
 import sys
@@ -38,17 +37,14 @@ import torch
 from _common import PACKAGES, git_commit, machine, pct, versions
 from _timing import interleaved, stats, yolo_forward_module, yolo_models
 from e2e_cpu import SCORE_THRESHOLD, camera_image
-from seg_resampling import DEMO_WEIGHTS, demo_val_dataset, generate_demo_val
+from seg_resampling import DEMO_WEIGHTS, demo_report, generate_demo_val
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from mcn_ros.model.backends import fold_batch_norms
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.precision import cpu_bf16_native
 from mcn_ros.model.predictor import Predictor
-from mcn_training.config import EvalConfig
-from mcn_training.evaluate import decode_options, evaluate_model
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -73,16 +69,7 @@ def accuracy(folder: Path, precision: str) -> dict[str, Any]:
     """The demo weights' validation metrics with the forward at ``precision``."""
     predictor = Predictor.from_weights(DEMO_WEIGHTS, device="cpu", precision=precision)
     assert predictor.precision.name == precision, predictor.precision.note
-    config = predictor.config
-    dataset = demo_val_dataset(folder, config)
-    loader = DataLoader(dataset, batch_size=16, num_workers=0)
-    options = decode_options(EvalConfig(), config)
-    with contextlib.redirect_stdout(io.StringIO()):
-        report = evaluate_model(
-            PredictorForward(predictor), config, loader, dataset.coco, torch.device("cpu"), options,
-            channels_last=True,
-        )  # fmt: skip
-    assert report is not None
+    report = demo_report(PredictorForward(predictor), predictor.config, folder, channels_last=True)
     return {key: getattr(report, key) for key in (*METRICS, "num_images")}
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from _common import git_commit, machine, versions
 from oracle import oracle_config, run_oracle
+from torch import nn
 from torch.utils.data import DataLoader
 
 from mcn_ros.model.config import ModelConfig
@@ -80,15 +81,31 @@ def demo_val_dataset(folder: Path, config: ModelConfig) -> CocoMultitaskDataset:
     )
 
 
+def demo_report(
+    model: nn.Module,
+    config: ModelConfig,
+    folder: Path,
+    options: DecodeOptions | None = None,
+    channels_last: bool = False,
+) -> Any:
+    """``model``'s outputs on the held-out split in ``folder`` decoded (training's validation options unless
+    ``options``) and scored as training's validation does, quietly; the EvalReport."""
+    dataset = demo_val_dataset(folder, config)
+    loader = DataLoader(dataset, batch_size=16, num_workers=0)
+    options = options or decode_options(EvalConfig(), config)
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = evaluate_model(
+            model, config, loader, dataset.coco, torch.device("cpu"), options, channels_last=channels_last
+        )
+    assert report is not None
+    return report
+
+
 def demo_accuracy(folder: Path, resampling: str) -> dict[str, float]:
     """mIoU and person IoU of the demo weights on the held-out split with ``resampling``."""
     model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
-    dataset = demo_val_dataset(folder, config)
     options = dataclasses.replace(decode_options(EvalConfig(), config), segmentation_resampling=resampling)
-    loader = DataLoader(dataset, batch_size=16, num_workers=0)
-    with contextlib.redirect_stdout(io.StringIO()):
-        report = evaluate_model(model, config, loader, dataset.coco, torch.device("cpu"), options)
-    assert report is not None
+    report = demo_report(model, config, folder, options)
     return {"mIoU": float(report.mIoU), "person_IoU": float(report.person_IoU or 0.0)}
 
 
