@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "mcn.yaml"
 
 
-def make_weights(path: Path, seed: int = 0) -> Path:
-    """A small three-task model at random init (seeded), saved in the project's weights format."""
+def make_weights(path: Path, seed: int = 0, use_dcn: bool = True) -> Path:
+    """A small three-task model at random init (seeded), saved in the project's weights format
+    (``use_dcn`` False: plain convs in the up-path, which the ONNX Runtime backend needs)."""
     import torch
 
     from mcn_ros.model.config import ModelConfig
@@ -33,6 +34,7 @@ def make_weights(path: Path, seed: int = 0) -> Path:
             "name": "node_test_resnet18_64",
             "backbone": "resnet18",
             "input_size": [64, 64],
+            "use_dcn": use_dcn,
             "detection": {"classes": ["person", "car"]},
             "pose": {},
             "segmentation": {"classes": ["person", "car"], "output_stride": 4},
@@ -41,6 +43,20 @@ def make_weights(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = MultitaskCenterNet(config)
     return save_weights(path, model, config, {"command": "test/nodetools.py make_weights"})
+
+
+def camera_frames(folder: Path, count: int, size: tuple[int, int] = (48, 80)) -> Path:
+    """``count`` camera-like PNGs in ``folder`` (blurred noise with a filled box each), seeded."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (0, 0), 2)
+        x, y = int(rng.integers(0, size[1] - 16)), int(rng.integers(0, size[0] - 16))
+        cv2.rectangle(image, (x, y), (x + 12, y + 16), tuple(int(c) for c in rng.integers(0, 256, 3)), -1)
+        cv2.imwrite(str(folder / f"frame_{index:03d}.png"), image)
+    return folder
 
 
 def start_node(

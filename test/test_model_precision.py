@@ -13,7 +13,13 @@ import torch
 from mcn_ros.model import precision
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
-from mcn_ros.model.precision import Precision, cpu_bf16_native, cpu_flags, parse_precision
+from mcn_ros.model.precision import (
+    Precision,
+    cpu_bf16_native,
+    cpu_flags,
+    cpu_int8_native,
+    parse_precision,
+)
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.preprocess import preprocess
 from mcn_ros.model.results import Results
@@ -36,8 +42,9 @@ def test_settings_parse_and_bad_ones_are_named() -> None:
     assert [parse_precision(v) for v in (False, True, "", "fp32", "fp16", "bf16")] == [
         "fp32", "fp16", "fp32", "fp32", "fp16", "bf16",
     ]  # fmt: skip
-    with pytest.raises(ValueError, match=r"precision must be one of fp32, fp16, bf16 .*'int8'"):
-        parse_precision("int8")
+    assert parse_precision("int8") == "int8"
+    with pytest.raises(ValueError, match=r"precision must be one of fp32, fp16, bf16, int8 .*'int4'"):
+        parse_precision("int4")
 
 
 def test_reduced_precision_only_where_the_device_has_it() -> None:
@@ -54,6 +61,22 @@ def test_reduced_precision_only_where_the_device_has_it() -> None:
     assert Precision.resolve("fp16", cuda) == Precision("fp16", autocast_dtype=torch.float16)
     assert Precision.resolve("bf16", cuda).autocast_dtype == torch.bfloat16
     assert Precision.resolve("fp32", CPU, flags=GENOA) == Precision()
+
+
+def test_int8_only_with_onnxruntime_on_a_cpu_with_int8_dot_products() -> None:
+    assert cpu_int8_native(GENOA | {"avx512_vnni"}) and cpu_int8_native(frozenset({"avx_vnni"}))
+    assert cpu_int8_native(SAPPHIRE_RAPIDS | {"amx_int8"}) and not cpu_int8_native(AVX2_ONLY)
+    assert Precision.resolve("int8", CPU, "onnxruntime", flags=GENOA | {"avx512_vnni"}) == Precision("int8")
+    no_vnni = Precision.resolve("int8", CPU, "onnxruntime", flags=AVX2_ONLY)
+    assert no_vnni.name == "fp32" and no_vnni.note is not None and "avx512_vnni" in no_vnni.note
+    torch_backend = Precision.resolve("int8", CPU, "torch", flags=GENOA | {"avx512_vnni"})
+    assert (
+        torch_backend.name == "fp32"
+        and torch_backend.note is not None
+        and "onnxruntime" in torch_backend.note
+    )
+    cuda = Precision.resolve("int8", torch.device("cuda", 0), "onnxruntime")
+    assert cuda.name == "fp32" and cuda.note is not None
 
 
 def test_cpu_bf16_where_not_native_falls_back_to_fp32_saying_why(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodetools import make_weights
+from nodetools import camera_frames, make_weights
 
 pytestmark = pytest.mark.usefixtures("ros")
 
@@ -95,3 +95,26 @@ def test_values_for_parameters_the_node_lacks_are_logged(
     logged = capfd.readouterr().err
     assert "ignoring values for parameters this node does not have: half (replaced by precision" in logged
     assert "score_treshold" in logged and "score_threshold," not in logged
+
+
+def test_int8_configure_needs_the_graph_beside_the_weights(
+    node_factory: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnx", reason="optional package onnx (requirements/dev.txt, Python >= 3.11)")
+    pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
+    from mcn_ros.model import precision
+    from mcn_ros.model.quantize import main
+
+    if not precision.cpu_int8_native():  # ONNX Runtime runs the int8 graph on any x86 CPU, only slower
+        found = precision.cpu_flags()
+        monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: found | {"avx512_vnni"})
+    weights = make_weights(tmp_path / "model.safetensors", use_dcn=False)
+    node = node_factory(weights=str(weights), device="cpu", backend="onnxruntime", precision="int8")
+    node.trigger_configure()
+    assert not node.configured
+    logged = capfd.readouterr().err
+    assert "int8 graph not found" in logged and "python -m mcn_ros.model.quantize" in logged
+    assert main(["--weights", str(weights), "--images", str(camera_frames(tmp_path / "frames", 3))]) == 0
+    node.trigger_configure()
+    assert node.configured and node._predictor.precision.name == "int8"
+    assert "int8" in capfd.readouterr().err.split("loaded ")[-1]  # the start-up line names the precision

@@ -1,11 +1,12 @@
 """Where the forward runs: eager PyTorch (the default) or ONNX Runtime on the CPU.
 
 ONNX Runtime is an optional dependency (``pip install onnxruntime onnx``; pinned in
-``requirements/bench.txt``).
+``requirements/dev.txt``).
 :class:`OnnxRuntimeForward` exports the model's forward for the tasks asked (backbone, up-path and only those
 heads) to ONNX with dynamic batch, height and width, once per task set, and runs it with the CPU execution
 provider. Decoding stays in the same torch code for both backends, so they differ only by the forward's
-floating-point rounding (tested within 1e-4 of the outputs' scale).
+floating-point rounding (tested within 1e-4 of the outputs' scale). Given an int8 graph made by
+:mod:`mcn_ros.model.quantize`, it runs that graph instead, cut down to the heads of the tasks asked.
 """
 
 from __future__ import annotations
@@ -54,6 +55,19 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     return folded
 
 
+class OnnxExportError(ValueError):
+    """The model has no ONNX form (deformable convolutions); the message says what would."""
+
+
+def check_exportable(config: Any) -> None:
+    """Raise :class:`OnnxExportError` for a config whose forward has no ONNX form."""
+    if getattr(config, "use_dcn", False):
+        raise OnnxExportError(
+            f"model {getattr(config, 'name', '?')} uses deformable convolutions (use_dcn: true), which have "
+            "no ONNX operator: the onnxruntime backend, ONNX export and int8 need a model with use_dcn: false"
+        )
+
+
 def import_onnxruntime() -> Any:
     """The ``onnxruntime`` module, or an ImportError saying how to install it."""
     try:
@@ -65,6 +79,34 @@ def import_onnxruntime() -> Any:
             "backend 'torch' needs neither"
         ) from error
     return onnxruntime
+
+
+def session_options(ort: Any, threads: int) -> Any:
+    """ONNX Runtime session options for one forward at a time on ``threads`` cores.
+
+    The intra-op threads do not spin between calls: a spinning pool kept the cores busy after each forward
+    and slowed the torch decoding that follows (measured at 640x480 on 2 cores: decode 18.6 -> 9.6 ms, the
+    forward 1.8 ms slower)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def output_names(
+    model: nn.Module, tasks: Collection[str], height: int = 64, width: int = 64
+) -> tuple[str, ...]:
+    """The raw output names of ``model``'s forward for ``tasks``, sorted (from a small forward)."""
+    example = torch.zeros(1, 3, height, width, device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return tuple(sorted(model(example, frozenset(tasks))))
+    finally:
+        model.train(was_training)
 
 
 class _TaskForward(nn.Module):
@@ -86,12 +128,12 @@ def export_onnx(
 ) -> tuple[bytes, tuple[str, ...]]:
     """ONNX model bytes of ``model``'s forward for ``tasks`` (input ``images`` [B, 3, H, W], dynamic B, H,
     W; outputs named as the model's output keys) and the output names, in graph order."""
+    check_exportable(getattr(model, "config", None))
+    asked = frozenset(tasks)
+    names = output_names(model, asked, height, width)
     was_training = model.training
     model = model.eval()
     example = torch.zeros(1, 3, height, width, device=next(model.parameters()).device)
-    asked = frozenset(tasks)
-    with torch.inference_mode():
-        names = tuple(sorted(model(example, asked)))
     wrapper = _TaskForward(model, asked, names).eval()
     axes = {"images": {0: "batch", 2: "height", 3: "width"}}
     axes.update({name: {0: "batch", 2: "out_height", 3: "out_width"} for name in names})
@@ -117,29 +159,45 @@ def export_onnx(
     return buffer.getvalue(), names
 
 
+def extract_outputs(graph: Any, names: Collection[str]) -> Any:
+    """The part of an ONNX ``graph`` (a ModelProto) that computes ``names`` from ``images``: the same nodes,
+    without the heads nobody asked for (ONNX Runtime would run every node of a graph)."""
+    import onnx.utils
+
+    if {output.name for output in graph.graph.output} == set(names):
+        return graph
+    return onnx.utils.Extractor(graph).extract_model(["images"], list(names))
+
+
 class OnnxRuntimeForward:
     """Runs a :class:`~mcn_ros.model.mcn.MultitaskCenterNet` forward in ONNX Runtime (CPU provider).
 
-    One session per task set, exported on first use (a few seconds). ``threads``: intra-op threads (default:
-    torch's thread count, so both backends use the same cores).
+    One session per task set, made on first use: exported from ``model`` (a few seconds), or, given
+    ``graph`` (an int8 ONNX model of all the config's tasks from :mod:`mcn_ros.model.quantize`), cut from it.
+    ``threads``: intra-op threads (default: torch's thread count, so both backends use the same cores).
     """
 
-    def __init__(self, model: nn.Module, config: Any, threads: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, config: Any, threads: int | None = None, graph: Any | None = None
+    ) -> None:
+        check_exportable(config)
         self._ort = import_onnxruntime()
         self.model = model
         self.config = config
+        self.graph = graph
         self.threads = threads or torch.get_num_threads()
         self._sessions: dict[frozenset[str], tuple[Any, tuple[str, ...]]] = {}
 
     def session(self, tasks: Collection[str] | None) -> tuple[Any, tuple[str, ...]]:
-        """The session and output names for ``tasks`` (None = all configured), exported on first use."""
+        """The session and output names for ``tasks`` (None = all configured), made on first use."""
         asked = resolve_tasks(self.config, tasks)
         if asked not in self._sessions:
-            data, names = export_onnx(self.model, asked)
-            options = self._ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.graph is None:
+                data, names = export_onnx(self.model, asked)
+            else:
+                names = output_names(self.model, asked)
+                data = extract_outputs(self.graph, names).SerializeToString()
+            options = session_options(self._ort, self.threads)
             session = self._ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
             self._sessions[asked] = (session, names)
         return self._sessions[asked]

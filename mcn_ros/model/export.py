@@ -15,18 +15,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcn_ros.model.backends import export_onnx, fold_batch_norms
-from mcn_ros.model.config import TASKS, ConfigError
+from mcn_ros.model.backends import OnnxExportError, export_onnx, fold_batch_norms
+from mcn_ros.model.config import TASKS, ConfigError, ModelConfig
 from mcn_ros.model.mcn import resolve_tasks
 from mcn_ros.model.weights import WeightsError, load_weights
 
 
 class ExportError(RuntimeError):
     """The export cannot be made (a missing optional package, an unwritable destination)."""
+
+
+def describe(graph: Any, config: ModelConfig, tasks: Collection[str], names: Sequence[str]) -> None:
+    """Add to ``graph``'s ``metadata_props`` what a reader needs to feed and read it (see the module)."""
+    for key, value in {
+        "mcn_config": config.to_yaml(),
+        "mcn_tasks": ",".join(t for t in TASKS if t in tasks),
+        "mcn_outputs": ",".join(names),
+        "mcn_input": "images: float32 [B, 3, H, W], RGB, (x / 255 - mean) / std, H and W multiples of 32",
+    }.items():
+        graph.metadata_props.add(key=key, value=value)
 
 
 def export(weights: str | Path, output: str | Path, tasks: Sequence[str] | None = None) -> dict[str, Any]:
@@ -45,13 +56,7 @@ def export(weights: str | Path, output: str | Path, tasks: Sequence[str] | None 
     height, width = config.input_size
     data, names = export_onnx(fold_batch_norms(model), asked, height, width)
     graph = onnx.load_from_string(data)
-    for key, value in {
-        "mcn_config": config.to_yaml(),
-        "mcn_tasks": ",".join(t for t in TASKS if t in asked),
-        "mcn_outputs": ",".join(names),
-        "mcn_input": "images: float32 [B, 3, H, W], RGB, (x / 255 - mean) / std, H and W multiples of 32",
-    }.items():
-        graph.metadata_props.add(key=key, value=value)
+    describe(graph, config, asked, names)
     output = Path(output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         summary = export(args.weights, args.output, args.tasks)
-    except (ExportError, ConfigError, WeightsError) as error:
+    except (ExportError, ConfigError, WeightsError, OnnxExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

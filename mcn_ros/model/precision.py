@@ -1,11 +1,14 @@
-"""The number format the forward runs in: fp32, or fp16 / bf16 where the device computes it natively.
+"""The number format the forward runs in: fp32, or fp16 / bf16 / int8 where the device computes it natively.
 
 CUDA runs fp16 or bf16 as autocast. A CPU runs bf16 only when it has native bf16 dot products
 (``avx512_bf16`` or ``amx_bf16``): there the inference copy of the model and its inputs are converted to
 bfloat16 outright (autocast would cast the weights again on every call). Without those instructions bf16
 is emulated and many times slower than fp32 (16x on an AVX2 machine), and fp16 convolutions have no fast
-CPU kernels: both fall back to fp32 with a note saying why. Nothing here picks a reduced precision by
-itself; fp32 is the default everywhere.
+CPU kernels: both fall back to fp32 with a note saying why. int8 is an ONNX Runtime graph calibrated
+beforehand (:mod:`mcn_ros.model.quantize`), run only with the ``onnxruntime`` backend on a CPU with int8
+dot-product instructions (VNNI or AMX); elsewhere fp32 with a note (without VNNI, ONNX Runtime's uint8 x
+int8 kernels can saturate). Nothing here picks a reduced precision by itself; fp32 is the default
+everywhere.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: CPU flags (Linux /proc/cpuinfo names) meaning the CPU multiplies bfloat16 natively.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: CPU flags meaning the CPU has int8 dot products (VNNI: AVX-512 or AVX; AMX tiles).
+NATIVE_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -40,8 +45,15 @@ def cpu_bf16_native(flags: frozenset[str] | None = None) -> bool:
     return any(flag in found for flag in NATIVE_BF16_FLAGS)
 
 
+def cpu_int8_native(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU (``flags``, default this machine's) has int8 dot-product instructions."""
+    found = cpu_flags() if flags is None else flags
+    return any(flag in found for flag in NATIVE_INT8_FLAGS)
+
+
 def parse_precision(setting: bool | str) -> str:
-    """``"fp32"``, ``"fp16"`` or ``"bf16"`` from a setting (also False, "" or "none" = fp32, True = fp16)."""
+    """``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"`` from a setting (also False, "" or "none" = fp32,
+    True = fp16)."""
     if setting is False or setting in ("", "none"):
         return "fp32"
     if setting is True:
@@ -72,6 +84,15 @@ class Precision:
         wanted = parse_precision(setting)
         if wanted == "fp32":
             return cls()
+        if wanted == "int8":
+            if backend != "onnxruntime" or device.type != "cpu":
+                return cls(note="int8 runs with backend onnxruntime on a CPU; running fp32")
+            if not cpu_int8_native(flags):
+                return cls(
+                    note=f"this CPU has no int8 dot products ({' / '.join(NATIVE_INT8_FLAGS)}): int8 "
+                    "would be slow or saturate; running fp32"
+                )
+            return cls("int8")
         if backend != "torch":
             return cls(note=f"{wanted} is not used by the {backend} backend (float32 only); running fp32")
         if device.type == "cuda":

@@ -7,7 +7,7 @@ import copy
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -58,6 +58,19 @@ def merge_flipped(outputs: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
     return merged
 
 
+def _int8_graph(source: str | Path | Any | None, model: nn.Module) -> Any:
+    """The int8 ModelProto from ``source`` (a path, checked against ``model``'s weights, or a ModelProto)."""
+    from mcn_ros.model.quantize import load_int8_graph
+
+    if source is None:
+        raise ValueError(
+            "precision int8 needs the calibrated graph (int8_graph=...): python -m mcn_ros.model.quantize"
+        )
+    if isinstance(source, (str, Path)):
+        return load_int8_graph(source, model)
+    return source
+
+
 class Predictor:
     """Runs a :class:`MultitaskCenterNet` on numpy images: letterbox, forward, decode, map back.
 
@@ -74,6 +87,9 @@ class Predictor:
     run an inference copy with the BatchNorms folded into the convs
     (:func:`~mcn_ros.model.backends.fold_batch_norms`); ``model`` stays the module given, and weights
     loaded into it later are not seen by the folded copy (make a new Predictor).
+    ``precision="int8"`` (backend "onnxruntime", a CPU with VNNI or AMX) runs ``int8_graph``: the path of
+    the graph :mod:`mcn_ros.model.quantize` calibrated from this model's weights (checked), or that graph
+    itself as an ONNX ModelProto; :meth:`from_weights` looks beside the weights file by default.
     """
 
     def __init__(
@@ -86,6 +102,7 @@ class Predictor:
         rect: bool = True,
         backend: str = "torch",
         fold_bn: bool = True,
+        int8_graph: str | Path | Any | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -101,7 +118,10 @@ class Predictor:
         model = model.to(self.device).eval()
         self._onnx: OnnxRuntimeForward | None = None
         if backend == "onnxruntime":
-            self._onnx = OnnxRuntimeForward(model, config)
+            graph = None
+            if self.precision.name == "int8":
+                graph = _int8_graph(int8_graph, model)
+            self._onnx = OnnxRuntimeForward(model, config, graph=graph)
             channels_last = False  # ONNX Runtime takes contiguous NCHW arrays
         self.channels_last = channels_last
         if channels_last:
@@ -127,12 +147,17 @@ class Predictor:
         rect: bool = True,
         backend: str = "torch",
         fold_bn: bool = True,
+        int8_graph: str | Path | None = None,
     ) -> Predictor:
-        """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present."""
+        """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present.
+        ``int8_graph`` defaults to the weights' own (``<name>.int8.onnx`` beside them)."""
+        from mcn_ros.model.quantize import default_int8_path
+
         model, config, _ = load_weights(path, device=resolve_device(device))
         return cls(
-            model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn
-        )
+            model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn,
+            int8_graph=default_int8_path(path) if int8_graph is None else int8_graph,
+        )  # fmt: skip
 
     @property
     def tasks(self) -> frozenset[str]:

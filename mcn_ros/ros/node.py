@@ -198,6 +198,7 @@ class McnNode(LifecycleNode):
         from mcn_ros.model.device import resolve_device
         from mcn_ros.model.precision import cpu_bf16_native
         from mcn_ros.model.predictor import Predictor
+        from mcn_ros.model.quantize import default_int8_path
         from mcn_ros.model.weights import load_weights
 
         weights = str(self.get_parameter("weights").value)
@@ -220,12 +221,15 @@ class McnNode(LifecycleNode):
         precision = str(self.get_parameter("precision").value)
         rect = bool(self.get_parameter("rect_input").value)
 
+        int8_graph = str(self.get_parameter("int8_graph").value) or default_int8_path(weights)
+
         def make_predictor() -> Predictor:
             with warnings.catch_warnings():  # a precision fallback is logged below, once, in the node's log
                 warnings.simplefilter("ignore", UserWarning)
                 return Predictor(
-                    model, config, device=device, precision=precision, rect=rect, backend=backend
-                )
+                    model, config, device=device, precision=precision, rect=rect, backend=backend,
+                    int8_graph=int8_graph,
+                )  # fmt: skip
 
         predictor = self._on_inference_thread(make_predictor)
         self._predictor = predictor

@@ -134,7 +134,7 @@ def invalid_value(spec: ParameterSpec, value: Any) -> str | None:
 
 
 IMAGE_QOS = ("sensor_data", "reliable")
-PRECISIONS = ("fp32", "fp16", "bf16")  # mcn_ros.model.precision.PRECISIONS, without importing torch here
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # mcn_ros.model.precision.PRECISIONS, without torch
 BACKEND_CHOICES = ("torch", "onnxruntime")  # mcn_ros.model.backends.BACKENDS, without importing torch here
 PUBLISHER_RELIABILITY = ("reliable", "best_effort")
 #: mcn_ros.model.decode.SEGMENTATION_RESAMPLING, without importing torch here.
@@ -147,7 +147,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("device", "string", "auto", CONFIGURE, "auto, cpu or cuda:N", check=_check_device),
     ParameterSpec("precision", "string", "fp32", CONFIGURE,
                   f"One of {PRECISIONS}: fp16/bf16 autocast on CUDA; bf16 also on a CPU with avx512_bf16 "
-                  "or amx_bf16 (elsewhere fp32, with a warning)", choices=PRECISIONS),
+                  "or amx_bf16; int8 with backend onnxruntime on a CPU with VNNI or AMX, from the graph of "
+                  "int8_graph (elsewhere fp32, with a warning)", choices=PRECISIONS),
+    ParameterSpec("int8_graph", "string", "", CONFIGURE,
+                  "precision int8: the graph from python -m mcn_ros.model.quantize; empty = the weights' "
+                  "own, <weights name>.int8.onnx beside them"),
     ParameterSpec("backend", "string", "torch", CONFIGURE,
                   f"Inference backend, one of {BACKEND_CHOICES} (onnxruntime: CPU only, optional package)",
                   choices=BACKEND_CHOICES),

@@ -1,0 +1,330 @@
+"""Int8 for the ONNX Runtime backend: a weights file's forward calibrated on your own camera images.
+
+    python -m mcn_ros.model.quantize --weights model.safetensors --images DIR [--count 100]
+        [--output model.int8.onnx] [--val-annotations instances.json --val-images DIR]
+
+The forward is exported as :mod:`mcn_ros.model.export` exports it (BatchNorm folded, all the weights'
+tasks) and quantised by ONNX Runtime's own static quantisation (``onnxruntime.quantization``: QDQ format,
+int8 weights per output channel, uint8 activations, MinMax ranges): the activation ranges come from running
+the fp32 graph on up to ``--count`` images of ``--images`` (JPEG/PNG/BMP, spread evenly over the sorted
+file names), each letterboxed as the node letterboxes it. Calibrate on frames of the cameras the node will
+see; the ranges are what int8 keeps of the scene.
+
+The file goes beside the weights by default (``model.int8.onnx``, where the node looks for it) and records,
+in its ONNX metadata, the model config, the calibration (images, folder) and a SHA-256 fingerprint of the
+model's tensors: :func:`load_int8_graph` refuses a graph calibrated from other weights. With
+``--val-annotations`` and ``--val-images`` (COCO format) it also scores fp32 and int8 on those images with
+pycocotools (box and keypoint AP, mIoU) and stores both in the file, so the accuracy int8 costs on your
+data is stated where the graph is.
+
+Run with ``Predictor(..., backend="onnxruntime", precision="int8")`` or the node's ``backend:
+onnxruntime`` + ``precision: int8``; it runs int8 only on a CPU with int8 dot products (VNNI or AMX,
+:func:`~mcn_ros.model.precision.cpu_int8_native`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from mcn_ros.model.backends import OnnxExportError, export_onnx, fold_batch_norms, import_onnxruntime
+from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.export import describe
+from mcn_ros.model.precision import cpu_int8_native
+from mcn_ros.model.preprocess import preprocess, rect_input_size
+from mcn_ros.model.weights import WeightsError, load_weights
+
+#: File name endings read as calibration or validation images.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+#: Scores kept for AP (low: AP integrates over all scores), as training's validation.
+VALIDATION_SCORE = 0.01
+
+
+class QuantizeError(RuntimeError):
+    """The int8 graph cannot be made or used; the message says which file and why."""
+
+
+def default_int8_path(weights: str | Path) -> Path:
+    """Where the int8 graph of ``weights`` goes by default: beside it, ``<name>.int8.onnx``."""
+    return Path(weights).with_suffix(".int8.onnx")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the model's tensors (names, dtypes, shapes, values in NCHW order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def image_files(folder: str | Path, count: int | None = None) -> list[Path]:
+    """Up to ``count`` image files of ``folder`` (sorted by name, spread evenly; None = all)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QuantizeError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise QuantizeError(f"{folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    if count is not None and len(files) > count:
+        picks = np.linspace(0, len(files) - 1, count).round().astype(int)
+        files = [files[i] for i in picks]
+    return files
+
+
+def network_input(image: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """A BGR image letterboxed camera-shaped and normalised for ``config``: a [1, 3, H, W] float32 array."""
+    size = rect_input_size([(int(image.shape[0]), int(image.shape[1]))], config.input_size)
+    batch, _ = preprocess([image], size, config.mean, config.std, "cpu", "bgr", False)
+    return batch.numpy()
+
+
+def _calibration_reader(files: Sequence[Path], config: ModelConfig, unreadable: list[Path]) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader  # type: ignore[import-untyped]
+
+    class Reader(CalibrationDataReader):
+        """One letterboxed image per call, read when asked (calibration keeps no image set in memory)."""
+
+        def __init__(self) -> None:
+            self._files: Iterator[Path] = iter(files)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            for path in self._files:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is None:
+                    unreadable.append(path)
+                    continue
+                return {"images": network_input(image, config)}
+            return None
+
+    return Reader()
+
+
+def quantize_graph(model: nn.Module, config: ModelConfig, files: Sequence[Path]) -> tuple[Any, int]:
+    """The int8 ONNX model (a ModelProto, no metadata yet) of ``model``'s forward for all its tasks,
+    calibrated on ``files``; and how many of them were read."""
+    import onnx
+
+    import_onnxruntime()
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import (  # type: ignore[import-untyped]
+        quant_pre_process,
+    )
+
+    height, width = config.input_size
+    data, _ = export_onnx(fold_batch_norms(model), config.tasks, height, width)
+    unreadable: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="mcn_quantize_") as tmp:
+        fp32, prepared, int8 = (Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+        fp32.write_bytes(data)
+        quant_pre_process(str(fp32), str(prepared))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ORT's notes on its own pre-processing and opset choices
+                quantize_static(
+                    str(prepared), str(int8), _calibration_reader(files, config, unreadable),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                )  # fmt: skip
+        except ValueError as error:  # ORT: "No data is collected." when no image was read
+            if len(unreadable) == len(files):
+                raise QuantizeError(
+                    f"none of the {len(files)} calibration images could be read (first: {files[0]})"
+                ) from error
+            raise
+        graph = onnx.load(str(int8))
+    read = len(files) - len(unreadable)
+    return graph, read
+
+
+def load_int8_graph(path: str | Path, model: nn.Module) -> Any:
+    """The int8 graph at ``path`` (a ModelProto) after checking that it was calibrated from ``model``."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise QuantizeError(
+            f"int8 graph not found: {path}; make it from the weights with "
+            "`python -m mcn_ros.model.quantize --weights W.safetensors --images DIR` (camera frames)"
+        )
+    try:
+        graph = onnx.load(str(path))
+    except Exception as error:  # onnx raises DecodeError and others for a file that is not a model
+        raise QuantizeError(f"{path}: not a readable ONNX file: {error}") from error
+    metadata = {prop.key: prop.value for prop in graph.metadata_props}
+    if metadata.get("mcn_precision") != "int8":
+        raise QuantizeError(f"{path}: not an int8 graph of mcn_ros.model.quantize (no mcn_precision=int8)")
+    if metadata.get("mcn_model_sha256") != model_fingerprint(model):
+        raise QuantizeError(
+            f"{path} was calibrated from other weights than the ones loaded: quantise these weights again"
+        )
+    return graph
+
+
+def read_coco(annotations: Sequence[Path]) -> Any:
+    """A pycocotools COCO of an instances file, with a person keypoints file merged in if one is given."""
+    from pycocotools.coco import COCO
+
+    from mcn_ros.coco import merge_keypoints
+
+    if not 1 <= len(annotations) <= 2:
+        raise QuantizeError("validation takes an instances file and optionally a person keypoints file")
+    try:
+        data = [json.loads(Path(path).read_text(encoding="utf-8")) for path in annotations]
+    except (OSError, ValueError) as error:
+        raise QuantizeError(f"cannot read the validation annotations: {error}") from error
+    coco = COCO()
+    coco.dataset = merge_keypoints(data[0], data[1] if len(data) == 2 else None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def validate(
+    model: nn.Module, config: ModelConfig, graph: Any, annotations: Sequence[Path], images: Path
+) -> dict[str, dict[str, float | None]]:
+    """COCO metrics (percent) of the fp32 and the int8 ONNX Runtime forward on a COCO-format set
+    (``annotations``: an instances file, optionally a person keypoints file)."""
+    from mcn_ros.evaluation import evaluate
+    from mcn_ros.model.predictor import Predictor
+
+    coco = read_coco(annotations)
+    predictors = {
+        "fp32": Predictor(model, config, backend="onnxruntime"),
+        "int8": Predictor(model, config, backend="onnxruntime", precision="int8", int8_graph=graph),
+    }
+    found: dict[str, dict[int, Any]] = {name: {} for name in predictors}
+    for image_id, info in sorted(coco.imgs.items()):
+        image = cv2.imread(str(images / info["file_name"]), cv2.IMREAD_COLOR)
+        if image is None:
+            raise QuantizeError(f"validation image {images / info['file_name']} cannot be read")
+        for name, predictor in predictors.items():
+            found[name][int(image_id)] = predictor.predict(
+                image,
+                color_order="bgr",
+                score_threshold=VALIDATION_SCORE,
+                pose_score_threshold=VALIDATION_SCORE,
+            )
+    det = list(config.detection.classes) if config.detection is not None else None
+    seg = list(config.segmentation.classes) if config.segmentation is not None else None
+    out: dict[str, dict[str, float | None]] = {}
+    for name, predictions in found.items():
+        report = evaluate(coco, predictions, det, seg)
+        out[name] = {
+            key: None if value is None else round(100 * value, 1)
+            for key, value in report.to_dict().items()
+            if key in ("bbox_AP", "bbox_AP50", "kp_AP", "kp_AP50", "mIoU", "person_IoU")
+        }
+    return out
+
+
+def quantize(
+    weights: str | Path,
+    images: str | Path,
+    output: str | Path | None = None,
+    count: int = 100,
+    validation: tuple[Sequence[Path], Path] | None = None,
+) -> dict[str, Any]:
+    """Write the int8 graph of ``weights`` calibrated on ``images`` (see the module); a summary."""
+    import onnx
+
+    model, config, _ = load_weights(weights, device="cpu")
+    files = image_files(images, count)
+    graph, read = quantize_graph(model, config, files)
+    summary: dict[str, Any] = {
+        "output": str(default_int8_path(weights) if output is None else output),
+        "calibration_images": read,
+        "unreadable_images": len(files) - read,
+        "int8_native_here": cpu_int8_native(),
+    }
+    if validation is not None:
+        if not cpu_int8_native():
+            summary["validation"] = "skipped: this CPU has no int8 dot products (validate on the target CPU)"
+        else:
+            summary["validation"] = validate(model, config, graph, *validation)
+    describe(graph, config, config.tasks, tuple(o.name for o in graph.graph.output))
+    for key, value in {
+        "mcn_precision": "int8",
+        "mcn_model_sha256": model_fingerprint(model),
+        "mcn_calibration": json.dumps({"images": read, "folder": str(Path(images).resolve())}),
+        "mcn_validation": json.dumps(summary.get("validation")),
+    }.items():
+        graph.metadata_props.add(key=key, value=value)
+    destination = Path(summary["output"])
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(graph, str(destination))
+    except OSError as error:
+        raise QuantizeError(f"cannot write {destination}: {error}") from error
+    summary["bytes"] = destination.stat().st_size
+    return summary
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m mcn_ros.model.quantize``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--weights", required=True, help="the .safetensors weights file")
+    parser.add_argument("--images", required=True, help="folder of calibration images (camera frames)")
+    parser.add_argument("--count", type=int, default=100, help="most calibration images used (default 100)")
+    parser.add_argument(
+        "--output", default=None, help="destination (default: beside the weights, .int8.onnx)"
+    )
+    parser.add_argument(
+        "--val-annotations",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="COCO instances file to score on, optionally followed by its person keypoints file",
+    )
+    parser.add_argument("--val-images", type=Path, default=None, help="folder of those annotations' images")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 bad weights, images or destination)."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if (args.val_annotations is None) != (args.val_images is None):
+        parser.error("--val-annotations and --val-images go together")
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    validation = None if args.val_annotations is None else (args.val_annotations, args.val_images)
+    try:
+        summary = quantize(args.weights, args.images, args.output, args.count, validation)
+    except (QuantizeError, WeightsError, OnnxExportError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {summary['output']} ({summary['bytes'] / 1e6:.1f} MB), calibrated on "
+        f"{summary['calibration_images']} images ({summary['unreadable_images']} unreadable, skipped)"
+    )
+    if not summary["int8_native_here"]:
+        print("note: this CPU has no int8 dot products (VNNI/AMX); the node runs the graph on CPUs that have")
+    checked = summary.get("validation")
+    if isinstance(checked, dict):
+        print("| metric (%) | fp32 | int8 |\n|---|---:|---:|")
+        for key, value in checked["fp32"].items():
+            if value is not None:
+                print(f"| {key} | {value} | {checked['int8'][key]} |")
+    elif checked is not None:
+        print(f"validation {checked}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Int8: the calibration CLI writes a checked graph; the onnxruntime backend runs it, cut to the tasks
+asked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from nodetools import camera_frames, make_weights
+
+from mcn_ros.model import precision
+from mcn_ros.model.predictor import Predictor
+from mcn_ros.model.quantize import (
+    QuantizeError,
+    default_int8_path,
+    image_files,
+    load_int8_graph,
+    main,
+    model_fingerprint,
+    network_input,
+)
+from mcn_ros.model.weights import load_weights
+
+onnx = pytest.importorskip("onnx", reason="optional package onnx (requirements/dev.txt, Python >= 3.11)")
+pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
+
+
+@pytest.fixture
+def int8_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let Predictor choose int8 on a CI machine without VNNI too: ONNX Runtime runs the same int8 graph on
+    any x86 CPU (only slower there), so the graph and the backend are what these tests check."""
+    if not precision.cpu_int8_native():
+        found = precision.cpu_flags()
+        monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: found | {"avx512_vnni"})
+
+
+@pytest.fixture(scope="module")
+def quantised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """Weights, their int8 graph beside them (the CLI's default place) and what the CLI printed."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("int8")
+    weights = make_weights(folder / "model.safetensors", use_dcn=False)
+    images = camera_frames(folder / "frames", 6)
+    (images / "broken.jpg").write_bytes(b"not a jpeg")  # skipped, counted
+    (images / "notes.txt").write_text("not an image")  # not a calibration file at all
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--weights", str(weights), "--images", str(images)]) == 0
+    return weights, default_int8_path(weights), printed.getvalue()
+
+
+def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Path, str]) -> None:
+    weights, graph_path, printed = quantised
+    assert graph_path == weights.parent / "model.int8.onnx" and graph_path.is_file()
+    assert "calibrated on 6 images (1 unreadable, skipped)" in printed
+    graph = onnx.load(str(graph_path))
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    metadata = {prop.key: prop.value for prop in graph.metadata_props}
+    model, _, _ = load_weights(weights)
+    assert metadata["mcn_precision"] == "int8"
+    assert metadata["mcn_model_sha256"] == model_fingerprint(model)
+    assert json.loads(metadata["mcn_calibration"])["images"] == 6
+    assert metadata["mcn_tasks"] == "detection,pose,segmentation" and "input_size" in metadata["mcn_config"]
+    assert sorted(metadata["mcn_outputs"].split(",")) == sorted(o.name for o in graph.graph.output)
+    assert json.loads(metadata["mcn_validation"]) is None  # no validation set given
+
+
+@pytest.mark.usefixtures("int8_cpu")
+def test_int8_runs_close_to_fp32_and_only_the_asked_heads(quantised: tuple[Path, Path, str]) -> None:
+    weights, _, _ = quantised
+    int8 = Predictor.from_weights(weights, device="cpu", precision="int8", backend="onnxruntime")
+    fp32 = Predictor.from_weights(weights, device="cpu", backend="onnxruntime")
+    assert int8.precision.name == "int8" and fp32.precision.name == "fp32"
+    frames = sorted((weights.parent / "frames").glob("*.png"))[:2]
+    batch = torch.from_numpy(np.concatenate([network_input(cv2.imread(str(p)), int8.config) for p in frames]))
+    want, got = fp32.forward(batch, fp32.tasks), int8.forward(batch, int8.tasks)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        error = float((got[name] - want[name]).norm() / want[name].norm())
+        assert error < 0.1, (name, error)  # int8 rounding, not another model
+    assert float((got["heatmap"] - want["heatmap"]).abs().max()) > 0  # int8 did run: not the fp32 graph
+    detection_only = int8.forward(batch, ["detection"])
+    assert sorted(detection_only) == sorted(fp32.forward(batch, ["detection"]))
+    assert int8._onnx is not None
+    session, names = int8._onnx.session(["detection"])
+    assert sorted(o.name for o in session.get_outputs()) == sorted(names) == sorted(detection_only)
+    image = cv2.imread(str(frames[0]))
+    results = int8.predict(image, color_order="bgr", score_threshold=0.0)
+    assert results.segmentation is not None and results.segmentation.shape == image.shape[:2]
+
+
+@pytest.mark.usefixtures("int8_cpu")
+def test_a_missing_or_foreign_graph_is_refused_with_the_fix(
+    quantised: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    weights, graph_path, _ = quantised
+    other = make_weights(tmp_path / "other.safetensors", seed=1, use_dcn=False)
+    with pytest.raises(
+        QuantizeError, match=r"int8 graph not found: .*other\.int8\.onnx.*mcn_ros\.model\.quantize"
+    ):
+        Predictor.from_weights(other, device="cpu", precision="int8", backend="onnxruntime")
+    with pytest.raises(QuantizeError, match="calibrated from other weights"):
+        Predictor.from_weights(other, "cpu", "int8", backend="onnxruntime", int8_graph=graph_path)
+    model, _, _ = load_weights(weights)
+    assert load_int8_graph(graph_path, model) is not None
+    (tmp_path / "garbage.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(QuantizeError, match=r"not a readable ONNX file|not an int8 graph"):
+        load_int8_graph(tmp_path / "garbage.onnx", model)
+
+
+def test_cli_errors_are_one_line_and_exit_2(
+    quantised: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights, _, _ = quantised
+    assert main(["--weights", str(weights), "--images", str(tmp_path / "none")]) == 2
+    assert "error: image folder not found" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jpg").write_bytes(b"broken")
+    output = tmp_path / "out.int8.onnx"
+    assert main(["--weights", str(weights), "--images", str(tmp_path / "bad"), "--output", str(output)]) == 2
+    assert "none of the 1 calibration images could be read" in capsys.readouterr().err
+    assert not output.exists()
+    deformable = make_weights(tmp_path / "dcn.safetensors", use_dcn=True)
+    assert main(["--weights", str(deformable), "--images", str(weights.parent / "frames")]) == 2
+    assert "uses deformable convolutions (use_dcn: true)" in capsys.readouterr().err
+
+
+def test_image_files_are_spread_over_the_folder(tmp_path: Path) -> None:
+    folder = camera_frames(tmp_path / "many", 10, (32, 32))
+    picked = [p.name for p in image_files(folder, 4)]
+    assert picked == ["frame_000.png", "frame_003.png", "frame_006.png", "frame_009.png"]
+    assert len(image_files(folder)) == 10
+
+
+@pytest.mark.usefixtures("int8_cpu")
+def test_validation_scores_fp32_and_int8_with_pycocotools(
+    quantised: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcn_training.synthetic import generate_dataset
+
+    weights, _, _ = quantised
+    written = generate_dataset(tmp_path / "val", 4, 3, (64, 64), "val")
+    output = tmp_path / "validated.int8.onnx"
+    status = main([
+        "--weights", str(weights), "--images", str(weights.parent / "frames"), "--output", str(output),
+        "--val-annotations", str(written["instances"]), str(written["keypoints"]),
+        "--val-images", str(written["images"]),
+    ])  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "| metric (%) | fp32 | int8 |" in printed and "| mIoU |" in printed and "| kp_AP |" in printed
+    metadata = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
+    scored = json.loads(metadata["mcn_validation"])
+    for kind in ("fp32", "int8"):
+        assert all(isinstance(scored[kind][key], float) for key in ("bbox_AP", "kp_AP", "mIoU")), scored
+        assert 0 < scored[kind]["mIoU"] <= 100  # background is found even by a random model
