@@ -6,18 +6,22 @@ For a 640x480 and a 1280x720 BGR uint8 image: ``Predictor.predict`` (all three t
 with the PyTorch backend (camera-shaped input, the default, and the square 512x512 input) and with ONNX
 Runtime; and ultralytics' own ``YOLO.predict`` of YOLO26n detect + pose + semantic segmentation (random init
 from ultralytics' YAMLs, ``imgsz=512``: its rectangular letterbox, the same input resolution as ours) in
-PyTorch and, exported by ultralytics to ONNX at that input shape, in ONNX Runtime. Interleaved rounds
-(each backend's runs among themselves; torch's thread count set again before every call), batch 1, fp32.
+PyTorch and, exported by ultralytics to ONNX at that input shape, in ONNX Runtime; on a CPU with VNNI or
+AMX also both in int8 (``onnxruntime_int8``: the MCN through ``precision="int8"``, YOLO's three ONNX files
+quantised by the same function, each calibrated on 8 camera-like images). Interleaved rounds (each
+backend's runs among themselves; torch's thread count set again before every call), batch 1, fp32 unless
+int8.
 The MCN's time is split into preprocess / forward / decode (timed inside the same calls), YOLO's into
 ultralytics' own preprocess / inference / postprocess sums.
 
 Also ``e2e_cpu.png``: the split per network and backend.
 
 Headline ``e2e_vs_yolo26n_speedup``: at 640x480, the MCN's fastest CPU backend against YOLO26n x3 in the
-same backend (YOLO26n x3 median / MCN median). Random weights unless ``--weights`` (that file's model, run
-at ``--input`` like the random one: trained heads let more peaks pass the threshold, so decoding does
-more). ``--quick``: 640x480 only, 2 rounds, a temporary output folder unless ``--out``: a check of the
-script, not a result.
+same backend (YOLO26n x3 median / MCN median); ``e2e_best_vs_best_speedup``: each side's fastest;
+``e2e_fp32_best_vs_best_speedup``: the same among the fp32 backends. Random weights unless
+``--weights`` (that file's model, run at ``--input`` like the random one: trained heads let more peaks
+pass the threshold, so decoding does more). ``--quick``: 640x480 only, 2 rounds, a temporary output
+folder unless ``--out``: a check of the script, not a result.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ from _timing import YOLO_FAMILIES, interleaved, onnxruntime_version, stats, yolo
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.precision import cpu_int8_native
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.preprocess import preprocess, rect_input_size
+from mcn_ros.model.quantize import image_files, quantize_graph
 from mcn_ros.model.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +60,8 @@ DEFAULT_CONFIG = ROOT / "config" / "models" / "resnet18_det80_seg80_pose_512.yam
 #: The lighter variant (not the paper's), timed in PyTorch beside the paper's config (random init).
 LIGHT_CONFIG = ROOT / "config" / "models" / "resnet18_det80_seg80_pose_light_512.yaml"
 SCORE_THRESHOLD = 0.3
+#: Backend groups of the contenders; onnxruntime_int8 = the onnxruntime backend with precision int8.
+BACKENDS = ("torch", "onnxruntime", "onnxruntime_int8")
 
 
 def camera_image(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -123,11 +131,9 @@ class YoloTrio:
         return outputs
 
 
-def yolo_onnx(family: str, shape: tuple[int, int], folder: Path) -> list[Any]:
-    """The family's three networks exported by ultralytics to ONNX at ``shape`` (static), loaded for ORT."""
-    from ultralytics import YOLO
-
-    models = []
+def yolo_onnx_files(family: str, shape: tuple[int, int], folder: Path) -> list[tuple[Path, str]]:
+    """The family's three networks exported by ultralytics to ONNX at ``shape`` (static): (file, task)."""
+    files = []
     for yolo, yaml_name in zip(yolo_models(family), YOLO_FAMILIES[family], strict=True):
         cwd = Path.cwd()
         target = folder / f"{Path(yaml_name).stem}_{shape[0]}x{shape[1]}"
@@ -137,8 +143,42 @@ def yolo_onnx(family: str, shape: tuple[int, int], folder: Path) -> list[Any]:
             path = yolo.export(format="onnx", imgsz=shape, simplify=False, dynamic=False, verbose=False)
         finally:
             os.chdir(cwd)
-        models.append(YOLO(str(target / path) if not Path(path).is_absolute() else path, task=yolo.task))
-    return models
+        files.append((Path(path) if Path(path).is_absolute() else target / path, str(yolo.task)))
+    return files
+
+
+def yolo_int8_files(files: list[tuple[Path, str]], images: list[np.ndarray]) -> list[tuple[Path, str]]:
+    """Each ONNX file quantised as ``mcn_ros.model.quantize`` quantises the MCN (the same settings, the
+    same function), calibrated on ``images`` (BGR) letterboxed to its input and scaled to [0, 1] RGB as
+    ultralytics feeds it; ultralytics' metadata kept, so ``YOLO(file)`` reads the int8 file like its own."""
+    import onnx
+
+    from mcn_ros.model.quantize import quantize_onnx
+
+    out = []
+    for path, task in files:
+        dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+        shape = (int(dims[2].dim_value), int(dims[3].dim_value))
+        feeds = (
+            {"images": preprocess([im], shape, (0.0,) * 3, (1.0,) * 3, "cpu", "bgr", False)[0].numpy()}
+            for im in images
+        )
+        target = path.with_name(f"{path.stem}_int8.onnx")
+        quantize_onnx(path, target, feeds)
+        out.append((target, task))
+    return out
+
+
+def load_yolo(files: list[tuple[Path, str]]) -> list[Any]:
+    """ultralytics YOLO models of ONNX files (run in ONNX Runtime by ultralytics' own backend)."""
+    from ultralytics import YOLO
+
+    return [YOLO(str(path), task=task) for path, task in files]
+
+
+def calibration_images(count: int = 8) -> list[np.ndarray]:
+    """Camera-like pictures for int8 calibration at both sizes (other seeds than the timed images)."""
+    return [camera_image(hw, seed) for seed in range(1, count // 2 + 1) for hw in SIZES.values()]
 
 
 def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
@@ -158,13 +198,26 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
     if not args.weights:
         light = dataclasses.replace(ModelConfig.from_yaml(LIGHT_CONFIG), input_size=config.input_size)
         predictors["torch:mcn_light"] = Predictor(MultitaskCenterNet(light), light)
+    int8 = has_ort and cpu_int8_native()
     if has_ort:
         predictors["onnxruntime:mcn"] = Predictor(model, config, backend="onnxruntime")
+    if int8:
+        frames = folder / "calibration"
+        frames.mkdir()
+        for index, image in enumerate(calibration_images()):
+            cv2.imwrite(str(frames / f"{index:02d}.png"), image)
+        graph, _ = quantize_graph(model, config, image_files(frames))
+        predictors["onnxruntime_int8:mcn"] = Predictor(
+            model, config, backend="onnxruntime", precision="int8", int8_graph=graph
+        )
     contenders: dict[str, Callable[[], object]] = {}
     facts: dict[str, Any] = {
         "mcn_config": config.name,
         "weights": args.weights or "random init",
         "inputs": {},
+        "int8": "onnxruntime_int8 rows: static int8 (QDQ) calibrated on 8 camera-like images, both networks"
+        if int8
+        else "no int8 rows: " + ("no onnxruntime" if not has_ort else "this CPU has no VNNI/AMX"),
     }
     sizes = {"640x480": SIZES["640x480"]} if args.quick else SIZES
     yolo_torch = yolo_models("yolo26n")
@@ -176,8 +229,11 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
             contenders[f"{key}@{size_name}"] = SplitPredict(predictor, image)
         contenders[f"torch:yolo26n_x3@{size_name}"] = YoloTrio(yolo_torch, image, config.input_size[1])
         if has_ort:
-            onnx_models = yolo_onnx("yolo26n", shape, folder)
-            contenders[f"onnxruntime:yolo26n_x3@{size_name}"] = YoloTrio(onnx_models, image, shape)
+            files = yolo_onnx_files("yolo26n", shape, folder)
+            contenders[f"onnxruntime:yolo26n_x3@{size_name}"] = YoloTrio(load_yolo(files), image, shape)
+        if int8:
+            quantised = load_yolo(yolo_int8_files(files, calibration_images()))
+            contenders[f"onnxruntime_int8:yolo26n_x3@{size_name}"] = YoloTrio(quantised, image, shape)
     return contenders, facts
 
 
@@ -207,17 +263,23 @@ def main(argv: list[str] | None = None) -> int:
         # ONNX Runtime sessions (ours and YOLO's three, each with its own pool) do the same to each other:
         # there each timed call follows an untimed one of the same contender.
         times: dict[str, list[float]] = {}
+        calls_per_sample: dict[str, int] = {}
         for backend in sorted({key.split(":")[0] for key in contenders}):
             group = {key: fn for key, fn in contenders.items() if key.startswith(f"{backend}:")}
-            settle = 1 if backend == "onnxruntime" else 0
+            settle = 1 if backend.startswith("onnxruntime") else 0
             times |= interleaved(group, rounds, threads=args.threads, settle=settle)
+            calls_per_sample |= dict.fromkeys(group, settle + 1)
     rows: dict[str, Any] = {}
     for key, samples in times.items():
         backend_net, size = key.split("@")
         backend, network = backend_net.split(":")
         parts = getattr(contenders[key], "parts", {})
         row = {"backend": backend, "network": network, "size": size, **stats(samples)}
-        row["split_median_ms"] = {k: round(float(np.median(v[-len(samples) :])), 3) for k, v in parts.items()}
+        every = calls_per_sample[key]  # the timed call is the last of each round's calls
+        row["split_median_ms"] = {
+            k: round(float(np.median(v[-len(samples) * every :][every - 1 :: every])), 3)
+            for k, v in parts.items()
+        }
         rows[key] = row
         print(f"{key:40s} {row['median_ms']:9.1f} ms (p95 {row['p95_ms']:.1f}) {row['split_median_ms']}")
     report: dict[str, Any] = {
@@ -238,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     report["e2e_vs_yolo26n_speedup"] = best["speedup"] if best else None
     both_best = report["speedups"].get("640x480", {}).get("best_vs_best")
     report["e2e_best_vs_best_speedup"] = both_best["speedup"] if both_best else None
+    both_fp32 = report["speedups"].get("640x480", {}).get("best_vs_best_fp32")
+    report["e2e_fp32_best_vs_best_speedup"] = both_fp32["speedup"] if both_fp32 else None
     light = report["speedups"].get("640x480", {}).get("light")
     report["e2e_light_vs_yolo26n_speedup"] = light["speedup"] if light else None
     out = (
@@ -259,7 +323,7 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for size in sorted({r["size"] for r in rows.values()}):
         per: dict[str, Any] = {}
-        for backend in ("torch", "onnxruntime"):
+        for backend in BACKENDS:
             mcn, yolo = rows.get(f"{backend}:mcn@{size}"), rows.get(f"{backend}:yolo26n_x3@{size}")
             if mcn and yolo:
                 per[backend] = {
@@ -268,15 +332,12 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
                     "speedup": round(yolo["median_ms"] / mcn["median_ms"], 3),
                 }
         if per:
-            fastest = min(per, key=lambda b: per[b]["mcn_ms"])
+            measured = [b for b in BACKENDS if b in per]
+            fastest = min(measured, key=lambda b: per[b]["mcn_ms"])
             per["best"] = {"backend": fastest, **per[fastest]}
             # Each side's fastest backend: YOLO's may not be the one the MCN is fastest in.
-            yolo_fastest = min((b for b in per if b != "best"), key=lambda b: per[b]["yolo26n_x3_ms"])
-            per["best_vs_best"] = {
-                "mcn_backend": fastest,
-                "yolo26n_x3_backend": yolo_fastest,
-                "speedup": round(per[yolo_fastest]["yolo26n_x3_ms"] / per[fastest]["mcn_ms"], 3),
-            }
+            per["best_vs_best"] = _best_vs_best(per, measured)
+            per["best_vs_best_fp32"] = _best_vs_best(per, [b for b in measured if b != "onnxruntime_int8"])
         light, yolo = rows.get(f"torch:mcn_light@{size}"), rows.get(f"torch:yolo26n_x3@{size}")
         if light and yolo:
             per["light"] = {
@@ -287,6 +348,16 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
             }
         out[size] = per
     return out
+
+
+def _best_vs_best(per: dict[str, Any], backends: list[str]) -> dict[str, Any]:
+    mcn = min(backends, key=lambda b: per[b]["mcn_ms"])
+    yolo = min(backends, key=lambda b: per[b]["yolo26n_x3_ms"])
+    return {
+        "mcn_backend": mcn,
+        "yolo26n_x3_backend": yolo,
+        "speedup": round(per[yolo]["yolo26n_x3_ms"] / per[mcn]["mcn_ms"], 3),
+    }
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -326,14 +397,15 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "**e2e_vs_yolo26n_speedup** (640x480, the MCN's fastest backend against YOLO26n x3 in the same "
         f"backend): **{report['e2e_vs_yolo26n_speedup']}**; each side's fastest backend "
-        f"(`e2e_best_vs_best_speedup`): **{report.get('e2e_best_vs_best_speedup')}**; the lighter variant "
-        f"(`mcn_light`, PyTorch): **{report.get('e2e_light_vs_yolo26n_speedup')}**",
+        f"(`e2e_best_vs_best_speedup`): **{report.get('e2e_best_vs_best_speedup')}**; in fp32 only "
+        f"(`e2e_fp32_best_vs_best_speedup`): **{report.get('e2e_fp32_best_vs_best_speedup')}**; the lighter "
+        f"variant (`mcn_light`, PyTorch fp32): **{report.get('e2e_light_vs_yolo26n_speedup')}**",
         "",
         "| size | backend | MCN ms | YOLO26n x3 ms | speed-up |",
         "|---|---|---:|---:|---:|",
     ]
     for size, per in report["speedups"].items():
-        for backend in ("torch", "onnxruntime"):
+        for backend in BACKENDS:
             if backend in per:
                 v = per[backend]
                 figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x"
@@ -360,6 +432,8 @@ def markdown(report: dict[str, Any]) -> str:
         "task, a narrower up-path; not the paper's), camera-shaped like `mcn`.",
         "YOLO's split is ultralytics' own per-call speed figures summed over its three networks; its ONNX",
         "Runtime sessions use ultralytics' session settings (threads chosen by ONNX Runtime).",
+        f"int8: {report.get('int8')}; YOLO's ONNX files quantised by the same function",
+        "(`mcn_ros.model.quantize.quantize_onnx`) and run by ultralytics' own ONNX Runtime backend.",
         "",
     ]
     return "\n".join(lines)

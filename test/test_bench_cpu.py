@@ -82,6 +82,16 @@ def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPat
     rows["onnxruntime:yolo26n_x3@640x480"]["median_ms"] = 300.0  # YOLO fastest in torch, the MCN in ORT
     both = bench.speedups(rows)["640x480"]["best_vs_best"]
     assert both == {"mcn_backend": "onnxruntime", "yolo26n_x3_backend": "torch", "speedup": 1.562}
+    rows["onnxruntime_int8:mcn@640x480"] = {"size": "640x480", "median_ms": 80.0}
+    rows["onnxruntime_int8:yolo26n_x3@640x480"] = {"size": "640x480", "median_ms": 200.0}
+    with_int8 = bench.speedups(rows)["640x480"]
+    assert with_int8["best"]["backend"] == "onnxruntime_int8" and with_int8["best"]["speedup"] == 2.5
+    assert with_int8["best_vs_best"] == {
+        "mcn_backend": "onnxruntime_int8",
+        "yolo26n_x3_backend": "onnxruntime_int8",
+        "speedup": 2.5,
+    }
+    assert with_int8["best_vs_best_fp32"] == both  # int8 left out
     image = bench.camera_image((480, 640))
     assert image.shape == (480, 640, 3) and image.std() > 20  # texture, not a flat frame
 

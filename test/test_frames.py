@@ -245,6 +245,12 @@ def test_speed_hint_names_only_what_applies() -> None:
     assert speed_hint(on_cpu) == "a CUDA device (device is cpu), precision:=bf16 (this CPU has native bf16)"
     already = dataclasses.replace(on_cpu, precision="bf16")
     assert speed_hint(already) == "a CUDA device (device is cpu)"
+    vnni = dataclasses.replace(on_cpu, cpu_bf16=False, cpu_int8=True)
+    assert speed_hint(vnni) == (
+        "a CUDA device (device is cpu), backend:=onnxruntime precision:=int8 (this CPU has VNNI/AMX; "
+        "calibrate once with python -m mcn_ros.model.quantize)"
+    )
+    assert "int8" not in speed_hint(dataclasses.replace(vnni, precision="int8"))
 
 
 def test_status_values_hold_every_counter() -> None:

@@ -94,25 +94,53 @@ def network_input(image: np.ndarray, config: ModelConfig) -> np.ndarray:
     return batch.numpy()
 
 
-def _calibration_reader(files: Sequence[Path], config: ModelConfig, unreadable: list[Path]) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader  # type: ignore[import-untyped]
+def _calibration_feeds(files: Sequence[Path], config: ModelConfig, unreadable: list[Path]) -> Iterator[Any]:
+    """One letterboxed image per feed, read when asked (calibration keeps no image set in memory)."""
+    for path in files:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            unreadable.append(path)
+            continue
+        yield {"images": network_input(image, config)}
 
-    class Reader(CalibrationDataReader):
-        """One letterboxed image per call, read when asked (calibration keeps no image set in memory)."""
 
-        def __init__(self) -> None:
-            self._files: Iterator[Path] = iter(files)
+def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarray]]) -> None:
+    """Quantise the ONNX file ``source`` into ``target`` with ONNX Runtime's static quantisation as this
+    project does it (QDQ, per-channel int8 weights, uint8 activations, MinMax ranges over ``feeds``: input
+    name -> array, one dict per calibration batch). ``source``'s metadata is kept."""
+    import onnx
 
+    import_onnxruntime()
+    from onnxruntime.quantization import (  # type: ignore[import-untyped]
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import (  # type: ignore[import-untyped]
+        quant_pre_process,
+    )
+
+    class Feeds(CalibrationDataReader):
         def get_next(self) -> dict[str, np.ndarray] | None:
-            for path in self._files:
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if image is None:
-                    unreadable.append(path)
-                    continue
-                return {"images": network_input(image, config)}
-            return None
+            return next(feeds, None)
 
-    return Reader()
+    prepared = target.with_suffix(".prepared.onnx")
+    quant_pre_process(str(source), str(prepared))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ORT's notes on its own pre-processing and opset choices
+            quantize_static(
+                str(prepared), str(target), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            )  # fmt: skip
+    finally:
+        prepared.unlink(missing_ok=True)
+    kept = onnx.load(str(source), load_external_data=False).metadata_props
+    if kept:
+        graph = onnx.load(str(target))
+        graph.metadata_props.extend(kept)
+        onnx.save(graph, str(target))
 
 
 def quantize_graph(model: nn.Module, config: ModelConfig, files: Sequence[Path]) -> tuple[Any, int]:
@@ -120,27 +148,14 @@ def quantize_graph(model: nn.Module, config: ModelConfig, files: Sequence[Path])
     calibrated on ``files``; and how many of them were read."""
     import onnx
 
-    import_onnxruntime()
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import (  # type: ignore[import-untyped]
-        quant_pre_process,
-    )
-
     height, width = config.input_size
     data, _ = export_onnx(fold_batch_norms(model), config.tasks, height, width)
     unreadable: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="mcn_quantize_") as tmp:
-        fp32, prepared, int8 = (Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         fp32.write_bytes(data)
-        quant_pre_process(str(fp32), str(prepared))
         try:
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # ORT's notes on its own pre-processing and opset choices
-                quantize_static(
-                    str(prepared), str(int8), _calibration_reader(files, config, unreadable),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                )  # fmt: skip
+            quantize_onnx(fp32, int8, _calibration_feeds(files, config, unreadable))
         except ValueError as error:  # ORT: "No data is collected." when no image was read
             if len(unreadable) == len(files):
                 raise QuantizeError(
@@ -148,8 +163,7 @@ def quantize_graph(model: nn.Module, config: ModelConfig, files: Sequence[Path])
                 ) from error
             raise
         graph = onnx.load(str(int8))
-    read = len(files) - len(unreadable)
-    return graph, read
+    return graph, len(files) - len(unreadable)
 
 
 def load_int8_graph(path: str | Path, model: nn.Module) -> Any:

@@ -28,6 +28,7 @@ class Knobs:
     device: str
     precision: str = "fp32"  # the precision the forward runs at (after any fallback)
     cpu_bf16: bool = False  # the CPU has native bf16 (precision bf16 would run there)
+    cpu_int8: bool = False  # the CPU has int8 dot products and onnxruntime is installed (int8 would run)
 
 
 def speed_hint(knobs: Knobs) -> str:
@@ -45,6 +46,11 @@ def speed_hint(knobs: Knobs) -> str:
             hints.append("precision:=fp16")
     else:
         hints.append(f"a CUDA device (device is {knobs.device})")
+        if knobs.cpu_int8 and knobs.precision != "int8":
+            hints.append(
+                "backend:=onnxruntime precision:=int8 (this CPU has VNNI/AMX; calibrate once with "
+                "python -m mcn_ros.model.quantize)"
+            )
         if knobs.cpu_bf16 and knobs.precision == "fp32":
             hints.append("precision:=bf16 (this CPU has native bf16)")
     return ", ".join(hints)

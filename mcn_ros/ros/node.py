@@ -18,6 +18,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import rclpy
@@ -75,6 +76,7 @@ class McnNode(LifecycleNode):
         # The state first: a start refused for its parameters still goes through the shutdown transition.
         self._predictor: Predictor | None = None
         self._cpu_bf16 = False  # the CPU multiplies bf16 natively (known after configure; a speed hint)
+        self._cpu_int8 = False  # precision:=int8 would run here (known after configure; a speed hint)
         self._cameras: dict[str, Camera] = {"": Camera("")}  # made anew on configure from `cameras`
         self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
         self._batch_sizes: Counter[int] = Counter()
@@ -196,7 +198,7 @@ class McnNode(LifecycleNode):
 
     def _configure(self) -> None:
         from mcn_ros.model.device import resolve_device
-        from mcn_ros.model.precision import cpu_bf16_native
+        from mcn_ros.model.precision import cpu_bf16_native, cpu_int8_native
         from mcn_ros.model.predictor import Predictor
         from mcn_ros.model.quantize import default_int8_path
         from mcn_ros.model.weights import load_weights
@@ -234,6 +236,7 @@ class McnNode(LifecycleNode):
         predictor = self._on_inference_thread(make_predictor)
         self._predictor = predictor
         self._cpu_bf16 = backend == "torch" and cpu_bf16_native()  # what precision:=bf16 would use here
+        self._cpu_int8 = device.type == "cpu" and cpu_int8_native() and find_spec("onnxruntime") is not None
 
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
         self._cameras = {name: Camera(name) for name in names}
@@ -510,6 +513,7 @@ class McnNode(LifecycleNode):
             device=self._device_name(),
             precision=predictor.precision.name if predictor is not None else "fp32",
             cpu_bf16=self._cpu_bf16,
+            cpu_int8=self._cpu_int8,
         )
         level, message = diagnostics.assess(
             summary,
