@@ -1,6 +1,7 @@
 """End to end on the CPU: a numpy camera image in, results out; the MCN against YOLO26n x3, per backend.
 
-    python bench/e2e_cpu.py [--weights W.safetensors] [--threads 2] [--rounds 30] [--quick] [--out DIR]
+    python bench/e2e_cpu.py [--weights W.safetensors] [--threads 2] [--rounds 30] [--repeats 3] [--quick]
+        [--out DIR]
 
 For a 640x480 and a 1280x720 BGR uint8 image: ``Predictor.predict`` (all three tasks, score threshold 0.3)
 with the PyTorch backend (camera-shaped input, the default, and the square 512x512 input) and with ONNX
@@ -10,7 +11,9 @@ PyTorch and, exported by ultralytics to ONNX at that input shape, in ONNX Runtim
 AMX also both in int8 (``onnxruntime_int8``: the MCN through ``precision="int8"``, YOLO's three ONNX files
 quantised by the same function, each calibrated on 8 camera-like images). Interleaved rounds (each
 backend's runs among themselves; torch's thread count set again before every call), batch 1, fp32 unless
-int8.
+int8, in ``--repeats`` passes over all contenders: the tables pool every pass, and the headlines of each
+pass alone are recorded beside them (``per_repeat``), because this kind of shared machine moves by more
+between minutes than within one.
 The MCN's time is split into preprocess / forward / decode (timed inside the same calls), YOLO's into
 ultralytics' own preprocess / inference / postprocess sums.
 
@@ -248,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=None, help="interleaved rounds; default 30 (2 with --quick)"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="passes over all contenders; default 3 (1 with --quick)"
+    )
     parser.add_argument("--quick", action="store_true", help="640x480 only, 2 rounds: a check of the script")
     parser.add_argument(
         "--out", default=None, help="output folder (default bench/results; temp with --quick)"
@@ -255,32 +261,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (2 if args.quick else 30)
+    repeats = args.repeats or (1 if args.quick else 3)
     with tempfile.TemporaryDirectory() as folder:
         contenders, facts = build(args, Path(folder))
-        print(f"{len(contenders)} contenders, {rounds} rounds", flush=True)
-        # Each backend's contenders are timed among themselves: ONNX Runtime's and torch's thread pools
-        # keep spinning for a while after a call and slowed whichever of the other backend ran next. The
-        # ONNX Runtime sessions (ours and YOLO's three, each with its own pool) do the same to each other:
-        # there each timed call follows an untimed one of the same contender.
-        times: dict[str, list[float]] = {}
-        calls_per_sample: dict[str, int] = {}
-        for backend in sorted({key.split(":")[0] for key in contenders}):
-            group = {key: fn for key, fn in contenders.items() if key.startswith(f"{backend}:")}
-            settle = 1 if backend.startswith("onnxruntime") else 0
-            times |= interleaved(group, rounds, threads=args.threads, settle=settle)
-            calls_per_sample |= dict.fromkeys(group, settle + 1)
-    rows: dict[str, Any] = {}
-    for key, samples in times.items():
-        backend_net, size = key.split("@")
-        backend, network = backend_net.split(":")
-        parts = getattr(contenders[key], "parts", {})
-        row = {"backend": backend, "network": network, "size": size, **stats(samples)}
-        every = calls_per_sample[key]  # the timed call is the last of each round's calls
-        row["split_median_ms"] = {
-            k: round(float(np.median(v[-len(samples) * every :][every - 1 :: every])), 3)
-            for k, v in parts.items()
-        }
-        rows[key] = row
+        print(f"{len(contenders)} contenders, {repeats} x {rounds} rounds", flush=True)
+        passes = [time_backends(contenders, rounds, args.threads) for _ in range(repeats)]
+    times = {key: [t for p in passes for t in p[0][key]] for key in passes[0][0]}
+    splits = {
+        key: {part: [t for p in passes for t in p[1][key][part]] for part in parts}
+        for key, parts in passes[0][1].items()
+    }
+    rows = table(times, splits)
+    for key, row in rows.items():
         print(f"{key:40s} {row['median_ms']:9.1f} ms (p95 {row['p95_ms']:.1f}) {row['split_median_ms']}")
     report: dict[str, Any] = {
         "command": shlex.join(["python", *(sys.argv if argv is None else ["bench/e2e_cpu.py", *argv])]),
@@ -291,19 +283,15 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": git_commit(),
         "threads": args.threads,
         "rounds": rounds,
+        "repeats": repeats,
         "score_threshold": SCORE_THRESHOLD,
         **facts,
         "speedups": speedups(rows),
         "runs": rows,
     }
-    best = report["speedups"].get("640x480", {}).get("best")
-    report["e2e_vs_yolo26n_speedup"] = best["speedup"] if best else None
-    both_best = report["speedups"].get("640x480", {}).get("best_vs_best")
-    report["e2e_best_vs_best_speedup"] = both_best["speedup"] if both_best else None
-    both_fp32 = report["speedups"].get("640x480", {}).get("best_vs_best_fp32")
-    report["e2e_fp32_best_vs_best_speedup"] = both_fp32["speedup"] if both_fp32 else None
-    light = report["speedups"].get("640x480", {}).get("light")
-    report["e2e_light_vs_yolo26n_speedup"] = light["speedup"] if light else None
+    report |= headlines(report["speedups"])
+    # The same headlines from each repeat alone: the spread of this machine over the run.
+    report["per_repeat"] = [headlines(speedups(table(*one))) for one in passes]
     out = (
         Path(args.out)
         if args.out
@@ -316,6 +304,54 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report["speedups"], indent=1))
     print(f"e2e_vs_yolo26n_speedup {report['e2e_vs_yolo26n_speedup']}; wrote {out / 'e2e_cpu.json'}")
     return 0
+
+
+def time_backends(
+    contenders: dict[str, Callable[[], object]], rounds: int, threads: int
+) -> tuple[dict[str, list[float]], dict[str, dict[str, list[float]]]]:
+    """One pass over every contender: wall milliseconds per timed call, and each timed call's split.
+
+    Each backend's contenders are timed among themselves: ONNX Runtime's and torch's thread pools kept the
+    cores busy for a while after a call and slowed whichever of the other backend ran next. The ONNX
+    Runtime sessions (ours and YOLO's three, each with its own pool) do the same to each other: there each
+    timed call follows an untimed one of the same contender."""
+    times: dict[str, list[float]] = {}
+    splits: dict[str, dict[str, list[float]]] = {}
+    for backend in sorted({key.split(":")[0] for key in contenders}):
+        group = {key: fn for key, fn in contenders.items() if key.startswith(f"{backend}:")}
+        settle = 1 if backend.startswith("onnxruntime") else 0
+        times |= interleaved(group, rounds, threads=threads, settle=settle)
+        every = settle + 1  # the timed call is the last of each round's calls
+        for key in group:
+            parts = getattr(contenders[key], "parts", {})
+            splits[key] = {
+                name: values[-rounds * every :][every - 1 :: every] for name, values in parts.items()
+            }
+    return times, splits
+
+
+def table(times: dict[str, list[float]], splits: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """One row per contender: its statistics and the median of each step."""
+    rows: dict[str, Any] = {}
+    for key, samples in times.items():
+        backend_net, size = key.split("@")
+        backend, network = backend_net.split(":")
+        row = {"backend": backend, "network": network, "size": size, **stats(samples)}
+        row["split_median_ms"] = {k: round(float(np.median(v)), 3) for k, v in splits[key].items()}
+        rows[key] = row
+    return rows
+
+
+def headlines(ratios: dict[str, Any]) -> dict[str, float | None]:
+    """The headline keys at 640x480 from :func:`speedups`' output."""
+    at = ratios.get("640x480", {})
+    keys = {
+        "e2e_vs_yolo26n_speedup": "best",
+        "e2e_best_vs_best_speedup": "best_vs_best",
+        "e2e_fp32_best_vs_best_speedup": "best_vs_best_fp32",
+        "e2e_light_vs_yolo26n_speedup": "light",
+    }
+    return {key: at[name]["speedup"] if name in at else None for key, name in keys.items()}
 
 
 def speedups(rows: dict[str, Any]) -> dict[str, Any]:
@@ -391,7 +427,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"`{report['command']}` ({report['date']}, commit {report['git_commit']}; "
         f"{report['machine'].get('cpu')} {', '.join(report['machine'].get('cpu_flags', []))}, "
-        f"{report['threads']} threads, {report['rounds']} interleaved rounds, MCN {report['mcn_config']} "
+        f"{report['threads']} threads, {report.get('repeats', 1)} x {report['rounds']} interleaved rounds, "
+        f"MCN {report['mcn_config']} "
         f"({report['weights']}), score threshold {report['score_threshold']})."
         + (" **--quick: a check of the script, not a result.**" if report["quick"] else ""),
         "",
@@ -399,7 +436,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"backend): **{report['e2e_vs_yolo26n_speedup']}**; each side's fastest backend "
         f"(`e2e_best_vs_best_speedup`): **{report.get('e2e_best_vs_best_speedup')}**; in fp32 only "
         f"(`e2e_fp32_best_vs_best_speedup`): **{report.get('e2e_fp32_best_vs_best_speedup')}**; the lighter "
-        f"variant (`mcn_light`, PyTorch fp32): **{report.get('e2e_light_vs_yolo26n_speedup')}**",
+        f"variant (`mcn_light`, PyTorch fp32): **{report.get('e2e_light_vs_yolo26n_speedup')}**. "
+        "All rounds of the run pooled; each repeat alone: "
+        + "; ".join(
+            f"`{key}` " + " / ".join(str(one[key]) for one in report.get("per_repeat", []))
+            for key in ("e2e_best_vs_best_speedup", "e2e_fp32_best_vs_best_speedup")
+        ),
         "",
         "| size | backend | MCN ms | YOLO26n x3 ms | speed-up |",
         "|---|---|---:|---:|---:|",

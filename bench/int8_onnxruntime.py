@@ -1,6 +1,6 @@
 """Int8 in ONNX Runtime (``precision: int8``): the accuracy it costs, the forward it saves, against YOLO26n.
 
-    python bench/int8_onnxruntime.py [--rounds 15] [--calibration 64]
+    python bench/int8_onnxruntime.py [--rounds 15] [--passes 3] [--calibration 64]
 
 1. accuracy: the demo weights (128x128) quantised by the shipped command's code
    (``mcn_ros.model.quantize.quantize``, calibrated on ``--calibration`` scenes of the demo's training set)
@@ -12,8 +12,9 @@
    ONNX at that shape, in ONNX Runtime fp32 and int8 (quantised by the same function,
    ``quantize_onnx``), in sessions with the MCN's own session options. Both calibrated on 16 synthetic
    384x512 scenes. Each contender timed in blocks of its own (``--rounds`` calls after a warm-up), all
-   blocks twice in turn: a runtime's threads slowed whichever other runtime or session came next when
-   calls were interleaved one by one.
+   blocks ``--passes`` times in turn (a runtime's threads slowed whichever other runtime or session came
+   next when calls were interleaved one by one); the ratios of each pass alone are kept beside the pooled
+   ones.
 
 Int8 convolutions are fast only where the CPU has VNNI (avx512_vnni, avx_vnni) or AMX; without them the
 script stops with a note. Writes bench/results/int8_onnxruntime.json and .md.
@@ -104,10 +105,12 @@ def forwards(folder: Path) -> tuple[dict[str, Callable[[], object]], dict[str, A
     return calls, {"mcn_config": config.name, "input": list(CAMERA_INPUT)}
 
 
-def timed(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median milliseconds of each call: blocks of ``rounds`` after a warm-up call, all blocks twice."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(2):
+def timed(calls: dict[str, Callable[[], object]], rounds: int, passes: int) -> list[dict[str, list[float]]]:
+    """Milliseconds of each call, per pass: in each pass every call runs a block of ``rounds`` after a
+    warm-up call of its own."""
+    out = []
+    for _ in range(passes):
+        times: dict[str, list[float]] = {name: [] for name in calls}
         for name, call in calls.items():
             torch.set_num_threads(THREADS)
             call()
@@ -115,12 +118,40 @@ def timed(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, floa
                 start = time.perf_counter()
                 call()
                 times[name].append(1e3 * (time.perf_counter() - start))
+        out.append(times)
+    return out
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    """Median milliseconds per call."""
     return {name: round(float(np.median(values)), 1) for name, values in times.items()}
+
+
+def ratios(ms: dict[str, float]) -> dict[str, float]:
+    """The headline ratios of median milliseconds ``ms``."""
+    return {
+        "int8_speedup_onnxruntime": round(ms["mcn_onnxruntime_fp32"] / ms["mcn_onnxruntime_int8"], 2),
+        "int8_vs_torch_fp32": round(ms["mcn_torch_fp32"] / ms["mcn_onnxruntime_int8"], 2),
+        "mcn_vs_yolo26n_fp32_onnxruntime": round(
+            ms["yolo26n_x3_onnxruntime_fp32"] / ms["mcn_onnxruntime_fp32"], 2
+        ),
+        "mcn_vs_yolo26n_int8_onnxruntime": round(
+            ms["yolo26n_x3_onnxruntime_int8"] / ms["mcn_onnxruntime_int8"], 2
+        ),
+    }
 
 
 def render(record: dict[str, Any]) -> str:
     host, acc, ms = record["machine"], record["accuracy"], record["forward_ms"]
     vnni = ", ".join(f for f in host.get("cpu_flags", []) if "vnni" in f or "amx" in f) or "none"
+    spread = "; ".join(
+        f"`{key}` " + " / ".join(str(one[key]) for one in record["per_pass"])
+        for key in (
+            "int8_vs_torch_fp32",
+            "mcn_vs_yolo26n_fp32_onnxruntime",
+            "mcn_vs_yolo26n_int8_onnxruntime",
+        )
+    )
     lines = [
         "# Int8 in ONNX Runtime (`precision: int8`)",
         "",
@@ -143,7 +174,8 @@ def render(record: dict[str, Any]) -> str:
         f"MCN int8 / fp32 in ONNX Runtime: **{record['int8_speedup_onnxruntime']}x**; MCN int8 against "
         f"PyTorch fp32 (the default backend): **{record['int8_vs_torch_fp32']}x**. Like for like, the MCN "
         f"against YOLO26n x3 in ONNX Runtime: fp32 **{record['mcn_vs_yolo26n_fp32_onnxruntime']}x**, int8 "
-        f"**{record['mcn_vs_yolo26n_int8_onnxruntime']}x** (forward only; end to end: e2e_cpu.md).",
+        f"**{record['mcn_vs_yolo26n_int8_onnxruntime']}x** (forward only; end to end: e2e_cpu.md). All "
+        f"{record['passes']} passes pooled; each pass alone: {spread}.",
         "",
     ]
     return "\n".join(lines)
@@ -151,7 +183,8 @@ def render(record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=15, help="calls per timing block (two blocks each)")
+    parser.add_argument("--rounds", type=int, default=15, help="calls per timing block")
+    parser.add_argument("--passes", type=int, default=3, help="timing blocks of each call, in turn")
     parser.add_argument(
         "--calibration", type=int, default=64, help="training scenes for the demo's calibration"
     )
@@ -164,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = accuracy(Path(tmp) / "demo", args.calibration)
         calls, facts = forwards(Path(tmp) / "speed")
-        forward_ms = timed(calls, args.rounds)
+        passes = timed(calls, args.rounds, args.passes)
+    forward_ms = medians({name: [t for one in passes for t in one[name]] for name in calls})
     record: dict[str, Any] = {
         "command": shlex.join(
             ["python", "bench/int8_onnxruntime.py", *(sys.argv[1:] if argv is None else argv)]
@@ -172,19 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "calibration_images": args.calibration,
         "rounds": args.rounds,
+        "passes": args.passes,
         **facts,
         "accuracy": metrics,
         "forward_ms": forward_ms,
-        "int8_speedup_onnxruntime": round(
-            forward_ms["mcn_onnxruntime_fp32"] / forward_ms["mcn_onnxruntime_int8"], 2
-        ),
-        "int8_vs_torch_fp32": round(forward_ms["mcn_torch_fp32"] / forward_ms["mcn_onnxruntime_int8"], 2),
-        "mcn_vs_yolo26n_fp32_onnxruntime": round(
-            forward_ms["yolo26n_x3_onnxruntime_fp32"] / forward_ms["mcn_onnxruntime_fp32"], 2
-        ),
-        "mcn_vs_yolo26n_int8_onnxruntime": round(
-            forward_ms["yolo26n_x3_onnxruntime_int8"] / forward_ms["mcn_onnxruntime_int8"], 2
-        ),
+        **ratios(forward_ms),
+        "per_pass": [ratios(medians(one)) for one in passes],
         "machine": machine(),
         "versions": versions() | {"onnxruntime": ort.__version__},
         "git": git_commit(),

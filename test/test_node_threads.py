@@ -118,3 +118,39 @@ def test_int8_configure_needs_the_graph_beside_the_weights(
     node.trigger_configure()
     assert node.configured and node._predictor.precision.name == "int8"
     assert "int8" in capfd.readouterr().err.split("loaded ")[-1]  # the start-up line names the precision
+
+
+def test_activate_wakes_the_inference_thread_at_once(
+    node_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While inactive the thread waits for jobs with a 0.1 s timeout; activate wakes it, so the first frame
+    # is not left waiting for the rest of that timeout.
+    import statistics
+    import time
+
+    from mcn_ros.ros.batching import CameraSlots
+
+    first_wait: list[float] = []
+    take_batch = CameraSlots.take_batch
+
+    def observed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not first_wait:
+            first_wait.append(time.perf_counter())
+        return take_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(CameraSlots, "take_batch", observed)  # called through, only observed
+    node = node_factory(weights=str(make_weights(tmp_path / "model.safetensors")), device="cpu")
+    node.trigger_configure()
+    delays = []
+    for _ in range(5):
+        first_wait.clear()
+        start = time.perf_counter()
+        node.trigger_activate()
+        deadline = start + 2.0
+        while not first_wait and time.perf_counter() < deadline:
+            time.sleep(0.001)
+        assert first_wait, "the inference thread never looked for frames"
+        delays.append(first_wait[0] - start)
+        node.trigger_deactivate()
+        time.sleep(0.15)  # the thread is back in its inactive wait
+    assert statistics.median(delays) < 0.02, delays  # up to 0.1 s (median ~0.05) without the wake-up

@@ -281,6 +281,7 @@ class McnNode(LifecycleNode):
                 )
         self._running.set()
         self._start_inference_thread()
+        self._jobs.put((lambda: None, Future()))  # wakes the thread from its inactive wait for jobs now
         self.get_logger().info(f"active: listening on {', '.join(topics)}")
 
     def _stop_inputs(self) -> None:
