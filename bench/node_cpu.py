@@ -29,10 +29,14 @@ Fast DDS: the node and this driver load config/fastdds.xml (shared memory sized 
 the launch file gives the node; ``--fastdds-profile none`` measures Fast DDS's defaults, where a 0.9 MB
 frame does not fit the 512 KiB shared-memory segment and crosses loopback UDP in fragments).
 
+``--int8``: the node and ``Predictor`` run ``backend:=onnxruntime precision:=int8`` (the random weights
+calibrated on 8 camera-like frames first, the graph beside them), so the same two paths are compared in
+int8 (recorded as ``--name node_cpu_int8``).
+
 Writes ``bench/results/<name>.json`` (+ ``.md``; name node_cpu by default). Usage::
 
     python bench/node_cpu.py [--config config/models/resnet18_det80_seg80_pose_512.yaml] [--frames 120]
-        [--seconds 20] [--rate 30] [--fastdds-profile shipped|none|PATH] [--name node_cpu] [--quick]
+        [--seconds 20] [--rate 30] [--fastdds-profile shipped|none|PATH] [--int8] [--name node_cpu] [--quick]
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="shipped",
         help="Fast DDS profile for the node and this driver: shipped (config/fastdds.xml, what the launch "
         "file gives the node), none (Fast DDS's defaults), or a path; an environment that names one wins",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="node and Predictor with backend onnxruntime, precision int8 (the weights calibrated on 8 "
+        "camera-like frames first; a CPU with VNNI/AMX)",
     )
     parser.add_argument("--name", default="node_cpu", help="results file name (default node_cpu)")
     parser.add_argument("--quick", action="store_true", help="a short check of the script (not a result)")
@@ -123,14 +133,36 @@ def node_status(driver: Any) -> dict[str, str]:
     return latest
 
 
+def runtime_settings(int8: bool) -> dict[str, str]:
+    """The node parameters (and Predictor arguments) of the measured runtime."""
+    return (
+        {"backend": "onnxruntime", "precision": "int8"} if int8 else {"backend": "torch", "precision": "fp32"}
+    )
+
+
+def calibrate(weights: Path, folder: Path) -> None:
+    """Write the int8 graph beside ``weights`` (where the node and Predictor look), calibrated on 8
+    camera-like frames (bench/e2e_cpu.py's)."""
+    import cv2
+    from e2e_cpu import calibration_images
+
+    from mcn_ros.model.quantize import quantize
+
+    folder.mkdir()
+    for index, frame in enumerate(calibration_images()):
+        cv2.imwrite(str(folder / f"{index:02d}.png"), frame)
+    quantize(weights, folder)
+
+
 def paired_times(
-    driver: Any, weights: Path, image: np.ndarray, pairs: int
+    driver: Any, weights: Path, image: np.ndarray, pairs: int, settings: dict[str, str]
 ) -> tuple[list[float], list[float]]:
     """Milliseconds of ``Predictor.predict`` in this process and of one lockstep frame through the node,
     alternating ``pairs`` times (after one warm-up of each)."""
     from mcn_ros.model.predictor import Predictor
 
-    predictor = Predictor.from_weights(weights, device="cpu")
+    predictor = Predictor.from_weights(weights, device="cpu", **settings)
+    assert predictor.precision.name == settings["precision"], predictor.precision.note
     predict, node = [], []
     for n in range(pairs + 1):
         start = time.perf_counter()
@@ -158,7 +190,8 @@ def render(record: dict[str, Any]) -> str:
             "",
             f"`{record['command']}`",
             "",
-            f"One 640x480 rgb8 camera, model `{record['model']}`, {cpu}, torch threads "
+            f"One 640x480 rgb8 camera, model `{record['model']}` (backend {record.get('backend', 'torch')}, "
+            f"{record.get('precision', 'fp32')}), {cpu}, torch threads "
             f"{record['torch_threads']}. Latency: publish -> the last of detections, poses, segmentation. "
             f"Fast DDS profile (node and driver): {record['fastdds_profile'] or 'none (Fast DDS defaults)'}.",
             "",
@@ -196,9 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     config = ModelConfig.from_yaml(args.config)
     with tempfile.TemporaryDirectory() as tmp:
         weights = make_weights(args.config, Path(tmp) / "model.safetensors")
+        settings = runtime_settings(args.int8)
+        if args.int8:
+            calibrate(weights, Path(tmp) / "calibration")
         command_line = node_command(
             weights, "node_bench", f"score_threshold:={SCORE}", f"pose_score_threshold:={SCORE}",
             "image_qos:=reliable",  # see the module docstring
+            *(f"{key}:={value}" for key, value in settings.items()),
         )  # fmt: skip
         driver = Driver([""], args.rate, node="node_bench")
         status = node_status(driver)
@@ -209,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             # Warm-up, and discovery of the node's outputs by this driver: frames flowing for a few seconds.
             driver.publish_for(5.0, first_stamp=1_000_000_000)
             time.sleep(6.0)  # the warm-up's frames leave the node's 5 s statistics window
-            predict_times, lockstep = paired_times(driver, weights, image, args.frames)
+            predict_times, lockstep = paired_times(driver, weights, image, args.frames, settings)
             time.sleep(1.5)  # the next /diagnostics: the window's last paired frames
             processing_p50 = float(status.get("processing_p50_ms", "nan"))
             in_node_p50 = float(status.get("latency_p50_ms", "nan"))
@@ -226,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "model": config.name,
         "input_size": list(config.input_size),
+        **settings,
         "torch_threads": torch.get_num_threads(),
         "fastdds_profile": repo_relative(used_profile),
         "predict": predict,
