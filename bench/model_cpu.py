@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _common import PACKAGES, git_commit, machine, versions
 from _timing import (
@@ -178,6 +179,26 @@ def headline(
     return out
 
 
+def per_round(
+    nets: dict[str, dict[str, Any]], times: dict[str, list[float]], shape: str, rounds: int
+) -> dict[str, list[float]]:
+    """Each headline of ``shape`` from every round alone (each round times every network once, so a
+    round's ratios share that minute's machine): min, median and max over the rounds."""
+    values: dict[str, list[float]] = {}
+    for index in range(rounds):
+        one = {
+            name: {**meta, "latency": {shape: {"median_ms": times[f"{name}@{shape}"][index]}}}
+            for name, meta in nets.items()
+            if f"{name}@{shape}" in times
+        }
+        for key, value in headline(one, shape).items():
+            if value is not None:
+                values.setdefault(key, []).append(value)
+    return {
+        key: [round(min(v), 3), round(float(np.median(v)), 3), round(max(v), 3)] for key, v in values.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build, time interleaved, write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -222,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         "shapes": {k: list(v) for k, v in SHAPES.items()},
         "matmul_gflops_per_s": round(matmul, 2),
         "headline": {shape: headline(nets, shape) for shape in SHAPES},
+        "headline_per_round_min_median_max": {
+            shape: per_round(nets, times, shape, rounds) for shape in SHAPES
+        },
         "headline_dla34": {shape: headline(nets, shape, "dla34") for shape in SHAPES},
         "networks": nets,
     }
@@ -251,9 +275,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"A {2048} float32 matrix product runs at {report['matmul_gflops_per_s']} GFLOP/s here.",
         "",
-        "| headline | 512x512 | 384x512 (camera) |",
-        "|---|---:|---:|",
+        "| headline | 512x512 | 384x512 (camera) | each round alone, min / median / max (512x512; 384x512) |",
+        "|---|---:|---:|---|",
     ]
+    spread = report.get("headline_per_round_min_median_max", {})
     for key in (
         "mcn_vs_stn_speedup",
         "mcn_vs_yolo26n_speedup",
@@ -261,7 +286,14 @@ def markdown(report: dict[str, Any]) -> str:
         "light_vs_yolo26n_speedup",
     ):
         row = [report["headline"][s].get(key) for s in ("square", "camera")]
-        lines.append(f"| {key} | " + " | ".join("n/a" if v is None else f"{v:.2f}x" for v in row) + " |")
+        rounds = "; ".join(
+            " / ".join(f"{v:.2f}" for v in spread[s][key])
+            for s in ("square", "camera")
+            if key in spread.get(s, {})
+        )
+        lines.append(
+            f"| {key} | " + " | ".join("n/a" if v is None else f"{v:.2f}x" for v in row) + f" | {rounds} |"
+        )
     lines += [
         "",
         "| network | kind | params (M) | GFLOPs 512² | median ms 512² | p95 | GFLOP/s (% of matmul) "

@@ -59,6 +59,11 @@ def test_model_cpu_networks_and_headlines(monkeypatch: pytest.MonkeyPatch) -> No
         "mcn_vs_yolo11n_speedup": None,  # not measured: no figure rather than a wrong one
         "light_vs_yolo26n_speedup": 1.5,
     }
+    times = {f"{name}@square": [v["latency"]["square"]["median_ms"]] * 3 for name, v in nets.items()}
+    times["resnet18_det80_seg80_pose_512@square"] = [100.0, 80.0, 120.0]  # rounds of one run
+    spread = bench.per_round(nets, times, "square", 3)
+    assert spread["mcn_vs_stn_speedup"] == [2.0, 2.4, 3.0]  # 240 / (120, 100, 80)
+    assert spread["mcn_vs_yolo26n_speedup"] == [1.0, 1.2, 1.5] and "mcn_vs_yolo11n_speedup" not in spread
 
 
 def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPatch) -> None:
