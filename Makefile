@@ -36,7 +36,8 @@ test-jazzy:
 demo: setup
 	$(ENV) WEIGHTS="$(WEIGHTS)" BAG="$(BAG)" TRAIN="$(TRAIN)" RECORD="$(RECORD)" bash scripts/demo.sh
 
-# CPU speed benchmarks (bench/results/model_cpu.*, e2e_cpu.*): installs the benchmark-only packages
+# CPU speed benchmarks (bench/results/model_cpu.*, e2e_cpu.*, and int8_onnxruntime.* on a CPU with VNNI or
+# AMX, not with QUICK): installs the benchmark-only packages
 # (requirements/bench.txt: ultralytics for the YOLO peers, onnxruntime + onnx) into .venv without their
 # dependency resolution (see that file), then runs the scripts. QUICK=1: a short check of the scripts, written
 # to a temporary folder. Run it on an otherwise idle machine; THREADS sets torch / ONNX Runtime threads.
@@ -45,6 +46,9 @@ bench: setup
 	$(ENV) pip install -q --no-deps -r requirements/bench.txt
 	$(ENV) python bench/model_cpu.py --threads $(THREADS) $(if $(QUICK),--quick,)
 	$(ENV) python bench/e2e_cpu.py --threads $(THREADS) $(if $(QUICK),--quick,)
+	$(if $(QUICK),,if grep -qwE 'avx512_vnni|avx_vnni|amx_int8' /proc/cpuinfo; then \
+		$(ENV) python bench/int8_onnxruntime.py; \
+	else echo "[bench] this CPU has no VNNI/AMX: int8_onnxruntime skipped (precision int8 runs fp32 here)"; fi)
 
 clean:
 	rm -rf build install log mcn_env.sh build-jazzy install-jazzy mcn_env_jazzy.sh
