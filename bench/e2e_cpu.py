@@ -202,12 +202,13 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
         light = dataclasses.replace(ModelConfig.from_yaml(LIGHT_CONFIG), input_size=config.input_size)
         predictors["torch:mcn_light"] = Predictor(MultitaskCenterNet(light), light)
     int8 = has_ort and cpu_int8_native()
+    calibration = calibration_images() if int8 else []
     if has_ort:
         predictors["onnxruntime:mcn"] = Predictor(model, config, backend="onnxruntime")
     if int8:
         frames = folder / "calibration"
         frames.mkdir()
-        for index, image in enumerate(calibration_images()):
+        for index, image in enumerate(calibration):
             cv2.imwrite(str(frames / f"{index:02d}.png"), image)
         graph, _ = quantize_graph(model, config, image_files(frames))
         predictors["onnxruntime_int8:mcn"] = Predictor(
@@ -235,7 +236,7 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
             files = yolo_onnx_files("yolo26n", shape, folder)
             contenders[f"onnxruntime:yolo26n_x3@{size_name}"] = YoloTrio(load_yolo(files), image, shape)
         if int8:
-            quantised = load_yolo(yolo_int8_files(files, calibration_images()))
+            quantised = load_yolo(yolo_int8_files(files, calibration))
             contenders[f"onnxruntime_int8:yolo26n_x3@{size_name}"] = YoloTrio(quantised, image, shape)
     return contenders, facts
 

@@ -40,6 +40,7 @@ from e2e_cpu import SCORE_THRESHOLD, camera_image
 from seg_resampling import DEMO_WEIGHTS, demo_report, generate_demo_val
 from torch import Tensor, nn
 
+from mcn_ros.evaluation import METRICS
 from mcn_ros.model.backends import fold_batch_norms
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
@@ -51,7 +52,6 @@ RESULTS = REPO / "bench" / "results"
 PAPER_CONFIG = REPO / "config" / "models" / "resnet18_det80_seg80_pose_512.yaml"
 CAMERA = (480, 640)
 FORWARD_INPUT = (384, 512)
-METRICS = ("bbox_AP", "bbox_AP50", "kp_AP", "kp_AP50", "mIoU", "person_IoU")
 
 
 class PredictorForward(nn.Module):

@@ -22,16 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mcn_ros.coco import merge_keypoints_into
 from mcn_ros.model.labels import IGNORE_INDEX, NUM_KEYPOINTS
 from mcn_ros.model.results import Results
+
+#: The headline metrics of an :class:`EvalReport`, in the order reports print them.
+METRICS: tuple[str, ...] = ("bbox_AP", "bbox_AP50", "kp_AP", "kp_AP50", "mIoU", "person_IoU")
 
 
 @dataclass
@@ -79,6 +85,27 @@ class EvalReport:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = None) -> tuple[COCO, set[int]]:
+    """Load an instances file and merge a keypoints file into it (by annotation id): the one dataset that
+    training, the evaluator and the int8 calibration's validation read.
+
+    Returns the ``COCO`` and the ids of the images with at least one keypoint annotation. Person annotations
+    of the instances file missing from the keypoints file get 0 keypoints; the keypoint names and skeleton
+    are copied into the person category.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(instances_json))
+    pose_images: set[int] = set()
+    if keypoints_json is None:
+        return coco, pose_images
+    data = json.loads(Path(keypoints_json).read_text(encoding="utf-8"))
+    pose_images.update(int(kp_ann["image_id"]) for kp_ann in data.get("annotations", []))
+    merge_keypoints_into(coco.dataset, data)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, pose_images
 
 
 def category_ids(coco_gt: COCO, classes: Sequence[str]) -> list[int]:

@@ -24,3 +24,14 @@ def ros() -> None:
         if os.environ.get("MCN_REQUIRE_ROS") == "1":
             pytest.fail(f"ROS 2 is required here but does not import ({error}); run `make setup`")
         pytest.skip(f"ROS 2 not available ({error}); `source mcn_env.sh` after `make setup`")
+
+
+@pytest.fixture
+def int8_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let precision int8 run on a CI machine without VNNI too: ONNX Runtime runs the same int8 graph on any
+    x86 CPU (only slower there), so the graph and the backend are still what a test checks."""
+    from mcn_ros.model import precision
+
+    if not precision.cpu_int8_native():
+        found = precision.cpu_flags()
+        monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: found | {"avx512_vnni"})

@@ -12,7 +12,6 @@ import pytest
 import torch
 from nodetools import camera_frames, make_weights
 
-from mcn_ros.model import precision
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.quantize import (
     QuantizeError,
@@ -27,15 +26,6 @@ from mcn_ros.model.weights import load_weights
 
 onnx = pytest.importorskip("onnx", reason="optional package onnx (requirements/dev.txt, Python >= 3.11)")
 pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
-
-
-@pytest.fixture
-def int8_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let Predictor choose int8 on a CI machine without VNNI too: ONNX Runtime runs the same int8 graph on
-    any x86 CPU (only slower there), so the graph and the backend are what these tests check."""
-    if not precision.cpu_int8_native():
-        found = precision.cpu_flags()
-        monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: found | {"avx512_vnni"})
 
 
 @pytest.fixture(scope="module")

@@ -97,17 +97,14 @@ def test_values_for_parameters_the_node_lacks_are_logged(
     assert "score_treshold" in logged and "score_threshold," not in logged
 
 
+@pytest.mark.usefixtures("int8_cpu")
 def test_int8_configure_needs_the_graph_beside_the_weights(
-    node_factory: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    node_factory: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("onnx", reason="optional package onnx (requirements/dev.txt, Python >= 3.11)")
     pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
-    from mcn_ros.model import precision
     from mcn_ros.model.quantize import main
 
-    if not precision.cpu_int8_native():  # ONNX Runtime runs the int8 graph on any x86 CPU, only slower
-        found = precision.cpu_flags()
-        monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: found | {"avx512_vnni"})
     weights = make_weights(tmp_path / "model.safetensors", use_dcn=False)
     node = node_factory(weights=str(weights), device="cpu", backend="onnxruntime", precision="int8")
     node.trigger_configure()

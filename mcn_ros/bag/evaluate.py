@@ -58,9 +58,8 @@ from mcn_ros.bag.provenance import git_commit, machine, versions, weights_info
 from mcn_ros.bag.replay import OUTPUT_BAG, command_line, find_replays, read_phase_records, read_replay_info
 from mcn_ros.bag.timing import timing_summary, topic_latencies_ms
 from mcn_ros.bag.video import annotated_frames
+from mcn_ros.evaluation import METRICS
 from mcn_ros.model.results import Results
-
-METRICS = ("bbox_AP", "bbox_AP50", "kp_AP", "kp_AP50", "mIoU", "person_IoU")
 
 
 @dataclass

@@ -191,21 +191,16 @@ def load_int8_graph(path: str | Path, model: nn.Module) -> Any:
 
 
 def read_coco(annotations: Sequence[Path]) -> Any:
-    """A pycocotools COCO of an instances file, with a person keypoints file merged in if one is given."""
-    from pycocotools.coco import COCO
-
-    from mcn_ros.coco import merge_keypoints
+    """A pycocotools COCO of an instances file, with a person keypoints file merged in if one is given
+    (:func:`mcn_ros.evaluation.load_coco`)."""
+    from mcn_ros.evaluation import load_coco
 
     if not 1 <= len(annotations) <= 2:
         raise QuantizeError("validation takes an instances file and optionally a person keypoints file")
     try:
-        data = [json.loads(Path(path).read_text(encoding="utf-8")) for path in annotations]
+        coco, _ = load_coco(*annotations)
     except (OSError, ValueError) as error:
         raise QuantizeError(f"cannot read the validation annotations: {error}") from error
-    coco = COCO()
-    coco.dataset = merge_keypoints(data[0], data[1] if len(data) == 2 else None)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
     return coco
 
 
@@ -214,7 +209,7 @@ def validate(
 ) -> dict[str, dict[str, float | None]]:
     """COCO metrics (percent) of the fp32 and the int8 ONNX Runtime forward on a COCO-format set
     (``annotations``: an instances file, optionally a person keypoints file)."""
-    from mcn_ros.evaluation import evaluate
+    from mcn_ros.evaluation import METRICS, evaluate
     from mcn_ros.model.predictor import Predictor
 
     coco = read_coco(annotations)
@@ -242,7 +237,7 @@ def validate(
         out[name] = {
             key: None if value is None else round(100 * value, 1)
             for key, value in report.to_dict().items()
-            if key in ("bbox_AP", "bbox_AP50", "kp_AP", "kp_AP50", "mIoU", "person_IoU")
+            if key in METRICS
         }
     return out
 
@@ -260,14 +255,15 @@ def quantize(
     model, config, _ = load_weights(weights, device="cpu")
     files = image_files(images, count)
     graph, read = quantize_graph(model, config, files)
+    native = cpu_int8_native()
     summary: dict[str, Any] = {
         "output": str(default_int8_path(weights) if output is None else output),
         "calibration_images": read,
         "unreadable_images": len(files) - read,
-        "int8_native_here": cpu_int8_native(),
+        "int8_native_here": native,
     }
     if validation is not None:
-        if not cpu_int8_native():
+        if not native:
             summary["validation"] = "skipped: this CPU has no int8 dot products (validate on the target CPU)"
         else:
             summary["validation"] = validate(model, config, graph, *validation)

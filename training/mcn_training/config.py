@@ -22,13 +22,13 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field
 
 from mcn_ros import typed_config
+from mcn_ros.evaluation import METRICS
 from mcn_ros.typed_config import check_fields, one_of, read_yaml_mapping
 from mcn_training.losses import LossWeights
 from mcn_training.transforms import AugmentConfig
 
-#: Metrics that can select the best checkpoint (keys of mcn_ros.evaluation.EvalReport); "auto" picks the
-#: first the model has of bbox_AP (detection), kp_AP (pose), mIoU (segmentation).
-METRICS: tuple[str, ...] = ("bbox_AP", "bbox_AP50", "kp_AP", "kp_AP50", "mIoU", "person_IoU")
+#: Metrics that can select the best checkpoint: mcn_ros.evaluation.METRICS (keys of its EvalReport); "auto"
+#: picks the first the model has of bbox_AP (detection), kp_AP (pose), mIoU (segmentation).
 #: The task each metric needs.
 METRIC_TASK: dict[str, str] = {
     "bbox_AP": "detection",

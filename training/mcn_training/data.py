@@ -19,45 +19,20 @@ Coordinates in the json files are used as continuous pixel coordinates (pixel ``
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mcn_ros.coco import merge_keypoints_into
-from mcn_ros.evaluation import semantic_target
+from mcn_ros.evaluation import load_coco, semantic_target
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.labels import NUM_KEYPOINTS
 from mcn_training.targets import build_targets
 from mcn_training.transforms import AugmentConfig, MultitaskTransform
-
-
-def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = None) -> tuple[COCO, set[int]]:
-    """Load an instances file and merge a keypoints file into it (by annotation id).
-
-    Returns the ``COCO`` and the ids of the images with at least one keypoint annotation. Person annotations
-    of the instances file missing from the keypoints file get 0 keypoints; the keypoint names and skeleton
-    are copied into the person category.
-    """
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(instances_json))
-    pose_images: set[int] = set()
-    if keypoints_json is None:
-        return coco, pose_images
-    data = json.loads(Path(keypoints_json).read_text(encoding="utf-8"))
-    pose_images.update(int(kp_ann["image_id"]) for kp_ann in data.get("annotations", []))
-    merge_keypoints_into(coco.dataset, data)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco, pose_images
 
 
 class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
