@@ -243,22 +243,42 @@ def _reference_peaks(
     return groups
 
 
+#: find_peaks' search paths: (POOLED_MAX_VALUES, POOLED_FALLBACK_MAX_VALUES) that select them on the test
+#: maps, and the path each threshold of the test then takes.
+PEAK_PATHS = {
+    "pooled": ((1 << 30, 1 << 30), {0.3: "pooled", 0.6: "pooled", 0.05: "pooled", 0.0: "dense"}),
+    "sparse": ((0, 1 << 30), {0.3: "sparse", 0.6: "sparse", 0.05: "pooled", 0.0: "dense"}),
+    "sparse_topk_fallback": ((0, 0), {0.3: "sparse", 0.6: "sparse", 0.05: "dense", 0.0: "dense"}),
+}
+
+
+@pytest.mark.parametrize("path", list(PEAK_PATHS))
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize(("threshold", "kernel"), [(0.3, 3), (0.6, 5), (0.05, 3), (0.0, 3)])
 def test_find_peaks_equals_the_dense_search(
-    threshold: float, kernel: int, per_channel: bool, monkeypatch: pytest.MonkeyPatch
+    threshold: float, kernel: int, per_channel: bool, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The sparse search (cells passing the threshold only) finds exactly the dense search's peaks, also at
-    the map borders, per image and per channel; with a low threshold it falls back to the dense search."""
-    dense_calls = []
-    dense = decode._dense_peaks
-    monkeypatch.setattr(decode, "_dense_peaks", lambda *a: dense_calls.append(1) or dense(*a))
+    """Each search (the whole map max-pooled then thresholded; only the cells passing the threshold
+    examined; max-pool and top-k) finds exactly the dense search's peaks, also at the map borders, per image
+    and per channel, best first; a low threshold leaves the sparse search for a fallback."""
+    (pooled_max, fallback_max), expected_paths = PEAK_PATHS[path]
+    monkeypatch.setattr(decode, "POOLED_MAX_VALUES", pooled_max)
+    monkeypatch.setattr(decode, "POOLED_FALLBACK_MAX_VALUES", fallback_max)
+    taken = []
+    for name, function in (
+        ("pooled", "_pooled_candidates"),
+        ("sparse", "_sparse_candidates"),
+        ("dense", "_dense_peaks"),
+    ):
+        original = getattr(decode, function)
+        monkeypatch.setattr(decode, function, lambda *a, o=original, n=name: taken.append(n) or o(*a))
     torch.manual_seed(1)
     logits = torch.randn(2, 4, 20, 24) * 2 - 4  # about 6 % of the values score >= 0.3
     logits[0, 1, 0, 0] = logits[1, 3, 19, 23] = 5.0  # peaks in the corners
     logits = logits.contiguous(memory_format=torch.channels_last)  # the layout the model gives
     k = 7
     peaks = find_peaks(logits, k, threshold, kernel, per_channel)
+    assert taken == [expected_paths[threshold]]
     groups = 4 if per_channel else 1
     assert peaks.scores.shape[:2] == (2, groups) and peaks.scores.shape[2] <= k
     torch.testing.assert_close(peaks.flat, peaks.ys * 24 + peaks.xs, rtol=0, atol=0)
@@ -276,7 +296,26 @@ def test_find_peaks_equals_the_dense_search(
         assert torch.equal(scores, scores.sort(descending=True).values), "best first"
     assert found == _reference_peaks(logits, k, threshold, kernel, per_channel)
     assert any(found), "the test maps have peaks above every threshold tried"
-    assert bool(dense_calls) == (threshold < 0.1), "sparse search for the high thresholds only"
+
+
+def test_find_peaks_single_image_and_channel_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One image, one channel (the person map, sliced from the channels-last heatmap): the same peaks on
+    both paths, and one empty slot scoring -1 when nothing passes."""
+    torch.manual_seed(3)
+    heatmap = (torch.randn(1, 5, 30, 40) * 2 - 4).contiguous(memory_format=torch.channels_last)
+    person = heatmap[:, 2:3]
+    expected = _reference_peaks(person, 10, 0.3, 3, per_channel=False)
+    for pooled_max in (0, 1 << 30):
+        monkeypatch.setattr(decode, "POOLED_MAX_VALUES", pooled_max)
+        peaks = find_peaks(person, 10, 0.3, 3)
+        got = {
+            (int(c), int(y), int(x), round(float(s) * 1e6))
+            for s, _, c, y, x in zip(*(field[0, 0] for field in peaks), strict=True)
+            if s >= 0
+        }
+        assert got == expected[0] and got
+        nothing = find_peaks(person, 10, 0.999, 3)
+        assert nothing.scores.shape == (1, 1, 1) and float(nothing.scores[0, 0, 0]) == -1.0
 
 
 def test_find_peaks_takes_the_sparse_path_when_few_cells_pass(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,6 +323,7 @@ def test_find_peaks_takes_the_sparse_path_when_few_cells_pass(monkeypatch: pytes
     logits = torch.full((1, 3, 16, 16), -6.0)
     logits[0, 2, 5, 9] = 2.0
     logits[0, 2, 5, 10] = 1.0  # a neighbour, not a peak
+    monkeypatch.setattr(decode, "POOLED_MAX_VALUES", 0)  # this small map would be max-pooled whole
     monkeypatch.setattr(decode, "local_peaks", None)  # the dense search would fail
     peaks = find_peaks(logits, 10, 0.3, 3)
     assert peaks.scores.shape == (1, 1, 1)

@@ -93,9 +93,14 @@ def local_peaks(heat: Tensor, kernel: int = 3) -> Tensor:
     """Keep heatmap values that are the maximum of their ``kernel``-square neighbourhood, zero the rest."""
     if kernel <= 1:
         return heat
-    if heat.device.type == "cpu" and heat.shape[1] > 1 and heat.is_contiguous():
-        # CPU max-pooling of NCHW maps (ONNX Runtime's outputs) is 5-15x slower than of NHWC ones.
-        heat = heat.contiguous(memory_format=torch.channels_last)
+    if heat.device.type == "cpu":
+        if heat.shape[1] > 1 and heat.is_contiguous():
+            # CPU max-pooling of NCHW maps (ONNX Runtime's outputs) is 5-15x slower than of NHWC ones.
+            heat = heat.contiguous(memory_format=torch.channels_last)
+        elif heat.shape[1] == 1:
+            # One channel of an NHWC map counts as contiguous but keeps its strided rows, which pool 4x
+            # slower than a copy (a no-op for a map already in rows).
+            heat = heat.squeeze(1).contiguous().unsqueeze(1)
     hmax = F.max_pool2d(heat, kernel, stride=1, padding=kernel // 2)
     return heat * (hmax == heat)
 
@@ -129,11 +134,27 @@ class Peaks(NamedTuple):
     xs: Tensor
 
 
+#: Maps of at most this many values (C*H*W per image) are max-pooled whole, then thresholded: at such sizes
+#: one pooling pass costs less than examining each passing cell's neighbourhood.
+POOLED_MAX_VALUES = 1 << 13
 #: The sparse peak search runs while at most this fraction of an image's cells has a channel passing the
 #: threshold, and ...
 SPARSE_CELL_FRACTION = 0.5
-#: ... at most this fraction of all (cell, channel) values passes it; beyond, the dense search is cheaper.
+#: ... at most this fraction of all (cell, channel) values passes it.
 SPARSE_VALUE_FRACTION = 0.125
+#: Beyond those fractions, maps of at most this many values are max-pooled and thresholded; larger ones are
+#: max-pooled and searched with a top-k, whose cost does not grow with the number of peaks.
+POOLED_FALLBACK_MAX_VALUES = 1 << 18
+
+
+class _Candidates(NamedTuple):
+    """Local maxima passing the threshold, in no particular order: each field [N]."""
+
+    scores: Tensor
+    images: Tensor
+    channels: Tensor
+    ys: Tensor
+    xs: Tensor
 
 
 def find_peaks(logits: Tensor, k: int, threshold: float, kernel: int, per_channel: bool = False) -> Peaks:
@@ -141,13 +162,19 @@ def find_peaks(logits: Tensor, k: int, threshold: float, kernel: int, per_channe
     image (``per_channel``: of each channel).
 
     The same peaks as :func:`local_peaks` then :func:`topk_peaks` on the probabilities, minus those below
-    ``threshold``. With a threshold in (0, 1), one max over the channels finds the cells where any channel
-    passes, and only those (their ``kernel``-square neighbourhoods) are examined: no max-pool, full-map
-    sigmoid or top-k. A threshold so low that many cells pass (:data:`SPARSE_CELL_FRACTION`,
-    :data:`SPARSE_VALUE_FRACTION`) falls back to that dense search.
+    ``threshold``, with a threshold in (0, 1) found without a top-k over the map: small maps
+    (:data:`POOLED_MAX_VALUES`) are max-pooled and thresholded; on larger ones one max over the channels
+    finds the cells where any channel passes, and only those (their ``kernel``-square neighbourhoods) are
+    examined. A threshold so low that many cells pass (:data:`SPARSE_CELL_FRACTION`,
+    :data:`SPARSE_VALUE_FRACTION`) falls back to max-pooling the map, then thresholding
+    (:data:`POOLED_FALLBACK_MAX_VALUES`) or a top-k. Every path keeps as many slots as the fullest group has
+    peaks (at least one) except the top-k, which keeps ``k``; empty slots score -1.
     """
     b, c, h, w = logits.shape
+    groups = c if per_channel else 1
     if 0.0 < threshold < 1.0:
+        if c * h * w <= POOLED_MAX_VALUES:
+            return _best_per_group(_pooled_candidates(logits, threshold, kernel), k, b, groups, w)
         cutoff = math.log(threshold / (1.0 - threshold)) - 1e-3  # a margin for rounding; tested exactly later
         cells = (logits.amax(dim=1) >= cutoff).nonzero()  # [M, 3] (b, y, x) where some channel passes
         if cells.shape[0] <= SPARSE_CELL_FRACTION * b * h * w:
@@ -156,7 +183,10 @@ def find_peaks(logits: Tensor, k: int, threshold: float, kernel: int, per_channe
             if passing.shape[0] <= SPARSE_VALUE_FRACTION * b * c * h * w:
                 cell, ci = passing.unbind(1)
                 candidates = (bi[cell], ci, yi[cell], xi[cell])
-                return _sparse_peaks(logits, candidates, k, threshold, kernel, per_channel)
+                found = _sparse_candidates(logits, candidates, threshold, kernel)
+                return _best_per_group(found, k, b, groups, w)
+        if c * h * w <= POOLED_FALLBACK_MAX_VALUES:
+            return _best_per_group(_pooled_candidates(logits, threshold, kernel), k, b, groups, w)
     return _dense_peaks(logits.sigmoid(), k, threshold, kernel, per_channel)
 
 
@@ -177,21 +207,23 @@ def _dense_peaks(heat: Tensor, k: int, threshold: float, kernel: int, per_channe
     return Peaks(scores, flat, channels, ys, flat - ys * w)
 
 
-def _sparse_peaks(
-    logits: Tensor,
-    candidates: tuple[Tensor, Tensor, Tensor, Tensor],
-    k: int,
-    threshold: float,
-    kernel: int,
-    per_channel: bool,
-) -> Peaks:
-    """:func:`find_peaks` on ``candidates`` (b, c, y, x) [N] each: exact local-maximum and threshold tests on
-    their neighbourhoods, then the best ``k`` per group."""
-    b, c, h, w = logits.shape
-    device = logits.device
+def _pooled_candidates(logits: Tensor, threshold: float, kernel: int) -> _Candidates:
+    """:func:`find_peaks`' candidates on a small map: the whole map max-pooled, the peaks thresholded."""
+    heat = local_peaks(logits.sigmoid(), kernel)
+    where = (heat >= threshold).nonzero()  # [N, 4] (b, c, y, x); local_peaks zeroed the non-maxima
+    bi, ci, yi, xi = where.unbind(1)
+    return _Candidates(heat[bi, ci, yi, xi], bi, ci, yi, xi)
+
+
+def _sparse_candidates(
+    logits: Tensor, candidates: tuple[Tensor, Tensor, Tensor, Tensor], threshold: float, kernel: int
+) -> _Candidates:
+    """Of ``candidates`` (b, c, y, x) [N] each, those that are local maxima scoring at least ``threshold``
+    (exact tests on their neighbourhoods)."""
+    _, _, h, w = logits.shape
     bi, ci, yi, xi = candidates
     r = kernel // 2
-    steps = torch.arange(-r, r + 1, device=device)
+    steps = torch.arange(-r, r + 1, device=logits.device)
     dy, dx = steps.repeat_interleave(kernel), steps.repeat(kernel)
     yy, xx = yi[:, None] + dy, xi[:, None] + dx  # [N, kernel^2], the centre at kernel^2 // 2
     inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
@@ -199,9 +231,24 @@ def _sparse_peaks(
     window = logits[bi[:, None], ci[:, None], yy, xx].sigmoid_().masked_fill_(~inside, -1.0)
     score = window[:, (kernel * kernel) // 2]
     keep = ((score >= window.amax(dim=1)) & (score >= threshold)).nonzero().squeeze(1)
-    score, bi, ci, yi, xi = (v.index_select(0, keep) for v in (score, bi, ci, yi, xi))
-    groups = c if per_channel else 1
-    group = bi * groups + ci if per_channel else bi
+    return _Candidates(*(v.index_select(0, keep) for v in (score, bi, ci, yi, xi)))
+
+
+def _best_per_group(found: _Candidates, k: int, b: int, groups: int, w: int) -> Peaks:
+    """The best ``k`` of ``found`` in each of the ``b`` x ``groups`` groups (per image, or per image and
+    channel when ``groups`` > 1), as :class:`Peaks` with as many slots as the fullest group (at least 1)."""
+    score, bi, ci, yi, xi = found
+    device = score.device
+    if b * groups == 1:  # one image, one group (the common case): a sort
+        order = score.argsort(descending=True, stable=True)[:k]
+        if order.shape[0] == 0:
+            none = torch.zeros((1, 1, 1), dtype=torch.long, device=device)
+            return Peaks(
+                torch.full((1, 1, 1), -1.0, device=device, dtype=score.dtype), none, none, none, none
+            )
+        fields = [v[order].view(1, 1, -1) for v in (score, ci, yi, xi)]
+        return Peaks(fields[0], fields[2] * w + fields[3], fields[1], fields[2], fields[3])
+    group = bi * groups + ci if groups > 1 else bi
     # Best first within each group: sort by score, then (stable) by group; rank = place within the group.
     order = score.argsort(descending=True, stable=True)
     order = order[group[order].argsort(stable=True)]
@@ -223,40 +270,29 @@ def _sparse_peaks(
     return Peaks(out_scores.view(b, groups, slots), ys * w + xs, channels, ys, xs)
 
 
-def gather_at(feature: Tensor, flat: Tensor) -> Tensor:
-    """Values of ``feature`` [B, C, H, W] at flat positions ``y * W + x`` [B, K] -> [B, K, C].
+def gather_cells(feature: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """Values of ``feature`` [B, C, H, W] at cells (``ys``, ``xs``) [B, ...] (int64) -> [B, ..., C].
 
     Indexes the cells directly, so a channels_last feature map is not copied to contiguous first.
     """
-    b, w = feature.shape[0], feature.shape[3]
-    ys = torch.div(flat, w, rounding_mode="floor")
-    rows = torch.arange(b, device=feature.device).view(b, 1)
-    return feature[rows, :, ys, flat - ys * w]
+    rows = torch.arange(feature.shape[0], device=feature.device).view((-1,) + (1,) * (ys.ndim - 1))
+    return feature[rows, :, ys, xs]
 
 
-def _boxes_at(size: Tensor, offset: Tensor, flat: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
-    """Boxes [B, K, 4] (x1, y1, x2, y2, output-map coordinates) of centre cells (xs, ys).
+def gather_at(feature: Tensor, flat: Tensor) -> Tensor:
+    """Values of ``feature`` [B, C, H, W] at flat positions ``y * W + x`` [B, K] -> [B, K, C]."""
+    ys = torch.div(flat, feature.shape[3], rounding_mode="floor")
+    return gather_cells(feature, ys, flat - ys * feature.shape[3])
+
+
+def _boxes_at(size: Tensor, offset: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """Boxes [B, K, 4] (x1, y1, x2, y2, output-map coordinates) of centre cells (xs, ys) [B, K].
 
     Negative predicted sizes (possible early in training) are clamped to 0.
     """
-    off = gather_at(offset, flat).float()
-    wh = gather_at(size, flat).float().clamp(min=0)
-    cx = xs.float() + off[..., 0]
-    cy = ys.float() + off[..., 1]
-    half_w, half_h = wh[..., 0] / 2, wh[..., 1] / 2
-    return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
-
-
-def _clip_boxes(boxes: Tensor, sizes_hw: Tensor) -> Tensor:
-    """Clip original-pixel boxes [B, K, 4] to their images [B, 2] (h, w)."""
-    w = sizes_hw[:, 1].view(-1, 1).to(boxes.dtype)
-    h = sizes_hw[:, 0].view(-1, 1).to(boxes.dtype)
-    zero = torch.zeros_like(w)
-    x1 = torch.minimum(torch.maximum(boxes[..., 0], zero), w)
-    y1 = torch.minimum(torch.maximum(boxes[..., 1], zero), h)
-    x2 = torch.minimum(torch.maximum(boxes[..., 2], zero), w)
-    y2 = torch.minimum(torch.maximum(boxes[..., 3], zero), h)
-    return torch.stack((x1, y1, x2, y2), dim=-1)
+    centre = torch.stack((xs, ys), dim=-1).float() + gather_cells(offset, ys, xs).float()
+    half = gather_cells(size, ys, xs).float().clamp_(min=0).mul_(0.5)
+    return torch.cat((centre - half, centre + half), dim=-1)
 
 
 def decode_keypoints(
@@ -273,14 +309,15 @@ def decode_keypoints(
     Returns keypoints [B, K, J, 2] and scores [B, K, J].
     """
     b, j, h, w = kp_logits.shape
-    k = regressed.shape[1]
     # Candidate peaks per joint scoring at least kp_snap_score (weaker ones are never snapped to): [B, J, Kp].
     peaks = find_peaks(
         kp_logits, options.keypoint_candidates, options.kp_snap_score, options.pool_kernel, per_channel=True
     )
-    cand_score, kp = peaks.scores, peaks.scores.shape[2]
-    sub = gather_at(kp_subpixel, peaks.flat.reshape(b, -1)).float().reshape(b, j, kp, 2)
-    cand = torch.stack((peaks.xs.float() + sub[..., 0], peaks.ys.float() + sub[..., 1]), dim=-1)
+    cand_score = peaks.scores
+    cand = (
+        torch.stack((peaks.xs, peaks.ys), dim=-1).float()
+        + gather_cells(kp_subpixel, peaks.ys, peaks.xs).float()
+    )
     # Squared distance of every regressed keypoint to every candidate of its joint: [B, K, J, Kp], built in
     # place from the x and y differences (no [B, K, J, Kp, 2] temporary, no square root).
     dist_sq = regressed[..., 0].unsqueeze(3) - cand[..., 0].unsqueeze(1)
@@ -290,22 +327,16 @@ def decode_keypoints(
     del dy
     dist_sq.masked_fill_((cand_score < options.kp_snap_score).unsqueeze(1), float("inf"))
     min_dist_sq, nearest = dist_sq.min(dim=3)  # [B, K, J]
-    snapped = (
-        cand.unsqueeze(1).expand(b, k, j, kp, 2).gather(3, nearest[..., None, None].expand(b, k, j, 1, 2))
-    )
-    snapped = snapped.squeeze(3)
-    snapped_score = cand_score.unsqueeze(1).expand(b, k, j, kp).gather(3, nearest.unsqueeze(-1)).squeeze(-1)
-    x1, y1, x2, y2 = (boxes[..., i].unsqueeze(-1) for i in range(4))
-    inside = (
-        (snapped[..., 0] >= x1) & (snapped[..., 0] <= x2) & (snapped[..., 1] >= y1) & (snapped[..., 1] <= y2)
-    )
-    radius = options.kp_snap_distance * torch.maximum(x2 - x1, y2 - y1)
+    rows = torch.arange(b, device=kp_logits.device).view(b, 1, 1)
+    joints = torch.arange(j, device=kp_logits.device).view(1, 1, j)
+    snapped, snapped_score = cand[rows, joints, nearest], cand_score[rows, joints, nearest]  # [B, K, J(, 2)]
+    low, high = boxes[..., None, :2], boxes[..., None, 2:]  # [B, K, 1, 2]
+    inside = ((snapped >= low) & (snapped <= high)).all(dim=-1)
+    radius = options.kp_snap_distance * (high - low).amax(dim=-1)  # [B, K, 1]: the longer box side
     use = torch.isfinite(min_dist_sq) & inside & (min_dist_sq <= radius * radius)
     # Score of a keypoint that stays where it was regressed: the heatmap at its cell (clamped to the map).
     rx = regressed[..., 0].floor().clamp(0, w - 1).long()
     ry = regressed[..., 1].floor().clamp(0, h - 1).long()
-    rows = torch.arange(b, device=kp_logits.device).view(b, 1, 1)
-    joints = torch.arange(j, device=kp_logits.device).view(1, 1, j)
     reg_score = kp_logits[rows, joints, ry, rx].float().sigmoid()  # [B, K, J]
     keypoints = torch.where(use.unsqueeze(-1), snapped, regressed)
     scores = torch.where(use, snapped_score, reg_score.to(snapped_score.dtype))
@@ -333,16 +364,17 @@ def channel_argmax(logits: Tensor) -> Tensor:
 def _mapping_tensors(
     letterboxes: tuple[Letterbox, ...], image_sizes: tuple[tuple[int, int], ...], device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """Letterboxes [B, 4] and image sizes (h, w) [B, 2] on ``device``, float32.
+    """Letterboxes [B, 4] and box clipping limits [B, 1, 4] ((w, h, w, h) of each image), float32.
 
     Cached: a camera stream repeats them frame after frame, so a frame needs no host-to-device copy for them.
     The tensors are shared between calls, never modified, and made outside inference mode (usable in and out).
     """
     with torch.inference_mode(False):
-        sizes = torch.tensor(image_sizes, dtype=torch.float32, device=device).view(-1, 2)
-        return letterboxes_to_tensor(letterboxes, device), sizes
+        limits = torch.tensor([(w, h, w, h) for h, w in image_sizes], dtype=torch.float32, device=device)
+        return letterboxes_to_tensor(letterboxes, device), limits.view(-1, 1, 4)
 
 
+@torch.inference_mode()
 def decode_batch(
     outputs: Mapping[str, Tensor],
     letterboxes: Sequence[Letterbox],
@@ -354,7 +386,8 @@ def decode_batch(
     """Decode a batch of raw outputs (heatmaps as logits) into one :class:`Results` per image.
 
     ``letterboxes`` and ``image_sizes`` ((h, w) of each original image) map back to original pixels; only
-    ``tasks`` (None = all configured) are decoded, and each needs its outputs present.
+    ``tasks`` (None = all configured) are decoded, and each needs its outputs present. Runs in inference
+    mode: no autograd bookkeeping on the many small tensors.
     """
     asked = resolve_tasks(config, tasks)
     batch = len(letterboxes)
@@ -367,7 +400,7 @@ def decode_batch(
             if key not in outputs:
                 raise KeyError(f"decoding {task} needs output {key!r}, which is missing")
     device = next(iter(outputs.values())).device
-    letterbox_boxes, sizes_hw = _mapping_tensors(
+    letterbox_boxes, box_limits = _mapping_tensors(
         tuple(letterboxes), tuple((int(h), int(w)) for h, w in image_sizes), device
     )
     packed: dict[str, Tensor] = {}  # name -> [B, ...] float32, moved to the CPU together
@@ -376,9 +409,9 @@ def decode_batch(
         size, offset = outputs["size"], outputs["offset"]
     if "detection" in asked:
         peaks = find_peaks(outputs["heatmap"], options.top_k, options.score_threshold, options.pool_kernel)
-        scores, flat = peaks.scores[:, 0], peaks.flat[:, 0]
-        boxes = _boxes_at(size, offset, flat, peaks.xs[:, 0], peaks.ys[:, 0]) * OUTPUT_STRIDE
-        boxes = _clip_boxes(points_to_original(boxes, letterbox_boxes), sizes_hw)
+        scores = peaks.scores[:, 0]
+        boxes = _boxes_at(size, offset, peaks.xs[:, 0], peaks.ys[:, 0]) * OUTPUT_STRIDE
+        boxes = torch.minimum(points_to_original(boxes, letterbox_boxes).clamp_(min=0), box_limits)
         keep = (scores >= options.score_threshold).sum(dim=1).clamp(max=options.max_detections)
         classes = peaks.channels[:, 0]
         packed.update(det_boxes=boxes, det_scores=scores, det_classes=classes.float(), det_count=keep.float())
@@ -387,14 +420,16 @@ def decode_batch(
         assert person is not None  # guaranteed by ModelConfig validation
         person_logits = outputs["heatmap"][:, person : person + 1]
         peaks = find_peaks(person_logits, options.top_k, options.pose_score_threshold, options.pool_kernel)
-        scores, flat, ys, xs = peaks.scores[:, 0], peaks.flat[:, 0], peaks.ys[:, 0], peaks.xs[:, 0]
-        boxes = _boxes_at(size, offset, flat, xs, ys)
-        regressed = gather_at(outputs["kp_offsets"], flat).float().unflatten(-1, (-1, 2))
+        scores, ys, xs = peaks.scores[:, 0], peaks.ys[:, 0], peaks.xs[:, 0]
+        boxes = _boxes_at(size, offset, xs, ys)
+        regressed = gather_cells(outputs["kp_offsets"], ys, xs).float().unflatten(-1, (-1, 2))
         regressed = regressed + torch.stack((xs, ys), dim=-1).float().unsqueeze(2)
         keypoints, kp_scores = decode_keypoints(
             boxes, regressed, outputs["kp_heatmap"], outputs["kp_subpixel"], options
         )
-        boxes = _clip_boxes(points_to_original(boxes * OUTPUT_STRIDE, letterbox_boxes), sizes_hw)
+        boxes = torch.minimum(
+            points_to_original(boxes * OUTPUT_STRIDE, letterbox_boxes).clamp_(min=0), box_limits
+        )
         keypoints = points_to_original(keypoints.flatten(-2) * OUTPUT_STRIDE, letterbox_boxes).unflatten(
             -1, (-1, 2)
         )
