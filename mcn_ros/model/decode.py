@@ -463,7 +463,9 @@ def decode_batch(
     flat_parts = [packed[n].reshape(batch, -1).float() for n in names]
     widths = [p.shape[1] for p in flat_parts]
     host = torch.cat(flat_parts, dim=1).cpu().numpy() if flat_parts else np.zeros((batch, 0), np.float32)
-    seg_host = torch.cat(seg_maps).cpu().numpy() if seg_maps else None
+    seg_host = None
+    if seg_maps:
+        seg_host = (seg_maps[0] if len(seg_maps) == 1 else torch.cat(seg_maps)).cpu().numpy()
     columns = np.cumsum([0, *widths])
     arrays = {n: host[:, columns[i] : columns[i + 1]] for i, n in enumerate(names)}
 

@@ -251,15 +251,31 @@ def segmentation_to_original(
     Nearest sampling: original pixel u -> map index ``floor(((u + 0.5) * scale + pad) / map_stride)``,
     clamped to the map; one gather per axis.
     """
-    h, w = int(orig_hw[0]), int(orig_hw[1])
-    device = class_map.device
-    ys = torch.arange(h, device=device, dtype=torch.float64)
-    xs = torch.arange(w, device=device, dtype=torch.float64)
-    rows = pixel_cells(ys, letterbox.scale_y, letterbox.pad_y, map_stride).long()
-    cols = pixel_cells(xs, letterbox.scale_x, letterbox.pad_x, map_stride).long()
-    rows = rows.clamp_(0, class_map.shape[0] - 1)
-    cols = cols.clamp_(0, class_map.shape[1] - 1)
+    map_hw = (int(class_map.shape[0]), int(class_map.shape[1]))
+    hw = (int(orig_hw[0]), int(orig_hw[1]))
+    rows, cols = _nearest_cells(letterbox, hw, map_stride, map_hw, class_map.device)
     return sample_grid(class_map, rows, cols)
+
+
+@functools.lru_cache(maxsize=16)
+def _nearest_cells(
+    letterbox: Letterbox,
+    orig_hw: tuple[int, int],
+    map_stride: int,
+    map_hw: tuple[int, int],
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """:func:`segmentation_to_original`'s map row of each original row and map column of each column.
+
+    Cached: a camera stream asks for the same ones frame after frame. Never modified; made outside inference
+    mode, so that they also serve calls outside it.
+    """
+    with torch.inference_mode(False):
+        ys = torch.arange(orig_hw[0], device=device, dtype=torch.float64)
+        xs = torch.arange(orig_hw[1], device=device, dtype=torch.float64)
+        rows = pixel_cells(ys, letterbox.scale_y, letterbox.pad_y, map_stride).long()
+        cols = pixel_cells(xs, letterbox.scale_x, letterbox.pad_x, map_stride).long()
+        return rows.clamp_(0, map_hw[0] - 1), cols.clamp_(0, map_hw[1] - 1)
 
 
 def sample_grid(grid: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
