@@ -346,18 +346,13 @@ def decode_keypoints(
 def channel_argmax(logits: Tensor) -> Tensor:
     """``logits.argmax(dim=1)`` of [B, C, H, W] (the first maximum on ties), [B, H, W].
 
-    torch's argmax over the channels of a contiguous (NCHW) CPU tensor is about twice as slow as a running
-    maximum over the channel planes (ONNX Runtime's outputs are NCHW); channels_last and CUDA tensors use it.
+    On the CPU, ``max(dim=1)``'s indices: for a contiguous (NCHW) tensor, ONNX Runtime's outputs, torch's
+    argmax over the channels is about 1.7x slower (81 x 96 x 128 on 2 cores: 3.0 against 1.8 ms; a running
+    maximum over the channel planes took 3.6 ms), and for a channels_last one they cost the same.
     """
-    if logits.device.type != "cpu" or not logits.is_contiguous() or logits.shape[1] == 1:
+    if logits.device.type != "cpu" or logits.shape[1] == 1:
         return logits.argmax(dim=1)
-    best = logits[:, 0].clone()
-    index = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
-    for c in range(1, logits.shape[1]):
-        plane = logits[:, c]
-        index.masked_fill_(plane > best, c)
-        torch.maximum(best, plane, out=best)
-    return index
+    return logits.max(dim=1).indices
 
 
 @functools.lru_cache(maxsize=32)
