@@ -15,12 +15,14 @@ from nodetools import camera_frames, make_weights
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.quantize import (
     QuantizeError,
+    SubPixelUpsample,
     default_int8_path,
     image_files,
     load_int8_graph,
     main,
     model_fingerprint,
     network_input,
+    with_subpixel_upsampling,
 )
 from mcn_ros.model.weights import load_weights
 
@@ -51,7 +53,8 @@ def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Pat
     assert "calibrated on 6 images (1 unreadable, skipped)" in printed
     graph = onnx.load(str(graph_path))
     ops = {node.op_type for node in graph.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "DepthToSpace"} <= ops
+    assert "ConvTranspose" not in ops  # no int8 kernel in ONNX Runtime: the up-path runs as convs
     # The heads' last convs write the outputs in float (a quantised output keeps ~200 values: ties, steps):
     # a float conv on a dequantised int8 activation, with float weights; the convs before them are int8.
     outputs = {output.name for output in graph.graph.output}
@@ -165,3 +168,42 @@ def test_validation_scores_fp32_and_int8_with_pycocotools(
     for kind in ("fp32", "int8"):
         assert all(isinstance(scored[kind][key], float) for key in ("bbox_AP", "kp_AP", "mIoU")), scored
         assert 0 < scored[kind]["mIoU"] <= 100  # background is found even by a random model
+
+
+@pytest.mark.parametrize(("bias", "norm"), [(False, True), (True, True), (True, False)])
+def test_subpixel_upsample_is_the_transposed_conv(bias: bool, norm: bool) -> None:
+    """A 3x3 conv to 4x the channels + pixel shuffle computes the stride-2 4x4 transposed conv (and its
+    BatchNorm), borders included, on a non-square map."""
+    torch.manual_seed(4)
+    up = torch.nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1, bias=bias)
+    bn = torch.nn.BatchNorm2d(5).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    x = torch.randn(2, 6, 5, 7)
+    with torch.no_grad():
+        want = bn(up(x)) if norm else up(x)
+        got = SubPixelUpsample(up, bn if norm else None)(x)
+    assert got.shape == (2, 5, 10, 14)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="stride-2 4x4"):
+        SubPixelUpsample(torch.nn.ConvTranspose2d(6, 5, 3, stride=2, padding=1))
+
+
+def test_the_model_with_subpixel_upsampling_computes_the_same(tmp_path: Path) -> None:
+    model, config, _ = load_weights(make_weights(tmp_path / "m.safetensors", use_dcn=False))
+    for module in model.modules():  # BatchNorms that do something
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    converted = with_subpixel_upsampling(model)
+    kinds = [type(m) for m in converted.modules()]
+    assert torch.nn.ConvTranspose2d not in kinds and SubPixelUpsample in kinds
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()), "the original is unchanged"
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        want, got = model.eval()(x, config.tasks), converted(x, config.tasks)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)

@@ -4,12 +4,12 @@
         [--output model.int8.onnx] [--val-annotations instances.json --val-images DIR]
 
 The forward is exported as :mod:`mcn_ros.model.export` exports it (BatchNorm folded, all the weights'
-tasks) and quantised by ONNX Runtime's own static quantisation (``onnxruntime.quantization``: QDQ format,
-int8 weights per output channel, uint8 activations, MinMax ranges; the heads' last convs, which write the
-outputs, stay in float): the activation ranges come from running
-the fp32 graph on up to ``--count`` images of ``--images`` (JPEG/PNG/BMP, spread evenly over the sorted
-file names), each letterboxed as the node letterboxes it. Calibrate on frames of the cameras the node will
-see; the ranges are what int8 keeps of the scene.
+tasks; the up-path's transposed convs as the same maths in convs, :class:`SubPixelUpsample`) and quantised
+by ONNX Runtime's own static quantisation (``onnxruntime.quantization``: QDQ format, int8 weights per output
+channel, uint8 activations, MinMax ranges; the heads' last convs, which write the outputs, stay in float):
+the activation ranges come from running the fp32 graph on up to ``--count`` images of ``--images``
+(JPEG/PNG/BMP, spread evenly over the sorted file names), each letterboxed as the node letterboxes it.
+Calibrate on frames of the cameras the node will see; the ranges are what int8 keeps of the scene.
 
 The file goes beside the weights by default (``model.int8.onnx``, where the node looks for it) and records,
 in its ONNX metadata, the model config, the calibration (images, folder) and a SHA-256 fingerprint of the
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -40,6 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mcn_ros.model.backends import OnnxExportError, export_onnx, fold_batch_norms, import_onnxruntime
@@ -153,13 +155,84 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
         onnx.save(graph, str(target))
 
 
+class SubPixelUpsample(nn.Module):
+    """A stride-2 4x4 transposed conv (padding 1), optionally with the BatchNorm after it, as one 3x3 conv
+    to 4x the channels and a pixel shuffle: the same maths (each output phase's 2x2 taps, zeros elsewhere).
+
+    ONNX Runtime has no int8 transposed conv: in a quantised graph the up-path's ConvTransposes ran in
+    float between a dequantise and a quantise, a quarter of the int8 forward; as convs they run in int8.
+    """
+
+    def __init__(self, up: nn.ConvTranspose2d, norm: nn.BatchNorm2d | None = None) -> None:
+        super().__init__()
+        if not subpixel_convertible(up):
+            raise ValueError(f"not a stride-2 4x4 transposed conv with padding 1: {up}")
+        weight = up.weight.detach()  # [in, out, 4, 4]
+        c_in, c_out = weight.shape[0], weight.shape[1]
+        bias = up.bias.detach() if up.bias is not None else torch.zeros(c_out, dtype=weight.dtype)
+        scale = torch.ones(c_out, dtype=weight.dtype)
+        if norm is not None:
+            assert norm.running_var is not None and norm.running_mean is not None
+            scale = torch.rsqrt(norm.running_var + norm.eps)
+            if norm.weight is not None:
+                scale = scale * norm.weight.detach()
+            shift = -norm.running_mean * scale
+            if norm.bias is not None:
+                shift = shift + norm.bias.detach()
+            bias = bias * scale + shift
+        kernel = torch.zeros(c_out, 4, c_in, 3, 3, dtype=weight.dtype)
+        for phase_y in range(2):
+            for phase_x in range(2):
+                for dy in range(3):
+                    for dx in range(3):
+                        # Output row 2m + phase_y reads input row m + dy - 1 through kernel row ky.
+                        ky, kx = phase_y + 3 - 2 * dy, phase_x + 3 - 2 * dx
+                        if 0 <= ky < 4 and 0 <= kx < 4:
+                            kernel[:, 2 * phase_y + phase_x, :, dy, dx] = weight[:, :, ky, kx].T
+        self.conv = nn.Conv2d(c_in, 4 * c_out, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_((kernel * scale.view(-1, 1, 1, 1, 1)).reshape(4 * c_out, c_in, 3, 3))
+            assert self.conv.bias is not None
+            self.conv.bias.copy_(bias.repeat_interleave(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
+def subpixel_convertible(up: nn.Module) -> bool:
+    """Whether ``up`` is a transposed conv that :class:`SubPixelUpsample` can stand in for."""
+    return (
+        isinstance(up, nn.ConvTranspose2d)
+        and up.kernel_size == (4, 4) and up.stride == (2, 2) and up.padding == (1, 1)
+        and up.output_padding == (0, 0) and up.dilation == (1, 1) and up.groups == 1
+    )  # fmt: skip
+
+
+def with_subpixel_upsampling(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (in eval mode) whose stride-2 transposed convs, with the BatchNorm that follows
+    one in an ``nn.Sequential``, are :class:`SubPixelUpsample` modules (``model`` unchanged)."""
+    converted = copy.deepcopy(model).eval()
+    for sequence in [m for m in converted.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(sequence)
+        for i, layer in enumerate(layers):
+            if not subpixel_convertible(layer):
+                continue
+            norm = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(norm, nn.BatchNorm2d):
+                sequence[i + 1] = nn.Identity()
+            else:
+                norm = None
+            sequence[i] = SubPixelUpsample(layer, norm)  # type: ignore[arg-type]
+    return converted
+
+
 def quantize_graph(model: nn.Module, config: ModelConfig, files: Sequence[Path]) -> tuple[Any, int]:
     """The int8 ONNX model (a ModelProto, no metadata yet) of ``model``'s forward for all its tasks,
     calibrated on ``files``; and how many of them were read."""
     import onnx
 
     height, width = config.input_size
-    data, _ = export_onnx(fold_batch_norms(model), config.tasks, height, width)
+    data, _ = export_onnx(fold_batch_norms(with_subpixel_upsampling(model)), config.tasks, height, width)
     unreadable: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="mcn_quantize_") as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
