@@ -112,11 +112,10 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
     project does it (QDQ, per-channel int8 weights, uint8 activations, MinMax ranges over ``feeds``: input
     name -> array, one dict per calibration batch). ``source``'s metadata is kept.
 
-    The nodes that write the graph's outputs (the heads' last 1x1 convs) stay in float: quantised, each
-    output kept about 200 distinct values, so neighbouring heatmap cells tied (more peaks for the decoder to
-    sort out) and sizes and offsets moved in steps. With them in float the demo weights' int8 box AP went
-    41.8 -> 42.1 and keypoint AP 19.0 -> 19.7 (fp32: 42.4, 19.2); at 512x384 the forward takes 5-9 ms more
-    and decoding 5-7 ms less."""
+    The nodes that write the graph's outputs (the heads' last 1x1 convs) stay in float: quantised to uint8,
+    each output had at most 256 distinct values, so neighbouring heatmap cells tied (more peaks for the
+    decoder to sort out) and sizes and offsets moved in steps (the accuracy either way:
+    bench/results/int8_onnxruntime.md and its history)."""
     import onnx
 
     import_onnxruntime()
@@ -160,7 +159,7 @@ class SubPixelUpsample(nn.Module):
     to 4x the channels and a pixel shuffle: the same maths (each output phase's 2x2 taps, zeros elsewhere).
 
     ONNX Runtime has no int8 transposed conv: in a quantised graph the up-path's ConvTransposes ran in
-    float between a dequantise and a quantise, a quarter of the int8 forward; as convs they run in int8.
+    float between a dequantise and a quantise; as convs they run in int8.
     """
 
     def __init__(self, up: nn.ConvTranspose2d, norm: nn.BatchNorm2d | None = None) -> None:
