@@ -145,7 +145,9 @@ def _pose_outputs() -> dict[str, torch.Tensor]:
     return out
 
 
-def test_pose_keypoint_snapping() -> None:
+@pytest.mark.parametrize("dense_max", [0, 1 << 30], ids=["peak_lists", "every_cell"])
+def test_pose_keypoint_snapping(dense_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", dense_max)
     hw = (100, 200)
     out = _pose_outputs()
     results = decode_batch(out, [letterbox_for(hw, INPUT)], [hw], config(), ["pose"], DecodeOptions())
@@ -179,6 +181,34 @@ def test_pose_keypoint_snapping() -> None:
     )
     assert low[0].poses is not None
     np.testing.assert_allclose(low[0].poses.keypoints[0, 3], [*original((16.0, 15.0), hw), 0.08], rtol=1e-4)
+
+
+@pytest.mark.parametrize("candidates", [100, 3])
+def test_keypoint_snapping_searches_agree(candidates: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapping against every cell of a small map gives what snapping against each joint's peak list gives
+    (many persons, many peaks, sub-pixel offsets, two images); with more peaks in a joint than
+    ``keypoint_candidates`` the search falls back to the lists, whose cut-off then matters."""
+    torch.manual_seed(5)
+    b, k, j = 2, 6, 17
+    kp_logits = (torch.randn(b, j, H, W) * 2 - 5).contiguous(memory_format=torch.channels_last)
+    kp_subpixel = torch.rand(b, 2, H, W)
+    corner = torch.rand(b, k, 2) * torch.tensor([W / 2, H / 2])
+    boxes = torch.cat((corner, corner + torch.tensor([W / 2, H / 2])), dim=-1)
+    regressed = corner.unsqueeze(2) + torch.rand(b, k, j, 2) * torch.tensor([W / 2, H / 2])
+    options = DecodeOptions(keypoint_candidates=candidates)
+    taken: list[bool] = []
+    cells = decode._nearest_peak_cells
+    monkeypatch.setattr(decode, "_nearest_peak_cells", lambda *a: taken.append((r := cells(*a)) is None) or r)
+    results = {}
+    for dense_max in (0, 1 << 30):
+        monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", dense_max)
+        results[dense_max] = decode.decode_keypoints(boxes, regressed, kp_logits, kp_subpixel, options)
+    assert taken == [candidates < 100], "the cell search ran only where allowed, and fell back when needed"
+    (lists_kp, lists_score), (cells_kp, cells_score) = results[0], results[1 << 30]
+    torch.testing.assert_close(cells_kp, lists_kp, rtol=0, atol=0)
+    torch.testing.assert_close(cells_score, lists_score, rtol=0, atol=0)
+    snapped = (lists_kp != regressed).any(dim=-1)
+    assert 0.05 < snapped.float().mean() < 1.0, "both snapped and unsnapped keypoints are compared"
 
 
 def test_pose_threshold_and_detections_together() -> None:

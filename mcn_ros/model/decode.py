@@ -295,6 +295,12 @@ def _boxes_at(size: Tensor, offset: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
     return torch.cat((centre - half, centre + half), dim=-1)
 
 
+#: Keypoint snapping measures each person's keypoints against every cell of the keypoint heatmaps (no
+#: per-joint peak list) while persons x joints x cells is at most this many values: on small maps (the
+#: demo's 128 input: 17 x 24 x 32 cells) building the peak lists costs more than the distances.
+DENSE_SNAP_MAX_VALUES = 1 << 16
+
+
 def decode_keypoints(
     boxes: Tensor,
     regressed: Tensor,
@@ -306,41 +312,85 @@ def decode_keypoints(
 
     ``boxes`` [B, K, 4] person boxes; ``regressed`` [B, K, J, 2] keypoints from the centre;
     ``kp_logits`` [B, J, H, W] keypoint heatmap logits; ``kp_subpixel`` [B, 2, H, W].
-    Returns keypoints [B, K, J, 2] and scores [B, K, J].
+    Returns keypoints [B, K, J, 2] and scores [B, K, J]. Each keypoint considers its joint's best
+    ``options.keypoint_candidates`` peaks scoring at least ``kp_snap_score``; small maps
+    (:data:`DENSE_SNAP_MAX_VALUES`) are searched cell by cell, with the same result whenever no joint has
+    more peaks than that (equally near peaks aside, where either may be chosen).
     """
     b, j, h, w = kp_logits.shape
-    # Candidate peaks per joint scoring at least kp_snap_score (weaker ones are never snapped to): [B, J, Kp].
-    peaks = find_peaks(
-        kp_logits, options.keypoint_candidates, options.kp_snap_score, options.pool_kernel, per_channel=True
-    )
-    cand_score = peaks.scores
-    cand = (
-        torch.stack((peaks.xs, peaks.ys), dim=-1).float()
-        + gather_cells(kp_subpixel, peaks.ys, peaks.xs).float()
-    )
-    # Squared distance of every regressed keypoint to every candidate of its joint: [B, K, J, Kp], built in
-    # place from the x and y differences (no [B, K, J, Kp, 2] temporary, no square root).
-    dist_sq = regressed[..., 0].unsqueeze(3) - cand[..., 0].unsqueeze(1)
-    dist_sq.mul_(dist_sq)
-    dy = regressed[..., 1].unsqueeze(3) - cand[..., 1].unsqueeze(1)
-    dist_sq.addcmul_(dy, dy)
-    del dy
-    dist_sq.masked_fill_((cand_score < options.kp_snap_score).unsqueeze(1), float("inf"))
-    min_dist_sq, nearest = dist_sq.min(dim=3)  # [B, K, J]
-    rows = torch.arange(b, device=kp_logits.device).view(b, 1, 1)
-    joints = torch.arange(j, device=kp_logits.device).view(1, 1, j)
-    snapped, snapped_score = cand[rows, joints, nearest], cand_score[rows, joints, nearest]  # [B, K, J(, 2)]
+    nearest = None
+    if regressed.shape[1] * j * h * w <= DENSE_SNAP_MAX_VALUES and 0.0 < options.kp_snap_score < 1.0:
+        nearest = _nearest_peak_cells(regressed, kp_logits, kp_subpixel, options)
+    if nearest is None:
+        nearest = _nearest_listed_peaks(regressed, kp_logits, kp_subpixel, options)
+    min_dist_sq, snapped, snapped_score = nearest
     low, high = boxes[..., None, :2], boxes[..., None, 2:]  # [B, K, 1, 2]
     inside = ((snapped >= low) & (snapped <= high)).all(dim=-1)
     radius = options.kp_snap_distance * (high - low).amax(dim=-1)  # [B, K, 1]: the longer box side
     use = torch.isfinite(min_dist_sq) & inside & (min_dist_sq <= radius * radius)
     # Score of a keypoint that stays where it was regressed: the heatmap at its cell (clamped to the map).
+    rows = torch.arange(b, device=kp_logits.device).view(b, 1, 1)
+    joints = torch.arange(j, device=kp_logits.device).view(1, 1, j)
     rx = regressed[..., 0].floor().clamp(0, w - 1).long()
     ry = regressed[..., 1].floor().clamp(0, h - 1).long()
     reg_score = kp_logits[rows, joints, ry, rx].float().sigmoid()  # [B, K, J]
     keypoints = torch.where(use.unsqueeze(-1), snapped, regressed)
     scores = torch.where(use, snapped_score, reg_score.to(snapped_score.dtype))
     return keypoints, scores
+
+
+def _squared_distances(regressed: Tensor, points: Tensor) -> Tensor:
+    """Squared distances of ``regressed`` [B, K, J, 2] to ``points`` [B, J or 1, P, 2] -> [B, K, J, P], built
+    in place from the x and y differences (no [B, K, J, P, 2] temporary, no square root)."""
+    dist_sq = regressed[..., 0].unsqueeze(3) - points[..., 0].unsqueeze(1)
+    dist_sq.mul_(dist_sq)
+    dy = regressed[..., 1].unsqueeze(3) - points[..., 1].unsqueeze(1)
+    return dist_sq.addcmul_(dy, dy)
+
+
+def _nearest_listed_peaks(
+    regressed: Tensor, kp_logits: Tensor, kp_subpixel: Tensor, options: DecodeOptions
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Squared distance [B, K, J] (inf: no peak), position [B, K, J, 2] and score [B, K, J] of each keypoint's
+    nearest peak among its joint's best ``keypoint_candidates`` scoring at least ``kp_snap_score``."""
+    b, j, _, _ = kp_logits.shape
+    peaks = find_peaks(
+        kp_logits, options.keypoint_candidates, options.kp_snap_score, options.pool_kernel, per_channel=True
+    )  # [B, J, Kp]
+    cand_score = peaks.scores
+    cand = (
+        torch.stack((peaks.xs, peaks.ys), dim=-1).float()
+        + gather_cells(kp_subpixel, peaks.ys, peaks.xs).float()
+    )
+    dist_sq = _squared_distances(regressed, cand)
+    dist_sq.masked_fill_((cand_score < options.kp_snap_score).unsqueeze(1), float("inf"))
+    min_dist_sq, nearest = dist_sq.min(dim=3)  # [B, K, J]
+    rows = torch.arange(b, device=kp_logits.device).view(b, 1, 1)
+    joints = torch.arange(j, device=kp_logits.device).view(1, 1, j)
+    return min_dist_sq, cand[rows, joints, nearest], cand_score[rows, joints, nearest]
+
+
+def _nearest_peak_cells(
+    regressed: Tensor, kp_logits: Tensor, kp_subpixel: Tensor, options: DecodeOptions
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """As :func:`_nearest_listed_peaks`, measured against every cell (non-peaks at infinite distance); None
+    when some joint has more than ``keypoint_candidates`` peaks (the list then differs: the caller uses it).
+    """
+    b, j, h, w = kp_logits.shape
+    heat = local_peaks(kp_logits.float().sigmoid(), options.pool_kernel).reshape(b, j, h * w)
+    valid = heat >= options.kp_snap_score  # local_peaks zeroed the non-maxima; the threshold is > 0
+    if int(valid.sum(dim=2).max()) > options.keypoint_candidates:
+        return None
+    cells = torch.arange(h * w, device=kp_logits.device)
+    ys = torch.div(cells, w, rounding_mode="floor")
+    grid = torch.stack((cells - ys * w, ys)).float()  # [2, H*W]: x, y of each cell
+    points = (grid + kp_subpixel.float().reshape(b, 2, h * w)).transpose(1, 2)  # [B, H*W, 2]
+    dist_sq = _squared_distances(regressed, points.unsqueeze(1))
+    dist_sq.masked_fill_(~valid.unsqueeze(1), float("inf"))
+    min_dist_sq, nearest = dist_sq.min(dim=3)  # [B, K, J] cell indices
+    rows = torch.arange(b, device=kp_logits.device).view(b, 1, 1)
+    joints = torch.arange(j, device=kp_logits.device).view(1, 1, j)
+    return min_dist_sq, points[rows, nearest], heat[rows, joints, nearest]
 
 
 def channel_argmax(logits: Tensor) -> Tensor:
