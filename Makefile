@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source ./mcn_env.sh &&
 
-.PHONY: setup test lint check-distro-pins test-jazzy demo bench clean
+.PHONY: setup test lint check-distro-pins test-jazzy demo bench bench-gpu clean
 
 setup:
 	@bash scripts/setup.sh
@@ -49,6 +49,11 @@ bench: setup
 	$(if $(QUICK),,if grep -qwE 'avx512_vnni|avx_vnni|amx_int8' /proc/cpuinfo; then \
 		$(ENV) python bench/int8_onnxruntime.py; \
 	else echo "[bench] this CPU has no VNNI/AMX: int8_onnxruntime skipped (precision int8 runs fp32 here)"; fi)
+
+# The model table on a CUDA GPU (bench/results/model_gpu.*: fp32 / fp16, batch 1 and 6); exits 2 without CUDA.
+bench-gpu: setup
+	$(ENV) pip install -q --no-deps -r requirements/bench.txt
+	$(ENV) python bench/model_gpu.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf build install log mcn_env.sh build-jazzy install-jazzy mcn_env_jazzy.sh

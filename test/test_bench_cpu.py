@@ -1,4 +1,5 @@
-"""The CPU speed benchmarks' bookkeeping (which networks, which ratios), without timing anything."""
+"""The speed benchmarks' bookkeeping (which networks, which ratios) without timing anything, and the GPU
+benchmark's check mode run on the CPU."""
 
 from __future__ import annotations
 
@@ -134,3 +135,55 @@ def test_node_cpu_overhead_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     assert low <= noisy["overhead_ratio"] <= high and low < high
     with pytest.raises(ValueError, match="as many"):
         bench.overhead_figures([1.0, 2.0], [1.0])
+
+
+def test_model_gpu_headlines_per_precision_and_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load(monkeypatch, "model_gpu")
+
+    def net(kind: str, fp32: float, fp16: float) -> dict[str, object]:
+        both = {"fp32/b1": fp32, "fp16/b1": fp16}
+        shapes = {s: {"square": {"median_ms": ms}, "camera": {"median_ms": ms / 2}} for s, ms in both.items()}
+        return {"kind": kind, "latency": shapes}
+
+    nets = {
+        "resnet18_det80_seg80_pose_512": net("mcn", 10.0, 5.0),
+        "resnet18_det80_512": net("mcn", 8.0, 4.0),
+        "resnet18_seg80_512": net("mcn", 7.0, 3.0),
+        "resnet18_det1_pose_512": net("mcn", 9.0, 3.0),
+        "dla34_det80_seg80_pose_512": net("mcn", 20.0, 10.0),
+        "dla34_det80_512": net("mcn", 16.0, 10.0),
+        "dla34_seg80_512": net("mcn", 14.0, 10.0),
+        "dla34_det1_pose_512": net("mcn", 12.0, 10.0),
+        "yolo26n": net("yolo26n", 3.0, 2.0),
+        "yolo26n-pose": net("yolo26n", 4.0, 2.0),
+        "yolo26n-sem": net("yolo26n", 5.0, 2.0),
+    }
+    out = bench.headlines(nets)
+    assert set(out) == {"fp16/b1", "fp32/b1"}
+    fp32, fp16 = out["fp32/b1"]["square"], out["fp16/b1"]["square"]
+    assert fp32["mcn_vs_stn_speedup"] == 2.4 and fp32["dla34_mcn_vs_stn_speedup"] == 2.1
+    assert fp32["mcn_vs_yolo26n_speedup"] == 1.2 and fp32["mcn_vs_yolo11n_speedup"] is None
+    assert fp16["mcn_vs_stn_speedup"] == 2.0 and fp16["dla34_mcn_vs_stn_speedup"] == 3.0
+    assert fp16["mcn_vs_yolo26n_speedup"] == 1.2
+    assert out["fp32/b1"]["camera"] == fp32  # every network half as long: the same ratios
+
+
+def test_model_gpu_script_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The GPU benchmark cannot run here for real; its check mode on the CPU goes through the same code
+    (building, timing, record, tables), so that the script is ready when a GPU is at hand."""
+    import json
+
+    import torch
+
+    bench = _load(monkeypatch, "model_gpu")
+    if not torch.cuda.is_available():
+        assert bench.main(["--out", str(tmp_path)]) == 2, "no CUDA: exits 2"
+        assert not (tmp_path / "model_gpu.json").exists(), "and writes nothing"
+    args = ["--device", "cpu", "--quick", "--batches", "1", "--rounds", "1", "--warmup", "0"]
+    assert bench.main([*args, "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "model_gpu.json").read_text())
+    assert record["device"] == {"device": "cpu"} and record["quick"] is True
+    mcn = record["networks"]["resnet18_det80_seg80_pose_512"]
+    assert mcn["latency"]["fp32/b1"]["square"]["median_ms"] > 0 and mcn["gflops"]["square"] > 20
+    assert record["headline"]["fp32/b1"]["camera"]["mcn_vs_stn_speedup"] > 0
+    assert "fp32/b1" in (tmp_path / "model_gpu.md").read_text()
