@@ -1,5 +1,5 @@
-"""Raw forward on a CUDA GPU: the MCN against its single-task networks and three YOLO nano networks, in fp32
-and fp16, at batch 1 and 6.
+"""Raw forward on a CUDA GPU: the MCN against its single-task networks and three YOLO nano networks, in fp32,
+fp16 and bf16, at batch 1 and 6; and the demo weights' accuracy at each precision.
 
     python bench/model_gpu.py [--rounds 30] [--batches 1 6] [--quick] [--out bench/results]
     python bench/model_gpu.py --device cpu --quick --batches 1   # a check of the script, not a result
@@ -7,10 +7,15 @@ and fp16, at batch 1 and 6.
 The networks of bench/model_cpu.py (every shipped ``*_512`` config, the single-task composites of the
 paper's Table 4 / Figure 7 for ResNet-18 and DLA-34, YOLO26n x3 and YOLO11n x3 from ultralytics' own model
 YAMLs when ultralytics is installed), random init, at 512x512 and at the camera-shaped 384x512. The MCN runs
-as the node runs it: ``Predictor.forward`` (BatchNorms folded, channels_last, fp16 as CUDA autocast, outputs
-returned as float32). YOLO runs its fused module as ultralytics' predictor runs it on a GPU (fp16: the
-module and input converted to half). Each call ends with ``torch.cuda.synchronize()``; interleaved rounds
-per precision and batch, after warm-up calls; cuDNN's autotuner left off, as in the node.
+as the node runs it: ``Predictor.forward`` (BatchNorms folded, channels_last, fp16 / bf16 as CUDA autocast,
+outputs returned as float32). YOLO runs its fused module as ultralytics' predictor runs it on a GPU (fp16:
+the module and input converted to half; bf16 likewise). Each call ends with ``torch.cuda.synchronize()``;
+interleaved rounds per precision and batch, after warm-up calls; cuDNN's autotuner left off, as in the node.
+bf16 only where the GPU has it (``torch.cuda.is_bf16_supported()``).
+
+Accuracy: the demo weights (demo/mcn_demo.safetensors) on the demo's 200 held-out synthetic images through
+``Predictor.forward`` on the device at each precision, scored as training's validation does (as
+bench/precision_cpu.py does for bf16 on a CPU): the AP change of reduced precision.
 
 Headlines per precision, batch and shape: ``mcn_vs_stn_speedup`` (ResNet-18 and DLA-34: the sum of the
 three single-task forwards over the three-task MCN's; the paper gives 17 / 7 ms for ResNet-18 on a V100 and
@@ -40,14 +45,18 @@ import torch
 from _common import PACKAGES, git_commit, machine, versions, write_record
 from _timing import gflops, interleaved, stats, yolo_forward_module, yolo_models
 from model_cpu import LIGHT, MCN, SHAPES, headline, mcn_networks
+from precision_cpu import accuracy
+from seg_resampling import generate_demo_val
 
+from mcn_ros.evaluation import METRICS
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.heads import count_parameters
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+#: Half-precision dtypes of the YOLO modules (the MCN's precision goes through Predictor).
+HALF_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 HEADLINES: tuple[str, ...] = (
     "mcn_vs_stn_speedup",
     "mcn_vs_yolo26n_speedup",
@@ -78,6 +87,13 @@ def device_facts(device: torch.device) -> dict[str, Any]:
     }
 
 
+def precisions_of(device: torch.device) -> tuple[str, ...]:
+    """The precisions measured on ``device``: fp32, and on CUDA fp16 and (where the GPU has it) bf16."""
+    if device.type != "cuda":
+        return ("fp32",)  # a CPU check of the script: no fast fp16 convolutions there
+    return ("fp32", "fp16", "bf16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+
+
 def synchronizer(device: torch.device) -> Callable[[], None]:
     """Waits for the device's queued work (CUDA), so that a call's wall time covers its kernels."""
     if device.type == "cuda":
@@ -101,9 +117,9 @@ def mcn_call(predictor: Predictor, batch: int, shape: tuple[int, int]) -> Callab
 
 
 def yolo_module(yolo: Any, precision: str, device: torch.device) -> torch.nn.Module:
-    """The fused module ultralytics' predictor runs, on ``device``, in half precision for fp16."""
+    """The fused module ultralytics' predictor runs, on ``device``, converted to fp16 / bf16 when asked."""
     module = yolo_forward_module(yolo).to(device)
-    return copy.deepcopy(module).half() if precision == "fp16" else module
+    return copy.deepcopy(module).to(HALF_DTYPES[precision]) if precision in HALF_DTYPES else module
 
 
 def yolo_call(module: torch.nn.Module, batch: int, shape: tuple[int, int]) -> Callable[[], object]:
@@ -127,7 +143,7 @@ def yolo_families(quick: bool) -> list[str]:
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, Any]]:
     """Every network's facts and, per ``<precision>/b<batch>`` and shape, its latency figures."""
-    precisions = PRECISIONS if device.type == "cuda" else ("fp32",)  # no fast fp16 convolutions on a CPU
+    precisions = precisions_of(device)
     sync = synchronizer(device)
     torch.manual_seed(0)
     nets: dict[str, dict[str, Any]] = {}
@@ -215,6 +231,27 @@ def render(record: dict[str, Any]) -> str:
             keys = ("mcn_vs_stn_speedup", "dla34_mcn_vs_stn_speedup", *HEADLINES[1:])
             lines.append(f"| {setting} | {shape} | " + " | ".join(ratio(values.get(k)) for k in keys) + " |")
     settings = list(record["headline"])
+    accuracy_rows = record["accuracy"]
+    baseline = accuracy_rows["fp32"]
+    lines += [
+        "",
+        f"Accuracy: the demo weights on the demo's {baseline['num_images']} held-out synthetic images, "
+        "`Predictor.forward` on this device (points; change against fp32):",
+        "",
+        "| precision | " + " | ".join(METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
+    for precision, metrics in accuracy_rows.items():
+        cells = []
+        for key in METRICS:
+            value, base = metrics.get(key), baseline.get(key)
+            if value is None:
+                cells.append("n/a")
+            elif precision == "fp32" or base is None:
+                cells.append(f"{100 * value:.1f}")
+            else:
+                cells.append(f"{100 * value:.1f} ({100 * (value - base):+.1f})")
+        lines.append(f"| {precision} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Median ms per forward (whole batch), 512x512 / 384x512:",
@@ -240,9 +277,10 @@ def render(record: dict[str, Any]) -> str:
             for backbone, (stn, mcn, where_measured) in PAPER_STN_VS_MCN_MS.items()
         )
         + ".",
-        "MCN: `Predictor.forward` as the node runs it (fp16 = CUDA autocast). YOLO: ultralytics' fused "
-        "module (fp16 = half weights and input, as its predictor runs on a GPU). GFLOPs from torch's FLOP "
-        "counter at batch 1 (it does not count the deformable convolutions of DLA-34 with DCN).",
+        "MCN: `Predictor.forward` as the node runs it (fp16 / bf16 = CUDA autocast). YOLO: ultralytics' "
+        "fused module (fp16 / bf16 = weights and input converted, as its predictor runs half precision on a "
+        "GPU). GFLOPs from torch's FLOP counter at batch 1 (it does not count the deformable convolutions "
+        "of DLA-34 with DCN).",
         "",
     ]
     return "\n".join(lines)
@@ -266,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     args.rounds = args.rounds or (2 if args.quick else 30)
     nets = measure(args, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = generate_demo_val(Path(tmp) / "demo")
+        measured = {p: accuracy(folder, p, device) for p in precisions_of(device)}
     record: dict[str, Any] = {
         "command": shlex.join(["python", "bench/model_gpu.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -283,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "networks": nets,
     }
     record["headline"] = headlines(nets)
+    record["accuracy"] = measured
     out = args.out or (Path(tempfile.mkdtemp()) if args.quick else ROOT / "bench" / "results")
     write_record(out, "model_gpu", record, render(record))
     print(f"wrote {out / 'model_gpu.json'}")

@@ -55,19 +55,21 @@ FORWARD_INPUT = (384, 512)
 
 
 class PredictorForward(nn.Module):
-    """``Predictor.forward`` as a module, so that training's evaluation loop runs the node's forward."""
+    """``Predictor.forward`` as a module, so that training's evaluation loop (on the CPU) runs the node's
+    forward: the batch goes to the predictor's device, the outputs come back to the CPU."""
 
     def __init__(self, predictor: Predictor) -> None:
         super().__init__()
         self.predictor = predictor
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        return self.predictor.forward(images, self.predictor.tasks)
+        outputs = self.predictor.forward(images.to(self.predictor.device), self.predictor.tasks)
+        return {name: value.cpu() for name, value in outputs.items()}
 
 
-def accuracy(folder: Path, precision: str) -> dict[str, Any]:
-    """The demo weights' validation metrics with the forward at ``precision``."""
-    predictor = Predictor.from_weights(DEMO_WEIGHTS, device="cpu", precision=precision)
+def accuracy(folder: Path, precision: str, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The demo weights' validation metrics with the forward at ``precision`` on ``device``."""
+    predictor = Predictor.from_weights(DEMO_WEIGHTS, device=device, precision=precision)
     assert predictor.precision.name == precision, predictor.precision.note
     report = demo_report(PredictorForward(predictor), predictor.config, folder, channels_last=True)
     return {key: getattr(report, key) for key in (*METRICS, "num_images")}

@@ -186,4 +186,6 @@ def test_model_gpu_script_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch, tmp_p
     mcn = record["networks"]["resnet18_det80_seg80_pose_512"]
     assert mcn["latency"]["fp32/b1"]["square"]["median_ms"] > 0 and mcn["gflops"]["square"] > 20
     assert record["headline"]["fp32/b1"]["camera"]["mcn_vs_stn_speedup"] > 0
+    assert list(record["accuracy"]) == ["fp32"] and record["accuracy"]["fp32"]["num_images"] == 200
+    assert record["accuracy"]["fp32"]["bbox_AP"] > 0.3  # the demo weights (0.42 recorded)
     assert "fp32/b1" in (tmp_path / "model_gpu.md").read_text()
