@@ -50,7 +50,8 @@ bench: setup
 		$(ENV) python bench/int8_onnxruntime.py; \
 	else echo "[bench] this CPU has no VNNI/AMX: int8_onnxruntime skipped (precision int8 runs fp32 here)"; fi)
 
-# The model table on a CUDA GPU (bench/results/model_gpu.*: fp32 / fp16 / bf16, batch 1 and 6, demo accuracy); exits 2 without CUDA.
+# The model table on a CUDA GPU (bench/results/model_gpu.*: fp32 / fp16 / bf16, batch 1 and 6, the demo
+# weights' accuracy at each precision); exits 2 without CUDA.
 bench-gpu: setup
 	$(ENV) pip install -q --no-deps -r requirements/bench.txt
 	$(ENV) python bench/model_gpu.py $(if $(QUICK),--quick,)
