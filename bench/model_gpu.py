@@ -8,10 +8,13 @@ The networks of bench/model_cpu.py (every shipped ``*_512`` config, the single-t
 paper's Table 4 / Figure 7 for ResNet-18 and DLA-34, YOLO26n x3 and YOLO11n x3 from ultralytics' own model
 YAMLs when ultralytics is installed), random init, at 512x512 and at the camera-shaped 384x512. The MCN runs
 as the node runs it: ``Predictor.forward`` (BatchNorms folded, channels_last, fp16 / bf16 as CUDA autocast,
-outputs returned as float32). YOLO runs its fused module as ultralytics' predictor runs it on a GPU (fp16:
-the module and input converted to half; bf16 likewise). Each call ends with ``torch.cuda.synchronize()``;
-interleaved rounds per precision and batch, after warm-up calls; cuDNN's autotuner left off, as in the node.
-bf16 only where the GPU has it (``torch.cuda.is_bf16_supported()``).
+outputs returned as float32). YOLO runs its fused module; fp16 as its predictor runs ``half=True`` (the
+module and input converted to half), bf16 likewise (our choice: ultralytics has no bf16 mode), each shape
+with its own copy so that its head does not rebuild anchors on every change of input shape. Each call ends
+with ``torch.cuda.synchronize()``; interleaved rounds per precision and batch, after warm-up calls; cuDNN's
+autotuner left off, as in the node. "fp32" is torch's default on CUDA, as the node runs it: cuDNN may run
+float32 convolutions in TF32 (the setting is recorded with the GPU). bf16 only where the GPU has it natively
+(``torch.cuda.is_bf16_supported(including_emulation=False)``).
 
 Accuracy: the demo weights (demo/mcn_demo.safetensors) on the demo's 200 held-out synthetic images through
 ``Predictor.forward`` on the device at each precision, scored as training's validation does (as
@@ -84,14 +87,27 @@ def device_facts(device: torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        **fp32_modes(),
     }
+
+
+def fp32_modes() -> dict[str, str]:
+    """How torch runs float32 convolutions and matmuls on CUDA ("tf32" or "ieee"), under either torch API."""
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    matmul = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if conv in (None, "none"):
+        conv = "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    if matmul in (None, "none"):
+        matmul = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return {"conv_fp32_precision": str(conv), "matmul_fp32_precision": str(matmul)}
 
 
 def precisions_of(device: torch.device) -> tuple[str, ...]:
     """The precisions measured on ``device``: fp32, and on CUDA fp16 and (where the GPU has it) bf16."""
     if device.type != "cuda":
         return ("fp32",)  # a CPU check of the script: no fast fp16 convolutions there
-    return ("fp32", "fp16", "bf16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    return ("fp32", "fp16", "bf16") if native_bf16 else ("fp32", "fp16")
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:
@@ -117,9 +133,9 @@ def mcn_call(predictor: Predictor, batch: int, shape: tuple[int, int]) -> Callab
 
 
 def yolo_module(yolo: Any, precision: str, device: torch.device) -> torch.nn.Module:
-    """The fused module ultralytics' predictor runs, on ``device``, converted to fp16 / bf16 when asked."""
-    module = yolo_forward_module(yolo).to(device)
-    return copy.deepcopy(module).to(HALF_DTYPES[precision]) if precision in HALF_DTYPES else module
+    """A copy of the fused module ultralytics' predictor runs, on ``device``, in fp16 / bf16 when asked."""
+    module = copy.deepcopy(yolo_forward_module(yolo)).to(device)
+    return module.to(HALF_DTYPES[precision]) if precision in HALF_DTYPES else module
 
 
 def yolo_call(module: torch.nn.Module, batch: int, shape: tuple[int, int]) -> Callable[[], object]:
@@ -154,17 +170,17 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, dict[st
             predictors[(name, precision)], nets[name]["params"] = mcn_predictor(config, precision, device)
         fp32 = predictors[(name, "fp32")]
         nets[name]["gflops"] = {s: round(gflops(mcn_call(fp32, 1, hw)), 3) for s, hw in SHAPES.items()}
-    modules: dict[tuple[str, str], torch.nn.Module] = {}
+    modules: dict[tuple[str, str, str], torch.nn.Module] = {}  # (name, precision, shape)
     for family in yolo_families(args.quick):
         for yolo in yolo_models(family):
             name = Path(str(yolo.model.yaml.get("yaml_file", yolo.task))).stem or yolo.task
             params = sum(p.numel() for p in yolo.model.parameters())  # before fusing, as ours
             nets[name] = {"kind": family, "task": yolo.task, "params": params}
             for precision in precisions:
-                modules[(name, precision)] = yolo_module(yolo, precision, device)
-            fp32_module = modules[(name, "fp32")]
+                for shape_name in SHAPES:
+                    modules[(name, precision, shape_name)] = yolo_module(yolo, precision, device)
             nets[name]["gflops"] = {
-                s: round(gflops(yolo_call(fp32_module, 1, hw)), 3) for s, hw in SHAPES.items()
+                s: round(gflops(yolo_call(modules[(name, "fp32", s)], 1, hw)), 3) for s, hw in SHAPES.items()
             }
     for precision in precisions:
         for batch in args.batches:
@@ -174,8 +190,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, dict[st
                 for (name, p), predictor in predictors.items():
                     if p == precision:
                         calls[f"{name}@{shape_name}"] = mcn_call(predictor, batch, shape)
-                for (name, p), module in modules.items():
-                    if p == precision:
+                for (name, p, s), module in modules.items():
+                    if p == precision and s == shape_name:
                         calls[f"{name}@{shape_name}"] = yolo_call(module, batch, shape)
             timed = {key: (lambda call=call: (call(), sync())) for key, call in calls.items()}
             times = interleaved(timed, args.rounds, warmup=args.warmup)
@@ -191,7 +207,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, dict[st
 
 def headlines(nets: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
     """``setting`` -> shape -> headline ratios (ResNet-18; ``dla34_mcn_vs_stn_speedup`` for DLA-34)."""
-    settings = sorted({s for net in nets.values() for s in net.get("latency", {})})
+    settings = list(dict.fromkeys(s for net in nets.values() for s in net.get("latency", {})))  # as measured
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for setting in settings:
         view = {
@@ -278,9 +294,11 @@ def render(record: dict[str, Any]) -> str:
         )
         + ".",
         "MCN: `Predictor.forward` as the node runs it (fp16 / bf16 = CUDA autocast). YOLO: ultralytics' "
-        "fused module (fp16 / bf16 = weights and input converted, as its predictor runs half precision on a "
-        "GPU). GFLOPs from torch's FLOP counter at batch 1 (it does not count the deformable convolutions "
-        "of DLA-34 with DCN).",
+        "fused module (fp16 = weights and input converted, as its predictor does with half=True; bf16 "
+        "likewise, our choice). fp32 = torch's default on CUDA: convolutions "
+        f"{gpu.get('conv_fp32_precision', 'n/a')}, matmuls {gpu.get('matmul_fp32_precision', 'n/a')} "
+        "(tf32: cuDNN may use TF32 tensor cores). GFLOPs from torch's FLOP counter at batch 1 (it does not "
+        "count the deformable convolutions of DLA-34 with DCN).",
         "",
     ]
     return "\n".join(lines)

@@ -183,19 +183,41 @@ def test_pose_keypoint_snapping(dense_max: int, monkeypatch: pytest.MonkeyPatch)
     np.testing.assert_allclose(low[0].poses.keypoints[0, 3], [*original((16.0, 15.0), hw), 0.08], rtol=1e-4)
 
 
-@pytest.mark.parametrize("candidates", [100, 3])
-def test_keypoint_snapping_searches_agree(candidates: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def _exact_peaks(b: int, j: int, count: int) -> torch.Tensor:
+    """Keypoint logits with exactly ``count`` peaks above the snap score per joint, on a low background."""
+    logits = torch.full((b, j, H, W), -10.0)
+    cells = torch.stack([torch.randperm((H // 4) * (W // 4))[:count] for _ in range(b * j)])  # 4-cell spacing
+    ys, xs = 4 * torch.div(cells, W // 4, rounding_mode="floor") + 1, 4 * (cells % (W // 4)) + 1
+    logits.view(b * j, H, W)[torch.arange(b * j)[:, None], ys, xs] = torch.rand(b * j, count) * 4
+    return logits
+
+
+@pytest.mark.parametrize(
+    ("maps", "candidates"),
+    [("dense", 100), ("dense", 3), ("sparse", 100), ("exactly_candidates", 3)],
+)
+def test_keypoint_snapping_searches_agree(
+    maps: str, candidates: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Snapping against every cell of a small map gives what snapping against each joint's peak list gives
-    (many persons, many peaks, sub-pixel offsets, two images); with more peaks in a joint than
-    ``keypoint_candidates`` the search falls back to the lists, whose cut-off then matters."""
+    (many persons, many peaks, sub-pixel offsets, two images) on maps whose peak lists come from the pooled
+    search (dense) and from the sparse one, and with exactly ``keypoint_candidates`` peaks per joint; with
+    more peaks in a joint than that the search falls back to the lists, whose cut-off then matters."""
     torch.manual_seed(5)
     b, k, j = 2, 6, 17
-    kp_logits = (torch.randn(b, j, H, W) * 2 - 5).contiguous(memory_format=torch.channels_last)
+    if maps == "exactly_candidates":
+        kp_logits = _exact_peaks(b, j, candidates)
+    else:  # passing cells: ~8 % per joint (the lists' pooled path) or ~0.6 % (their sparse path)
+        kp_logits = torch.randn(b, j, H, W) * 2 - (5 if maps == "dense" else 7.5)
+    kp_logits = kp_logits.contiguous(memory_format=torch.channels_last)
     kp_subpixel = torch.rand(b, 2, H, W)
     corner = torch.rand(b, k, 2) * torch.tensor([W / 2, H / 2])
     boxes = torch.cat((corner, corner + torch.tensor([W / 2, H / 2])), dim=-1)
     regressed = corner.unsqueeze(2) + torch.rand(b, k, j, 2) * torch.tensor([W / 2, H / 2])
     options = DecodeOptions(keypoint_candidates=candidates)
+    peaks_per_joint = (decode.local_peaks(kp_logits.sigmoid(), 3) >= options.kp_snap_score).sum(dim=(2, 3))
+    falls_back = bool((peaks_per_joint > candidates).any())
+    assert falls_back == (maps == "dense" and candidates == 3), "each case is the map it is meant to be"
     taken: list[bool] = []
     cells = decode._nearest_peak_cells
     monkeypatch.setattr(decode, "_nearest_peak_cells", lambda *a: taken.append((r := cells(*a)) is None) or r)
@@ -203,7 +225,7 @@ def test_keypoint_snapping_searches_agree(candidates: int, monkeypatch: pytest.M
     for dense_max in (0, 1 << 30):
         monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", dense_max)
         results[dense_max] = decode.decode_keypoints(boxes, regressed, kp_logits, kp_subpixel, options)
-    assert taken == [candidates < 100], "the cell search ran only where allowed, and fell back when needed"
+    assert taken == [falls_back], "the cell search ran only where allowed, and fell back when needed"
     (lists_kp, lists_score), (cells_kp, cells_score) = results[0], results[1 << 30]
     torch.testing.assert_close(cells_kp, lists_kp, rtol=0, atol=0)
     torch.testing.assert_close(cells_score, lists_score, rtol=0, atol=0)
@@ -219,6 +241,24 @@ def test_pose_threshold_and_detections_together() -> None:
     assert result.poses is not None and len(result.poses) == 0
     assert result.detections is not None and result.detections.class_ids.tolist() == [0]
     assert result.segmentation is not None and result.segmentation.shape == hw
+
+
+def test_pose_in_a_batch_with_and_without_persons() -> None:
+    """An image without persons next to one with a person: the person's keypoints are snapped as when it is
+    alone; a batch without any person (snapping skipped) gives empty poses."""
+    hw = (100, 200)
+    single = _pose_outputs()
+    pair = {name: torch.cat((value, blank_outputs()[name])) for name, value in single.items()}
+    boxes = [letterbox_for(hw, INPUT)] * 2
+    alone = decode_batch(single, boxes[:1], [hw], config(), ["pose"], DecodeOptions())[0].poses
+    both = decode_batch(pair, boxes, [hw, hw], config(), ["pose"], DecodeOptions())
+    assert alone is not None and both[0].poses is not None and both[1].poses is not None
+    assert len(alone) == 1 and len(both[1].poses) == 0
+    np.testing.assert_array_equal(both[0].poses.keypoints, alone.keypoints)
+    assert alone.keypoints[0, 0, 2] == pytest.approx(0.7), "joint 0 was snapped to its peak"
+    nobody = {name: value[1:] for name, value in pair.items()}
+    empty = decode_batch(nobody, boxes[:1], [hw], config(), ["pose"], DecodeOptions())[0].poses
+    assert empty is not None and len(empty) == 0 and empty.keypoints.shape == (0, 17, 3)
 
 
 @pytest.mark.parametrize("stride", [4, 1])

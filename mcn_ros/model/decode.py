@@ -296,10 +296,12 @@ def _boxes_at(size: Tensor, offset: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
 
 
 #: Keypoint snapping measures each person's keypoints against every cell of the keypoint heatmaps (no
-#: per-joint peak list) while persons x joints x cells is at most this many values: on small maps (the
-#: demo's 128 input: 17 x 24 x 32 cells) building the peak lists costs more than the distances. Measured on
-#: 2 cores: 0.32 against 0.58 ms for one person there, even at about 200k values (20 persons), 6x slower at
-#: 500k; at the 512 input one person's 209k values took twice the peak lists' time.
+#: per-joint peak list) while persons x joints x cells is at most this many values: on small maps building
+#: the peak lists costs more than pooling the whole map. Measured on 2 cores with the demo weights on 60
+#: held-out scenes (snapping alone, 1.6-2.1 persons per image), cell search against peak lists: 0.62x the
+#: time at the 128 input (17 x 24 x 32 = 13k values per person), 0.91x at 192 and at 256 (52k), 1.16x at
+#: 320 (87k); on sparse random maps at 17 x 24 x 32 it won up to 8 persons (104k values) and took 1.5x the
+#: time from 10 (131k). This limit sits at that crossover.
 DENSE_SNAP_MAX_VALUES = 1 << 17
 
 
@@ -379,7 +381,7 @@ def _nearest_peak_cells(
     when some joint has more than ``keypoint_candidates`` peaks (the list then differs: the caller uses it).
     """
     b, j, h, w = kp_logits.shape
-    heat = local_peaks(kp_logits.float().sigmoid(), options.pool_kernel).reshape(b, j, h * w)
+    heat = local_peaks(kp_logits.sigmoid(), options.pool_kernel).reshape(b, j, h * w)
     valid = heat >= options.kp_snap_score  # local_peaks zeroed the non-maxima; the threshold is > 0
     if int(valid.sum(dim=2).max()) > options.keypoint_candidates:
         return None
@@ -471,9 +473,12 @@ def decode_batch(
         boxes = _boxes_at(size, offset, xs, ys)
         regressed = gather_cells(outputs["kp_offsets"], ys, xs).float().unflatten(-1, (-1, 2))
         regressed = regressed + torch.stack((xs, ys), dim=-1).float().unsqueeze(2)
-        keypoints, kp_scores = decode_keypoints(
-            boxes, regressed, outputs["kp_heatmap"], outputs["kp_subpixel"], options
-        )
+        if bool((scores >= options.pose_score_threshold).any()):
+            keypoints, kp_scores = decode_keypoints(
+                boxes, regressed, outputs["kp_heatmap"], outputs["kp_subpixel"], options
+            )
+        else:  # no person in the batch: the slots are not reported, nothing to snap
+            keypoints, kp_scores = regressed, scores.new_zeros(regressed.shape[:-1])
         boxes = torch.minimum(
             points_to_original(boxes * OUTPUT_STRIDE, letterbox_boxes).clamp_(min=0), box_limits
         )
