@@ -224,8 +224,8 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
         else "no int8 rows: " + ("no onnxruntime" if not has_ort else "this CPU has no VNNI/AMX"),
     }
     sizes = {"640x480": SIZES["640x480"]} if args.quick else SIZES
-    yolo_torch = yolo_models("yolo26n")
     for size_name, hw in sizes.items():
+        yolo_torch = yolo_models("yolo26n")  # per size: a shared one would rebuild anchors at every call
         image = camera_image(hw)
         shape = rect_input_size([hw], config.input_size)
         facts["inputs"][size_name] = {"mcn_rect": list(shape), "mcn_square": list(config.input_size)}

@@ -23,6 +23,7 @@ Writes ``model_cpu.json`` (command, machine with CPU flags, versions, git commit
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import shlex
@@ -115,8 +116,9 @@ def onnx_forward(config: ModelConfig, shape: tuple[int, int]) -> Callable[[], ob
 
 
 def yolo_forward(yolo: Any, shape: tuple[int, int]) -> Callable[[], object]:
-    """A forward call of a YOLO network (Conv+BN fused, eval)."""
-    module = yolo_forward_module(yolo)
+    """A forward call of a YOLO network (Conv+BN fused, eval), on its own copy: one module timed at two
+    interleaved shapes would rebuild its head's anchors at every call (a camera's fixed shape never does)."""
+    module = copy.deepcopy(yolo_forward_module(yolo))
     batch = torch.randn(1, 3, *shape)
 
     def run() -> object:
