@@ -25,8 +25,10 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
-    """HEAD's commit, with ``-dirty`` when tracked files differ from it (None outside a git checkout)."""
-    return provenance.git_commit(Path(__file__).resolve().parent.parent)
+    """HEAD's commit, with ``-dirty`` when tracked files differ from it (None outside a git checkout). The
+    results folder does not count: ``make bench`` runs its benchmarks one after another in one checkout, and
+    an earlier one's new results are not a change to the code that a later one measures."""
+    return provenance.git_commit(Path(__file__).resolve().parent.parent, ignore=("bench/results",))
 
 
 def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:

@@ -189,3 +189,28 @@ def test_model_gpu_script_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert list(record["accuracy"]) == ["fp32"] and record["accuracy"]["fp32"]["num_images"] == 200
     assert record["accuracy"]["fp32"]["bbox_AP"] > 0.3  # the demo weights (0.42 recorded)
     assert "fp32/b1" in (tmp_path / "model_gpu.md").read_text()
+
+
+def test_git_commit_ignores_only_the_given_folders(tmp_path: Path) -> None:
+    """A checkout with changed results only is clean for the benchmarks' record; a changed source is dirty."""
+    import subprocess
+
+    from mcn_ros.bag.provenance import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "a.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "empty")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "files")
+    head = git_commit(tmp_path)
+    assert head is not None and len(head) == 40
+    (tmp_path / "bench" / "results" / "a.json").write_text('{"figure": 1}')
+    assert git_commit(tmp_path, ignore=("bench/results",)) == head
+    assert git_commit(tmp_path) == f"{head}-dirty"
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path, ignore=("bench/results",)) == f"{head}-dirty"

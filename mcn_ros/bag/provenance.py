@@ -66,16 +66,25 @@ def versions(packages: Sequence[str] = PACKAGES, ros: bool = True) -> dict[str, 
     return found
 
 
-def git_state(root: Path | None = None) -> tuple[str | None, bool | None]:
+def git_state(root: Path | None = None, ignore: Sequence[str] = ()) -> tuple[str | None, bool | None]:
     """HEAD's commit of the checkout at ``root`` (default: the source checkout this package runs from) and
-    whether tracked files differ from it; (None, None) outside a git checkout."""
+    whether tracked files differ from it, changes under the ``ignore`` folders (relative to ``root``) aside;
+    (None, None) outside a git checkout."""
     root = root or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                *(f":(exclude){p}" for p in ignore),
+            ],
             cwd=root,
             capture_output=True,
             text=True,
@@ -87,9 +96,9 @@ def git_state(root: Path | None = None) -> tuple[str | None, bool | None]:
     return (head or None), bool(status.strip())
 
 
-def git_commit(root: Path | None = None) -> str | None:
+def git_commit(root: Path | None = None, ignore: Sequence[str] = ()) -> str | None:
     """:func:`git_state` as one string: the commit, with ``-dirty`` when tracked files differ from it."""
-    head, dirty = git_state(root)
+    head, dirty = git_state(root, ignore)
     return None if head is None else f"{head}-dirty" if dirty else head
 
 
