@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup.sh
 
 lint: setup
-	$(ENV) ruff check . && ruff format --check . && mypy -p mcn_ros -p mcn_training
+	$(ENV) ruff check . && ruff format --check . && mypy -p mcn_ros -p mcn_training && mypy bench/*.py
 
 # Stage 1: the whole suite on ROS 2 Kilted wheels + numpy 2. Stage 2 (test-jazzy): the ROS and model-runtime
 # tests again on ROS 2 Jazzy wheels (rclpy 7) + numpy 1.26 with the distro pins. pytest exits 5 when it

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from mcn_ros.bag import provenance
 
 #: Distributions whose versions a benchmark result records.
@@ -43,11 +46,22 @@ def pct(value: float | None) -> str:
 
 def repo_relative(path: str | Path | None) -> str | None:
     """``path`` relative to the repository when inside it (None and "" give None)."""
-    if not path:
-        return None
+    return repo_path(path) if path else None
+
+
+def repo_path(path: str | Path) -> str:
+    """``path`` relative to the repository when inside it, else absolute."""
     root = Path(__file__).resolve().parent.parent
     resolved = Path(path).resolve()
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """The image file at ``path`` as OpenCV reads it (BGR); an unreadable file raises, never gives None."""
+    image = cv2.imread(str(path))
+    if image is None:
+        raise RuntimeError(f"could not read the image {path}")
+    return np.asarray(image)
 
 
 def write_record(folder: Path, name: str, record: dict[str, Any], markdown: str) -> None:

@@ -7,6 +7,7 @@ publishes ``/front/image`` and listens on ``/<node>/front/...``.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -130,7 +131,7 @@ class Driver:
                 publisher.publish(message)
             keys = [(camera, stamp) for camera in self.publishers]
             with self.lock:  # woken by each output recorded, no polling beside the node's work
-                answered = self.changed.wait_for(lambda k=keys: self._complete(k), timeout_s)
+                answered = self.changed.wait_for(functools.partial(self._complete, keys), timeout_s)
             if not answered:
                 raise RuntimeError(f"frame {n}: the node did not answer within {timeout_s} s")
             with self.lock:
@@ -175,7 +176,7 @@ class Driver:
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
 
-        client = self.node.create_client(SetParameters, f"/{self.target}/set_parameters")
+        client: Any = self.node.create_client(SetParameters, f"/{self.target}/set_parameters")
         try:
             if not client.wait_for_service(timeout_sec=30):
                 raise RuntimeError("parameter service of the node not available")

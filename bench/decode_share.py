@@ -25,10 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-from _common import git_commit, machine, versions, write_record
+from _common import git_commit, machine, read_image, versions, write_record
 from e2e_cpu import SCORE_THRESHOLD, SplitPredict
 from seg_resampling import DEMO_VAL, DEMO_WEIGHTS
 
@@ -60,10 +59,10 @@ def predictors(threads: int) -> dict[str, Predictor]:
 
 def camera_scenes(folder: Path, count: int) -> list[np.ndarray]:
     """The first ``count`` held-out demo scenes, drawn at 640x480 (BGR)."""
-    written = generate_dataset(folder, count, DEMO_VAL["seed"], CAMERA, "val", DEMO_VAL["first_id"])
-    images = [cv2.imread(str(path)) for path in sorted(written["images"].glob("*.jpg"))]
-    if len(images) != count or any(image is None for image in images):
-        raise RuntimeError(f"could not read the {count} generated images in {written['images']}")
+    written = generate_dataset(folder, count, DEMO_VAL.seed, CAMERA, "val", DEMO_VAL.first_id)
+    images = [read_image(path) for path in sorted(written["images"].glob("*.jpg"))]
+    if len(images) != count:
+        raise RuntimeError(f"{len(images)} of the {count} generated images in {written['images']}")
     return images
 
 
@@ -79,7 +78,7 @@ def measure(settings: dict[str, Predictor], images: list[np.ndarray], rounds: in
         for image in images:
             for name, call in split.items():
                 call.image = image
-                (result,) = call()  # type: ignore[misc]
+                (result,) = call()
                 assert result.detections is not None and result.poses is not None  # all tasks run
                 found[name]["detections"].append(len(result.detections.scores))
                 found[name]["persons"].append(len(result.poses.scores))
@@ -129,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads; default 2")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if not 1 <= args.images <= DEMO_VAL["images"]:
-        parser.error(f"--images must be 1..{DEMO_VAL['images']}")
+    if not 1 <= args.images <= DEMO_VAL.images:
+        parser.error(f"--images must be 1..{DEMO_VAL.images}")
     settings = predictors(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         images = camera_scenes(Path(tmp), args.images)

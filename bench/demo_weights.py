@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from _common import git_commit, machine, pct, repo_relative, versions
+from _common import git_commit, machine, pct, repo_path, repo_relative, versions
 from train_synthetic import ensure_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,11 +64,11 @@ def train_command(args: argparse.Namespace) -> list[str]:
         "-m",
         "mcn_training.train",
         "--config",
-        repo_relative(TRAIN_CONFIG),
+        repo_path(TRAIN_CONFIG),
         "--data",
-        repo_relative(args.data),
+        repo_path(args.data),
         "--out",
-        repo_relative(args.work_dir),
+        repo_path(args.work_dir),
         f"schedule.max_steps={args.steps}",
         f"eval.every_steps={every}",
         "checkpoint.every_steps=150",

@@ -55,6 +55,7 @@ from mcn_ros.model.precision import cpu_int8_native
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.preprocess import preprocess, rect_input_size
 from mcn_ros.model.quantize import image_files, quantize_graph
+from mcn_ros.model.results import Results
 from mcn_ros.model.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ class SplitPredict:
         )
         self.parts: dict[str, list[float]] = {"preprocess": [], "forward": [], "decode": []}
 
-    def __call__(self) -> object:
+    def __call__(self) -> list[Results]:
         p, size = self.predictor, (int(self.image.shape[0]), int(self.image.shape[1]))
         tasks = p.config.tasks
         start = time.perf_counter()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import shlex
 import sys
 import tempfile
@@ -35,9 +36,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-import onnxruntime as ort
+import onnxruntime as ort  # type: ignore[import-untyped]
 import torch
-from _common import git_commit, machine, versions, write_record
+from _common import git_commit, machine, read_image, versions, write_record
 from e2e_cpu import yolo_int8_files, yolo_onnx_files
 from multicamera_cpu import make_weights
 from precision_cpu import METRICS
@@ -70,6 +71,11 @@ def accuracy(folder: Path, calibration: int) -> dict[str, dict[str, float | None
     return checked
 
 
+def run_sessions(sessions: list[Any], pixels: np.ndarray) -> list[Any]:
+    """One forward of each ONNX Runtime session (YOLO's three networks) on ``pixels``."""
+    return [session.run(None, {"images": pixels}) for session in sessions]
+
+
 def forwards(folder: Path) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
     """The timed forwards (a fixed 384x512 input each) and facts about them."""
     weights = make_weights(SPEED_CONFIG, folder / "speed.safetensors")
@@ -77,7 +83,7 @@ def forwards(folder: Path) -> tuple[dict[str, Callable[[], object]], dict[str, A
     config = dataclasses.replace(config, input_size=CAMERA_INPUT)
     scenes = image_files(generate_dataset(folder / "calib512", 16, 0, CAMERA_INPUT, "train")["images"])
     graph, _ = quantize_graph(model, config, scenes)
-    images = [cv2.imread(str(path)) for path in scenes]
+    images = [read_image(path) for path in scenes]
     batch = torch.from_numpy(network_input(images[0], config))
     mcn = {
         "torch_fp32": Predictor(model, config),
@@ -89,7 +95,7 @@ def forwards(folder: Path) -> tuple[dict[str, Callable[[], object]], dict[str, A
     calls: dict[str, Callable[[], object]] = {}
     for name, predictor in mcn.items():
         ready = batch.contiguous(memory_format=torch.channels_last) if predictor.channels_last else batch
-        calls[f"mcn_{name}"] = lambda p=predictor, b=ready: p.forward(b, p.tasks)
+        calls[f"mcn_{name}"] = functools.partial(predictor.forward, ready, predictor.tasks)
     fp32_files = yolo_onnx_files("yolo26n", CAMERA_INPUT, folder / "yolo")
     pixels = np.ascontiguousarray(
         np.stack([cv2.resize(images[0], CAMERA_INPUT[::-1])[:, :, ::-1].transpose(2, 0, 1)]), np.float32
@@ -99,9 +105,7 @@ def forwards(folder: Path) -> tuple[dict[str, Callable[[], object]], dict[str, A
             ort.InferenceSession(str(path), session_options(ort, THREADS), providers=["CPUExecutionProvider"])
             for path, _ in files
         ]
-        calls[f"yolo26n_x3_onnxruntime_{kind}"] = lambda s=sessions: [
-            x.run(None, {"images": pixels}) for x in s
-        ]
+        calls[f"yolo26n_x3_onnxruntime_{kind}"] = functools.partial(run_sessions, sessions, pixels)
     return calls, {"mcn_config": config.name, "input": list(CAMERA_INPUT)}
 
 

@@ -93,13 +93,13 @@ def mcn_forward(config: ModelConfig, shape: tuple[int, int]) -> tuple[Callable[[
     and its parameters."""
     model = MultitaskCenterNet(config).eval()
     params = count_parameters(model)
-    model = fold_batch_norms(model).to(memory_format=torch.channels_last)
+    folded = fold_batch_norms(model).to(memory_format=torch.channels_last)
     batch = torch.randn(1, 3, *shape).contiguous(memory_format=torch.channels_last)
     tasks = config.tasks
 
     def run() -> object:
         with torch.inference_mode():
-            return model(batch, tasks)
+            return folded(batch, tasks)
 
     return run, params
 

@@ -161,7 +161,9 @@ def paired_times(
     alternating ``pairs`` times (after one warm-up of each)."""
     from mcn_ros.model.predictor import Predictor
 
-    predictor = Predictor.from_weights(weights, device="cpu", **settings)
+    predictor = Predictor.from_weights(
+        weights, device="cpu", precision=settings["precision"], backend=settings["backend"]
+    )
     assert predictor.precision.name == settings["precision"], predictor.precision.note
     predict, node = [], []
     for n in range(pairs + 1):

@@ -28,12 +28,12 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 import torch
-from _common import git_commit, machine, versions
+from _common import git_commit, machine, read_image, versions
 from oracle import oracle_config, run_oracle
 from torch import nn
 from torch.utils.data import DataLoader
@@ -51,22 +51,34 @@ from mcn_training.synthetic import generate_dataset
 REPO = Path(__file__).resolve().parent.parent
 DEMO_WEIGHTS = REPO / "demo" / "mcn_demo.safetensors"
 RESULTS = REPO / "bench" / "results"
+
+
 #: The demo's held-out split: bench/demo_weights.py's dataset (4000 training images come first).
-DEMO_VAL = {"images": 200, "seed": 0, "size": (128, 128), "first_id": 4001}
+class DemoSplit(NamedTuple):
+    """How the demo's held-out split is generated (``mcn_training.synthetic.generate_dataset`` arguments)."""
+
+    images: int
+    seed: int
+    size: tuple[int, int]
+    first_id: int
+
+
+DEMO_VAL = DemoSplit(images=200, seed=0, size=(128, 128), first_id=4001)
 
 
 def oracle_miou(folder: Path, resampling: str) -> float:
     """mIoU of the oracle round trip at output stride 4 (one-hot logits) with ``resampling``."""
     config = oracle_config((160, 256), 4)
     options = DecodeOptions.from_config(config.decode, segmentation_resampling=resampling)
-    return float(run_oracle(folder, "val", config, options).mIoU)
+    miou = run_oracle(folder, "val", config, options).mIoU
+    if miou is None:
+        raise RuntimeError("the oracle round trip scored no segmentation")
+    return float(miou)
 
 
 def generate_demo_val(folder: Path) -> Path:
     """Write the demo's held-out split (:data:`DEMO_VAL`) into ``folder``; returns ``folder``."""
-    generate_dataset(
-        folder, DEMO_VAL["images"], DEMO_VAL["seed"], DEMO_VAL["size"], "val", DEMO_VAL["first_id"]
-    )
+    generate_dataset(folder, DEMO_VAL.images, DEMO_VAL.seed, DEMO_VAL.size, "val", DEMO_VAL.first_id)
     return folder
 
 
@@ -214,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_demo_val(root / "demo")
         files = generate_dataset(root / "vga", args.images, 11, (480, 640), split="val")
         paths = sorted(files["images"].iterdir())
-        images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
+        images = [cv2.cvtColor(read_image(p), cv2.COLOR_BGR2RGB) for p in paths]
         oracle = {mode: round(oracle_miou(root / "oracle", mode), 4) for mode in SEGMENTATION_RESAMPLING}
         demo = {mode: demo_accuracy(root / "demo", mode) for mode in SEGMENTATION_RESAMPLING}
         speed = timing(images, args.rounds)
