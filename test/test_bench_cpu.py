@@ -203,6 +203,8 @@ def test_git_commit_ignores_only_the_given_folders(tmp_path: Path) -> None:
     (tmp_path / "bench" / "results").mkdir(parents=True)
     (tmp_path / "bench" / "results" / "a.json").write_text("{}")
     (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "module.py").write_text("y = 1\n")
     git("init", "-q")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "empty")
     git("add", ".")
@@ -212,5 +214,9 @@ def test_git_commit_ignores_only_the_given_folders(tmp_path: Path) -> None:
     (tmp_path / "bench" / "results" / "a.json").write_text('{"figure": 1}')
     assert git_commit(tmp_path, ignore=("bench/results",)) == head
     assert git_commit(tmp_path) == f"{head}-dirty"
+    assert git_commit(tmp_path / "pkg", ignore=("../bench/results",)) == head, "relative to its root"
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path, ignore=("bench/results",)) == f"{head}-dirty"
+    # From a subfolder (training's checkpoints ask from theirs) a change anywhere in the tree counts.
+    assert git_commit(tmp_path / "pkg") == f"{head}-dirty"
+    assert git_commit(tmp_path / "pkg", ignore=("results",)) == f"{head}-dirty"

@@ -196,20 +196,22 @@ def _exact_peaks(b: int, j: int, count: int) -> torch.Tensor:
     ("maps", "candidates"),
     [("dense", 100), ("dense", 3), ("sparse", 100), ("exactly_candidates", 3)],
 )
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_keypoint_snapping_searches_agree(
-    maps: str, candidates: int, monkeypatch: pytest.MonkeyPatch
+    maps: str, candidates: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Snapping against every cell of a small map gives what snapping against each joint's peak list gives
     (many persons, many peaks, sub-pixel offsets, two images) on maps whose peak lists come from the pooled
     search (dense) and from the sparse one, and with exactly ``keypoint_candidates`` peaks per joint; with
-    more peaks in a joint than that the search falls back to the lists, whose cut-off then matters."""
+    more peaks in a joint than that the search falls back to the lists, whose cut-off then matters. Also
+    for bf16 heatmaps (scores in the heatmaps' dtype on both paths)."""
     torch.manual_seed(5)
     b, k, j = 2, 6, 17
     if maps == "exactly_candidates":
         kp_logits = _exact_peaks(b, j, candidates)
     else:  # passing cells: ~8 % per joint (the lists' pooled path) or ~0.6 % (their sparse path)
         kp_logits = torch.randn(b, j, H, W) * 2 - (5 if maps == "dense" else 7.5)
-    kp_logits = kp_logits.contiguous(memory_format=torch.channels_last)
+    kp_logits = kp_logits.to(dtype).contiguous(memory_format=torch.channels_last)
     kp_subpixel = torch.rand(b, 2, H, W)
     corner = torch.rand(b, k, 2) * torch.tensor([W / 2, H / 2])
     boxes = torch.cat((corner, corner + torch.tensor([W / 2, H / 2])), dim=-1)
@@ -221,14 +223,19 @@ def test_keypoint_snapping_searches_agree(
     taken: list[bool] = []
     cells = decode._nearest_peak_cells
     monkeypatch.setattr(decode, "_nearest_peak_cells", lambda *a: taken.append((r := cells(*a)) is None) or r)
+    sparse_searches: list[int] = []
+    sparse = decode._sparse_candidates
+    monkeypatch.setattr(decode, "_sparse_candidates", lambda *a: sparse_searches.append(1) or sparse(*a))
     results = {}
     for dense_max in (0, 1 << 30):
         monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", dense_max)
         results[dense_max] = decode.decode_keypoints(boxes, regressed, kp_logits, kp_subpixel, options)
     assert taken == [falls_back], "the cell search ran only where allowed, and fell back when needed"
+    assert bool(sparse_searches) == (maps != "dense"), "the peak lists came from the intended search"
     (lists_kp, lists_score), (cells_kp, cells_score) = results[0], results[1 << 30]
     torch.testing.assert_close(cells_kp, lists_kp, rtol=0, atol=0)
     torch.testing.assert_close(cells_score, lists_score, rtol=0, atol=0)
+    assert cells_score.dtype == lists_score.dtype == dtype
     snapped = (lists_kp != regressed).any(dim=-1)
     assert 0.05 < snapped.float().mean() < 1.0, "both snapped and unsnapped keypoints are compared"
 
@@ -243,7 +250,7 @@ def test_pose_threshold_and_detections_together() -> None:
     assert result.segmentation is not None and result.segmentation.shape == hw
 
 
-def test_pose_in_a_batch_with_and_without_persons() -> None:
+def test_pose_in_a_batch_with_and_without_persons(monkeypatch: pytest.MonkeyPatch) -> None:
     """An image without persons next to one with a person: the person's keypoints are snapped as when it is
     alone; a batch without any person (snapping skipped) gives empty poses."""
     hw = (100, 200)
@@ -256,8 +263,14 @@ def test_pose_in_a_batch_with_and_without_persons() -> None:
     assert len(alone) == 1 and len(both[1].poses) == 0
     np.testing.assert_array_equal(both[0].poses.keypoints, alone.keypoints)
     assert alone.keypoints[0, 0, 2] == pytest.approx(0.7), "joint 0 was snapped to its peak"
+    snapping: list[int] = []
+    snap = decode.decode_keypoints
+    monkeypatch.setattr(decode, "decode_keypoints", lambda *a: snapping.append(1) or snap(*a))
+    decode_batch(pair, boxes, [hw, hw], config(), ["pose"], DecodeOptions())
+    assert snapping == [1], "a batch with a person snaps"
     nobody = {name: value[1:] for name, value in pair.items()}
     empty = decode_batch(nobody, boxes[:1], [hw], config(), ["pose"], DecodeOptions())[0].poses
+    assert snapping == [1], "a batch without persons does not"
     assert empty is not None and len(empty) == 0 and empty.keypoints.shape == (0, 17, 3)
 
 

@@ -76,15 +76,7 @@ def git_state(root: Path | None = None, ignore: Sequence[str] = ()) -> tuple[str
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         status = subprocess.run(
-            [
-                "git",
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-                "--",
-                ".",
-                *(f":(exclude){p}" for p in ignore),
-            ],
+            ["git", "status", "--porcelain", "--untracked-files=no", *_whole_tree_except(ignore)],
             cwd=root,
             capture_output=True,
             text=True,
@@ -94,6 +86,12 @@ def git_state(root: Path | None = None, ignore: Sequence[str] = ()) -> tuple[str
     except (OSError, subprocess.SubprocessError):
         return None, None
     return (head or None), bool(status.strip())
+
+
+def _whole_tree_except(ignore: Sequence[str]) -> list[str]:
+    """``git status`` pathspecs: the whole work tree (wherever ``root`` sits in it) minus the ``ignore``
+    folders, relative to ``root``; none without folders to ignore (git's default is the whole tree)."""
+    return ["--", ":/", *(f":(exclude){path}" for path in ignore)] if ignore else []
 
 
 def git_commit(root: Path | None = None, ignore: Sequence[str] = ()) -> str | None:

@@ -296,13 +296,13 @@ def _boxes_at(size: Tensor, offset: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
 
 
 #: Keypoint snapping measures each person's keypoints against every cell of the keypoint heatmaps (no
-#: per-joint peak list) while persons x joints x cells is at most this many values: on small maps building
-#: the peak lists costs more than pooling the whole map. Measured on 2 cores with the demo weights on 60
-#: held-out scenes (snapping alone, 1.6-2.1 persons per image), cell search against peak lists: 0.62x the
-#: time at the 128 input (17 x 24 x 32 = 13k values per person), 0.91x at 192 and at 256 (52k), 1.16x at
-#: 320 (87k); on sparse random maps at 17 x 24 x 32 it won up to 8 persons (104k values) and took 1.5x the
-#: time from 10 (131k). This limit sits at that crossover.
-DENSE_SNAP_MAX_VALUES = 1 << 17
+#: per-joint peak list) while persons x joints x cells is at most this many values: on small maps pooling
+#: the whole map and measuring the distances to every cell costs less than building the peak lists. Measured
+#: on 2 cores with the demo weights on 60 held-out scenes (snapping alone, 1.6-2.1 persons per image), cell
+#: search against peak lists: 0.62x the time at the 128 input (17 x 24 x 32 = 13k values per person), 0.91x
+#: at 192 and at 256 (52k), 1.16x at 320 (87k); on sparse random maps at 17 x 24 x 32 it won or was even up
+#: to 8 persons (104k values) and took 1.1-1.5x the time from 10 (131k): the limit sits between the two.
+DENSE_SNAP_MAX_VALUES = 120_000
 
 
 def decode_keypoints(
