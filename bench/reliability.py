@@ -42,7 +42,7 @@ NODE_PARAMS = ["use_compressed:=true", "diagnostics_period:=0.1"]
 
 def synthetic_frames(count: int, folder: Path) -> list[bytes]:
     """Serialized bgr8 Images of ``count`` synthetic 320x240 scenes (the training package's generator)."""
-    import cv2
+    from _common import read_image
     from _node_probe import image_bytes
 
     from mcn_training.synthetic import generate_dataset
@@ -50,16 +50,13 @@ def synthetic_frames(count: int, folder: Path) -> list[bytes]:
     paths = generate_dataset(folder, count, seed=0, image_size=(240, 320), split="val")
     frames = []
     for path in sorted(paths["images"].glob("*.jpg")):
-        image = cv2.imread(str(path))
-        if image is None:
-            raise RuntimeError(f"cannot read the synthetic image {path}")
-        frames.append(image_bytes(image))
+        frames.append(image_bytes(read_image(path)))
     return frames
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    import cv2
     import numpy as np
+    from _common import read_image
     from _node_probe import Probe, bad_frames
     from _reliability_phases import bad_inputs, churn, next_stamp, overload, soak, timed
 
@@ -67,8 +64,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from mcn_ros.bag.run import NodeProcess, default_params_file, node_command
 
     goods = synthetic_frames(8, tmp / "images")
-    first = cv2.imread(str(sorted((tmp / "images" / "images" / "val").glob("*.jpg"))[0]))
-    bads = bad_frames(np.ascontiguousarray(first))  # read back above: not None
+    first = read_image(sorted((tmp / "images" / "images" / "val").glob("*.jpg"))[0])
+    bads = bad_frames(np.ascontiguousarray(first))
     command = node_command(Path(args.weights), NODE, TOPIC, default_params_file(), NODE_PARAMS)
     node = NodeProcess(command, tmp / "node.log")
     results: dict[str, Any] = {"node_command": shlex.join(command)}

@@ -53,7 +53,6 @@ DEMO_WEIGHTS = REPO / "demo" / "mcn_demo.safetensors"
 RESULTS = REPO / "bench" / "results"
 
 
-#: The demo's held-out split: bench/demo_weights.py's dataset (4000 training images come first).
 class DemoSplit(NamedTuple):
     """How the demo's held-out split is generated (``mcn_training.synthetic.generate_dataset`` arguments)."""
 
@@ -63,6 +62,7 @@ class DemoSplit(NamedTuple):
     first_id: int
 
 
+#: The demo's held-out split: bench/demo_weights.py's dataset (4000 training images come first).
 DEMO_VAL = DemoSplit(images=200, seed=0, size=(128, 128), first_id=4001)
 
 

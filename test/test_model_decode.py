@@ -183,6 +183,19 @@ def test_pose_keypoint_snapping(dense_max: int, monkeypatch: pytest.MonkeyPatch)
     np.testing.assert_allclose(low[0].poses.keypoints[0, 3], [*original((16.0, 15.0), hw), 0.08], rtol=1e-4)
 
 
+def _record_results(monkeypatch: pytest.MonkeyPatch, name: str) -> list[object]:
+    """What each call of ``decode.<name>`` returns, in call order (the function still runs)."""
+    returned: list[object] = []
+    function = getattr(decode, name)
+
+    def recording(*args: object) -> object:
+        returned.append(result := function(*args))
+        return result
+
+    monkeypatch.setattr(decode, name, recording)
+    return returned
+
+
 def _exact_peaks(b: int, j: int, count: int) -> torch.Tensor:
     """Keypoint logits with exactly ``count`` peaks above the snap score per joint, on a low background."""
     logits = torch.full((b, j, H, W), -10.0)
@@ -220,16 +233,13 @@ def test_keypoint_snapping_searches_agree(
     peaks_per_joint = (decode.local_peaks(kp_logits.sigmoid(), 3) >= options.kp_snap_score).sum(dim=(2, 3))
     falls_back = bool((peaks_per_joint > candidates).any())
     assert falls_back == (maps == "dense" and candidates == 3), "each case is the map it is meant to be"
-    taken: list[bool] = []
-    cells = decode._nearest_peak_cells
-    monkeypatch.setattr(decode, "_nearest_peak_cells", lambda *a: taken.append((r := cells(*a)) is None) or r)
-    sparse_searches: list[int] = []
-    sparse = decode._sparse_candidates
-    monkeypatch.setattr(decode, "_sparse_candidates", lambda *a: sparse_searches.append(1) or sparse(*a))
+    cell_searches = _record_results(monkeypatch, "_nearest_peak_cells")
+    sparse_searches = _record_results(monkeypatch, "_sparse_candidates")
     results = {}
     for dense_max in (0, 1 << 30):
         monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", dense_max)
         results[dense_max] = decode.decode_keypoints(boxes, regressed, kp_logits, kp_subpixel, options)
+    taken = [result is None for result in cell_searches]
     assert taken == [falls_back], "the cell search ran only where allowed, and fell back when needed"
     assert bool(sparse_searches) == (maps != "dense"), "the peak lists came from the intended search"
     (lists_kp, lists_score), (cells_kp, cells_score) = results[0], results[1 << 30]
@@ -263,14 +273,12 @@ def test_pose_in_a_batch_with_and_without_persons(monkeypatch: pytest.MonkeyPatc
     assert len(alone) == 1 and len(both[1].poses) == 0
     np.testing.assert_array_equal(both[0].poses.keypoints, alone.keypoints)
     assert alone.keypoints[0, 0, 2] == pytest.approx(0.7), "joint 0 was snapped to its peak"
-    snapping: list[int] = []
-    snap = decode.decode_keypoints
-    monkeypatch.setattr(decode, "decode_keypoints", lambda *a: snapping.append(1) or snap(*a))
+    snapping = _record_results(monkeypatch, "decode_keypoints")
     decode_batch(pair, boxes, [hw, hw], config(), ["pose"], DecodeOptions())
-    assert snapping == [1], "a batch with a person snaps"
+    assert len(snapping) == 1, "a batch with a person snaps"
     nobody = {name: value[1:] for name, value in pair.items()}
     empty = decode_batch(nobody, boxes[:1], [hw], config(), ["pose"], DecodeOptions())[0].poses
-    assert snapping == [1], "a batch without persons does not"
+    assert len(snapping) == 1, "a batch without persons does not"
     assert empty is not None and len(empty) == 0 and empty.keypoints.shape == (0, 17, 3)
 
 

@@ -473,11 +473,12 @@ def decode_batch(
         boxes = _boxes_at(size, offset, xs, ys)
         regressed = gather_cells(outputs["kp_offsets"], ys, xs).float().unflatten(-1, (-1, 2))
         regressed = regressed + torch.stack((xs, ys), dim=-1).float().unsqueeze(2)
-        if bool((scores >= options.pose_score_threshold).any()):
+        keep = (scores >= options.pose_score_threshold).sum(dim=1).clamp(max=options.max_detections)
+        if bool(keep.any()):
             keypoints, kp_scores = decode_keypoints(
                 boxes, regressed, outputs["kp_heatmap"], outputs["kp_subpixel"], options
             )
-        else:  # no person in the batch: the slots are not reported, nothing to snap
+        else:  # no person reported in the batch: nothing to snap
             keypoints, kp_scores = regressed, scores.new_zeros(regressed.shape[:-1])
         boxes = torch.minimum(
             points_to_original(boxes * OUTPUT_STRIDE, letterbox_boxes).clamp_(min=0), box_limits
@@ -485,7 +486,6 @@ def decode_batch(
         keypoints = points_to_original(keypoints.flatten(-2) * OUTPUT_STRIDE, letterbox_boxes).unflatten(
             -1, (-1, 2)
         )
-        keep = (scores >= options.pose_score_threshold).sum(dim=1).clamp(max=options.max_detections)
         packed.update(
             pose_boxes=boxes,
             pose_scores=scores,
