@@ -98,6 +98,21 @@ def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPat
         "speedup": 2.5,
     }
     assert with_int8["best_vs_best_fp32"] == both  # int8 left out
+    # The lighter variant's fastest fp32 backend against YOLO's fastest fp32 one (torch, 250 ms here).
+    assert with_int8["light_best_vs_best_fp32"] == {
+        "mcn_backend": "torch",
+        "yolo26n_x3_backend": "torch",
+        "speedup": 2.0,
+    }
+    rows["onnxruntime:mcn_light@640x480"] = {"size": "640x480", "median_ms": 100.0}
+    light = bench.speedups(rows)["640x480"]
+    assert light["light_onnxruntime"]["speedup"] == 3.0  # against YOLO in ONNX Runtime, 300 ms
+    assert light["light_best_vs_best_fp32"] == {
+        "mcn_backend": "onnxruntime",
+        "yolo26n_x3_backend": "torch",
+        "speedup": 2.5,
+    }
+    assert bench.headlines(bench.speedups(rows))["e2e_light_fp32_best_vs_best_speedup"] == 2.5
     image = bench.camera_image((480, 640))
     assert image.shape == (480, 640, 3) and image.std() > 20  # texture, not a flat frame
 
