@@ -282,6 +282,50 @@ def test_pose_in_a_batch_with_and_without_persons(monkeypatch: pytest.MonkeyPatc
     assert empty is not None and len(empty) == 0 and empty.keypoints.shape == (0, 17, 3)
 
 
+def _many_persons() -> dict[str, torch.Tensor]:
+    """Outputs with many persons and objects of another class (about a fifth of their cells pass 0.3) on a
+    low background, and noisy keypoint maps."""
+    torch.manual_seed(5)
+    out = blank_outputs()
+    out["heatmap"][0, [0, 2]] = torch.randn(2, H, W) * 2 - 3
+    out["size"] = torch.rand(1, 2, H, W) * 8
+    out["kp_offsets"] = torch.randn(1, 34, H, W) * 3
+    out["kp_heatmap"] = torch.randn(1, 17, H, W) * 2 - 4
+    return out
+
+
+@pytest.mark.parametrize("pooled_max", [0, 1 << 30], ids=["sparse", "pooled"])
+def test_person_peaks_come_from_the_detection_search(
+    pooled_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With detection asked too and a pose threshold at least the detection's, the persons are the
+    detection's person-channel peaks (no second search of the person map): the same poses as pose alone.
+    A lower pose threshold searches the person map itself."""
+    monkeypatch.setattr(decode, "POOLED_MAX_VALUES", pooled_max)
+    hw = (100, 200)
+    out, boxes = _many_persons(), [letterbox_for(hw, INPUT)]
+    person_searches = []
+    original = decode.find_peaks
+
+    def recording(logits: torch.Tensor, *args: object, **kwargs: object) -> decode.Peaks:
+        if logits.shape[1] == 1:
+            person_searches.append(logits.shape)
+        return original(logits, *args, **kwargs)
+
+    monkeypatch.setattr(decode, "find_peaks", recording)
+    for det, pose in ((0.3, 0.3), (0.3, 0.5), (0.5, 0.3)):
+        options = DecodeOptions(score_threshold=det, pose_score_threshold=pose)
+        alone = decode_batch(out, boxes, [hw], config(), ["pose"], options)[0].poses
+        assert len(person_searches) == 1
+        both = decode_batch(out, boxes, [hw], config(), ["detection", "pose"], options)[0].poses
+        assert len(person_searches) == (1 if pose >= det else 2)
+        person_searches.clear()
+        assert alone is not None and both is not None and len(alone) >= 3, "several persons pass"
+        np.testing.assert_array_equal(both.boxes, alone.boxes)
+        np.testing.assert_array_equal(both.scores, alone.scores)
+        np.testing.assert_array_equal(both.keypoints, alone.keypoints)
+
+
 @pytest.mark.parametrize("stride", [4, 1])
 def test_segmentation_back_to_original_resolution(stride: int) -> None:
     hw = (100, 200)
@@ -309,6 +353,23 @@ def test_peaks_and_topk() -> None:
     assert scores[0].tolist() == pytest.approx([0.9, 0.7])
     assert channels.tolist() == [[1, 0]] and ys.tolist() == [[2, 0]] and xs.tolist() == [[3, 0]]
     assert flat.tolist() == [[13, 0]]
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "channel_of_channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_neighbourhood_max_is_max_pooling(kernel: int, layout: str, dtype: torch.dtype) -> None:
+    """The running maxima give max-pooling's answer (stride 1, padding kernel // 2) in every layout the
+    decoder sees, at the borders and on a map smaller than the kernel; ties are kept (rounded values)."""
+    torch.manual_seed(4)
+    for shape in ((2, 6, 9, 11), (1, 3, 4, 5)):
+        values = (torch.randn(shape) * 3).round().to(dtype)
+        if layout == "channels_last":
+            values = values.contiguous(memory_format=torch.channels_last)
+        elif layout == "channel_of_channels_last":
+            values = values.contiguous(memory_format=torch.channels_last)[:, 1:2]
+        expected = torch.nn.functional.max_pool2d(values.float(), kernel, stride=1, padding=kernel // 2)
+        assert torch.equal(decode.neighbourhood_max(values, kernel).float(), expected)
 
 
 def _reference_peaks(
@@ -343,15 +404,22 @@ PEAK_PATHS = {
 }
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("path", list(PEAK_PATHS))
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize(("threshold", "kernel"), [(0.3, 3), (0.6, 5), (0.05, 3), (0.0, 3)])
 def test_find_peaks_equals_the_dense_search(
-    threshold: float, kernel: int, per_channel: bool, path: str, monkeypatch: pytest.MonkeyPatch
+    threshold: float,
+    kernel: int,
+    per_channel: bool,
+    path: str,
+    layout: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each search (the whole map max-pooled then thresholded; only the cells passing the threshold
     examined; max-pool and top-k) finds exactly the dense search's peaks, also at the map borders, per image
-    and per channel, best first; a low threshold leaves the sparse search for a fallback."""
+    and per channel, best first, in PyTorch's layout and ONNX Runtime's; a low threshold leaves the sparse
+    search for a fallback."""
     (pooled_max, fallback_max), expected_paths = PEAK_PATHS[path]
     monkeypatch.setattr(decode, "POOLED_MAX_VALUES", pooled_max)
     monkeypatch.setattr(decode, "POOLED_FALLBACK_MAX_VALUES", fallback_max)
@@ -366,7 +434,8 @@ def test_find_peaks_equals_the_dense_search(
     torch.manual_seed(1)
     logits = torch.randn(2, 4, 20, 24) * 2 - 4  # about 6 % of the values score >= 0.3
     logits[0, 1, 0, 0] = logits[1, 3, 19, 23] = 5.0  # peaks in the corners
-    logits = logits.contiguous(memory_format=torch.channels_last)  # the layout the model gives
+    if layout == "channels_last":  # the layout the PyTorch backend gives; ONNX Runtime's are contiguous
+        logits = logits.contiguous(memory_format=torch.channels_last)
     k = 7
     peaks = find_peaks(logits, k, threshold, kernel, per_channel)
     assert taken == [expected_paths[threshold]]
