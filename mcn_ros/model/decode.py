@@ -159,7 +159,7 @@ SPARSE_VALUE_FRACTION = 0.125
 POOLED_FALLBACK_MAX_VALUES = 1 << 18
 
 
-class _Candidates(NamedTuple):
+class Candidates(NamedTuple):
     """Local maxima passing the threshold, in no particular order: each field [N]."""
 
     scores: Tensor
@@ -183,7 +183,7 @@ def find_peaks(logits: Tensor, k: int, threshold: float, kernel: int, per_channe
     return peaks_of_candidates(found, logits, k, threshold, kernel, per_channel)
 
 
-def find_candidates(logits: Tensor, threshold: float, kernel: int) -> _Candidates | None:
+def find_candidates(logits: Tensor, threshold: float, kernel: int) -> Candidates | None:
     """Every local maximum of ``sigmoid(logits)`` [B, C, H, W] scoring at least ``threshold``, in no order;
     None where a top-k serves better (a threshold outside (0, 1), or so low on a large map that most of it
     passes).
@@ -213,7 +213,7 @@ def find_candidates(logits: Tensor, threshold: float, kernel: int) -> _Candidate
 
 
 def peaks_of_candidates(
-    found: _Candidates | None,
+    found: Candidates | None,
     logits: Tensor,
     k: int,
     threshold: float,
@@ -228,13 +228,13 @@ def peaks_of_candidates(
     return _best_per_group(found, k, b, c if per_channel else 1, w)
 
 
-def channel_candidates(found: _Candidates, channel: int, threshold: float) -> _Candidates:
+def channel_candidates(found: Candidates, channel: int, threshold: float) -> Candidates:
     """Of ``found``, those of ``channel`` scoring at least ``threshold``, as the candidates of that channel
     alone ([B, 1, H, W], channel 0): the same as searching the channel's map when ``found`` was searched
     with a threshold at most ``threshold`` (the local-maximum test is within a channel)."""
     keep = ((found.channels == channel) & (found.scores >= threshold)).nonzero().squeeze(1)
     scores, images, _, ys, xs = (v.index_select(0, keep) for v in found)
-    return _Candidates(scores, images, torch.zeros_like(ys), ys, xs)
+    return Candidates(scores, images, torch.zeros_like(ys), ys, xs)
 
 
 def _dense_peaks(heat: Tensor, k: int, threshold: float, kernel: int, per_channel: bool) -> Peaks:
@@ -254,17 +254,17 @@ def _dense_peaks(heat: Tensor, k: int, threshold: float, kernel: int, per_channe
     return Peaks(scores, flat, channels, ys, flat - ys * w)
 
 
-def _pooled_candidates(logits: Tensor, threshold: float, kernel: int) -> _Candidates:
+def _pooled_candidates(logits: Tensor, threshold: float, kernel: int) -> Candidates:
     """:func:`find_peaks`' candidates on a small map: the whole map max-pooled, the peaks thresholded."""
     heat = local_peaks(logits.sigmoid(), kernel)
     where = (heat >= threshold).nonzero()  # [N, 4] (b, c, y, x); local_peaks zeroed the non-maxima
     bi, ci, yi, xi = where.unbind(1)
-    return _Candidates(heat[bi, ci, yi, xi], bi, ci, yi, xi)
+    return Candidates(heat[bi, ci, yi, xi], bi, ci, yi, xi)
 
 
 def _sparse_candidates(
     logits: Tensor, candidates: tuple[Tensor, Tensor, Tensor, Tensor], threshold: float, kernel: int
-) -> _Candidates:
+) -> Candidates:
     """Of ``candidates`` (b, c, y, x) [N] each, those that are local maxima scoring at least ``threshold``
     (exact tests on their neighbourhoods)."""
     _, _, h, w = logits.shape
@@ -284,10 +284,10 @@ def _sparse_candidates(
     window = logits.as_strided((extent,), (1,))[positions].sigmoid_()
     score = window[:, (kernel * kernel) // 2]
     keep = ((score >= window.amax(dim=1)) & (score >= threshold)).nonzero().squeeze(1)
-    return _Candidates(*(v.index_select(0, keep) for v in (score, bi, ci, yi, xi)))
+    return Candidates(*(v.index_select(0, keep) for v in (score, bi, ci, yi, xi)))
 
 
-def _best_per_group(found: _Candidates, k: int, b: int, groups: int, w: int) -> Peaks:
+def _best_per_group(found: Candidates, k: int, b: int, groups: int, w: int) -> Peaks:
     """The best ``k`` of ``found`` in each of the ``b`` x ``groups`` groups (per image, or per image and
     channel when ``groups`` > 1), as :class:`Peaks` with as many slots as the fullest group (at least 1)."""
     score, bi, ci, yi, xi = found
@@ -509,7 +509,7 @@ def decode_batch(
 
     if asked & {"detection", "pose"}:
         size, offset = outputs["size"], outputs["offset"]
-    detected: _Candidates | None = None  # the heatmap's local maxima passing the detection threshold
+    detected: Candidates | None = None  # the heatmap's local maxima passing the detection threshold
     if "detection" in asked:
         detected = find_candidates(outputs["heatmap"], options.score_threshold, options.pool_kernel)
         peaks = peaks_of_candidates(
