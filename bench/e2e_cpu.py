@@ -397,8 +397,7 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
         if light_backends and "best_vs_best_fp32" in per:
             # The lighter variant's fastest fp32 backend against YOLO26n x3's fastest fp32 one.
             fastest = min(light_backends, key=lambda name: per[name]["mcn_ms"])
-            yolo_fp32 = [b for b in BACKENDS if b in per and b != "onnxruntime_int8"]
-            yolo_best = min(yolo_fp32, key=lambda b: per[b]["yolo26n_x3_ms"])
+            yolo_best = per["best_vs_best_fp32"]["yolo26n_x3_backend"]
             per["light_best_vs_best_fp32"] = {
                 "mcn_backend": per[fastest]["backend"],
                 "yolo26n_x3_backend": yolo_best,

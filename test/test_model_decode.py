@@ -305,14 +305,14 @@ def test_person_peaks_come_from_the_detection_search(
     hw = (100, 200)
     out, boxes = _many_persons(), [letterbox_for(hw, INPUT)]
     person_searches = []
-    original = decode.find_peaks
+    original = decode.find_candidates
 
-    def recording(logits: torch.Tensor, *args: object, **kwargs: object) -> decode.Peaks:
+    def recording(logits: torch.Tensor, *args: object) -> decode.Candidates | None:
         if logits.shape[1] == 1:
             person_searches.append(logits.shape)
-        return original(logits, *args, **kwargs)
+        return original(logits, *args)
 
-    monkeypatch.setattr(decode, "find_peaks", recording)
+    monkeypatch.setattr(decode, "find_candidates", recording)
     for det, pose in ((0.3, 0.3), (0.3, 0.5), (0.5, 0.3)):
         options = DecodeOptions(score_threshold=det, pose_score_threshold=pose)
         alone = decode_batch(out, boxes, [hw], config(), ["pose"], options)[0].poses

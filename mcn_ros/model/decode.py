@@ -525,16 +525,15 @@ def decode_batch(
         person = config.person_index
         assert person is not None  # guaranteed by ModelConfig validation
         person_logits = outputs["heatmap"][:, person : person + 1]
+        persons: Candidates | None
         if detected is not None and options.pose_score_threshold >= options.score_threshold:
             # The person channel's peaks are among the detection's: no second search of the map.
             persons = channel_candidates(detected, person, options.pose_score_threshold)
-            peaks = peaks_of_candidates(
-                persons, person_logits, options.top_k, options.pose_score_threshold, options.pool_kernel
-            )
         else:
-            peaks = find_peaks(
-                person_logits, options.top_k, options.pose_score_threshold, options.pool_kernel
-            )
+            persons = find_candidates(person_logits, options.pose_score_threshold, options.pool_kernel)
+        peaks = peaks_of_candidates(
+            persons, person_logits, options.top_k, options.pose_score_threshold, options.pool_kernel
+        )
         scores, ys, xs = peaks.scores[:, 0], peaks.ys[:, 0], peaks.xs[:, 0]
         boxes = _boxes_at(size, offset, xs, ys)
         regressed = gather_cells(outputs["kp_offsets"], ys, xs).float().unflatten(-1, (-1, 2))
