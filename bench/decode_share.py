@@ -1,6 +1,7 @@
-"""Decoding's share of the forward on the CPU, with trained weights and at random init.
+"""Decoding's share of the forward on the CPU (or a CUDA GPU), with trained weights and at random init.
 
     python bench/decode_share.py [--images 100] [--rounds 2]
+    python bench/decode_share.py --device cuda --precisions fp32 fp16   # writes decode_share_gpu.*
 
 The demo weights (demo/mcn_demo.safetensors: ResNet-18, 80 classes, pose, segmentation, trained at 128x128)
 and the same model at random init (seed 0), on the demo's held-out scenes rendered at 640x480 (the
@@ -11,7 +12,10 @@ settings in turn (``Predictor.predict`` step by step, as bench/e2e_cpu.py splits
 after a warm-up; per setting the medians of preprocess / forward / decode, decode / forward, and the
 detections and persons per image. The target (issue 13) is decode <= 5 % of the forward.
 
-Writes bench/results/decode_share.json and .md.
+``--device cuda``: the same on a GPU, each step ending with a synchronize (bench/e2e_cpu.py's SplitPredict),
+at each of ``--precisions`` (fp16 / bf16 as CUDA autocast, as the node runs them).
+
+Writes bench/results/decode_share.json and .md (decode_share_gpu.* for a CUDA device).
 """
 
 from __future__ import annotations
@@ -42,18 +46,25 @@ CAMERA = (480, 640)
 INPUTS = (128, 512)
 
 
-def predictors(threads: int) -> dict[str, Predictor]:
-    """``<weights>@<input>`` -> Predictor, for the demo weights and the same model at random init."""
+def predictors(
+    threads: int, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",)
+) -> dict[str, Predictor]:
+    """``<weights>@<input>`` (``/<precision>`` unless fp32) -> Predictor, for the demo weights and the same
+    model at random init."""
     torch.set_num_threads(threads)
     out = {}
-    for side in INPUTS:
-        for kind in ("demo", "random"):
-            model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
-            if kind == "random":
-                torch.manual_seed(0)
-                model = MultitaskCenterNet(config).eval()
-            config = dataclasses.replace(config, input_size=(side, side))
-            out[f"{kind}@{side}"] = Predictor(model, config, device="cpu")
+    for precision in precisions:
+        for side in INPUTS:
+            for kind in ("demo", "random"):
+                model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
+                if kind == "random":
+                    torch.manual_seed(0)
+                    model = MultitaskCenterNet(config).eval()
+                config = dataclasses.replace(config, input_size=(side, side))
+                name = f"{kind}@{side}" + ("" if precision == "fp32" else f"/{precision}")
+                out[name] = Predictor(model, config, device=device, precision=precision)
+                if out[name].precision.name != precision:
+                    raise SystemExit(f"decode_share: {out[name].precision.note}")
     return out
 
 
@@ -98,24 +109,29 @@ def measure(settings: dict[str, Predictor], images: list[np.ndarray], rounds: in
 
 def render(record: dict[str, Any]) -> str:
     host = record["machine"]
+    gpu = record.get("gpu")
     lines = [
-        "# Decoding's share of the forward (CPU)",
+        f"# Decoding's share of the forward ({'GPU' if gpu else 'CPU'})",
         "",
-        f"`{record['command']}` ({record['date']}, commit {record['git']}; {host.get('cpu')}, "
-        f"{host.get('affinity')} CPUs, torch threads {record['threads']}). The demo's held-out scenes at "
+        f"`{record['command']}` ({record['date']}, commit {record['git']}; "
+        + (f"{gpu}, CUDA {record.get('cuda')}, host " if gpu else "")
+        + f"{host.get('cpu')}, {host.get('affinity')} CPUs, torch threads {record['threads']}). "
+        "The demo's held-out scenes at "
         f"640x480 ({record['images']} images x {record['rounds']} rounds), score thresholds "
         f"{record['score_threshold']}, segmentation resampling nearest; medians.",
         "",
-        "| weights | network input | detections / image | persons / image | preprocess ms | forward ms | "
-        "decode ms | decode / forward |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| weights | network input | precision | detections / image | persons / image | preprocess ms | "
+        "forward ms | decode ms | decode / forward |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in record["settings"].items():
         kind = "demo (trained)" if name.startswith("demo") else "random init"
         height, width = row["network_input"]
         ms = row["median_ms"]
+        precision = name.partition("/")[2] or "fp32"
         lines.append(
-            f"| {kind} | {width}x{height} | {row['detections_per_image']} | {row['persons_per_image']} | "
+            f"| {kind} | {width}x{height} | {precision} | {row['detections_per_image']} | "
+            f"{row['persons_per_image']} | "
             f"{ms['preprocess']} | {ms['forward']} | {ms['decode']} | {100 * row['decode_share']:.1f} % |"
         )
     return "\n".join([*lines, "", "Target: decode <= 5 % of the forward.", ""])
@@ -126,11 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100, help="held-out scenes (at most 200)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads; default 2")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], help="fp32 (default), fp16, bf16")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not 1 <= args.images <= DEMO_VAL.images:
         parser.error(f"--images must be 1..{DEMO_VAL.images}")
-    settings = predictors(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("decode_share: no CUDA device here (torch.cuda.is_available() is False); nothing written")
+        return 2
+    settings = predictors(args.threads, args.device, tuple(args.precisions))
     with tempfile.TemporaryDirectory() as tmp:
         images = camera_scenes(Path(tmp), args.images)
     record: dict[str, Any] = {
@@ -145,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "git": git_commit(),
     }
+    if device.type == "cuda":
+        record["gpu"], record["cuda"] = torch.cuda.get_device_name(device), torch.version.cuda
     record["decode_share_max"] = max(row["decode_share"] for row in record["settings"].values())
-    write_record(args.results, "decode_share", record, render(record))
+    name = "decode_share_gpu" if device.type == "cuda" else "decode_share"
+    write_record(args.results, name, record, render(record))
     return 0
 
 
