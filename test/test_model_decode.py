@@ -326,6 +326,41 @@ def test_person_peaks_come_from_the_detection_search(
         np.testing.assert_array_equal(both.keypoints, alone.keypoints)
 
 
+@pytest.mark.parametrize("tasks", [["detection", "pose", "segmentation"], ["pose"]])
+def test_topk_search_device_gives_the_same_results(tasks: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a device of TOPK_SEARCH_DEVICES (a GPU) every peak search is the top-k of the max-pooled map and
+    keypoints snap to peak lists: the same detections, poses and segmentation as the candidate searches
+    (tried here by listing the CPU)."""
+    hw = (100, 200)
+    out, boxes = _many_persons(), [letterbox_for(hw, INPUT)]
+    out["kp_heatmap"] = torch.full_like(out["kp_heatmap"], BACKGROUND)
+    out["kp_heatmap"][0, :, 2::12, 3::12] = 3.0  # 9 peaks per joint: few enough for cell-by-cell snapping
+    options = DecodeOptions(score_threshold=0.3, pose_score_threshold=0.3)
+    monkeypatch.setattr(decode, "POOLED_MAX_VALUES", 0)  # the listing a paper-sized map gets on the CPU
+    monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", 1 << 30)
+    names = ("_sparse_candidates", "_pooled_candidates", "_dense_peaks")
+    searches = {name: _record_results(monkeypatch, name) for name in names}
+    cells = _record_results(monkeypatch, "_nearest_peak_cells")
+    listed = decode_batch(out, boxes, [hw], config(), tasks, options)[0]
+    listings = searches["_sparse_candidates"] + searches["_pooled_candidates"]
+    assert listings and not searches["_dense_peaks"] and cells[0] is not None
+    for found in (*searches.values(), cells):
+        found.clear()
+    monkeypatch.setattr(decode, "TOPK_SEARCH_DEVICES", frozenset({"cpu"}))
+    topk = decode_batch(out, boxes, [hw], config(), tasks, options)[0]
+    listings = searches["_sparse_candidates"] + searches["_pooled_candidates"]
+    assert searches["_dense_peaks"] and not listings and not cells
+    assert listed.poses is not None and topk.poses is not None and len(listed.poses) >= 3
+    for field in ("boxes", "scores", "keypoints"):
+        np.testing.assert_array_equal(getattr(topk.poses, field), getattr(listed.poses, field))
+    if "detection" in tasks:
+        assert listed.detections is not None and topk.detections is not None and len(listed.detections) > 3
+        for field in ("boxes", "scores", "class_ids"):
+            np.testing.assert_array_equal(getattr(topk.detections, field), getattr(listed.detections, field))
+        assert listed.segmentation is not None and topk.segmentation is not None
+        np.testing.assert_array_equal(topk.segmentation, listed.segmentation)
+
+
 @pytest.mark.parametrize("stride", [4, 1])
 def test_segmentation_back_to_original_resolution(stride: int) -> None:
     hw = (100, 200)

@@ -157,6 +157,10 @@ SPARSE_VALUE_FRACTION = 0.125
 #: Beyond those fractions, maps of at most this many values are max-pooled and thresholded; larger ones are
 #: max-pooled and searched with a top-k, whose cost does not grow with the number of peaks.
 POOLED_FALLBACK_MAX_VALUES = 1 << 18
+#: Devices on which every peak search is the top-k over the max-pooled map (and keypoints snap to peak
+#: lists): on a GPU the candidate listing's data-dependent sizes cost a host synchronisation each (nonzero),
+#: and its many small kernels cost more than one top-k of the whole map (bench/results/gpu_overheads.json).
+TOPK_SEARCH_DEVICES: frozenset[str] = frozenset({"cuda"})
 
 
 class Candidates(NamedTuple):
@@ -185,8 +189,8 @@ def find_peaks(logits: Tensor, k: int, threshold: float, kernel: int, per_channe
 
 def find_candidates(logits: Tensor, threshold: float, kernel: int) -> Candidates | None:
     """Every local maximum of ``sigmoid(logits)`` [B, C, H, W] scoring at least ``threshold``, in no order;
-    None where a top-k serves better (a threshold outside (0, 1), or so low on a large map that most of it
-    passes).
+    None where a top-k serves better (a threshold outside (0, 1), a map on one of
+    :data:`TOPK_SEARCH_DEVICES`, or a threshold so low on a large map that most of it passes).
 
     Small maps (:data:`POOLED_MAX_VALUES`) are max-pooled and thresholded; on larger ones one max over the
     channels finds the cells where any channel passes, and only those (their ``kernel``-square
@@ -195,7 +199,7 @@ def find_candidates(logits: Tensor, threshold: float, kernel: int) -> Candidates
     (:data:`POOLED_FALLBACK_MAX_VALUES`), or to None.
     """
     b, c, h, w = logits.shape
-    if not 0.0 < threshold < 1.0:
+    if not 0.0 < threshold < 1.0 or logits.device.type in TOPK_SEARCH_DEVICES:
         return None
     if c * h * w <= POOLED_MAX_VALUES:
         return _pooled_candidates(logits, threshold, kernel)
@@ -372,11 +376,13 @@ def decode_keypoints(
     Returns keypoints [B, K, J, 2] and scores [B, K, J]. Each keypoint considers its joint's best
     ``options.keypoint_candidates`` peaks scoring at least ``kp_snap_score``; small maps
     (:data:`DENSE_SNAP_MAX_VALUES`) are searched cell by cell, with the same result whenever no joint has
-    more peaks than that (equally near peaks aside, where either may be chosen).
+    more peaks than that (equally near peaks aside, where either may be chosen); not on
+    :data:`TOPK_SEARCH_DEVICES`, where checking that would synchronize with the host.
     """
     b, j, h, w = kp_logits.shape
     nearest = None
-    if regressed.shape[1] * j * h * w <= DENSE_SNAP_MAX_VALUES and 0.0 < options.kp_snap_score < 1.0:
+    small = regressed.shape[1] * j * h * w <= DENSE_SNAP_MAX_VALUES
+    if small and 0.0 < options.kp_snap_score < 1.0 and kp_logits.device.type not in TOPK_SEARCH_DEVICES:
         nearest = _nearest_peak_cells(regressed, kp_logits, kp_subpixel, options)
     if nearest is None:
         nearest = _nearest_listed_peaks(regressed, kp_logits, kp_subpixel, options)
