@@ -160,9 +160,10 @@ def decode_contenders(
             scenes.append((predictor.forward(batch, config.tasks), boxes))
         with search_devices(frozenset()):
             listed = [decode_batch(o, b, [CAMERA], config, None, options)[0] for o, b in scenes]
-        topk = [decode_batch(o, b, [CAMERA], config, None, options)[0] for o, b in scenes]
+        with search_devices(frozenset({device.type})):
+            topk = [decode_batch(o, b, [CAMERA], config, None, options)[0] for o, b in scenes]
         checks[str(side)] = compare(listed, topk)
-        for mode, devices in (("listing", frozenset()), ("topk", frozenset({"cuda"}))):
+        for mode, devices in (("listing", frozenset()), ("topk", frozenset({device.type}))):
             calls[f"{side}:{mode}"] = cycling_decode(scenes, config, options, devices)
     return calls, checks
 

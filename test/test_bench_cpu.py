@@ -206,6 +206,26 @@ def test_model_gpu_script_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert "fp32/b1" in (tmp_path / "model_gpu.md").read_text()
 
 
+def test_gpu_overheads_decoding_contenders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The GPU overheads benchmark's decoding half on the CPU: both peak searches on the demo weights' outputs
+    for a few scenes, the same results, and each contender decodes (the forward half needs CUDA)."""
+    import torch
+
+    bench = _load(monkeypatch, "gpu_overheads")
+    if not torch.cuda.is_available():
+        assert bench.main(["--out", str(tmp_path)]) == 2, "no CUDA: exits 2"
+        assert not (tmp_path / "gpu_overheads.json").exists(), "and writes nothing"
+    images = bench.camera_scenes(tmp_path / "scenes", 3)
+    calls, checks = bench.decode_contenders(torch.device("cpu"), images)
+    assert set(calls) == {"512:listing", "512:topk", "128:listing", "128:topk"}
+    for check in checks.values():
+        assert check["same_counts"] and check["detections"] > 0
+        assert check["max_box_difference_px"] == 0 and check["max_keypoint_difference"] == 0
+    for call in calls.values():
+        (result,) = call()
+        assert result.detections is not None and result.segmentation is not None
+
+
 def test_git_commit_ignores_only_the_given_folders(tmp_path: Path) -> None:
     """A checkout with changed results only is clean for the benchmarks' record; a changed source is dirty."""
     import subprocess
