@@ -13,7 +13,8 @@ after a warm-up; per setting the medians of preprocess / forward / decode, decod
 detections and persons per image. The target (issue 13) is decode <= 5 % of the forward.
 
 ``--device cuda``: the same on a GPU, each step ending with a synchronize (bench/e2e_cpu.py's SplitPredict),
-at each of ``--precisions`` (fp16 / bf16 as CUDA autocast, as the node runs them).
+at each of ``--precisions`` (fp16 / bf16 as CUDA autocast, as the node runs them); ``--cuda-graphs`` adds
+each setting with the forward replayed from CUDA graphs (``Predictor(cuda_graphs=True)``).
 
 Writes bench/results/decode_share.json and .md (decode_share_gpu.* for a CUDA device).
 """
@@ -47,24 +48,30 @@ INPUTS = (128, 512)
 
 
 def predictors(
-    threads: int, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",)
+    threads: int, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",), cuda_graphs: bool = False
 ) -> dict[str, Predictor]:
-    """``<weights>@<input>`` (``/<precision>`` unless fp32) -> Predictor, for the demo weights and the same
-    model at random init."""
+    """``<weights>@<input>`` (``/<precision>`` unless fp32, ``+graphs`` for the CUDA-graph forward) ->
+    Predictor, for the demo weights and the same model at random init."""
     torch.set_num_threads(threads)
     out = {}
-    for precision in precisions:
-        for side in INPUTS:
-            for kind in ("demo", "random"):
-                model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
-                if kind == "random":
-                    torch.manual_seed(0)
-                    model = MultitaskCenterNet(config).eval()
-                config = dataclasses.replace(config, input_size=(side, side))
-                name = f"{kind}@{side}" + ("" if precision == "fp32" else f"/{precision}")
-                out[name] = Predictor(model, config, device=device, precision=precision)
-                if out[name].precision.name != precision:
-                    raise SystemExit(f"decode_share: {out[name].precision.note}")
+    for graphs in (False, True) if cuda_graphs else (False,):
+        for precision in precisions:
+            for side in INPUTS:
+                for kind in ("demo", "random"):
+                    model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
+                    if kind == "random":
+                        torch.manual_seed(0)
+                        model = MultitaskCenterNet(config).eval()
+                    config = dataclasses.replace(config, input_size=(side, side))
+                    name = f"{kind}@{side}" + ("" if precision == "fp32" else f"/{precision}")
+                    name += "+graphs" if graphs else ""
+                    out[name] = Predictor(
+                        model, config, device=device, precision=precision, cuda_graphs=graphs
+                    )
+                    if out[name].precision.name != precision or out[name].cuda_graphs != graphs:
+                        raise SystemExit(
+                            f"decode_share: {out[name].precision.note or out[name].cuda_graphs_note}"
+                        )
     return out
 
 
@@ -128,7 +135,8 @@ def render(record: dict[str, Any]) -> str:
         kind = "demo (trained)" if name.startswith("demo") else "random init"
         height, width = row["network_input"]
         ms = row["median_ms"]
-        precision = name.partition("/")[2] or "fp32"
+        precision = name.partition("/")[2].removesuffix("+graphs") or "fp32"
+        precision += ", CUDA graphs" if name.endswith("+graphs") else ""
         lines.append(
             f"| {kind} | {width}x{height} | {precision} | {row['detections_per_image']} | "
             f"{row['persons_per_image']} | "
@@ -144,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads; default 2")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], help="fp32 (default), fp16, bf16")
+    parser.add_argument("--cuda-graphs", action="store_true", help="each setting also with cuda_graphs")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not 1 <= args.images <= DEMO_VAL.images:
@@ -152,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("decode_share: no CUDA device here (torch.cuda.is_available() is False); nothing written")
         return 2
-    settings = predictors(args.threads, args.device, tuple(args.precisions))
+    settings = predictors(args.threads, args.device, tuple(args.precisions), args.cuda_graphs)
     with tempfile.TemporaryDirectory() as tmp:
         images = camera_scenes(Path(tmp), args.images)
     record: dict[str, Any] = {

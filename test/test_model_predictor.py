@@ -264,3 +264,75 @@ def test_cuda_matches_cpu(precision: str) -> None:
     assert res.segmentation.shape == (100, 150)
     if precision == "fp32":
         assert (res.segmentation == ref.segmentation).mean() > 0.99
+
+
+def _graph_config(backbone: str = "resnet18", use_dcn: bool = True) -> ModelConfig:
+    return ModelConfig(
+        name="g",
+        backbone=backbone,
+        input_size=(128, 128),
+        use_dcn=use_dcn,
+        detection=DetectionConfig(),
+        pose=PoseConfig(),
+        segmentation=SegmentationConfig(),
+    )
+
+
+def test_cuda_graphs_off_the_gpu_warn_and_run_eagerly() -> None:
+    """cuda_graphs asked where it cannot be used: one warning saying why, the eager forward, same results."""
+    torch.manual_seed(0)
+    config = _graph_config()
+    model = MultitaskCenterNet(config).eval()
+    image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    plain = Predictor(model, config)
+    with pytest.warns(UserWarning, match="CUDA graphs need a CUDA device"):
+        asked = Predictor(model, config, cuda_graphs=True)
+    assert not asked.cuda_graphs and not plain.cuda_graphs
+    assert asked.cuda_graphs_note is not None and "eagerly" in asked.cuda_graphs_note
+    a, b = plain.predict(image, score_threshold=0.0), asked.predict(image, score_threshold=0.0)
+    assert a.detections is not None and b.detections is not None
+    np.testing.assert_array_equal(a.detections.scores, b.detections.scores)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_graphs_replay_the_eager_forward(precision: str) -> None:
+    """Replayed graphs give the eager forward's outputs for each input shape and task set (one graph each,
+    the oldest dropped past MAX_GRAPHS), outputs stay valid after the next call, and a model with
+    deformable convolutions is refused (runs eagerly) with the reason."""
+    from mcn_ros.model import cuda_graphs
+
+    torch.manual_seed(0)
+    config = _graph_config()
+    model = MultitaskCenterNet(config).eval()
+    eager = Predictor(model, config, device="cuda", precision=precision)
+    graphed = Predictor(model, config, device="cuda", precision=precision, cuda_graphs=True)
+    assert graphed.cuda_graphs and graphed.cuda_graphs_note is None
+    everything = config.tasks
+    cases = [((1, 128, 128), everything), ((2, 96, 128), everything), ((1, 128, 128), frozenset({"pose"}))]
+    kept = []
+    for (batch, h, w), tasks in cases * 2:  # the second pass replays
+        images = torch.randn(batch, 3, h, w, device="cuda").contiguous(memory_format=torch.channels_last)
+        want, got = eager.forward(images, tasks), graphed.forward(images, tasks)
+        assert set(got) == set(want)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+        kept.append((got, want))
+    assert graphed._graphed is not None and graphed._graphed.captured == len(cases)
+    for got, want in kept:  # copies: not overwritten by later replays
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+    small = cuda_graphs.GraphedForward(graphed._eager_forward, max_graphs=2)
+    for (batch, h, w), tasks in cases:
+        small(torch.randn(batch, 3, h, w, device="cuda").contiguous(memory_format=torch.channels_last), tasks)
+    assert small.captured == 2
+    dcn_config = _graph_config("dla34", use_dcn=True)
+    with pytest.warns(UserWarning, match="deformable convolutions"):
+        refused = Predictor(
+            MultitaskCenterNet(dcn_config).eval(), dcn_config, device="cuda", cuda_graphs=True
+        )
+    assert not refused.cuda_graphs
+    plain_dla = _graph_config("dla34", use_dcn=False)
+    assert Predictor(
+        MultitaskCenterNet(plain_dla).eval(), plain_dla, device="cuda", cuda_graphs=True
+    ).cuda_graphs

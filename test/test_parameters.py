@@ -69,7 +69,7 @@ def test_refusal_reasons() -> None:
 
     configure_time = [spec.name for spec in PARAMETERS if spec.applies is Applies.CONFIGURE]
     assert configure_time == [
-        "weights", "device", "precision", "int8_graph", "backend", "rect_input", "input_size",
+        "weights", "device", "precision", "int8_graph", "backend", "cuda_graphs", "rect_input", "input_size",
         "use_compressed", "cameras", "image_qos", "publisher_reliability", "publisher_depth",
     ]  # fmt: skip
     for name in configure_time:

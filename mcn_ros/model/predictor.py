@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mcn_ros.model.backends import BACKENDS, OnnxRuntimeForward, fold_batch_norms
 from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.cuda_graphs import GraphedForward, graph_unsafe_reason
 from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.device import resolve_device
 from mcn_ros.model.labels import flip_permutation
@@ -90,6 +91,10 @@ class Predictor:
     ``precision="int8"`` (backend "onnxruntime", a CPU with VNNI or AMX) runs ``int8_graph``: the path of
     the graph :mod:`mcn_ros.model.quantize` calibrated from this model's weights (checked), or that graph
     itself as an ONNX ModelProto; :meth:`from_weights` looks beside the weights file by default.
+    ``cuda_graphs`` (torch backend on CUDA, default False): replay the forward from CUDA graphs, one
+    captured per input shape and task set (:mod:`mcn_ros.model.cuda_graphs`; the first frame of each shape
+    is slower); where it cannot be used (no CUDA, deformable convolutions) it warns, runs eager and says why
+    in ``cuda_graphs_note``.
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class Predictor:
         backend: str = "torch",
         fold_bn: bool = True,
         int8_graph: str | Path | Any | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -136,6 +142,15 @@ class Predictor:
             self._run_model = self._run_model.to(self.precision.model_dtype)
         if self._run_model is not model and channels_last:
             self._run_model = self._run_model.to(memory_format=torch.channels_last)
+        self._graphed: GraphedForward | None = None
+        self.cuda_graphs_note: str | None = None
+        if cuda_graphs:
+            reason = graph_unsafe_reason(self._run_model, self.device)
+            if reason is None:
+                self._graphed = GraphedForward(self._eager_forward)
+            else:
+                self.cuda_graphs_note = f"{reason}; the forward runs eagerly"
+                warnings.warn(self.cuda_graphs_note, stacklevel=2)
 
     @classmethod
     def from_weights(
@@ -148,6 +163,7 @@ class Predictor:
         backend: str = "torch",
         fold_bn: bool = True,
         int8_graph: str | Path | None = None,
+        cuda_graphs: bool = False,
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present.
         ``int8_graph`` defaults to the weights' own (``<name>.int8.onnx`` beside them)."""
@@ -156,8 +172,13 @@ class Predictor:
         model, config, _ = load_weights(path, device=resolve_device(device))
         return cls(
             model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn,
-            int8_graph=default_int8_path(path) if int8_graph is None else int8_graph,
+            int8_graph=default_int8_path(path) if int8_graph is None else int8_graph, cuda_graphs=cuda_graphs,
         )  # fmt: skip
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the forward replays CUDA graphs."""
+        return self._graphed is not None
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -174,20 +195,26 @@ class Predictor:
         """Raw outputs (float32) for a preprocessed batch, optionally merged with the flipped batch."""
         if flip_test:
             batch = torch.cat((batch, batch.flip(-1)), dim=0)
-        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if self.precision.autocast_dtype is not None:
-            autocast = torch.autocast(device_type=self.device.type, dtype=self.precision.autocast_dtype)
         if batch.dtype != self.precision.model_dtype and self._onnx is None:
             batch = batch.to(self.precision.model_dtype)
         if self._onnx is not None:
-            outputs = self._onnx(batch, tasks)
+            outputs = {k: v.float() for k, v in self._onnx(batch, tasks).items()}
+        elif self._graphed is not None:
+            outputs = self._graphed(batch, frozenset(tasks))
         else:
-            with torch.inference_mode(), autocast:
-                outputs = self._run_model(batch, tasks)
-        outputs = {k: v.float() for k, v in outputs.items()}
+            outputs = self._eager_forward(batch, frozenset(tasks))
         if flip_test:
             outputs = merge_flipped(outputs, batch.shape[0] // 2)
         return outputs
+
+    def _eager_forward(self, batch: Tensor, tasks: frozenset[str]) -> dict[str, Tensor]:
+        """The torch module's outputs (float32) for ``batch``, under autocast where the precision asks."""
+        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if self.precision.autocast_dtype is not None:
+            autocast = torch.autocast(device_type=self.device.type, dtype=self.precision.autocast_dtype)
+        with torch.inference_mode(), autocast:
+            outputs = self._run_model(batch, tasks)
+        return {k: v.float() for k, v in outputs.items()}
 
     @overload
     def predict(

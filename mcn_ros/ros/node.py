@@ -222,6 +222,7 @@ class McnNode(LifecycleNode):
         backend = str(self.get_parameter("backend").value)
         precision = str(self.get_parameter("precision").value)
         rect = bool(self.get_parameter("rect_input").value)
+        graphs = bool(self.get_parameter("cuda_graphs").value)
 
         int8_graph = str(self.get_parameter("int8_graph").value) or default_int8_path(weights)
 
@@ -230,7 +231,7 @@ class McnNode(LifecycleNode):
                 warnings.simplefilter("ignore", UserWarning)
                 return Predictor(
                     model, config, device=device, precision=precision, rect=rect, backend=backend,
-                    int8_graph=int8_graph,
+                    int8_graph=int8_graph, cuda_graphs=graphs,
                 )  # fmt: skip
 
         predictor = self._on_inference_thread(make_predictor)
@@ -250,6 +251,8 @@ class McnNode(LifecycleNode):
             )
         if predictor.precision.note is not None:
             self.get_logger().warning(f"parameter precision: {predictor.precision.note}")
+        if predictor.cuda_graphs_note is not None:
+            self.get_logger().warning(f"parameter cuda_graphs: {predictor.cuda_graphs_note}")
         self.get_logger().info(
             f"loaded {config.name} ({config.backbone}, tasks {sorted(config.tasks)}) on {predictor.device}, "
             f"{predictor.precision.name}"

@@ -155,6 +155,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("backend", "string", "torch", CONFIGURE,
                   f"Inference backend, one of {BACKEND_CHOICES} (onnxruntime: CPU only, optional package)",
                   choices=BACKEND_CHOICES),
+    ParameterSpec("cuda_graphs", "bool", False, CONFIGURE,
+                  "Replay the forward from CUDA graphs (CUDA, backend torch; not with deformable convs): "
+                  "the first frame of each shape captures"),
     ParameterSpec("rect_input", "bool", True, CONFIGURE,
                   "Camera-shaped network input (multiples of 32 at the input_size scale); false: input_size"),
     ParameterSpec("input_size", "integer_array", (0, 0), CONFIGURE,
