@@ -241,6 +241,9 @@ def test_assess_warns_when_processing_lags_the_input_by_more_than_the_tolerance(
 def test_speed_hint_names_only_what_applies() -> None:
     hint = speed_hint(Knobs(input_size=(128, 128), tasks=("pose",), flip_test=False, device="cuda:0"))
     assert hint == "a smaller input_size (now 128x128), precision:=fp16"
+    gpu = Knobs(input_size=None, tasks=("pose",), flip_test=False, device="cuda:0", cuda_graphs_possible=True)
+    assert speed_hint(gpu) == "cuda_graphs:=true, precision:=fp16"
+    assert speed_hint(dataclasses.replace(gpu, cuda_graphs=True)) == "precision:=fp16"
     on_cpu = Knobs(input_size=None, tasks=("pose",), flip_test=False, device="cpu", cpu_bf16=True)
     assert speed_hint(on_cpu) == "a CUDA device (device is cpu), precision:=bf16 (this CPU has native bf16)"
     already = dataclasses.replace(on_cpu, precision="bf16")

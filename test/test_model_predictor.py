@@ -288,7 +288,7 @@ def test_cuda_graphs_off_the_gpu_warn_and_run_eagerly() -> None:
     plain = Predictor(model, config)
     with pytest.warns(UserWarning, match="CUDA graphs need a CUDA device"):
         asked = Predictor(model, config, cuda_graphs=True)
-    assert not asked.cuda_graphs and not plain.cuda_graphs
+    assert not asked.cuda_graphs and not plain.cuda_graphs and not plain.cuda_graphs_possible
     assert asked.cuda_graphs_note is not None and "eagerly" in asked.cuda_graphs_note
     a, b = plain.predict(image, score_threshold=0.0), asked.predict(image, score_threshold=0.0)
     assert a.detections is not None and b.detections is not None

@@ -144,8 +144,12 @@ class Predictor:
             self._run_model = self._run_model.to(memory_format=torch.channels_last)
         self._graphed: GraphedForward | None = None
         self.cuda_graphs_note: str | None = None
+        reason = (
+            graph_unsafe_reason(self._run_model, self.device) if self._onnx is None else "backend onnxruntime"
+        )
+        #: Whether ``cuda_graphs=True`` would replay graphs here (a speed hint where it is off).
+        self.cuda_graphs_possible = reason is None
         if cuda_graphs:
-            reason = graph_unsafe_reason(self._run_model, self.device)
             if reason is None:
                 self._graphed = GraphedForward(self._eager_forward)
             else:

@@ -29,6 +29,8 @@ class Knobs:
     precision: str = "fp32"  # the precision the forward runs at (after any fallback)
     cpu_bf16: bool = False  # the CPU has native bf16 (precision bf16 would run there)
     cpu_int8: bool = False  # the CPU has int8 dot products and onnxruntime is installed (int8 would run)
+    cuda_graphs: bool = False  # the forward replays CUDA graphs
+    cuda_graphs_possible: bool = False  # cuda_graphs would replay graphs here (CUDA, torch, no DCN)
 
 
 def speed_hint(knobs: Knobs) -> str:
@@ -42,6 +44,8 @@ def speed_hint(knobs: Knobs) -> str:
     if knobs.flip_test:
         hints.append("flip_test off")
     if knobs.device.startswith("cuda"):
+        if knobs.cuda_graphs_possible and not knobs.cuda_graphs:
+            hints.append("cuda_graphs:=true")
         if knobs.precision == "fp32":
             hints.append("precision:=fp16")
     else:

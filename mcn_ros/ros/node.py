@@ -518,6 +518,8 @@ class McnNode(LifecycleNode):
             precision=predictor.precision.name if predictor is not None else "fp32",
             cpu_bf16=self._cpu_bf16,
             cpu_int8=self._cpu_int8,
+            cuda_graphs=predictor is not None and predictor.cuda_graphs,
+            cuda_graphs_possible=predictor is not None and predictor.cuda_graphs_possible,
         )
         level, message = diagnostics.assess(
             summary,
