@@ -50,11 +50,15 @@ bench: setup
 		$(ENV) python bench/int8_onnxruntime.py; \
 	else echo "[bench] this CPU has no VNNI/AMX: int8_onnxruntime skipped (precision int8 runs fp32 here)"; fi)
 
-# The model table on a CUDA GPU (bench/results/model_gpu.*: fp32 / fp16 / bf16, batch 1 and 6, the demo
-# weights' accuracy at each precision); exits 2 without CUDA.
+# On a CUDA GPU: the model table (bench/results/model_gpu.*: fp32 / fp16 / bf16, batch 1 and 6, the demo
+# weights' accuracy at each precision), then (not with QUICK) eager forward against CUDA graphs and the two
+# peak searches (gpu_overheads.*), and predict step by step with and without CUDA graphs
+# (decode_share_gpu.*); exits 2 without CUDA.
 bench-gpu: setup
 	$(ENV) pip install -q --no-deps -r requirements/bench.txt
 	$(ENV) python bench/model_gpu.py $(if $(QUICK),--quick,)
+	$(if $(QUICK),,$(ENV) python bench/gpu_overheads.py)
+	$(if $(QUICK),,$(ENV) python bench/decode_share.py --device cuda --precisions fp32 fp16 --cuda-graphs)
 
 clean:
 	rm -rf build install log mcn_env.sh build-jazzy install-jazzy mcn_env_jazzy.sh

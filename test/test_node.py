@@ -358,6 +358,7 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         assert not c.publish_until(image, lambda: bool(c.messages("detections")), 3)
         assert c.lifecycle("cleanup")
         assert c.state() == "unconfigured"
+        assert c.set_parameters(cuda_graphs=True)[0].successful  # off CUDA: a warning, the eager forward
         assert c.lifecycle("configure") and c.lifecycle("activate")
         c.clear()
         assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
@@ -376,6 +377,7 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
     assert "cannot load weights" in log
     assert "input_size [50, 50]" in log and "multiple of 32" in log
     assert cuda_available() or "configure failed: cannot load weights" in log.split("input_size [50, 50]")[-1]
+    assert cuda_available() or "parameter cuda_graphs: CUDA graphs need a CUDA device" in log
 
 
 def diagnostics_values(c: Client, node: str) -> dict[str, str] | None:
