@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -57,6 +58,23 @@ def merge_flipped(outputs: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
         else:  # offset, kp_subpixel
             merged[key] = direct
     return merged
+
+
+def run_module(
+    module: nn.Module,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    batch: Tensor,
+    tasks: frozenset[str],
+) -> dict[str, Tensor]:
+    """``module(batch, tasks)`` in inference mode (under autocast to ``autocast_dtype`` when given), its
+    outputs as float32."""
+    autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if autocast_dtype is not None:
+        autocast = torch.autocast(device_type=device.type, dtype=autocast_dtype)
+    with torch.inference_mode(), autocast:
+        outputs = module(batch, tasks)
+    return {k: v.float() for k, v in outputs.items()}
 
 
 def _int8_graph(source: str | Path | Any | None, model: nn.Module) -> Any:
@@ -150,8 +168,10 @@ class Predictor:
         #: Whether ``cuda_graphs=True`` would replay graphs here (a speed hint where it is off).
         self.cuda_graphs_possible = reason is None
         if cuda_graphs:
-            if reason is None:
-                self._graphed = GraphedForward(self._eager_forward)
+            if reason is None:  # the graphs hold the module, not this Predictor (no reference cycle)
+                self._graphed = GraphedForward(
+                    functools.partial(run_module, self._run_model, self.device, self.precision.autocast_dtype)
+                )
             else:
                 self.cuda_graphs_note = f"{reason}; the forward runs eagerly"
                 warnings.warn(self.cuda_graphs_note, stacklevel=2)
@@ -213,12 +233,7 @@ class Predictor:
 
     def _eager_forward(self, batch: Tensor, tasks: frozenset[str]) -> dict[str, Tensor]:
         """The torch module's outputs (float32) for ``batch``, under autocast where the precision asks."""
-        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if self.precision.autocast_dtype is not None:
-            autocast = torch.autocast(device_type=self.device.type, dtype=self.precision.autocast_dtype)
-        with torch.inference_mode(), autocast:
-            outputs = self._run_model(batch, tasks)
-        return {k: v.float() for k, v in outputs.items()}
+        return run_module(self._run_model, self.device, self.precision.autocast_dtype, batch, tasks)
 
     @overload
     def predict(
