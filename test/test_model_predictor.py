@@ -295,6 +295,38 @@ def test_cuda_graphs_off_the_gpu_warn_and_run_eagerly() -> None:
     np.testing.assert_array_equal(a.detections.scores, b.detections.scores)
 
 
+def test_a_failed_capture_falls_back_to_the_eager_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture that fails (an op CUDA graphs cannot hold) warns once and leaves the eager forward serving:
+    no second capture is tried."""
+    from mcn_ros.model.cuda_graphs import GraphedForward
+
+    calls: list[tuple[int, ...]] = []
+
+    def forward(batch: Tensor, tasks: frozenset[str]) -> dict[str, Tensor]:
+        calls.append(tuple(batch.shape))
+        return {"double": batch * 2}
+
+    graphed = GraphedForward(forward)
+    captures: list[object] = []
+
+    def failing_capture(*args: object) -> None:
+        captures.append(args)
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(graphed, "_capture", failing_capture)
+    batch = torch.ones(1, 3, 4, 4)
+    with pytest.warns(UserWarning, match="capture failed .operation not permitted"):
+        out = graphed(batch, frozenset({"detection"}))
+    torch.testing.assert_close(out["double"], batch * 2)
+    assert (
+        graphed.failure is not None and "eagerly" in graphed.failure and "more detail" not in graphed.failure
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        torch.testing.assert_close(graphed(batch + 1, frozenset({"pose"}))["double"], (batch + 1) * 2)
+    assert len(captures) == 1 and len(calls) == 2 and graphed.captured == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_graphs_replay_the_eager_forward(precision: str) -> None:

@@ -9,6 +9,7 @@ one are not captured (:func:`graph_unsafe_reason`).
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,13 +51,16 @@ class GraphedForward:
     """``forward(batch, tasks)`` run from CUDA graphs, one captured per (shape, dtype, strides, tasks).
 
     The first call with a new key captures (a few eager calls, then the capture: slower once); later ones
-    replay. Outputs are copies, so they stay valid after the next call.
+    replay. Outputs are copies, so they stay valid after the next call. A capture that fails (an operation
+    that cannot run in a graph) warns once, says why in ``failure``, and every call from then on runs the
+    forward eagerly.
     """
 
     def __init__(self, forward: Forward, max_graphs: int = MAX_GRAPHS) -> None:
         self._forward = forward
         self._max_graphs = max_graphs
         self._graphs: OrderedDict[tuple[object, ...], _Captured] = OrderedDict()
+        self.failure: str | None = None
 
     @property
     def captured(self) -> int:
@@ -64,10 +68,20 @@ class GraphedForward:
         return len(self._graphs)
 
     def __call__(self, batch: Tensor, tasks: frozenset[str]) -> dict[str, Tensor]:
+        if self.failure is not None:
+            return self._forward(batch, tasks)
         key = (tuple(batch.shape), batch.dtype, batch.stride(), tasks)
         captured = self._graphs.get(key)
         if captured is None:
-            captured = self._capture(batch, tasks)
+            try:
+                captured = self._capture(batch, tasks)
+            except RuntimeError as error:
+                self.failure = (
+                    f"CUDA graph capture failed ({str(error).splitlines()[0]}); the forward runs eagerly"
+                )
+                self._graphs.clear()
+                warnings.warn(self.failure, stacklevel=2)
+                return self._forward(batch, tasks)
             self._graphs[key] = captured
             while len(self._graphs) > self._max_graphs:
                 self._graphs.popitem(last=False)

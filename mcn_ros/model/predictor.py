@@ -201,8 +201,8 @@ class Predictor:
 
     @property
     def cuda_graphs(self) -> bool:
-        """Whether the forward replays CUDA graphs."""
-        return self._graphed is not None
+        """Whether the forward replays CUDA graphs (asked, possible here, and no capture has failed)."""
+        return self._graphed is not None and self._graphed.failure is None
 
     @property
     def tasks(self) -> frozenset[str]:
