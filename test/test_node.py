@@ -330,6 +330,7 @@ def cuda_available() -> bool:
 
 
 def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
     from vision_msgs.msg import Detection2DArray
 
     corrupt = tmp_path / "corrupt.safetensors"
@@ -338,6 +339,7 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
     c = Client("managed_node")
     try:
         c.subscribe("detections", Detection2DArray)
+        c.subscribe("/diagnostics", DiagnosticArray)
         image = image_message(test_image())
         assert c.state() == "unconfigured"
         assert not c.lifecycle("configure")  # corrupt weights: configure fails, node stays up
@@ -362,6 +364,12 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         assert c.lifecycle("configure") and c.lifecycle("activate")
         c.clear()
         assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
+        if not cuda_available():  # /diagnostics says graphs were asked for and why they are off
+
+            def graphs_state() -> str:
+                return (diagnostics_values(c, "managed_node") or {}).get("cuda_graphs", "")
+
+            assert c.wait_for(lambda: graphs_state().startswith("off: CUDA graphs need a CUDA device"), 10)
         # A second configure/activate cycle left exactly one publisher and one camera subscription.
         assert c.node.count_publishers("/managed_node/detections") == 1
         readers = c.node.get_subscriptions_info_by_topic("/image")

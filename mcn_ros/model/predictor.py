@@ -161,7 +161,7 @@ class Predictor:
         if self._run_model is not model and channels_last:
             self._run_model = self._run_model.to(memory_format=torch.channels_last)
         self._graphed: GraphedForward | None = None
-        self.cuda_graphs_note: str | None = None
+        self._cuda_graphs_refused: str | None = None
         reason = (
             graph_unsafe_reason(self._run_model, self.device) if self._onnx is None else "backend onnxruntime"
         )
@@ -173,8 +173,8 @@ class Predictor:
                     functools.partial(run_module, self._run_model, self.device, self.precision.autocast_dtype)
                 )
             else:
-                self.cuda_graphs_note = f"{reason}; the forward runs eagerly"
-                warnings.warn(self.cuda_graphs_note, stacklevel=2)
+                self._cuda_graphs_refused = f"{reason}; the forward runs eagerly"
+                warnings.warn(self._cuda_graphs_refused, stacklevel=2)
 
     @classmethod
     def from_weights(
@@ -203,6 +203,13 @@ class Predictor:
     def cuda_graphs(self) -> bool:
         """Whether the forward replays CUDA graphs (asked, possible here, and no capture has failed)."""
         return self._graphed is not None and self._graphed.failure is None
+
+    @property
+    def cuda_graphs_note(self) -> str | None:
+        """Why CUDA graphs asked for are not used (refused here, or a capture failed); None otherwise."""
+        if self._graphed is not None:
+            return self._graphed.failure
+        return self._cuda_graphs_refused
 
     @property
     def tasks(self) -> frozenset[str]:

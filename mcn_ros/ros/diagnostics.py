@@ -88,6 +88,7 @@ def status_values(
     device: str,
     last_error: str,
     precision: str = "fp32",
+    cuda_graphs: str = "off",
 ) -> dict[str, str]:
     """The status's key-values: rates and latencies over the window, then the totals since start."""
     return {
@@ -104,6 +105,7 @@ def status_values(
         "tasks_computed": ",".join(sorted(tasks)),
         "device": device,
         "precision": precision,
+        "cuda_graphs": cuda_graphs,
         "last_error": last_error,
     }
 

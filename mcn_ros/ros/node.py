@@ -507,6 +507,14 @@ class McnNode(LifecycleNode):
         array = diagnostics.diagnostic_array(statuses, self._device_name(), stamp)
         self._diagnostics_publisher.publish(array)
 
+    def _cuda_graphs_state(self) -> str:
+        """ "on", "off", or "off: <why>" where they were asked for and are not used."""
+        predictor = self._predictor
+        if predictor is None or predictor.cuda_graphs:
+            return "on" if predictor is not None else "off"
+        note = predictor.cuda_graphs_note
+        return "off" if note is None else f"off: {note}"
+
     def _camera_status(self, camera: Camera) -> diagnostics.Status:
         summary = camera.stats.summary(monotonic())
         predictor = self._predictor
@@ -536,6 +544,7 @@ class McnNode(LifecycleNode):
             device=self._device_name(),
             last_error=camera.last_error,
             precision=predictor.precision.name if predictor is not None else "none",
+            cuda_graphs=self._cuda_graphs_state(),
         )
         label = f"camera {camera.name}" if camera.name else "inference"
         return f"{self.get_name()}: {label}", level, message, values
