@@ -162,9 +162,7 @@ class Predictor:
             self._run_model = self._run_model.to(memory_format=torch.channels_last)
         self._graphed: GraphedForward | None = None
         self._cuda_graphs_refused: str | None = None
-        reason = (
-            graph_unsafe_reason(self._run_model, self.device) if self._onnx is None else "backend onnxruntime"
-        )
+        reason = graph_unsafe_reason(self._run_model, self.device)  # onnxruntime runs on the CPU only
         #: Whether ``cuda_graphs=True`` would replay graphs here (a speed hint where it is off).
         self.cuda_graphs_possible = reason is None
         if cuda_graphs:

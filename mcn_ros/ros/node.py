@@ -510,9 +510,9 @@ class McnNode(LifecycleNode):
     def _cuda_graphs_state(self) -> str:
         """ "on", "off", or "off: <why>" where they were asked for and are not used."""
         predictor = self._predictor
-        if predictor is None or predictor.cuda_graphs:
-            return "on" if predictor is not None else "off"
-        note = predictor.cuda_graphs_note
+        if predictor is not None and predictor.cuda_graphs:
+            return "on"
+        note = predictor.cuda_graphs_note if predictor is not None else None
         return "off" if note is None else f"off: {note}"
 
     def _camera_status(self, camera: Camera) -> diagnostics.Status:
