@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from mcn_ros.model.decode import (
     DecodeOptions,
     channel_argmax,
     decode_batch,
+    decode_to_tensors,
     find_peaks,
     local_peaks,
     topk_peaks,
@@ -262,7 +264,8 @@ def test_pose_threshold_and_detections_together() -> None:
 
 def test_pose_in_a_batch_with_and_without_persons(monkeypatch: pytest.MonkeyPatch) -> None:
     """An image without persons next to one with a person: the person's keypoints are snapped as when it is
-    alone; a batch without any person (snapping skipped) gives empty poses."""
+    alone; a batch without any person gives empty poses (snapping skipped, but on a device of
+    TOPK_SEARCH_DEVICES, where asking would wait for it)."""
     hw = (100, 200)
     single = _pose_outputs()
     pair = {name: torch.cat((value, blank_outputs()[name])) for name, value in single.items()}
@@ -280,6 +283,13 @@ def test_pose_in_a_batch_with_and_without_persons(monkeypatch: pytest.MonkeyPatc
     empty = decode_batch(nobody, boxes[:1], [hw], config(), ["pose"], DecodeOptions())[0].poses
     assert len(snapping) == 1, "a batch without persons does not"
     assert empty is not None and len(empty) == 0 and empty.keypoints.shape == (0, 17, 3)
+    monkeypatch.setattr(decode, "TOPK_SEARCH_DEVICES", frozenset({"cpu"}))  # asking would wait for a GPU
+    empty = decode_batch(nobody, boxes[:1], [hw], config(), ["pose"], DecodeOptions())[0].poses
+    assert len(snapping) == 2, "on a top-k search device snapping runs regardless"
+    assert empty is not None and len(empty) == 0 and empty.keypoints.shape == (0, 17, 3)
+    paired = decode_batch(pair, boxes, [hw, hw], config(), ["pose"], DecodeOptions())
+    assert paired[0].poses is not None and paired[1].poses is not None and len(paired[1].poses) == 0
+    np.testing.assert_array_equal(paired[0].poses.keypoints, alone.keypoints)
 
 
 def _many_persons() -> dict[str, torch.Tensor]:
@@ -359,6 +369,44 @@ def test_topk_search_device_gives_the_same_results(tasks: list[str], monkeypatch
             np.testing.assert_array_equal(getattr(topk.detections, field), getattr(listed.detections, field))
         assert listed.segmentation is not None and topk.segmentation is not None
         np.testing.assert_array_equal(topk.segmentation, listed.segmentation)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "pose_threshold"),
+    [(None, 0.3), (None, 0.1), (["detection"], 0.3), (["pose"], 0.3), (["segmentation"], 0.3)],
+)
+def test_topk_search_device_decodes_without_looking_at_values(
+    tasks: list[str] | None, pose_threshold: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a device of TOPK_SEARCH_DEVICES decode_to_tensors' work follows from shapes and options alone (what
+    a CUDA graph can hold, and nothing waits for the GPU): it runs on the meta device, which has shapes but
+    no values, so any step that reads one (nonzero, item, bool) fails there, as the candidate listing does.
+    """
+    out = {name: value.to("meta") for name, value in blank_outputs(2).items()}
+    sizes = [(100, 200), (90, 120)]
+    boxes = [letterbox_for(hw, INPUT) for hw in sizes]
+    options = DecodeOptions(pose_score_threshold=pose_threshold)
+    asked = {"detection", "pose", "segmentation"} if tasks is None else set(tasks)
+    if asked & {"detection", "pose"}:
+        with pytest.raises(NotImplementedError, match="nonzero"):
+            decode_to_tensors(out, boxes, sizes, config(), tasks, options)  # the listing reads values
+    monkeypatch.setattr(decode, "TOPK_SEARCH_DEVICES", frozenset({"cuda", "meta"}))
+    decoded = decode_to_tensors(out, boxes, sizes, config(), tasks, options)
+    fields = {name: end - start for name, start, end in decoded.columns}
+    assert decoded.numbers.device.type == "meta" and decoded.numbers.shape == (2, sum(fields.values()))
+    assert ("det_count" in fields) == ("detection" in asked) and ("pose_count" in fields) == ("pose" in asked)
+    if "pose" in asked:
+        assert fields["pose_keypoints"] == options.top_k * 17 * 3
+    if "segmentation" in asked:
+        assert decoded.segmentation is not None and decoded.segmentation.shape == (
+            sum(h * w for h, w in sizes),
+        )
+    else:
+        assert decoded.segmentation is None
+    bilinear = dataclasses.replace(options, segmentation_resampling="bilinear")
+    if "segmentation" in asked:  # interpolates where classes meet: data-dependent, not for a graph
+        with pytest.raises(NotImplementedError, match="nonzero"):
+            decode_to_tensors(out, boxes, sizes, config(), tasks, bilinear)
 
 
 @pytest.mark.parametrize("stride", [4, 1])

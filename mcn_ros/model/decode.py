@@ -8,9 +8,10 @@ when that peak scores at least ``kp_snap_score``, lies inside the person box and
 ``kp_snap_distance`` x the longer box side (CenterNet's multi-pose decoding). A keypoint's score is the
 snapped peak's score, else the keypoint heatmap at the regressed location.
 
-All maths runs batched on the outputs' device; there are no Python loops over detections or pixels (only
-over the images of the batch, for the segmentation resampling and the final split), and the results cross
-to the CPU in one packed transfer (plus one for segmentation maps).
+All maths runs batched on the outputs' device (:func:`decode_to_tensors`); there are no Python loops over
+detections or pixels (only over the images of the batch, for the segmentation resampling and the final
+split), and the results cross to the CPU in one packed transfer, plus one for segmentation maps
+(:func:`unpack_results`).
 """
 
 from __future__ import annotations
@@ -482,6 +483,19 @@ def _mapping_tensors(
         return letterboxes_to_tensor(letterboxes, device), limits.view(-1, 1, 4)
 
 
+class DecodedTensors(NamedTuple):
+    """A batch's decoded results still on the outputs' device (:func:`decode_to_tensors`), in two tensors so
+    that they reach the host in two copies (:func:`unpack_results`)."""
+
+    #: [B, N] float32: each field of each task side by side, at the columns ``columns`` names.
+    numbers: Tensor
+    #: (field, first column, end column) of each field in ``numbers``.
+    columns: tuple[tuple[str, int, int], ...]
+    #: The images' class maps at their original sizes, flattened and one after another (uint8, or int32 past
+    #: 256 classes); None without segmentation.
+    segmentation: Tensor | None
+
+
 @torch.inference_mode()
 def decode_batch(
     outputs: Mapping[str, Tensor],
@@ -495,7 +509,28 @@ def decode_batch(
 
     ``letterboxes`` and ``image_sizes`` ((h, w) of each original image) map back to original pixels; only
     ``tasks`` (None = all configured) are decoded, and each needs its outputs present. Runs in inference
-    mode: no autograd bookkeeping on the many small tensors.
+    mode: no autograd bookkeeping on the many small tensors. :func:`decode_to_tensors`, then
+    :func:`unpack_results`.
+    """
+    asked = resolve_tasks(config, tasks)
+    decoded = decode_to_tensors(outputs, letterboxes, image_sizes, config, asked, options)
+    return unpack_results(decoded, image_sizes, asked)
+
+
+@torch.inference_mode()
+def decode_to_tensors(
+    outputs: Mapping[str, Tensor],
+    letterboxes: Sequence[Letterbox],
+    image_sizes: Sequence[tuple[int, int]],
+    config: ModelConfig,
+    tasks: Collection[str] | None,
+    options: DecodeOptions,
+) -> DecodedTensors:
+    """:func:`decode_batch`'s work on the outputs' device: every result in original pixels, packed.
+
+    On a device of :data:`TOPK_SEARCH_DEVICES`, with ``segmentation_resampling`` "nearest", no step
+    depends on the values (every shape follows from the inputs' shapes and the options, nothing waits for
+    the device), so the whole call can be captured in a CUDA graph with the forward.
     """
     asked = resolve_tasks(config, tasks)
     batch = len(letterboxes)
@@ -511,7 +546,7 @@ def decode_batch(
     letterbox_boxes, box_limits = _mapping_tensors(
         tuple(letterboxes), tuple((int(h), int(w)) for h, w in image_sizes), device
     )
-    packed: dict[str, Tensor] = {}  # name -> [B, ...] float32, moved to the CPU together
+    packed: dict[str, Tensor] = {}  # name -> [B, ...], packed as float32
 
     if asked & {"detection", "pose"}:
         size, offset = outputs["size"], outputs["offset"]
@@ -526,7 +561,7 @@ def decode_batch(
         boxes = torch.minimum(points_to_original(boxes, letterbox_boxes).clamp_(min=0), box_limits)
         keep = (scores >= options.score_threshold).sum(dim=1).clamp(max=options.max_detections)
         classes = peaks.channels[:, 0]
-        packed.update(det_boxes=boxes, det_scores=scores, det_classes=classes.float(), det_count=keep.float())
+        packed.update(det_boxes=boxes, det_scores=scores, det_classes=classes, det_count=keep)
     if "pose" in asked:
         person = config.person_index
         assert person is not None  # guaranteed by ModelConfig validation
@@ -545,7 +580,8 @@ def decode_batch(
         regressed = gather_cells(outputs["kp_offsets"], ys, xs).float().unflatten(-1, (-1, 2))
         regressed = regressed + torch.stack((xs, ys), dim=-1).float().unsqueeze(2)
         keep = (scores >= options.pose_score_threshold).sum(dim=1).clamp(max=options.max_detections)
-        if bool(keep.any()):
+        # Asking whether any person passed would wait for the device: there, the keypoints are always snapped.
+        if device.type in TOPK_SEARCH_DEVICES or bool(keep.any()):
             keypoints, kp_scores = decode_keypoints(
                 boxes, regressed, outputs["kp_heatmap"], outputs["kp_subpixel"], options
             )
@@ -561,7 +597,7 @@ def decode_batch(
             pose_boxes=boxes,
             pose_scores=scores,
             pose_keypoints=torch.cat((keypoints, kp_scores.unsqueeze(-1)), dim=-1),
-            pose_count=keep.float(),
+            pose_count=keep,
         )
     seg_maps: list[Tensor] = []
     if "segmentation" in asked:
@@ -581,30 +617,38 @@ def decode_batch(
                 seg = segmentation_to_original(class_map[i], letterboxes[i], image_sizes[i], stride)
             seg_maps.append(seg.flatten())
 
-    # One packed transfer for the numbers, one for the segmentation maps.
-    names = list(packed)
-    flat_parts = [packed[n].reshape(batch, -1).float() for n in names]
-    widths = [p.shape[1] for p in flat_parts]
-    host = torch.cat(flat_parts, dim=1).cpu().numpy() if flat_parts else np.zeros((batch, 0), np.float32)
-    seg_host = None
+    parts = [value.reshape(batch, -1).float() for value in packed.values()]
+    columns, start = [], 0
+    for name, part in zip(packed, parts, strict=True):
+        columns.append((name, start, start + part.shape[1]))
+        start += part.shape[1]
+    numbers = torch.cat(parts, dim=1) if parts else torch.zeros((batch, 0), device=device)
+    segmentation = None
     if seg_maps:
-        seg_host = (seg_maps[0] if len(seg_maps) == 1 else torch.cat(seg_maps)).cpu().numpy()
-    columns = np.cumsum([0, *widths])
-    arrays = {n: host[:, columns[i] : columns[i + 1]] for i, n in enumerate(names)}
+        segmentation = seg_maps[0] if len(seg_maps) == 1 else torch.cat(seg_maps)
+    return DecodedTensors(numbers, tuple(columns), segmentation)
 
+
+def unpack_results(
+    decoded: DecodedTensors, image_sizes: Sequence[tuple[int, int]], tasks: Collection[str]
+) -> list[Results]:
+    """:func:`decode_to_tensors`' results brought to the host (two copies) as one :class:`Results` per
+    image; ``tasks`` are those decoded."""
+    host = decoded.numbers.cpu().numpy()
+    seg_host = None if decoded.segmentation is None else decoded.segmentation.cpu().numpy()
+    arrays = {name: host[:, start:end] for name, start, end in decoded.columns}
     results: list[Results] = []
     seg_start = 0
-    for i in range(batch):
-        h, w = int(image_sizes[i][0]), int(image_sizes[i][1])
+    for i, (h, w) in enumerate((int(h), int(w)) for h, w in image_sizes):
         result = Results(image_size=(h, w))
-        if "detection" in asked:
+        if "detection" in tasks:
             n = int(arrays["det_count"][i, 0])
             result.detections = Detections(
                 boxes=arrays["det_boxes"][i].reshape(-1, 4)[:n].astype(np.float32),
                 scores=arrays["det_scores"][i][:n].astype(np.float32),
                 class_ids=arrays["det_classes"][i][:n].astype(np.int64),
             )
-        if "pose" in asked:
+        if "pose" in tasks:
             n = int(arrays["pose_count"][i, 0])
             result.poses = Poses(
                 boxes=arrays["pose_boxes"][i].reshape(-1, 4)[:n].astype(np.float32),
