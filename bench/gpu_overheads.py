@@ -1,20 +1,25 @@
-"""Where the time goes around the network on a CUDA GPU: launch overhead in the forward, and the peak search.
+"""Where the time goes around the network on a CUDA GPU: launch overhead in the forward and decoding, and the
+peak search.
 
     python bench/gpu_overheads.py [--images 50] [--rounds 20] [--out bench/results]
 
 On a fast GPU the MCN's forward is bound by launching its kernels one by one (bench/results/model_gpu.json:
-ResNet-18 3-task at batch 6 costs little more than at batch 1), and decoding is many small ops. Two
-measurements, interleaved in one process:
+ResNet-18 3-task at batch 6 costs little more than at batch 1), and decoding is many small ops. Three
+measurements, each interleaved in one process:
 
 - **Forward, eager against a CUDA graph**: ``Predictor.forward`` as the node runs it, against the same call
-  captured once in a ``torch.cuda.CUDAGraph`` and replayed (input copied into the captured buffer); the
-  largest output difference between the two. The paper's three-task configs (ResNet-18, DLA-34) and the
-  lighter variant, at 384x512 (a 640x480 camera), batch 1, fp32 and fp16. Not a node option (yet): the
-  figures say what one would give.
+  captured once in a ``torch.cuda.CUDAGraph`` and replayed (input copied into the captured buffer), as the
+  ``cuda_graphs`` option does; the largest output difference between the two. The paper's three-task
+  configs (ResNet-18, DLA-34: with deformable convolutions, which that option refuses because they do not
+  replay correctly) and the lighter variant, at 384x512 (a 640x480 camera), batch 1, fp32 and fp16.
 - **Decoding, candidate listing against top-k**: ``decode_batch`` on the demo weights' outputs for the
   demo's held-out scenes at 640x480 (network inputs 512x384 and 128x96), with the peak searches listing
   candidates (the CPU's way: a host synchronisation per listing) and with the top-k over the max-pooled map
   (``decode.TOPK_SEARCH_DEVICES``, the default on CUDA); the results compared (same detections and poses).
+- **Predict, eager against CUDA graphs**: ``Predictor.predict`` of the same scenes (image in, results out,
+  demo weights, fp32) eager, with ``cuda_graphs`` (the forward replayed, decoding eager) and with
+  ``graph_decoding`` as well (forward and decoding replayed from one graph); the graphed results compared
+  with the eager ones.
 
 Needs a CUDA device: without one it says so and exits 2, writing nothing. Writes ``gpu_overheads.json`` and
 ``gpu_overheads.md``.
@@ -44,6 +49,7 @@ from seg_resampling import DEMO_WEIGHTS
 
 from mcn_ros.model import decode
 from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.cuda_graphs import GraphedCalls
 from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.predictor import Predictor
@@ -63,29 +69,21 @@ DECODE_INPUTS = (512, 128)
 
 
 def graph_forward(predictor: Predictor, batch: torch.Tensor) -> tuple[Callable[[], object], dict[str, Any]]:
-    """``predictor.forward`` of ``batch`` captured in a CUDA graph: a call copies ``batch`` into the captured
-    input and replays; also the outputs' largest difference from the eager forward."""
+    """``predictor.forward`` of ``batch`` replayed from a CUDA graph (:class:`GraphedCalls`, as the
+    ``cuda_graphs`` option runs it, here without its refusal of deformable convolutions): a call copies
+    ``batch`` into the captured input and replays; also the outputs' largest difference from the eager
+    forward."""
     tasks = predictor.config.tasks
-    static = batch.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-        for _ in range(3):
-            predictor.forward(static, tasks)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = predictor.forward(static, tasks)
+    graphs: GraphedCalls[dict[str, torch.Tensor]] = GraphedCalls(predictor.forward)
+    captured = graphs(batch, tasks)  # captures, then replays
     eager = predictor.forward(batch, tasks)
-    static.copy_(batch)
-    graph.replay()
     torch.cuda.synchronize()
+    if graphs.failure is not None:
+        raise RuntimeError(graphs.failure)
     difference = max(float((captured[k] - eager[k]).abs().max()) for k in eager)
 
     def replay() -> object:
-        static.copy_(batch)
-        graph.replay()
-        return captured
+        return graphs(batch, tasks)
 
     return replay, {"max_abs_difference": difference}
 
@@ -186,10 +184,65 @@ def cycling_decode(
     return call
 
 
+#: Each way of predicting: the Predictor's (cuda_graphs, graph_decoding).
+PREDICT_MODES: dict[str, tuple[bool, bool]] = {
+    "eager": (False, False),
+    "graphs": (True, False),
+    "graph_decoding": (True, True),
+}
+
+
+def predict_contenders(
+    device: torch.device, images: list[np.ndarray]
+) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
+    """``<input>:<mode>`` (:data:`PREDICT_MODES`) -> ``Predictor.predict`` of the next scene (synchronized by
+    its copy to the host), and per input and graphed mode the comparison of its results with the eager ones
+    on every scene. Off CUDA the graphed modes warn and run eagerly (the calls still work)."""
+    model, base, _ = load_weights(DEMO_WEIGHTS, device="cpu")
+    calls: dict[str, Callable[[], object]] = {}
+    checks: dict[str, Any] = {}
+    for side in DECODE_INPUTS:
+        config = dataclasses.replace(base, input_size=(side, side))
+        results: dict[str, list[Results]] = {}
+        for mode, (graphs, graph_decoding) in PREDICT_MODES.items():
+            predictor = Predictor(
+                model, config, device=device, cuda_graphs=graphs, graph_decoding=graph_decoding
+            )
+
+            def predict(image: np.ndarray, p: Predictor = predictor) -> Results:
+                thresholds = SCORE_THRESHOLD, SCORE_THRESHOLD  # detections, poses
+                result = p.predict(image, None, "bgr", *thresholds)
+                assert isinstance(result, Results)
+                return result
+
+            results[mode] = [predict(image) for image in images]
+            calls[f"{side}:{mode}"] = cycling_predict(predict, images)
+        for mode in PREDICT_MODES:
+            if mode != "eager":
+                checks[f"{side}:{mode}"] = compare(results["eager"], results[mode])
+    return calls, checks
+
+
+def cycling_predict(
+    predict: Callable[[np.ndarray], object], images: list[np.ndarray]
+) -> Callable[[], object]:
+    """A call predicting the next of ``images``."""
+    position = [0]
+
+    def call() -> object:
+        image = images[position[0] % len(images)]
+        position[0] += 1
+        return predict(image)
+
+    return call
+
+
 def compare(listed: list[Results], topk: list[Results]) -> dict[str, Any]:
-    """How far the two searches' results differ over the scenes (counts, largest box / keypoint gap)."""
-    same_counts, box_gap, keypoint_gap, detections = True, 0.0, 0.0, 0
+    """How far two ways' results differ over the scenes (counts, largest box / keypoint gap, segmentation)."""
+    same_counts, box_gap, keypoint_gap, detections, same_segmentation = True, 0.0, 0.0, 0, True
     for a, b in zip(listed, topk, strict=True):
+        if a.segmentation is not None and b.segmentation is not None:
+            same_segmentation &= bool(np.array_equal(a.segmentation, b.segmentation))
         assert a.detections is not None and b.detections is not None and a.poses is not None
         assert b.poses is not None
         if len(a.detections) != len(b.detections) or len(a.poses) != len(b.poses):
@@ -205,11 +258,12 @@ def compare(listed: list[Results], topk: list[Results]) -> dict[str, Any]:
         "detections": detections,
         "max_box_difference_px": round(box_gap, 4),
         "max_keypoint_difference": round(keypoint_gap, 4),
+        "same_segmentation": same_segmentation,
     }
 
 
 def render(record: dict[str, Any]) -> str:
-    """The record as two tables."""
+    """The record as three tables."""
     gpu = record["device"]
     forward, decoding = record["forward"], record["decode"]
     lines = [
@@ -250,6 +304,26 @@ def render(record: dict[str, Any]) -> str:
             f"{row['speedup']:.2f}x | {check['same_counts']} | {check['detections']} | "
             f"{check['max_box_difference_px']} |"
         )
+    if "predict" in record:  # records before graph_decoding have no such table
+        lines += [
+            "",
+            "`Predictor.predict` of the same scenes (640x480 BGR image in, results out; demo weights, fp32; "
+            "median ms), and whether the graphed results equal the eager ones (counts, boxes, keypoints, "
+            "segmentation):",
+            "",
+            "| network input | eager | cuda_graphs | + graph_decoding | speed-up over eager | same results |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for side, row in record["predict"].items():
+            same = all(
+                check["same_counts"] and check["same_segmentation"] and check["max_box_difference_px"] == 0
+                and check["max_keypoint_difference"] == 0
+                for check in row["checks"].values()
+            )  # fmt: skip
+            lines.append(
+                f"| {side} | {row['eager']['median_ms']:.2f} | {row['graphs']['median_ms']:.2f} | "
+                f"{row['graph_decoding']['median_ms']:.2f} | {row['speedup']:.2f}x | {same} |"
+            )
     return "\n".join([*lines, ""])
 
 
@@ -282,6 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         listing, topk = stats(decode_times[f"{side}:listing"]), stats(decode_times[f"{side}:topk"])
         speedup = round(listing["median_ms"] / topk["median_ms"], 2)
         decoding[side] = {"listing": listing, "topk": topk, "speedup": speedup, "check": check}
+    predict_calls, predict_checks = predict_contenders(device, images)
+    predict_times = interleaved(predict_calls, args.rounds * len(images) // 5, warmup=len(images))
+    predicting: dict[str, Any] = {}
+    for network in DECODE_INPUTS:
+        row: dict[str, Any] = {mode: stats(predict_times[f"{network}:{mode}"]) for mode in PREDICT_MODES}
+        row["speedup"] = round(row["eager"]["median_ms"] / row["graph_decoding"]["median_ms"], 2)
+        row["checks"] = {m: predict_checks[f"{network}:{m}"] for m in PREDICT_MODES if m != "eager"}
+        predicting[str(network)] = row
     record: dict[str, Any] = {
         "command": shlex.join(
             ["python", "bench/gpu_overheads.py", *(sys.argv[1:] if argv is None else argv)]
@@ -295,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": args.images,
         "forward": forward,
         "decode": decoding,
+        "predict": predicting,
     }
     write_record(args.out, "gpu_overheads", record, render(record))
     return 0

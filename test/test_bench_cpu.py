@@ -207,8 +207,9 @@ def test_model_gpu_script_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_gpu_overheads_decoding_contenders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The GPU overheads benchmark's decoding half on the CPU: both peak searches on the demo weights' outputs
-    for a few scenes, the same results, and each contender decodes (the forward half needs CUDA)."""
+    """The GPU overheads benchmark's decoding and predict parts on the CPU: both peak searches on the demo
+    weights' outputs for a few scenes, the same results, and each contender decodes; the predict contenders
+    (graphs refused here, so all eager) compared and callable (the forward part needs CUDA)."""
     import torch
 
     bench = _load(monkeypatch, "gpu_overheads")
@@ -224,6 +225,14 @@ def test_gpu_overheads_decoding_contenders(monkeypatch: pytest.MonkeyPatch, tmp_
     for call in calls.values():
         (result,) = call()
         assert result.detections is not None and result.segmentation is not None
+    with pytest.warns(UserWarning, match="CUDA graphs need a CUDA device"):  # off CUDA: eager, with a warning
+        calls, checks = bench.predict_contenders(torch.device("cpu"), images[:2])
+    assert set(calls) == {f"{side}:{mode}" for side in (512, 128) for mode in bench.PREDICT_MODES}
+    assert set(checks) == {f"{side}:{mode}" for side in (512, 128) for mode in ("graphs", "graph_decoding")}
+    for check in checks.values():
+        assert check["same_counts"] and check["same_segmentation"] and check["detections"] > 0
+    result = calls["128:graph_decoding"]()
+    assert type(result).__name__ == "Results" and result.poses is not None
 
 
 def test_git_commit_ignores_only_the_given_folders(tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mcn_ros.model import predictor as predictor_module
 from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
-from mcn_ros.model.decode import DecodeOptions, decode_batch
+from mcn_ros.model.decode import DecodeOptions, decode_batch, unpack_results
 from mcn_ros.model.labels import flip_permutation
 from mcn_ros.model.mcn import MultitaskCenterNet
-from mcn_ros.model.predictor import Predictor, merge_flipped
+from mcn_ros.model.predictor import Predictor, forward_and_decode, merge_flipped
 from mcn_ros.model.preprocess import letterbox_for
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import save_weights
@@ -298,7 +299,7 @@ def test_cuda_graphs_off_the_gpu_warn_and_run_eagerly() -> None:
 def test_a_failed_capture_falls_back_to_the_eager_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     """A capture that fails (an op CUDA graphs cannot hold) warns once and leaves the eager forward serving:
     no second capture is tried."""
-    from mcn_ros.model.cuda_graphs import GraphedForward
+    from mcn_ros.model.cuda_graphs import GraphedCalls
 
     calls: list[tuple[int, ...]] = []
 
@@ -306,7 +307,7 @@ def test_a_failed_capture_falls_back_to_the_eager_forward(monkeypatch: pytest.Mo
         calls.append(tuple(batch.shape))
         return {"double": batch * 2}
 
-    graphed = GraphedForward(forward)
+    graphed = GraphedCalls(forward)
     captures: list[object] = []
 
     def failing_capture(*args: object) -> None:
@@ -325,6 +326,88 @@ def test_a_failed_capture_falls_back_to_the_eager_forward(monkeypatch: pytest.Mo
         warnings.simplefilter("error")  # no second warning
         torch.testing.assert_close(graphed(batch + 1, frozenset({"pose"}))["double"], (batch + 1) * 2)
     assert len(captures) == 1 and len(calls) == 2 and graphed.captured == 0
+
+
+def _same_results(got: Results | list[Results], want: Results | list[Results]) -> None:
+    """Every field of two Results equal, exactly."""
+    assert isinstance(got, Results) and isinstance(want, Results)
+    assert got.image_size == want.image_size
+    for task in ("detections", "poses"):
+        a, b = getattr(got, task), getattr(want, task)
+        assert (a is None) == (b is None)
+        if a is not None:
+            for field in dataclasses.fields(a):
+                np.testing.assert_array_equal(getattr(a, field.name), getattr(b, field.name))
+    assert (got.segmentation is None) == (want.segmentation is None)
+    if got.segmentation is not None:
+        np.testing.assert_array_equal(got.segmentation, want.segmentation)
+
+
+def test_forward_and_decode_is_what_predict_computes() -> None:
+    """The part of predict that graph_decoding captures (forward, then decoding on the device), unpacked on
+    the host, gives predict's results; graph_decoding without cuda_graphs is refused."""
+    torch.manual_seed(0)
+    config = _graph_config()
+    predictor = Predictor(MultitaskCenterNet(config).eval(), config)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((90, 120), (60, 100))]
+    sizes = tuple((int(im.shape[0]), int(im.shape[1])) for im in images)
+    batch, letterboxes = predictor_module.preprocess(
+        images, predictor.input_size(sizes), config.mean, config.std, predictor.device, "rgb", True
+    )
+    options = DecodeOptions.from_config(config.decode, score_threshold=0.05, pose_score_threshold=0.05)
+    decoded = forward_and_decode(
+        predictor._eager_forward, config, batch, config.tasks, tuple(letterboxes), sizes, options
+    )
+    want = predictor.predict(images, score_threshold=0.05, pose_score_threshold=0.05)
+    got = unpack_results(decoded, sizes, config.tasks)
+    assert want[0].detections is not None and len(want[0].detections) > 0
+    for a, b in zip(got, want, strict=True):
+        _same_results(a, b)
+    with pytest.raises(ValueError, match="needs cuda_graphs"):
+        Predictor(MultitaskCenterNet(config).eval(), config, graph_decoding=True)
+
+
+def test_a_failed_decoding_capture_leaves_the_forward_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """graph_decoding whose capture fails: one warning, that frame decoded eagerly, later frames through the
+    forward's graphs (here failing too, as on a CPU they must): every result the eager predictor's, and
+    cuda_graphs_note says what happened. Bilinear resampling never asks for the decoding graph."""
+    monkeypatch.setattr(predictor_module, "graph_unsafe_reason", lambda model, device: None)  # "possible"
+    torch.manual_seed(0)
+    config = _graph_config()
+    model = MultitaskCenterNet(config).eval()
+    plain = Predictor(model, config)
+    image = np.random.default_rng(4).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    captures: list[str] = []
+
+    def graphed_predictor() -> Predictor:
+        graphed = Predictor(model, config, cuda_graphs=True, graph_decoding=True)
+        assert graphed.cuda_graphs and graphed.graph_decoding and graphed.cuda_graphs_note is None
+        for name, graphs in (("forward", graphed._graphed), ("decoding", graphed._graphed_decoding)):
+
+            def capture(*args: object, name: str = name) -> None:
+                captures.append(name)
+                raise RuntimeError("operation not permitted when stream is capturing")
+
+            monkeypatch.setattr(graphs, "_capture", capture)
+        return graphed
+
+    bilinear = plain.predict(image, score_threshold=0.05, segmentation_resampling="bilinear")
+    with pytest.warns(UserWarning, match="the forward runs eagerly"):
+        got = graphed_predictor().predict(image, score_threshold=0.05, segmentation_resampling="bilinear")
+    assert captures == ["forward"], "bilinear resampling: the forward's graph only"
+    _same_results(got, bilinear)
+    captures.clear()
+    want = plain.predict(image, score_threshold=0.05)
+    graphed = graphed_predictor()
+    with pytest.warns(UserWarning, match="decoding runs after the forward's graph"):
+        _same_results(graphed.predict(image, score_threshold=0.05), want)
+    assert captures == ["decoding"] and graphed.cuda_graphs and not graphed.graph_decoding
+    assert graphed.cuda_graphs_note is not None and "decoding runs after" in graphed.cuda_graphs_note
+    with pytest.warns(UserWarning, match="the forward runs eagerly"):
+        _same_results(graphed.predict(image, score_threshold=0.05), want)
+    assert captures == ["decoding", "forward"], "the decoding graph is not tried again"
+    assert not graphed.cuda_graphs and "forward runs eagerly" in str(graphed.cuda_graphs_note)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -355,7 +438,7 @@ def test_cuda_graphs_replay_the_eager_forward(precision: str) -> None:
     for got, want in kept:  # copies: not overwritten by later replays
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
-    small = cuda_graphs.GraphedForward(graphed._eager_forward, max_graphs=2)
+    small = cuda_graphs.GraphedCalls(graphed._eager_forward, max_graphs=2)
     for (batch, h, w), tasks in cases:
         small(torch.randn(batch, 3, h, w, device="cuda").contiguous(memory_format=torch.channels_last), tasks)
     assert small.captured == 2
@@ -369,3 +452,44 @@ def test_cuda_graphs_replay_the_eager_forward(precision: str) -> None:
     assert Predictor(
         MultitaskCenterNet(plain_dla).eval(), plain_dla, device="cuda", cuda_graphs=True
     ).cuda_graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_graph_decoding_replays_the_eager_predictions(precision: str) -> None:
+    """Forward and decoding replayed from one graph give the eager predictor's results exactly: one graph per
+    batch shape, task set and threshold, frames of other content through the same graph, and results
+    returned earlier left as they were by later replays."""
+    torch.manual_seed(0)
+    config = _graph_config()
+    model = MultitaskCenterNet(config).eval()
+    eager = Predictor(model, config, device="cuda", precision=precision)
+    graphed = Predictor(
+        model, config, device="cuda", precision=precision, cuda_graphs=True, graph_decoding=True
+    )
+    assert graphed.graph_decoding and graphed.cuda_graphs_note is None
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8) for _ in range(3)]
+    cases: list[tuple[list[np.ndarray], list[str] | None, float]] = [
+        (frames[:1], None, 0.05),
+        (frames[:2], None, 0.05),
+        (frames[:1], ["pose"], 0.05),
+        (frames[:1], None, 0.2),
+    ]
+    kept = []
+    for images, tasks, threshold in cases * 2:  # the second pass replays
+        want = eager.predict(images, tasks, score_threshold=threshold, pose_score_threshold=threshold)
+        got = graphed.predict(images, tasks, score_threshold=threshold, pose_score_threshold=threshold)
+        for a, b in zip(got, want, strict=True):
+            _same_results(a, b)
+        kept.append((got, want))
+    assert graphed._graphed_decoding is not None and graphed._graphed_decoding.captured == len(cases)
+    assert graphed._graphed is not None and graphed._graphed.captured == 0, "predict used one graph"
+    for frame in frames:  # new content, the first case's graph
+        want_frame = eager.predict(frame, score_threshold=0.05)
+        _same_results(graphed.predict(frame, score_threshold=0.05), want_frame)
+    for got, want in kept:
+        for a, b in zip(got, want, strict=True):
+            _same_results(a, b)
+    assert any(len(r.detections or ()) > 0 for got, _ in kept for r in got), "something was detected"
+    assert graphed.graph_decoding and graphed._graphed_decoding.captured == len(cases)

@@ -1,5 +1,6 @@
-"""The forward replayed from CUDA graphs: captured once per input shape, layout and task set, then each call
-copies the batch into the captured input and replays every kernel at once.
+"""Calls replayed from CUDA graphs: the forward (or the forward and decoding) captured once per input shape,
+layout and arguments, then each call copies the batch into the captured input and replays every kernel at
+once.
 
 On a fast GPU the MCN's eager forward is bound by launching its kernels one by one from Python (an H200 ran
 the ResNet-18 three-task forward in 4.0 ms eager and 0.8 ms replayed: bench/results/gpu_overheads.md).
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +27,8 @@ MAX_GRAPHS = 8
 #: outside the graph, as torch's documentation asks).
 WARMUP_CALLS = 2
 
-Forward = Callable[[Tensor, frozenset[str]], dict[str, Tensor]]
+#: What a graphed function returns: tensors, in a dict or a (named) tuple.
+Outputs = TypeVar("Outputs")
 
 
 def graph_unsafe_reason(model: nn.Module, device: torch.device) -> str | None:
@@ -41,25 +44,33 @@ def graph_unsafe_reason(model: nn.Module, device: torch.device) -> str | None:
 
 
 @dataclass
-class _Captured:
+class _Captured(Generic[Outputs]):
     graph: torch.cuda.CUDAGraph
     batch: Tensor  # the captured input: each call copies its batch here
-    outputs: dict[str, Tensor]  # the captured outputs, overwritten by each replay
+    outputs: Outputs  # the captured outputs, overwritten by each replay
 
 
-class GraphedForward:
-    """``forward(batch, tasks)`` run from CUDA graphs, one captured per (shape, dtype, strides, tasks).
+class GraphedCalls(Generic[Outputs]):
+    """``function(batch, *args)`` run from CUDA graphs, one captured per (batch shape, dtype, strides, args).
 
-    The first call with a new key captures (a few eager calls, then the capture: slower once); later ones
-    replay. Outputs are copies, so they stay valid after the next call. A capture that fails (an operation
-    that cannot run in a graph) warns once, says why in ``failure``, and every call from then on runs the
-    forward eagerly.
+    ``args`` (hashable: task sets, letterboxes, options) are part of the key: the function must do the same
+    work for the same key whatever the batch's values. The first call with a new key captures (a few eager
+    calls, then the capture: slower once); later ones replay. A call returns the graph's own outputs, which
+    the next replay of that graph overwrites: copy what must outlive it. A capture that fails (an operation
+    that cannot run in a graph) warns once, says why and what now happens (``fallback``) in ``failure``, and
+    every call from then on runs ``function`` eagerly.
     """
 
-    def __init__(self, forward: Forward, max_graphs: int = MAX_GRAPHS) -> None:
-        self._forward = forward
+    def __init__(
+        self,
+        function: Callable[..., Outputs],
+        fallback: str = "the forward runs eagerly",
+        max_graphs: int = MAX_GRAPHS,
+    ) -> None:
+        self._function = function
+        self._fallback = fallback
         self._max_graphs = max_graphs
-        self._graphs: OrderedDict[tuple[object, ...], _Captured] = OrderedDict()
+        self._graphs: OrderedDict[tuple[object, ...], _Captured[Outputs]] = OrderedDict()
         self.failure: str | None = None
 
     @property
@@ -67,21 +78,19 @@ class GraphedForward:
         """How many graphs are held."""
         return len(self._graphs)
 
-    def __call__(self, batch: Tensor, tasks: frozenset[str]) -> dict[str, Tensor]:
+    def __call__(self, batch: Tensor, *args: Hashable) -> Outputs:
         if self.failure is not None:
-            return self._forward(batch, tasks)
-        key = (tuple(batch.shape), batch.dtype, batch.stride(), tasks)
+            return self._function(batch, *args)
+        key = (tuple(batch.shape), batch.dtype, batch.stride(), *args)
         captured = self._graphs.get(key)
         if captured is None:
             try:
-                captured = self._capture(batch, tasks)
+                captured = self._capture(batch, args)
             except RuntimeError as error:
-                self.failure = (
-                    f"CUDA graph capture failed ({str(error).splitlines()[0]}); the forward runs eagerly"
-                )
+                self.failure = f"CUDA graph capture failed ({str(error).splitlines()[0]}); {self._fallback}"
                 self._graphs.clear()
                 warnings.warn(self.failure, stacklevel=2)
-                return self._forward(batch, tasks)
+                return self._function(batch, *args)
             self._graphs[key] = captured
             while len(self._graphs) > self._max_graphs:
                 self._graphs.popitem(last=False)
@@ -89,18 +98,18 @@ class GraphedForward:
             self._graphs.move_to_end(key)
         captured.batch.copy_(batch)
         captured.graph.replay()
-        return {name: value.clone() for name, value in captured.outputs.items()}
+        return captured.outputs
 
-    def _capture(self, batch: Tensor, tasks: frozenset[str]) -> _Captured:
+    def _capture(self, batch: Tensor, args: tuple[Hashable, ...]) -> _Captured[Outputs]:
         with torch.inference_mode(False):  # a normal tensor: each call's copy into it may be in or out
             static = batch.clone()  # same shape, dtype and memory format
         side = torch.cuda.Stream(device=batch.device)
         side.wait_stream(torch.cuda.current_stream(batch.device))
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side):  # warm-up also fills the callers' caches outside the graph
             for _ in range(WARMUP_CALLS):
-                self._forward(static, tasks)
+                self._function(static, *args)
         torch.cuda.current_stream(batch.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            outputs = self._forward(static, tasks)
+            outputs = self._function(static, *args)
         return _Captured(graph, static, outputs)

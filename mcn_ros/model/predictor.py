@@ -6,7 +6,7 @@ import contextlib
 import copy
 import functools
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -16,13 +16,19 @@ from torch import Tensor, nn
 
 from mcn_ros.model.backends import BACKENDS, OnnxRuntimeForward, fold_batch_norms
 from mcn_ros.model.config import ModelConfig
-from mcn_ros.model.cuda_graphs import GraphedForward, graph_unsafe_reason
-from mcn_ros.model.decode import DecodeOptions, decode_batch
+from mcn_ros.model.cuda_graphs import GraphedCalls, graph_unsafe_reason
+from mcn_ros.model.decode import (
+    DecodedTensors,
+    DecodeOptions,
+    decode_batch,
+    decode_to_tensors,
+    unpack_results,
+)
 from mcn_ros.model.device import resolve_device
 from mcn_ros.model.labels import flip_permutation
 from mcn_ros.model.mcn import resolve_tasks
 from mcn_ros.model.precision import Precision
-from mcn_ros.model.preprocess import preprocess, rect_input_size
+from mcn_ros.model.preprocess import Letterbox, preprocess, rect_input_size
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import load_weights
 
@@ -77,6 +83,20 @@ def run_module(
     return {k: v.float() for k, v in outputs.items()}
 
 
+def forward_and_decode(
+    forward: Callable[[Tensor, frozenset[str]], dict[str, Tensor]],
+    config: ModelConfig,
+    batch: Tensor,
+    tasks: frozenset[str],
+    letterboxes: tuple[Letterbox, ...],
+    image_sizes: tuple[tuple[int, int], ...],
+    options: DecodeOptions,
+) -> DecodedTensors:
+    """``forward(batch, tasks)``, then decoding on the device
+    (:func:`~mcn_ros.model.decode.decode_to_tensors`): the part of a prediction one CUDA graph can hold."""
+    return decode_to_tensors(forward(batch, tasks), letterboxes, image_sizes, config, tasks, options)
+
+
 def _int8_graph(source: str | Path | Any | None, model: nn.Module) -> Any:
     """The int8 ModelProto from ``source`` (a path, checked against ``model``'s weights, or a ModelProto)."""
     from mcn_ros.model.quantize import load_int8_graph
@@ -112,7 +132,11 @@ class Predictor:
     ``cuda_graphs`` (torch backend on CUDA, default False): replay the forward from CUDA graphs, one
     captured per input shape and task set (:mod:`mcn_ros.model.cuda_graphs`; the first frame of each shape
     is slower); where it cannot be used (no CUDA, deformable convolutions) it warns, runs eager and says why
-    in ``cuda_graphs_note``.
+    in ``cuda_graphs_note``. ``graph_decoding`` (with ``cuda_graphs``, default False): :meth:`predict`
+    replays the forward and decoding together, one graph per camera shape, task set and decode settings
+    (not with ``flip_test`` or bilinear segmentation resampling, which run the forward's graph and decode
+    eagerly); a capture that fails warns and leaves decoding outside the graph. Tested for equal results on
+    the CPU, not yet run on a GPU: off by default until it has been.
     """
 
     def __init__(
@@ -127,7 +151,10 @@ class Predictor:
         fold_bn: bool = True,
         int8_graph: str | Path | Any | None = None,
         cuda_graphs: bool = False,
+        graph_decoding: bool = False,
     ) -> None:
+        if graph_decoding and not cuda_graphs:
+            raise ValueError("graph_decoding puts decoding in the forward's CUDA graphs: needs cuda_graphs")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.config = config
@@ -160,16 +187,23 @@ class Predictor:
             self._run_model = self._run_model.to(self.precision.model_dtype)
         if self._run_model is not model and channels_last:
             self._run_model = self._run_model.to(memory_format=torch.channels_last)
-        self._graphed: GraphedForward | None = None
+        self._graphed: GraphedCalls[dict[str, Tensor]] | None = None
+        self._graphed_decoding: GraphedCalls[DecodedTensors] | None = None
         self._cuda_graphs_refused: str | None = None
         reason = graph_unsafe_reason(self._run_model, self.device)  # onnxruntime runs on the CPU only
         #: Whether ``cuda_graphs=True`` would replay graphs here (a speed hint where it is off).
         self.cuda_graphs_possible = reason is None
         if cuda_graphs:
             if reason is None:  # the graphs hold the module, not this Predictor (no reference cycle)
-                self._graphed = GraphedForward(
-                    functools.partial(run_module, self._run_model, self.device, self.precision.autocast_dtype)
+                forward = functools.partial(
+                    run_module, self._run_model, self.device, self.precision.autocast_dtype
                 )
+                self._graphed = GraphedCalls(forward)
+                if graph_decoding:
+                    self._graphed_decoding = GraphedCalls(
+                        functools.partial(forward_and_decode, forward, config),
+                        "decoding runs after the forward's graph",
+                    )
             else:
                 self._cuda_graphs_refused = f"{reason}; the forward runs eagerly"
                 warnings.warn(self._cuda_graphs_refused, stacklevel=2)
@@ -186,6 +220,7 @@ class Predictor:
         fold_bn: bool = True,
         int8_graph: str | Path | None = None,
         cuda_graphs: bool = False,
+        graph_decoding: bool = False,
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present.
         ``int8_graph`` defaults to the weights' own (``<name>.int8.onnx`` beside them)."""
@@ -195,6 +230,7 @@ class Predictor:
         return cls(
             model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn,
             int8_graph=default_int8_path(path) if int8_graph is None else int8_graph, cuda_graphs=cuda_graphs,
+            graph_decoding=graph_decoding,
         )  # fmt: skip
 
     @property
@@ -203,10 +239,19 @@ class Predictor:
         return self._graphed is not None and self._graphed.failure is None
 
     @property
+    def graph_decoding(self) -> bool:
+        """Whether :meth:`predict` replays the forward and decoding from one graph (asked, and no capture of
+        either has failed)."""
+        graphs = self._graphed_decoding
+        return self.cuda_graphs and graphs is not None and graphs.failure is None
+
+    @property
     def cuda_graphs_note(self) -> str | None:
-        """Why CUDA graphs asked for are not used (refused here, or a capture failed); None otherwise."""
+        """Why CUDA graphs asked for are not used, or not for decoding (refused here, or a capture failed);
+        None otherwise."""
         if self._graphed is not None:
-            return self._graphed.failure
+            decoding = self._graphed_decoding
+            return self._graphed.failure or (decoding.failure if decoding is not None else None)
         return self._cuda_graphs_refused
 
     @property
@@ -228,8 +273,8 @@ class Predictor:
             batch = batch.to(self.precision.model_dtype)
         if self._onnx is not None:
             outputs = {k: v.float() for k, v in self._onnx(batch, tasks).items()}
-        elif self._graphed is not None:
-            outputs = self._graphed(batch, frozenset(tasks))
+        elif self._graphed is not None:  # copies: the next replay overwrites the graph's outputs
+            outputs = {k: v.clone() for k, v in self._graphed(batch, frozenset(tasks)).items()}
         else:
             outputs = self._eager_forward(batch, frozenset(tasks))
         if flip_test:
@@ -311,6 +356,18 @@ class Predictor:
             color_order=color_order,
             channels_last=self.channels_last,
         )
-        outputs = self.forward(batch, asked, flip_test=flip_test)
-        results = decode_batch(outputs, letterboxes, sizes, self.config, asked, options)
+        graphs = self._graphed_decoding
+        if (
+            self.graph_decoding
+            and graphs is not None
+            and not flip_test
+            and options.segmentation_resampling == "nearest"  # bilinear reads the class map: not in a graph
+        ):
+            decoded = graphs(
+                batch.to(self.precision.model_dtype), asked, tuple(letterboxes), tuple(sizes), options
+            )
+            results = unpack_results(decoded, sizes, asked)
+        else:
+            outputs = self.forward(batch, asked, flip_test=flip_test)
+            results = decode_batch(outputs, letterboxes, sizes, self.config, asked, options)
         return results[0] if single else results
