@@ -20,7 +20,7 @@ from mcn_ros.model.decode import (
     local_peaks,
     topk_peaks,
 )
-from mcn_ros.model.preprocess import letterbox_for
+from mcn_ros.model.preprocess import letterbox_for, nearest_cells
 
 INPUT = (128, 128)  # output maps 32 x 32
 H = W = 32
@@ -397,12 +397,20 @@ def test_topk_search_device_decodes_without_looking_at_values(
     assert ("det_count" in fields) == ("detection" in asked) and ("pose_count" in fields) == ("pose" in asked)
     if "pose" in asked:
         assert fields["pose_keypoints"] == options.top_k * 17 * 3
+    pixels = sum(h * w for h, w in sizes)
     if "segmentation" in asked:
-        assert decoded.segmentation is not None and decoded.segmentation.shape == (
-            sum(h * w for h, w in sizes),
-        )
+        assert decoded.segmentation is not None and decoded.segmentation.shape == (pixels,)
     else:
         assert decoded.segmentation is None
+    # A graph holds the outputs, so they carry the cached constants the decoding read (a cache frees what
+    # it drops): the letterbox mapping, and each image's sampling cells.
+    device = torch.device("meta")
+    read = [*decode._mapping_tensors(tuple(boxes), tuple(sizes), device)]
+    if "segmentation" in asked:
+        for box, hw in zip(boxes, sizes, strict=True):
+            read += nearest_cells(box, hw, 4, (H, W), device)
+    assert len(decoded.constants) == len(read)
+    assert all(kept is cached for kept, cached in zip(decoded.constants, read, strict=True))
     bilinear = dataclasses.replace(options, segmentation_resampling="bilinear")
     if "segmentation" in asked:  # interpolates where classes meet: data-dependent, not for a graph
         with pytest.raises(NotImplementedError, match="nonzero"):
@@ -598,7 +606,7 @@ import torch
 sys.path.insert(0, {test_dir!r})
 from test_model_decode import blank_outputs, config
 from mcn_ros.model.decode import DecodeOptions, decode_batch
-from mcn_ros.model.preprocess import letterbox_for
+from mcn_ros.model.preprocess import letterbox_for, nearest_cells
 
 torch.manual_seed(0)
 out = blank_outputs()

@@ -456,7 +456,7 @@ def test_cuda_graphs_replay_the_eager_forward(precision: str) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_graph_decoding_replays_the_eager_predictions(precision: str) -> None:
+def test_cuda_graph_decoding_replays_the_eager_predictions(precision: str) -> None:
     """Forward and decoding replayed from one graph give the eager predictor's results exactly: one graph per
     batch shape, task set and threshold, frames of other content through the same graph, and results
     returned earlier left as they were by later replays."""
@@ -486,8 +486,8 @@ def test_graph_decoding_replays_the_eager_predictions(precision: str) -> None:
     assert graphed._graphed_decoding is not None and graphed._graphed_decoding.captured == len(cases)
     assert graphed._graphed is not None and graphed._graphed.captured == 0, "predict used one graph"
     for frame in frames:  # new content, the first case's graph
-        want_frame = eager.predict(frame, score_threshold=0.05)
-        _same_results(graphed.predict(frame, score_threshold=0.05), want_frame)
+        want_frame = eager.predict(frame, score_threshold=0.05, pose_score_threshold=0.05)
+        _same_results(graphed.predict(frame, score_threshold=0.05, pose_score_threshold=0.05), want_frame)
     for got, want in kept:
         for a, b in zip(got, want, strict=True):
             _same_results(a, b)

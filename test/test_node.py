@@ -235,13 +235,22 @@ def rejected(msg: object) -> int:
     return -1
 
 
+def _settle(c: Client, image: object, topic: str) -> None:
+    """After a parameter change: publish until ``topic`` answers, then drop what has arrived. A frame already
+    being processed finishes with the settings it started with; frames run one after another, so once a
+    frame of the new settings is out, the older ones are too."""
+    assert c.publish_until(image, lambda: bool(c.messages(topic)), 30)
+    time.sleep(0.5)
+    c.clear()
+
+
 def test_parameters_change_at_run_time_and_bad_values_are_refused(running: tuple[object, Client]) -> None:
     _, c = running
     image = image_message(test_image(), stamp=(7, 0))
 
     results = c.set_parameters(score_threshold=0.99)
     assert results[0].successful
-    c.clear()
+    _settle(c, image, "detections")
     assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
     assert len(c.messages("detections")[-1].detections) == 0  # nothing scores 0.99 at random init
 
@@ -253,7 +262,7 @@ def test_parameters_change_at_run_time_and_bad_values_are_refused(running: tuple
     assert "configure" in c.set_parameters(weights="/elsewhere.safetensors")[0].reason
 
     assert c.set_parameters(score_threshold=SCORE, tasks=["segmentation"])[0].successful
-    c.clear()
+    _settle(c, image, "segmentation")  # a frame of the 0.99 threshold may still publish its detections
     assert c.publish_until(image, lambda: bool(c.messages("segmentation")), 30)
     time.sleep(1.0)
     assert not c.messages("detections") and not c.messages("poses")  # detection and pose switched off

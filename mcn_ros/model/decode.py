@@ -34,9 +34,10 @@ from mcn_ros.model.mcn import resolve_tasks
 from mcn_ros.model.preprocess import (
     Letterbox,
     letterboxes_to_tensor,
+    nearest_cells,
     points_to_original,
+    sample_grid,
     segmentation_logits_to_original,
-    segmentation_to_original,
 )
 from mcn_ros.model.results import Detections, Poses, Results
 
@@ -494,6 +495,9 @@ class DecodedTensors(NamedTuple):
     #: The images' class maps at their original sizes, flattened and one after another (uint8, or int32 past
     #: 256 classes); None without segmentation.
     segmentation: Tensor | None
+    #: The cached constants the decoding read (letterbox mapping, segmentation sampling cells): a CUDA graph
+    #: that replays the decoding keeps them alive by holding its outputs (the caches may drop and free them).
+    constants: tuple[Tensor, ...] = ()
 
 
 @torch.inference_mode()
@@ -543,9 +547,9 @@ def decode_to_tensors(
             if key not in outputs:
                 raise KeyError(f"decoding {task} needs output {key!r}, which is missing")
     device = next(iter(outputs.values())).device
-    letterbox_boxes, box_limits = _mapping_tensors(
-        tuple(letterboxes), tuple((int(h), int(w)) for h, w in image_sizes), device
-    )
+    sizes = tuple((int(h), int(w)) for h, w in image_sizes)
+    letterbox_boxes, box_limits = _mapping_tensors(tuple(letterboxes), sizes, device)
+    constants = [letterbox_boxes, box_limits]
     packed: dict[str, Tensor] = {}  # name -> [B, ...], packed as float32
 
     if asked & {"detection", "pose"}:
@@ -613,8 +617,10 @@ def decode_to_tensors(
                 seg = segmentation_logits_to_original(
                     logits[i], class_map[i], letterboxes[i], image_sizes[i], stride
                 )
-            else:
-                seg = segmentation_to_original(class_map[i], letterboxes[i], image_sizes[i], stride)
+            else:  # segmentation_to_original, keeping the cells
+                cells = nearest_cells(letterboxes[i], sizes[i], stride, tuple(class_map.shape[1:]), device)
+                seg = sample_grid(class_map[i], *cells)
+                constants.extend(cells)
             seg_maps.append(seg.flatten())
 
     parts = [value.reshape(batch, -1).float() for value in packed.values()]
@@ -626,7 +632,7 @@ def decode_to_tensors(
     segmentation = None
     if seg_maps:
         segmentation = seg_maps[0] if len(seg_maps) == 1 else torch.cat(seg_maps)
-    return DecodedTensors(numbers, tuple(columns), segmentation)
+    return DecodedTensors(numbers, tuple(columns), segmentation, tuple(constants))
 
 
 def unpack_results(

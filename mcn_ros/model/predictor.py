@@ -133,9 +133,10 @@ class Predictor:
     captured per input shape and task set (:mod:`mcn_ros.model.cuda_graphs`; the first frame of each shape
     is slower); where it cannot be used (no CUDA, deformable convolutions) it warns, runs eager and says why
     in ``cuda_graphs_note``. ``graph_decoding`` (with ``cuda_graphs``, default False): :meth:`predict`
-    replays the forward and decoding together, one graph per camera shape, task set and decode settings
-    (not with ``flip_test`` or bilinear segmentation resampling, which run the forward's graph and decode
-    eagerly); a capture that fails warns and leaves decoding outside the graph. Tested for equal results on
+    replays the forward and decoding together, one graph per batch of image sizes, task set and decode
+    settings (for camera streams: images of ever new sizes would capture again and again); not with
+    ``flip_test`` or bilinear segmentation resampling, which run the forward's graph and decode eagerly. A
+    capture that fails warns and leaves decoding outside the graph. Tested for equal results on
     the CPU, not yet run on a GPU: off by default until it has been.
     """
 

@@ -253,12 +253,12 @@ def segmentation_to_original(
     """
     map_hw = (int(class_map.shape[0]), int(class_map.shape[1]))
     hw = (int(orig_hw[0]), int(orig_hw[1]))
-    rows, cols = _nearest_cells(letterbox, hw, map_stride, map_hw, class_map.device)
+    rows, cols = nearest_cells(letterbox, hw, map_stride, map_hw, class_map.device)
     return sample_grid(class_map, rows, cols)
 
 
 @functools.lru_cache(maxsize=16)
-def _nearest_cells(
+def nearest_cells(
     letterbox: Letterbox,
     orig_hw: tuple[int, int],
     map_stride: int,
@@ -268,7 +268,8 @@ def _nearest_cells(
     """:func:`segmentation_to_original`'s map row of each original row and map column of each column.
 
     Cached: a camera stream asks for the same ones frame after frame. Never modified; made outside inference
-    mode, so that they also serve calls outside it.
+    mode, so that they also serve calls outside it. A CUDA graph that reads them must hold them itself (an
+    entry the cache drops is freed).
     """
     with torch.inference_mode(False):
         ys = torch.arange(orig_hw[0], device=device, dtype=torch.float64)
