@@ -9,6 +9,7 @@ import torch
 from mcn_ros.model.config import IMAGENET_MEAN, IMAGENET_STD
 from mcn_ros.model.preprocess import (
     Letterbox,
+    index_runs,
     letterbox_for,
     letterbox_tensor,
     letterboxes_to_tensor,
@@ -16,6 +17,7 @@ from mcn_ros.model.preprocess import (
     points_to_original,
     preprocess,
     rect_input_size,
+    sample_grid,
     segmentation_logits_to_original,
     segmentation_to_original,
 )
@@ -108,6 +110,31 @@ def test_segmentation_to_original_is_nearest_per_axis() -> None:
     np.testing.assert_array_equal(torch_cols.numpy(), cols)
     identity = segmentation_to_original(class_map, Letterbox(1, 1, 0, 0), (16, 16), 1)
     assert torch.equal(identity, class_map)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_sample_grid_repeats_runs_and_falls_back_to_indexing(dtype: torch.dtype) -> None:
+    """The CPU's run-repeating path gives numpy indexing's answer for never-decreasing indices (with skips,
+    long runs, the map's last cell, none at all), and indices that go back take the indexing path."""
+    rng = np.random.default_rng(0)
+    grid = torch.from_numpy(rng.integers(0, 3 if dtype == torch.bool else 200, (7, 9))).to(dtype)
+    cases = [
+        ([0, 0, 1, 1, 1, 4, 6, 6], [0, 2, 2, 3, 8, 8, 8]),
+        ([6], list(range(9))),
+        ([], [1, 2]),
+        ([3, 1, 2], [0, 0, 5]),  # rows go back
+        ([0, 1], [4, 4, 2]),  # columns go back
+    ]
+    for rows, cols in cases:
+        r, c = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+        sampled = sample_grid(grid, r, c)
+        assert sampled.dtype == dtype and tuple(sampled.shape) == (len(rows), len(cols))
+        np.testing.assert_array_equal(sampled.numpy(), grid.numpy()[np.array(rows, dtype=int)][:, cols])
+    for index in ([0, 0, 1, 1, 1, 4], [5], []):
+        runs = index_runs(np.array(index, dtype=np.int64))
+        assert runs is not None
+        np.testing.assert_array_equal(np.repeat(*runs), index)
+    assert index_runs(np.array([2, 2, 1])) is None
 
 
 def _bilinear_reference(

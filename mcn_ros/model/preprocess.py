@@ -281,11 +281,32 @@ def nearest_cells(
 
 def sample_grid(grid: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """``grid[rows][:, cols]`` of a 2-D map: columns first (on the few rows of the map), then whole rows,
-    contiguous copies; on the CPU in numpy, which does this three times faster than torch's index_select
-    (1.5 ms -> 0.13 ms for a 640x480 image here)."""
-    if grid.device.type == "cpu":
-        return torch.from_numpy(grid.numpy()[:, cols.numpy()][rows.numpy()])
-    return grid.index_select(1, cols).index_select(0, rows)
+    contiguous copies. On the CPU in numpy: where both index arrays never decrease (the letterbox's nearest
+    and bilinear cells do), each map row and column is repeated as often as it is taken (``np.repeat``);
+    640x480 pixels from a 24 x 32 map in 40 instead of 120 us here, 1280x720 from 96 x 128 in 100 instead of
+    550 us (numpy's fancy indexing, the fallback, was in turn three times faster than torch's index_select).
+    """
+    if grid.device.type != "cpu":
+        return grid.index_select(1, cols).index_select(0, rows)
+    values, row_index, col_index = grid.numpy(), rows.numpy(), cols.numpy()
+    row_runs, col_runs = index_runs(row_index), index_runs(col_index)
+    if row_runs is None or col_runs is None:
+        return torch.from_numpy(values[:, col_index][row_index])
+    (row_cells, row_counts), (col_cells, col_counts) = row_runs, col_runs
+    narrowed = values[row_cells][:, col_cells]
+    return torch.from_numpy(np.repeat(np.repeat(narrowed, col_counts, axis=1), row_counts, axis=0))
+
+
+def index_runs(index: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A never decreasing index array as runs: each distinct value and how many times it repeats, in order
+    (``np.repeat(values, counts)`` gives ``index`` back); None if it ever decreases."""
+    if index.size == 0:
+        return index, np.zeros(0, dtype=np.int64)
+    steps = np.diff(index)
+    if steps.size and steps.min() < 0:
+        return None
+    bounds = np.concatenate(([0], np.flatnonzero(steps) + 1, [index.size]))
+    return index[bounds[:-1]], np.diff(bounds)
 
 
 def _bilinear_taps(
