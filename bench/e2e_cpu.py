@@ -442,7 +442,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
             values = np.array([r["split_median_ms"].get(part, 0.0) for _, r in rows])
             ax.bar(range(len(rows)), values, bottom=bottom, color=colour, label=part)
             bottom += values
-        ax.set_xticks(range(len(rows)), [name.replace(":", "\n") for name, _ in rows], fontsize=7)
+        labels = [name.replace(":", " ").replace("_x3", " x3") for name, _ in rows]
+        ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=40, ha="right", rotation_mode="anchor")
         ax.set_title(f"{size} image in, results out")
         ax.set_ylabel("median ms")
     axes[0].legend(fontsize=7)
