@@ -235,6 +235,19 @@ def test_gpu_overheads_decoding_contenders(monkeypatch: pytest.MonkeyPatch, tmp_
     assert type(result).__name__ == "Results" and result.poses is not None
 
 
+def test_sample_grid_bench_compares_both_ways(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """bench/sample_grid.py: each case's two ways give the same map, and the record and table are written."""
+    import json
+
+    bench = _load(monkeypatch, "sample_grid")
+    assert bench.main(["--rounds", "2", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "sample_grid.json").read_text())
+    assert set(record["cases"]) == {"640x480@128", "640x480@512", "1280x720@512"}
+    for row in record["cases"].values():
+        assert row["same"] and row["runs_us"] > 0 and row["indexing_us"] > 0
+    assert "1280x720 | 512 | 128x72" in (tmp_path / "sample_grid.md").read_text()
+
+
 def test_git_commit_ignores_only_the_given_folders(tmp_path: Path) -> None:
     """A checkout with changed results only is clean for the benchmarks' record; a changed source is dirty."""
     import subprocess
