@@ -56,12 +56,12 @@ class GraphedCalls(Generic[Outputs]):
     ``args`` (hashable: task sets, letterboxes, options) are part of the key: the function must do the same
     work for the same key whatever the batch's values. The first call with a new key captures (a few eager
     calls, then the capture: slower once); later ones replay. A call returns the graph's own outputs, which
-    the next replay of that graph overwrites: copy what must outlive it. The outputs are held with the graph,
-    so tensors the function read from outside the capture (cached constants) stay alive as long as it only if
-    they are among its outputs. One caller at a time (the node runs all inference on one thread). Each graph
-    keeps its own memory pool. A capture that fails (an operation
-    that cannot run in a graph) warns once, says why and what now happens (``fallback``) in ``failure``, and
-    every call from then on runs ``function`` eagerly.
+    the next replay of that graph overwrites: copy what must outlive it. The graph holds its outputs and
+    nothing else the function made: a tensor it read from outside the capture (a cached constant) stays
+    alive with the graph only if it is among the outputs. One caller at a time (the node runs all inference
+    on one thread). Each graph keeps its own memory pool. A capture that fails (an operation that cannot run
+    in a graph) warns once, says why and what now happens (``fallback``) in ``failure``, and every call from
+    then on runs ``function`` eagerly.
     """
 
     def __init__(

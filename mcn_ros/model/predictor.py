@@ -357,13 +357,9 @@ class Predictor:
             color_order=color_order,
             channels_last=self.channels_last,
         )
-        graphs = self._graphed_decoding
-        if (
-            self.graph_decoding
-            and graphs is not None
-            and not flip_test
-            and options.segmentation_resampling == "nearest"  # bilinear reads the class map: not in a graph
-        ):
+        graphs = self._graphed_decoding if self.graph_decoding else None
+        # Not with flip_test, nor bilinear resampling, which reads the class map: not in a graph.
+        if graphs is not None and not flip_test and options.segmentation_resampling == "nearest":
             decoded = graphs(
                 batch.to(self.precision.model_dtype), asked, tuple(letterboxes), tuple(sizes), options
             )
