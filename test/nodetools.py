@@ -84,10 +84,12 @@ def start_node(
     )
 
 
-def stop_node(process: subprocess.Popen[str], timeout: float = 20.0) -> str:
-    """Ctrl-C the node, wait for it and return everything it printed."""
+def stop_node(
+    process: subprocess.Popen[str], stop: signal.Signals = signal.SIGINT, timeout: float = 20.0
+) -> str:
+    """Ctrl-C the node (or send ``stop``), wait for it and return everything it printed."""
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
     try:
         out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

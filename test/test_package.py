@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,7 +36,10 @@ def test_installed_layout_is_what_launch_ros_expects(prefix: Path) -> None:
         )
 
 
-def test_installed_executable_starts_the_node(prefix: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_installed_executable_starts_the_node(prefix: Path, tmp_path: Path, stop: signal.Signals) -> None:
+    """The node serves, and ends cleanly (exit 0) on Ctrl-C and on SIGTERM (how systemd and container
+    runtimes stop a process)."""
     weights = make_weights(tmp_path / "model.safetensors")
     process = subprocess.Popen(
         [str(prefix / "lib" / "mcn_ros" / "mcn_node"), "--ros-args", "--params-file", str(PARAMS_FILE),
@@ -49,9 +53,10 @@ def test_installed_executable_starts_the_node(prefix: Path, tmp_path: Path) -> N
     while time.monotonic() < deadline and not any("active: listening on /image" in line for line in lines):
         lines.extend(process.stdout.readlines())
         time.sleep(0.2)
-    log = "".join(lines) + stop_node(process)
+    log = "".join(lines) + stop_node(process, stop)
     assert "active: listening on /image" in log, log
     assert process.returncode == 0, log
+    assert "Traceback" not in log, log
 
 
 def test_rviz_config_shows_the_node_images() -> None:
