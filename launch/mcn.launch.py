@@ -5,7 +5,8 @@
 Arguments: params_file (default: the installed config/mcn.yaml), weights and autostart (each overrides the
 parameter file only when given; autostart is true with the default parameter file), image (camera topic),
 cameras (names, e.g. front,back: each camera listens on <name>/image; overrides the file when given),
-namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace, one set per camera),
+namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace, one set per camera; where
+rviz2 is not installed a warning, and the node starts alone),
 fastdds_profile (default: the installed config/fastdds.xml, Fast DDS shared memory sized for camera frames;
 given to the node and RViz unless the environment names a profile already; empty: none).
 What the arguments mean is decided in mcn_ros/ros/launch_args.py. Six cameras (config/six_cameras.yaml):
@@ -17,11 +18,11 @@ import os
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchContext, LaunchDescription
+from launch import Action, LaunchContext, LaunchDescription
 from mcn_ros.ros.fastdds import PROFILE_NAME, profile_environment
 from mcn_ros.ros.launch_args import (
     NODE_NAME,
@@ -29,6 +30,7 @@ from mcn_ros.ros.launch_args import (
     parameter_overrides,
     parse_bool,
     parse_cameras,
+    rviz_missing_note,
     write_rviz_config,
 )
 
@@ -70,8 +72,9 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([*arguments, OpaqueFunction(function=launch_nodes, args=[share])])
 
 
-def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
-    """The node with the parameter file and the overrides given; RViz on request, following the namespace."""
+def launch_nodes(context: LaunchContext, share: Path) -> list[Action]:
+    """The node with the parameter file and the overrides given; RViz on request, following the namespace
+    (where rviz2 is not installed, a warning instead: the node still starts)."""
 
     def argument(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
@@ -94,6 +97,9 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     )
     if not parse_bool("rviz", argument("rviz")):
         return [node]
+    missing = rviz_missing_note()
+    if missing is not None:
+        return [node, LogInfo(msg=f"WARNING: {missing}")]
     rviz_config = write_rviz_config(share / "config" / "mcn.rviz", namespace, image, cameras)
     rviz = Node(
         package="rviz2",

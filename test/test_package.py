@@ -92,7 +92,9 @@ def test_launch_file(prefix: Path, tmp_path: Path) -> None:
     parameters = yaml.safe_load(PARAMS_FILE.read_text())
     parameters["/**"]["ros__parameters"].update(weights=str(weights), autostart=True)
     params_file.write_text(yaml.safe_dump(parameters))
-    for namespace, arguments, listening in [
+    from mcn_ros.ros.launch_args import rviz_missing_note
+
+    cases = [
         ("launched", [f"weights:={weights}", "autostart:=true"], "/camera/image_raw"),
         ("from_file", [f"params_file:={params_file}"], "/camera/image_raw"),
         (
@@ -100,13 +102,18 @@ def test_launch_file(prefix: Path, tmp_path: Path) -> None:
             [f"weights:={weights}", "autostart:=true", "cameras:=front,back"],
             "/two/front/image, /two/back/image",
         ),
-    ]:
+    ]
+    no_rviz = rviz_missing_note()
+    if no_rviz is not None:  # rviz:=true where RViz is not installed: a warning, and the node all the same
+        cases.append(("no_rviz", [f"weights:={weights}", "autostart:=true", "rviz:=true"], "/camera/image_raw"))
+    for namespace, arguments, listening in cases:
         launcher = subprocess.Popen(
             [sys.executable, "-c", LAUNCH_SCRIPT, str(installed), f"namespace:={namespace}", *arguments],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         log = assert_label_info_arrives(namespace, launcher)
         assert f"active: listening on {listening}" in log, log
+        assert (namespace == "no_rviz") == (no_rviz is not None and no_rviz in log), log
 
 
 @pytest.mark.usefixtures("launch_tools")

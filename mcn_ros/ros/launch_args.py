@@ -7,6 +7,7 @@ decisions are tested where launch_ros is not installed (test/test_launch_args.py
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from mcn_ros.ros.parameters import check_camera_names
 
 NODE_NAME = "mcn_node"
+RVIZ_PACKAGE = "rviz2"
 
 _TRUE, _FALSE = ("true", "1"), ("false", "0")  # what launch's IfCondition accepts, in any case
 
@@ -139,3 +141,19 @@ def write_rviz_config(
     with tempfile.NamedTemporaryFile("w", prefix="mcn_", suffix=".rviz", delete=False) as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
     return Path(handle.name)
+
+
+def rviz_missing_note() -> str | None:
+    """None where the rviz2 package is installed (in the ament index), else the warning that the launch file
+    logs when it starts the node without RViz: a machine without a display stack still gets its perception."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        get_package_prefix(RVIZ_PACKAGE)
+    except PackageNotFoundError:
+        distro = os.environ.get("ROS_DISTRO") or "<distro>"
+        return (
+            f"rviz:=true, but the {RVIZ_PACKAGE} package is not installed (apt install ros-{distro}-rviz2): "
+            "starting the node without RViz"
+        )
+    return None
