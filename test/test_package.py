@@ -105,7 +105,8 @@ def test_launch_file(prefix: Path, tmp_path: Path) -> None:
     ]
     no_rviz = rviz_missing_note()
     if no_rviz is not None:  # rviz:=true where RViz is not installed: a warning, and the node all the same
-        cases.append(("no_rviz", [f"weights:={weights}", "autostart:=true", "rviz:=true"], "/camera/image_raw"))
+        rviz_arguments = [f"weights:={weights}", "autostart:=true", "rviz:=true"]
+        cases.append(("no_rviz", rviz_arguments, "/camera/image_raw"))
     for namespace, arguments, listening in cases:
         launcher = subprocess.Popen(
             [sys.executable, "-c", LAUNCH_SCRIPT, str(installed), f"namespace:={namespace}", *arguments],
