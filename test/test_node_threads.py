@@ -88,6 +88,16 @@ def test_a_load_error_on_the_inference_thread_fails_configure(node_factory: Any,
     assert node.configured
 
 
+def test_configure_without_weights_says_what_to_set(
+    node_factory: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    node = node_factory(device="cpu")  # weights: "" by default
+    node.trigger_configure()
+    assert not node.configured
+    logged = capfd.readouterr().err
+    assert "configure failed: parameter 'weights' is empty" in logged and "weights:=PATH" in logged, logged
+
+
 def test_values_for_parameters_the_node_lacks_are_logged(
     node_factory: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -205,7 +205,10 @@ class McnNode(LifecycleNode):
 
         weights = str(self.get_parameter("weights").value)
         if not weights:
-            raise ValueError("parameter 'weights' is empty (path of a .safetensors file)")
+            raise ValueError(
+                "parameter 'weights' is empty: set it to a .safetensors file (launch argument weights:=PATH; "
+                "to try the node, the repository's demo/mcn_demo.safetensors)"
+            )
         device = resolve_device(str(self.get_parameter("device").value))
         try:
             model, config, _ = self._on_inference_thread(lambda: load_weights(weights, device=device))
