@@ -18,11 +18,12 @@ import os
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import Action, LaunchContext, LaunchDescription
 from mcn_ros.ros.fastdds import PROFILE_NAME, profile_environment
 from mcn_ros.ros.launch_args import (
     NODE_NAME,
@@ -72,7 +73,7 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([*arguments, OpaqueFunction(function=launch_nodes, args=[share])])
 
 
-def launch_nodes(context: LaunchContext, share: Path) -> list[Action]:
+def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     """The node with the parameter file and the overrides given; RViz on request, following the namespace
     (where rviz2 is not installed, a warning instead: the node still starts)."""
 
@@ -99,7 +100,8 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Action]:
         return [node]
     missing = rviz_missing_note()
     if missing is not None:
-        return [node, LogInfo(msg=f"WARNING: {missing}")]
+        get_logger("launch.user").warning(missing)
+        return [node]
     rviz_config = write_rviz_config(share / "config" / "mcn.rviz", namespace, image, cameras)
     rviz = Node(
         package="rviz2",

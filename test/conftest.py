@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+from typing import NoReturn
 
 import pytest
 
@@ -26,21 +29,35 @@ def ros() -> None:
         pytest.skip(f"ROS 2 not available ({error}); `source mcn_env.sh` after `make setup`")
 
 
+def _launch_missing(reason: str) -> NoReturn:
+    """Skip for want of the launch tools; fail under MCN_REQUIRE_LAUNCH=1 (scripts/launch_from_sources.sh)."""
+    if os.environ.get("MCN_REQUIRE_LAUNCH") == "1":
+        pytest.fail(f"the launch tools are required here: {reason}")
+    pytest.skip(f"{reason}; test/test_launch_args.py checks the launch file's decisions without them")
+
+
 @pytest.fixture(scope="session")
 def launch_tools() -> None:
-    """Require launch and launch_ros (a sourced distro has them; PyPI has no wheels of them, so CI skips);
-    with MCN_REQUIRE_LAUNCH=1 (scripts/launch_from_sources.sh) their absence fails."""
-    try:
-        import launch_ros  # noqa: F401
+    """Require launch and launch_ros (a sourced distro has them; PyPI has no wheels of them, so CI skips).
+    ``launch.actions``, not ``launch``: the repository's launch/ folder imports as a namespace package."""
+    for module in ("launch.actions", "launch_ros.actions"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            _launch_missing(f"{module.split('.')[0]} is not installed here")
 
-        import launch  # noqa: F401
-    except ImportError as error:
-        if os.environ.get("MCN_REQUIRE_LAUNCH") == "1":
-            pytest.fail(f"launch and launch_ros are required here but do not import ({error})")
-        pytest.skip(
-            f"launch_ros is not installed here ({error}); test/test_launch_args.py checks the launch file's "
-            "decisions without it"
-        )
+
+@pytest.fixture(scope="session")
+def ros2_launch(launch_tools: None) -> str:
+    """The `ros2` command, where its `launch` verb (ros2launch) is installed."""
+    ros2 = shutil.which("ros2")
+    if ros2 is None:
+        _launch_missing("no `ros2` command on PATH")
+    if importlib.util.find_spec("ros2launch") is None:
+        _launch_missing("ros2launch (the `ros2 launch` verb) is not installed here")
+    return ros2
 
 
 @pytest.fixture

@@ -85,15 +85,28 @@ def start_node(
 
 
 def stop_node(
-    process: subprocess.Popen[str], stop: signal.Signals = signal.SIGINT, timeout: float = 20.0
+    process: subprocess.Popen[str],
+    *signals: signal.Signals,
+    group: bool = False,
+    timeout: float = 20.0,
 ) -> str:
-    """Ctrl-C the node (or send ``stop``), wait for it and return everything it printed."""
+    """Ctrl-C the node (or send ``signals`` one after another, 10 ms apart), wait for it and return everything
+    it printed. ``group``: to its whole process group, as a terminal's Ctrl-C does (the process must have
+    been started with ``start_new_session=True``); one that outlives ``timeout`` is killed, with its group."""
     if process.poll() is None:
-        process.send_signal(stop)
+        for number, stop in enumerate(signals or (signal.SIGINT,)):
+            time.sleep(0.01 if number else 0.0)
+            if group:
+                os.killpg(process.pid, stop)
+            else:
+                process.send_signal(stop)
     try:
         out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
         out, _ = process.communicate()
     return out
 

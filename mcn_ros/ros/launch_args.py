@@ -151,9 +151,10 @@ def rviz_missing_note() -> str | None:
     try:
         get_package_prefix(RVIZ_PACKAGE)
     except PackageNotFoundError:
-        distro = os.environ.get("ROS_DISTRO") or "<distro>"
+        distro = os.environ.get("ROS_DISTRO")
+        where = f"apt install ros-{distro}-rviz2" if distro else "it comes with a ROS 2 distro, not pip"
         return (
-            f"rviz:=true, but the {RVIZ_PACKAGE} package is not installed (apt install ros-{distro}-rviz2): "
+            f"rviz:=true, but the {RVIZ_PACKAGE} package is not installed ({where}): "
             "starting the node without RViz"
         )
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import signal
 import sys
 import threading
 import warnings
@@ -580,6 +581,11 @@ def main(args: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Under `ros2 launch` a terminal's Ctrl-C arrives twice (from the terminal to the process group, and
+        # passed on by launch), as under systemd's default KillMode: a second signal must not interrupt the
+        # shutdown (it raised KeyboardInterrupt in the inference thread's join).
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, signal.SIG_IGN)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
