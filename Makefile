@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source ./mcn_env.sh &&
 
-.PHONY: setup test lint check-distro-pins test-jazzy demo bench bench-gpu clean
+.PHONY: setup test lint check-distro-pins test-jazzy test-launch demo bench bench-gpu clean
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,13 @@ JAZZY_TESTS := test/test_messages.py test/test_node.py test/test_package.py test
 	test/test_node_threads.py
 test-jazzy:
 	@bash scripts/test_jazzy.sh $(JAZZY_TESTS)
+
+# The launch tests (test/test_package.py) on launch, launch_ros and ros2cli built from source checkouts, which
+# PyPI has no wheels of: SOURCES=folder holding github.com/ros2/{launch,launch_ros,ros2cli,rcl_interfaces} at the
+# distro's branch; ENV=mcn_env_jazzy.sh for the Jazzy wheels (after make test-jazzy). Not part of make test.
+test-launch: setup
+	@[ -n "$(SOURCES)" ] || { echo "make test-launch SOURCES=<folder of checkouts>: see scripts/launch_from_sources.sh"; exit 2; }
+	bash scripts/launch_from_sources.sh "$(SOURCES)" $(ENV)
 
 # The main job: bag from synthetic validation images -> node -> replay (lockstep, then at rate) -> report.
 # Optional: WEIGHTS=file.safetensors BAG=rosbag2_folder, TRAIN=1 (retrain the demo weights first), RECORD=1

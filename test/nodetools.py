@@ -142,6 +142,7 @@ class Client:
         from rclpy.executors import SingleThreadedExecutor
 
         self.prefix = f"{namespace}/{node_name}"
+        self._clients: dict[str, Any] = {}  # service name -> rclpy client, see call()
         self.context = Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("mcn_test_client", context=self.context)
@@ -216,22 +217,34 @@ class Client:
                 return True
         return condition()
 
-    def call(self, service_type: Any, name: str, request: Any, timeout: float = 20.0) -> Any:
-        """Call a service of the node and return its response."""
+    def call(
+        self, service_type: Any, name: str, request: Any, timeout: float = 20.0, resend: bool = False
+    ) -> Any:
+        """Call a service of the node and return its response.
+
+        One client per service for the Client's life: every new client is a new discovery, and a request
+        that arrives before the server has matched the client's response reader gets an answer nobody
+        receives. ``resend`` (queries only: asking twice must change nothing) asks again every few seconds
+        while no answer has come.
+        """
         full = name if name.startswith("/") else f"{self.prefix}/{name}"
-        client = self.node.create_client(service_type, full)
-        try:
-            if not client.wait_for_service(timeout_sec=timeout):
-                raise TimeoutError(f"service {full} not available")
-            future = client.call_async(request)
-            deadline = time.monotonic() + timeout
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if not future.done():
-                raise TimeoutError(f"service {full} did not answer")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        client = self._clients.get(full)
+        if client is None:
+            client = self._clients[full] = self.node.create_client(service_type, full)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {full} not available")
+        deadline = time.monotonic() + timeout
+        futures = [client.call_async(request)]
+        asked = time.monotonic()
+        while time.monotonic() < deadline:
+            for future in futures:
+                if future.done():
+                    return future.result()
+            if resend and time.monotonic() - asked > 3.0:
+                futures.append(client.call_async(request))
+                asked = time.monotonic()
+            time.sleep(0.02)
+        raise TimeoutError(f"service {full} did not answer")
 
     def set_parameters(self, **values: Any) -> list[Any]:
         """Set node parameters through its parameter service; returns the SetParametersResult list."""
@@ -261,7 +274,7 @@ class Client:
     def state(self) -> str:
         from lifecycle_msgs.srv import GetState
 
-        return str(self.call(GetState, "get_state", GetState.Request()).current_state.label)
+        return str(self.call(GetState, "get_state", GetState.Request(), resend=True).current_state.label)
 
     def close(self) -> None:
         import rclpy

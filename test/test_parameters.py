@@ -144,17 +144,20 @@ def test_the_running_node_declares_the_table() -> None:
     process = start_node(name="described_node")
     c = Client("described_node")
     try:
-        listed = c.call(ListParameters, "list_parameters", ListParameters.Request()).result.names
+        listed = c.call(ListParameters, "list_parameters", ListParameters.Request(), resend=True).result.names
         rclpy_own = {"use_sim_time", "start_type_description_service"}
         assert set(listed) - rclpy_own == set(BY_NAME)
 
         names = [spec.name for spec in PARAMETERS]
-        values = c.call(GetParameters, "get_parameters", GetParameters.Request(names=names)).values
+        request = GetParameters.Request(names=names)
+        values = c.call(GetParameters, "get_parameters", request, resend=True).values
         for spec, value in zip(PARAMETERS, values, strict=True):
             assert as_plain(parameter_value_to_python(value)) == as_plain(spec.default), spec.name
             assert value.type == getattr(ParameterType, f"PARAMETER_{spec.type.upper()}"), spec.name
 
-        described = c.call(DescribeParameters, "describe_parameters", DescribeParameters.Request(names=names))
+        described = c.call(
+            DescribeParameters, "describe_parameters", DescribeParameters.Request(names=names), resend=True
+        )
         for spec, descriptor in zip(PARAMETERS, described.descriptors, strict=True):
             assert descriptor.description == spec.full_description, spec.name
             assert descriptor.read_only == (spec.applies is Applies.START_UP), spec.name
