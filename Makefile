@@ -32,10 +32,10 @@ test-jazzy:
 
 # The launch tests (test/test_package.py) on launch, launch_ros and ros2cli built from source checkouts, which
 # PyPI has no wheels of: SOURCES=folder holding github.com/ros2/{launch,launch_ros,ros2cli,rcl_interfaces} at the
-# distro's branch; ENV=mcn_env_jazzy.sh for the Jazzy wheels (after make test-jazzy). Not part of make test.
+# distro's branch; ENV_SCRIPT=mcn_env_jazzy.sh for the Jazzy wheels (after make test-jazzy). Not in make test.
 test-launch: setup
 	@[ -n "$(SOURCES)" ] || { echo "make test-launch SOURCES=<folder of checkouts>: see scripts/launch_from_sources.sh"; exit 2; }
-	bash scripts/launch_from_sources.sh "$(SOURCES)" $(ENV)
+	bash scripts/launch_from_sources.sh "$(SOURCES)" $(ENV_SCRIPT)
 
 # The main job: bag from synthetic validation images -> node -> replay (lockstep, then at rate) -> report.
 # Optional: WEIGHTS=file.safetensors BAG=rosbag2_folder, TRAIN=1 (retrain the demo weights first), RECORD=1
