@@ -46,8 +46,8 @@ def speed_hint(knobs: Knobs) -> str:
     if knobs.device.startswith("cuda"):
         if knobs.cuda_graphs_possible and not knobs.cuda_graphs:
             hints.append("cuda_graphs:=true")
-        if knobs.precision == "fp32":
-            hints.append("precision:=fp16")
+        if knobs.precision == "fp32":  # measured, not assumed (bench/results/model_gpu.md)
+            hints.append("precision:=fp16 or bf16 (GPU-dependent: at batch 1 on an H200 fp16 was slower)")
     else:
         hints.append(f"a CUDA device (device is {knobs.device})")
         if knobs.cpu_int8 and knobs.precision != "int8":
@@ -56,7 +56,11 @@ def speed_hint(knobs: Knobs) -> str:
                 "python -m mcn_ros.model.quantize)"
             )
         if knobs.cpu_bf16 and knobs.precision == "fp32":
-            hints.append("precision:=bf16 (this CPU has native bf16)")
+            # bench/results/precision_cpu.md and README: 1.86x on an AMD EPYC, 0.57x on an Intel Xeon.
+            hints.append(
+                "precision:=bf16 (native here, but CPU-dependent: faster on an AMD EPYC, slower on an "
+                "Intel Xeon)"
+            )
     return ", ".join(hints)
 
 
