@@ -10,7 +10,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,8 @@ def stop_node(
         out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         if group:
-            os.killpg(process.pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):  # the group may be gone by now
+                os.killpg(process.pid, signal.SIGKILL)
         else:
             process.kill()
         out, _ = process.communicate()
