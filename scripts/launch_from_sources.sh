@@ -53,14 +53,15 @@ colcon --log-base "$SOURCES/log-$BUILD_NAME" build --base-paths "$SOURCES/rcl_in
 SITE="$SOURCES/site-$BUILD_NAME"
 echo "[launch-from-sources] installing ${PACKAGES[*]} into $SITE"
 rm -rf "$SITE"
-for package in "${PACKAGES[@]}"; do  # leftovers of an earlier build (another branch) must not be installed
-  rm -rf "${SOURCES:?}/$package/build" "$SOURCES/$package/"*.egg-info
-done
+clean_checkouts() {  # what pip's builds leave in the checkouts (build/, *.egg-info)
+  for package in "${PACKAGES[@]}"; do
+    rm -rf "${SOURCES:?}/$package/build" "$SOURCES/$package/"*.egg-info
+  done
+}
+clean_checkouts  # leftovers of an earlier build (another branch) must not be installed
 python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
   --target "$SITE" -r requirements/launch-check.txt "${PACKAGES[@]/#/"$SOURCES"/}"
-for package in "${PACKAGES[@]}"; do  # and the checkouts are left as they were
-  rm -rf "${SOURCES:?}/$package/build" "$SOURCES/$package/"*.egg-info
-done
+clean_checkouts  # and the checkouts are left as they were
 
 {
   echo "# Written by scripts/launch_from_sources.sh: source after $BUILD_NAME.sh."

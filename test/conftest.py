@@ -24,16 +24,28 @@ def ros() -> None:
 
         import mcn_ros.msg  # noqa: F401
     except ImportError as error:
-        if os.environ.get("MCN_REQUIRE_ROS") == "1":
-            pytest.fail(f"ROS 2 is required here but does not import ({error}); run `make setup`")
-        pytest.skip(f"ROS 2 not available ({error}); `source mcn_env.sh` after `make setup`")
+        _unavailable(
+            "MCN_REQUIRE_ROS",
+            f"ROS 2 is required here but does not import ({error}); run `make setup`",
+            f"ROS 2 not available ({error}); `source mcn_env.sh` after `make setup`",
+        )
+
+
+def _unavailable(required_by: str, failure: str, skip: str) -> NoReturn:
+    """Fail with ``failure`` where the environment variable ``required_by`` is 1 (`make test` sets
+    MCN_REQUIRE_ROS, scripts/launch_from_sources.sh MCN_REQUIRE_LAUNCH), else skip with ``skip``."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(failure)
+    pytest.skip(skip)
 
 
 def _launch_missing(reason: str) -> NoReturn:
-    """Skip for want of the launch tools; fail under MCN_REQUIRE_LAUNCH=1 (scripts/launch_from_sources.sh)."""
-    if os.environ.get("MCN_REQUIRE_LAUNCH") == "1":
-        pytest.fail(f"the launch tools are required here: {reason}")
-    pytest.skip(f"{reason}; test/test_launch_args.py checks the launch file's decisions without them")
+    """:func:`_unavailable` for the launch tools."""
+    _unavailable(
+        "MCN_REQUIRE_LAUNCH",
+        f"the launch tools are required here: {reason}",
+        f"{reason}; test/test_launch_args.py checks the launch file's decisions without them",
+    )
 
 
 @pytest.fixture(scope="session")
