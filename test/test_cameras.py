@@ -167,17 +167,25 @@ def test_three_cameras_of_different_sizes_in_one_node(tmp_path: Path) -> None:
     weights = make_weights(tmp_path / "model.safetensors")
     cameras = [*CAMERAS, "spare"]  # nobody listens to the spare camera
     process = start_node(
-        "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", f"cameras:=[{','.join(cameras)}]",
+        "-p", f"weights:={weights}", "-p", f"cameras:=[{','.join(cameras)}]",
         "-p", f"score_threshold:={SCORE}", "-p", f"pose_score_threshold:={SCORE}",
-        "-p", "batch_timeout_ms:=200.0", name="cameras_node",
+        "-p", "batch_timeout_ms:=200.0", "-p", "diagnostics_period:=0.2", name="cameras_node",
     )  # fmt: skip
     c = Client("cameras_node")
     try:
+        c.subscribe("/diagnostics", DiagnosticArray)
+        # Driven as a lifecycle manager does, with time between the steps: the diagnostics timer runs while
+        # the named cameras are configured and inactive (it used to look them up in slots that only
+        # activate made, raise KeyError and end the node).
+        assert c.lifecycle("configure")
+        assert c.wait_for(lambda: camera_status(c, "spare").get("frames_received") == "0", 10)
+        c.clear_topic("/diagnostics")
+        assert c.wait_for(lambda: bool(camera_status(c, "back")), 5)
+        assert c.lifecycle("activate")
         for camera in CAMERAS:
             c.subscribe(f"{camera}/detections", Detection2DArray)
             c.subscribe(f"{camera}/poses", HumanPose2DArray)
             c.subscribe(f"{camera}/segmentation", Image)
-        c.subscribe("/diagnostics", DiagnosticArray)
         images = {name: camera_image(*size, seed=i) for i, (name, size) in enumerate(CAMERAS.items())}
         frames = {
             name: image_message(images[name], stamp=(10 + i, 5), frame=f"{name}_optical")

@@ -489,6 +489,9 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
         assert c.wait_for(lambda: received() >= after["received"] + 2, 20)
         assert c.lifecycle("deactivate")
         inactive = settled_counts(c, node)
+        # Active again: the totals carry on (the drop count used to restart at 0, leaving frames "pending").
+        assert c.lifecycle("activate")
+        reactivated = settled_counts(c, node)
     finally:
         c.close()
         log = stop_node(process)
@@ -505,5 +508,6 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
     assert inactive["pending"] == 0 and inactive["received"] >= after["received"] + 2
     handled = ("processed", "dropped", "idle", "rejected")
     assert inactive["received"] == sum(inactive[k] for k in handled), inactive
+    assert reactivated == inactive, (reactivated, inactive)
     # While the burst was in the diagnostics window the node said it could not keep up, and what would help.
     assert any("input_size (now 256x256)" in w and "frames/s sent" in w for w in warnings), warnings

@@ -245,6 +245,10 @@ class McnNode(LifecycleNode):
 
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
         self._cameras = {name: Camera(name) for name in names}
+        # With the cameras, not on activate: the diagnostics timer reads both from configure on, and a slot's
+        # drop count must last as long as its camera's other counters (deactivate/activate keeps them).
+        self._frame_slots = CameraSlots(names)
+        self._batch_sizes.clear()
         for index, camera in enumerate(self._cameras.values()):
             camera.outputs.create(
                 self.create_lifecycle_publisher,
@@ -269,8 +273,6 @@ class McnNode(LifecycleNode):
             image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         else:
             image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self._frame_slots = CameraSlots(list(self._cameras))
-        self._batch_sizes.clear()
         compressed_too = bool(self.get_parameter("use_compressed").value)
         topics = []
         for camera in self._cameras.values():
@@ -438,8 +440,9 @@ class McnNode(LifecycleNode):
             try:
                 decode = compressed_to_array if frame.compressed else image_to_array
                 pixels, color_order = decode(frame.message, settings.max_image_pixels)
-            except ImageError as error:  # this camera's frame alone; the others of the batch go on
-                self._reject([camera], f"bad frame: {error}")
+            except Exception as error:  # this camera's frame alone; the others of the batch go on
+                reason = str(error) if isinstance(error, ImageError) else repr(error)  # repr: unforeseen
+                self._reject([camera], f"bad frame: {reason}")
                 continue
             shape = predictor.input_size([(int(pixels.shape[0]), int(pixels.shape[1]))])
             groups.setdefault((camera.computed_tasks, shape), []).append((camera, frame, pixels, color_order))
@@ -469,7 +472,9 @@ class McnNode(LifecycleNode):
                 segmentation_resampling=settings.segmentation_resampling,
             )
         except Exception as error:
-            if len(members) == 1 or not self.context.ok():
+            if not self.context.ok():  # Ctrl-C shut the context down under the frames: not their fault
+                return
+            if len(members) == 1:
                 self._reject([members[0][0]], f"inference failed: {error!r}")
                 return
             for member in members:  # find the frame that fails; the others are still served
@@ -478,7 +483,12 @@ class McnNode(LifecycleNode):
         self._batch_sizes[len(members)] += 1
         for (camera, frame, pixels, order), result in zip(members, results, strict=True):
             header = frame.message.header
-            camera.outputs.publish(header, pixels, order, result, settings)
+            try:  # each camera's outputs alone: one that cannot be published leaves the others' to go out
+                camera.outputs.publish(header, pixels, order, result, settings)
+            except Exception as error:
+                if self.context.ok():
+                    self._reject([camera], f"publishing failed: {error!r}")
+                continue
             now = monotonic()
             camera.stats.finished(now, now - frame.received, self._stamp_age(header), now - started)
 
