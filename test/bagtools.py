@@ -26,6 +26,16 @@ def synthetic_coco(root: Path, images: int = 6, size: tuple[int, int] = (96, 128
     return root
 
 
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with an EXIF segment (APP1) holding only the Orientation tag, as cameras and phones write."""
+    tiff = b"MM\x00\x2a" + (8).to_bytes(4, "big")  # big-endian TIFF header, first IFD at offset 8
+    tiff += (1).to_bytes(2, "big")  # one entry: tag 0x0112 Orientation, type SHORT, count 1, the value
+    tiff += b"\x01\x12" + (3).to_bytes(2, "big") + (1).to_bytes(4, "big") + orientation.to_bytes(2, "big")
+    tiff += b"\x00\x00" + (0).to_bytes(4, "big")  # value padding, no next IFD
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
 def camera_bag(coco_root: Path, out: Path, **options: Any) -> Path:
     """``python -m mcn_ros.bag make``'s function on the val split of ``coco_root``."""
     from mcn_ros.bag.make_bag import find_coco_split, make_bag

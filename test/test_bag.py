@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from bagtools import camera_bag, image, synthetic_coco, write_bag
+from bagtools import camera_bag, image, synthetic_coco, with_exif_orientation, write_bag
 
 from mcn_ros.bag import BagError
 from mcn_ros.bag.__main__ import main
@@ -87,6 +87,35 @@ def test_make_bag_round_trip(coco: Path, tmp_path: Path, storage: str, compresse
     annotations = ground_truth.dataset["annotations"]
     assert annotations and {a["image_id"] for a in annotations} <= {1, 2, 3, 4}
     assert any("keypoints" in a for a in annotations)  # person keypoints merged into the instances
+
+
+def test_a_compressed_bag_holds_jpegs_as_their_annotations_see_them(coco: Path, tmp_path: Path) -> None:
+    """A JPEG with an EXIF orientation is annotated as oriented (cv2.imread applies it, as training does),
+    while the node decodes frames as stored: such a file is re-encoded oriented, the others go in as they are."""
+    pytest.importorskip("rclpy")
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import Reader
+    from sensor_msgs.msg import CompressedImage
+
+    from mcn_ros.ros.images import compressed_to_array
+
+    root = tmp_path / "coco"
+    shutil.copytree(coco, root)
+    images = sorted((root / "images" / "val").iterdir())
+    oriented = cv2.imread(str(images[0]))
+    stored = cv2.rotate(oriented, cv2.ROTATE_90_COUNTERCLOCKWISE)  # orientation 6 turns it back clockwise
+    jpeg = with_exif_orientation(
+        cv2.imencode(".jpg", stored, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes(), 6
+    )
+    images[0].write_bytes(jpeg)
+    assert cv2.imread(str(images[0])).shape == oriented.shape != stored.shape
+    out = camera_bag(root, tmp_path / "bag", compressed=True)
+    with Reader(out) as reader:
+        frames = [deserialize_message(raw, CompressedImage) for _, _, raw in reader.messages()]
+    pixels, _ = compressed_to_array(frames[0])
+    assert pixels.shape == oriented.shape
+    assert np.abs(pixels.astype(int) - cv2.imread(str(images[0])).astype(int)).mean() < 3
+    assert bytes(frames[1].data) == images[1].read_bytes()  # no EXIF: the file as it is
 
 
 def test_bag_tooling_runs_without_rclpy() -> None:

@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from bagtools import with_exif_orientation
+
 from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
 
 
@@ -95,6 +97,19 @@ def test_compressed_png_jpeg_and_garbage() -> None:
         compressed_to_array(SimpleNamespace(format="jpeg", data=b"\xff\xd8garbage" * 5))
     with pytest.raises(ImageError, match="no data"):
         compressed_to_array(SimpleNamespace(format="jpeg", data=b""))
+
+
+def test_compressed_frames_keep_their_stored_orientation() -> None:
+    """An EXIF orientation is not applied: the node's coordinates are those of the image as stored, as in the
+    raw topic, compressed_image_transport's decoding and RViz."""
+    wide = np.zeros((40, 80, 3), np.uint8)
+    wide[:, :20] = 255  # a bright left edge
+    jpeg = cv2.imencode(".jpg", wide)[1].tobytes()
+    rotated = SimpleNamespace(format="jpeg", data=with_exif_orientation(jpeg, 6))  # "rotate 90 clockwise"
+    assert cv2.imdecode(np.frombuffer(rotated.data, np.uint8), cv2.IMREAD_COLOR).shape == (80, 40, 3)
+    pixels, _ = compressed_to_array(rotated)
+    assert pixels.shape == (40, 80, 3)
+    assert pixels[:, :20].mean() > 200 and pixels[:, 30:].mean() < 50
 
 
 def test_damaged_compressed_frames_say_what_is_wrong() -> None:

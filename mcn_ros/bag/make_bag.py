@@ -135,6 +135,14 @@ def make_bag(
     }
 
 
+def _exif_oriented(jpeg: np.ndarray, oriented: np.ndarray) -> bool:
+    """Whether ``jpeg``'s pixels as stored differ from ``oriented`` (its EXIF orientation applied)."""
+    if b"Exif" not in jpeg[:65536].tobytes():
+        return False
+    stored = cv2.imdecode(jpeg, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return stored is None or not np.array_equal(stored, oriented)
+
+
 def _message(
     store: Any, image_dir: Path, info: dict[str, Any], stamp_ns: int, frame_id: str, compressed: bool
 ) -> Any:
@@ -157,7 +165,9 @@ def _message(
         stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id
     )
     if compressed:
-        if raw[:2].tobytes() != b"\xff\xd8":  # not a JPEG file: encode it
+        # A JPEG file goes in as it is, unless it carries an EXIF orientation: the node decodes frames as
+        # stored (as ROS's image transports do), and the annotations are of the image as oriented here.
+        if raw[:2].tobytes() != b"\xff\xd8" or _exif_oriented(raw, bgr):
             raw = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].reshape(-1)
         return types[COMPRESSED_IMAGE](header=header, format="jpeg", data=raw)
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])

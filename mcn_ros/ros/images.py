@@ -110,7 +110,8 @@ def compressed_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     info = _compressed_size(data)
     if info is not None:
         _check_size(info[0], info[1], max_pixels)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    # As stored: an EXIF orientation turned coordinates away from the raw topic's and RViz's image.
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ImageError(
             f"cannot decode compressed image (format {msg.format!r}, {data.size} bytes): {_damage(data)}"
