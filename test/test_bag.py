@@ -91,7 +91,8 @@ def test_make_bag_round_trip(coco: Path, tmp_path: Path, storage: str, compresse
 
 def test_a_compressed_bag_holds_jpegs_as_their_annotations_see_them(coco: Path, tmp_path: Path) -> None:
     """A JPEG with an EXIF orientation is annotated as oriented (cv2.imread applies it, as training does),
-    while the node decodes frames as stored: such a file is re-encoded oriented, the others go in as they are."""
+    while the node decodes frames as stored: such a file is re-encoded oriented, the others go in as they
+    are."""
     pytest.importorskip("rclpy")
     from rclpy.serialization import deserialize_message
     from rosbags.rosbag2 import Reader

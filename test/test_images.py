@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-
 from bagtools import with_exif_orientation
 
 from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
