@@ -118,18 +118,24 @@ class Outputs:
             publishers["poses"].publish(
                 messages.poses_message(header, results.poses, settings.keypoint_threshold)
             )
+        color = None  # the coloured class map, made once for both topics that show it
+        debug = self._listened("debug_image")
         if results.segmentation is not None:
             class_map = results.segmentation
             if self._listened("segmentation"):
                 publishers["segmentation"].publish(
                     messages.image_message(header, class_map, class_map_encoding(class_map))
                 )
-            if self._listened("segmentation_color"):
+            shown = self._listened("segmentation_color")
+            if shown or debug:
                 color = colorize(class_map, self.palette)
-                publishers["segmentation_color"].publish(messages.image_message(header, color, "rgb8"))
-        if self._listened("debug_image"):
+                if shown:
+                    publishers["segmentation_color"].publish(messages.image_message(header, color, "rgb8"))
+        if debug:
             rgb = pixels if color_order == "rgb" else pixels[:, :, ::-1]
             detection = self.config.detection if self.config is not None else None
             classes = detection.classes if detection is not None else ()
-            drawn = draw_results(rgb, results, classes, self.palette, settings.keypoint_threshold)
+            drawn = draw_results(
+                rgb, results, classes, self.palette, settings.keypoint_threshold, segmentation_rgb=color
+            )
             publishers["debug_image"].publish(messages.image_message(header, drawn, "rgb8"))

@@ -1,0 +1,45 @@
+"""Drawing results: the class-map colouring and the debug image's segmentation blend (no ROS)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mcn_ros.model.results import Detections, Results
+from mcn_ros.visualize import color_palette, colorize, draw_results
+
+
+def test_colorize_looks_each_id_up_and_clamps_ids_past_the_palette() -> None:
+    palette = color_palette(5)  # ids 0..5
+    class_map = np.array([[0, 1, 5], [6, 255, 3]], np.uint8)
+    expected = palette[np.array([[0, 1, 5], [5, 5, 3]])]
+    np.testing.assert_array_equal(colorize(class_map, palette), expected)
+    np.testing.assert_array_equal(colorize(class_map.astype(np.uint16), palette), expected)
+    np.testing.assert_array_equal(colorize(class_map[:, ::2], palette), expected[:, ::2])  # a strided view
+    large = color_palette(400)  # past 255 classes: uint16 maps, the numpy path
+    np.testing.assert_array_equal(colorize(np.array([[300, 2]], np.uint16), large), large[[[300, 2]]])
+    # A palette longer than uint8 ids reach (more detection than segmentation classes): numpy 2 refused to
+    # compare the ids with its length.
+    np.testing.assert_array_equal(colorize(np.array([[255, 2]], np.uint8), large), large[[[255, 2]]])
+    assert colorize(np.zeros((0, 4), np.uint8), large).shape == (0, 4, 3)
+
+
+def test_the_blend_covers_classes_only_and_leaves_the_input_alone() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    original = image.copy()
+    class_map = np.zeros((30, 40), np.uint8)
+    class_map[10:20, 5:25] = 3
+    palette = color_palette(4)
+    results = Results(image_size=(30, 40), detections=Detections.empty(), segmentation=class_map)
+    drawn = draw_results(image, results, ["a", "b", "c", "d"], palette, blend=0.45)
+    np.testing.assert_array_equal(image, original)
+    background = class_map == 0
+    np.testing.assert_array_equal(drawn[background], image[background])
+    expected = 0.55 * image[~background] + 0.45 * palette[3].astype(float)
+    assert np.abs(drawn[~background] - expected).max() <= 1.0
+    # The coloured map handed in gives the same picture; a flipped (BGR -> RGB) view is drawn as a copy.
+    same = draw_results(image, results, ["a"] * 4, palette, segmentation_rgb=colorize(class_map, palette))
+    np.testing.assert_array_equal(same, drawn)
+    flipped = draw_results(image[:, :, ::-1], results, ["a"] * 4, palette)
+    assert flipped.flags.c_contiguous
+    np.testing.assert_array_equal(flipped[background], image[:, :, ::-1][background])
