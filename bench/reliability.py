@@ -3,7 +3,7 @@
     python bench/reliability.py [--quick] [--weights demo/mcn_demo.safetensors] [--out bench/results]
 
 Starts the node as users start it (``python -m mcn_ros.ros.node ... -p autostart:=true``, the 128x128 demo
-weights by default, ``use_compressed:=true``, diagnostics every 0.1 s) in an isolated ROS domain on
+weights by default, ``image_transport:=both``, diagnostics every 0.1 s) in an isolated ROS domain on
 loopback, talks to it through the replay player (:mod:`mcn_ros.ros.player`), and writes
 ``reliability.json`` and ``reliability.md``:
 
@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 NODE = "/mcn_node"
 TOPIC = "/camera/image_raw"
-NODE_PARAMS = ["use_compressed:=true", "diagnostics_period:=0.1"]
+NODE_PARAMS = ["image_transport:=both", "diagnostics_period:=0.1"]
 
 
 def synthetic_frames(count: int, folder: Path) -> list[bytes]:

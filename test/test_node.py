@@ -42,7 +42,7 @@ def running(weights: Path) -> Iterator[tuple[object, Client]]:
 
     process = start_node(
         "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", f"score_threshold:={SCORE}",
-        "-p", f"pose_score_threshold:={SCORE}", "-p", "use_compressed:=true",
+        "-p", f"pose_score_threshold:={SCORE}", "-p", "image_transport:=both",
     )  # fmt: skip
     c = Client()
     for topic, msg_type in [
@@ -144,6 +144,49 @@ def test_bgr_mono_and_compressed_inputs_match(running: tuple[object, Client]) ->
     assert c.publish_until(png, lambda: bool(c.messages("detections")), 30, compressed=True)
     assert c.messages("detections")[-1].header.stamp.sec == 4
     assert detections_equal(c.messages("detections")[-1], reference)
+
+
+def test_the_compressed_transport_alone_runs_each_frame_once(weights: Path) -> None:
+    """image_transport:=compressed: the node takes <image>/compressed only, so a frame that a camera driver
+    publishes on both topics (as image_transport does) runs once; a PNG is answered as its pixels are."""
+    from sensor_msgs.msg import CompressedImage
+    from vision_msgs.msg import Detection2DArray
+
+    from mcn_ros.model.predictor import Predictor
+
+    node = "compressed_node"
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", "image_transport:=compressed",
+        "-p", f"score_threshold:={SCORE}", "-p", f"pose_score_threshold:={SCORE}", name=node,
+    )  # fmt: skip
+    c = Client(node)
+    try:
+        c.subscribe("detections", Detection2DArray)
+        image = test_image(seed=5)
+        png = CompressedImage(format="png", data=cv2.imencode(".png", image[:, :, ::-1])[1].tobytes())
+        png.header.stamp.sec = 4
+        assert c.publish_until(png, lambda: bool(c.messages("detections")), 30, compressed=True)
+        expected = Predictor.from_weights(weights, device="cpu").predict(
+            image, score_threshold=SCORE, pose_score_threshold=SCORE
+        )
+        assert expected.detections is not None and len(expected.detections) > 0
+        received = c.messages("detections")[-1]
+        assert received.header.stamp.sec == 4
+        scores = [d.results[0].hypothesis.score for d in received.detections]
+        np.testing.assert_allclose(scores, expected.detections.scores, atol=1e-5)
+
+        assert node not in [info.node_name for info in c.node.get_subscriptions_info_by_topic("/image")]
+        twin = image_message(image, stamp=(5, 0))
+        png.header.stamp.sec = 5
+        c.image_pub.publish(twin)
+        c.compressed_pub.publish(png)
+        assert c.wait_for(lambda: any(m.header.stamp.sec == 5 for m in c.messages("detections")), 20)
+        time.sleep(1.0)  # a second answer would come within a frame's time
+        assert [m.header.stamp.sec for m in c.messages("detections")].count(5) == 1
+    finally:
+        c.close()
+        log = stop_node(process)
+    assert "listening on /image/compressed" in log and "/image," not in log, log
 
 
 def detections_equal(a: object, b: object) -> bool:

@@ -232,6 +232,25 @@ def test_a_frame_the_node_never_answers(tmp_path: Path, inputs: dict[str, Path])
     assert not (tmp_path / "run").exists()
 
 
+def test_a_compressed_bag_replays_through_the_compressed_transport(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A bag of CompressedImage frames: `run` starts the node with image_transport:=compressed, and every
+    frame is answered with the model runtime's results on the same JPEG."""
+    bag = camera_bag(inputs["coco"], tmp_path / "bag", rate_hz=10.0, compressed=True)
+    out = tmp_path / "run"
+    done = cli(
+        "run", "--bag", str(bag), "--weights", str(inputs["weights"]), "--out", str(out),
+        "--pace", "lockstep", *NODE_PARAMS,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = read_json(out / "report.json")
+    assert report["config"]["node_parameters"]["image_transport"] == "compressed"
+    assert report["frames"]["sent"] == 6 and report["frames"]["processed"] == 6, report["frames"]
+    assert report["agreement_with_direct"]["frames_with_other_box_count"] == 0
+    assert report["agreement_with_direct"]["max_box_difference_px"] <= 1e-3
+
+
 def test_replay_without_a_node(inputs: dict[str, Path], tmp_path: Path) -> None:
     error = _one_line_error(main(
         "replay", "--bag", str(inputs["bag"]), "--out", str(tmp_path / "replay"), "--node", "/nobody",

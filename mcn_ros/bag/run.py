@@ -57,7 +57,7 @@ def camera_remap(camera: CameraBag) -> tuple[str, str, list[str]]:
     if not camera.compressed:
         return camera.topic, camera.topic, []
     base = camera.topic[: -len("/compressed")] if camera.topic.endswith("/compressed") else camera.topic
-    return base, base + "/compressed", ["use_compressed:=true"]
+    return base, base + "/compressed", ["image_transport:=compressed"]
 
 
 def parse_params(items: Sequence[str]) -> list[str]:

@@ -273,20 +273,23 @@ class McnNode(LifecycleNode):
             image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         else:
             image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        compressed_too = bool(self.get_parameter("use_compressed").value)
+        # One transport unless asked for both: an image_transport publisher sends each frame on both topics.
+        transport = str(self.get_parameter("image_transport").value)
+        inputs: list[tuple[Any, str, bool]] = []  # (message type, topic suffix, compressed)
+        if transport in ("raw", "both"):
+            inputs.append((Image, "", False))
+        if transport in ("compressed", "both"):
+            inputs.append((CompressedImage, "/compressed", True))
         topics = []
         for camera in self._cameras.values():
-            topic = self._resolve(camera.image_topic)
-            topics.append(topic)
-            # A two-argument callback gets rclpy's MessageInfo (a dict on Jazzy and Kilted; not on Humble):
-            # its sequence numbers tell the frames lost before the node.
-            camera.subscriptions.append(
-                self.create_subscription(Image, topic, self._image_callback(camera, False), image_qos)
-            )
-            if compressed_too:
-                on_compressed = self._image_callback(camera, True)
+            for message_type, suffix, compressed in inputs:
+                topic = self._resolve(camera.image_topic) + suffix
+                topics.append(topic)
+                # A two-argument callback gets rclpy's MessageInfo (a dict on Jazzy and Kilted; not on
+                # Humble): its sequence numbers tell the frames lost before the node.
+                on_image = self._image_callback(camera, compressed)
                 camera.subscriptions.append(
-                    self.create_subscription(CompressedImage, topic + "/compressed", on_compressed, image_qos)
+                    self.create_subscription(message_type, topic, on_image, image_qos)
                 )
         self._running.set()
         self._start_inference_thread()

@@ -41,7 +41,7 @@ LATCHED: dict[str, tuple[str, str]] = {
 PARAMETERS = (
     "weights", "device", "precision", "input_size", "tasks", "score_threshold", "pose_score_threshold",
     "keypoint_threshold", "max_detections", "flip_test", "image_qos", "publisher_reliability",
-    "publisher_depth", "use_compressed",
+    "publisher_depth", "image_transport",
 )  # fmt: skip
 COUNTS = {"detections": "detections", "poses": "persons"}
 TASKS = {"detections": "detection", "poses": "pose", "segmentation": "segmentation"}
@@ -309,7 +309,7 @@ class NodeLink:
             f"{state}; start it with autostart:=true or `ros2 lifecycle set {self.node_name} activate`)"
         )
         if self.camera_msgtype == COMPRESSED_IMAGE:
-            hint += "; CompressedImage input needs the node's use_compressed:=true"
+            hint += "; CompressedImage input needs the node's image_transport:=compressed"
         raise BagError(f"node {self.node_name} does not subscribe to {self.publish_topic}: {hint}")
 
     def _split_node_name(self) -> tuple[str, str]:

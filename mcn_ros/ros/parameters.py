@@ -134,6 +134,9 @@ def invalid_value(spec: ParameterSpec, value: Any) -> str | None:
 
 
 IMAGE_QOS = ("sensor_data", "reliable")
+#: raw and compressed as image_transport names them (a subscriber takes one transport); both: each camera's
+#: two topics, for rigs whose cameras publish one or the other.
+IMAGE_TRANSPORTS = ("raw", "compressed", "both")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # mcn_ros.model.precision.PRECISIONS, without torch
 BACKEND_CHOICES = ("torch", "onnxruntime")  # mcn_ros.model.backends.BACKENDS, without importing torch here
 PUBLISHER_RELIABILITY = ("reliable", "best_effort")
@@ -178,8 +181,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "boundaries, a few ms more per frame)", choices=SEGMENTATION_RESAMPLING),
     ParameterSpec("max_image_pixels", "integer", DEFAULT_MAX_PIXELS, RUN_TIME, "Larger frames are refused",
                   value_range=(1, 1 << 30)),
-    ParameterSpec("use_compressed", "bool", False, CONFIGURE,
-                  "Also subscribe to <image>/compressed (JPEG/PNG)"),
+    ParameterSpec("image_transport", "string", "raw", CONFIGURE,
+                  f"How every camera's frames arrive, one of {IMAGE_TRANSPORTS}: raw on <image> "
+                  "(sensor_msgs/Image), compressed on <image>/compressed (CompressedImage, JPEG or PNG), "
+                  "both (for cameras that publish one or the other: one that publishes both is run twice)",
+                  choices=IMAGE_TRANSPORTS),
     ParameterSpec("cameras", "string_array", (), CONFIGURE,
                   "Camera names: each listens on <name>/image and publishes under ~/<name>/; empty = one "
                   "camera on image", check=check_camera_names),
