@@ -15,7 +15,7 @@ measurements, each interleaved in one process:
 - **Decoding, candidate listing against top-k**: ``decode_batch`` on the demo weights' outputs for the
   demo's held-out scenes at 640x480 (network inputs 512x384 and 128x96), with the peak searches listing
   candidates (the CPU's way: a host synchronisation per listing) and with the top-k over the max-pooled map
-  (``decode.TOPK_SEARCH_DEVICES``, the default on CUDA); the results compared (same detections and poses).
+  (``peaks.TOPK_SEARCH_DEVICES``, the default on CUDA); the results compared (same detections and poses).
 - **Predict, eager against CUDA graphs**: ``Predictor.predict`` of the same scenes (image in, results out,
   demo weights, fp32) eager, with ``cuda_graphs`` (the forward replayed, decoding eager) and with
   ``graph_decoding`` as well (forward and decoding replayed from one graph); the graphed results compared
@@ -47,7 +47,7 @@ from e2e_cpu import SCORE_THRESHOLD
 from model_gpu import device_facts
 from seg_resampling import DEMO_WEIGHTS
 
-from mcn_ros.model import decode
+from mcn_ros.model import peaks
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.cuda_graphs import GraphedCalls
 from mcn_ros.model.decode import DecodeOptions, decode_batch
@@ -127,13 +127,13 @@ def forward_contenders(device: torch.device) -> tuple[dict[str, Callable[[], obj
 
 @contextmanager
 def search_devices(devices: frozenset[str]) -> Iterator[None]:
-    """``decode.TOPK_SEARCH_DEVICES`` set to ``devices`` for the block."""
-    before = decode.TOPK_SEARCH_DEVICES
-    decode.TOPK_SEARCH_DEVICES = devices
+    """``peaks.TOPK_SEARCH_DEVICES`` set to ``devices`` for the block."""
+    before = peaks.TOPK_SEARCH_DEVICES
+    peaks.TOPK_SEARCH_DEVICES = devices
     try:
         yield
     finally:
-        decode.TOPK_SEARCH_DEVICES = before
+        peaks.TOPK_SEARCH_DEVICES = before
 
 
 def decode_contenders(

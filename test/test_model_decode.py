@@ -9,17 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mcn_ros.model import decode
+from mcn_ros.model import decode, peaks
 from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
-from mcn_ros.model.decode import (
-    DecodeOptions,
-    channel_argmax,
-    decode_batch,
-    decode_to_tensors,
-    find_peaks,
-    local_peaks,
-    topk_peaks,
-)
+from mcn_ros.model.decode import DecodeOptions, channel_argmax, decode_batch, decode_to_tensors
+from mcn_ros.model.peaks import find_peaks, local_peaks, topk_peaks
 from mcn_ros.model.preprocess import letterbox_for, nearest_cells
 
 INPUT = (128, 128)  # output maps 32 x 32
@@ -186,15 +179,17 @@ def test_pose_keypoint_snapping(dense_max: int, monkeypatch: pytest.MonkeyPatch)
 
 
 def _record_results(monkeypatch: pytest.MonkeyPatch, name: str) -> list[object]:
-    """What each call of ``decode.<name>`` returns, in call order (the function still runs)."""
+    """What each call of ``<name>`` (of the decode or the peaks module) returns, in call order (the function
+    still runs)."""
     returned: list[object] = []
-    function = getattr(decode, name)
+    module = decode if hasattr(decode, name) else peaks
+    function = getattr(module, name)
 
     def recording(*args: object) -> object:
         returned.append(result := function(*args))
         return result
 
-    monkeypatch.setattr(decode, name, recording)
+    monkeypatch.setattr(module, name, recording)
     return returned
 
 
@@ -232,7 +227,7 @@ def test_keypoint_snapping_searches_agree(
     boxes = torch.cat((corner, corner + torch.tensor([W / 2, H / 2])), dim=-1)
     regressed = corner.unsqueeze(2) + torch.rand(b, k, j, 2) * torch.tensor([W / 2, H / 2])
     options = DecodeOptions(keypoint_candidates=candidates)
-    peaks_per_joint = (decode.local_peaks(kp_logits.sigmoid(), 3) >= options.kp_snap_score).sum(dim=(2, 3))
+    peaks_per_joint = (peaks.local_peaks(kp_logits.sigmoid(), 3) >= options.kp_snap_score).sum(dim=(2, 3))
     falls_back = bool((peaks_per_joint > candidates).any())
     assert falls_back == (maps == "dense" and candidates == 3), "each case is the map it is meant to be"
     cell_searches = _record_results(monkeypatch, "_nearest_peak_cells")
@@ -283,7 +278,7 @@ def test_pose_in_a_batch_with_and_without_persons(monkeypatch: pytest.MonkeyPatc
     empty = decode_batch(nobody, boxes[:1], [hw], config(), ["pose"], DecodeOptions())[0].poses
     assert len(snapping) == 1, "a batch without persons does not"
     assert empty is not None and len(empty) == 0 and empty.keypoints.shape == (0, 17, 3)
-    monkeypatch.setattr(decode, "TOPK_SEARCH_DEVICES", frozenset({"cpu"}))  # asking would wait for a GPU
+    monkeypatch.setattr(peaks, "TOPK_SEARCH_DEVICES", frozenset({"cpu"}))  # asking would wait for a GPU
     empty = decode_batch(nobody, boxes[:1], [hw], config(), ["pose"], DecodeOptions())[0].poses
     assert len(snapping) == 2, "on a top-k search device snapping runs regardless"
     assert empty is not None and len(empty) == 0 and empty.keypoints.shape == (0, 17, 3)
@@ -311,18 +306,18 @@ def test_person_peaks_come_from_the_detection_search(
     """With detection asked too and a pose threshold at least the detection's, the persons are the
     detection's person-channel peaks (no second search of the person map): the same poses as pose alone.
     A lower pose threshold searches the person map itself."""
-    monkeypatch.setattr(decode, "POOLED_MAX_VALUES", pooled_max)
+    monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
     hw = (100, 200)
     out, boxes = _many_persons(), [letterbox_for(hw, INPUT)]
     person_searches = []
-    original = decode.find_candidates
+    original = peaks.find_candidates
 
-    def recording(logits: torch.Tensor, *args: object) -> decode.Candidates | None:
+    def recording(logits: torch.Tensor, *args: object) -> peaks.Candidates | None:
         if logits.shape[1] == 1:
             person_searches.append(logits.shape)
         return original(logits, *args)
 
-    monkeypatch.setattr(decode, "find_candidates", recording)
+    monkeypatch.setattr(peaks, "find_candidates", recording)
     for det, pose in ((0.3, 0.3), (0.3, 0.5), (0.5, 0.3)):
         options = DecodeOptions(score_threshold=det, pose_score_threshold=pose)
         alone = decode_batch(out, boxes, [hw], config(), ["pose"], options)[0].poses
@@ -346,7 +341,7 @@ def test_topk_search_device_gives_the_same_results(tasks: list[str], monkeypatch
     out["kp_heatmap"] = torch.full_like(out["kp_heatmap"], BACKGROUND)
     out["kp_heatmap"][0, :, 2::12, 3::12] = 3.0  # 9 peaks per joint: few enough for cell-by-cell snapping
     options = DecodeOptions(score_threshold=0.3, pose_score_threshold=0.3)
-    monkeypatch.setattr(decode, "POOLED_MAX_VALUES", 0)  # the listing a paper-sized map gets on the CPU
+    monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # the listing a paper-sized map gets on the CPU
     monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", 1 << 30)
     names = ("_sparse_candidates", "_pooled_candidates", "_dense_peaks")
     searches = {name: _record_results(monkeypatch, name) for name in names}
@@ -356,7 +351,7 @@ def test_topk_search_device_gives_the_same_results(tasks: list[str], monkeypatch
     assert listings and not searches["_dense_peaks"] and cells[0] is not None
     for found in (*searches.values(), cells):
         found.clear()
-    monkeypatch.setattr(decode, "TOPK_SEARCH_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(peaks, "TOPK_SEARCH_DEVICES", frozenset({"cpu"}))
     topk = decode_batch(out, boxes, [hw], config(), tasks, options)[0]
     listings = searches["_sparse_candidates"] + searches["_pooled_candidates"]
     assert searches["_dense_peaks"] and not listings and not cells
@@ -390,7 +385,7 @@ def test_topk_search_device_decodes_without_looking_at_values(
     if asked & {"detection", "pose"}:
         with pytest.raises(NotImplementedError, match="nonzero"):
             decode_to_tensors(out, boxes, sizes, config(), tasks, options)  # the listing reads values
-    monkeypatch.setattr(decode, "TOPK_SEARCH_DEVICES", frozenset({"cuda", "meta"}))
+    monkeypatch.setattr(peaks, "TOPK_SEARCH_DEVICES", frozenset({"cuda", "meta"}))
     decoded = decode_to_tensors(out, boxes, sizes, config(), tasks, options)
     fields = {name: end - start for name, start, end in decoded.columns}
     assert decoded.numbers.device.type == "meta" and decoded.numbers.shape == (2, sum(fields.values()))
@@ -460,7 +455,7 @@ def test_neighbourhood_max_is_max_pooling(kernel: int, layout: str, dtype: torch
         elif layout == "channel_of_channels_last":
             values = values.contiguous(memory_format=torch.channels_last)[:, 1:2]
         expected = torch.nn.functional.max_pool2d(values.float(), kernel, stride=1, padding=kernel // 2)
-        assert torch.equal(decode.neighbourhood_max(values, kernel).float(), expected)
+        assert torch.equal(peaks.neighbourhood_max(values, kernel).float(), expected)
 
 
 def _reference_peaks(
@@ -512,30 +507,30 @@ def test_find_peaks_equals_the_dense_search(
     and per channel, best first, in PyTorch's layout and ONNX Runtime's; a low threshold leaves the sparse
     search for a fallback."""
     (pooled_max, fallback_max), expected_paths = PEAK_PATHS[path]
-    monkeypatch.setattr(decode, "POOLED_MAX_VALUES", pooled_max)
-    monkeypatch.setattr(decode, "POOLED_FALLBACK_MAX_VALUES", fallback_max)
+    monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
+    monkeypatch.setattr(peaks, "POOLED_FALLBACK_MAX_VALUES", fallback_max)
     taken = []
     for name, function in (
         ("pooled", "_pooled_candidates"),
         ("sparse", "_sparse_candidates"),
         ("dense", "_dense_peaks"),
     ):
-        original = getattr(decode, function)
-        monkeypatch.setattr(decode, function, lambda *a, o=original, n=name: taken.append(n) or o(*a))
+        original = getattr(peaks, function)
+        monkeypatch.setattr(peaks, function, lambda *a, o=original, n=name: taken.append(n) or o(*a))
     torch.manual_seed(1)
     logits = torch.randn(2, 4, 20, 24) * 2 - 4  # about 6 % of the values score >= 0.3
     logits[0, 1, 0, 0] = logits[1, 3, 19, 23] = 5.0  # peaks in the corners
     if layout == "channels_last":  # the layout the PyTorch backend gives; ONNX Runtime's are contiguous
         logits = logits.contiguous(memory_format=torch.channels_last)
     k = 7
-    peaks = find_peaks(logits, k, threshold, kernel, per_channel)
+    best = find_peaks(logits, k, threshold, kernel, per_channel)
     assert taken == [expected_paths[threshold]]
     groups = 4 if per_channel else 1
-    assert peaks.scores.shape[:2] == (2, groups) and peaks.scores.shape[2] <= k
-    torch.testing.assert_close(peaks.flat, peaks.ys * 24 + peaks.xs, rtol=0, atol=0)
+    assert best.scores.shape[:2] == (2, groups) and best.scores.shape[2] <= k
+    torch.testing.assert_close(best.flat, best.ys * 24 + best.xs, rtol=0, atol=0)
     found = []
     for g in range(2 * groups):
-        row = [field.reshape(2 * groups, -1)[g] for field in peaks]
+        row = [field.reshape(2 * groups, -1)[g] for field in best]
         found.append(
             {
                 (int(c), int(y), int(x), round(float(s) * 1e6))
@@ -557,11 +552,11 @@ def test_find_peaks_single_image_and_channel_map(monkeypatch: pytest.MonkeyPatch
     person = heatmap[:, 2:3]
     expected = _reference_peaks(person, 10, 0.3, 3, per_channel=False)
     for pooled_max in (0, 1 << 30):
-        monkeypatch.setattr(decode, "POOLED_MAX_VALUES", pooled_max)
-        peaks = find_peaks(person, 10, 0.3, 3)
+        monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
+        best = find_peaks(person, 10, 0.3, 3)
         got = {
             (int(c), int(y), int(x), round(float(s) * 1e6))
-            for s, _, c, y, x in zip(*(field[0, 0] for field in peaks), strict=True)
+            for s, _, c, y, x in zip(*(field[0, 0] for field in best), strict=True)
             if s >= 0
         }
         assert got == expected[0] and got
@@ -574,11 +569,11 @@ def test_find_peaks_takes_the_sparse_path_when_few_cells_pass(monkeypatch: pytes
     logits = torch.full((1, 3, 16, 16), -6.0)
     logits[0, 2, 5, 9] = 2.0
     logits[0, 2, 5, 10] = 1.0  # a neighbour, not a peak
-    monkeypatch.setattr(decode, "POOLED_MAX_VALUES", 0)  # this small map would be max-pooled whole
-    monkeypatch.setattr(decode, "local_peaks", None)  # the dense search would fail
-    peaks = find_peaks(logits, 10, 0.3, 3)
-    assert peaks.scores.shape == (1, 1, 1)
-    assert (int(peaks.channels[0, 0, 0]), int(peaks.ys[0, 0, 0]), int(peaks.xs[0, 0, 0])) == (2, 5, 9)
+    monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # this small map would be max-pooled whole
+    monkeypatch.setattr(peaks, "local_peaks", None)  # the dense search would fail
+    best = find_peaks(logits, 10, 0.3, 3)
+    assert best.scores.shape == (1, 1, 1)
+    assert (int(best.channels[0, 0, 0]), int(best.ys[0, 0, 0]), int(best.xs[0, 0, 0])) == (2, 5, 9)
     none = find_peaks(logits, 10, 0.95, 3)
     assert none.scores.shape == (1, 1, 1) and float(none.scores[0, 0, 0]) == -1.0
 
