@@ -342,6 +342,20 @@ def test_ground_truth_that_does_not_match(
     )
     (other / "ground_truth.json").write_text("{not json")
     _fails(capsys, ["replay", "--bag", str(other), "--out", str(tmp_path / "o")], "not readable JSON")
+    # One image the ground truth of two frames (a looped sequence written by hand): the results are kept per
+    # image, so the second would replace the first; refused, as are two frames with one stamp.
+    data = json.loads((bag / "ground_truth.json").read_text())
+    data["frames"][3]["image_id"] = data["frames"][1]["image_id"]
+    (other / "ground_truth.json").write_text(json.dumps(data))
+    _fails(
+        capsys,
+        ["replay", "--bag", str(other), "--out", str(tmp_path / "o")],
+        "is the ground truth of 2 frames",
+    )
+    data = json.loads((bag / "ground_truth.json").read_text())
+    data["frames"][3]["stamp"] = data["frames"][1]["stamp"]
+    (other / "ground_truth.json").write_text(json.dumps(data))
+    _fails(capsys, ["replay", "--bag", str(other), "--out", str(tmp_path / "o")], "the same stamp")
 
 
 def test_duplicate_stamps_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

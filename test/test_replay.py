@@ -181,8 +181,20 @@ def test_evaluate_a_recorded_bag_and_a_baseline(
     assert code == 0, err
     recorded = read_json(tmp_path / "recorded" / "report.json")
     assert recorded["classes"]["source"].startswith("LabelInfo")
-    for metric in ("bbox_AP", "kp_AP", "mIoU"):
+    for metric in ("bbox_AP", "kp_AP"):
         assert recorded[metric] == pytest.approx(report[metric], abs=1e-9)
+    # The node publishes no segmentation class names: without the weights the class map is not scored (the
+    # detection classes used to be assumed), and the report says why; with them it scores like the replay.
+    assert recorded["mIoU"] is None
+    assert any("segmentation not scored" in note for note in recorded["notes"]), recorded["notes"]
+    code, _, err = main(
+        "evaluate", "--outputs", str(run_dir / "lockstep" / "outputs"), "--ground-truth", str(inputs["bag"]),
+        "--weights", str(inputs["weights"]), "--no-direct", "--report-dir", str(tmp_path / "with_weights"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert read_json(tmp_path / "with_weights" / "report.json")["mIoU"] == pytest.approx(
+        report["mIoU"], abs=1e-9
+    )
     better = {**report, "bbox_AP": report["bbox_AP"] + 0.5}
     (tmp_path / "baseline.json").write_text(json.dumps(better))
     code, out, err = main(
@@ -246,9 +258,53 @@ def test_a_compressed_bag_replays_through_the_compressed_transport(
     assert done.returncode == 0, done.stdout + done.stderr
     report = read_json(out / "report.json")
     assert report["config"]["node_parameters"]["image_transport"] == "compressed"
+    assert report["agreement_with_direct"]["frames_with_other_segmentation"] == 0
     assert report["frames"]["sent"] == 6 and report["frames"]["processed"] == 6, report["frames"]
     assert report["agreement_with_direct"]["frames_with_other_box_count"] == 0
     assert report["agreement_with_direct"]["max_box_difference_px"] <= 1e-3
+
+
+def test_the_model_alone_runs_with_the_nodes_settings(
+    inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct (model-alone) figures take every node setting that changes results: the recorded node
+    parameters reach the Predictor it builds and each predict call (they used to stop at precision and
+    thresholds, so an int8 or bilinear replay was compared with an fp32, nearest model)."""
+    from mcn_ros.bag.direct import direct_predictions
+    from mcn_ros.bag.ground_truth import read_ground_truth
+    from mcn_ros.model.predictor import Predictor
+    from mcn_ros.ros.node_link import PARAMETERS
+
+    for name in ("backend", "int8_graph", "cuda_graphs", "rect_input", "segmentation_resampling"):
+        assert name in PARAMETERS  # recorded with each replay
+    built: list[dict[str, Any]] = []
+    asked: list[dict[str, Any]] = []
+    real_from_weights, real_predict = Predictor.from_weights.__func__, Predictor.predict  # type: ignore[attr-defined]
+
+    def from_weights(cls: type[Predictor], path: Path, **options: Any) -> Predictor:
+        built.append(options)
+        return real_from_weights(cls, path, **options)
+
+    def predict(self: Predictor, images: Any, **options: Any) -> Any:
+        asked.append(options)
+        return real_predict(self, images, **options)
+
+    monkeypatch.setattr(Predictor, "from_weights", classmethod(from_weights))
+    monkeypatch.setattr(Predictor, "predict", predict)
+    parameters = {
+        "rect_input": False,
+        "segmentation_resampling": "bilinear",
+        "backend": "torch",
+        "device": "cpu",
+    }
+    gt = read_ground_truth(inputs["bag"])
+    results = direct_predictions(
+        inputs["bag"], "/camera/image_raw", gt, inputs["weights"], parameters, {"detection"}
+    )
+    assert len(results) == 6 and len(asked) == 6
+    expected = {"rect": False, "backend": "torch", "int8_graph": None, "cuda_graphs": False}
+    assert built == [{"device": "cpu", "precision": "fp32", **expected}]
+    assert all(options["segmentation_resampling"] == "bilinear" for options in asked)
 
 
 def test_replay_without_a_node(inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -78,7 +78,8 @@ def output_topics(outputs: OutputBag) -> OutputTopics:
 
 
 def resolve_classes(outputs: OutputBag, topics: OutputTopics, weights: Path | None) -> Classes:
-    """The weights' class lists when known; else LabelInfo's (used for segmentation too, and said so)."""
+    """The weights' class lists when known; else LabelInfo's for detection, and none for segmentation (the
+    node publishes no segmentation class names: a class map is not scored without the weights)."""
     if weights is not None:
         config = weights_metadata(weights)[0]
         return Classes(
@@ -89,9 +90,7 @@ def resolve_classes(outputs: OutputBag, topics: OutputTopics, weights: Path | No
     if topics.label_info is not None and outputs.messages[topics.label_info]:
         mapping = label_map(outputs.messages[topics.label_info][-1].message)
         names = [mapping[k] for k in sorted(mapping)]
-        return Classes(
-            names, names, "LabelInfo (segmentation classes assumed equal: pass --weights to be sure)"
-        )
+        return Classes(names, None, "LabelInfo (detection only: pass --weights to score segmentation)")
     if topics.detections or topics.segmentation:
         raise BagError("cannot tell the class names: the output bag has no LabelInfo; pass --weights")
     return Classes(None, None, "none needed")

@@ -41,7 +41,13 @@ def direct_predictions(
 
     try:
         predictor = Predictor.from_weights(
-            weights, device=str(parameters.get("device", "auto")), precision=_precision(parameters)
+            weights,
+            device=str(parameters.get("device", "auto")),
+            precision=_precision(parameters),
+            rect=bool(parameters.get("rect_input", True)),
+            backend=str(parameters.get("backend", "torch")),
+            int8_graph=str(parameters.get("int8_graph", "")) or None,
+            cuda_graphs=bool(parameters.get("cuda_graphs", False)),
         )
     except WeightsError as error:
         raise BagError(str(error)) from error
@@ -64,6 +70,7 @@ def direct_predictions(
             pose_score_threshold=float(parameters.get("pose_score_threshold", 0.3)),
             max_detections=int(parameters.get("max_detections", 100)),
             flip_test=bool(parameters.get("flip_test", False)),
+            segmentation_resampling=str(parameters.get("segmentation_resampling", "nearest")),
         )
         assert isinstance(result, Results)
         predictions[image_id] = result

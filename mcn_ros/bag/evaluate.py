@@ -171,6 +171,10 @@ def evaluate_run(
                 notes.append("video not made: the class names are unknown (no LabelInfo; pass --weights)")
                 continue
             summary["classes"] = dataclasses.asdict(classes)
+            if topics.segmentation is not None and classes.segmentation is None:
+                notes.append(
+                    "segmentation not scored: its class names are not in the output bag (pass --weights)"
+                )
         if gt is None:
             continue
         check_stamps(gt, output_bag, topics, records)

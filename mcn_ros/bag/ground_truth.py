@@ -162,4 +162,19 @@ def read_ground_truth(bag_or_file: str | Path) -> GroundTruth:
             raise KeyError("coco.images / coco.categories")
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise BagError(f"ground truth {path}: missing or malformed field ({error})") from error
+    if len(image_of_stamp) != len(data["frames"]):
+        raise BagError(
+            f"ground truth {path}: two frames have the same stamp (each must be a frame of its own)"
+        )
+    stamps_of: dict[int, list[int]] = {}
+    for stamp, image_id in image_of_stamp.items():
+        stamps_of.setdefault(image_id, []).append(stamp)
+    shared = {i: s for i, s in stamps_of.items() if len(s) > 1}
+    if shared:  # the results are kept per image: a second frame of one image would replace the first's
+        image_id, stamps = next(iter(shared.items()))
+        raise BagError(
+            f"ground truth {path}: image {image_id} is the ground truth of {len(stamps)} frames "
+            f"({', '.join(_stamp_text(s) for s in stamps[:3])}); each frame needs an image id of its own "
+            f"(copy the image entry and its annotations under a new id); {len(shared)} such image(s)"
+        )
     return GroundTruth(dataset, image_of_stamp, str(data.get("camera_topic", "")), path, data.get("source"))

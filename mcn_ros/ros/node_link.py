@@ -37,11 +37,12 @@ LATCHED: dict[str, tuple[str, str]] = {
     "label_info": ("label_info", LABEL_INFO),
     "pose_info": ("pose_info", POSE_INFO),
 }
-#: Node parameters recorded with each replay (the direct evaluation runs the model with the same ones).
+#: Node parameters recorded with each replay (the direct evaluation runs the model with the same ones: every
+#: parameter that changes what the model runtime computes is here).
 PARAMETERS = (
-    "weights", "device", "precision", "input_size", "tasks", "score_threshold", "pose_score_threshold",
-    "keypoint_threshold", "max_detections", "flip_test", "image_qos", "publisher_reliability",
-    "publisher_depth", "image_transport",
+    "weights", "device", "precision", "backend", "int8_graph", "cuda_graphs", "rect_input", "input_size",
+    "tasks", "score_threshold", "pose_score_threshold", "keypoint_threshold", "max_detections", "flip_test",
+    "segmentation_resampling", "image_qos", "publisher_reliability", "publisher_depth", "image_transport",
 )  # fmt: skip
 COUNTS = {"detections": "detections", "poses": "persons"}
 TASKS = {"detections": "detection", "poses": "pose", "segmentation": "segmentation"}
@@ -90,6 +91,9 @@ class NodeLink:
         self._counts: dict[int, dict[str, int]] = {}
         self._latched: dict[str, tuple[int, bytes]] = {}
         self._recording: set[int] = set()
+        # Held while an output is noted and queued for the bag, and while recording stops: an arrival is in
+        # the frame records exactly when its message is in the output bag.
+        self._output_lock = threading.Lock()
         self._queue: queue.Queue[tuple[str, int, bytes] | None] = queue.Queue()
         self._context = Context()
         rclpy.init(context=self._context)
@@ -270,12 +274,13 @@ class NodeLink:
         def callback(data: bytes) -> None:
             now = time.monotonic_ns()
             stamp = header_stamp_ns(data)
-            if not self.arrivals.record(key, stamp, now):
-                return
-            if count_name is not None:
-                self._counts.setdefault(stamp, {})[count_name] = sequence_length_after_header(data)
-            if stamp in self._recording:
-                self._queue.put((topic, time.time_ns(), data))
+            with self._output_lock:
+                if not self.arrivals.record(key, stamp, now):
+                    return
+                if count_name is not None:
+                    self._counts.setdefault(stamp, {})[count_name] = sequence_length_after_header(data)
+                if stamp in self._recording:
+                    self._queue.put((topic, time.time_ns(), data))
 
         return callback
 

@@ -85,20 +85,20 @@ class Player(NodeLink):
             else:
                 self._rate(frames, records, keys, t0, rate_factor, timeout_s)
         except BaseException:
-            self._stop_recording(writing)
+            self._stop_recording(writing, [])
             writer.abort()
             if monitor is not None:
                 monitor.stop()
             raise
         end_ns = time.monotonic_ns() - t0
-        self._stop_recording(writing)
+        arrived, counts = self._stop_recording(writing, stamps)
         process = monitor.stop() if monitor is not None else None
         writer.close()
         for record in records:
-            for key, arrival in self.arrivals.of(record.stamp_ns).items():
+            for key, arrival in arrived[record.stamp_ns].items():
                 if key in record.arrivals_ns:
                     record.arrivals_ns[key] = arrival - t0
-            record.counts = dict(self._counts.get(record.stamp_ns, {}))
+            record.counts = counts[record.stamp_ns]
         summary = {
             "pace": pace,
             "rate_factor": rate_factor if pace == "rate" else None,
@@ -111,10 +111,18 @@ class Player(NodeLink):
         }
         return PlayResult(records, summary)
 
-    def _stop_recording(self, writing: threading.Thread) -> None:
-        self._recording = set()
+    def _stop_recording(
+        self, writing: threading.Thread, stamps: Sequence[int]
+    ) -> tuple[dict[int, dict[str, int]], dict[int, dict[str, int]]]:
+        """Stop writing outputs to the bag; the arrivals and counts of ``stamps`` as they stood then (an
+        output that comes later is in neither the bag nor the frame records)."""
+        with self._output_lock:
+            self._recording = set()
+            arrived = {stamp: self.arrivals.of(stamp) for stamp in stamps}
+            counts = {stamp: dict(self._counts.get(stamp, {})) for stamp in stamps}
         self._queue.put(None)
         writing.join()
+        return arrived, counts
 
     def _write_queue(self, writer: OutputBagWriter) -> None:
         while True:
