@@ -122,6 +122,22 @@ def test_has_pose_from_the_keypoints_file(data: dict[str, Path], tmp_path: Path)
     assert all(float(no_file[i]["has_pose"]) == 0.0 for i in range(4))
 
 
+def test_an_image_of_another_size_than_its_annotations_is_refused(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    """Boxes, keypoints and masks are in the json's pixels: an image file of another size (resized, or turned
+    by its EXIF orientation) would train on targets that do not line up, so it is refused with its name."""
+    instances = json.loads(data["instances"].read_text())
+    first = instances["images"][0]
+    first["width"] += 8
+    changed = tmp_path / "instances.json"
+    changed.write_text(json.dumps(instances))
+    ds = CocoMultitaskDataset(data["images"], changed, None, _config(pose=False))
+    with pytest.raises(ValueError, match=rf"{first['file_name']} is \d+x\d+ but instances.json says"):
+        ds[ds.image_ids.index(first["id"])]
+    assert ds[ds.image_ids.index(instances["images"][1]["id"])]["image"].shape[0] == 3  # the others load
+
+
 def test_crowd_is_ignored_in_segmentation_and_detection(data: dict[str, Path]) -> None:
     ds = _dataset(data, _config(classes="person", pose=False))
     crowd_images = sorted({a["image_id"] for a in ds.coco.anns.values() if a["iscrowd"]})

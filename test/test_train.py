@@ -107,6 +107,30 @@ class KilledError(Exception):
 
 
 @pytest.mark.slow
+def test_deterministic_kernels_for_the_run_only(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runtime.deterministic turns PyTorch's deterministic kernels on while the run trains and leaves the
+    process as it found it; on the CPU the weights are those of a run without it."""
+    seen: list[bool] = []
+    real_step = train.Trainer.train_step
+
+    def recording_step(self: train.Trainer, batch: Any) -> Any:
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return real_step(self, batch)
+
+    monkeypatch.setattr(train.Trainer, "train_step", recording_step)
+    before = torch.are_deterministic_algorithms_enabled()
+    strict = run_train(
+        *base_args(data, tmp_path / "strict", "schedule.max_steps=2", "runtime.deterministic=true")
+    )
+    assert seen == [True, True]
+    assert torch.are_deterministic_algorithms_enabled() == before
+    plain = run_train(*base_args(data, tmp_path / "plain", "schedule.max_steps=2"))
+    assert seen[2:] == [before, before]
+    assert strict["state_digest"] == plain["state_digest"]
+
+
 def test_resume_keeps_the_evaluation_of_a_checkpoint_step(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

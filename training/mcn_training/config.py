@@ -224,6 +224,12 @@ class RuntimeConfig(_Section):
     find_unused_parameters: bool = False
     #: cudnn.benchmark (fixed input size: faster convs). Default true.
     cudnn_benchmark: bool = True
+    #: Deterministic kernels: torch.use_deterministic_algorithms (warn-only: an op without a deterministic
+    #: kernel, such as the deformable convolutions' backward, warns instead of failing), cuDNN deterministic
+    #: and no cudnn.benchmark. On the CPU a run repeats itself without it; on CUDA, cuDNN's algorithm choice
+    #: and atomic-add kernels round differently run to run, so a resumed run drifts from an uninterrupted one
+    #: unless this is on. Slower. Default false.
+    deterministic: bool = False
     #: Log (TensorBoard, console) the mean loss terms every N steps. Default 20.
     log_every_steps: _PositiveCount = 20
     #: tqdm progress bars on rank 0. Default true.

@@ -58,6 +58,7 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         self.config = model_config
         self.max_objects = int(max_objects)
         self.keypoint_min_radius = int(keypoint_min_radius)
+        self.instances_json = Path(instances_json)
         self.coco, self.pose_images = load_coco(instances_json, keypoints_json)
         self.has_keypoints_file = keypoints_json is not None
         self.image_ids: list[int] = sorted(int(i) for i in self.coco.imgs)
@@ -77,11 +78,22 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         return len(self.image_ids)
 
     def load_image(self, image_id: int) -> np.ndarray:
-        """The image as HxWx3 uint8 RGB."""
-        path = self.image_dir / self.coco.imgs[image_id]["file_name"]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        """The image as HxWx3 uint8 RGB; a ValueError when its size is not the one its annotations were made
+        on (the json's width and height), where boxes, keypoints and masks would not line up with it."""
+        info = self.coco.imgs[image_id]
+        path = self.image_dir / info["file_name"]
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # with the file's EXIF orientation, if any
         if image is None:
             raise FileNotFoundError(f"cannot read image {path} (image id {image_id})")
+        height, width = image.shape[:2]
+        expected = (int(info.get("height", height)), int(info.get("width", width)))
+        if (height, width) != expected:
+            said = f"{expected[1]}x{expected[0]}"
+            raise ValueError(
+                f"image {path} is {width}x{height} but {self.instances_json.name} says {said} (image id "
+                f"{image_id}): its annotations would not line up with it (a resized file, or an EXIF "
+                "orientation the annotation tool did not apply?)"
+            )
         return np.ascontiguousarray(image[:, :, ::-1])
 
     def annotations(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -52,6 +53,32 @@ from mcn_training.sampling import ResumableSampler, SeededSamples, eval_loader
 LOG = logging.getLogger("mcn_training")
 
 
+def determinism_state() -> tuple[bool, bool, bool, bool]:
+    """torch's deterministic-algorithms setting (on, warn-only) and cuDNN's (deterministic, benchmark)."""
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+
+
+def deterministic_kernels() -> None:
+    """What ``runtime.deterministic`` turns on (see :class:`~mcn_training.config.RuntimeConfig`)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable matmuls
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def restore_determinism(state: tuple[bool, bool, bool, bool]) -> None:
+    """Set back what :func:`determinism_state` read."""
+    enabled, warn_only, cudnn_deterministic, benchmark = state
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.deterministic = cudnn_deterministic
+    torch.backends.cudnn.benchmark = benchmark
+
+
 class TrainingRun:
     """Holds the pieces of one run; :meth:`evaluate` runs the validation (all that ``--test-only`` does)."""
 
@@ -78,7 +105,10 @@ class TrainingRun:
         cfg, rt = self.cfg, self.cfg.runtime
         if rt.threads:
             torch.set_num_threads(rt.threads)
-        if self.device.type == "cuda":
+        self._determinism_before: tuple[bool, bool, bool, bool] | None = determinism_state()
+        if rt.deterministic:
+            deterministic_kernels()
+        elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = rt.cudnn_benchmark
         self.amp_dtype = resolve_amp(rt.amp, self.device)
         if cfg.optim.batch_size % self.dist.world_size:
@@ -149,6 +179,10 @@ class TrainingRun:
         if self._created_group and dist.is_initialized():
             dist.destroy_process_group()
             self._created_group = False
+        before = getattr(self, "_determinism_before", None)
+        if before is not None:  # the process as the run found it (runs in a test process, a notebook)
+            restore_determinism(before)
+            self._determinism_before = None
 
     def _epoch_float(self) -> float:
         return self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch
