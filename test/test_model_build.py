@@ -242,3 +242,9 @@ def test_local_backbone_weights(tmp_path: Path) -> None:
         Backbone("resnet18", path)
     with pytest.raises(ValueError, match="not found"):
         Backbone("resnet18", tmp_path / "none.safetensors")
+    pickled = tmp_path / "resnet18.pth"  # timm's weights as a torch.save pickle: refused, with the way out
+    torch.save(classifier.state_dict(), pickled)
+    with pytest.raises(
+        ValueError, match=r"not a readable safetensors file .*pickle is not loaded.*save_file"
+    ):
+        Backbone("resnet18", pickled)

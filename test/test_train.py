@@ -163,6 +163,36 @@ def test_resume_keeps_the_evaluation_of_a_checkpoint_step(
 
 
 @pytest.mark.slow
+def test_init_weights_loads_matching_tensors_and_names_other_classes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """init_weights copies every tensor whose name and shape match; where the file's classes are others of
+    the same count (a shape cannot tell), a warning says that head starts from other classes."""
+    import dataclasses
+    import logging
+
+    from mcn_ros.model.config import DetectionConfig, ModelConfig
+    from mcn_ros.model.mcn import MultitaskCenterNet
+    from mcn_ros.model.weights import save_weights
+    from mcn_training.builders import init_from_weights
+
+    config = ModelConfig(
+        name="m", backbone="resnet18", input_size=(64, 64), detection=DetectionConfig(("person", "car"))
+    )
+    torch.manual_seed(0)
+    source = MultitaskCenterNet(config)
+    path = save_weights(tmp_path / "source.safetensors", source, config)
+    for classes, warned in ((("person", "car"), False), (("cat", "dog"), True)):
+        torch.manual_seed(1)
+        model = MultitaskCenterNet(dataclasses.replace(config, detection=DetectionConfig(classes)))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mcn_training"):
+            init_from_weights(model, str(path))
+        for name, value in source.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
+        assert ("detection classes differ" in caplog.text) == warned, caplog.text
+
+
 def test_export_evaluate_and_test_only(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     run_train(*base_args(data, out, "schedule.max_steps=1", "eval.at_end=false"))

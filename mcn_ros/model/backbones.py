@@ -75,7 +75,13 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+        hint = ""
+        if path.suffix in (".pth", ".pt", ".bin"):  # a pickle: never loaded here (it can run code)
+            hint = (
+                "; a PyTorch pickle is not loaded: convert a state dict you trust once with "
+                "safetensors.torch.save_file(torch.load(FILE, weights_only=True), OUT)"
+            )
+        raise ValueError(f"{path}: not a readable safetensors file ({exc}){hint}") from exc
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = backbone.body.state_dict()
     missing = [k for k in own if k not in state]

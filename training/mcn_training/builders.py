@@ -81,12 +81,29 @@ def build_datasets(cfg: TrainConfig, model_config: ModelConfig, need_train: bool
 
 
 def init_from_weights(model: nn.Module, path: str) -> None:
-    """Copy the tensors of an mcn_ros weights file whose names and shapes match (the rest keep their init)."""
-    source, _, _ = load_weights(path)
+    """Copy the tensors of an mcn_ros weights file whose names and shapes match (the rest keep their init).
+
+    A shape says nothing of meaning: where the file's class lists or normalisation differ from the model's,
+    a warning names them (a head of as many, but other, classes is loaded all the same)."""
+    source, source_config, _ = load_weights(path)
     own = model.state_dict()
     matched = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
     LOG.info("init_weights %s: %d of %d tensors loaded", path, len(matched), len(own))
+    config = getattr(model, "config", None)
+    for what in ("detection", "segmentation"):
+        theirs, mine = getattr(source_config, what, None), getattr(config, what, None)
+        if theirs is not None and mine is not None and tuple(theirs.classes) != tuple(mine.classes):
+            LOG.warning(
+                "init_weights %s: its %s classes differ from the model's (%s... against %s...); its %s head "
+                "is loaded where the shapes match, so it starts from other classes",
+                path, what, list(theirs.classes)[:3], list(mine.classes)[:3], what,
+            )  # fmt: skip
+    if config is not None and (source_config.mean, source_config.std) != (config.mean, config.std):
+        LOG.warning(
+            "init_weights %s: trained with mean %s / std %s, the model normalises with %s / %s",
+            path, source_config.mean, source_config.std, config.mean, config.std,
+        )  # fmt: skip
 
 
 def build_model(

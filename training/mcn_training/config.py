@@ -249,8 +249,9 @@ class TrainConfig(_Section):
     #: Fields replacing those of the model config file (e.g. ``{input_size: [64, 64]}`` for a quick run).
     #: Default {}.
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    #: Local timm backbone weights (.safetensors / .pth state dict, e.g. ImageNet-pretrained as the paper
-    #: uses) loaded into the backbone at the start; nothing is downloaded. Default null (random init).
+    #: Local timm backbone weights (a .safetensors state dict, as timm's ImageNet weights are published on the
+    #: Hugging Face hub; the paper starts from ImageNet) loaded into the backbone at the start; nothing is
+    #: downloaded, nothing is unpickled. Default null (random init).
     backbone_weights: str | None = None
     #: An mcn_ros weights file (.safetensors) to start from; tensors of other names or shapes keep their
     #: initialisation (e.g. a new head). Default null.
