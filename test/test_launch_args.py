@@ -27,6 +27,37 @@ LAUNCH_FILE = REPO / "launch" / "mcn.launch.py"
 RVIZ_FILE = REPO / "config" / "mcn.rviz"
 
 
+def test_the_launch_file_needs_none_of_the_nodes_dependencies() -> None:
+    """`ros2 launch` runs the launch file under the distro's own Python, which does not see a virtual
+    environment's packages: every mcn_ros module the launch file imports must load with the standard library
+    and PyYAML alone (pydantic, OpenCV, numpy, torch and rclpy blocked here; it imported pydantic and OpenCV
+    through the parameter table)."""
+    import subprocess
+    import sys
+
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    modules = sorted(
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mcn_ros")
+    )
+    assert modules, "the launch file imports mcn_ros modules"
+    script = (
+        "import importlib, importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in {'pydantic', 'cv2', 'numpy', 'torch', 'rclpy'}:\n"
+        "            raise ImportError('not available to the launch file: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"for module in {modules!r}:\n"
+        "    importlib.import_module(module)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_only_the_launch_arguments_given_override_the_parameter_file() -> None:
     # A parameter file of the user's: its weights and autostart hold unless given on the command line.
     assert parameter_overrides("", "", default_params_file=False) == {}

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mcn_ros.ros.parameters import check_camera_names
+from mcn_ros.ros.camera_names import check_camera_names
 
 NODE_NAME = "mcn_node"
 RVIZ_PACKAGE = "rviz2"

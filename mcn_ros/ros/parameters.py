@@ -16,6 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
 from mcn_ros.model.config import TASKS
+from mcn_ros.ros.camera_names import check_camera_names
 from mcn_ros.ros.images import DEFAULT_MAX_PIXELS
 from mcn_ros.typed_config import build
 
@@ -108,16 +109,6 @@ def _check_device(value: Any) -> str | None:
 def _check_tasks(value: Any) -> str | None:
     unknown = sorted(set(value or []) - set(TASKS))
     return f"unknown task(s) {unknown}; known tasks: {list(TASKS)}" if unknown else None
-
-
-def check_camera_names(names: Any) -> str | None:
-    """Why ``names`` is not a valid ``cameras`` value (distinct ROS name tokens), or None."""
-    for name in names:
-        if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
-            return f"camera name {name!r} must be letters, digits and underscores, not starting with a digit"
-    if len(set(names)) != len(names):
-        return f"camera names must be distinct: {list(names)}"
-    return None
 
 
 def invalid_value(spec: ParameterSpec, value: Any) -> str | None:
