@@ -57,6 +57,14 @@ else
   [ "$PY_VERSION" = "3.11" ] || die "$PYTHON is Python $PY_VERSION, but ROS 2's PyPI wheels are built for CPython 3.11 only: install python3.11 and run PYTHON=python3.11 make setup, or source a ROS 2 distro ($SUPPORTED_DISTROS) first"
   MODE="wheels-$ROS_WHEELS"
 fi
+# What the colcon step needs (the messages' bindings are C/C++ extensions), checked before anything is made.
+command -v cmake >/dev/null 2>&1 || die "cmake is needed to build the messages: sudo apt install cmake build-essential"
+{ command -v cc && command -v c++; } >/dev/null 2>&1 \
+  || die "a C and a C++ compiler are needed to build the messages: sudo apt install build-essential"
+"$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || die "Python $PY_VERSION's headers (Python.h) are missing, and the messages' Python bindings are C extensions: sudo apt install python$PY_VERSION-dev"
+"$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 \
+  || die "Python $PY_VERSION cannot make virtual environments: sudo apt install python$PY_VERSION-venv"
 VENV="$ROOT/.venv$SUFFIX"
 BUILD="$ROOT/build$SUFFIX"
 INSTALL="$ROOT/install$SUFFIX"

@@ -139,6 +139,14 @@ def test_rviz_topics_follow_the_namespace() -> None:
     assert moved == original  # nothing but topics changes
 
 
+def test_rviz_subscribes_best_effort() -> None:
+    """A best-effort reader gets a reliable publisher's images and a best-effort one's; a reliable reader
+    would get nothing from the node started with publisher_reliability: best_effort."""
+    displays = yaml.safe_load(RVIZ_FILE.read_text())["Visualization Manager"]["Displays"]
+    policies = {d["Name"]: d["Topic"]["Reliability Policy"] for d in displays if "Topic" in d}
+    assert policies and set(policies.values()) == {"Best Effort"}, policies
+
+
 def test_the_rviz_copy_is_written_to_a_temporary_file() -> None:
     path = write_rviz_config(RVIZ_FILE, "robot", "/camera/image_raw")
     try:

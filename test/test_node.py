@@ -435,6 +435,7 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         c.close()
         log = stop_node(process)
     assert "cannot load weights" in log
+    assert "unconfigured, waiting for a lifecycle manager (ros2 lifecycle set /managed_node configure" in log
     assert "input_size [50, 50]" in log and "multiple of 32" in log
     assert cuda_available() or "configure failed: cannot load weights" in log.split("input_size [50, 50]")[-1]
     assert cuda_available() or "parameter cuda_graphs: CUDA graphs need a CUDA device" in log

@@ -71,6 +71,17 @@ def test_a_python_the_wheels_cannot_serve(tree: Path) -> None:
     assert_refused(result, tree, "Python 3.13", "CPython 3.11 only", "PYTHON=python3.11")
 
 
+def test_a_python_without_its_headers(tree: Path) -> None:
+    """A stock Python 3.11 without python3.11-dev: refused before the long install, naming the package."""
+    folder = tree / "fake"
+    folder.mkdir()
+    python = folder / "python3.11"
+    python.write_text('#!/bin/sh\ncase "$*" in *Python.h*) exit 1 ;; esac\necho 3.11\n')
+    python.chmod(0o755)
+    result = run_setup(tree, {"PYTHON": str(python)})
+    assert_refused(result, tree, "Python 3.11's headers", "apt install python3.11-dev")
+
+
 def test_a_python_the_distro_pins_cannot_serve(tree: Path) -> None:
     python = fake_python(tree / "fake", "3.9")
     result = run_setup(tree, {"ROS_DISTRO": "humble", "PYTHON": str(python)})

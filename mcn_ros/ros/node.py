@@ -590,6 +590,12 @@ def main(args: Sequence[str] | None = None) -> int:
             node.trigger_configure()
             if node.configured:
                 node.trigger_activate()
+        else:  # a node that says nothing and serves nothing looks broken: say what it waits for
+            name = node.get_fully_qualified_name()
+            node.get_logger().info(
+                f"unconfigured, waiting for a lifecycle manager (ros2 lifecycle set {name} configure, then "
+                "activate), or start it with autostart:=true"
+            )
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
