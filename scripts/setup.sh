@@ -89,7 +89,7 @@ if [ -f "$VENV/pyvenv.cfg" ] && [ "$(venv_kind "$VENV")" != "$VENV_KIND" ]; then
   log "$VENV has $(venv_kind "$VENV"), this set-up needs $VENV_KIND: making it anew"
   rm -rf "$VENV"
 fi
-PY_STAMP="$MODE $VENV_KIND ${DISTRO_NUMPY:-} $(digest "${REQUIREMENTS[@]}" setup.py training/pyproject.toml)"
+PY_STAMP="$MODE $VENV_KIND ${DISTRO_NUMPY:-} $(digest "${REQUIREMENTS[@]}" requirements/pip.txt setup.py training/pyproject.toml)"
 if [ "$(cat "$VENV/.mcn_python_stamp" 2>/dev/null)" != "$PY_STAMP" ]; then
   if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV ($MODE, $VENV_KIND)"
@@ -100,14 +100,15 @@ if [ "$(cat "$VENV/.mcn_python_stamp" 2>/dev/null)" != "$PY_STAMP" ]; then
     fi
   fi
   log "installing pinned dependencies (first run: a few minutes, torch is large)"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade -r requirements/pip.txt
   pip_args=()
   for file in "${REQUIREMENTS[@]}"; do pip_args+=(-r "$file"); done
   if [ "$MODE" = "distro" ]; then
     # Never replace the numpy the distro's message packages were compiled against.
     echo "numpy==$DISTRO_NUMPY" > "$VENV/distro-constraints.txt"
     pip_args+=(-c "$VENV/distro-constraints.txt")
-    command -v colcon >/dev/null 2>&1 || pip_args+=(colcon-common-extensions)
+    # The distro's colcon where it has one; else the version the wheels mode pins.
+    command -v colcon >/dev/null 2>&1 || pip_args+=("$(grep -h '^colcon-common-extensions==' requirements/ros-wheels.txt)")
   fi
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_args[@]}" \
     || die "pip could not install ${REQUIREMENTS[*]} (see above); nothing is marked done, so the next make setup tries again"
