@@ -8,15 +8,18 @@ slows all of them alike; reports compare contenders of the same run only.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-#: The peer networks: one per task, built from ultralytics' own model YAMLs (random init, no download).
+#: The peer networks: one per task, built from ultralytics' own model YAMLs with the MCN's class counts
+#: (:data:`YOLO_CLASSES`; random init, no download).
 YOLO_FAMILIES: dict[str, tuple[str, ...]] = {
     "yolo26n": ("yolo26n.yaml", "yolo26n-pose.yaml", "yolo26n-sem.yaml"),
     "yolo11n": ("yolo11n.yaml", "yolo11n-pose.yaml", "yolo11n-seg.yaml"),
@@ -98,7 +101,36 @@ def yolo_models(family: str) -> list[Any]:
             "the YOLO peers need ultralytics (make bench installs requirements/bench.txt; or put a "
             f"pip --target folder with it on PYTHONPATH): {error}"
         ) from error
-    return [YOLO(name, verbose=False) for name in YOLO_FAMILIES[family]]
+    return [YOLO(str(yolo_config(name)), verbose=False) for name in YOLO_FAMILIES[family]]
+
+
+#: Each peer's class count, as the MCN's tasks have them (80 detection classes, a person-only pose head, 80
+#: segmentation classes + background); ultralytics' own YAMLs say 80 for pose (its COCO-pose training sets 1)
+#: and 19 for semantic segmentation (Cityscapes), which would give the peers other work than the MCN's.
+YOLO_CLASSES: dict[str, int] = {
+    "yolo26n.yaml": 80,
+    "yolo26n-pose.yaml": 1,
+    "yolo26n-sem.yaml": 81,
+    "yolo11n.yaml": 80,
+    "yolo11n-pose.yaml": 1,
+    "yolo11n-seg.yaml": 80,
+}
+_YOLO_CONFIGS = Path(tempfile.gettempdir()) / "mcn_bench_yolo_configs"
+
+
+def yolo_config(name: str) -> Path:
+    """ultralytics' model YAML ``name`` with the class count of :data:`YOLO_CLASSES`, written under the same
+    file name (ultralytics reads the model scale from it) to a temporary folder."""
+    import yaml
+    from ultralytics.nn.tasks import yaml_model_load
+
+    config = yaml_model_load(name)
+    config["nc"] = YOLO_CLASSES[name]
+    config.pop("yaml_file", None)
+    path = _YOLO_CONFIGS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def yolo_forward_module(yolo: Any) -> torch.nn.Module:
