@@ -6,8 +6,9 @@ For every shipped model config (``config/models/*_512.yaml``) and the single-tas
 Table 4 / Figure 7 (ResNet-18 and DLA-34: Only Det 80 + Only Seg 80 + Det 1 & Pose), and for YOLO26n x3
 and YOLO11n x3 built from ultralytics' own model YAMLs with the MCN's class counts (detect 80, pose 1,
 segmentation 81 or 80 instance classes; random init, Conv+BN fused as their predictor runs them):
-parameters, GFLOPs, forward latency (median, p95) at 512x512 and at the camera-shaped 384x512 input (a 640x480 image letterboxed at scale 0.8), and the achieved GFLOP/s against a
-2048 matrix product's in the same run. Batch 1, float32, ``--threads`` torch threads, random weights,
+parameters, GFLOPs, forward latency (median, p95) at 512x512 and at the camera-shaped 384x512 input (a
+640x480 image letterboxed at scale 0.8), and the achieved GFLOP/s against a 2048 matrix product's in the
+same run. Batch 1, float32, ``--threads`` torch threads, random weights,
 interleaved rounds. The MCN runs as ``Predictor`` runs it (BatchNorms folded, channels_last; ONNX Runtime
 too when installed).
 
