@@ -7,9 +7,10 @@ For a 640x480 and a 1280x720 BGR uint8 image: ``Predictor.predict`` (all three t
 with the PyTorch backend (camera-shaped input, the default, and the square 512x512 input) and with ONNX
 Runtime; and ultralytics' own ``YOLO.predict`` of YOLO26n detect + pose + semantic segmentation (random init
 from ultralytics' YAMLs, ``imgsz=512``: its rectangular letterbox, the same input resolution as ours) in
-PyTorch and, exported by ultralytics to ONNX at that input shape, in ONNX Runtime; on a CPU with VNNI or
-AMX also both in int8 (``onnxruntime_int8``: the MCN through ``precision="int8"``, YOLO's three ONNX files
-quantised by the same function, each calibrated on 8 camera-like images). Interleaved rounds (each
+PyTorch and, exported by ultralytics to ONNX at that input shape, in ONNX Runtime (its sessions made as
+the MCN's, and again in ultralytics' own: :func:`load_yolo`); on a CPU with VNNI or AMX also both in int8
+(``onnxruntime_int8``: the MCN through ``precision="int8"``, YOLO's three ONNX files quantised by the same
+function, each calibrated on 8 camera-like images). Interleaved rounds (each
 backend's runs among themselves; torch's thread count set again before every call), batch 1, fp32 unless
 int8, in ``--repeats`` passes over all contenders: the tables pool every pass, and the headlines of each
 pass alone are recorded beside them (``per_repeat``), because this kind of shared machine moves by more
@@ -49,6 +50,7 @@ import torch
 from _common import PACKAGES, git_commit, machine, versions
 from _timing import YOLO_FAMILIES, interleaved, onnxruntime_version, stats, yolo_models
 
+from mcn_ros.model.backends import session_options
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.mcn import MultitaskCenterNet
@@ -68,6 +70,8 @@ LIGHT_CONFIG = ROOT / "config" / "models" / "resnet18_det80_seg80_pose_light_512
 SCORE_THRESHOLD = 0.3
 #: Backend groups of the contenders; onnxruntime_int8 = the onnxruntime backend with precision int8.
 BACKENDS = ("torch", "onnxruntime", "onnxruntime_int8")
+#: YOLO26n x3 in ultralytics' own ONNX Runtime sessions (``yolo26n_x3`` runs in the MCN's session settings).
+ULTRALYTICS_SESSIONS = "yolo26n_x3_ultralytics_sessions"
 
 
 def camera_image(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -183,11 +187,36 @@ def yolo_int8_files(files: list[tuple[Path, str]], images: list[np.ndarray]) -> 
     return out
 
 
-def load_yolo(files: list[tuple[Path, str]]) -> list[Any]:
-    """ultralytics YOLO models of ONNX files (run in ONNX Runtime by ultralytics' own backend)."""
+def load_yolo(
+    files: list[tuple[Path, str]], image: np.ndarray, imgsz: tuple[int, int], threads: int | None
+) -> list[Any]:
+    """ultralytics YOLO models of ONNX files, run in ONNX Runtime by ultralytics' own backend.
+
+    ``threads``: each network's session is replaced by one with the MCN's session settings
+    (:func:`mcn_ros.model.backends.session_options`: that many intra-op threads that do not spin between
+    calls), so that the two sides' forwards run alike; None keeps ultralytics' sessions (ONNX Runtime's
+    defaults: a spinning pool per session, sized by the cores). Three spinning pools take the cores from
+    each other and from the torch steps around them: YOLO26n x3 ran 1.5x slower end to end that way here.
+    """
     from ultralytics import YOLO
 
-    return [YOLO(str(path), task=task) for path, task in files]
+    models = [YOLO(str(path), task=task) for path, task in files]
+    if threads is None:
+        return models
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    for model, (path, _) in zip(models, files, strict=True):
+        model.predict(image, imgsz=imgsz, device="cpu", verbose=False)  # makes its predictor and session
+        backend: Any = getattr(getattr(model.predictor, "model", None), "backend", None)
+        if not isinstance(getattr(backend, "session", None), ort.InferenceSession):
+            raise SystemExit(
+                "e2e_cpu: this ultralytics keeps its ONNX Runtime session elsewhere than "
+                "predictor.model.backend.session; use the version requirements/bench.txt pins"
+            )
+        backend.session = ort.InferenceSession(
+            str(path), session_options(ort, threads), providers=["CPUExecutionProvider"]
+        )
+    return models
 
 
 def calibration_images(count: int = 8) -> list[np.ndarray]:
@@ -247,12 +276,13 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
         for key, predictor in predictors.items():
             contenders[f"{key}@{size_name}"] = SplitPredict(predictor, image)
         contenders[f"torch:yolo26n_x3@{size_name}"] = YoloTrio(yolo_torch, image, config.input_size[1])
-        if has_ort:
-            files = yolo_onnx_files("yolo26n", shape, folder)
-            contenders[f"onnxruntime:yolo26n_x3@{size_name}"] = YoloTrio(load_yolo(files), image, shape)
+        groups = [("onnxruntime", yolo_onnx_files("yolo26n", shape, folder))] if has_ort else []
         if int8:
-            quantised = load_yolo(yolo_int8_files(files, calibration))
-            contenders[f"onnxruntime_int8:yolo26n_x3@{size_name}"] = YoloTrio(quantised, image, shape)
+            groups.append(("onnxruntime_int8", yolo_int8_files(groups[0][1], calibration)))
+        for backend, files in groups:  # sessions as the MCN's (like for like), and ultralytics' own
+            for network, threads in (("yolo26n_x3", args.threads), (ULTRALYTICS_SESSIONS, None)):
+                models = load_yolo(files, image, shape, threads)
+                contenders[f"{backend}:{network}@{size_name}"] = YoloTrio(models, image, shape)
     return contenders, facts
 
 
@@ -384,6 +414,11 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
                     "yolo26n_x3_ms": yolo["median_ms"],
                     "speedup": round(yolo["median_ms"] / mcn["median_ms"], 3),
                 }
+                if own := rows.get(f"{backend}:{ULTRALYTICS_SESSIONS}@{size}"):
+                    per[backend]["yolo26n_x3_ultralytics_sessions_ms"] = own["median_ms"]
+                    per[backend]["speedup_vs_ultralytics_sessions"] = round(
+                        own["median_ms"] / mcn["median_ms"], 3
+                    )
         if per:
             measured = [b for b in BACKENDS if b in per]
             fastest = min(measured, key=lambda b: per[b]["mcn_ms"])
@@ -479,19 +514,27 @@ def markdown(report: dict[str, Any]) -> str:
             )
         ),
         "",
-        "| size | backend | MCN ms | YOLO26n x3 ms | speed-up |",
-        "|---|---|---:|---:|---:|",
+        "| size | backend | MCN ms | YOLO26n x3 ms | speed-up | YOLO26n x3 ms, ultralytics' sessions | "
+        "speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for size, per in report["speedups"].items():
         for backend in BACKENDS:
             if backend in per:
                 v = per[backend]
-                figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x"
+                figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x | "
+                if "yolo26n_x3_ultralytics_sessions_ms" in v:
+                    figures += (
+                        f"{v['yolo26n_x3_ultralytics_sessions_ms']:.1f} | "
+                        f"{v['speedup_vs_ultralytics_sessions']:.2f}x"
+                    )
+                else:
+                    figures += " |"
                 lines.append(f"| {size} | {backend} | {figures} |")
         for name in ("light", "light_onnxruntime"):
             if name in per:
                 v = per[name]
-                figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x"
+                figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x |  |"
                 lines.append(f"| {size} | {v['backend']}, light variant | {figures} |")
     lines += [
         "",
@@ -509,8 +552,11 @@ def markdown(report: dict[str, Any]) -> str:
         "`mcn` letterboxes to the camera shape (`Predictor(rect=True)`, the default), `mcn_square` to",
         "512x512. `mcn_light` is config/models/resnet18_det80_seg80_pose_light_512.yaml (one head conv per",
         "task, a narrower up-path; not the paper's), camera-shaped like `mcn`.",
-        "YOLO's split is ultralytics' own per-call speed figures summed over its three networks; its ONNX",
-        "Runtime sessions use ultralytics' session settings (threads chosen by ONNX Runtime).",
+        "YOLO's split is ultralytics' own per-call speed figures summed over its three networks. In ONNX",
+        "Runtime, `yolo26n_x3` runs ultralytics' own predictor with each network's session made as the MCN's",
+        f"({report['threads']} intra-op threads that do not spin between calls): the speed-ups and headlines",
+        f"use it. `{ULTRALYTICS_SESSIONS}` keeps ultralytics' sessions (ONNX Runtime's defaults: one",
+        "spinning pool per network, sized by the cores), as a user gets them out of the box.",
         f"int8: {report.get('int8')}; YOLO's ONNX files quantised by the same function",
         "(`mcn_ros.model.quantize.quantize_onnx`) and run by ultralytics' own ONNX Runtime backend.",
         "",

@@ -113,6 +113,15 @@ def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPat
         "speedup": 2.5,
     }
     assert bench.headlines(bench.speedups(rows))["e2e_light_fp32_best_vs_best_speedup"] == 2.5
+    # YOLO in ultralytics' own ONNX Runtime sessions is reported beside, never in a headline.
+    before = bench.headlines(bench.speedups(rows))
+    rows[f"onnxruntime:{bench.ULTRALYTICS_SESSIONS}@640x480"] = {"size": "640x480", "median_ms": 480.0}
+    beside = bench.speedups(rows)["640x480"]
+    assert beside["onnxruntime"]["yolo26n_x3_ms"] == 300.0 and beside["onnxruntime"]["speedup"] == 1.875
+    assert beside["onnxruntime"]["yolo26n_x3_ultralytics_sessions_ms"] == 480.0
+    assert beside["onnxruntime"]["speedup_vs_ultralytics_sessions"] == 3.0  # 480 / 160
+    assert "speedup_vs_ultralytics_sessions" not in beside["torch"]
+    assert bench.headlines(bench.speedups(rows)) == before
     image = bench.camera_image((480, 640))
     assert image.shape == (480, 640, 3) and image.std() > 20  # texture, not a flat frame
 
