@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from mcn_ros.ros.batching import CameraSlots
-from mcn_ros.ros.diagnostics import Knobs, assess, speed_hint, status_values
+from mcn_ros.ros.diagnostics import Knobs, assess, speed_hint, status_values, worst
 from mcn_ros.ros.frames import (
     SEQUENCE_UNSUPPORTED,
     Frame,
@@ -231,11 +231,48 @@ def test_assess_warns_when_processing_lags_the_input_by_more_than_the_tolerance(
         assert hint in message
     assert level(rates(5.0, 4.5)) == OK
     assert level(rates(5.0, 4.5), tolerance=0.05) == "WARN"
-    # Idle and rejected frames are handled too: they do not make the node look slow.
-    assert level(rates(5.0, 1.0, 2.0, 2.0), tolerance=0.0) == OK
+    # Idle frames are handled too: they do not make the node look slow.
+    assert level(rates(5.0, 2.0, 3.0)) == OK
     assert level(rates(0.0, 0.0)) == OK
     assert level(rates(5.0, 0.0), active=False) == OK
     assert assess(rates(5.0, 0.0), configured=False, active=False, tolerance=0.2, knobs=KNOBS)[0] == "WARN"
+
+
+def test_assess_reports_rejected_frames_and_a_silent_input() -> None:
+    """Rejected frames are handled, but a node rejecting many is not well (the status said OK while every
+    frame of a wrong encoding was refused); nor is one that hears nothing (a wrong remap or an incompatible
+    QoS gave an OK "active" with no input at all)."""
+
+    def judge(summary: dict[str, float], **kw: object) -> tuple[str, str]:
+        args: dict[str, object] = {"configured": True, "active": True, "tolerance": 0.2, "knobs": KNOBS}
+        return assess(summary, **(args | kw))  # type: ignore[arg-type]
+
+    error = "bad frame: unsupported encoding 'yuv420_fancy'"
+    level, message = judge(rates(5.0, 0.0, 0.0, 5.0), last_error=error)
+    assert level == "ERROR" and "every frame rejected (5.0 frames/s)" in message and error in message
+    level, message = judge(rates(5.0, 3.0, 0.0, 2.0), last_error=error)
+    assert level == "WARN" and "rejecting 2.0 of 5.0 frames/s" in message and error in message
+    assert "processing" not in message, "rejected frames are handled: not a slow node"
+    assert judge(rates(5.0, 4.5, 0.0, 0.5))[0] == OK, "within the tolerance"
+    assert judge(rates(5.0, 4.0, 0.0, 1.0), tolerance=0.1)[0] == "WARN"
+    level, message = judge(rates(5.0, 1.0, 0.0, 2.0))  # both at once: both named
+    assert level == "WARN" and "rejecting 2.0" in message and "processing 3.0 of 5.0" in message
+    assert judge(rates(0.0, 0.0), silence_s=4.9)[0] == OK
+    level, message = judge(rates(0.0, 0.0), silence_s=12.0, inputs="/cam/image")
+    assert level == "WARN" and "no frame on /cam/image for 12 s" in message
+    assert judge(rates(0.0, 0.0), silence_s=12.0, active=False)[0] == OK
+    assert worst([OK, "WARN", OK]) == "WARN" and worst(["WARN", "ERROR"]) == "ERROR" and worst([]) == OK
+
+
+def test_silence_counts_from_listening_or_the_last_frame() -> None:
+    stats = FrameStats()
+    assert stats.silence(10.0) is None
+    stats.start_listening(10.0)
+    assert stats.silence(16.0) == 6.0
+    stats.arrived(15.0)
+    assert stats.silence(16.0) == 1.0
+    stats.stop_listening()
+    assert stats.silence(30.0) is None
 
 
 FP16_HINT = "precision:=fp16 or bf16 (GPU-dependent: at batch 1 on an H200 fp16 was slower)"

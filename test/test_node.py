@@ -228,7 +228,7 @@ def bad_frames() -> list[tuple[str, object]]:
 def test_bad_frames_are_skipped_with_a_clear_message_and_the_node_keeps_serving(
     running: tuple[object, Client],
 ) -> None:
-    from diagnostic_msgs.msg import DiagnosticArray
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     process, c = running
     c.subscribe("/diagnostics", DiagnosticArray)
@@ -259,6 +259,14 @@ def test_bad_frames_are_skipped_with_a_clear_message_and_the_node_keeps_serving(
     assert rss_kib(process.pid) - before < 30_000  # type: ignore[attr-defined]
 
     assert c.wait_for(lambda: any(rejected(m) >= len(frames) for m in c.messages("/diagnostics")), 10)
+
+    # ... and the status is not OK while most frames are refused, and says why.
+    def flagged() -> bool:
+        return "rejecting" in status_message(c, "mcn_node", DiagnosticStatus.WARN) or (
+            "every frame rejected" in status_message(c, "mcn_node", DiagnosticStatus.ERROR)
+        )
+
+    assert c.wait_for(flagged, 10), status_message(c, "mcn_node")
 
 
 def last_error(c: Client) -> str:
@@ -422,6 +430,8 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
                 return (diagnostics_values(c, "managed_node") or {}).get("cuda_graphs", "")
 
             assert c.wait_for(lambda: graphs_state().startswith("off: CUDA graphs need a CUDA device"), 10)
+        # Active with no frame coming: the status says so, naming the topic (it said OK, "active").
+        assert c.wait_for(lambda: "no input: no frame on /image for" in status_message(c, "managed_node"), 15)
         # A second configure/activate cycle left exactly one publisher and one camera subscription.
         assert c.node.count_publishers("/managed_node/detections") == 1
         readers = c.node.get_subscriptions_info_by_topic("/image")
@@ -439,6 +449,15 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
     assert "input_size [50, 50]" in log and "multiple of 32" in log
     assert cuda_available() or "configure failed: cannot load weights" in log.split("input_size [50, 50]")[-1]
     assert cuda_available() or "parameter cuda_graphs: CUDA graphs need a CUDA device" in log
+
+
+def status_message(c: Client, node: str, level: int | None = None) -> str:
+    """The message of the newest /diagnostics status of ``node`` (at ``level``, if given); "" if none."""
+    for msg in reversed(c.messages("/diagnostics")):
+        for status in msg.status:
+            if status.name.startswith(f"{node}:") and (level is None or status.level == level):
+                return str(status.message)
+    return ""
 
 
 def diagnostics_values(c: Client, node: str) -> dict[str, str] | None:

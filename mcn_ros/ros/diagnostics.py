@@ -15,7 +15,14 @@ from mcn_ros.ros.frames import FrameCounts
 if TYPE_CHECKING:
     from diagnostic_msgs.msg import DiagnosticArray
 
-OK, WARN = "OK", "WARN"
+OK, WARN, ERROR = "OK", "WARN", "ERROR"
+#: A camera from which no frame has arrived for this long while active is reported (WARN).
+NO_INPUT_WARN_S = 5.0
+
+
+def worst(levels: Collection[str]) -> str:
+    """The most severe of ``levels`` (OK when there are none)."""
+    return max(levels, key=(OK, WARN, ERROR).index, default=OK)
 
 
 @dataclass(frozen=True)
@@ -65,21 +72,47 @@ def speed_hint(knobs: Knobs) -> str:
 
 
 def assess(
-    summary: Mapping[str, float], *, configured: bool, active: bool, tolerance: float, knobs: Knobs
+    summary: Mapping[str, float],
+    *,
+    configured: bool,
+    active: bool,
+    tolerance: float,
+    knobs: Knobs,
+    silence_s: float | None = None,
+    inputs: str = "its input topic",
+    last_error: str = "",
 ) -> tuple[str, str]:
-    """(level, message): WARN when unconfigured, or when frames are handled (processed, idle or rejected)
-    more slowly than the publishers send them by more than ``tolerance`` (a fraction of the input rate)."""
+    """(level, message). WARN when unconfigured. While active: WARN when no frame has arrived for
+    :data:`NO_INPUT_WARN_S` (``silence_s``, on ``inputs``); ERROR when frames arrived and every one was
+    rejected; WARN when more than ``tolerance`` (a fraction of the input rate) of them were rejected, or when
+    frames are handled (processed, idle or rejected) more slowly than the publishers send them by more than
+    ``tolerance``. Rates are those of ``summary`` (the statistics window)."""
     if not configured:
         return WARN, "unconfigured: no model loaded"
     if not active:
         return OK, "inactive"
-    sent = summary["input_rate_hz"]
-    handled = summary["processed_rate_hz"] + summary["idle_rate_hz"] + summary["rejected_rate_hz"]
-    if sent > 0 and handled < (1.0 - tolerance) * sent:
+    if silence_s is not None and silence_s >= NO_INPUT_WARN_S:
         return WARN, (
+            f"no input: no frame on {inputs} for {silence_s:.0f} s (is the camera publishing there, and with "
+            "a QoS that image_qos can receive?)"
+        )
+    sent = summary["input_rate_hz"]
+    rejected = summary["rejected_rate_hz"]
+    served = summary["processed_rate_hz"] + summary["idle_rate_hz"]
+    reason = last_error or "see the log"
+    if rejected > 0 and served == 0:
+        return ERROR, f"every frame rejected ({rejected:.1f} frames/s): {reason}"
+    problems = []
+    if rejected > tolerance * sent:
+        problems.append(f"rejecting {rejected:.1f} of {sent:.1f} frames/s sent ({reason})")
+    handled = served + rejected
+    if sent > 0 and handled < (1.0 - tolerance) * sent:
+        problems.append(
             f"processing {handled:.1f} of {sent:.1f} frames/s sent ({100 * (1 - handled / sent):.0f}% lost "
             f"or dropped, more than rate_warn_tolerance={tolerance:g}): to keep up try {speed_hint(knobs)}"
         )
+    if problems:
+        return WARN, "; ".join(problems)
     return OK, "active"
 
 
@@ -132,7 +165,9 @@ def diagnostic_array(statuses: Sequence[Status], hardware_id: str, stamp: Any) -
             DiagnosticStatus(
                 name=name,
                 hardware_id=hardware_id,
-                level=DiagnosticStatus.WARN if level == WARN else DiagnosticStatus.OK,
+                level={OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}[
+                    level
+                ],
                 message=message,
                 values=[KeyValue(key=key, value=value) for key, value in values.items()],
             )

@@ -146,6 +146,7 @@ class FrameStats:
         self.processed = 0
         self.rejected = 0
         self.idle_count = 0
+        self._heard_at: float | None = None  # the last arrival, or when the subscriptions were made
 
     def arrived(self, now: float, info: Mapping[str, Any] | None = None, stream: Hashable = None) -> int:
         """Count an incoming frame with its rclpy ``MessageInfo``; returns the frames lost just before it.
@@ -157,7 +158,19 @@ class FrameStats:
             lost = self.gaps.seen(key, sequence, stream)
             self.received += 1
             self._arrivals.append((now, 1 + lost))
+            self._heard_at = now
         return lost
+
+    def start_listening(self, now: float) -> None:
+        """The subscriptions are made: :meth:`silence` counts from ``now`` until a frame arrives."""
+        with self._lock:
+            self._heard_at = now
+
+    def silence(self, now: float) -> float | None:
+        """Seconds since the last frame arrived (or since listening began, if none has); None while not
+        listening."""
+        with self._lock:
+            return None if self._heard_at is None else now - self._heard_at
 
     def finished(
         self, now: float, latency_s: float, age_s: float | None, processing_s: float | None = None
@@ -192,6 +205,7 @@ class FrameStats:
         """The subscriptions go away: sequence numbers restart from the next frame heard."""
         with self._lock:
             self.gaps.forget()
+            self._heard_at = None
 
     def counts(self, dropped: int) -> FrameCounts:
         """The totals, with the slot's ``dropped``."""

@@ -291,6 +291,8 @@ class McnNode(LifecycleNode):
                 camera.subscriptions.append(
                     self.create_subscription(message_type, topic, on_image, image_qos)
                 )
+        for camera in self._cameras.values():
+            camera.stats.start_listening(monotonic())
         self._running.set()
         self._start_inference_thread()
         self._jobs.put((lambda: None, Future()))  # wakes the thread from its inactive wait for jobs now
@@ -508,7 +510,7 @@ class McnNode(LifecycleNode):
         predictor = self._predictor
         statuses = [self._camera_status(camera) for camera in self._cameras.values()]
         if len(self._cameras) > 1:
-            level = diagnostics.WARN if any(s[1] == diagnostics.WARN for s in statuses) else diagnostics.OK
+            level = diagnostics.worst([status[1] for status in statuses])
             if predictor is None:
                 message = "unconfigured: no model loaded"
             else:
@@ -533,7 +535,8 @@ class McnNode(LifecycleNode):
         return "off" if note is None else f"off: {note}"
 
     def _camera_status(self, camera: Camera) -> diagnostics.Status:
-        summary = camera.stats.summary(monotonic())
+        now = monotonic()
+        summary = camera.stats.summary(now)
         predictor = self._predictor
         knobs = diagnostics.Knobs(
             input_size=predictor.config.input_size if predictor is not None else None,
@@ -552,6 +555,9 @@ class McnNode(LifecycleNode):
             active=self._running.is_set(),
             tolerance=float(self.get_parameter("rate_warn_tolerance").value),
             knobs=knobs,
+            silence_s=camera.stats.silence(now),
+            inputs=", ".join(subscription.topic_name for subscription in camera.subscriptions),
+            last_error=camera.last_error,
         )
         values = diagnostics.status_values(
             summary,

@@ -197,8 +197,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("diagnostics_period", "double", 1.0, START_UP, "Seconds between /diagnostics messages",
                   value_range=(0.1, 60.0)),
     ParameterSpec("rate_warn_tolerance", "double", 0.2, RUN_TIME,
-                  "/diagnostics warns when frames are processed more slowly than sent by more than this "
-                  "fraction of the input rate", value_range=(0.0, 1.0)),
+                  "/diagnostics warns when frames are processed more slowly than sent, or rejected, by more "
+                  "than this fraction of the input rate", value_range=(0.0, 1.0)),
 )  # fmt: skip
 
 BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
