@@ -5,7 +5,8 @@
 For every shipped model config (``config/models/*_512.yaml``) and the single-task composites of the paper's
 Table 4 / Figure 7 (ResNet-18 and DLA-34: Only Det 80 + Only Seg 80 + Det 1 & Pose), and for YOLO26n x3
 and YOLO11n x3 built from ultralytics' own model YAMLs with the MCN's class counts (detect 80, pose 1,
-segmentation 81 or 80 instance classes; random init, Conv+BN fused as their predictor runs them):
+segmentation 81 or 80 instance classes; random init, Conv+BN fused and in the memory layout their
+predictor runs them in):
 parameters, GFLOPs, forward latency (median, p95) at 512x512 and at the camera-shaped 384x512 input (a
 640x480 image letterboxed at scale 0.8), and the achieved GFLOP/s against a 2048 matrix product's in the
 same run. Batch 1, float32, ``--threads`` torch threads, random weights,
@@ -117,7 +118,8 @@ def onnx_forward(config: ModelConfig, shape: tuple[int, int]) -> Callable[[], ob
 
 
 def yolo_forward(yolo: Any, shape: tuple[int, int]) -> Callable[[], object]:
-    """A forward call of a YOLO network (Conv+BN fused, eval), on its own copy: one module timed at two
+    """A forward call of a YOLO network as its predictor runs it (Conv+BN fused, eval, its predictor's
+    memory layout; the input as its predictor passes it), on its own copy: one module timed at two
     interleaved shapes would rebuild its head's anchors at every call (a camera's fixed shape never does)."""
     module = copy.deepcopy(yolo_forward_module(yolo))
     batch = torch.randn(1, 3, *shape)

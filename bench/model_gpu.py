@@ -134,7 +134,7 @@ def mcn_call(predictor: Predictor, batch: int, shape: tuple[int, int]) -> Callab
 
 def yolo_module(yolo: Any, precision: str, device: torch.device) -> torch.nn.Module:
     """A copy of the fused module ultralytics' predictor runs, on ``device``, in fp16 / bf16 when asked."""
-    module = copy.deepcopy(yolo_forward_module(yolo)).to(device)
+    module = copy.deepcopy(yolo_forward_module(yolo, str(device))).to(device)
     return module.to(HALF_DTYPES[precision]) if precision in HALF_DTYPES else module
 
 
