@@ -161,3 +161,30 @@ def test_activate_wakes_the_inference_thread_at_once(
         node.trigger_deactivate()
         time.sleep(0.15)  # the thread is back in its inactive wait
     assert statistics.median(delays) < 0.02, delays  # up to 0.1 s (median ~0.05) without the wake-up
+
+
+@pytest.mark.parametrize("post_set_callbacks", [True, False], ids=["iron_and_later", "humble"])
+def test_run_time_parameters_take_effect_with_and_without_post_set_callbacks(
+    node_factory: Any, post_set_callbacks: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rclpy has post-set-parameters callbacks since Iron; Humble's has none (the node called it and could
+    not start there). Without them the set-callback applies the values it accepts; a refused value changes
+    nothing either way."""
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    import mcn_ros.ros.node as node_module
+
+    if not post_set_callbacks:  # rclpy as Humble's: no such method
+        monkeypatch.delattr(Node, "add_post_set_parameters_callback")
+        monkeypatch.setattr(node_module, "POST_SET_CALLBACKS", False)
+    node = node_factory()
+    assert node._frame_settings.score_threshold == pytest.approx(0.3)
+    results = node.set_parameters(
+        [Parameter("score_threshold", value=0.55), Parameter("flip_test", value=True)]
+    )
+    assert all(result.successful for result in results)
+    assert node._frame_settings.score_threshold == pytest.approx(0.55) and node._frame_settings.flip_test
+    refused = node.set_parameters([Parameter("score_threshold", value=1.5)])[0]
+    assert not refused.successful and node._frame_settings.score_threshold == pytest.approx(0.55)
+    assert node.get_parameter("score_threshold").value == pytest.approx(0.55)

@@ -63,6 +63,8 @@ THROTTLE_S = 5.0
 #: rclpy hands a two-argument subscription callback the MessageInfo since Iron (Jazzy: 7.x); Humble's (3.x)
 #: calls every callback with the message alone.
 WITH_MESSAGE_INFO = hasattr(Subscription, "CallbackType")
+#: rclpy calls post-set-parameters callbacks since Iron; on Humble the set-callback applies the values.
+POST_SET_CALLBACKS = hasattr(LifecycleNode, "add_post_set_parameters_callback")
 
 
 class StartupError(ValueError):
@@ -97,7 +99,8 @@ class McnNode(LifecycleNode):
             self.get_logger().warning(unknown)
         self._frame_settings = self._read_frame_settings()
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._after_set_parameters)
+        if POST_SET_CALLBACKS:
+            self.add_post_set_parameters_callback(self._after_set_parameters)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics_period").value)
         self._diagnostics_timer = self.create_timer(period, self._publish_diagnostics)
@@ -137,10 +140,17 @@ class McnNode(LifecycleNode):
             reason = refusal(parameter.name, parameter.value, configured=configured)
             if reason is not None:
                 return SetParametersResult(successful=False, reason=reason)
+        if not POST_SET_CALLBACKS:  # Humble: the values are accepted here, and set right after
+            self._after_set_parameters(parameters, accepted=True)
         return SetParametersResult(successful=True)
 
-    def _after_set_parameters(self, parameters: list[Parameter[Any]]) -> None:
-        self._frame_settings = self._read_frame_settings()
+    def _after_set_parameters(self, parameters: list[Parameter[Any]], accepted: bool = False) -> None:
+        """The frame settings from the parameters' values now; ``accepted``: ``parameters`` are accepted but
+        not set yet (their values are taken from them)."""
+        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        if accepted:
+            values.update({p.name: p.value for p in parameters if p.name in values})
+        self._frame_settings = frame_settings(values)
         if self._running.is_set() and {p.name for p in parameters} & {
             "score_threshold",
             "keypoint_threshold",
