@@ -248,11 +248,13 @@ def test_image_message_of_a_non_contiguous_view() -> None:
 
 def test_label_and_pose_info() -> None:
     from mcn_ros.model.labels import KEYPOINT_NAMES, SKELETON
-    from mcn_ros.ros.messages import label_info_message, pose_info_message
+    from mcn_ros.ros.messages import label_info_message, pose_info_message, segmentation_label_info_message
 
     labels = label_info_message(header_of(), ["person", "car"], 0.3)  # type: ignore[arg-type]
     assert [(c.class_id, c.class_name) for c in labels.class_map] == [(0, "person"), (1, "car")]
     assert labels.threshold == pytest.approx(0.3)
+    classes = segmentation_label_info_message(header_of(), ["person", "car"]).class_map  # type: ignore[arg-type]
+    assert [(c.class_id, c.class_name) for c in classes] == [(0, "background"), (1, "person"), (2, "car")]
     info = pose_info_message(header_of(), 0.25)  # type: ignore[arg-type]
     assert list(info.keypoint_names) == list(KEYPOINT_NAMES)
     assert list(zip(info.skeleton_from, info.skeleton_to, strict=True)) == [tuple(e) for e in SKELETON]

@@ -54,6 +54,7 @@ def running(weights: Path) -> Iterator[tuple[object, Client]]:
     ]:
         c.subscribe(topic, msg_type)
     c.subscribe("label_info", LabelInfo, latched=True)
+    c.subscribe("segmentation/label_info", LabelInfo, latched=True)
     c.subscribe("pose_info", PoseInfo, latched=True)
     try:
         yield process, c
@@ -87,6 +88,13 @@ def test_every_output_carries_the_input_header(running: tuple[object, Client]) -
     labels = c.messages("label_info")[-1]
     assert [v.class_name for v in labels.class_map] == ["person", "car"]
     assert [v.class_id for v in labels.class_map] == [0, 1]
+    # The class map's values have their own names: 0 is background, i the segmentation class i - 1.
+    seg_labels = c.messages("segmentation/label_info")[-1]
+    assert [(v.class_id, v.class_name) for v in seg_labels.class_map] == [
+        (0, "background"),
+        (1, "person"),
+        (2, "car"),
+    ]
     assert len(c.messages("pose_info")[-1].keypoint_names) == 17
 
 

@@ -101,6 +101,18 @@ def label_info_message(header: Header, class_names: Sequence[str], threshold: fl
     )
 
 
+def segmentation_label_info_message(header: Header, class_names: Sequence[str]) -> LabelInfo:
+    """LabelInfo mapping each value of the segmentation class map to its name: 0 is background, ``i`` the
+    model's segmentation class ``i - 1`` (not the detection ids of ``~/label_info``)."""
+    return LabelInfo(
+        header=header,
+        class_map=[
+            VisionClass(class_id=i, class_name=name) for i, name in enumerate(("background", *class_names))
+        ],
+        threshold=0.0,
+    )
+
+
 def pose_info_message(header: Header, keypoint_threshold: float) -> PoseInfo:
     """PoseInfo: keypoint names in slot order, skeleton edges and the validity threshold."""
     return PoseInfo(

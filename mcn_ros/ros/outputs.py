@@ -26,10 +26,12 @@ if TYPE_CHECKING:
 
 class Outputs:
     """The lifecycle publishers of one configured model for one camera, by name (``detections``,
-    ``label_info``, ``poses``, ``pose_info``, ``segmentation``, ``segmentation_color``, ``debug_image``).
+    ``label_info``, ``poses``, ``pose_info``, ``segmentation``, ``segmentation_label_info``,
+    ``segmentation_color``, ``debug_image``).
 
     The camera named "" publishes ``~/detections``, ...; a camera ``front`` publishes ``~/front/detections``,
-    .... The latched ``~/label_info`` and ``~/pose_info`` belong to the node: one camera's Outputs has them.
+    .... The latched ``~/label_info``, ``~/pose_info`` and ``~/segmentation/label_info`` belong to the node:
+    one camera's Outputs has them.
     """
 
     def __init__(self, camera: str = "") -> None:
@@ -67,6 +69,10 @@ class Outputs:
         if config.segmentation is not None:
             publishers["segmentation"] = create(Image, topic("segmentation"), qos)
             publishers["segmentation_color"] = create(Image, topic("segmentation/color"), qos)
+            if info:
+                publishers["segmentation_label_info"] = create(
+                    LabelInfo, "~/segmentation/label_info", latched
+                )
         publishers["debug_image"] = create(Image, topic("debug_image"), qos)
         class_counts = [len(c.classes) for c in (config.detection, config.segmentation) if c is not None]
         self.palette = color_palette(max(class_counts))  # one colour per class id, shared by all drawings
@@ -81,12 +87,17 @@ class Outputs:
         self.config = None
 
     def publish_info(self, header: Header, settings: FrameSettings) -> None:
-        """(Re)publish the latched LabelInfo and PoseInfo with the current thresholds."""
+        """(Re)publish the latched LabelInfos and PoseInfo with the current thresholds."""
         publishers = self.publishers
         detection = self.config.detection if self.config is not None else None
         if "label_info" in publishers and detection is not None:
             publishers["label_info"].publish(
                 messages.label_info_message(header, detection.classes, settings.score_threshold)
+            )
+        segmentation = self.config.segmentation if self.config is not None else None
+        if "segmentation_label_info" in publishers and segmentation is not None:
+            publishers["segmentation_label_info"].publish(
+                messages.segmentation_label_info_message(header, segmentation.classes)
             )
         if "pose_info" in publishers:
             publishers["pose_info"].publish(messages.pose_info_message(header, settings.keypoint_threshold))
