@@ -97,7 +97,9 @@ def semantic_logits_graph(path: Path) -> Path:
             f"int8_onnxruntime: expected Resize before {path.name}'s ArgMax, found {node.op_type}"
         )
     target = path.with_name(f"{path.stem}_logits.onnx")
-    onnx.utils.extract_model(str(path), str(target), ["images"], [node.input[0]])
+    # The Extractor on the loaded model: onnx.utils.extract_model first checks the file, and ultralytics'
+    # metadata repeats keys, which the checker refuses.
+    onnx.save(onnx.utils.Extractor(model).extract_model(["images"], [node.input[0]]), str(target))
     return target
 
 
