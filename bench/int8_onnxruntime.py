@@ -82,9 +82,10 @@ def semantic_logits_graph(path: Path) -> Path:
     MCN does in its decoding instead. A graph without that ArgMax (the detect and pose files) is returned
     as it is. Writes ``<stem>_logits.onnx`` beside ``path``."""
     import onnx
+    import onnx.shape_inference
     import onnx.utils
 
-    model = onnx.load(str(path))
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))  # the Extractor needs value_infos
     producer = {output: node for node in model.graph.node for output in node.output}
     argmax = [node for node in model.graph.node if node.op_type == "ArgMax"]
     if not argmax:
