@@ -88,7 +88,8 @@ def render(record: dict[str, Any]) -> str:
         "segmentation all arrived; latency is publish -> last of the three. Fast DDS profile: "
         f"{record.get('fastdds_profile') or 'none (Fast DDS defaults)'}.",
         "",
-        "| mode | answered frames/s (all cameras) | latency p50 ms | p95 ms | per-camera answered |",
+        "| mode | answered frames/s (all cameras) | latency p50 ms (worse round) | p95 ms (worse round) | "
+        "per-camera answered |",
         "|---|---|---|---|---|",
     ]
     for name in ("batched", "sequential"):
@@ -102,7 +103,8 @@ def render(record: dict[str, Any]) -> str:
 
 
 def combine(rounds: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Several rounds of one mode as one: counts summed, latencies pooled by per-camera p50/p95 of rounds."""
+    """Several rounds of one mode as one: counts summed; latency p50 / p95 the worse round's (each round's
+    own percentiles are kept in ``rounds``)."""
     answered = sum(r["answered"] for r in rounds)
     per_camera: dict[str, dict[str, Any]] = {}
     for camera in rounds[0]["per_camera"]:
