@@ -188,3 +188,14 @@ def test_run_time_parameters_take_effect_with_and_without_post_set_callbacks(
     refused = node.set_parameters([Parameter("score_threshold", value=1.5)])[0]
     assert not refused.successful and node._frame_settings.score_threshold == pytest.approx(0.55)
     assert node.get_parameter("score_threshold").value == pytest.approx(0.55)
+
+
+def test_shutdown_ends_the_inference_thread(node_factory: Any, tmp_path: Path) -> None:
+    """The shutdown transition (finalized: nothing runs again) ends the inference thread at once; it used
+    to poll on until the node was destroyed."""
+    node = node_factory(weights=str(make_weights(tmp_path / "model.safetensors")), device="cpu")
+    node.trigger_configure()
+    thread = node._inference_thread
+    assert node.configured and thread is not None and thread.is_alive()
+    node.trigger_shutdown()
+    assert not node.configured and not thread.is_alive()

@@ -198,8 +198,10 @@ class McnNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop everything on the way out, from any state."""
+        """Stop everything on the way out, from any state, the inference thread included (finalized is
+        final: nothing runs on it again)."""
         self._teardown()
+        self._end_inference_thread()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -357,10 +359,13 @@ class McnNode(LifecycleNode):
     def destroy_node(self) -> None:
         """Stop inference and end the inference thread, then destroy the node."""
         self._stop_inputs()
+        self._end_inference_thread()
+        super().destroy_node()
+
+    def _end_inference_thread(self) -> None:
         self._closing.set()
         if self._inference_thread is not None:
             self._inference_thread.join(timeout=10.0)
-        super().destroy_node()
 
     def _start_inference_thread(self) -> None:
         if self._inference_thread is None:
