@@ -167,16 +167,17 @@ def test_activate_wakes_the_inference_thread_at_once(
 def test_run_time_parameters_take_effect_with_and_without_post_set_callbacks(
     node_factory: Any, post_set_callbacks: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """rclpy has post-set-parameters callbacks since Iron; Humble's has none (the node called it and could
-    not start there). Without them the set-callback applies the values it accepts; a refused value changes
-    nothing either way."""
+    """rclpy has post-set-parameters callbacks and list_parameters since Iron; Humble's has neither (the
+    node called both and could not start there). Without them the set-callback applies the values it
+    accepts; a refused value changes nothing either way."""
     from rclpy.node import Node
     from rclpy.parameter import Parameter
 
     import mcn_ros.ros.node as node_module
 
-    if not post_set_callbacks:  # rclpy as Humble's: no such method
+    if not post_set_callbacks:  # rclpy as Humble's (3.3): neither method
         monkeypatch.delattr(Node, "add_post_set_parameters_callback")
+        monkeypatch.delattr(Node, "list_parameters")
         monkeypatch.setattr(node_module, "POST_SET_CALLBACKS", False)
     node = node_factory()
     assert node._frame_settings.score_threshold == pytest.approx(0.3)

@@ -314,3 +314,36 @@ def test_replay_without_a_node(inputs: dict[str, Path], tmp_path: Path) -> None:
     ))  # fmt: skip
     assert "/nobody" in error and "lifecycle state: not reachable" in error
     assert not (tmp_path / "replay").exists()
+
+
+@pytest.mark.parametrize("matched_count", [True, False], ids=["iron_and_later", "humble"])
+def test_the_link_sees_the_node_publishers_with_and_without_matched_counts(
+    matched_count: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The player waits until the node's outputs have a publisher. rclpy's subscriptions count their matched
+    publishers since Iron; Humble's cannot (the link called it there and could not connect): it counts the
+    publishers on the topic instead. Real rclpy in this process, its own context."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.subscription import Subscription
+    from std_msgs.msg import String
+
+    from mcn_ros.ros.node_link import has_publisher
+
+    if not matched_count:
+        monkeypatch.delattr(Subscription, "get_publisher_count")
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node("link_probe", context=context)
+        subscription = node.create_subscription(String, "link_probe_topic", lambda _: None, 10)
+        assert not has_publisher(node, subscription)
+        node.create_publisher(String, "link_probe_topic", 10)
+        for _ in range(50):  # discovery within the process takes a moment
+            if has_publisher(node, subscription):
+                break
+            rclpy.spin_once(node, timeout_sec=0.1)
+        assert has_publisher(node, subscription)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

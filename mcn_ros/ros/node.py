@@ -94,7 +94,8 @@ class McnNode(LifecycleNode):
         # rclpy keeps the values of parameter files and -p in a private dict (no public accessor, Humble to
         # Kilted); without it there is just no warning.
         given = getattr(self, "_parameter_overrides", {})
-        unknown = unknown_parameters(given, self.list_parameters([], 0).names)
+        # Every declared name: the empty prefix matches all (Humble's rclpy has no list_parameters).
+        unknown = unknown_parameters(given, self.get_parameters_by_prefix(""))
         if unknown is not None:
             self.get_logger().warning(unknown)
         self._frame_settings = self._read_frame_settings()

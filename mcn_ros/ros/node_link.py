@@ -48,6 +48,15 @@ COUNTS = {"detections": "detections", "poses": "persons"}
 TASKS = {"detections": "detection", "poses": "pose", "segmentation": "segmentation"}
 
 
+def has_publisher(node: Any, subscription: Any) -> bool:
+    """Whether a publisher is matched with ``subscription`` of ``node``: rclpy's matched count since Iron;
+    Humble's rclpy has none, so there a publisher on the topic (compatible QoS or not)."""
+    matched = getattr(subscription, "get_publisher_count", None)
+    if matched is not None:
+        return int(matched()) > 0
+    return int(node.count_publishers(subscription.topic_name)) > 0
+
+
 def _message_class(msgtype: str) -> Any:
     from sensor_msgs.msg import CompressedImage, Image
 
@@ -215,7 +224,7 @@ class NodeLink:
                 )
         self._subscribe()
         self._wait_for_camera_subscriber()
-        if not self._wait(lambda: all(s.get_publisher_count() > 0 for s in self._subscriptions), 10.0):
+        if not self._wait(lambda: all(has_publisher(self._node, s) for s in self._subscriptions), 10.0):
             raise BagError(f"the node's output topics {', '.join(self.topics.values())} never matched")
         self._warm_up(warmup_frame, avoid_stamps, warmup)
         return {
