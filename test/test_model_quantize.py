@@ -207,3 +207,41 @@ def test_the_model_with_subpixel_upsampling_computes_the_same(tmp_path: Path) ->
         want, got = model.eval()(x, config.tasks), converted(x, config.tasks)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_heads_last_convs_stay_float_behind_slices_and_resizes(tmp_path: Path) -> None:
+    """The lighter configs' heads share one 1x1 conv per task, sliced into its outputs, and a segmentation
+    at stride 2 is resized from its conv: those convs stay in float too (only the nodes writing an output
+    did, Slice and Resize, so the convs were quantised and a heatmap, sizes and offsets shared one range)."""
+    import dataclasses
+
+    from mcn_ros.model.backends import export_onnx
+    from mcn_ros.model.config import ModelConfig
+    from mcn_ros.model.mcn import MultitaskCenterNet
+    from mcn_ros.model.quantize import quantize_onnx
+
+    config = ModelConfig.from_yaml(
+        Path(__file__).parents[1] / "config/models/resnet18_det80_seg80_pose_light_512.yaml"
+    )
+    assert config.shared_head_conv and config.segmentation is not None
+    segmentation = dataclasses.replace(config.segmentation, output_stride=2)
+    config = dataclasses.replace(config, input_size=(64, 64), segmentation=segmentation)
+    torch.manual_seed(0)
+    data, _ = export_onnx(MultitaskCenterNet(config).eval(), config.tasks)
+    source, target = tmp_path / "light.onnx", tmp_path / "light.int8.onnx"
+    source.write_bytes(data)
+    rng = np.random.default_rng(0)
+    feeds = iter([{"images": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)} for _ in range(2)])
+    quantize_onnx(source, target, feeds)
+    graph = onnx.load(str(target)).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    initialisers = {tensor.name: tensor for tensor in graph.initializer}
+    tails = {}
+    for output in graph.output:
+        node = producers[output.name]
+        while node.op_type != "Conv":
+            assert node.op_type in {"Slice", "Resize"}, (output.name, node.op_type)  # no Q/DQ on the way
+            node = producers[node.input[0]]
+        assert initialisers[node.input[1]].data_type == onnx.TensorProto.FLOAT, output.name
+        tails[output.name] = node.name
+    assert len(set(tails.values())) < len(tails), "some outputs share a conv (the lighter heads)"

@@ -112,7 +112,8 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
     project does it (QDQ, per-channel int8 weights, uint8 activations, MinMax ranges over ``feeds``: input
     name -> array, one dict per calibration batch). ``source``'s metadata is kept.
 
-    The nodes that write the graph's outputs (the heads' last 1x1 convs) stay in float: quantised to uint8,
+    The heads' last 1x1 convs and what cuts or resizes their outputs stay in float (:func:`float_tail_nodes`):
+    quantised to uint8,
     each output had at most 256 distinct values, so neighbouring heatmap cells tied (more peaks for the
     decoder to sort out) and sizes and offsets moved in steps (the accuracy either way:
     bench/results/int8_onnxruntime.md and its history)."""
@@ -135,9 +136,7 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
 
     prepared = target.with_suffix(".prepared.onnx")
     quant_pre_process(str(source), str(prepared))
-    structure = onnx.load(str(prepared), load_external_data=False).graph
-    outputs = {output.name for output in structure.output}
-    last = [node.name for node in structure.node if node.name and outputs.intersection(node.output)]
+    last = float_tail_nodes(onnx.load(str(prepared), load_external_data=False).graph)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ORT's notes on its own pre-processing and opset choices
@@ -152,6 +151,29 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
         graph = onnx.load(str(target))
         graph.metadata_props.extend(kept)
         onnx.save(graph, str(target))
+
+
+#: Nodes that only cut, reshape or resize what the heads' last conv wrote (the lighter configs' shared 1x1
+#: conv is sliced into its outputs; a segmentation at stride 1 or 2 is resized from the stride-4 conv).
+PASS_THROUGH_OPS = frozenset({"Slice", "Split", "Resize", "Reshape", "Identity", "Squeeze", "Unsqueeze"})
+
+
+def float_tail_nodes(graph: Any) -> list[str]:
+    """Names of the nodes that stay in float in the int8 graph: from each output of ``graph`` (an ONNX
+    GraphProto) back through :data:`PASS_THROUGH_OPS` to the node that computes it, the heads' last conv
+    included. Quantised, the heads' outputs would keep ~200 values each, and sizes and offsets sharing a
+    conv with the heatmap would share its range."""
+    producer = {output: node for node in graph.node for output in node.output}
+    names: list[str] = []
+    for output in graph.output:
+        node = producer.get(output.name)
+        while node is not None:
+            if node.name and node.name not in names:
+                names.append(node.name)
+            if node.op_type not in PASS_THROUGH_OPS:
+                break
+            node = producer.get(node.input[0])
+    return names
 
 
 class SubPixelUpsample(nn.Module):
