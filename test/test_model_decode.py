@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -176,6 +177,41 @@ def test_pose_keypoint_snapping(dense_max: int, monkeypatch: pytest.MonkeyPatch)
     )
     assert low[0].poses is not None
     np.testing.assert_allclose(low[0].poses.keypoints[0, 3], [*original((16.0, 15.0), hw), 0.08], rtol=1e-4)
+
+
+def test_snap_score_zero_snaps_to_peaks_only() -> None:
+    """kp_snap_score 0 admits every peak, not the cells around one that the local-maximum test zeroed
+    (they scored 0 and keypoints snapped to them: next to where they were regressed, with score 0)."""
+    hw = (100, 200)
+    out = _pose_outputs()
+    ys, xs = torch.meshgrid(
+        torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij"
+    )
+    out["kp_heatmap"][0] = (
+        -((xs - 2) ** 2 + (ys - 2) ** 2) / 200
+    )  # one smooth peak per joint, outside the box
+    options = DecodeOptions(kp_snap_score=0.0, keypoint_candidates=H * W)  # every cell a candidate slot
+    poses = decode_batch(out, [letterbox_for(hw, INPUT)], [hw], config(), ["pose"], options)[0].poses
+    assert poses is not None and len(poses) == 1
+    x, y, score = poses.keypoints[0, 4]  # regressed at the centre cell (16, 16)
+    np.testing.assert_allclose((x, y), original((16.0, 16.0), hw), rtol=1e-5)
+    assert (
+        score == pytest.approx(float(torch.sigmoid(out["kp_heatmap"][0, 4, 16, 16])), rel=1e-5) and score > 0
+    )
+
+
+def test_decode_options_refuse_values_that_mean_nothing() -> None:
+    for bad, message in (
+        ({"max_detections": -1}, "max_detections must be at least 0"),
+        ({"top_k": 0}, "top_k must be at least 1"),
+        ({"score_threshold": 1.5}, "score_threshold must be in [0, 1]"),
+        ({"kp_snap_score": -0.1}, "kp_snap_score must be in [0, 1]"),
+        ({"pool_kernel": 2}, "pool_kernel must be odd"),
+        ({"kp_snap_distance": -1.0}, "kp_snap_distance must be at least 0"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            DecodeOptions(**bad)  # type: ignore[arg-type]
+    assert DecodeOptions(max_detections=0, score_threshold=0.0, kp_snap_score=1.0).max_detections == 0
 
 
 def _record_results(monkeypatch: pytest.MonkeyPatch, name: str) -> list[object]:

@@ -76,6 +76,16 @@ class DecodeOptions:
                 f"segmentation_resampling must be one of {SEGMENTATION_RESAMPLING}, "
                 f"got {self.segmentation_resampling!r}"
             )
+        for name in ("score_threshold", "pose_score_threshold", "kp_snap_score"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] (a score), got {getattr(self, name)}")
+        for name, least in (("max_detections", 0), ("top_k", 1), ("keypoint_candidates", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
+        if self.pool_kernel < 1 or self.pool_kernel % 2 == 0:
+            raise ValueError(f"pool_kernel must be odd and at least 1, got {self.pool_kernel}")
+        if self.kp_snap_distance < 0:
+            raise ValueError(f"kp_snap_distance must be at least 0, got {self.kp_snap_distance}")
 
     @classmethod
     def from_config(cls, decode: DecodeConfig, **overrides: Any) -> DecodeOptions:
@@ -188,7 +198,10 @@ def _nearest_listed_peaks(
         torch.stack((best.xs, best.ys), dim=-1).float() + gather_cells(kp_subpixel, best.ys, best.xs).float()
     )
     dist_sq = _squared_distances(regressed, cand)
-    dist_sq.masked_fill_((cand_score < options.kp_snap_score).unsqueeze(1), float("inf"))
+    # Score 0 is no peak (local_peaks zeroed it): kp_snap_score 0 must not snap to such cells (CenterNet's
+    # test is strictly above its threshold).
+    not_peak = (cand_score < options.kp_snap_score) | (cand_score <= 0)
+    dist_sq.masked_fill_(not_peak.unsqueeze(1), float("inf"))
     min_dist_sq, nearest = dist_sq.min(dim=3)  # [B, K, J]
     rows = torch.arange(b, device=kp_logits.device).view(b, 1, 1)
     joints = torch.arange(j, device=kp_logits.device).view(1, 1, j)
