@@ -134,6 +134,42 @@ def test_real_model_batch(predictor: Predictor) -> None:
     assert [r.image_size for r in flipped] == sizes[:2] and flipped[0].detections is None
 
 
+def test_inputs_and_configs_that_cannot_work_are_refused_with_what_to_do(predictor: Predictor) -> None:
+    """A 2-D (grey) array, no task, and a config that describes another network than the model: each a
+    clear error (they gave an image per row, a bare StopIteration, and silently wrong classes or
+    normalisation)."""
+    grey = np.zeros((48, 64), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"2-D array.*COLOR_GRAY2RGB"):
+        predictor.predict(grey)
+    with pytest.raises(ValueError, match="no task asked"):
+        predictor.predict(np.zeros((48, 64, 3), dtype=np.uint8), tasks=())
+    model, config = predictor.model, predictor.config
+    with pytest.raises(ValueError, match="first difference: mean"):
+        Predictor(model, dataclasses.replace(config, mean=(0.0, 0.0, 0.0)))
+    assert config.detection is not None
+    other_classes = dataclasses.replace(config.detection, classes=("person", "car"))
+    with pytest.raises(ValueError, match="does not describe this model"):
+        Predictor(model, dataclasses.replace(config, detection=other_classes))
+    # The input size and the decode settings are the caller's to choose.
+    resized = dataclasses.replace(
+        config, input_size=(64, 64), decode=dataclasses.replace(config.decode, top_k=7)
+    )
+    assert Predictor(model, resized).config.input_size == (64, 64)
+
+
+def test_onnxruntime_on_a_machine_with_a_gpu_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """device "auto" (the default of from_weights and of the node) means the CPU for ONNX Runtime, which
+    runs only there; it used to pick the GPU and fail. An explicit GPU is refused, saying what to set."""
+    pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
+    pytest.importorskip("onnx", reason="optional package onnx")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with a GPU
+    config = ModelConfig.from_yaml(CONFIG_DIR / "resnet18_det1_seg1_pose_128.yaml")
+    model = MultitaskCenterNet(config)
+    assert Predictor(model, config, device="auto", backend="onnxruntime").device == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"runs on the CPU only.*use device 'cpu'"):
+        Predictor(model, config, device="cuda", backend="onnxruntime")
+
+
 def test_max_detections_beyond_top_k() -> None:
     torch.manual_seed(0)
     config = ModelConfig(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Collection, Sequence
@@ -30,7 +31,7 @@ from mcn_ros.model.mcn import resolve_tasks
 from mcn_ros.model.precision import Precision
 from mcn_ros.model.preprocess import Letterbox, preprocess, rect_input_size
 from mcn_ros.model.results import Results
-from mcn_ros.model.weights import load_weights
+from mcn_ros.model.weights import first_difference, load_weights
 
 _EPS = 1e-4
 
@@ -110,6 +111,27 @@ def _int8_graph(source: str | Path | Any | None, model: nn.Module) -> Any:
     return source
 
 
+def check_config_matches(model: nn.Module, config: ModelConfig) -> None:
+    """Refuse a ``config`` that describes another network than ``model`` (its ``config``): classes, heads,
+    normalisation and architecture must agree; the input size and decode settings are the caller's to set.
+    Otherwise classes would be named wrongly, or images normalised as the network was not trained."""
+    built = getattr(model, "config", None)
+    if not isinstance(built, ModelConfig):
+        return
+    own = dataclasses.replace(built, input_size=config.input_size, decode=config.decode, name=config.name)
+    if own != config:
+        found = first_difference(dataclasses.asdict(config), dataclasses.asdict(own))
+        where = (
+            f" (first difference: {found[0]}: {found[1]!r} given, the model's is {found[2]!r})"
+            if found
+            else ""
+        )
+        raise ValueError(
+            f"the config given does not describe this model{where}: pass the model's own config "
+            "(model.config), changing only input_size or decode"
+        )
+
+
 class Predictor:
     """Runs a :class:`MultitaskCenterNet` on numpy images: letterbox, forward, decode, map back.
 
@@ -161,9 +183,16 @@ class Predictor:
         self.config = config
         self.rect = rect
         self.backend = backend
-        self.device = resolve_device(device)
+        # ONNX Runtime runs on the CPU: "auto" means the CPU for it, even where a GPU is present.
+        self.device = (
+            torch.device("cpu") if backend == "onnxruntime" and device == "auto" else resolve_device(device)
+        )
         if backend == "onnxruntime" and self.device.type != "cpu":
-            raise ValueError(f"backend 'onnxruntime' runs on the CPU only, not on {self.device}")
+            raise ValueError(
+                f"backend 'onnxruntime' runs on the CPU only, not on {self.device}: use device 'cpu' (or "
+                "'auto'), or backend 'torch' on the GPU"
+            )
+        check_config_matches(model, config)
         self.precision = Precision.resolve(precision, self.device, backend)
         if self.precision.note is not None:
             warnings.warn(self.precision.note, stacklevel=2)
@@ -336,9 +365,16 @@ class Predictor:
         peaks are taken, or ``max_detections`` if that is larger). ``segmentation_resampling`` "nearest"
         or "bilinear" (:attr:`~mcn_ros.model.decode.DecodeOptions.segmentation_resampling`).
         """
+        if isinstance(images, np.ndarray) and images.ndim == 2:
+            raise ValueError(
+                f"expected an HxWx3 image (or a batch of them), got a 2-D array {images.shape}: for a grey "
+                "image use cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)"
+            )
         single = isinstance(images, np.ndarray) and images.ndim == 3
         batch_images: list[np.ndarray] = [images] if single else list(images)  # type: ignore[list-item]
         asked = resolve_tasks(self.config, tasks)
+        if not asked:
+            raise ValueError(f"no task asked: tasks must name at least one of {sorted(self.config.tasks)}")
         options = DecodeOptions.from_config(
             self.config.decode,
             score_threshold=score_threshold,
