@@ -157,7 +157,9 @@ def test_inputs_and_configs_that_cannot_work_are_refused_with_what_to_do(predict
     assert Predictor(model, resized).config.input_size == (64, 64)
 
 
-def test_onnxruntime_on_a_machine_with_a_gpu_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_onnxruntime_on_a_machine_with_a_gpu_runs_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """device "auto" (the default of from_weights and of the node) means the CPU for ONNX Runtime, which
     runs only there; it used to pick the GPU and fail. An explicit GPU is refused, saying what to set."""
     pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
@@ -166,6 +168,10 @@ def test_onnxruntime_on_a_machine_with_a_gpu_runs_on_the_cpu(monkeypatch: pytest
     config = ModelConfig.from_yaml(CONFIG_DIR / "resnet18_det1_seg1_pose_128.yaml")
     model = MultitaskCenterNet(config)
     assert Predictor(model, config, device="auto", backend="onnxruntime").device == torch.device("cpu")
+    path = save_weights(tmp_path / "m.safetensors", model, config)
+    assert Predictor.from_weights(path, backend="onnxruntime").device == torch.device(
+        "cpu"
+    )  # auto by default
     with pytest.raises(ValueError, match=r"runs on the CPU only.*use device 'cpu'"):
         Predictor(model, config, device="cuda", backend="onnxruntime")
 

@@ -111,6 +111,14 @@ def _int8_graph(source: str | Path | Any | None, model: nn.Module) -> Any:
     return source
 
 
+def backend_device(device: str | torch.device, backend: str) -> torch.device:
+    """The device ``device`` means for ``backend``: as :func:`~mcn_ros.model.device.resolve_device`, except
+    that "auto" is the CPU for ONNX Runtime (which runs only there) even where a GPU is present."""
+    if backend == "onnxruntime" and str(device) == "auto":
+        return torch.device("cpu")
+    return resolve_device(device)
+
+
 def check_config_matches(model: nn.Module, config: ModelConfig) -> None:
     """Refuse a ``config`` that describes another network than ``model`` (its ``config``): classes, heads,
     normalisation and architecture must agree; the input size and decode settings are the caller's to set.
@@ -183,10 +191,7 @@ class Predictor:
         self.config = config
         self.rect = rect
         self.backend = backend
-        # ONNX Runtime runs on the CPU: "auto" means the CPU for it, even where a GPU is present.
-        self.device = (
-            torch.device("cpu") if backend == "onnxruntime" and device == "auto" else resolve_device(device)
-        )
+        self.device = backend_device(device, backend)
         if backend == "onnxruntime" and self.device.type != "cpu":
             raise ValueError(
                 f"backend 'onnxruntime' runs on the CPU only, not on {self.device}: use device 'cpu' (or "
@@ -256,7 +261,7 @@ class Predictor:
         ``int8_graph`` defaults to the weights' own (``<name>.int8.onnx`` beside them)."""
         from mcn_ros.model.quantize import default_int8_path
 
-        model, config, _ = load_weights(path, device=resolve_device(device))
+        model, config, _ = load_weights(path, device=backend_device(device, backend))
         return cls(
             model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn,
             int8_graph=default_int8_path(path) if int8_graph is None else int8_graph, cuda_graphs=cuda_graphs,

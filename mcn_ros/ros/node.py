@@ -211,9 +211,8 @@ class McnNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
-        from mcn_ros.model.device import resolve_device
         from mcn_ros.model.precision import cpu_bf16_native, cpu_int8_native
-        from mcn_ros.model.predictor import Predictor
+        from mcn_ros.model.predictor import Predictor, backend_device
         from mcn_ros.model.quantize import default_int8_path
         from mcn_ros.model.weights import load_weights
 
@@ -223,7 +222,8 @@ class McnNode(LifecycleNode):
                 "parameter 'weights' is empty: set it to a .safetensors file (launch argument weights:=PATH; "
                 "to try the node, the repository's demo/mcn_demo.safetensors)"
             )
-        device = resolve_device(str(self.get_parameter("device").value))
+        backend = str(self.get_parameter("backend").value)
+        device = backend_device(str(self.get_parameter("device").value), backend)  # auto: CPU for onnxruntime
         try:
             model, config, _ = self._on_inference_thread(lambda: load_weights(weights, device=device))
         except Exception as error:
@@ -236,7 +236,6 @@ class McnNode(LifecycleNode):
                 config = dataclasses.replace(config, input_size=(size[0], size[1]))
             except ValueError as error:
                 raise ValueError(f"parameter input_size {size}: {error}") from error
-        backend = str(self.get_parameter("backend").value)
         precision = str(self.get_parameter("precision").value)
         rect = bool(self.get_parameter("rect_input").value)
         graphs = bool(self.get_parameter("cuda_graphs").value)
