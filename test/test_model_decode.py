@@ -205,13 +205,15 @@ def test_decode_options_refuse_values_that_mean_nothing() -> None:
         ({"max_detections": -1}, "max_detections must be at least 0"),
         ({"top_k": 0}, "top_k must be at least 1"),
         ({"score_threshold": 1.5}, "score_threshold must be in [0, 1]"),
-        ({"kp_snap_score": -0.1}, "kp_snap_score must be in [0, 1]"),
+        ({"kp_snap_score": -0.1}, "kp_snap_score must be at least 0"),
         ({"pool_kernel": 2}, "pool_kernel must be odd"),
         ({"kp_snap_distance": -1.0}, "kp_snap_distance must be at least 0"),
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             DecodeOptions(**bad)  # type: ignore[arg-type]
-    assert DecodeOptions(max_detections=0, score_threshold=0.0, kp_snap_score=1.0).max_detections == 0
+    assert (
+        DecodeOptions(max_detections=0, score_threshold=0.0, kp_snap_score=2.0).max_detections == 0
+    )  # no snap
 
 
 def _record_results(monkeypatch: pytest.MonkeyPatch, name: str) -> list[object]:

@@ -76,9 +76,11 @@ class DecodeOptions:
                 f"segmentation_resampling must be one of {SEGMENTATION_RESAMPLING}, "
                 f"got {self.segmentation_resampling!r}"
             )
-        for name in ("score_threshold", "pose_score_threshold", "kp_snap_score"):
+        for name in ("score_threshold", "pose_score_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1] (a score), got {getattr(self, name)}")
+        if not self.kp_snap_score >= 0.0:  # above 1: no peak qualifies, keypoints stay as regressed
+            raise ValueError(f"kp_snap_score must be at least 0, got {self.kp_snap_score}")
         for name, least in (("max_detections", 0), ("top_k", 1), ("keypoint_candidates", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
