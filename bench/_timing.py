@@ -137,7 +137,7 @@ def yolo_config(name: str) -> Path:
 def yolo_forward_module(yolo: Any, device: str = "cpu") -> torch.nn.Module:
     """The torch module ultralytics' own predictor runs on ``device`` (eval mode, Conv+BN fused as its
     predictor fuses, and in the memory layout its AutoBackend picks: channels_last on an x86 CPU with oneDNN,
-    the default layout elsewhere, CUDA included). Timed in the default layout on the CPU, YOLO26n x3 took 1.4x
+    the default layout elsewhere, CUDA included). Timed in the default layout on the CPU, YOLO26n x3 took 1.3x
     as long as in its own predictor's layout (bench/results/model_cpu.json before 2026-12-05)."""
     module = yolo.model.eval()
     module = module.fuse(verbose=False) if hasattr(module, "fuse") else module
@@ -147,9 +147,11 @@ def yolo_forward_module(yolo: Any, device: str = "cpu") -> torch.nn.Module:
 
 
 def ultralytics_cpu_channels_last() -> bool:
-    """Whether ultralytics' AutoBackend runs a PyTorch model channels_last on this CPU (x86, oneDNN on)."""
+    """Whether ultralytics' AutoBackend runs a PyTorch model channels_last on this CPU (x86 Linux or
+    Windows, oneDNN on)."""
     return (
-        platform.machine() in {"AMD64", "x86_64"}
+        platform.system() in {"Linux", "Windows"}
+        and platform.machine() in {"AMD64", "x86_64"}
         and torch.backends.mkldnn.is_available()
         and bool(torch.backends.mkldnn.enabled)
     )

@@ -196,7 +196,8 @@ def load_yolo(
     (:func:`mcn_ros.model.backends.session_options`: that many intra-op threads that do not spin between
     calls), so that the two sides' forwards run alike; None keeps ultralytics' sessions (ONNX Runtime's
     defaults: a spinning pool per session, sized by the cores). Three spinning pools take the cores from
-    each other and from the torch steps around them: YOLO26n x3 ran 1.5x slower end to end that way here.
+    each other and from the torch steps around them: YOLO26n x3 ran 1.85x slower end to end that way at
+    640x480 here (bench/results/e2e_cpu.json of 2026-12-05).
     """
     from ultralytics import YOLO
 

@@ -200,6 +200,30 @@ def test_snap_score_zero_snaps_to_peaks_only() -> None:
     )
 
 
+@pytest.mark.parametrize("search", ["candidates", "topk"])
+def test_threshold_zero_reports_every_peak_and_nothing_else(
+    search: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """score_threshold 0 gives every local maximum, not the cells around them that the local-maximum test
+    cleared (they came out as boxes scoring 0, up to max_detections), on the CPU's search and the GPU's."""
+    if search == "topk":
+        monkeypatch.setattr(peaks, "TOPK_SEARCH_DEVICES", frozenset({"cpu"}))
+    out = blank_outputs()
+    ys, xs = torch.meshgrid(
+        torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij"
+    )
+    classes = out["heatmap"].shape[1]
+    centres = torch.arange(classes, dtype=torch.float32) % W  # one smooth peak per class map
+    out["heatmap"][0] = -((xs - centres.view(-1, 1, 1)) ** 2 + (ys - 5) ** 2) / 50 - 2
+    hw = (100, 200)
+    options = DecodeOptions(score_threshold=0.0, max_detections=100, top_k=100)
+    found = decode_batch(out, [letterbox_for(hw, INPUT)], [hw], config(), ["detection"], options)[
+        0
+    ].detections
+    assert found is not None and len(found) == classes, len(found)
+    assert np.all(found.scores > 0) and sorted(found.class_ids.tolist()) == list(range(classes))
+
+
 def test_decode_options_refuse_values_that_mean_nothing() -> None:
     for bad, message in (
         ({"max_detections": -1}, "max_detections must be at least 0"),
@@ -643,9 +667,12 @@ from mcn_ros.model.preprocess import letterbox_for, nearest_cells
 
 torch.manual_seed(0)
 out = blank_outputs()
-# Random low-score maps: every cell is a candidate person and a candidate keypoint.
-for key in ("heatmap", "kp_heatmap"):
-    out[key] = torch.rand_like(out[key]) - 3.0
+# Low-score maps: the person map a checkerboard (every high cell a peak: 2048 persons), keypoints random.
+side = out["heatmap"].shape[2]
+rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+out["heatmap"] = torch.full_like(out["heatmap"], -10.0)
+out["heatmap"][:, 0] = ((rows + cols) % 2).float() - 3.0
+out["kp_heatmap"] = torch.rand_like(out["kp_heatmap"]) - 3.0
 out = {{k: torch.nn.functional.interpolate(v, scale_factor=2.0) for k, v in out.items()}}  # 64 x 64 cells
 boxes, sizes = [letterbox_for((256, 256), (256, 256))], [(256, 256)]
 cfg = config()

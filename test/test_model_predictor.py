@@ -122,10 +122,13 @@ def test_real_model_batch(predictor: Predictor) -> None:
     for result, (h, w) in zip(results, sizes, strict=True):
         assert result.image_size == (h, w)
         assert result.detections is not None and result.poses is not None and result.segmentation is not None
-        assert len(result.detections) == 7 and result.detections.boxes.dtype == np.float32
+        # Threshold 0: every peak, up to max_detections (a random map has a few; zero-score non-peaks not).
+        n = len(result.detections)
+        assert 3 <= n <= 7 and result.detections.boxes.dtype == np.float32, n
+        assert np.all(result.detections.scores > 0)
         assert np.all(result.detections.boxes[:, [0, 2]] <= w) and np.all(result.detections.boxes >= 0)
         assert np.all(np.diff(result.detections.scores) <= 0)
-        assert result.poses.keypoints.shape == (7, 17, 3) and result.poses.keypoints.dtype == np.float32
+        assert result.poses.keypoints.shape == (n, 17, 3) and result.poses.keypoints.dtype == np.float32
         assert result.segmentation.shape == (h, w) and result.segmentation.dtype == np.uint8
         assert result.segmentation.max() <= 1
     single = predictor.predict(images[0], tasks=["segmentation"], color_order="bgr")

@@ -245,3 +245,26 @@ def test_the_heads_last_convs_stay_float_behind_slices_and_resizes(tmp_path: Pat
         assert initialisers[node.input[1]].data_type == onnx.TensorProto.FLOAT, output.name
         tails[output.name] = node.name
     assert len(set(tails.values())) < len(tails), "some outputs share a conv (the lighter heads)"
+
+
+def test_float_tail_runs_back_through_an_argmax_to_the_conv() -> None:
+    """A graph that ends in a class map (as ultralytics' semantic export: conv, resize, argmax, cast) keeps
+    all of that tail in float, as the MCN's heads: the function quantises the YOLO peers' files too."""
+    from onnx import TensorProto, helper
+
+    from mcn_ros.model.quantize import float_tail_nodes
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["logits"], name="classifier"),
+        helper.make_node("Resize", ["logits", "", "scales"], ["up"], name="upsample"),
+        helper.make_node("ArgMax", ["up"], ["ids"], name="argmax", axis=1, keepdims=0),
+        helper.make_node("Cast", ["ids"], ["classes"], name="to_uint8", to=TensorProto.UINT8),
+        helper.make_node("Relu", ["x"], ["features"], name="before"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tail",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("classes", TensorProto.UINT8, [1, 64, 64])],
+    )
+    assert float_tail_nodes(graph) == ["to_uint8", "argmax", "upsample", "classifier"]

@@ -4,6 +4,7 @@ nothing against the model runtime, rate mode accounts for every frame, and a nod
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -336,9 +337,10 @@ def test_the_link_sees_the_node_publishers_with_and_without_matched_counts(
     rclpy.init(context=context)
     try:
         node = rclpy.create_node("link_probe", context=context)
-        subscription = node.create_subscription(String, "link_probe_topic", lambda _: None, 10)
+        topic = f"link_probe_{os.getpid()}_{matched_count}"  # no other run's publisher on it
+        subscription = node.create_subscription(String, topic, lambda _: None, 10)
         assert not has_publisher(node, subscription)
-        node.create_publisher(String, "link_probe_topic", 10)
+        node.create_publisher(String, topic, 10)
         for _ in range(50):  # discovery within the process takes a moment
             if has_publisher(node, subscription):
                 break

@@ -182,7 +182,8 @@ def _dense_peaks(heat: Tensor, k: int, threshold: float, kernel: int, per_channe
     else:
         channels = torch.div(index, h * w, rounding_mode="floor")
         flat = index - channels * (h * w)
-    scores = scores.masked_fill(scores < threshold, -1.0) if threshold > 0 else scores
+    # A zero is a cell local_peaks cleared, not a peak, even at threshold 0.
+    scores = scores.masked_fill((scores < threshold) | (scores <= 0), -1.0)
     ys = torch.div(flat, w, rounding_mode="floor")
     return Peaks(scores, flat, channels, ys, flat - ys * w)
 

@@ -123,7 +123,14 @@ def _check_image(image: np.ndarray, index: int) -> None:
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image {index}: expected a numpy array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image {index}: expected an HxWx3 uint8 array, got {image.dtype} {image.shape}")
+        hint = ""
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+            hint = " (grey: cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))"
+        elif image.ndim == 3 and image.shape[2] == 4:
+            hint = " (with alpha: cv2.cvtColor(image, cv2.COLOR_RGBA2RGB), or BGRA2BGR)"
+        raise ValueError(
+            f"image {index}: expected an HxWx3 uint8 array, got {image.dtype} {image.shape}{hint}"
+        )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image {index}: empty image {image.shape}")
 

@@ -153,9 +153,12 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
         onnx.save(graph, str(target))
 
 
-#: Nodes that only cut, reshape or resize what the heads' last conv wrote (the lighter configs' shared 1x1
-#: conv is sliced into its outputs; a segmentation at stride 1 or 2 is resized from the stride-4 conv).
-PASS_THROUGH_OPS = frozenset({"Slice", "Split", "Resize", "Reshape", "Identity", "Squeeze", "Unsqueeze"})
+#: Nodes that only cut, reshape, resize or reduce what the heads' last conv wrote (the lighter configs'
+#: shared 1x1 conv is sliced into its outputs; a segmentation at stride 1 or 2 is resized from the stride-4
+#: conv; other graphs quantised by the same function, such as ultralytics' semantic one, end in an argmax).
+PASS_THROUGH_OPS = frozenset(
+    {"Slice", "Split", "Resize", "Reshape", "Identity", "Squeeze", "Unsqueeze", "ArgMax", "Cast"}
+)
 
 
 def float_tail_nodes(graph: Any) -> list[str]:

@@ -530,6 +530,13 @@ class McnNode(LifecycleNode):
                 message = "unconfigured: no model loaded"
             else:
                 message = "active" if self._running.is_set() else "inactive"
+                unwell = [
+                    camera
+                    for (_, camera_level, _, _), camera in zip(statuses, self._cameras, strict=True)
+                    if camera_level != diagnostics.OK
+                ]
+                if unwell:
+                    message += f"; not OK: camera {', '.join(unwell)}"
             values = {
                 "cameras": ",".join(self._cameras),
                 "batch_sizes": ",".join(f"{size}:{n}" for size, n in sorted(self._batch_sizes.items())),
