@@ -200,10 +200,8 @@ def _nearest_listed_peaks(
         torch.stack((best.xs, best.ys), dim=-1).float() + gather_cells(kp_subpixel, best.ys, best.xs).float()
     )
     dist_sq = _squared_distances(regressed, cand)
-    # Score 0 is no peak (local_peaks zeroed it): kp_snap_score 0 must not snap to such cells (CenterNet's
-    # test is strictly above its threshold).
-    not_peak = (cand_score < options.kp_snap_score) | (cand_score <= 0)
-    dist_sq.masked_fill_(not_peak.unsqueeze(1), float("inf"))
+    # Empty slots score -1 (peaks.find_peaks: never a cleared non-maximum), so kp_snap_score 0 masks them too.
+    dist_sq.masked_fill_((cand_score < options.kp_snap_score).unsqueeze(1), float("inf"))
     min_dist_sq, nearest = dist_sq.min(dim=3)  # [B, K, J]
     rows = torch.arange(b, device=kp_logits.device).view(b, 1, 1)
     joints = torch.arange(j, device=kp_logits.device).view(1, 1, j)
