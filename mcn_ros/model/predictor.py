@@ -370,12 +370,8 @@ class Predictor:
         peaks are taken, or ``max_detections`` if that is larger). ``segmentation_resampling`` "nearest"
         or "bilinear" (:attr:`~mcn_ros.model.decode.DecodeOptions.segmentation_resampling`).
         """
-        if isinstance(images, np.ndarray) and images.ndim == 2:
-            raise ValueError(
-                f"expected an HxWx3 image (or a batch of them), got a 2-D array {images.shape}: for a grey "
-                "image use cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)"
-            )
-        single = isinstance(images, np.ndarray) and images.ndim == 3
+        # A 2-D array is one (grey) image, refused by preprocessing with the conversion to use.
+        single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
         batch_images: list[np.ndarray] = [images] if single else list(images)  # type: ignore[list-item]
         asked = resolve_tasks(self.config, tasks)
         if not asked:

@@ -125,7 +125,7 @@ def _check_image(image: np.ndarray, index: int) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         hint = ""
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-            hint = " (grey: cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))"
+            hint = " (grey, a 2-D array or one channel: cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))"
         elif image.ndim == 3 and image.shape[2] == 4:
             hint = " (with alpha: cv2.cvtColor(image, cv2.COLOR_RGBA2RGB), or BGRA2BGR)"
         raise ValueError(
