@@ -132,8 +132,11 @@ class McnNode(LifecycleNode):
         if problems:
             raise StartupError("; ".join(problems))
 
-    def _read_frame_settings(self) -> FrameSettings:
-        return frame_settings({spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS})
+    def _read_frame_settings(self, accepted: Sequence[Parameter[Any]] = ()) -> FrameSettings:
+        """The frame settings from the parameters' values, ``accepted`` ones (not set yet) taking theirs."""
+        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        values.update({p.name: p.value for p in accepted if p.name in values})
+        return frame_settings(values)
 
     def _on_set_parameters(self, parameters: list[Parameter[Any]]) -> SetParametersResult:
         configured = self.configured
@@ -148,10 +151,7 @@ class McnNode(LifecycleNode):
     def _after_set_parameters(self, parameters: list[Parameter[Any]], accepted: bool = False) -> None:
         """The frame settings from the parameters' values now; ``accepted``: ``parameters`` are accepted but
         not set yet (their values are taken from them)."""
-        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
-        if accepted:
-            values.update({p.name: p.value for p in parameters if p.name in values})
-        self._frame_settings = frame_settings(values)
+        self._frame_settings = self._read_frame_settings(parameters if accepted else ())
         if self._running.is_set() and {p.name for p in parameters} & {
             "score_threshold",
             "keypoint_threshold",
@@ -303,7 +303,6 @@ class McnNode(LifecycleNode):
                 camera.subscriptions.append(
                     self.create_subscription(message_type, topic, on_image, image_qos)
                 )
-        for camera in self._cameras.values():
             camera.stats.start_listening(monotonic())
         self._running.set()
         self._start_inference_thread()
