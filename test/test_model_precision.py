@@ -57,10 +57,39 @@ def test_reduced_precision_only_where_the_device_has_it() -> None:
     assert fp16.name == "fp32" and fp16.note is not None and "CUDA" in fp16.note
     onnx = Precision.resolve("bf16", CPU, backend="onnxruntime", flags=GENOA)
     assert onnx.name == "fp32" and onnx.note is not None and "onnxruntime" in onnx.note
-    cuda = torch.device("cuda", 0)  # a device object only: nothing runs on it
-    assert Precision.resolve("fp16", cuda) == Precision("fp16", autocast_dtype=torch.float16)
-    assert Precision.resolve("bf16", cuda).autocast_dtype == torch.bfloat16
+    cuda, hopper = torch.device("cuda", 0), (9, 0)  # a device object only: nothing runs on it
+    fp16_cuda = Precision.resolve("fp16", cuda, cuda_capability=hopper)
+    assert fp16_cuda == Precision("fp16", autocast_dtype=torch.float16)
+    assert Precision.resolve("bf16", cuda, cuda_capability=hopper).autocast_dtype == torch.bfloat16
     assert Precision.resolve("fp32", CPU, flags=GENOA) == Precision()
+
+
+@pytest.mark.parametrize(
+    ("capability", "fp16", "bf16"),
+    [
+        ((9, 0), True, True),  # H100 / H200
+        ((8, 7), True, True),  # Jetson Orin
+        ((7, 5), True, False),  # T4, GeForce 20 series: bf16 emulated
+        ((7, 2), True, False),  # Jetson Xavier
+        ((6, 2), True, False),  # Jetson TX2: fast fp16 before Volta
+        ((6, 1), False, False),  # GeForce 10 series: fp16 at 1/64 of the fp32 rate
+        ((5, 3), True, False),  # Jetson Nano
+        ((5, 2), False, False),
+    ],
+)
+def test_cuda_reduced_precision_only_where_the_gpu_computes_it_natively(
+    capability: tuple[int, int], fp16: bool, bf16: bool
+) -> None:
+    cuda = torch.device("cuda", 0)
+    for name, native, dtype in (("fp16", fp16, torch.float16), ("bf16", bf16, torch.bfloat16)):
+        resolved = Precision.resolve(name, cuda, cuda_capability=capability)
+        if native:
+            assert resolved == Precision(name, autocast_dtype=dtype)
+        else:
+            assert resolved.name == "fp32" and resolved.autocast_dtype is None
+            assert resolved.note is not None and f"{capability[0]}.{capability[1]}" in resolved.note
+            assert resolved.note.endswith("running fp32")
+            assert ("fp16 is native here" in resolved.note) == (name == "bf16" and fp16)
 
 
 def test_int8_only_with_onnxruntime_on_a_cpu_with_int8_dot_products() -> None:

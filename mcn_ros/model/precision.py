@@ -1,6 +1,9 @@
 """The number format the forward runs in: fp32, or fp16 / bf16 / int8 where the device computes it natively.
 
-CUDA runs fp16 or bf16 as autocast. A CPU runs bf16 only when it has native bf16 dot products
+CUDA runs fp16 or bf16 as autocast where the GPU computes it natively (:func:`cuda_native`: bf16 from
+compute capability 8.0, Ampere; fp16 from 7.0 and on the 5.3 / 6.0 / 6.2 chips with fast fp16, among them
+the Jetson Nano and TX2), elsewhere fp32 with a note (a GeForce 10 series GPU, 6.1, runs fp16 at 1/64 of its
+fp32 rate; before Ampere bf16 is emulated). A CPU runs bf16 only when it has native bf16 dot products
 (``avx512_bf16`` or ``amx_bf16``): there the inference copy of the model and its inputs are converted to
 bfloat16 outright (autocast would cast the weights again on every call). Without those instructions bf16
 is emulated and many times slower than fp32 (16x on an AVX2 machine), and fp16 convolutions have no fast
@@ -24,6 +27,8 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: CPU flags meaning the CPU has int8 dot products (VNNI: AVX-512 or AVX; AMX tiles).
 NATIVE_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: CUDA compute capabilities before 7.0 whose fp16 arithmetic is fast (at least the fp32 rate).
+FAST_FP16_BEFORE_VOLTA = frozenset({(5, 3), (6, 0), (6, 2)})
 
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
@@ -49,6 +54,14 @@ def cpu_int8_native(flags: frozenset[str] | None = None) -> bool:
     """Whether the CPU (``flags``, default this machine's) has int8 dot-product instructions."""
     found = cpu_flags() if flags is None else flags
     return any(flag in found for flag in NATIVE_INT8_FLAGS)
+
+
+def cuda_native(precision: str, capability: tuple[int, int]) -> bool:
+    """Whether a CUDA GPU of compute ``capability`` (major, minor) computes ``precision`` (fp16 / bf16) at
+    least as fast as fp32."""
+    if precision == "bf16":
+        return capability >= (8, 0)
+    return capability >= (7, 0) or capability in FAST_FP16_BEFORE_VOLTA
 
 
 def parse_precision(setting: bool | str) -> str:
@@ -79,8 +92,10 @@ class Precision:
         device: torch.device,
         backend: str = "torch",
         flags: frozenset[str] | None = None,
+        cuda_capability: tuple[int, int] | None = None,
     ) -> Precision:
-        """What ``setting`` runs at on ``device`` with ``backend`` (``flags``: the CPU's, for tests)."""
+        """What ``setting`` runs at on ``device`` with ``backend`` (``flags``: the CPU's, ``cuda_capability``:
+        the GPU's compute capability; both default to the device's own, given for tests)."""
         wanted = parse_precision(setting)
         if wanted == "fp32":
             return cls()
@@ -96,7 +111,18 @@ class Precision:
         if backend != "torch":
             return cls(note=f"{wanted} is not used by the {backend} backend (float32 only); running fp32")
         if device.type == "cuda":
-            return cls(wanted, autocast_dtype=_DTYPES[wanted])
+            if cuda_capability is None:
+                cuda_capability = torch.cuda.get_device_capability(device)
+            if cuda_native(wanted, cuda_capability):
+                return cls(wanted, autocast_dtype=_DTYPES[wanted])
+            major, minor = cuda_capability
+            other = "fp16" if wanted == "bf16" and cuda_native("fp16", cuda_capability) else None
+            return cls(
+                note=f"{wanted} on this GPU (compute capability {major}.{minor}) would be slower than fp32 "
+                f"({'emulated before 8.0, Ampere' if wanted == 'bf16' else 'no fast fp16 arithmetic'})"
+                + (f"; {other} is native here" if other else "")
+                + "; running fp32"
+            )
         if wanted == "bf16" and device.type == "cpu":
             if cpu_bf16_native(flags):
                 return cls("bf16", model_dtype=torch.bfloat16)

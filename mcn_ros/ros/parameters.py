@@ -140,7 +140,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("weights", "string", "", CONFIGURE, "Path of the .safetensors weights file"),
     ParameterSpec("device", "string", "auto", CONFIGURE, "auto, cpu or cuda:N", check=_check_device),
     ParameterSpec("precision", "string", "fp32", CONFIGURE,
-                  f"One of {PRECISIONS}: fp16/bf16 autocast on CUDA; bf16 also on a CPU with avx512_bf16 "
+                  f"One of {PRECISIONS}: fp16/bf16 autocast on a CUDA GPU that computes it natively (bf16: "
+                  "compute capability 8.0 or newer); bf16 also on a CPU with avx512_bf16 "
                   "or amx_bf16; int8 with backend onnxruntime on a CPU with VNNI or AMX, from the graph of "
                   "int8_graph (elsewhere fp32, with a warning)", choices=PRECISIONS),
     ParameterSpec("int8_graph", "string", "", CONFIGURE,
