@@ -12,6 +12,11 @@ settings in turn (``Predictor.predict`` step by step, as bench/e2e_cpu.py splits
 after a warm-up; per setting the medians of preprocess / forward / decode, decode / forward, and the
 detections and persons per image. The target (issue 13) is decode <= 5 % of the forward.
 
+On the CPU each of ``--backends`` (default all three the node ships): ``torch`` (fp32), ``onnxruntime``
+(fp32) and ``int8`` (ONNX Runtime, static int8 calibrated on 16 scenes of the demo's training split
+drawn at 640x480; skipped with a note on a CPU without int8 dot products). ONNX Runtime hands decoding
+NCHW maps where torch hands it channels_last ones.
+
 ``--device cuda``: the same on a GPU, each step ending with a synchronize (bench/e2e_cpu.py's SplitPredict),
 at each of ``--precisions`` (fp16 / bf16 as CUDA autocast, as the node runs them); ``--cuda-graphs`` adds
 each setting with the forward replayed from CUDA graphs (``Predictor(cuda_graphs=True)``).
@@ -37,7 +42,9 @@ from e2e_cpu import SCORE_THRESHOLD, SplitPredict
 from seg_resampling import DEMO_VAL, DEMO_WEIGHTS
 
 from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.precision import NATIVE_INT8_FLAGS, cpu_int8_native
 from mcn_ros.model.predictor import Predictor
+from mcn_ros.model.quantize import image_files, quantize_graph
 from mcn_ros.model.weights import load_weights
 from mcn_training.synthetic import generate_dataset
 
@@ -47,31 +54,52 @@ CAMERA = (480, 640)
 INPUTS = (128, 512)
 
 
+#: CPU backends (``--backends``): name -> (Predictor backend, precision).
+CPU_BACKENDS = {
+    "torch": ("torch", "fp32"),
+    "onnxruntime": ("onnxruntime", "fp32"),
+    "int8": ("onnxruntime", "int8"),
+}
+CALIBRATION_SCENES = 16
+
+
 def predictors(
-    threads: int, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",), cuda_graphs: bool = False
+    threads: int,
+    device: str = "cpu",
+    precisions: tuple[str, ...] = ("fp32",),
+    cuda_graphs: bool = False,
+    backends: tuple[str, ...] = ("torch",),
+    calibration: Path | None = None,
 ) -> dict[str, Predictor]:
-    """``<weights>@<input>`` (``/<precision>`` unless fp32, ``+graphs`` for the CUDA-graph forward) ->
-    Predictor, for the demo weights and the same model at random init."""
+    """``<weights>@<input>`` (`` <backend>`` unless torch, ``/<precision>`` unless fp32, ``+graphs`` for the
+    CUDA-graph forward) -> Predictor, for the demo weights and the same model at random init; ``int8``
+    graphs are calibrated on the images in ``calibration``."""
     torch.set_num_threads(threads)
+    runs = [("torch", p, g) for g in ((False, True) if cuda_graphs else (False,)) for p in precisions]
+    if torch.device(device).type == "cpu":
+        runs = [(*CPU_BACKENDS[name], False) for name in backends]
     out = {}
-    for graphs in (False, True) if cuda_graphs else (False,):
-        for precision in precisions:
-            for side in INPUTS:
-                for kind in ("demo", "random"):
-                    model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
-                    if kind == "random":
-                        torch.manual_seed(0)
-                        model = MultitaskCenterNet(config).eval()
-                    config = dataclasses.replace(config, input_size=(side, side))
-                    name = f"{kind}@{side}" + ("" if precision == "fp32" else f"/{precision}")
-                    name += "+graphs" if graphs else ""
-                    out[name] = Predictor(
-                        model, config, device=device, precision=precision, cuda_graphs=graphs
-                    )
-                    if out[name].precision.name != precision or out[name].cuda_graphs != graphs:
-                        raise SystemExit(
-                            f"decode_share: {out[name].precision.note or out[name].cuda_graphs_note}"
-                        )
+    for backend, precision, graphs in runs:
+        for side in INPUTS:
+            for kind in ("demo", "random"):
+                model, config, _ = load_weights(DEMO_WEIGHTS, device="cpu")
+                if kind == "random":
+                    torch.manual_seed(0)
+                    model = MultitaskCenterNet(config).eval()
+                config = dataclasses.replace(config, input_size=(side, side))
+                name = f"{kind}@{side}" + ("" if backend == "torch" else f" {backend}")
+                name += ("" if precision == "fp32" else f"/{precision}") + ("+graphs" if graphs else "")
+                graph = None
+                if precision == "int8":
+                    assert calibration is not None
+                    graph, _ = quantize_graph(model, config, image_files(calibration))
+                out[name] = Predictor(
+                    model, config, device=device, precision=precision, cuda_graphs=graphs, backend=backend,
+                    int8_graph=graph,
+                )  # fmt: skip
+                if out[name].precision.name != precision or out[name].cuda_graphs != graphs:
+                    note = out[name].precision.note or out[name].cuda_graphs_note
+                    raise SystemExit(f"decode_share: {note}")
     return out
 
 
@@ -109,6 +137,8 @@ def measure(settings: dict[str, Predictor], images: list[np.ndarray], rounds: in
             "detections_per_image": round(float(np.mean(found[name]["detections"])), 2),
             "persons_per_image": round(float(np.mean(found[name]["persons"])), 2),
             "network_input": list(settings[name].input_size([CAMERA])),
+            "backend": settings[name].backend,
+            "precision": settings[name].precision.name,
             "calls": len(call.parts["forward"]),
         }
     return record
@@ -127,22 +157,24 @@ def render(record: dict[str, Any]) -> str:
         f"640x480 ({record['images']} images x {record['rounds']} rounds), score thresholds "
         f"{record['score_threshold']}, segmentation resampling nearest; medians.",
         "",
-        "| weights | network input | precision | detections / image | persons / image | preprocess ms | "
-        "forward ms | decode ms | decode / forward |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| weights | network input | backend | precision | detections / image | persons / image | "
+        "preprocess ms | forward ms | decode ms | decode / forward |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in record["settings"].items():
         kind = "demo (trained)" if name.startswith("demo") else "random init"
         height, width = row["network_input"]
         ms = row["median_ms"]
-        precision = name.partition("/")[2].removesuffix("+graphs") or "fp32"
+        precision = row.get("precision", name.partition("/")[2].removesuffix("+graphs") or "fp32")
         precision += ", CUDA graphs" if name.endswith("+graphs") else ""
         lines.append(
-            f"| {kind} | {width}x{height} | {precision} | {row['detections_per_image']} | "
+            f"| {kind} | {width}x{height} | {row.get('backend', 'torch')} | {precision} | "
+            f"{row['detections_per_image']} | "
             f"{row['persons_per_image']} | "
             f"{ms['preprocess']} | {ms['forward']} | {ms['decode']} | {100 * row['decode_share']:.1f} % |"
         )
-    return "\n".join([*lines, "", "Target: decode <= 5 % of the forward.", ""])
+    notes = [f"Not measured: {note}" for note in record.get("skipped", [])]
+    return "\n".join([*lines, "", "Target: decode <= 5 % of the forward.", *notes, ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads; default 2")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--precisions", nargs="+", default=["fp32"], help="fp32 (default), fp16, bf16")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], help="CUDA: fp32 (default), fp16, bf16")
     parser.add_argument("--cuda-graphs", action="store_true", help="each setting also with cuda_graphs")
+    parser.add_argument(
+        "--backends", nargs="+", choices=list(CPU_BACKENDS), default=list(CPU_BACKENDS),
+        help="CPU only: torch (fp32), onnxruntime (fp32), int8 (ONNX Runtime); default all",
+    )  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not 1 <= args.images <= DEMO_VAL.images:
@@ -161,9 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("decode_share: no CUDA device here (torch.cuda.is_available() is False); nothing written")
         return 2
-    settings = predictors(args.threads, args.device, tuple(args.precisions), args.cuda_graphs)
+    skipped = []
+    if "int8" in args.backends and device.type == "cpu" and not cpu_int8_native():
+        args.backends.remove("int8")
+        flags = ", ".join(NATIVE_INT8_FLAGS)
+        skipped.append(f"int8: this CPU has none of {flags} (the node runs fp32 there)")
     with tempfile.TemporaryDirectory() as tmp:
         images = camera_scenes(Path(tmp), args.images)
+        calibration = generate_dataset(Path(tmp) / "calibration", CALIBRATION_SCENES, 0, CAMERA, "train")
+        settings = predictors(
+            args.threads, args.device, tuple(args.precisions), args.cuda_graphs, tuple(args.backends),
+            calibration["images"],
+        )  # fmt: skip
     record: dict[str, Any] = {
         "command": shlex.join(["python", "bench/decode_share.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -172,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "score_threshold": SCORE_THRESHOLD,
         "settings": measure(settings, images, args.rounds),
+        "skipped": skipped,
         "machine": machine(),
         "versions": versions(),
         "git": git_commit(),
