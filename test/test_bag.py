@@ -256,6 +256,28 @@ def test_staged_output_never_replaces_on_failure(tmp_path: Path) -> None:
     assert [p.name for p in final.iterdir()] == ["new.txt"]
 
 
+def test_staged_output_can_keep_what_a_failed_run_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    final = tmp_path / "run"
+    kept = tmp_path / f"run.failed-{os.getpid()}"
+    with pytest.raises(BagError) as error, staged_output(final, keep_failed=True) as staged:
+        staged.mkdir()
+        (staged / "node.log").write_text("log")
+        raise BagError("lockstep: frame 7 not answered")
+    assert str(error.value) == f"lockstep: frame 7 not answered; what it wrote before failing is in {kept}"
+    assert not final.exists() and (kept / "node.log").read_text() == "log"
+    with pytest.raises(KeyboardInterrupt), staged_output(final, keep_failed=True) as staged:
+        staged.mkdir()
+        (staged / "node.log").write_text("again")
+        raise KeyboardInterrupt
+    assert (kept / "node.log").read_text() == "again"  # the same process's earlier one replaced
+    assert capsys.readouterr().err.strip() == f"KeyboardInterrupt: what it wrote before failing is in {kept}"
+    with pytest.raises(BagError, match=r"^nothing yet$"), staged_output(tmp_path / "b", keep_failed=True):
+        raise BagError("nothing yet")  # nothing written: nothing kept, the message as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+
+
 # -- bad input: one message, exit status 2, nothing replaced -----------------------------------------------
 def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], *phrases: str) -> str:
     assert main(argv) == 2

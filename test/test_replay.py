@@ -153,7 +153,7 @@ def test_output_bag_is_a_standard_rosbag(inputs: dict[str, Path], run_dir: Path)
 
     classes = {"/mcn_node/detections": Detection2DArray, "/mcn_node/poses": HumanPose2DArray,
                "/mcn_node/segmentation": Image, "/mcn_node/label_info": LabelInfo,
-               "/mcn_node/pose_info": PoseInfo}  # fmt: skip
+               "/mcn_node/segmentation/label_info": LabelInfo, "/mcn_node/pose_info": PoseInfo}  # fmt: skip
     stamps = set(read_ground_truth(inputs["bag"]).image_of_stamp)
     seen: dict[str, int] = {}
     with Reader(run_dir / "lockstep" / "outputs") as reader:
@@ -167,29 +167,75 @@ def test_output_bag_is_a_standard_rosbag(inputs: dict[str, Path], run_dir: Path)
             if not connection.topic.endswith("_info"):
                 assert message.header.stamp.sec * 1_000_000_000 + message.header.stamp.nanosec in stamps
     assert seen == {"/mcn_node/detections": 6, "/mcn_node/poses": 6, "/mcn_node/segmentation": 6,
-                    "/mcn_node/label_info": 1, "/mcn_node/pose_info": 1}  # fmt: skip
+                    "/mcn_node/label_info": 1, "/mcn_node/segmentation/label_info": 1,
+                    "/mcn_node/pose_info": 1}  # fmt: skip
+
+
+def _recording(source: Path, out: Path, drop: tuple[str, ...] = (), log: bool = False) -> Path:
+    """A copy of the output bag ``source`` without the topics ``drop``; ``log``: with a /rosout message and a
+    /parameter_events one too, as ``ros2 bag record -a`` has them (types without a header)."""
+    from rosbags.rosbag2 import Reader
+
+    from mcn_ros.bag.bagio import OutputBagWriter, serialize
+    from mcn_ros.bag.typestore import typestore
+
+    writer = OutputBagWriter(out, "mcap")
+    with Reader(source) as reader:
+        kept = [c for c in reader.connections if c.topic not in drop]
+        for connection in kept:
+            writer.add_topic(connection.topic, connection.msgtype)
+        for connection, time_ns, raw in reader.messages(connections=kept):
+            writer.write(connection.topic, time_ns, raw)
+    if log:
+        types = typestore().types
+        stamp = types["builtin_interfaces/msg/Time"](sec=1, nanosec=0)
+        log_type, event_type = "rcl_interfaces/msg/Log", "rcl_interfaces/msg/ParameterEvent"
+        extra = {
+            "/rosout": (log_type, types[log_type](
+                stamp=stamp, level=20, name="mcn_node", msg="active", file="node.py", function="f", line=1
+            )),
+            "/parameter_events": (event_type, types[event_type](
+                stamp=stamp, node="/mcn_node", new_parameters=[], changed_parameters=[], deleted_parameters=[]
+            )),
+        }  # fmt: skip
+        for topic, (msgtype, message) in extra.items():
+            writer.add_topic(topic, msgtype)
+            writer.write(topic, 1, serialize(message, msgtype))
+    writer.close()
+    return out
 
 
 def test_evaluate_a_recorded_bag_and_a_baseline(
     inputs: dict[str, Path], run_dir: Path, tmp_path: Path
 ) -> None:
-    """An output bag alone (as `ros2 bag record` writes one) scores like the replay; a baseline regresses."""
+    """An output bag alone (as `ros2 bag record` writes one, also with -a) scores like the replay, the class
+    names from the node's LabelInfos; a baseline regresses."""
     report = read_json(run_dir / "report.json")
+    outputs = run_dir / "lockstep" / "outputs"
+    recording = _recording(outputs, tmp_path / "record_all", log=True)
     code, _, err = main(
-        "evaluate", "--outputs", str(run_dir / "lockstep" / "outputs"), "--ground-truth", str(inputs["bag"]),
+        "evaluate", "--outputs", str(recording), "--ground-truth", str(inputs["bag"]),
         "--report-dir", str(tmp_path / "recorded"),
     )  # fmt: skip
     assert code == 0, err
     recorded = read_json(tmp_path / "recorded" / "report.json")
-    assert recorded["classes"]["source"].startswith("LabelInfo")
-    for metric in ("bbox_AP", "kp_AP"):
+    assert recorded["classes"]["source"] == "LabelInfo"
+    assert recorded["classes"]["segmentation"] == report["classes"]["segmentation"]
+    for metric in ("bbox_AP", "kp_AP", "mIoU"):
         assert recorded[metric] == pytest.approx(report[metric], abs=1e-9)
-    # The node publishes no segmentation class names: without the weights the class map is not scored (the
-    # detection classes used to be assumed), and the report says why; with them it scores like the replay.
-    assert recorded["mIoU"] is None
-    assert any("segmentation not scored" in note for note in recorded["notes"]), recorded["notes"]
+    # Without ~/segmentation/label_info (a node before it had one) the class map is not scored, and the
+    # report says why; with the weights it scores like the replay.
+    older = _recording(outputs, tmp_path / "older", drop=("/mcn_node/segmentation/label_info",))
     code, _, err = main(
-        "evaluate", "--outputs", str(run_dir / "lockstep" / "outputs"), "--ground-truth", str(inputs["bag"]),
+        "evaluate", "--outputs", str(older), "--ground-truth", str(inputs["bag"]),
+        "--report-dir", str(tmp_path / "older_report"),
+    )  # fmt: skip
+    assert code == 0, err
+    without = read_json(tmp_path / "older_report" / "report.json")
+    assert without["mIoU"] is None and without["bbox_AP"] == pytest.approx(report["bbox_AP"], abs=1e-9)
+    assert any("segmentation not scored" in note for note in without["notes"]), without["notes"]
+    code, _, err = main(
+        "evaluate", "--outputs", str(older), "--ground-truth", str(inputs["bag"]),
         "--weights", str(inputs["weights"]), "--no-direct", "--report-dir", str(tmp_path / "with_weights"),
     )  # fmt: skip
     assert code == 0, err
@@ -224,7 +270,11 @@ def test_weights_that_fail_to_load_in_the_node(inputs: dict[str, Path], tmp_path
     )
     assert "configure failed" in error and "missing" in error
     assert [p.name for p in out.iterdir()] == ["earlier.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors", "run"]
+    # What the run wrote (the node's log) is kept beside it, and the one line names where.
+    (kept,) = (p for p in tmp_path.iterdir() if p.name.startswith("run.failed-"))
+    assert error.endswith(f"what it wrote before failing is in {kept}")
+    assert "missing" in (kept / "node.log").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors", "run", kept.name]
 
 
 def test_a_frame_the_node_never_answers(tmp_path: Path, inputs: dict[str, Path]) -> None:
@@ -243,6 +293,15 @@ def test_a_frame_the_node_never_answers(tmp_path: Path, inputs: dict[str, Path])
     assert "frame 1" in error and "/mcn_node/detections" in error and "/mcn_node/segmentation" in error
     assert "within 3 s" in error
     assert not (tmp_path / "run").exists()
+    (kept,) = (p for p in tmp_path.iterdir() if p.name.startswith("run.failed-"))
+    assert str(kept) in error and (kept / "node.log").is_file()
+    from mcn_ros.bag.bagio import read_output_bag
+
+    answered = read_output_bag(kept / "lockstep" / "outputs")  # frame 0's outputs, a readable bag
+    assert [m.stamp_ns for m in answered.messages["/mcn_node/detections"]] == [10**9]
+    records = [json.loads(line) for line in (kept / "lockstep" / "frames.jsonl").read_text().splitlines()]
+    assert [r["stamp_ns"] for r in records] == [t for t, _, _ in frames]
+    assert all(records[0]["arrival_s"].values()) and not any(records[1]["arrival_s"].values())
 
 
 def test_a_compressed_bag_replays_through_the_compressed_transport(

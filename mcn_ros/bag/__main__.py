@@ -179,7 +179,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     publish_topic = args.publish_topic or camera.topic
     source = input_info(camera, content_hash(camera.path), gt)
     with (
-        staged_output(args.out, args.overwrite) as staged,
+        staged_output(args.out, args.overwrite, keep_failed=True) as staged,
         Player(args.node, publish_topic, camera.msgtype, args.outputs, args.startup_timeout) as player,
     ):
         connection = player.connect(camera.frames[0], {f.stamp_ns for f in camera.frames})

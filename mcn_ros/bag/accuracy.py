@@ -52,9 +52,12 @@ class OutputTopics:
     poses: str | None
     segmentation: str | None
     label_info: str | None
+    segmentation_label_info: str | None = None
 
     def present(self) -> dict[str, str]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "label_info"}
+        """The outputs recorded (not the latched class lists)."""
+        outputs = ("detections", "poses", "segmentation")
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k in outputs}
 
 
 def _one(topics: list[str], suffix: str, what: str) -> str | None:
@@ -69,17 +72,39 @@ def _one(topics: list[str], suffix: str, what: str) -> str | None:
 def output_topics(outputs: OutputBag) -> OutputTopics:
     """Find the node's outputs in a bag by type (and the class-map Image by its name, ``segmentation``)."""
     segmentation = [t for t in outputs.topics_of_type(IMAGE) if t.rstrip("/").endswith("/segmentation")]
+    label_infos = outputs.topics_of_type(LABEL_INFO)
+    # The node's ~/segmentation/label_info names the class map's values; ~/label_info the detection ids.
+    segmentation_infos = [t for t in label_infos if t.rstrip("/").endswith("/segmentation/label_info")]
+    detection_infos = [t for t in label_infos if t not in segmentation_infos]
     return OutputTopics(
         detections=_one(outputs.topics_of_type(DETECTIONS), "detections", "Detection2DArray"),
         poses=_one(outputs.topics_of_type(POSES), "poses", "HumanPose2DArray"),
         segmentation=_one(segmentation, "segmentation", "segmentation"),
-        label_info=_one(outputs.topics_of_type(LABEL_INFO), "label_info", "LabelInfo"),
+        label_info=_one(detection_infos, "label_info", "LabelInfo"),
+        segmentation_label_info=_one(segmentation_infos, "label_info", "segmentation LabelInfo"),
     )
 
 
+def _latest_label_map(outputs: OutputBag, topic: str | None) -> dict[int, str] | None:
+    if topic is None or not outputs.messages[topic]:
+        return None
+    return label_map(outputs.messages[topic][-1].message)
+
+
+def segmentation_classes(mapping: Mapping[int, str]) -> list[str]:
+    """The segmentation classes of the node's ``~/segmentation/label_info`` map (0 = background, value ``i``
+    = class ``i - 1``), or a BagError when the map is not of that shape."""
+    if mapping.get(0) != "background" or sorted(mapping) != list(range(len(mapping))):
+        raise BagError(
+            "the segmentation LabelInfo is not the node's (values 0 = background, 1..N the classes); "
+            "pass --weights"
+        )
+    return [mapping[value] for value in range(1, len(mapping))]
+
+
 def resolve_classes(outputs: OutputBag, topics: OutputTopics, weights: Path | None) -> Classes:
-    """The weights' class lists when known; else LabelInfo's for detection, and none for segmentation (the
-    node publishes no segmentation class names: a class map is not scored without the weights)."""
+    """The weights' class lists when known; else the recorded LabelInfos': ``~/label_info`` for detection,
+    ``~/segmentation/label_info`` for segmentation (a class map without it is not scored)."""
     if weights is not None:
         config = weights_metadata(weights)[0]
         return Classes(
@@ -87,13 +112,24 @@ def resolve_classes(outputs: OutputBag, topics: OutputTopics, weights: Path | No
             list(config.segmentation.classes) if config.segmentation is not None else None,
             f"weights {weights}",
         )
-    if topics.label_info is not None and outputs.messages[topics.label_info]:
-        mapping = label_map(outputs.messages[topics.label_info][-1].message)
-        names = [mapping[k] for k in sorted(mapping)]
-        return Classes(names, None, "LabelInfo (detection only: pass --weights to score segmentation)")
-    if topics.detections or topics.segmentation:
-        raise BagError("cannot tell the class names: the output bag has no LabelInfo; pass --weights")
-    return Classes(None, None, "none needed")
+    detection = _latest_label_map(outputs, topics.label_info)
+    segmentation = _latest_label_map(outputs, topics.segmentation_label_info)
+    if topics.detections is not None and detection is None:
+        raise BagError(
+            "cannot tell the detection class names: the output bag has no LabelInfo; pass --weights"
+        )
+    if detection is None and segmentation is None:
+        if topics.segmentation is not None:
+            raise BagError("cannot tell the class names: the output bag has no LabelInfo; pass --weights")
+        return Classes(None, None, "none needed")
+    source = "LabelInfo"
+    if segmentation is None and topics.segmentation is not None:
+        source += " (none for segmentation: pass --weights to score it)"
+    return Classes(
+        [detection[k] for k in sorted(detection)] if detection is not None else None,
+        segmentation_classes(segmentation) if segmentation is not None else None,
+        source,
+    )
 
 
 def _first_by_stamp(outputs: OutputBag, topic: str | None) -> dict[int, Any]:

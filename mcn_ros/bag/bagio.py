@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 import struct
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,16 +231,25 @@ class OutputBag:
         return sorted(t for t, m in self.msgtypes.items() if m == msgtype)
 
 
+def _stamped(store: Any, msgtype: str) -> bool:
+    """Whether messages of ``msgtype`` begin with a ``std_msgs/Header`` named ``header``."""
+    fields = store.fielddefs[msgtype][1]
+    return bool(fields) and fields[0][0] == "header" and fields[0][1][1] == "std_msgs/msg/Header"
+
+
 def read_output_bag(path: str | Path, topics: Sequence[str] | None = None) -> OutputBag:
-    """Deserialize every message (of ``topics``, default all) of a bag of the player / ``ros2 bag record``."""
+    """Deserialize every message (of ``topics``, default all) of a bag of the player / ``ros2 bag record``.
+
+    Topics of types this typestore does not know, or without a header (``/rosout``, ``/parameter_events``,
+    ``/tf`` of a ``ros2 bag record -a``), are left out: outputs are matched to frames by header stamp.
+    """
     path = Path(path)
     store = typestore()
     out = OutputBag(path, {}, {})
     with open_bag(path) as reader:
         chosen = [c for c in reader.connections if topics is None or c.topic in topics]
-        unknown = sorted({c.msgtype for c in chosen if c.msgtype not in store.types})
-        if unknown:
-            chosen = [c for c in chosen if c.msgtype not in unknown]  # e.g. a debug topic of a foreign type
+        # e.g. a debug topic of a foreign type, or the log and parameter events of a recording
+        chosen = [c for c in chosen if c.msgtype in store.types and _stamped(store, c.msgtype)]
         for c in chosen:
             out.msgtypes[c.topic] = c.msgtype
             out.messages.setdefault(c.topic, [])
@@ -322,11 +332,14 @@ def content_hash(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def staged_output(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_output(final: str | Path, overwrite: bool = False, keep_failed: bool = False) -> Iterator[Path]:
     """Yield a path to write ``final`` at (same name, in a hidden temporary folder beside it).
 
     On success the result is renamed to ``final`` (an existing ``final`` is replaced only with
-    ``overwrite``, and only then); on any failure it is removed and ``final`` is left as it was.
+    ``overwrite``, and only then); on any failure ``final`` is left as it was, and what was written is
+    removed, or with ``keep_failed`` (a replay: its node log, the frames answered so far) moved to
+    ``<final>.failed-<pid>`` beside it, which the error message (or, for other exceptions than a
+    :class:`BagError`, a line on stderr) names.
     """
     final = Path(final)
     if final.exists() and not overwrite:
@@ -338,6 +351,17 @@ def staged_output(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield staging / final.name
         replace_path(staging / final.name, final)
+    except BaseException as error:
+        written = staging / final.name
+        if keep_failed and written.exists():
+            kept = final.parent / f"{final.name}.failed-{os.getpid()}"
+            replace_path(written, kept)
+            where = f"what it wrote before failing is in {kept}"
+            if isinstance(error, BagError) and len(error.args) == 1:
+                error.args = (f"{error.args[0]}; {where}",)  # the same error, its one line naming the folder
+            else:
+                print(f"{type(error).__name__}: {where}", file=sys.stderr)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

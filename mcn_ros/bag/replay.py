@@ -1,7 +1,7 @@
 """A replay folder: what one playback of a camera bag through the node leaves behind.
 
     <folder>/outputs/        rosbag2 (mcap): the node's outputs as received, with the input header stamps,
-                             plus its latched ~/label_info and ~/pose_info
+                             plus its latched ~/label_info, ~/segmentation/label_info and ~/pose_info
     <folder>/frames.jsonl    one line per frame (:mod:`mcn_ros.bag.pacing`)
     <folder>/replay.json     pace, input bag (path, sha256, topic), node (name, output topics, parameters),
                              node process CPU / memory, durations, the command
@@ -73,15 +73,20 @@ def record_phase(
         for f in camera.frames
     ]
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    result = player.play(
-        camera.frames,
-        image_ids,
-        pace,
-        folder / OUTPUT_BAG,
-        rate_factor=rate_factor,
-        timeout_s=timeout_s,
-        node_pid=node_pid,
-    )
+    try:
+        result = player.play(
+            camera.frames,
+            image_ids,
+            pace,
+            folder / OUTPUT_BAG,
+            rate_factor=rate_factor,
+            timeout_s=timeout_s,
+            node_pid=node_pid,
+        )
+    except BaseException:
+        if player.records:  # the frames as far as they went, beside the outputs received (a failed run keeps)
+            write_records(folder / FRAMES, player.records)
+        raise
     write_records(folder / FRAMES, result.records)
     info = {
         "format": "mcn_ros.replay",

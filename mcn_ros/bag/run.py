@@ -190,7 +190,7 @@ def run(
     params_path = Path(params_file) if params_file is not None else default_params_file()
     command = node_command(weights, node, image_topic, params_path, [*extra, *parse_params(params)])
     added = use_shipped_profile()  # before the player's participant; the node inherits it
-    with staged_output(out, overwrite) as staged:
+    with staged_output(out, overwrite, keep_failed=True) as staged:
         staged.mkdir()
         for name, path in added.items():
             log(f"[run] Fast DDS profile for camera-sized frames: {name}={path}")

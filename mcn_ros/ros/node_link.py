@@ -35,6 +35,7 @@ OUTPUTS: dict[str, tuple[str, str]] = {
 }
 LATCHED: dict[str, tuple[str, str]] = {
     "label_info": ("label_info", LABEL_INFO),
+    "segmentation_label_info": ("segmentation/label_info", LABEL_INFO),
     "pose_info": ("pose_info", POSE_INFO),
 }
 #: Node parameters recorded with each replay (the direct evaluation runs the model with the same ones: every

@@ -44,6 +44,9 @@ class Player(NodeLink):
     Use as a context manager: ``connect()`` once, then ``play()`` as often as wanted (lockstep, rate...).
     """
 
+    #: The frames of the latest :meth:`play`: all of them, or as far as a failed playback went.
+    records: Sequence[FrameRecord] = ()
+
     # -- playback -----------------------------------------------------------------------------------------
     def play(
         self,
@@ -56,7 +59,11 @@ class Player(NodeLink):
         timeout_s: float = 10.0,
         node_pid: int | None = None,
     ) -> PlayResult:
-        """Play ``frames`` at ``pace``; record the outputs into ``out_bag`` (a path that must not exist)."""
+        """Play ``frames`` at ``pace``; record the outputs into ``out_bag`` (a path that must not exist).
+
+        Should the playback fail (a timeout, Ctrl-C), the outputs received until then stay in ``out_bag``, a
+        complete bag, and :attr:`records` holds the frames as far as they went; then the error is raised.
+        """
         if pace not in ("lockstep", "rate"):
             raise BagError(f"pace {pace!r}: expected lockstep or rate")
         keys = list(self.topics)
@@ -79,26 +86,22 @@ class Player(NodeLink):
             FrameRecord(i, f.stamp_ns, image_ids[i], 0, None, {k: None for k in keys})
             for i, f in enumerate(frames)
         ]
+        self.records = records
         try:
             if pace == "lockstep":
                 self._lockstep(frames, records, keys, t0, timeout_s)
             else:
                 self._rate(frames, records, keys, t0, rate_factor, timeout_s)
-        except BaseException:
-            self._stop_recording(writing, [])
-            writer.abort()
-            if monitor is not None:
-                monitor.stop()
-            raise
-        end_ns = time.monotonic_ns() - t0
-        arrived, counts = self._stop_recording(writing, stamps)
-        process = monitor.stop() if monitor is not None else None
-        writer.close()
-        for record in records:
-            for key, arrival in arrived[record.stamp_ns].items():
-                if key in record.arrivals_ns:
-                    record.arrivals_ns[key] = arrival - t0
-            record.counts = counts[record.stamp_ns]
+        finally:
+            end_ns = time.monotonic_ns() - t0
+            arrived, counts = self._stop_recording(writing, stamps)
+            process = monitor.stop() if monitor is not None else None
+            writer.close()
+            for record in records:
+                for key, arrival in arrived[record.stamp_ns].items():
+                    if key in record.arrivals_ns:
+                        record.arrivals_ns[key] = arrival - t0
+                record.counts = counts[record.stamp_ns]
         summary = {
             "pace": pace,
             "rate_factor": rate_factor if pace == "rate" else None,
