@@ -396,3 +396,20 @@ def test_make_refuses_to_overwrite(bag: Path, coco: Path, capsys: pytest.Capture
         capsys, ["make", "--coco", str(coco), "--split", "nope", "--out", str(bag) + "2"], "no image folder"
     )
     assert sorted(p.name for p in bag.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--rate-factor", "0"), ("--rate-factor", "-1"), ("--rate-factor", "nan"), ("--timeout", "inf"),
+     ("--startup-timeout", "0"), ("--latency-tolerance", "-0.1"), ("--rate-factor", "fast")],
+)  # fmt: skip
+def test_bad_numbers_are_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    """Checked by the argument parser (exit 2, the option named), not after a replay phase has run."""
+    argv = ["run", "--bag", str(tmp_path / "none"), "--weights", str(tmp_path / "w.safetensors")]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--out", str(tmp_path / "o"), option, value])
+    assert exited.value.code == 2
+    assert option in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -7,6 +7,7 @@ names the problem (a bag, a topic, a ground truth, a node, a weights file).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,19 +18,40 @@ from mcn_ros.bag import BagError
 PROG = "python -m mcn_ros.bag"
 
 
+def _number(text: str, zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        least = "of at least" if zero else "above"
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number {least} 0")
+    return value
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a finite number above 0 (a rate, a factor, seconds)."""
+    return _number(text, zero=False)
+
+
+def _tolerance(text: str) -> float:
+    """An argparse type: a finite number of at least 0."""
+    return _number(text, zero=True)
+
+
 def _add_baseline(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baseline", type=Path, help="a previous report.json: exit 1 naming the figures that regressed"
     )
     parser.add_argument(
         "--ap-tolerance",
-        type=float,
+        type=_tolerance,
         default=0.01,
         help="allowed accuracy drop, as a fraction (default 0.01 = 1 point)",
     )
     parser.add_argument(
         "--latency-tolerance",
-        type=float,
+        type=_tolerance,
         default=0.2,
         help="allowed rise of the p95 latency, as a fraction of the baseline's (default 0.2 = 20%%)",
     )
@@ -49,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     make.add_argument("--out", type=Path, required=True, help="bag folder to write (must not exist)")
     make.add_argument("--topic", help="camera topic (default /camera/image_raw[/compressed])")
     make.add_argument("--frame-id", default="camera", help="header.frame_id (default camera)")
-    make.add_argument("--rate", type=float, default=10.0, help="frames per second (default 10)")
+    make.add_argument("--rate", type=_positive, default=10.0, help="frames per second (default 10)")
     make.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage (JPEG)")
     make.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     make.add_argument("--max-images", type=int, help="first N images (by id) only")
@@ -62,7 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     replay.add_argument("--bag", type=Path, required=True, help="input bag folder")
     replay.add_argument("--out", type=Path, required=True, help="replay folder to write")
     replay.add_argument("--pace", choices=("lockstep", "rate"), default="lockstep")
-    replay.add_argument("--rate-factor", type=float, default=1.0, help="rate mode: times the recorded rate")
+    replay.add_argument(
+        "--rate-factor", type=_positive, default=1.0, help="rate mode: times the recorded rate"
+    )
     replay.add_argument("--topic", help="camera topic in the bag (default: its only image topic)")
     replay.add_argument("--publish-topic", help="topic to publish on (default: the bag's topic)")
     replay.add_argument("--node", default="/mcn_node", help="the node's full name (default /mcn_node)")
@@ -94,7 +118,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--weights", type=Path, required=True, help="weights file (.safetensors)")
     run.add_argument("--out", type=Path, required=True, help="run folder to write")
     run.add_argument("--pace", choices=("lockstep", "rate", "both"), default="both")
-    run.add_argument("--rate-factor", type=float, default=1.0, help="rate mode: times the recorded rate")
+    run.add_argument("--rate-factor", type=_positive, default=1.0, help="rate mode: times the recorded rate")
     run.add_argument("--topic", help="camera topic in the bag (default: its only image topic)")
     run.add_argument("--ground-truth", type=Path, help="ground truth (default: the bag's ground_truth.json)")
     run.add_argument("--node", default="/mcn_node", help="name given to the node (default /mcn_node)")
@@ -121,11 +145,11 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
 
 def _add_common_timing(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds a frame may wait for its outputs"
+        "--timeout", type=_positive, default=10.0, help="seconds a frame may wait for its outputs"
     )
     parser.add_argument(
         "--startup-timeout",
-        type=float,
+        type=_positive,
         default=90.0,
         help="seconds to wait for the node to come up and answer",
     )
