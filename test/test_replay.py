@@ -252,6 +252,26 @@ def test_evaluate_a_recorded_bag_and_a_baseline(
     assert "bbox_AP" in err and "regressed" in err
 
 
+def test_evaluate_where_the_nodes_weights_are_not(run_dir: Path, tmp_path: Path) -> None:
+    """A run made with weights on another machine (a robot) is scored from its recorded LabelInfos."""
+    import shutil
+
+    copy = tmp_path / "from_robot"
+    shutil.copytree(run_dir, copy)
+    for info in copy.glob("*/replay.json"):
+        replay = read_json(info)
+        replay["node"]["parameters"]["weights"] = "/robot/ws/model.safetensors"
+        info.write_text(json.dumps(replay))
+    code, _, err = main("evaluate", str(copy), "--report-dir", str(tmp_path / "report"))
+    assert code == 0, err
+    report, original = read_json(tmp_path / "report" / "report.json"), read_json(run_dir / "report.json")
+    assert report["classes"]["source"] == "LabelInfo"
+    for metric in ("bbox_AP", "kp_AP", "mIoU"):
+        assert report[metric] == pytest.approx(original[metric], abs=1e-9)
+    assert report["direct_bbox_AP"] is None and original["direct_bbox_AP"] is not None
+    assert any("/robot/ws/model.safetensors are not on this machine" in n for n in report["notes"])
+
+
 def _one_line_error(done: tuple[int, str, str]) -> str:
     code, out, err = done
     assert code == 2, out + err

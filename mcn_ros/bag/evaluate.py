@@ -90,8 +90,15 @@ def evaluate_run(
     input_bag = source.get("bag")
     node_info: dict[str, Any] = first.get("node", {})
     parameters: dict[str, Any] = dict(node_info.get("parameters", {}))
+    notes: list[str] = []
     if weights is None and parameters.get("weights"):
-        weights = parameters["weights"]
+        if Path(parameters["weights"]).is_file():
+            weights = parameters["weights"]
+        else:  # e.g. replayed into a node on a robot, evaluated elsewhere: the recorded LabelInfos serve
+            notes.append(
+                f"the node's weights {parameters['weights']} are not on this machine: class names from the "
+                "recorded LabelInfo, no direct run (pass --weights to have both)"
+            )
     weights_path = Path(weights) if weights else None
     if weights_path is not None and not weights_path.is_file():
         raise BagError(
@@ -99,7 +106,6 @@ def evaluate_run(
         )
 
     gt: GroundTruth | None = None
-    notes: list[str] = []
     if ground_truth is not None:
         gt = read_ground_truth(ground_truth)
         if input_bag is not None and Path(input_bag).is_dir():
