@@ -250,6 +250,14 @@ def test_compare_to_baseline() -> None:
     assert compare_to_baseline(worse, base, ap_tolerance=0.05, latency_tolerance=0.6) == []
     better = {**base, "bbox_AP": 0.9, "latency_ms": {"p95": 1.0}}
     assert compare_to_baseline(better, base) == []
+    # A lockstep replay's latency is not compared with a rate replay's, nor rates of another factor.
+    rate = {**base, "timing_from": "rate", "config": {"paces": {"rate": {"rate_factor": 1.0}}}}
+    lockstep = {**worse, "bbox_AP": base["bbox_AP"], "timing_from": "lockstep",
+                "config": {"paces": {"lockstep": {"rate_factor": None}}}}  # fmt: skip
+    faster = {**lockstep, "timing_from": "rate", "config": {"paces": {"rate": {"rate_factor": 4.0}}}}
+    assert compare_to_baseline(lockstep, rate) == [] and compare_to_baseline(faster, rate) == []
+    same = {**faster, "config": {"paces": {"rate": {"rate_factor": 1.0}}}}
+    assert len(compare_to_baseline(same, rate)) == 2  # overall and one topic, as above
 
 
 def test_sampler_picks_evenly_spaced_frames() -> None:

@@ -220,13 +220,23 @@ def _finish_report(
 ) -> tuple[dict[str, Path], list[str]]:
     """Compare with ``--baseline`` (into the summary), then write the report files into ``folder``."""
     from mcn_ros.bag.evaluate import read_baseline, write
-    from mcn_ros.bag.report import compare_to_baseline
+    from mcn_ros.bag.report import compare_to_baseline, latency_basis, latency_comparable
 
     regressions: list[str] = []
     if args.baseline is not None:
+        baseline = read_baseline(args.baseline)
         regressions = compare_to_baseline(
-            evaluation.summary, read_baseline(args.baseline), args.ap_tolerance, args.latency_tolerance
+            evaluation.summary, baseline, args.ap_tolerance, args.latency_tolerance
         )
+        if not latency_comparable(evaluation.summary, baseline):
+            (now, now_factor), (before, before_factor) = (
+                latency_basis(evaluation.summary),
+                latency_basis(baseline),
+            )
+            evaluation.summary["notes"].append(
+                f"latency not compared with the baseline: its is from a {before} replay (rate factor "
+                f"{before_factor}), this one's from a {now} replay (rate factor {now_factor})"
+            )
         evaluation.summary["baseline"] = {
             "path": str(args.baseline),
             "ap_tolerance": args.ap_tolerance,

@@ -104,6 +104,20 @@ def _to_jsonable(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------- baseline
 
 
+def latency_basis(summary: Mapping[str, Any]) -> tuple[Any, Any]:
+    """What a report's headline latency was measured in: (``timing_from``, that replay's rate factor);
+    None where the report does not say."""
+    phase = summary.get("timing_from")
+    return phase, nested_get(summary, "config", "paces", phase, "rate_factor") if phase else None
+
+
+def latency_comparable(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> bool:
+    """Whether two reports' latencies were measured alike (the same pace and rate factor; where either
+    report does not say, they are taken to be)."""
+    now, before = latency_basis(current), latency_basis(baseline)
+    return now[0] is None or before[0] is None or now == before
+
+
 def compare_to_baseline(
     current: Mapping[str, Any],
     baseline: Mapping[str, Any],
@@ -114,7 +128,8 @@ def compare_to_baseline(
 
     Accuracy (every key of :data:`ACCURACY_KEYS`, lockstep, under load and model alone) regresses when it
     drops by more than ``ap_tolerance`` (absolute, fractions: 0.01 = one point); the p95 latency, overall
-    and per topic, when it rises by more than ``latency_tolerance`` (relative: 0.2 = 20 %). Figures
+    and per topic, when it rises by more than ``latency_tolerance`` (relative: 0.2 = 20 %), if both were
+    measured alike (:func:`latency_comparable`: a lockstep replay's latency is not a rate replay's). Figures
     missing (or None) on either side are skipped. Empty when nothing regressed.
     """
     regressions: list[str] = []
@@ -126,6 +141,8 @@ def compare_to_baseline(
                     f"{name}: {100 * before:.1f} -> {100 * now:.1f} "
                     f"({100 * (now - before):+.1f} points, tolerance {100 * ap_tolerance:.1f})"
                 )
+    if not latency_comparable(current, baseline):
+        return regressions
     pairs: list[tuple[str, Any, Any]] = [
         ("latency p95", nested_get(current, "latency_ms", "p95"), nested_get(baseline, "latency_ms", "p95"))
     ]
