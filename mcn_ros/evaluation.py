@@ -56,6 +56,9 @@ class EvalReport:
     per_class_AP: dict[str, float] = field(default_factory=dict)  # noqa: N815
     #: Number of images evaluated.
     num_images: int = 0
+    #: Detection classes with no category of that name in the dataset: left out of the box AP, their
+    #: predictions too (the ground truth cannot judge them).
+    classes_not_in_dataset: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready mapping."""
@@ -202,7 +205,8 @@ def evaluate(
     """Evaluate predictions (image id -> Results in original pixels) on the images they cover.
 
     Boxes are evaluated when ``detection_classes`` is given and the Results carry detections (categories
-    restricted to those classes); keypoints when the Results carry poses and the ground truth has keypoints
+    restricted to those classes; classes the dataset has no category for are left out and listed in
+    ``classes_not_in_dataset``); keypoints when the Results carry poses and the ground truth has keypoints
     (category person, COCO's 17 OKS sigmas); segmentation when ``segmentation_classes`` is given and the
     Results carry a class map. No predictions at all for a task gives AP 0.0, not an error.
     """
@@ -216,7 +220,15 @@ def evaluate(
 
     with_det = [i for i in image_ids if predictions[i].detections is not None]
     if detection_classes is not None and with_det:
-        cat_ids = category_ids(coco_gt, detection_classes)
+        by_name = {cat["name"]: int(cid) for cid, cat in coco_gt.cats.items()}
+        report.classes_not_in_dataset = [name for name in detection_classes if name not in by_name]
+        category_of = {i: by_name[name] for i, name in enumerate(detection_classes) if name in by_name}
+        if not category_of:
+            raise KeyError(
+                f"none of the {len(detection_classes)} detection classes is among the dataset's categories "
+                f"({', '.join(sorted(by_name)[:10])}...): are these the weights for this dataset?"
+            )
+        cat_ids = list(category_of.values())
         dets: list[dict[str, Any]] = []
         for image_id in with_det:
             d = predictions[image_id].detections
@@ -224,14 +236,15 @@ def evaluate(
             xywh = np.asarray(d.boxes, np.float64).reshape(-1, 4).copy()
             xywh[:, 2:] -= xywh[:, :2]
             for box, score, cls in zip(xywh, d.scores, d.class_ids, strict=True):
-                dets.append(
-                    {
-                        "image_id": image_id,
-                        "category_id": cat_ids[int(cls)],
-                        "bbox": [round(float(v), 3) for v in box],
-                        "score": float(score),
-                    }
-                )
+                if int(cls) in category_of:
+                    dets.append(
+                        {
+                            "image_id": image_id,
+                            "category_id": category_of[int(cls)],
+                            "bbox": [round(float(v), 3) for v in box],
+                            "score": float(score),
+                        }
+                    )
         if dets:
             evaluator = COCOeval(coco_gt, _load_results(coco_gt, dets), "bbox")
             evaluator.params.imgIds = with_det

@@ -106,6 +106,27 @@ def test_per_class_ap_perfect_class_and_missing_class(coco: COCO) -> None:
     assert report.per_class_IoU == {}  # no segmentation asked for
 
 
+def test_classes_the_dataset_lacks_are_left_out_and_named(coco: COCO) -> None:
+    """A model with more classes than the dataset (an 80-class model on driving data): the dataset's own
+    classes are scored as before, the others and their predictions left out, and listed."""
+    results = _gt_results(coco)
+    wider = (*DET, "forklift", "drone")  # not COCO categories
+    for result in results.values():  # a confident forklift in every image: no category to judge it by
+        d = result.detections
+        assert d is not None
+        result.detections = Detections(
+            np.concatenate([d.boxes, [[0, 0, 20, 20]]]).astype(np.float32),
+            np.concatenate([d.scores, [0.99]]).astype(np.float32),
+            np.concatenate([d.class_ids, [wider.index("forklift")]]),
+        )
+    report = evaluate(coco, results, wider, None)
+    assert report.bbox_AP == pytest.approx(1.0)
+    assert report.classes_not_in_dataset == ["forklift", "drone"]
+    assert evaluate(coco, _gt_results(coco), DET, None).classes_not_in_dataset == []
+    with pytest.raises(KeyError, match="none of the 2 detection classes"):
+        evaluate(coco, results, ("forklift", "drone"), None)
+
+
 def test_per_class_ap_mean_is_the_overall_ap(coco: COCO) -> None:
     report = evaluate(coco, _gt_results(coco, box_shift=2.0), DET, None)
     assert report.bbox_AP is not None and 0.05 < report.bbox_AP < 0.95

@@ -6,6 +6,7 @@ Tiny runs: the ResNet-18 three-task MCN at 64x64 on 12 synthetic images, batch 4
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -292,3 +293,27 @@ def test_config_round_trip_and_overrides() -> None:
     assert (paper.optim.name, paper.optim.lr, paper.optim.batch_size) == ("adam", 5e-4, 128)
     assert paper.schedule.epochs == 140 and paper.schedule.lr_drops == (90.0, 120.0)
     assert (paper.loss.size, paper.loss.seg) == (0.1, 5.0)
+
+
+def test_model_classes_the_dataset_lacks_train_and_evaluate(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dataset whose categories are only the classes it uses (a custom one), under the 80-class config:
+    training says which classes get no targets, and the evaluation scores the rest instead of stopping."""
+    import shutil
+
+    custom = tmp_path / "custom"
+    shutil.copytree(data, custom)
+    for instances in custom.glob("annotations/instances_*.json"):
+        dataset = json.loads(instances.read_text())
+        used = {a["category_id"] for a in dataset["annotations"]}
+        dataset["categories"] = [c for c in dataset["categories"] if c["id"] in used]
+        instances.write_text(json.dumps(dataset))
+    log = logging.getLogger("mcn_training")  # its own console handler, not propagated: listen on it
+    log.addHandler(caplog.handler)
+    try:
+        summary = run_train(*base_args(custom, tmp_path / "run", "schedule.max_steps=1"))
+    finally:
+        log.removeHandler(caplog.handler)
+    assert summary["global_step"] == 1 and summary["last_metrics"]["bbox_AP"] is not None
+    assert any("have no category in instances_val" in r.getMessage() for r in caplog.records)

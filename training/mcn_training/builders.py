@@ -70,6 +70,19 @@ def build_datasets(cfg: TrainConfig, model_config: ModelConfig, need_train: bool
             "instances": str(train_files.instances),
         }
     val_full = make(val_files, None)
+    categories = {str(cat["name"]) for cat in val_full.coco.cats.values()}
+    heads = {"detection": model_config.detection, "segmentation": model_config.segmentation}
+    classes = {what: list(head.classes) for what, head in heads.items() if head is not None}
+    absent = {what: [n for n in names if n not in categories] for what, names in classes.items()}
+    for what, names in absent.items():
+        if names:  # e.g. an 80-class model fine-tuned on driving data: legitimate, but worth knowing
+            LOG.warning(
+                "data: %d of the model's %d %s classes have no category in %s (%s%s): they get no training "
+                "targets%s", len(names), len(classes[what]), what, val_files.instances.name,
+                ", ".join(names[:5]), "..." if len(names) > 5 else "",
+                " and are left out of the box AP" if what == "detection" else "",
+            )  # fmt: skip
+    info["classes_not_in_dataset"] = absent
     val: Dataset[dict[str, torch.Tensor]] = val_full
     val_coco = val_full.coco
     if cfg.eval.max_images is not None and cfg.eval.max_images < len(val_full):
