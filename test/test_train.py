@@ -243,6 +243,8 @@ def test_atomic_checkpoint_write_survives_a_crash(tmp_path: Path) -> None:
         (["data.workers=true"], r"data\.workers: expected an integer, got True"),
         (["schedule.lr_drop_unit=fraction"], r"schedule\.lr_drops: fractions must be <= 1, got \(1\.5,\)"),
         (["data.augment.flip=1"], r"data\.augment\.flip: unknown field"),
+        (["runtime.seed=-1"], r"runtime\.seed: .*0"),
+        (["runtime.seed=4294967296"], r"runtime\.seed: .*4294967296"),
         (["model=nowhere.yaml"], r"model: cannot read model config nowhere\.yaml"),
         (["data.train_split=training"], r"data: no image folder for split 'training'"),
     ],
@@ -317,3 +319,14 @@ def test_model_classes_the_dataset_lacks_train_and_evaluate(
         log.removeHandler(caplog.handler)
     assert summary["global_step"] == 1 and summary["last_metrics"]["bbox_AP"] is not None
     assert any("have no category in instances_val" in r.getMessage() for r in caplog.records)
+
+
+def test_weights_are_evaluated_once_where_step_and_epoch_evaluations_meet(data: Path, tmp_path: Path) -> None:
+    """eval.every_steps a multiple of the epoch (3 steps): step 3's evaluation serves the epoch's end."""
+    summary = run_train(
+        *base_args(data, tmp_path / "run", "schedule.max_steps=4"),
+        "eval.every_steps=3",
+        "eval.every_epochs=1",
+    )
+    steps = [entry["step"] for entry in summary["history"]]
+    assert steps == sorted(set(steps)) and 3 in steps and 4 in steps, summary["history"]

@@ -213,7 +213,7 @@ class RuntimeConfig(_Section):
     #: runs on CPU). ``--amp`` sets "bf16" (fp16 where the GPU lacks bf16). Default null.
     amp: Annotated[str, one_of("off", "bf16", "fp16")] | None = None
     #: Seed of the model initialisation, the sampling order and the per-sample augmentation. Default 317.
-    seed: int = 317
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 317  # numpy's seeds are 32-bit
     #: torch CPU threads per process; 0 = torch's default. Default 0.
     threads: _Count = 0
     #: channels_last memory format for the images and the model. Default true.

@@ -221,8 +221,8 @@ class Trainer(TrainingRun):
         st.epoch += 1
         st.step_in_epoch = 0
         due = cfg.eval.every_epochs and st.epoch % cfg.eval.every_epochs == 0
-        if due or (self._schedule_done() and cfg.eval.at_end):
-            self._evaluate_and_track()
+        if (due or (self._schedule_done() and cfg.eval.at_end)) and st.last_eval_step != st.global_step:
+            self._evaluate_and_track()  # not again where eval.every_steps just evaluated these weights
         self.save_checkpoint()
         if cfg.checkpoint.keep_epochs:  # every rank: saving syncs BatchNorm buffers
             self.save_checkpoint(self.out / f"checkpoint_epoch{st.epoch:04d}.pt")
