@@ -101,14 +101,51 @@ def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = No
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(instances_json))
     pose_images: set[int] = set()
-    if keypoints_json is None:
-        return coco, pose_images
-    data = json.loads(Path(keypoints_json).read_text(encoding="utf-8"))
-    pose_images.update(int(kp_ann["image_id"]) for kp_ann in data.get("annotations", []))
-    merge_keypoints_into(coco.dataset, data)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
+    if keypoints_json is not None:
+        data = json.loads(Path(keypoints_json).read_text(encoding="utf-8"))
+        pose_images.update(int(kp_ann["image_id"]) for kp_ann in data.get("annotations", []))
+        merge_keypoints_into(coco.dataset, data)
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    names = [Path(instances_json).name] + ([Path(keypoints_json).name] if keypoints_json is not None else [])
+    check_annotations(coco, " + ".join(names))
     return coco, pose_images
+
+
+def _annotation_problem(ann: Mapping[str, Any], coco: COCO) -> str | None:
+    """What is wrong with one annotation's fields (None: nothing), as training and evaluation read them."""
+    if ann.get("image_id") not in coco.imgs:
+        return f"image_id {ann.get('image_id')!r} is not among the images"
+    if ann.get("category_id") not in coco.cats:
+        return f"category_id {ann.get('category_id')!r} is not among the categories"
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+        return f"bbox should be 4 numbers [x, y, width, height], got {bbox!r}"
+    keypoints = ann.get("keypoints")
+    if keypoints is not None and (not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_KEYPOINTS):
+        count = len(keypoints) if isinstance(keypoints, list) else type(keypoints).__name__
+        return f"keypoints should be {3 * NUM_KEYPOINTS} numbers (x, y, v of {NUM_KEYPOINTS}), got {count}"
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, list):
+        if any(not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in segmentation):
+            return "segmentation polygons should each be at least 3 points (x, y, x, y, ...)"
+    elif isinstance(segmentation, dict):
+        if "counts" not in segmentation or "size" not in segmentation:
+            return "an RLE segmentation needs 'counts' and 'size'"
+    elif segmentation is not None:
+        return f"segmentation should be polygons or RLE, got {type(segmentation).__name__}"
+    return None
+
+
+def check_annotations(coco: COCO, source: str) -> None:
+    """A ValueError naming the first annotation of ``coco`` (read from ``source``) whose fields training and
+    evaluation cannot use, so that a bad one stops a run at its start, not hours into it."""
+    for ann in coco.dataset.get("annotations", []):
+        problem = _annotation_problem(ann, coco)
+        if problem is not None:
+            raise ValueError(
+                f"annotation {ann.get('id')!r} (image {ann.get('image_id')!r}) in {source}: {problem}"
+            )
 
 
 def category_ids(coco_gt: COCO, classes: Sequence[str]) -> list[int]:
@@ -121,7 +158,9 @@ def category_ids(coco_gt: COCO, classes: Sequence[str]) -> list[int]:
 
 
 def semantic_target(coco_gt: COCO, image_id: int, classes: Sequence[str]) -> np.ndarray:
-    """Class-id map uint8 [h, w] of one image: 0 background, 1..C = ``classes``, 255 = crowd (ignore).
+    """Class-id map uint8 [h, w] of one image: 0 background, 1..C = ``classes``, 255 = ignore: crowd
+    regions, and the box of an object without a mask (``segmentation`` empty or absent, as in box-only
+    data) where no masked object lies (its pixels are unknown, not background).
 
     Classes missing from the dataset's categories are simply never painted.
     """
@@ -131,10 +170,17 @@ def semantic_target(coco_gt: COCO, image_id: int, classes: Sequence[str]) -> np.
     by_name = {cat["name"]: cid for cid, cat in coco_gt.cats.items()}
     label = {by_name[name]: i + 1 for i, name in enumerate(classes) if name in by_name}
     anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if a["category_id"] in label]
+    masked = [a for a in anns if a.get("segmentation")]
     for ann in anns:
-        if ann.get("iscrowd", 0):
+        if not ann.get("segmentation"):
+            x, y, bw, bh = (float(v) for v in ann["bbox"])
+            target[max(0, int(y)) : int(np.ceil(y + bh)), max(0, int(x)) : int(np.ceil(x + bw))] = (
+                IGNORE_INDEX
+            )
+        elif ann.get("iscrowd", 0):
             target[coco_gt.annToMask(ann).astype(bool)] = IGNORE_INDEX
-    for ann in sorted((a for a in anns if not a.get("iscrowd", 0)), key=lambda a: -float(a.get("area", 0.0))):
+    objects = (a for a in masked if not a.get("iscrowd", 0))
+    for ann in sorted(objects, key=lambda a: -float(a.get("area", 0.0))):
         target[coco_gt.annToMask(ann).astype(bool)] = label[ann["category_id"]]
     return target
 

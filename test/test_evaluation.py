@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from mcn_ros.evaluation import EvalReport, evaluate, semantic_target
+from mcn_ros.evaluation import EvalReport, check_annotations, evaluate, semantic_target
 from mcn_ros.model.results import Detections, Poses, Results
 from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
 
@@ -195,6 +195,47 @@ def test_semantic_target_and_hand_computed_iou() -> None:
     assert report.per_class_IoU == pytest.approx({"background": 14 / 15, "person": 3 / 4, "car": 1.0})
     assert report.mIoU == pytest.approx((14 / 15 + 3 / 4 + 1.0) / 3)
     assert report.bbox_AP is None and report.kp_AP is None
+
+
+def test_an_object_without_a_mask_is_ignored_not_background() -> None:
+    """Box-only annotations (segmentation [] or absent) under a segmentation model: the box is unknown
+    ground, 255, except where a masked object lies (the person square keeps its class)."""
+    gt = _tiny_coco()
+    for segmentation in ([], None):
+        box_only = {"id": 4, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": 6.0, "bbox": [1, 1, 3, 2]}
+        if segmentation is not None:
+            box_only["segmentation"] = segmentation
+        gt.dataset["annotations"] = [*gt.dataset["annotations"][:3], box_only]
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+        expected = np.array(
+            [
+                [1, 1, 0, 0, 255, 255],
+                [1, 1, 255, 255, 0, 0],
+                [0, 255, 2, 2, 2, 2],
+                [0, 0, 0, 0, 0, 0],
+            ],
+            np.uint8,
+        )
+        np.testing.assert_array_equal(semantic_target(gt, 1, ["person", "car"]), expected)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"keypoints": [0] * 50}, "keypoints should be 51 numbers"),
+        ({"bbox": [0, 0, 2]}, "bbox should be 4 numbers"),
+        ({"segmentation": [[0, 0, 2, 0]]}, "segmentation polygons should each be at least 3 points"),
+        ({"segmentation": {"counts": [4]}}, "an RLE segmentation needs 'counts' and 'size'"),
+        ({"category_id": 99}, "category_id 99 is not among the categories"),
+    ],
+)
+def test_unusable_annotations_are_named(change: dict[str, object], problem: str) -> None:
+    gt = _tiny_coco()
+    gt.dataset["annotations"][1].update(change)
+    with pytest.raises(ValueError, match=rf"annotation 2 \(image 1\) in x\.json: {problem}"):
+        check_annotations(gt, "x.json")
+    check_annotations(_tiny_coco(), "x.json")  # the unchanged set passes
 
 
 def test_report_dict_and_table(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from mcn_training import evaluate as evaluate_cli
 from mcn_training import export as export_cli
 from mcn_training import train
 from mcn_training.config import TrainConfigError, load_train_config
+from mcn_training.errors import TrainError
 from mcn_training.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -330,3 +331,51 @@ def test_weights_are_evaluated_once_where_step_and_epoch_evaluations_meet(data: 
     )
     steps = [entry["step"] for entry in summary["history"]]
     assert steps == sorted(set(steps)) and 3 in steps and 4 in steps, summary["history"]
+
+
+def test_a_bad_annotation_stops_the_run_before_its_first_step(data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    custom = tmp_path / "data"
+    shutil.copytree(data, custom)
+    keypoints = custom / "annotations" / "person_keypoints_train.json"
+    dataset = json.loads(keypoints.read_text())
+    bad = dataset["annotations"][0]
+    bad["keypoints"] = bad["keypoints"][:50]
+    keypoints.write_text(json.dumps(dataset))
+    where = "instances_train.json \\+ person_keypoints_train.json"
+    message = rf"annotation {bad['id']} \(image {bad['image_id']}\) in {where}: keypoints should be 51"
+    with pytest.raises(TrainError, match=message):
+        run_train(*base_args(custom, tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_unreadable_image_stops_the_run_with_a_checkpoint_and_one_line(
+    data: Path, tmp_path: Path, workers: int
+) -> None:
+    """An empty image file met mid-run (in a DataLoader worker or not): one line naming the image, exit 2,
+    and the steps done so far in a checkpoint that --resume continues from once the file is fixed."""
+    import shutil
+
+    custom = tmp_path / "data"
+    shutil.copytree(data, custom)
+    images = sorted((custom / "images" / "train").iterdir())
+    good = images[5].read_bytes()
+    images[5].write_bytes(b"")
+    out = tmp_path / "run"
+    argv = [*base_args(custom, out, "schedule.max_steps=9", f"data.workers={workers}")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcn_training.train", *argv], capture_output=True, text=True, env=env,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "image id" in errors[0] and images[5].name in errors[0] and "cannot read image" in errors[0]
+    saved = train.load_checkpoint(out / "checkpoint.pt")
+    assert 0 <= saved["state"]["global_step"] < 9
+    images[5].write_bytes(good)
+    resumed = run_train("--out", str(out), "--resume")
+    assert resumed["global_step"] == 9

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from mcn_ros.evaluation import load_coco, semantic_target
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.labels import NUM_KEYPOINTS
+from mcn_training.errors import DataError
 from mcn_training.targets import build_targets
 from mcn_training.transforms import AugmentConfig, MultitaskTransform
 
@@ -117,7 +118,17 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         return boxes, classes, keypoints
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """One sample; a :class:`DataError` naming the image when it cannot be made."""
         image_id = self.image_ids[index]
+        try:
+            return self._sample(image_id)
+        except Exception as error:
+            path = self.image_dir / str(self.coco.imgs[image_id].get("file_name"))
+            raise DataError(
+                f"{self.instances_json.name}, image id {image_id} ({path}): {type(error).__name__}: {error}"
+            ) from error
+
+    def _sample(self, image_id: int) -> dict[str, Tensor]:
         image = self.load_image(image_id)
         boxes, classes, keypoints = self.annotations(image_id)
         semantic = None

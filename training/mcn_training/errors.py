@@ -5,3 +5,16 @@ from __future__ import annotations
 
 class TrainError(RuntimeError):
     """A training run cannot start or continue (data, checkpoint, devices); the message says why."""
+
+
+class DataError(TrainError):
+    """A sample cannot be read or made into targets; the message names its image."""
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line. An error raised in a DataLoader worker reaches the main process
+    re-raised with the worker's traceback in its message: of that, only the original error's last line."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].partition(": ")[2] or text.splitlines()[-1]
+    return " ".join(text.split())

@@ -50,7 +50,7 @@ from mcn_training.config import (
     model_config_dict,
     resolve_split,
 )
-from mcn_training.errors import TrainError
+from mcn_training.errors import TrainError, one_line
 from mcn_training.trainer import Trainer
 
 # The entry point, and names its callers (the tests) import from here though they live in other modules.
@@ -215,7 +215,7 @@ def main(args: argparse.Namespace | None = None) -> dict[str, Any]:
     try:
         return run(parsed)
     except USER_ERRORS as exc:
-        print(f"mcn_training.train: error: {exc}", file=sys.stderr)
+        print(f"mcn_training.train: error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

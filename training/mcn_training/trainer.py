@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from mcn_training.checkpoints import BEST_WEIGHTS_NAME, LAST_WEIGHTS_NAME
 from mcn_training.distributed import StopRequest, all_reduce_stop_flags, barrier
-from mcn_training.errors import TrainError
+from mcn_training.errors import DataError, TrainError
 from mcn_training.reporting import (
     LossWindow,
     open_tensorboard,
@@ -45,12 +45,24 @@ class Trainer(TrainingRun):
         self.model.train()
         self._nonfinite_steps = 0
         interrupted = False
-        with StopRequest() as stop_request:
-            while not self._schedule_done():
-                interrupted, stop = self._train_epoch(loader, stop_request)
-                self._maybe_end_epoch()
-                if stop:
-                    break
+        try:
+            with StopRequest() as stop_request:
+                while not self._schedule_done():
+                    interrupted, stop = self._train_epoch(loader, stop_request)
+                    self._maybe_end_epoch()
+                    if stop:
+                        break
+        except DataError:
+            # Between steps (the loader fetches the next batch after a step's evaluation and checkpoint):
+            # the state is that of the last finished step. With several processes the others are still
+            # in a collective, which a checkpoint would need: torchrun ends them, the last checkpoint stays.
+            if self.dist.world_size == 1:
+                self.save_checkpoint()
+                LOG.error(
+                    "a sample could not be loaded after global step %d: checkpoint saved; fix or remove it, "
+                    "then --resume", self.state.global_step,
+                )  # fmt: skip
+            raise
         self._finish(interrupted)
         return self.summary(interrupted)
 
