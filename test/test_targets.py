@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from mcn_ros.model.config import ModelConfig
-from mcn_training.targets import build_targets, draw_gaussians, gaussian_radius
+from mcn_training.targets import (
+    build_targets,
+    centernet_gaussian_radius,
+    draw_gaussians,
+    gaussian_radius,
+    heatmap_radius,
+)
 
 
 def _config(detection: object = "coco", pose: bool = True, seg_stride: int | None = 4) -> ModelConfig:
@@ -54,6 +60,30 @@ def test_centernet_published_radius_is_too_large() -> None:
     assert published == pytest.approx(2.733, abs=1e-3)
     assert _case_ious(h, w, np.array([published])).min() < 0.5
     assert float(gaussian_radius(h, w, o)) == pytest.approx(0.8167, abs=1e-3)
+
+
+def test_centernet_radius_rule_is_the_published_formula() -> None:
+    """What the paper configs train with (data.heatmap_radius: centernet)."""
+    h, w, o = np.array([10.0, 25.0, 50.0, 100.0]), np.array([10.0, 12.0, 50.0, 40.0]), 0.7
+    s, p = h + w, h * w
+    cases = [  # each case's quadratic a r^2 + b r + c, as CenterNet solves it: (b' + sqrt(b'^2 - 4ac)) / 2
+        (s, np.sqrt(s**2 - 4 * p * (1 - o) / (1 + o))),
+        (2 * s, np.sqrt((2 * s) ** 2 - 4 * 4 * (1 - o) * p)),
+        (-2 * o * s, np.sqrt((2 * o * s) ** 2 - 4 * 4 * o * (o - 1) * p)),
+    ]
+    published = np.min([(b + root) / 2 for b, root in cases], axis=0)
+    np.testing.assert_allclose(centernet_gaussian_radius(h, w, o), published, rtol=1e-12)
+    np.testing.assert_allclose(published, [2.733, 4.478, 13.666, 15.860], atol=1e-3)
+    assert (heatmap_radius(h, w, "centernet") == np.floor(published)).all()
+    assert (heatmap_radius(h, w) == np.floor(gaussian_radius(h, w))).all()
+    with pytest.raises(ValueError, match="heatmap radius rule"):
+        heatmap_radius(h, w, "cornernet")
+    cfg = _config(pose=False, seg_stride=None)
+    car = cfg.detection.classes.index("car")  # type: ignore[union-attr]
+    boxes, classes = np.array([[30.0, 10.0, 70.0, 50.0]]), np.array([car])  # 10x10 output cells
+    corrected = build_targets(boxes, classes, None, None, (64, 96), cfg, max_objects=4)["heatmap"][car]
+    wide = build_targets(boxes, classes, None, None, (64, 96), cfg, 4, 0, "centernet")["heatmap"][car]
+    assert int((corrected > 0).sum()) == 1 and int((wide > 0).sum()) == 25  # radius 0 against 2
 
 
 def test_draw_gaussians_vectorised_equals_per_object_loop() -> None:

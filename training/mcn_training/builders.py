@@ -55,6 +55,7 @@ def build_datasets(cfg: TrainConfig, model_config: ModelConfig, need_train: bool
                 augment,
                 max_objects=cfg.data.max_objects,
                 keypoint_min_radius=cfg.data.keypoint_min_radius,
+                radius_rule=cfg.data.heatmap_radius,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TrainError(

@@ -25,6 +25,7 @@ from mcn_ros import typed_config
 from mcn_ros.evaluation import METRICS
 from mcn_ros.typed_config import check_fields, one_of, read_yaml_mapping
 from mcn_training.losses import LossWeights
+from mcn_training.targets import RADIUS_RULES
 from mcn_training.transforms import AugmentConfig
 
 #: Metrics that can select the best checkpoint: mcn_ros.evaluation.METRICS (keys of its EvalReport); "auto"
@@ -111,6 +112,10 @@ class DataConfig(_Section):
     #: Smallest Gaussian radius (output cells) of keypoint-heatmap targets; the person's box radius is used
     #: when larger. Default 0 (CenterNet: the box radius alone).
     keypoint_min_radius: _Count = 0
+    #: How heatmap Gaussians are sized: "corrected" (the radius CornerNet's three cases really give) or
+    #: "centernet" (CenterNet's published code, several times larger: what the paper's models trained
+    #: with; the *_140e_coco configs use it). Default "corrected".
+    heatmap_radius: Annotated[str, one_of(*RADIUS_RULES)] = "corrected"
     #: Training augmentation (fields of mcn_training.transforms.AugmentConfig); null = none (letterbox
     #: only, like evaluation). Default: AugmentConfig's defaults.
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)

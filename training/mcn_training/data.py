@@ -54,11 +54,13 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         augment: AugmentConfig | None = None,
         max_objects: int = 128,
         keypoint_min_radius: int = 0,
+        radius_rule: str = "corrected",
     ) -> None:
         self.image_dir = Path(image_dir)
         self.config = model_config
         self.max_objects = int(max_objects)
         self.keypoint_min_radius = int(keypoint_min_radius)
+        self.radius_rule = radius_rule
         self.instances_json = Path(instances_json)
         self.coco, self.pose_images = load_coco(instances_json, keypoints_json)
         self.has_keypoints_file = keypoints_json is not None
@@ -144,6 +146,7 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
             self.config,
             self.max_objects,
             self.keypoint_min_radius,
+            self.radius_rule,
         )
         item: dict[str, Tensor] = {
             "image": sample.image,

@@ -57,9 +57,32 @@ def gaussian_radius(height: Any, width: Any, min_overlap: float = MIN_OVERLAP) -
     return np.maximum(np.minimum(np.minimum(r1, r2), r3), 0.0)
 
 
-def heatmap_radius(height: Any, width: Any) -> np.ndarray:
-    """Integer Gaussian radius of boxes of (height, width) in output-map pixels, floored as CenterNet does."""
-    return np.floor(gaussian_radius(height, width)).astype(np.int64)
+def centernet_gaussian_radius(height: Any, width: Any, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
+    """The radius CenterNet's published code computes, with which the paper's models were trained: the
+    three quadratics of :func:`gaussian_radius` solved with the larger root in cases 1 and 2 and a
+    denominator of 2 in all three (3.3x the corrected radius for a 10x10 box)."""
+    h = np.asarray(height, dtype=np.float64)
+    w = np.asarray(width, dtype=np.float64)
+    o = float(min_overlap)
+    s, p = h + w, h * w
+    r1 = (s + np.sqrt(np.maximum(s * s - 4 * p * (1 - o) / (1 + o), 0.0))) / 2
+    r2 = (2 * s + np.sqrt(np.maximum(4 * s * s - 16 * (1 - o) * p, 0.0))) / 2
+    r3 = (-2 * o * s + np.sqrt(np.maximum(4 * o * o * s * s + 16 * o * (1 - o) * p, 0.0))) / 2
+    return np.maximum(np.minimum(np.minimum(r1, r2), r3), 0.0)
+
+
+#: How heatmap Gaussians are sized (``data.heatmap_radius``): "corrected" (:func:`gaussian_radius`) or
+#: "centernet" (:func:`centernet_gaussian_radius`, CenterNet's published code, as the paper trained).
+RADIUS_RULES = ("corrected", "centernet")
+
+
+def heatmap_radius(height: Any, width: Any, rule: str = "corrected") -> np.ndarray:
+    """Integer Gaussian radius of boxes of (height, width) in output-map pixels by ``rule`` (one of
+    :data:`RADIUS_RULES`), floored as CenterNet does."""
+    if rule not in RADIUS_RULES:
+        raise ValueError(f"heatmap radius rule must be one of {RADIUS_RULES}, got {rule!r}")
+    radius = centernet_gaussian_radius if rule == "centernet" else gaussian_radius
+    return np.floor(radius(height, width)).astype(np.int64)
 
 
 def draw_gaussians(
@@ -112,6 +135,7 @@ def build_targets(
     config: ModelConfig,
     max_objects: int = 128,
     kp_min_radius: int = 0,
+    radius_rule: str = "corrected",
 ) -> dict[str, Tensor]:
     """Targets of one image for the tasks of ``config``.
 
@@ -123,7 +147,8 @@ def build_targets(
     None (all ignored).
 
     Objects whose box has no area inside the map are dropped; at most ``max_objects`` are kept (in order).
-    Keypoint Gaussians get their person's box radius, raised to at least ``kp_min_radius`` (output cells).
+    Gaussians are sized by ``radius_rule`` (:func:`heatmap_radius`); keypoint Gaussians get their person's
+    box radius, raised to at least ``kp_min_radius`` (output cells).
     Keys: detection ``heatmap`` [C, h, w], ``indices`` int64 [M], ``mask`` [M], ``size`` [M, 2], ``offset``
     [M, 2]; pose ``kp_offsets`` [M, 34], ``kp_offsets_mask`` [M, 34], ``kp_heatmap`` [17, h, w],
     ``kp_indices`` int64 [M, 17], ``kp_subpixel`` [M, 17, 2], ``kp_mask`` [M, 17], ``has_pose`` scalar;
@@ -146,7 +171,7 @@ def build_targets(
         cell = np.floor(centre).astype(np.int64)
         cell[:, 0] = cell[:, 0].clip(0, ow - 1)
         cell[:, 1] = cell[:, 1].clip(0, oh - 1)
-        radius = heatmap_radius(bh, bw)
+        radius = heatmap_radius(bh, bw, radius_rule)
 
         heatmap = np.zeros((config.detection.num_classes, oh, ow), np.float32)
         draw_gaussians(heatmap, cls, cell[:, 0], cell[:, 1], radius)
