@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,12 +109,27 @@ def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = No
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
     names = [Path(instances_json).name] + ([Path(keypoints_json).name] if keypoints_json is not None else [])
-    check_annotations(coco, " + ".join(names))
+    dropped = check_annotations(coco, " + ".join(names), keypoints=keypoints_json is not None)
+    if dropped:
+        warnings.warn(
+            f"{' + '.join(names)}: {dropped} polygons of fewer than 3 points left out", stacklevel=2
+        )
     return coco, pose_images
 
 
-def _annotation_problem(ann: Mapping[str, Any], coco: COCO) -> str | None:
-    """What is wrong with one annotation's fields (None: nothing), as training and evaluation read them."""
+def _polygon(points: Any) -> bool:
+    """Whether ``points`` is a polygon pycocotools can draw: at least 3 (x, y) points."""
+    return (
+        isinstance(points, list)
+        and len(points) >= 6
+        and len(points) % 2 == 0
+        and all(isinstance(v, (int, float)) for v in points)
+    )
+
+
+def _annotation_problem(ann: Mapping[str, Any], coco: COCO, person: int | None) -> str | None:
+    """What is wrong with one annotation's fields (None: nothing), as training and evaluation read them;
+    keypoints are read on ``person`` annotations only (None: not at all)."""
     if ann.get("image_id") not in coco.imgs:
         return f"image_id {ann.get('image_id')!r} is not among the images"
     if ann.get("category_id") not in coco.cats:
@@ -121,31 +137,38 @@ def _annotation_problem(ann: Mapping[str, Any], coco: COCO) -> str | None:
     bbox = ann.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
         return f"bbox should be 4 numbers [x, y, width, height], got {bbox!r}"
-    keypoints = ann.get("keypoints")
+    keypoints = ann.get("keypoints") if ann.get("category_id") == person else None
     if keypoints is not None and (not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_KEYPOINTS):
         count = len(keypoints) if isinstance(keypoints, list) else type(keypoints).__name__
         return f"keypoints should be {3 * NUM_KEYPOINTS} numbers (x, y, v of {NUM_KEYPOINTS}), got {count}"
     segmentation = ann.get("segmentation")
-    if isinstance(segmentation, list):
-        if any(not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in segmentation):
-            return "segmentation polygons should each be at least 3 points (x, y, x, y, ...)"
-    elif isinstance(segmentation, dict):
+    if isinstance(segmentation, dict):
         if "counts" not in segmentation or "size" not in segmentation:
             return "an RLE segmentation needs 'counts' and 'size'"
-    elif segmentation is not None:
+    elif segmentation is not None and not isinstance(segmentation, list):
         return f"segmentation should be polygons or RLE, got {type(segmentation).__name__}"
     return None
 
 
-def check_annotations(coco: COCO, source: str) -> None:
-    """A ValueError naming the first annotation of ``coco`` (read from ``source``) whose fields training and
-    evaluation cannot use, so that a bad one stops a run at its start, not hours into it."""
+def check_annotations(coco: COCO, source: str, keypoints: bool = True) -> int:
+    """Check the annotations of ``coco`` (read from ``source``) as training and evaluation read them: a
+    ValueError naming the first one whose fields they cannot use, so that it stops a run at its start, not
+    hours into it (``keypoints``: check the persons' keypoints, which only pose training and evaluation
+    read). Polygons of fewer than 3 points, which pycocotools cannot draw, are dropped in place (as
+    detectron2 does; an object left without any has no mask); returns how many."""
+    person = next((int(c) for c, cat in coco.cats.items() if cat.get("name") == "person"), None)
+    dropped = 0
     for ann in coco.dataset.get("annotations", []):
-        problem = _annotation_problem(ann, coco)
+        problem = _annotation_problem(ann, coco, person if keypoints else None)
         if problem is not None:
             raise ValueError(
                 f"annotation {ann.get('id')!r} (image {ann.get('image_id')!r}) in {source}: {problem}"
             )
+        polygons = ann.get("segmentation")
+        if isinstance(polygons, list) and not all(_polygon(p) for p in polygons):
+            ann["segmentation"] = [p for p in polygons if _polygon(p)]
+            dropped += len(polygons) - len(ann["segmentation"])
+    return dropped
 
 
 def category_ids(coco_gt: COCO, classes: Sequence[str]) -> list[int]:
@@ -174,9 +197,8 @@ def semantic_target(coco_gt: COCO, image_id: int, classes: Sequence[str]) -> np.
     for ann in anns:
         if not ann.get("segmentation"):
             x, y, bw, bh = (float(v) for v in ann["bbox"])
-            target[max(0, int(y)) : int(np.ceil(y + bh)), max(0, int(x)) : int(np.ceil(x + bw))] = (
-                IGNORE_INDEX
-            )
+            rows = slice(max(0, int(y)), max(0, int(np.ceil(y + bh))))
+            target[rows, max(0, int(x)) : max(0, int(np.ceil(x + bw)))] = IGNORE_INDEX
         elif ann.get("iscrowd", 0):
             target[coco_gt.annToMask(ann).astype(bool)] = IGNORE_INDEX
     objects = (a for a in masked if not a.get("iscrowd", 0))

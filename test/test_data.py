@@ -14,6 +14,7 @@ from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.labels import FLIP_PAIRS
 from mcn_ros.model.preprocess import letterbox_for, preprocess
 from mcn_training.data import CocoMultitaskDataset
+from mcn_training.errors import DataError
 from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
 from mcn_training.transforms import AugmentConfig, MultitaskTransform
 
@@ -133,7 +134,7 @@ def test_an_image_of_another_size_than_its_annotations_is_refused(
     changed = tmp_path / "instances.json"
     changed.write_text(json.dumps(instances))
     ds = CocoMultitaskDataset(data["images"], changed, None, _config(pose=False))
-    with pytest.raises(ValueError, match=rf"{first['file_name']} is \d+x\d+ but instances.json says"):
+    with pytest.raises(DataError, match=rf"{first['file_name']} is \d+x\d+ but instances.json says"):
         ds[ds.image_ids.index(first["id"])]
     assert ds[ds.image_ids.index(instances["images"][1]["id"])]["image"].shape[0] == 3  # the others load
 

@@ -218,24 +218,47 @@ def test_an_object_without_a_mask_is_ignored_not_background() -> None:
             np.uint8,
         )
         np.testing.assert_array_equal(semantic_target(gt, 1, ["person", "car"]), expected)
+    above = {"id": 5, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": 5.0, "bbox": [2, -8, 3, 5]}
+    gt.dataset["annotations"] = [*gt.dataset["annotations"][:3], above]  # wholly above the image
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    np.testing.assert_array_equal(
+        semantic_target(gt, 1, ["person", "car"]), semantic_target(_tiny_coco(), 1, ["person", "car"])
+    )
 
 
 @pytest.mark.parametrize(
-    ("change", "problem"),
+    ("index", "change", "problem"),
     [
-        ({"keypoints": [0] * 50}, "keypoints should be 51 numbers"),
-        ({"bbox": [0, 0, 2]}, "bbox should be 4 numbers"),
-        ({"segmentation": [[0, 0, 2, 0]]}, "segmentation polygons should each be at least 3 points"),
-        ({"segmentation": {"counts": [4]}}, "an RLE segmentation needs 'counts' and 'size'"),
-        ({"category_id": 99}, "category_id 99 is not among the categories"),
+        (0, {"keypoints": [0] * 50}, "keypoints should be 51 numbers"),  # the person
+        (1, {"bbox": [0, 0, 2]}, "bbox should be 4 numbers"),
+        (1, {"segmentation": "polygon"}, "segmentation should be polygons or RLE, got str"),
+        (1, {"segmentation": {"counts": [4]}}, "an RLE segmentation needs 'counts' and 'size'"),
+        (1, {"category_id": 99}, "category_id 99 is not among the categories"),
     ],
 )
-def test_unusable_annotations_are_named(change: dict[str, object], problem: str) -> None:
+def test_unusable_annotations_are_named(index: int, change: dict[str, object], problem: str) -> None:
     gt = _tiny_coco()
-    gt.dataset["annotations"][1].update(change)
-    with pytest.raises(ValueError, match=rf"annotation 2 \(image 1\) in x\.json: {problem}"):
+    annotation = gt.dataset["annotations"][index]
+    annotation.update(change)
+    where = rf"annotation {annotation['id']} \(image 1\) in x\.json"
+    with pytest.raises(ValueError, match=rf"{where}: {problem}"):
         check_annotations(gt, "x.json")
-    check_annotations(_tiny_coco(), "x.json")  # the unchanged set passes
+    assert check_annotations(_tiny_coco(), "x.json") == 0  # the unchanged set passes
+
+
+def test_what_is_not_read_is_not_refused_and_short_polygons_are_dropped() -> None:
+    gt = _tiny_coco()
+    car = gt.dataset["annotations"][1]
+    car["keypoints"] = [0] * 42  # keypoints of another category (14 of them): never read
+    person = gt.dataset["annotations"][0]
+    person["keypoints"] = [0] * 42
+    assert check_annotations(gt, "x.json", keypoints=False) == 0  # a model without pose reads none
+    square = [0, 0, 2, 0, 2, 2, 0, 2]
+    person["keypoints"] = [0] * 51
+    person["segmentation"] = [[0, 0, 2, 0], square, [1, 1]]  # pycocotools reads a 4-list as a box, fails on 2
+    assert check_annotations(gt, "x.json") == 2
+    assert person["segmentation"] == [square]
 
 
 def test_report_dict_and_table(tmp_path: Path) -> None:

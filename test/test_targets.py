@@ -75,6 +75,9 @@ def test_centernet_radius_rule_is_the_published_formula() -> None:
     np.testing.assert_allclose(centernet_gaussian_radius(h, w, o), published, rtol=1e-12)
     np.testing.assert_allclose(published, [2.733, 4.478, 13.666, 15.860], atol=1e-3)
     assert (heatmap_radius(h, w, "centernet") == np.floor(published)).all()
+    # CenterNet rounds a box's size up before its formula: a 3.2-cell square is measured as 4x4.
+    assert int(heatmap_radius(3.2, 3.2, "centernet")) == int(centernet_gaussian_radius(4.0, 4.0)) == 1
+    assert int(np.floor(centernet_gaussian_radius(3.2, 3.2))) == 0
     assert (heatmap_radius(h, w) == np.floor(gaussian_radius(h, w))).all()
     with pytest.raises(ValueError, match="heatmap radius rule"):
         heatmap_radius(h, w, "cornernet")

@@ -379,3 +379,33 @@ def test_an_unreadable_image_stops_the_run_with_a_checkpoint_and_one_line(
     images[5].write_bytes(good)
     resumed = run_train("--out", str(out), "--resume")
     assert resumed["global_step"] == 9
+
+
+def test_no_model_class_among_the_categories_stops_the_run_at_its_start(data: Path, tmp_path: Path) -> None:
+    """Class names that differ in spelling ("Person" for "person"): nothing would be learnt or scored."""
+    import shutil
+
+    custom = tmp_path / "data"
+    shutil.copytree(data, custom)
+    for instances in custom.glob("annotations/instances_*.json"):
+        dataset = json.loads(instances.read_text())
+        for category in dataset["categories"]:
+            category["name"] = category["name"].title()
+        instances.write_text(json.dumps(dataset))
+    with pytest.raises(
+        TrainError, match=r"none of the model's 80 detection classes .* check the class names"
+    ):
+        run_train(*base_args(custom, tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_one_line_keeps_the_original_error_of_a_dataloader_worker() -> None:
+    from mcn_training.errors import DataError, one_line
+
+    worker = DataError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "data.py", line 130, in __getitem__\n    raise DataError(...)\n'
+        "mcn_training.errors.DataError: instances.json, image id 7 (x.jpg): ValueError: bad: size 3\n"
+    )
+    assert one_line(worker) == "instances.json, image id 7 (x.jpg): ValueError: bad: size 3"
+    assert one_line(TrainError("two\nlines")) == "two lines"

@@ -64,6 +64,7 @@ class Player(NodeLink):
         Should the playback fail (a timeout, Ctrl-C), the outputs received until then stay in ``out_bag``, a
         complete bag, and :attr:`records` holds the frames as far as they went; then the error is raised.
         """
+        self.records = ()  # not the previous playback's, should this one fail before it starts
         if pace not in ("lockstep", "rate"):
             raise BagError(f"pace {pace!r}: expected lockstep or rate")
         keys = list(self.topics)

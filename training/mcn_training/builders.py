@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Subset
 
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
+from mcn_ros.model.precision import cuda_native
 from mcn_ros.model.weights import load_weights
 from mcn_training.config import METRIC_TASK, TrainConfig, TrainConfigError, resolve_split
 from mcn_training.data import CocoMultitaskDataset
@@ -71,19 +72,7 @@ def build_datasets(cfg: TrainConfig, model_config: ModelConfig, need_train: bool
             "instances": str(train_files.instances),
         }
     val_full = make(val_files, None)
-    categories = {str(cat["name"]) for cat in val_full.coco.cats.values()}
-    heads = {"detection": model_config.detection, "segmentation": model_config.segmentation}
-    classes = {what: list(head.classes) for what, head in heads.items() if head is not None}
-    absent = {what: [n for n in names if n not in categories] for what, names in classes.items()}
-    for what, names in absent.items():
-        if names:  # e.g. an 80-class model fine-tuned on driving data: legitimate, but worth knowing
-            LOG.warning(
-                "data: %d of the model's %d %s classes have no category in %s (%s%s): they get no training "
-                "targets%s", len(names), len(classes[what]), what, val_files.instances.name,
-                ", ".join(names[:5]), "..." if len(names) > 5 else "",
-                " and are left out of the box AP" if what == "detection" else "",
-            )  # fmt: skip
-    info["classes_not_in_dataset"] = absent
+    info["classes_not_in_dataset"] = check_classes(model_config, {"train": train, "val": val_full})
     val: Dataset[dict[str, torch.Tensor]] = val_full
     val_coco = val_full.coco
     if cfg.eval.max_images is not None and cfg.eval.max_images < len(val_full):
@@ -92,6 +81,38 @@ def build_datasets(cfg: TrainConfig, model_config: ModelConfig, need_train: bool
         val_coco = subset_coco(val_full.coco, [int(val_full.image_ids[i]) for i in keep])
     info["val"] = {"split": val_files.split, "images": len(val), "instances": str(val_files.instances)}  # type: ignore[arg-type]
     return Datasets(train, val, val_coco, info)
+
+
+def check_classes(
+    model_config: ModelConfig, splits: Mapping[str, CocoMultitaskDataset | None]
+) -> dict[str, dict[str, list[str]]]:
+    """The model's classes each split has no category for ({split: {head: names}}), warned about (training
+    split: they get no targets; validation: they are not scored; e.g. an 80-class model fine-tuned on
+    driving data); a TrainError when a split has none of a head's classes (a naming mismatch, such as
+    "Person" for "person": nothing would be learnt or scored)."""
+    heads = {"detection": model_config.detection, "segmentation": model_config.segmentation}
+    classes = {what: list(head.classes) for what, head in heads.items() if head is not None}
+    missing: dict[str, dict[str, list[str]]] = {}
+    for split, dataset in splits.items():
+        if dataset is None:
+            continue
+        categories = {str(cat["name"]) for cat in dataset.coco.cats.values()}
+        source = dataset.instances_json.name
+        missing[split] = {what: [n for n in names if n not in categories] for what, names in classes.items()}
+        for what, names in missing[split].items():
+            if len(names) == len(classes[what]):
+                raise TrainError(
+                    f"data: none of the model's {len(names)} {what} classes ({', '.join(names[:3])}...) is a "
+                    f"category of {source} ({', '.join(sorted(categories)[:5])}...): check the class names"
+                )
+            if names:
+                effect = "get no training targets" if split == "train" else "are not scored"
+                LOG.warning(
+                    "data: %d of the model's %d %s classes have no category in %s (%s%s): they %s",
+                    len(names), len(classes[what]), what, source, ", ".join(names[:5]),
+                    "..." if len(names) > 5 else "", effect,
+                )  # fmt: skip
+    return missing
 
 
 def init_from_weights(model: nn.Module, path: str) -> None:
@@ -177,8 +198,10 @@ def resolve_amp(setting: str | None, device: torch.device) -> torch.dtype | None
     if setting in (None, "off"):
         return None
     if device.type == "cuda":
-        if setting == "bf16" and not torch.cuda.is_bf16_supported():
-            LOG.warning("runtime.amp: this GPU has no bf16; using fp16 with a GradScaler")
+        if setting == "bf16" and not cuda_native("bf16", torch.cuda.get_device_capability(device)):
+            LOG.warning(
+                "runtime.amp: this GPU has no native bf16 (before Ampere); using fp16 with a GradScaler"
+            )
             return torch.float16
         return torch.bfloat16 if setting == "bf16" else torch.float16
     if setting == "bf16":

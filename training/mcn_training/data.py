@@ -124,11 +124,10 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         image_id = self.image_ids[index]
         try:
             return self._sample(image_id)
-        except Exception as error:
+        except (OSError, ValueError, cv2.error) as error:  # what a bad file or annotation raises; not bugs
             path = self.image_dir / str(self.coco.imgs[image_id].get("file_name"))
-            raise DataError(
-                f"{self.instances_json.name}, image id {image_id} ({path}): {type(error).__name__}: {error}"
-            ) from error
+            said = " ".join(f"{type(error).__name__}: {error}".split())  # one line, also through a worker
+            raise DataError(f"{self.instances_json.name}, image id {image_id} ({path}): {said}") from error
 
     def _sample(self, image_id: int) -> dict[str, Tensor]:
         image = self.load_image(image_id)

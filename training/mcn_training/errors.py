@@ -13,8 +13,11 @@ class DataError(TrainError):
 
 def one_line(error: BaseException) -> str:
     """``error``'s message on one line. An error raised in a DataLoader worker reaches the main process
-    re-raised with the worker's traceback in its message: of that, only the original error's last line."""
+    re-raised with the worker's traceback in its message: of that, the line that states the original error
+    (``<module>.<ErrorName>: message``, written on one line by :class:`DataError`'s maker)."""
     text = str(error).strip()
     if "Original Traceback" in text:
-        text = text.splitlines()[-1].partition(": ")[2] or text.splitlines()[-1]
+        stated = [line for line in text.splitlines() if line.split(": ", 1)[0].endswith(type(error).__name__)]
+        if stated:
+            text = stated[-1].split(": ", 1)[1]
     return " ".join(text.split())

@@ -78,11 +78,13 @@ RADIUS_RULES = ("corrected", "centernet")
 
 def heatmap_radius(height: Any, width: Any, rule: str = "corrected") -> np.ndarray:
     """Integer Gaussian radius of boxes of (height, width) in output-map pixels by ``rule`` (one of
-    :data:`RADIUS_RULES`), floored as CenterNet does."""
+    :data:`RADIUS_RULES`), floored as CenterNet does; "centernet" also rounds the box sizes up first, as
+    CenterNet's code does."""
     if rule not in RADIUS_RULES:
         raise ValueError(f"heatmap radius rule must be one of {RADIUS_RULES}, got {rule!r}")
-    radius = centernet_gaussian_radius if rule == "centernet" else gaussian_radius
-    return np.floor(radius(height, width)).astype(np.int64)
+    if rule == "centernet":
+        return np.floor(centernet_gaussian_radius(np.ceil(height), np.ceil(width))).astype(np.int64)
+    return np.floor(gaussian_radius(height, width)).astype(np.int64)
 
 
 def draw_gaussians(

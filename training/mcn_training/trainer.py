@@ -59,8 +59,9 @@ class Trainer(TrainingRun):
             if self.dist.world_size == 1:
                 self.save_checkpoint()
                 LOG.error(
-                    "a sample could not be loaded after global step %d: checkpoint saved; fix or remove it, "
-                    "then --resume", self.state.global_step,
+                    "a sample could not be loaded after global step %d: checkpoint saved; repair or "
+                    "replace that file, then --resume (removing it changes the epoch's order: resume from "
+                    "an epoch checkpoint then)", self.state.global_step,
                 )  # fmt: skip
             raise
         self._finish(interrupted)
