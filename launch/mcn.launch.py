@@ -5,13 +5,15 @@
 Arguments: params_file (default: the installed config/mcn.yaml), weights and autostart (each overrides the
 parameter file only when given; autostart is true with the default parameter file), image (camera topic),
 cameras (names, e.g. front,back: each camera listens on <name>/image; overrides the file when given),
+image_transport (raw, compressed or both: the camera transport subscribed; overrides the file when given),
 namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace, one set per camera; where
 rviz2 is not installed a warning, and the node starts alone),
 fastdds_profile (default: the installed config/fastdds.xml, Fast DDS shared memory sized for camera frames;
 given to the node and RViz unless the environment names a profile already; empty: none).
 What the arguments mean is decided in mcn_ros/ros/launch_args.py. Six cameras (config/six_cameras.yaml):
 
-    ros2 launch mcn_ros mcn.launch.py params_file:=<share>/mcn_ros/config/six_cameras.yaml weights:=...
+    ros2 launch mcn_ros mcn.launch.py params_file:=<share>/mcn_ros/config/six_cameras.yaml weights:=... \
+        autostart:=true
 """
 
 import os
@@ -61,6 +63,11 @@ def generate_launch_description() -> LaunchDescription:
             description="Camera names, comma-separated: each listens on <name>/image (empty: the parameter "
             "file's)",
         ),
+        DeclareLaunchArgument(
+            "image_transport",
+            default_value="",
+            description="raw, compressed (<image>/compressed) or both (empty: the parameter file's)",
+        ),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
         DeclareLaunchArgument("rviz", default_value="false", description="Start RViz with config/mcn.rviz"),
         DeclareLaunchArgument(
@@ -83,7 +90,9 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     namespace, image, params_file = argument("namespace"), argument("image"), argument("params_file")
     default_params = Path(params_file) == share / "config" / "mcn.yaml"
     cameras_text = argument("cameras")
-    overrides = parameter_overrides(argument("weights"), argument("autostart"), default_params, cameras_text)
+    overrides = parameter_overrides(
+        argument("weights"), argument("autostart"), default_params, cameras_text, argument("image_transport")
+    )
     cameras = parse_cameras(cameras_text) if cameras_text else cameras_in_params_file(params_file)
     dds_env = profile_environment(os.environ, argument("fastdds_profile"))
     node = Node(

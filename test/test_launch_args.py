@@ -68,6 +68,8 @@ def test_only_the_launch_arguments_given_override_the_parameter_file() -> None:
         "autostart": False,
     }
     assert parameter_overrides("", "1", False) == {"autostart": True}
+    compressed = parameter_overrides("", "", False, image_transport="compressed")
+    assert compressed == {"image_transport": "compressed"}
     with pytest.raises(ValueError, match="autostart:='yes please'"):
         parameter_overrides("", "yes please", False)
     assert [parse_bool("rviz", text) for text in ("true", "TRUE", "1", "false", "0")] == [1, 1, 1, 0, 0]
@@ -95,8 +97,10 @@ def launch_argument_defaults() -> dict[str, str]:
 def test_weights_and_autostart_launch_arguments_default_to_the_parameter_file() -> None:
     defaults = launch_argument_defaults()
     assert set(defaults) == {
-        "params_file", "weights", "autostart", "image", "cameras", "namespace", "rviz", "fastdds_profile",
+        "params_file", "weights", "autostart", "image", "cameras", "image_transport", "namespace", "rviz",
+        "fastdds_profile",
     }  # fmt: skip
+    assert defaults["image_transport"] == ""  # the parameter file's unless given
     assert (defaults["weights"], defaults["autostart"]) == ("", "")
     assert "parameter_overrides(" in LAUNCH_FILE.read_text()
     # The Fast DDS profile: the installed config/fastdds.xml, handed to the node and RViz through the same

@@ -193,3 +193,37 @@ def test_plain_colcon_build_of_a_workspace_holding_the_repo(tmp_path: Path) -> N
     # ros_deps/ (the vision_msgs twin) is skipped through COLCON_IGNORE; the sourced vision_msgs is used.
     assert sorted(p.name for p in (tmp_path / "ws" / "install").iterdir() if p.is_dir()) == ["mcn_ros"]
     assert os.access(tmp_path / "ws" / "install" / "mcn_ros" / "lib" / "mcn_ros" / "mcn_node", os.X_OK)
+
+
+OLD_STYLE_PYTEST_PLUGIN = """
+def pytest_pycollect_makemodule(path, parent):  # pytest < 7's argument, as launch_testing still declares
+    return None
+"""
+
+
+def test_pytest_starts_beside_a_sourced_distros_launch_testing_plugins(tmp_path: Path) -> None:
+    """ros-<distro>-ros-base installs launch_testing and launch_testing_ros, whose pytest plugins (entry
+    points launch_testing, launch_ros) declare hooks with the `path` argument pytest 9 removed: loaded, they
+    stop pytest before it collects anything. The project's pytest options leave them out."""
+    dist = tmp_path / "fake_launch_testing-0.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-launch-testing\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[pytest11]\nlaunch_testing = old_launch_testing_hooks\nlaunch_ros = old_launch_ros_hooks\n"
+    )
+    (tmp_path / "old_launch_testing_hooks.py").write_text(OLD_STYLE_PYTEST_PLUGIN)
+    (tmp_path / "old_launch_ros_hooks.py").write_text(
+        "def pytest_launch_collect_makemodule(path, parent, entrypoint):\n    return None\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    collect = [sys.executable, "-m", "pytest", "--collect-only", "-q", "test/test_launch_args.py"]
+    done = subprocess.run(
+        collect, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The fake plugins are found and would stop pytest without the project's options (-c /dev/null: none).
+    bare = subprocess.run(
+        [*collect, "-c", os.devnull, "--rootdir", str(REPO)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert bare.returncode != 0 and "pytest_pycollect_makemodule" in bare.stdout + bare.stderr

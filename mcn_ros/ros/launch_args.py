@@ -53,17 +53,21 @@ def cameras_in_params_file(params_file: str | Path, node_name: str = NODE_NAME) 
 
 
 def parameter_overrides(
-    weights: str, autostart: str, default_params_file: bool, cameras: str = ""
+    weights: str, autostart: str, default_params_file: bool, cameras: str = "", image_transport: str = ""
 ) -> dict[str, str | bool | list[str]]:
-    """The node parameters that the ``weights``, ``autostart`` and ``cameras`` launch arguments set.
+    """The node parameters that the ``weights``, ``autostart``, ``cameras`` and ``image_transport`` launch
+    arguments set.
 
-    Arguments given (non-empty) override the parameter file. ``autostart`` not given is true with the
-    installed default parameter file (a plain ``ros2 launch`` serves at once, as users without a lifecycle
-    manager expect) and left to the file when the user names a parameter file of their own.
+    Arguments given (non-empty) override the parameter file (the node checks ``image_transport``'s value
+    as it checks the file's). ``autostart`` not given is true with the installed default parameter file (a
+    plain ``ros2 launch`` serves at once, as users without a lifecycle manager expect) and left to the file
+    when the user names a parameter file of their own.
     """
     overrides: dict[str, str | bool | list[str]] = {}
     if cameras:
         overrides["cameras"] = parse_cameras(cameras)
+    if image_transport:
+        overrides["image_transport"] = image_transport
     if weights:
         overrides["weights"] = weights
     if autostart:
