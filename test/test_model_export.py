@@ -88,3 +88,6 @@ def test_bad_input_ends_with_one_line(
     assert main(["--weights", str(weights), "--output", str(blocker / "model.onnx")]) == 2
     assert "cannot write" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+    before = weights.read_bytes()
+    assert main(["--weights", str(weights), "--output", str(weights)]) == 2  # would destroy the weights
+    assert "is the weights file itself" in capsys.readouterr().err and weights.read_bytes() == before

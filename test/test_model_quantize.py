@@ -115,6 +115,9 @@ def test_a_missing_or_foreign_graph_is_refused_with_the_fix(
         Predictor.from_weights(other, device="cpu", precision="int8", backend="onnxruntime")
     with pytest.raises(QuantizeError, match="calibrated from other weights"):
         Predictor.from_weights(other, "cpu", "int8", backend="onnxruntime", int8_graph=graph_path)
+    loaded = onnx.load(str(graph_path))  # a graph handed over in memory is checked as a file is
+    with pytest.raises(QuantizeError, match="the int8 graph given was calibrated from other weights"):
+        Predictor.from_weights(other, "cpu", "int8", backend="onnxruntime", int8_graph=loaded)
     model, _, _ = load_weights(weights)
     assert load_int8_graph(graph_path, model) is not None
     (tmp_path / "garbage.onnx").write_bytes(b"\x00garbage")
@@ -128,6 +131,10 @@ def test_cli_errors_are_one_line_and_exit_2(
     weights, _, _ = quantised
     assert main(["--weights", str(weights), "--images", str(tmp_path / "none")]) == 2
     assert "error: image folder not found" in capsys.readouterr().err
+    before = weights.read_bytes()
+    frames = str(weights.parent / "frames")
+    assert main(["--weights", str(weights), "--images", frames, "--output", str(weights)]) == 2
+    assert "is the weights file itself" in capsys.readouterr().err and weights.read_bytes() == before
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.jpg").write_bytes(b"broken")
     output = tmp_path / "out.int8.onnx"

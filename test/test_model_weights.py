@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,17 @@ def test_save_is_atomic_and_overwrites(saved: tuple[Path, MultitaskCenterNet], t
     assert [p.name for p in target.parent.iterdir()] == ["model.safetensors"]
     with pytest.raises(ValueError, match="differs"):
         save_weights(target, model, dataclasses.replace(CONFIG, name="other"))
+
+
+def test_saved_weights_are_readable_by_other_users(
+    saved: tuple[Path, MultitaskCenterNet], tmp_path: Path
+) -> None:
+    """The mode a plain open() gives (0644 under umask 022), not the 0600 of safetensors' temporary file:
+    a node running as another user (a container) must be able to read the weights."""
+    _, model = saved
+    previous = os.umask(0o022)
+    try:
+        target = save_weights(tmp_path / "shared.safetensors", model, CONFIG)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644

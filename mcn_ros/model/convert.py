@@ -39,7 +39,7 @@ from torch import Tensor
 
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
-from mcn_ros.model.weights import WeightsError, load_weights, save_weights
+from mcn_ros.model.weights import WeightsError, load_weights, same_file, save_weights
 
 #: (pattern, replacement) rules from CenterNet's parameter names to ours, tried in order.
 DEFAULT_RULES: tuple[tuple[str, str], ...] = (
@@ -185,6 +185,8 @@ def convert(
     """
     if source_color not in SOURCE_COLORS:
         raise ConversionError(f"source_color must be 'bgr' or 'rgb', got {source_color!r}")
+    if same_file(output, checkpoint):
+        raise ConversionError(f"--output {output} is the checkpoint itself: name another file")
     state = load_state_dict(checkpoint)
     extra_rules, extra_ignore = _read_mapping(mapping)
     if source_color == "bgr":

@@ -22,7 +22,7 @@ from typing import Any
 from mcn_ros.model.backends import OnnxExportError, export_onnx, fold_batch_norms
 from mcn_ros.model.config import TASKS, ConfigError, ModelConfig
 from mcn_ros.model.mcn import resolve_tasks
-from mcn_ros.model.weights import WeightsError, load_weights
+from mcn_ros.model.weights import WeightsError, load_weights, same_file, write_atomically
 
 
 class ExportError(RuntimeError):
@@ -48,6 +48,8 @@ def export(weights: str | Path, output: str | Path, tasks: Sequence[str] | None 
         raise ExportError(
             "the onnx package is needed (pip install onnx; pinned in requirements/bench.txt)"
         ) from error
+    if same_file(output, weights):
+        raise ExportError(f"--output {output} is the weights file itself: name another file")
     model, config, _ = load_weights(weights, device="cpu")
     try:
         asked = resolve_tasks(config, tasks)
@@ -59,8 +61,7 @@ def export(weights: str | Path, output: str | Path, tasks: Sequence[str] | None 
     describe(graph, config, asked, names)
     output = Path(output)
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(graph, str(output))
+        write_atomically(output, lambda tmp: onnx.save(graph, str(tmp)))
     except OSError as error:
         raise ExportError(f"cannot write {output}: {error}") from error
     return {

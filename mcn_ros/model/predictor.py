@@ -99,8 +99,8 @@ def forward_and_decode(
 
 
 def _int8_graph(source: str | Path | Any | None, model: nn.Module) -> Any:
-    """The int8 ModelProto from ``source`` (a path, checked against ``model``'s weights, or a ModelProto)."""
-    from mcn_ros.model.quantize import load_int8_graph
+    """The int8 ModelProto from ``source`` (a path or a ModelProto), checked against ``model``'s weights."""
+    from mcn_ros.model.quantize import check_int8_graph, load_int8_graph
 
     if source is None:
         raise ValueError(
@@ -108,7 +108,7 @@ def _int8_graph(source: str | Path | Any | None, model: nn.Module) -> Any:
         )
     if isinstance(source, (str, Path)):
         return load_int8_graph(source, model)
-    return source
+    return check_int8_graph(source, model, "the int8 graph given")
 
 
 def backend_device(device: str | torch.device, backend: str) -> torch.device:

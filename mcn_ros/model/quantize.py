@@ -49,7 +49,7 @@ from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.export import describe
 from mcn_ros.model.precision import cpu_int8_native
 from mcn_ros.model.preprocess import preprocess, rect_input_size
-from mcn_ros.model.weights import WeightsError, load_weights
+from mcn_ros.model.weights import WeightsError, load_weights, same_file, write_atomically
 
 #: File name endings read as calibration or validation images.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -290,9 +290,18 @@ def load_int8_graph(path: str | Path, model: nn.Module) -> Any:
     metadata = {prop.key: prop.value for prop in graph.metadata_props}
     if metadata.get("mcn_precision") != "int8":
         raise QuantizeError(f"{path}: not an int8 graph of mcn_ros.model.quantize (no mcn_precision=int8)")
-    if metadata.get("mcn_model_sha256") != model_fingerprint(model):
+    if "mcn_model_sha256" not in metadata:
+        raise QuantizeError(f"{path}: names no weights it was calibrated from (no mcn_model_sha256)")
+    return check_int8_graph(graph, model, str(path))
+
+
+def check_int8_graph(graph: Any, model: nn.Module, name: str = "the int8 graph") -> Any:
+    """``graph`` (a ModelProto) after checking that it was calibrated from ``model``, where it says so
+    (:func:`quantize` writes the weights' fingerprint; :func:`quantize_graph`'s own graph has none yet)."""
+    recorded = {prop.key: prop.value for prop in graph.metadata_props}.get("mcn_model_sha256")
+    if recorded is not None and recorded != model_fingerprint(model):
         raise QuantizeError(
-            f"{path} was calibrated from other weights than the ones loaded: quantise these weights again"
+            f"{name} was calibrated from other weights than the ones loaded: quantise these weights again"
         )
     return graph
 
@@ -359,6 +368,8 @@ def quantize(
     """Write the int8 graph of ``weights`` calibrated on ``images`` (see the module); a summary."""
     import onnx
 
+    if output is not None and same_file(output, weights):
+        raise QuantizeError(f"--output {output} is the weights file itself: name another file")
     model, config, _ = load_weights(weights, device="cpu")
     files = image_files(images, count)
     graph, read = quantize_graph(model, config, files)
@@ -384,8 +395,7 @@ def quantize(
         graph.metadata_props.add(key=key, value=value)
     destination = Path(summary["output"])
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(graph, str(destination))
+        write_atomically(destination, lambda tmp: onnx.save(graph, str(tmp)))
     except OSError as error:
         raise QuantizeError(f"cannot write {destination}: {error}") from error
     summary["bytes"] = destination.stat().st_size

@@ -12,7 +12,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,44 @@ def default_provenance() -> dict[str, Any]:
     }
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux: /proc/self/status; elsewhere 0o022)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` through ``write(temporary sibling)``, flushed to disk, then renamed over it: an
+    interrupted write leaves the old file. The file gets the mode a plain ``open`` gives (0666 less the
+    umask): writers through temporary files, such as safetensors', leave 0600, which another user (a node
+    in a container) cannot read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        tmp.chmod(0o666 & ~_umask())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one existing file (an output that would overwrite its own source)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve() or Path(a).samefile(b)
+    except OSError:
+        return False
+
+
 def save_weights(
     path: str | Path, model: nn.Module, config: ModelConfig, provenance: Mapping[str, Any] | None = None
 ) -> Path:
@@ -60,16 +98,7 @@ def save_weights(
         "config": json.dumps(config.to_dict()),
         "provenance": json.dumps({**default_provenance(), **(provenance or {})}, default=str),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
-from mcn_ros.model.weights import WeightsError, save_weights
+from mcn_ros.model.weights import WeightsError, same_file, save_weights
 from mcn_training.checkpoints import load_checkpoint
 from mcn_training.errors import TrainError
 
@@ -44,6 +44,8 @@ def checkpoint_provenance(ckpt: dict[str, Any], source: Path) -> dict[str, Any]:
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the model of ``checkpoint`` to ``out`` (.safetensors); returns the path. Raises TrainError."""
     source = Path(checkpoint)
+    if same_file(out, source):
+        raise TrainError(f"{out} is the checkpoint itself: name another file for the weights")
     ckpt = load_checkpoint(source)
     try:
         model_config = ModelConfig.from_dict(ckpt["model_config"])
