@@ -409,3 +409,33 @@ def test_one_line_keeps_the_original_error_of_a_dataloader_worker() -> None:
     )
     assert one_line(worker) == "instances.json, image id 7 (x.jpg): ValueError: bad: size 3"
     assert one_line(TrainError("two\nlines")) == "two lines"
+
+
+def test_evaluate_cli_refuses_bad_input_in_one_line(data: Path, tmp_path: Path) -> None:
+    """A device that is not one, a workers count below 0, an .md --out (its JSON would be overwritten by
+    the table), an unreadable image: one line each, exit 2, no traceback."""
+    import shutil
+
+    out = tmp_path / "run"
+    run_train(*base_args(data, out, "schedule.max_steps=1", "eval.at_end=false"))
+    weights = export_cli.main(export_cli.get_args_parser().parse_args([str(out / "checkpoint.pt")]))
+    custom = tmp_path / "data"
+    shutil.copytree(data, custom)
+    broken = sorted((custom / "images" / "val").iterdir())[1]
+    broken.write_bytes(b"")
+    base = [sys.executable, "-m", "mcn_training.evaluate", "--weights", str(weights), "--split", "val"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cases = [
+        (["--data", str(data), "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["--data", str(data), "--workers", "-1"], "argument --workers: -1 must be at least 0"),
+        (["--data", str(data), "--out", str(tmp_path / "r.md")], "name the JSON report"),
+        (["--data", str(custom), "--workers", "1"], f"{broken.name}): FileNotFoundError: cannot read image"),
+    ]
+    for arguments, expected in cases:
+        done = subprocess.run(
+            [*base, *arguments], capture_output=True, text=True, env=env, timeout=300, check=False
+        )
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert len(errors) == 1 and expected in errors[0], done.stderr
+    assert not (tmp_path / "r.md").exists()

@@ -32,11 +32,12 @@ from torch.utils.data import DataLoader, Subset
 from mcn_ros.evaluation import EvalReport, evaluate
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
-from mcn_ros.model.device import resolve_device
+from mcn_ros.model.device import checked_device
 from mcn_ros.model.preprocess import Letterbox
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import WeightsError, load_weights
 from mcn_training.config import DataConfig, EvalConfig, TrainConfigError, resolve_split
+from mcn_training.errors import TrainError, one_line
 
 LOG = logging.getLogger("mcn_training")
 
@@ -153,6 +154,17 @@ def evaluate_model(
 # Command line
 
 
+def _count(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
+    return value
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The command-line interface of ``python -m mcn_training.evaluate``."""
     parser = argparse.ArgumentParser(
@@ -167,7 +179,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--split", default="val2017", help="split name (default val2017; synthetic: val)")
     parser.add_argument("--out", type=Path, help="write the report here as JSON (and a .md table beside it)")
     parser.add_argument("--batch-size", type=int, default=EvalConfig.batch_size, help="images per batch")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    parser.add_argument("--workers", type=_count, default=2, help="DataLoader workers (default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--max-images", type=int, help="evaluate the first N images only")
     parser.add_argument(
@@ -190,7 +202,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as ``args`` say; returns the JSON report (also written to ``--out``). Raises on errors."""
     from mcn_training.data import CocoMultitaskDataset
 
-    device = resolve_device(args.device)
+    try:
+        device = checked_device(args.device)
+    except ValueError as exc:
+        raise TrainConfigError(f"--device {exc}") from exc
+    if args.out is not None and args.out.suffix == ".md":
+        raise TrainConfigError(f"--out {args.out}: name the JSON report (its .md table goes beside it)")
     eval_cfg = EvalConfig(
         batch_size=args.batch_size,
         max_images=args.max_images,
@@ -270,8 +287,8 @@ def main(args: argparse.Namespace | None = None) -> dict[str, Any]:
     parsed = get_args_parser().parse_args()
     try:
         return run(parsed)
-    except (TrainConfigError, ConfigError, WeightsError) as exc:
-        print(f"mcn_training.evaluate: error: {exc}", file=sys.stderr)
+    except (TrainConfigError, ConfigError, WeightsError, TrainError) as exc:  # TrainError: a bad image
+        print(f"mcn_training.evaluate: error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
