@@ -141,8 +141,10 @@ def test_shape_mismatch_and_missing_are_named(
 def test_pickled_objects_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     unsafe = tmp_path / "unsafe.pth"
     torch.save({"args": argparse.Namespace(lr=1.0), "state_dict": {}}, unsafe)
-    with pytest.raises(ConversionError, match="weights_only=True"):
+    with pytest.raises(ConversionError, match="weights_only=True") as refused:
         convert(unsafe, CONFIG, tmp_path / "o.safetensors")
+    message = str(refused.value)  # one line, and never the advice to load it unsafely
+    assert "\n" not in message and "weights_only=False" not in message and "UnpicklingError" in message
     config_path = tmp_path / "c.yaml"
     config_path.write_text(CONFIG.to_yaml())
     status = main(["--config", str(config_path), "--checkpoint", str(tmp_path / "none.pth"), "--output", "x"])

@@ -91,3 +91,29 @@ def test_bad_input_ends_with_one_line(
     before = weights.read_bytes()
     assert main(["--weights", str(weights), "--output", str(weights)]) == 2  # would destroy the weights
     assert "is the weights file itself" in capsys.readouterr().err and weights.read_bytes() == before
+
+
+def test_a_finer_segmentation_output_declares_its_own_size() -> None:
+    """At segmentation stride 1 the class-logit map is 4x the heatmaps' size: its declared spatial axes are
+    named apart from theirs (a runtime that sizes outputs from the declaration would be misled)."""
+    from mcn_ros.model.backends import export_onnx
+
+    light = ModelConfig.from_dict(
+        yaml.safe_load(
+            (
+                Path(__file__).resolve().parent.parent
+                / "config"
+                / "models"
+                / "resnet18_det80_seg80_pose_light_512.yaml"
+            ).read_text()
+        )
+    ).to_dict()
+    light["segmentation"]["output_stride"], light["input_size"] = 1, [64, 64]
+    config = ModelConfig.from_dict(light)
+    data, _ = export_onnx(MultitaskCenterNet(config).eval(), config.tasks, 64, 64)
+    dims = {
+        o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+        for o in onnx.load_from_string(data).graph.output
+    }
+    assert dims["segmentation"][2:] == ["seg_height", "seg_width"]
+    assert dims["heatmap"][2:] == ["out_height", "out_width"]

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mcn_ros.model.config import OUTPUT_STRIDE
 from mcn_ros.model.mcn import resolve_tasks
 
 #: Backend names accepted by :class:`~mcn_ros.model.predictor.Predictor`.
@@ -137,6 +138,9 @@ def export_onnx(
     wrapper = _TaskForward(model, asked, names).eval()
     axes = {"images": {0: "batch", 2: "height", 3: "width"}}
     axes.update({name: {0: "batch", 2: "out_height", 3: "out_width"} for name in names})
+    segmentation = getattr(getattr(model, "config", None), "segmentation", None)
+    if "segmentation" in axes and segmentation is not None and segmentation.output_stride != OUTPUT_STRIDE:
+        axes["segmentation"] = {0: "batch", 2: "seg_height", 3: "seg_width"}  # not the heatmaps' size
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():

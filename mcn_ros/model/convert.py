@@ -77,8 +77,10 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        # Not torch's own text: it goes on for lines and suggests loading with weights_only=False.
         raise ConversionError(
-            f"{path}: not a plain PyTorch state dict that loads with weights_only=True ({exc})"
+            f"{path}: not a plain PyTorch state dict that loads with weights_only=True (tensors, numbers and "
+            f"containers only; {type(exc).__name__}): a truncated file, or one holding pickled objects"
         ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):

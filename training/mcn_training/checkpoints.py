@@ -171,7 +171,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for torn or foreign files
-        raise TrainError(f"checkpoint {path} cannot be read (truncated or not a checkpoint): {exc}") from exc
+        # Not torch's own text: it goes on for lines and suggests loading with weights_only=False.
+        reason = type(exc).__name__
+        raise TrainError(
+            f"checkpoint {path} cannot be read (truncated or not a checkpoint; {reason})"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"checkpoint {path} is not an mcn_training checkpoint")
     if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
