@@ -439,3 +439,17 @@ def test_evaluate_cli_refuses_bad_input_in_one_line(data: Path, tmp_path: Path) 
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert len(errors) == 1 and expected in errors[0], done.stderr
     assert not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((8, 0), torch.bfloat16), ((7, 5), torch.float16)])
+def test_amp_bf16_falls_back_to_fp16_where_the_gpu_has_no_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: torch.dtype
+) -> None:
+    """The GPU's compute capability decides (a T4, 7.5, emulates bf16: torch's is_bf16_supported() counts
+    that as support); only the capability query is given here, no GPU being lent."""
+    from mcn_training.builders import resolve_amp
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_amp("bf16", torch.device("cuda", 0)) == expected
+    assert resolve_amp("fp16", torch.device("cuda", 0)) == torch.float16
+    assert resolve_amp("off", torch.device("cuda", 0)) is None
