@@ -59,7 +59,8 @@ def _ascending(values: tuple[float, ...]) -> tuple[float, ...]:
     return values
 
 
-def _device(value: str) -> str:
+def check_device_name(value: str) -> str:
+    """``value`` if it names a device setting (auto, cpu, cuda or cuda:N), else a ValueError."""
     if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
         raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
     return value
@@ -213,7 +214,7 @@ class RuntimeConfig(_Section):
     """Devices, precision, seeds and logging."""
 
     #: "auto" (cuda:LOCAL_RANK when CUDA is available, else cpu), "cpu", "cuda" or "cuda:N". Default "auto".
-    device: Annotated[str, AfterValidator(_device)] = "auto"
+    device: Annotated[str, AfterValidator(check_device_name)] = "auto"
     #: Mixed precision: null/"off", "bf16" or "fp16" (fp16 uses a GradScaler; both CUDA only, bf16 also
     #: runs on CPU). ``--amp`` sets "bf16" (fp16 where the GPU lacks bf16). Default null.
     amp: Annotated[str, one_of("off", "bf16", "fp16")] | None = None

@@ -43,11 +43,16 @@ class DistInfo:
         return self.world_size > 1
 
 
-def select_device(setting: str, local_rank: int) -> torch.device:
-    """The device ``runtime.device`` names for this rank; raises TrainError if it asks for missing CUDA."""
+def select_device(setting: str, local_rank: int, what: str = "runtime.device") -> torch.device:
+    """The device ``setting`` (the option ``what``) names for this rank; raises TrainError if it asks for
+    missing CUDA or a GPU index this machine does not have."""
     device = resolve_device(setting, local_rank)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"runtime.device: {device} asked for but CUDA is not available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError(f"{what}: {device} asked for but CUDA is not available")
+        if (device.index or 0) >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise TrainError(f"{what}: {device} asked for but this machine has {count} GPU(s)")
     return device
 
 

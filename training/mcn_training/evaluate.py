@@ -32,11 +32,11 @@ from torch.utils.data import DataLoader, Subset
 from mcn_ros.evaluation import EvalReport, evaluate
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
-from mcn_ros.model.device import checked_device
 from mcn_ros.model.preprocess import Letterbox
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import WeightsError, load_weights
-from mcn_training.config import DataConfig, EvalConfig, TrainConfigError, resolve_split
+from mcn_training.config import DataConfig, EvalConfig, TrainConfigError, check_device_name, resolve_split
+from mcn_training.distributed import select_device
 from mcn_training.errors import TrainError, one_line
 
 LOG = logging.getLogger("mcn_training")
@@ -203,9 +203,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from mcn_training.data import CocoMultitaskDataset
 
     try:
-        device = checked_device(args.device)
+        setting = check_device_name(args.device)
     except ValueError as exc:
         raise TrainConfigError(f"--device {exc}") from exc
+    device = select_device(setting, 0, "--device")  # TrainError where CUDA or that GPU is missing
     if args.out is not None and args.out.suffix == ".md":
         raise TrainConfigError(f"--out {args.out}: name the JSON report (its .md table goes beside it)")
     eval_cfg = EvalConfig(
