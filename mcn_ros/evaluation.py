@@ -108,12 +108,11 @@ def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = No
         merge_keypoints_into(coco.dataset, data)
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
-    names = [Path(instances_json).name] + ([Path(keypoints_json).name] if keypoints_json is not None else [])
-    dropped = check_annotations(coco, " + ".join(names), keypoints=keypoints_json is not None)
+    files = [Path(instances_json).name] + ([Path(keypoints_json).name] if keypoints_json is not None else [])
+    source = " + ".join(files)
+    dropped = check_annotations(coco, source, keypoints=keypoints_json is not None)
     if dropped:
-        warnings.warn(
-            f"{' + '.join(names)}: {dropped} polygons of fewer than 3 points left out", stacklevel=2
-        )
+        warnings.warn(f"{source}: {dropped} polygons of fewer than 3 points left out", stacklevel=2)
     return coco, pose_images
 
 
@@ -156,7 +155,7 @@ def check_annotations(coco: COCO, source: str, keypoints: bool = True) -> int:
     hours into it (``keypoints``: check the persons' keypoints, which only pose training and evaluation
     read). Polygons of fewer than 3 points, which pycocotools cannot draw, are dropped in place (as
     detectron2 does; an object left without any has no mask); returns how many."""
-    person = next((int(c) for c, cat in coco.cats.items() if cat.get("name") == "person"), None)
+    person = categories_by_name(coco).get("person")
     dropped = 0
     for ann in coco.dataset.get("annotations", []):
         problem = _annotation_problem(ann, coco, person if keypoints else None)
@@ -171,9 +170,14 @@ def check_annotations(coco: COCO, source: str, keypoints: bool = True) -> int:
     return dropped
 
 
+def categories_by_name(coco: COCO) -> dict[str, int]:
+    """Category name -> id of ``coco``'s categories (the model's classes are matched to them by name)."""
+    return {str(cat["name"]): int(cid) for cid, cat in coco.cats.items()}
+
+
 def category_ids(coco_gt: COCO, classes: Sequence[str]) -> list[int]:
     """COCO category ids of class names, matched by name in ``coco_gt``'s categories (KeyError if absent)."""
-    by_name = {cat["name"]: cid for cid, cat in coco_gt.cats.items()}
+    by_name = categories_by_name(coco_gt)
     missing = [name for name in classes if name not in by_name]
     if missing:
         raise KeyError(f"classes not among the dataset's categories: {', '.join(missing)}")
@@ -190,7 +194,7 @@ def semantic_target(coco_gt: COCO, image_id: int, classes: Sequence[str]) -> np.
     info = coco_gt.imgs[image_id]
     h, w = int(info["height"]), int(info["width"])
     target = np.zeros((h, w), np.uint8)
-    by_name = {cat["name"]: cid for cid, cat in coco_gt.cats.items()}
+    by_name = categories_by_name(coco_gt)
     label = {by_name[name]: i + 1 for i, name in enumerate(classes) if name in by_name}
     anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if a["category_id"] in label]
     masked = [a for a in anns if a.get("segmentation")]
@@ -288,7 +292,7 @@ def evaluate(
 
     with_det = [i for i in image_ids if predictions[i].detections is not None]
     if detection_classes is not None and with_det:
-        by_name = {cat["name"]: int(cid) for cid, cat in coco_gt.cats.items()}
+        by_name = categories_by_name(coco_gt)
         report.classes_not_in_dataset = [name for name in detection_classes if name not in by_name]
         category_of = {i: by_name[name] for i, name in enumerate(detection_classes) if name in by_name}
         if not category_of:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 
+from mcn_ros.evaluation import categories_by_name
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.precision import cuda_native
@@ -96,7 +97,7 @@ def check_classes(
     for split, dataset in splits.items():
         if dataset is None:
             continue
-        categories = {str(cat["name"]) for cat in dataset.coco.cats.values()}
+        categories = categories_by_name(dataset.coco)
         source = dataset.instances_json.name
         missing[split] = {what: [n for n in names if n not in categories] for what, names in classes.items()}
         for what, names in missing[split].items():

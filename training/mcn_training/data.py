@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mcn_ros.evaluation import load_coco, semantic_target
+from mcn_ros.evaluation import categories_by_name, load_coco, semantic_target
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.labels import NUM_KEYPOINTS
 from mcn_training.errors import DataError
@@ -65,7 +65,7 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         self.coco, self.pose_images = load_coco(instances_json, keypoints_json)
         self.has_keypoints_file = keypoints_json is not None
         self.image_ids: list[int] = sorted(int(i) for i in self.coco.imgs)
-        by_name = {cat["name"]: int(cid) for cid, cat in self.coco.cats.items()}
+        by_name = categories_by_name(self.coco)
         self.det_label: dict[int, int] = {}
         if model_config.detection is not None:
             self.det_label = {
