@@ -47,28 +47,34 @@ def gaussian_radius(height: Any, width: Any, min_overlap: float = MIN_OVERLAP) -
     (case 3 then decides: for a 10x10 box and o = 0.7 it returns 2.7 where the correct radius is 0.82).
     This is the corrected solution; ``test/test_targets.py`` checks it against a brute-force IoU search.
     """
+    (a1, a2, a3), (b1, b2, b3), (q1, q2, q3) = _radius_quadratics(height, width, min_overlap)
+    return np.maximum(
+        np.minimum(np.minimum((b1 - q1) / (2 * a1), (b2 - q2) / (2 * a2)), (b3 + q3) / (2 * a3)), 0.0
+    )
+
+
+def _radius_quadratics(height: Any, width: Any, min_overlap: float) -> tuple[tuple[Any, ...], ...]:
+    """The three cases' quadratics of :func:`gaussian_radius` as ``a r^2 - b r + c``: their ``a``, ``b`` and
+    ``sqrt(b^2 - 4ac)`` (clamped at 0), each a tuple over the cases."""
     h = np.asarray(height, dtype=np.float64)
     w = np.asarray(width, dtype=np.float64)
     o = float(min_overlap)
     s, p = h + w, h * w
-    r1 = (s - np.sqrt(np.maximum(s * s - 4 * p * (1 - o) / (1 + o), 0.0))) / 2
-    r2 = (2 * s - np.sqrt(np.maximum(4 * s * s - 16 * (1 - o) * p, 0.0))) / 8
-    r3 = (-2 * o * s + np.sqrt(np.maximum(4 * o * o * s * s + 16 * o * (1 - o) * p, 0.0))) / (8 * o)
-    return np.maximum(np.minimum(np.minimum(r1, r2), r3), 0.0)
+    discriminants = (
+        s * s - 4 * p * (1 - o) / (1 + o),
+        4 * s * s - 16 * (1 - o) * p,
+        4 * o * o * s * s + 16 * o * (1 - o) * p,
+    )
+    roots = tuple(np.sqrt(np.maximum(d, 0.0)) for d in discriminants)
+    return (1.0, 4.0, 4 * o), (s, 2 * s, -2 * o * s), roots
 
 
 def centernet_gaussian_radius(height: Any, width: Any, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
     """The radius CenterNet's published code computes, with which the paper's models were trained: the
     three quadratics of :func:`gaussian_radius` solved with the larger root in cases 1 and 2 and a
     denominator of 2 in all three (3.3x the corrected radius for a 10x10 box)."""
-    h = np.asarray(height, dtype=np.float64)
-    w = np.asarray(width, dtype=np.float64)
-    o = float(min_overlap)
-    s, p = h + w, h * w
-    r1 = (s + np.sqrt(np.maximum(s * s - 4 * p * (1 - o) / (1 + o), 0.0))) / 2
-    r2 = (2 * s + np.sqrt(np.maximum(4 * s * s - 16 * (1 - o) * p, 0.0))) / 2
-    r3 = (-2 * o * s + np.sqrt(np.maximum(4 * o * o * s * s + 16 * o * (1 - o) * p, 0.0))) / 2
-    return np.maximum(np.minimum(np.minimum(r1, r2), r3), 0.0)
+    _, (b1, b2, b3), (q1, q2, q3) = _radius_quadratics(height, width, min_overlap)
+    return np.maximum(np.minimum(np.minimum((b1 + q1) / 2, (b2 + q2) / 2), (b3 + q3) / 2), 0.0)
 
 
 #: How heatmap Gaussians are sized (``data.heatmap_radius``): "corrected" (:func:`gaussian_radius`) or
