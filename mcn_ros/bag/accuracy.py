@@ -30,6 +30,7 @@ from mcn_ros.bag.provenance import weights_metadata
 from mcn_ros.bag.typestore import DETECTIONS, IMAGE, LABEL_INFO, POSES
 from mcn_ros.evaluation import EvalReport, evaluate
 from mcn_ros.model.results import Detections, Poses, Results
+from mcn_ros.ros.topic_names import CAMERA_TOPICS, NODE_TOPICS
 
 #: Output key -> the task it answers.
 TASK_OF = {"detections": "detection", "poses": "pose", "segmentation": "segmentation"}
@@ -71,17 +72,19 @@ def _one(topics: list[str], suffix: str, what: str) -> str | None:
 
 def output_topics(outputs: OutputBag) -> OutputTopics:
     """Find the node's outputs in a bag by type (and the class-map Image by its name, ``segmentation``)."""
-    segmentation = [t for t in outputs.topics_of_type(IMAGE) if t.rstrip("/").endswith("/segmentation")]
+    class_map = "/" + CAMERA_TOPICS["segmentation"]
+    segmentation = [t for t in outputs.topics_of_type(IMAGE) if t.rstrip("/").endswith(class_map)]
     label_infos = outputs.topics_of_type(LABEL_INFO)
     # The node's ~/segmentation/label_info names the class map's values; ~/label_info the detection ids.
-    segmentation_infos = [t for t in label_infos if t.rstrip("/").endswith("/segmentation/label_info")]
+    names = "/" + NODE_TOPICS["segmentation_label_info"]
+    segmentation_infos = [t for t in label_infos if t.rstrip("/").endswith(names)]
     detection_infos = [t for t in label_infos if t not in segmentation_infos]
     return OutputTopics(
-        detections=_one(outputs.topics_of_type(DETECTIONS), "detections", "Detection2DArray"),
-        poses=_one(outputs.topics_of_type(POSES), "poses", "HumanPose2DArray"),
-        segmentation=_one(segmentation, "segmentation", "segmentation"),
-        label_info=_one(detection_infos, "label_info", "LabelInfo"),
-        segmentation_label_info=_one(segmentation_infos, "label_info", "segmentation LabelInfo"),
+        detections=_one(outputs.topics_of_type(DETECTIONS), CAMERA_TOPICS["detections"], "Detection2DArray"),
+        poses=_one(outputs.topics_of_type(POSES), CAMERA_TOPICS["poses"], "HumanPose2DArray"),
+        segmentation=_one(segmentation, CAMERA_TOPICS["segmentation"], "segmentation"),
+        label_info=_one(detection_infos, NODE_TOPICS["label_info"], "LabelInfo"),
+        segmentation_label_info=_one(segmentation_infos, NODE_TOPICS["label_info"], "segmentation LabelInfo"),
     )
 
 

@@ -26,17 +26,20 @@ from mcn_ros.bag import BagError
 from mcn_ros.bag.bagio import CameraFrame, header_stamp_ns, sequence_length_after_header, with_stamp
 from mcn_ros.bag.pacing import Arrivals
 from mcn_ros.bag.typestore import COMPRESSED_IMAGE, DETECTIONS, IMAGE, LABEL_INFO, POSE_INFO, POSES
+from mcn_ros.ros.topic_names import CAMERA_TOPICS, NODE_TOPICS
 
 #: Output key -> (topic under the node's name, message type). The keys are those of frames.jsonl.
 OUTPUTS: dict[str, tuple[str, str]] = {
-    "detections": ("detections", DETECTIONS),
-    "poses": ("poses", POSES),
-    "segmentation": ("segmentation", IMAGE),
+    key: (CAMERA_TOPICS[key], message_type)
+    for key, message_type in (("detections", DETECTIONS), ("poses", POSES), ("segmentation", IMAGE))
 }
 LATCHED: dict[str, tuple[str, str]] = {
-    "label_info": ("label_info", LABEL_INFO),
-    "segmentation_label_info": ("segmentation/label_info", LABEL_INFO),
-    "pose_info": ("pose_info", POSE_INFO),
+    key: (NODE_TOPICS[key], message_type)
+    for key, message_type in (
+        ("label_info", LABEL_INFO),
+        ("segmentation_label_info", LABEL_INFO),
+        ("pose_info", POSE_INFO),
+    )
 }
 #: Node parameters recorded with each replay (the direct evaluation runs the model with the same ones: every
 #: parameter that changes what the model runtime computes is here).

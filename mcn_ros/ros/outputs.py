@@ -14,6 +14,7 @@ from mcn_ros.msg import HumanPose2DArray, PoseInfo
 from mcn_ros.ros import messages
 from mcn_ros.ros.images import class_map_encoding
 from mcn_ros.ros.parameters import FrameSettings
+from mcn_ros.ros.topic_names import CAMERA_TOPICS, NODE_TOPICS
 from mcn_ros.visualize import color_palette, colorize, draw_results
 
 if TYPE_CHECKING:
@@ -57,23 +58,26 @@ class Outputs:
         latched = QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
         )
-        publishers, topic = self.publishers, self.topic
+        publishers = self.publishers
+
+        def add(key: str, message_type: Any) -> None:
+            if key in NODE_TOPICS:
+                if info:
+                    publishers[key] = create(message_type, f"~/{NODE_TOPICS[key]}", latched)
+            else:
+                publishers[key] = create(message_type, self.topic(CAMERA_TOPICS[key]), qos)
+
         if config.detection is not None:
-            publishers["detections"] = create(Detection2DArray, topic("detections"), qos)
-            if info:
-                publishers["label_info"] = create(LabelInfo, "~/label_info", latched)
+            add("detections", Detection2DArray)
+            add("label_info", LabelInfo)
         if config.pose is not None:
-            publishers["poses"] = create(HumanPose2DArray, topic("poses"), qos)
-            if info:
-                publishers["pose_info"] = create(PoseInfo, "~/pose_info", latched)
+            add("poses", HumanPose2DArray)
+            add("pose_info", PoseInfo)
         if config.segmentation is not None:
-            publishers["segmentation"] = create(Image, topic("segmentation"), qos)
-            publishers["segmentation_color"] = create(Image, topic("segmentation/color"), qos)
-            if info:
-                publishers["segmentation_label_info"] = create(
-                    LabelInfo, "~/segmentation/label_info", latched
-                )
-        publishers["debug_image"] = create(Image, topic("debug_image"), qos)
+            add("segmentation", Image)
+            add("segmentation_color", Image)
+            add("segmentation_label_info", LabelInfo)
+        add("debug_image", Image)
         class_counts = [len(c.classes) for c in (config.detection, config.segmentation) if c is not None]
         self.palette = color_palette(max(class_counts))  # one colour per class id, shared by all drawings
         self.config = config
