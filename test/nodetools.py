@@ -257,6 +257,13 @@ class Client:
         )
         return list(self.call(SetParameters, "set_parameters", request).results)
 
+    def parameter_values(self, *names: str) -> list[Any]:
+        """The node's ParameterValue messages of ``names`` (their ``type`` says how they are stored)."""
+        from rcl_interfaces.srv import GetParameters
+
+        request = GetParameters.Request(names=list(names))
+        return list(self.call(GetParameters, "get_parameters", request, resend=True).values)
+
     def lifecycle(self, transition: str) -> bool:
         """Trigger a lifecycle transition by label (configure, activate, deactivate, cleanup)."""
         from lifecycle_msgs.msg import Transition

@@ -117,6 +117,21 @@ def test_streams_are_apart_even_without_gids() -> None:
     assert "no publisher GID" in gaps.method()
 
 
+def test_interleaved_publishers_without_gids_count_no_gaps() -> None:
+    stats = FrameStats()
+    # Two publishers on one topic, no GIDs (rclpy 7): their numbers interleave, nothing is lost.
+    for n in range(5):
+        assert stats.arrived(float(n), info(1000 + n, gid=None), publishers=lambda: 2) == 0
+        assert stats.arrived(float(n), info(1 + n, gid=None), publishers=lambda: 2) == 0
+    assert stats.counts(0).lost == 0
+    assert "several publishers" in stats.gaps.method()
+    # One publisher left: its gaps count again, from its next frame on.
+    assert stats.arrived(6.0, info(7, gid=None), publishers=lambda: 1) == 0
+    assert stats.arrived(7.0, info(9, gid=None), publishers=lambda: 1) == 1
+    # With GIDs the publisher count is not needed (nor asked).
+    assert stats.arrived(8.0, info(3), publishers=lambda: 1 // 0) == 0
+
+
 def test_a_restarted_publisher_starts_afresh() -> None:
     gaps = SequenceGaps()
     for s in (1, 2, 3, 40):
@@ -195,6 +210,19 @@ def test_rates_count_lost_frames_in_the_input_rate() -> None:
     assert summary["latency_p50_ms"] == pytest.approx(100.0)
     assert summary["stamp_age_p95_ms"] == pytest.approx(200.0)
     assert summary["processing_p50_ms"] == pytest.approx(40.0)
+
+
+def test_rates_after_listening_began_divide_by_the_time_listened() -> None:
+    stats = FrameStats(window_s=5.0)
+    stats.start_listening(100.0)
+    for n in range(20):  # 10 Hz for 2 s
+        stats.arrived(100.1 + n / 10, info(n + 1))
+    assert stats.summary(102.1)["received_rate_hz"] == pytest.approx(20 / 2.1)
+    assert stats.summary(110.0)["received_rate_hz"] == pytest.approx(0.0)  # a whole window later
+    stats.stop_listening()
+    stats.start_listening(103.0)  # activated again: the frames before it are not in the new rate
+    stats.arrived(103.5, info(1))
+    assert stats.summary(104.0)["received_rate_hz"] == pytest.approx(1.0)  # over at least a second
 
 
 def test_memory_of_the_window_is_bounded() -> None:

@@ -310,14 +310,18 @@ def _settle(c: Client, image: object, topic: str) -> None:
 
 
 def test_parameters_change_at_run_time_and_bad_values_are_refused(running: tuple[object, Client]) -> None:
+    from rcl_interfaces.msg import ParameterType
+
     _, c = running
     image = image_message(test_image(), stamp=(7, 0))
 
-    results = c.set_parameters(score_threshold=0.99)
+    results = c.set_parameters(score_threshold=1)  # an integer for a double parameter: set as 1.0
     assert results[0].successful
+    (value,) = c.parameter_values("score_threshold")
+    assert (value.type, value.double_value) == (ParameterType.PARAMETER_DOUBLE, 1.0)
     _settle(c, image, "detections")
     assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
-    assert len(c.messages("detections")[-1].detections) == 0  # nothing scores 0.99 at random init
+    assert len(c.messages("detections")[-1].detections) == 0  # nothing scores 1
 
     for bad in ({"score_threshold": 1.5}, {"tasks": ["detection", "teleportation"]}, {"device": "tpu"}):
         result = c.set_parameters(**bad)[0]
@@ -327,7 +331,7 @@ def test_parameters_change_at_run_time_and_bad_values_are_refused(running: tuple
     assert "configure" in c.set_parameters(weights="/elsewhere.safetensors")[0].reason
 
     assert c.set_parameters(score_threshold=SCORE, tasks=["segmentation"])[0].successful
-    _settle(c, image, "segmentation")  # a frame of the 0.99 threshold may still publish its detections
+    _settle(c, image, "segmentation")  # a frame of the threshold 1 may still publish its detections
     assert c.publish_until(image, lambda: bool(c.messages("segmentation")), 30)
     time.sleep(1.0)
     assert not c.messages("detections") and not c.messages("poses")  # detection and pose switched off
@@ -336,11 +340,17 @@ def test_parameters_change_at_run_time_and_bad_values_are_refused(running: tuple
 
 def test_a_task_nobody_listens_to_is_not_computed(weights: Path) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.msg import ParameterType
     from sensor_msgs.msg import Image
 
-    process = start_node("-p", f"weights:={weights}", "-p", "autostart:=true", name="quiet_node")
+    # batch_timeout_ms:=20 is an integer for a double parameter: the node starts and sets it as 20.0.
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", "batch_timeout_ms:=20", name="quiet_node"
+    )  # fmt: skip
     c = Client("quiet_node")
     try:
+        (value,) = c.parameter_values("batch_timeout_ms")
+        assert (value.type, value.double_value) == (ParameterType.PARAMETER_DOUBLE, 20.0)
         c.subscribe("segmentation", Image)
         c.subscribe("/diagnostics", DiagnosticArray)
         assert c.publish_until(image_message(test_image()), lambda: bool(c.messages("segmentation")), 60)
@@ -418,8 +428,9 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         assert c.state() == "unconfigured"
         assert not c.lifecycle("configure")  # corrupt weights: configure fails, node stays up
         assert c.state() == "unconfigured"
-        assert c.set_parameters(weights=str(weights), input_size=[50, 50])[0].successful
-        assert not c.lifecycle("configure")  # 50 is not a multiple of 32
+        assert c.set_parameters(weights=str(weights))[0].successful
+        refused = c.set_parameters(input_size=[50, 50])[0]  # 50 is not a multiple of 32
+        assert not refused.successful and "multiples of 32" in refused.reason
         assert c.set_parameters(input_size=[64, 96])[0].successful
         assert c.lifecycle("configure")
         assert "configure" in c.set_parameters(input_size=[64, 64])[0].reason  # fixed while configured
@@ -460,8 +471,8 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         log = stop_node(process)
     assert "cannot load weights" in log
     assert "unconfigured, waiting for a lifecycle manager (ros2 lifecycle set /managed_node configure" in log
-    assert "input_size [50, 50]" in log and "multiple of 32" in log
-    assert cuda_available() or "configure failed: cannot load weights" in log.split("input_size [50, 50]")[-1]
+    after_graphs = log.split("parameter cuda_graphs: CUDA graphs need a CUDA device")[-1]
+    assert cuda_available() or "configure failed: cannot load weights" in after_graphs  # device cuda:0
     assert cuda_available() or "parameter cuda_graphs: CUDA graphs need a CUDA device" in log
 
 

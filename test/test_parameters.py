@@ -77,6 +77,9 @@ def test_refusal_reasons() -> None:
         assert reason == f"{name} takes effect on configure: deactivate and clean up first"
     assert refusal("score_threshold", 0.9, configured=True) is None  # run time: fine while configured
     assert refusal("input_size", array.array("q", [64, 96]), configured=False) is None  # as rclpy gives it
+    assert refusal("input_size", [0, 0], configured=False) is None
+    for size in ([50, 50], [64], [-32, 64], [0, 64], [64, 96, 32]):
+        assert "multiples of 32" in (refusal("input_size", size, configured=False) or ""), size
 
     assert "teleportation" in str(refusal("tasks", ["detection", "teleportation"], configured=True))
     assert refusal("tasks", ["pose"], configured=True) is None
@@ -87,6 +90,9 @@ def test_refusal_reasons() -> None:
     assert "image_qos must be one of" in str(refusal("image_qos", "fast", configured=False))
     assert "publisher_reliability" in str(refusal("publisher_reliability", "sometimes", configured=False))
     assert "[0.0, 1.0]" in str(refusal("score_threshold", 1.5, configured=False))
+    assert refusal("score_threshold", 1, configured=True) is None  # an integer for a double (set as 1.0)
+    assert "[0.0, 1.0]" in str(refusal("score_threshold", 2, configured=True))
+    assert "of type double" in str(refusal("score_threshold", True, configured=True))  # a bool is not
     assert "[1, 1000]" in str(refusal("max_detections", 0, configured=False))
     assert "read-only" in str(refusal("autostart", True, configured=False))
     assert refusal("cameras", ["front", "back_left"], configured=False) is None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,8 @@ class SequenceGaps:
 
     Only gaps between two frames that arrived count: frames a publisher sent before the node first heard of
     it, or after the last one that arrived, are not known. A number that does not increase means the
-    publisher restarted (or, without GIDs, that another publisher's frames interleave): it starts afresh.
+    publisher restarted: it starts afresh. Without GIDs the frames of several publishers on one topic cannot
+    be told apart (their numbers interleave): while more than one is matched (``shared``), no gap is counted.
     At most ``max_publishers`` publishers are remembered (the least recently heard is forgotten).
     """
 
@@ -72,16 +73,24 @@ class SequenceGaps:
         self.restarts = 0
         self.numbered = 0
         self.keyless = 0
+        self.shared = 0
 
-    def seen(self, publisher: Hashable, sequence: int | None, stream: Hashable = None) -> int:
+    def seen(
+        self, publisher: Hashable, sequence: int | None, stream: Hashable = None, shared: bool = False
+    ) -> int:
         """Record a frame of ``publisher`` (a GID, or None) on ``stream`` (the subscription); returns how many
-        frames of that publisher were lost just before it."""
+        frames of that publisher were lost just before it. ``shared``: the frame has no GID and several
+        publishers are matched, so its number says nothing about losses."""
         if sequence is None:
             return 0
         self.numbered += 1
+        key = (stream, publisher)
         if publisher is None:
             self.keyless += 1
-        key = (stream, publisher)
+            if shared:
+                self.shared += 1
+                self._last.pop(key, None)  # numbering starts afresh once one publisher is left
+                return 0
         last = self._last.pop(key, None)
         self._last[key] = sequence
         if len(self._last) > self.max_publishers:
@@ -104,13 +113,18 @@ class SequenceGaps:
         if not self.numbered:
             return "not counted (no frame with a publication sequence number yet)"
         if self.keyless:
-            return "sequence numbers, one stream per topic (this rclpy gives no publisher GID)"
+            method = "sequence numbers, one stream per topic (this rclpy gives no publisher GID)"
+            if self.shared:
+                method += (
+                    f"; not counted for {self.shared} frames that arrived while several publishers shared it"
+                )
+            return method
         return "sequence numbers per publisher GID"
 
 
 @dataclass(frozen=True)
 class FrameCounts:
-    """Totals since the node started (see the module docstring for what each means)."""
+    """Totals since the camera was configured (see the module docstring for what each means)."""
 
     received: int
     lost: int
@@ -147,15 +161,24 @@ class FrameStats:
         self.rejected = 0
         self.idle_count = 0
         self._heard_at: float | None = None  # the last arrival, or when the subscriptions were made
+        self._listening_since: float | None = None  # when the subscriptions were made (None: not listening)
 
-    def arrived(self, now: float, info: Mapping[str, Any] | None = None, stream: Hashable = None) -> int:
+    def arrived(
+        self,
+        now: float,
+        info: Mapping[str, Any] | None = None,
+        stream: Hashable = None,
+        publishers: Callable[[], int] | None = None,
+    ) -> int:
         """Count an incoming frame with its rclpy ``MessageInfo``; returns the frames lost just before it.
 
-        ``stream`` tells apart subscriptions whose publishers have no GIDs (Image and CompressedImage).
+        ``stream`` tells apart subscriptions whose publishers have no GIDs (Image and CompressedImage);
+        ``publishers`` counts those matched with the subscription (asked only of a frame without a GID).
         """
         key, sequence = publication_sequence(info)
+        shared = key is None and sequence is not None and publishers is not None and publishers() > 1
         with self._lock:
-            lost = self.gaps.seen(key, sequence, stream)
+            lost = self.gaps.seen(key, sequence, stream, shared)
             self.received += 1
             self._arrivals.append((now, 1 + lost))
             self._heard_at = now
@@ -165,6 +188,7 @@ class FrameStats:
         """The subscriptions are made: :meth:`silence` counts from ``now`` until a frame arrives."""
         with self._lock:
             self._heard_at = now
+            self._listening_since = now
 
     def silence(self, now: float) -> float | None:
         """Seconds since the last frame arrived (or since listening began, if none has); None while not
@@ -206,6 +230,7 @@ class FrameStats:
         with self._lock:
             self.gaps.forget()
             self._heard_at = None
+            self._listening_since = None
 
     def counts(self, dropped: int) -> FrameCounts:
         """The totals, with the slot's ``dropped``."""
@@ -221,19 +246,23 @@ class FrameStats:
 
     def summary(self, now: float) -> dict[str, float]:
         """Rates (Hz) over the window: sent (received + lost), received, processed, idle, rejected;
-        latency, stamp-age and processing-time p50/p95 (ms) of the processed frames."""
+        latency, stamp-age and processing-time p50/p95 (ms) of the processed frames. In the first seconds
+        of listening the window is the time since the subscriptions were made."""
         with self._lock:
             start = now - self.window_s
+            if self._listening_since is not None and self._listening_since > start:
+                start = self._listening_since
+            span = max(now - start, min(1.0, self.window_s))  # not a rate from a single frame
             arrivals = [n for t, n in self._arrivals if t >= start]
             idle = sum(1 for t in self._idle if t >= start)
             rejected = sum(1 for t in self._rejected if t >= start)
             done = np.array([d for d in self._done if d[0] >= start], dtype=np.float64).reshape(-1, 4)
         out = {
-            "input_rate_hz": sum(arrivals) / self.window_s,
-            "received_rate_hz": len(arrivals) / self.window_s,
-            "processed_rate_hz": len(done) / self.window_s,
-            "idle_rate_hz": idle / self.window_s,
-            "rejected_rate_hz": rejected / self.window_s,
+            "input_rate_hz": sum(arrivals) / span,
+            "received_rate_hz": len(arrivals) / span,
+            "processed_rate_hz": len(done) / span,
+            "idle_rate_hz": idle / span,
+            "rejected_rate_hz": rejected / span,
         }
         for name, column in (("latency", 1), ("stamp_age", 2), ("processing", 3)):
             values = done[:, column]

@@ -42,6 +42,7 @@ from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
 from mcn_ros.ros.memory import release_freed_memory
 from mcn_ros.ros.parameters import (
     PARAMETERS,
+    SETTABLE_DOUBLES,
     FrameSettings,
     descriptor,
     frame_settings,
@@ -65,6 +66,17 @@ THROTTLE_S = 5.0
 WITH_MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 #: rclpy calls post-set-parameters callbacks since Iron; on Humble the set-callback applies the values.
 POST_SET_CALLBACKS = hasattr(LifecycleNode, "add_post_set_parameters_callback")
+
+
+def _as_doubles(parameters: list[Parameter[Any]]) -> list[Parameter[Any]]:
+    """``parameters`` with an integer given for a double parameter (``ros2 param set ... 1``, ``-p x:=1``)
+    turned into that double; the others as they are."""
+    return [
+        Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+        if p.name in SETTABLE_DOUBLES and p.type_ == Parameter.Type.INTEGER
+        else p
+        for p in parameters
+    ]
 
 
 class StartupError(ValueError):
@@ -99,6 +111,8 @@ class McnNode(LifecycleNode):
         if unknown is not None:
             self.get_logger().warning(unknown)
         self._frame_settings = self._read_frame_settings()
+        if hasattr(self, "add_pre_set_parameters_callback"):  # not on Humble: integers stay integers there
+            self.add_pre_set_parameters_callback(_as_doubles)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if POST_SET_CALLBACKS:
             self.add_post_set_parameters_callback(self._after_set_parameters)
@@ -128,6 +142,8 @@ class McnNode(LifecycleNode):
             raise StartupError(str(error)) from error
         unset = [name for name in empty_arrays if self.get_parameter(name).value is None]
         self.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, []) for name in unset])
+        given = [self.get_parameter(name) for name in sorted(SETTABLE_DOUBLES)]
+        self.set_parameters(_as_doubles([p for p in given if p.type_ == Parameter.Type.INTEGER]))
         problems = start_up_problems({spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS})
         if problems:
             raise StartupError("; ".join(problems))
@@ -300,8 +316,8 @@ class McnNode(LifecycleNode):
                 # A two-argument callback gets rclpy's MessageInfo (a dict on Jazzy and Kilted; not on
                 # Humble): its sequence numbers tell the frames lost before the node.
                 on_image = self._image_callback(camera, compressed)
-                camera.subscriptions.append(
-                    self.create_subscription(message_type, topic, on_image, image_qos)
+                camera.subscriptions[compressed] = self.create_subscription(
+                    message_type, topic, on_image, image_qos
                 )
             camera.stats.start_listening(monotonic())
         self._running.set()
@@ -315,7 +331,7 @@ class McnNode(LifecycleNode):
         with self._busy:  # the frame in flight is done; no other starts while _running is clear
             pass
         for camera in self._cameras.values():
-            for subscription in camera.subscriptions:
+            for subscription in camera.subscriptions.values():
                 self.destroy_subscription(subscription)
             camera.subscriptions.clear()
             camera.stats.stop_listening()
@@ -346,9 +362,14 @@ class McnNode(LifecycleNode):
 
     # -- hot path -----------------------------------------------------------------------------------------
     def _image_callback(self, camera: Camera, compressed: bool) -> Any:
+        def publishers() -> int:  # matched with this input; asked only where frames carry no publisher GID
+            subscription = camera.subscriptions.get(compressed)
+            count = getattr(subscription, "get_publisher_count", None)
+            return int(count()) if count is not None else 0
+
         def on_image(message: Image | CompressedImage, info: Any) -> None:
             now = monotonic()
-            camera.stats.arrived(now, info, stream=compressed)
+            camera.stats.arrived(now, info, stream=compressed, publishers=publishers)
             self._frame_slots.put(camera.name, Frame(message, compressed, now))
 
         if WITH_MESSAGE_INFO:
@@ -577,7 +598,7 @@ class McnNode(LifecycleNode):
             tolerance=float(self.get_parameter("rate_warn_tolerance").value),
             knobs=knobs,
             silence_s=camera.stats.silence(now),
-            inputs=", ".join(subscription.topic_name for subscription in camera.subscriptions),
+            inputs=", ".join(subscription.topic_name for subscription in camera.subscriptions.values()),
             last_error=camera.last_error,
         )
         values = diagnostics.status_values(

@@ -55,7 +55,8 @@ class ParameterSpec:
     check: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
-        if not _has_type(self.default, self.type):
+        declared_as_int = self.type == "double" and not isinstance(self.default, float)  # rclpy takes its type
+        if not _has_type(self.default, self.type) or declared_as_int:
             raise TypeError(f"parameter {self.name}: default {self.default!r} is not of type {self.type}")
         if self.value_range is not None and self.type not in ("integer", "double"):
             raise TypeError(f"parameter {self.name}: only integer and double parameters have a range")
@@ -90,7 +91,9 @@ def _has_type(value: object, kind: ParameterType) -> bool:
         return all(_has_type(v, item_kind) for v in value)
     if isinstance(value, bool):  # bool is an int in Python, not in ROS
         return kind == "bool"
-    python_type = {"bool": bool, "integer": int, "double": float, "string": str}[kind]
+    if kind == "double":  # an integer too (`ros2 param set ... 1`, `-p x:=1`): the node sets it as a double
+        return isinstance(value, (float, int))
+    python_type = {"bool": bool, "integer": int, "string": str}[kind]
     return isinstance(value, python_type)
 
 
@@ -104,6 +107,14 @@ def valid_device(device: str) -> bool:
 
 def _check_device(value: Any) -> str | None:
     return None if valid_device(str(value)) else "device must be auto, cpu or cuda[:N]"
+
+
+def _check_input_size(value: Any) -> str | None:
+    """[0, 0], or [height, width] as the model config takes them (multiples of 32, at least 32)."""
+    size = list(value)
+    if size == [0, 0] or (len(size) == 2 and all(side >= 32 and side % 32 == 0 for side in size)):
+        return None
+    return f"input_size must be [height, width], multiples of 32 (at least 32), or [0, 0]; got {size}"
 
 
 def _check_tasks(value: Any) -> str | None:
@@ -156,7 +167,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("rect_input", "bool", True, CONFIGURE,
                   "Camera-shaped network input (multiples of 32 at the input_size scale); false: input_size"),
     ParameterSpec("input_size", "integer_array", (0, 0), CONFIGURE,
-                  "Network input [height, width], multiples of 32; [0, 0] = the weights' own"),
+                  "Network input [height, width], multiples of 32; [0, 0] = the weights' own",
+                  check=_check_input_size),
     ParameterSpec("tasks", "string_array", TASKS, RUN_TIME, f"Enabled tasks, a subset of {list(TASKS)}",
                   check=_check_tasks),
     ParameterSpec("score_threshold", "double", 0.3, RUN_TIME, "Minimum detection score",
@@ -203,6 +215,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 )  # fmt: skip
 
 BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+#: Double parameters that can be set: an integer given for one is accepted and set as its float (the node's
+#: pre-set callback, and once at start-up); a read-only one keeps the integer, read through float().
+SETTABLE_DOUBLES: frozenset[str] = frozenset(
+    spec.name for spec in PARAMETERS if spec.type == "double" and not spec.read_only
+)
 
 
 def start_up_problems(values: Mapping[str, Any]) -> list[str]:
