@@ -55,7 +55,8 @@ class ParameterSpec:
     check: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
-        declared_as_int = self.type == "double" and not isinstance(self.default, float)  # rclpy takes its type
+        # rclpy declares a parameter with its default's type: a double needs a float default
+        declared_as_int = self.type == "double" and not isinstance(self.default, float)
         if not _has_type(self.default, self.type) or declared_as_int:
             raise TypeError(f"parameter {self.name}: default {self.default!r} is not of type {self.type}")
         if self.value_range is not None and self.type not in ("integer", "double"):
