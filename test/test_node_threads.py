@@ -198,5 +198,10 @@ def test_shutdown_ends_the_inference_thread(node_factory: Any, tmp_path: Path) -
     node.trigger_configure()
     thread = node._inference_thread
     assert node.configured and thread is not None and thread.is_alive()
+    published: list[Any] = []
+    node._diagnostics_publisher.publish = published.append  # the status it publishes on the way out
     node.trigger_shutdown()
     assert not node.configured and not thread.is_alive()
+    # /diagnostics says so once (level STALE), then stops: it went on reporting "unconfigured" forever.
+    assert node._diagnostics_timer.is_canceled()
+    assert [(s.level, s.message[:9]) for s in published[-1].status] == [(b"\x03", "finalized")]

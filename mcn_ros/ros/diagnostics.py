@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from diagnostic_msgs.msg import DiagnosticArray
 
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
+#: The last status of a node shut down (finalized): nothing it reported before holds any longer.
+STALE = "STALE"
 #: A camera from which no frame has arrived for this long while active is reported (WARN).
 NO_INPUT_WARN_S = 5.0
 
@@ -165,9 +167,12 @@ def diagnostic_array(statuses: Sequence[Status], hardware_id: str, stamp: Any) -
             DiagnosticStatus(
                 name=name,
                 hardware_id=hardware_id,
-                level={OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}[
-                    level
-                ],
+                level={
+                    OK: DiagnosticStatus.OK,
+                    WARN: DiagnosticStatus.WARN,
+                    ERROR: DiagnosticStatus.ERROR,
+                    STALE: DiagnosticStatus.STALE,
+                }[level],
                 message=message,
                 values=[KeyValue(key=key, value=value) for key, value in values.items()],
             )

@@ -219,6 +219,8 @@ class McnNode(LifecycleNode):
         final: nothing runs on it again)."""
         self._teardown()
         self._end_inference_thread()
+        self._diagnostics_timer.cancel()  # it would report "unconfigured" for good: say finalized, once
+        self._publish_diagnostics(final=True)
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -539,9 +541,10 @@ class McnNode(LifecycleNode):
         return (now - (header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)) / 1e9
 
     # -- diagnostics --------------------------------------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
+    def _publish_diagnostics(self, final: bool = False) -> None:
         """One status per camera (the single camera's is the node's "inference" status); with several
-        cameras, first one for the node: its level the worst camera's, with the batch sizes used."""
+        cameras, first one for the node: its level the worst camera's, with the batch sizes used.
+        ``final``: the last message of a node shut down, every status STALE."""
         predictor = self._predictor
         statuses = [self._camera_status(camera) for camera in self._cameras.values()]
         if len(self._cameras) > 1:
@@ -564,6 +567,9 @@ class McnNode(LifecycleNode):
                 "last_error": self._last_error,
             }
             statuses.insert(0, (f"{self.get_name()}: inference", level, message, values))
+        if final:
+            finalized = "finalized: the node was shut down and runs nothing more"
+            statuses = [(name, diagnostics.STALE, finalized, values) for name, _, _, values in statuses]
         stamp = self.get_clock().now().to_msg()
         array = diagnostics.diagnostic_array(statuses, self._device_name(), stamp)
         self._diagnostics_publisher.publish(array)
