@@ -3,8 +3,10 @@
     ros2 launch mcn_ros mcn.launch.py weights:=/path/model.safetensors image:=/camera/image
 
 Arguments: params_file (default: the installed config/mcn.yaml), weights and autostart (each overrides the
-parameter file only when given; autostart is true with the default parameter file), image (camera topic),
-cameras (names, e.g. front,back: each camera listens on <name>/image; overrides the file when given),
+parameter file only when given; autostart is true with the default parameter file), image (camera topic;
+with named cameras a pattern such as /sensing/{camera}/image_raw), cameras (names, e.g. front,back: each
+camera listens on <name>/image; overrides the file when given), camera_topics (front=/x,back=/y: each named
+camera's topic),
 image_transport (raw, compressed or both: the camera transport subscribed; overrides the file when given),
 namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace, one set per camera; where
 rviz2 is not installed a warning, and the node starts alone),
@@ -28,8 +30,10 @@ from launch_ros.actions import Node
 
 from mcn_ros.ros.fastdds import PROFILE_NAME, profile_environment
 from mcn_ros.ros.launch_args import (
+    DEFAULT_IMAGE_TOPIC,
     NODE_NAME,
     cameras_in_params_file,
+    image_remappings,
     parameter_overrides,
     parse_bool,
     parse_cameras,
@@ -56,12 +60,22 @@ def generate_launch_description() -> LaunchDescription:
             description="true: configure and activate, no lifecycle manager (empty: true with the default "
             "parameter file, else the file's value)",
         ),
-        DeclareLaunchArgument("image", default_value="/camera/image_raw", description="Camera image topic"),
+        DeclareLaunchArgument(
+            "image",
+            default_value=DEFAULT_IMAGE_TOPIC,
+            description="Camera image topic; with named cameras a pattern holding {camera} for each name",
+        ),
         DeclareLaunchArgument(
             "cameras",
             default_value="",
             description="Camera names, comma-separated: each listens on <name>/image (empty: the parameter "
             "file's)",
+        ),
+        DeclareLaunchArgument(
+            "camera_topics",
+            default_value="",
+            description="Named cameras' topics as name=topic pairs, comma-separated "
+            "(front=/cams/front/image_raw)",
         ),
         DeclareLaunchArgument(
             "image_transport",
@@ -93,7 +107,14 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     overrides = parameter_overrides(
         argument("weights"), argument("autostart"), default_params, cameras_text, argument("image_transport")
     )
-    cameras = parse_cameras(cameras_text) if cameras_text else cameras_in_params_file(params_file)
+    cameras = (
+        parse_cameras(cameras_text)
+        if cameras_text
+        else cameras_in_params_file(params_file, namespace=namespace)
+    )
+    remappings, unused = image_remappings(image, cameras, argument("camera_topics"))
+    if unused is not None:
+        get_logger("launch.user").warning(unused)
     dds_env = profile_environment(os.environ, argument("fastdds_profile"))
     node = Node(
         package="mcn_ros",
@@ -101,7 +122,7 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
         name=NODE_NAME,
         namespace=namespace,
         parameters=[params_file, *([overrides] if overrides else [])],
-        remappings=[("image", image)],
+        remappings=remappings,
         output="screen",
         additional_env=dds_env,
     )

@@ -97,10 +97,11 @@ def launch_argument_defaults() -> dict[str, str]:
 def test_weights_and_autostart_launch_arguments_default_to_the_parameter_file() -> None:
     defaults = launch_argument_defaults()
     assert set(defaults) == {
-        "params_file", "weights", "autostart", "image", "cameras", "image_transport", "namespace", "rviz",
-        "fastdds_profile",
+        "params_file", "weights", "autostart", "image", "cameras", "camera_topics", "image_transport",
+        "namespace", "rviz", "fastdds_profile",
     }  # fmt: skip
-    assert defaults["image_transport"] == ""  # the parameter file's unless given
+    assert defaults["image_transport"] == defaults["camera_topics"] == ""  # the parameter file's unless given
+    assert "remappings=remappings" in LAUNCH_FILE.read_text()  # from image_remappings
     assert (defaults["weights"], defaults["autostart"]) == ("", "")
     assert "parameter_overrides(" in LAUNCH_FILE.read_text()
     # The Fast DDS profile: the installed config/fastdds.xml, handed to the node and RViz through the same
@@ -176,6 +177,40 @@ def test_cameras_argument_and_parameter_file() -> None:
     six = ["front", "front_left", "front_right", "back", "back_left", "back_right"]
     assert cameras_in_params_file(REPO / "config" / "six_cameras.yaml") == six
     assert cameras_in_params_file(REPO / "config" / "mcn.yaml") == []
+
+
+def test_named_cameras_are_remapped_by_pattern_or_by_name() -> None:
+    from mcn_ros.ros.launch_args import image_remappings
+
+    assert image_remappings("/cam/raw", []) == ([("image", "/cam/raw")], None)
+    # ros2 launch cannot pass -r to the node: the image pattern and camera_topics are the way.
+    remaps, note = image_remappings("/sensing/{camera}/image_raw", ["front", "back"], "back=/rear/image")
+    assert remaps == [("front/image", "/sensing/front/image_raw"), ("back/image", "/rear/image")]
+    assert note is None
+    assert image_remappings("/camera/image_raw", ["front"]) == ([], None)  # the default: <name>/image
+    remaps, note = image_remappings("/cam/raw", ["front"])  # a plain topic is the single camera's
+    assert remaps == [] and note is not None and "not used with named cameras" in note
+    for bad, match in (("front", "not name=topic"), ("side=/x", "no camera 'side'"), ("=/x", "name=topic")):
+        with pytest.raises(ValueError, match=match):
+            image_remappings("/camera/image_raw", ["front"], bad)
+    with pytest.raises(ValueError, match="needs named cameras"):
+        image_remappings("/sensing/{camera}/image_raw", [])
+
+
+def test_cameras_in_namespaced_parameter_files(tmp_path: Path) -> None:
+    from mcn_ros.ros.launch_args import cameras_in_params_file
+
+    for text in (
+        "/car/mcn_node:\n  ros__parameters:\n    cameras: [a, b]\n",
+        "/car:\n  mcn_node:\n    ros__parameters:\n      cameras: [a, b]\n",
+        "mcn_node:\n  ros__parameters:\n    cameras: [a, b]\n",
+    ):
+        path = tmp_path / "params.yaml"
+        path.write_text(text)
+        assert cameras_in_params_file(path, namespace="car") == ["a", "b"], text
+    assert cameras_in_params_file(path, namespace="") == ["a", "b"]
+    path.write_text("/other/mcn_node:\n  ros__parameters:\n    cameras: [a]\n")
+    assert cameras_in_params_file(path, namespace="car") == []
 
 
 def test_rviz_shows_every_camera() -> None:

@@ -106,6 +106,17 @@ def test_launch_file(prefix: Path, tmp_path: Path) -> None:
             [f"weights:={weights}", "autostart:=true", "cameras:=front,back"],
             "/two/front/image, /two/back/image",
         ),
+        (  # named cameras pointed at a rig's topics: by the image pattern, and one by name
+            "rig",
+            [
+                f"weights:={weights}",
+                "autostart:=true",
+                "cameras:=front,back",
+                "image:=/cams/{camera}/raw",
+                "camera_topics:=back=/rear/image",
+            ],
+            "/cams/front/raw, /rear/image",
+        ),
     ]
     no_rviz = rviz_missing_note()
     if no_rviz is not None:  # rviz:=true where RViz is not installed: a warning, and the node all the same

@@ -19,6 +19,10 @@ from mcn_ros.ros.camera_names import check_camera_names
 
 NODE_NAME = "mcn_node"
 RVIZ_PACKAGE = "rviz2"
+#: The ``image`` launch argument's default: the single camera's topic.
+DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
+#: In the ``image`` launch argument, stands for each camera's name (``image:=/sensing/{camera}/image_raw``).
+CAMERA_FIELD = "{camera}"
 
 _TRUE, _FALSE = ("true", "1"), ("false", "0")  # what launch's IfCondition accepts, in any case
 
@@ -42,14 +46,66 @@ def parse_cameras(text: str) -> list[str]:
     return names
 
 
-def cameras_in_params_file(params_file: str | Path, node_name: str = NODE_NAME) -> list[str]:
-    """The ``cameras`` a node parameter file sets for ``node_name`` (or for every node, ``/**``)."""
+def cameras_in_params_file(
+    params_file: str | Path, node_name: str = NODE_NAME, namespace: str = ""
+) -> list[str]:
+    """The ``cameras`` a node parameter file sets for ``node_name`` in ``namespace``: under the node's name
+    (plain, absolute or with its namespace, ``/ns/mcn_node``), the namespace's nested form (``/ns:`` then
+    ``mcn_node:``) or every node (``/**``)."""
     data = yaml.safe_load(Path(params_file).read_text()) or {}
-    for key in (node_name, f"/{node_name}", "/**"):
-        parameters = (data.get(key) or {}).get("ros__parameters") or {}
-        if "cameras" in parameters:
+    full_name = f"{node_namespace(namespace).rstrip('/')}/{node_name}"
+    sections = [data.get(key) for key in (node_name, f"/{node_name}", full_name, full_name.lstrip("/"))]
+    nested = data.get(node_namespace(namespace)) or data.get(node_namespace(namespace).lstrip("/"))
+    if isinstance(nested, Mapping):
+        sections.append(nested.get(node_name))
+    sections.append(data.get("/**"))
+    for section in sections:
+        parameters = section.get("ros__parameters") if isinstance(section, Mapping) else None
+        if isinstance(parameters, Mapping) and "cameras" in parameters:
             return [str(name) for name in parameters["cameras"] or []]
     return []
+
+
+def image_remappings(
+    image: str, cameras: list[str], camera_topics: str = ""
+) -> tuple[list[tuple[str, str]], str | None]:
+    """The node's input remappings, and a note for the launch log where an argument is not used.
+
+    One camera: its ``image`` topic is the ``image`` argument. Named cameras listen on ``<name>/image``;
+    ``camera_topics`` (``name=topic`` pairs, comma-separated) remaps each camera it names, and an ``image``
+    holding ``{camera}`` remaps every other camera to it with its name filled in
+    (``image:=/sensing/camera/{camera}/image_raw``). ros2 launch passes no ``-r`` remappings to a node, so
+    these are the way to point named cameras at a rig's topics.
+    """
+    pairs: dict[str, str] = {}
+    for item in (part.strip() for part in camera_topics.split(",")):
+        if not item:
+            continue
+        name, equals, topic = (text.strip() for text in item.partition("="))
+        if not equals or not name or not topic:
+            raise ValueError(f"launch argument camera_topics: {item!r} is not name=topic")
+        if name not in cameras:
+            raise ValueError(
+                f"launch argument camera_topics: no camera {name!r} (cameras: {', '.join(cameras) or 'none'})"
+            )
+        pairs[name] = topic
+    if not cameras:
+        if CAMERA_FIELD in image:
+            raise ValueError(f"launch argument image:={image!r}: {CAMERA_FIELD} needs named cameras")
+        return [("image", image)], None
+    templated = CAMERA_FIELD in image
+    remappings = []
+    for name in cameras:
+        target = pairs.get(name) or (image.replace(CAMERA_FIELD, name) if templated else None)
+        if target is not None:
+            remappings.append((f"{name}/image", target))
+    note = None
+    if not templated and image != DEFAULT_IMAGE_TOPIC:
+        note = (
+            f"image:={image} is the single camera's topic and is not used with named cameras: give "
+            f"image:=/path/{CAMERA_FIELD}/image_raw or camera_topics:=name=topic,..."
+        )
+    return remappings, note
 
 
 def parameter_overrides(
