@@ -6,6 +6,7 @@ import array
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -194,6 +195,22 @@ def test_a_bad_start_up_value_stops_the_node_with_one_line(override: str, expect
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("[mcn_node] error: invalid parameters: "), lines
     assert expected in lines[0]
+
+
+@pytest.mark.usefixtures("ros")
+def test_help_and_an_unreadable_parameter_file(tmp_path: Path) -> None:
+    """--help prints the usage (it started the node); a parameter file rcl cannot parse is one line."""
+    node = [sys.executable, "-m", "mcn_ros.ros.node"]
+    result = subprocess.run([*node, "--help"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0 and result.stdout.startswith("usage: mcn_node"), result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [\n")
+    for path in (bad, tmp_path / "missing.yaml"):
+        command = [*node, "--ros-args", "--params-file", str(path)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("[mcn_node] error: cannot start: ") and str(path) in lines[0]
 
 
 @pytest.mark.usefixtures("ros")

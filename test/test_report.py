@@ -352,3 +352,17 @@ def test_only_confident_boxes_and_persons_are_drawn() -> None:
     assert shown.poses.scores.tolist() == pytest.approx([0.9, 0.3])
     assert shown.poses.keypoints.shape == (2, 17, 3) and shown.segmentation is results.segmentation
     assert confident(Results(image_size=(8, 8)), 0.3).detections is None
+
+
+def test_a_baseline_that_is_not_a_report_is_refused(tmp_path: Path) -> None:
+    """Compared with a JSON file that has none of a report's figures, every check would pass silently."""
+    from mcn_ros.bag import BagError
+    from mcn_ros.bag.evaluate import read_baseline
+
+    path = tmp_path / "baseline.json"
+    for text in ("{}", '{"frames": 3}'):
+        path.write_text(text)
+        with pytest.raises(BagError, match="not an evaluation report"):
+            read_baseline(path)
+    path.write_text('{"direct_mIoU": 0.5}')
+    assert read_baseline(path) == {"direct_mIoU": 0.5}

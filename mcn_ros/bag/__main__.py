@@ -234,7 +234,7 @@ def _finish_report(
                 latency_basis(baseline),
             )
             evaluation.summary["notes"].append(
-                f"latency not compared with the baseline: its is from a {before} replay (rate factor "
+                f"latency not compared with the baseline: its latency is from a {before} replay (rate factor "
                 f"{before_factor}), this one's from a {now} replay (rate factor {now_factor})"
             )
         evaluation.summary["baseline"] = {

@@ -256,12 +256,22 @@ def evaluate_run(
 
 # -- writing -------------------------------------------------------------------------------------------------
 def read_baseline(path: str | Path) -> dict[str, Any]:
+    """An earlier report.json to compare with; a JSON file holding none of a report's figures is refused
+    (compared with nothing, it would pass every check)."""
+    from mcn_ros.bag._util import ACCURACY_KEYS
+
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise BagError(f"cannot read baseline {path}: {error}") from error
     if not isinstance(data, dict):
         raise BagError(f"baseline {path} is not a JSON object")
+    figures = [f"{prefix}{key}" for _, key in ACCURACY_KEYS for prefix in ("", "loaded_", "direct_")]
+    if not any(name in data for name in [*figures, "latency_ms"]):
+        raise BagError(
+            f"baseline {path} is not an evaluation report: it has none of a report.json's figures "
+            f"({', '.join(key for _, key in ACCURACY_KEYS)}, latency_ms)"
+        )
     return data
 
 

@@ -31,6 +31,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
+from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -624,9 +625,26 @@ class McnNode(LifecycleNode):
         return str(self._predictor.device) if self._predictor is not None else "none"
 
 
+USAGE = """usage: mcn_node [-h] [--ros-args -p NAME:=VALUE ... --params-file FILE -r image:=TOPIC ...]
+
+The mcn_ros lifecycle node: 2D detection, human pose and semantic segmentation from one network, on the
+frames of one camera (image) or several (parameter cameras). Its parameters are described in the package's
+config/mcn.yaml (and by `ros2 param describe` while it runs); weights:=FILE is needed to configure. Without
+-p autostart:=true it waits for a lifecycle manager (configure, then activate). Usually started with
+`ros2 launch mcn_ros mcn.launch.py weights:=FILE`."""
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Console entry point: spin until Ctrl-C or shutdown; ``autostart`` skips the lifecycle manager."""
-    rclpy.init(args=list(args) if args is not None else sys.argv)
+    argv = list(args) if args is not None else sys.argv
+    try:
+        if {"-h", "--help"} & set(remove_ros_args(argv)[1:]):
+            print(USAGE)
+            return 0
+        rclpy.init(args=argv)
+    except Exception as error:  # rcl's own argument errors, e.g. a parameter file it cannot parse
+        print(f"[mcn_node] error: cannot start: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
     try:
         node = McnNode()
     except StartupError as error:
