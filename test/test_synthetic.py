@@ -134,3 +134,15 @@ def test_cli_writes_both_splits_with_distinct_ids(tmp_path: Path, capsys: pytest
     assert (tmp_path / "annotations" / "person_keypoints_val.json").exists()
     assert len(list((tmp_path / "images" / "train").iterdir())) == 3
     assert "val: 2 images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("option", "message"), [("--train=-3", "must be at least 0"), ("--height=10", "must be at least 16")]
+)
+def test_cli_refuses_bad_sizes_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--out", str(tmp_path), option])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -287,6 +287,17 @@ def test_command_line_error_is_one_clear_line(tmp_path: Path) -> None:
     assert "error:" in proc.stderr and "optim.batch_size: expected an integer, got 'four'" in proc.stderr
 
 
+def test_backbone_weights_of_the_wrong_kind_are_one_line(data: Path, tmp_path: Path) -> None:
+    """A whole model's weights where the backbone's timm checkpoint belongs: one line, exit 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcn_training.train", "--config", str(CONFIG), "--data", str(data),
+         "--out", str(tmp_path / "run"), f"backbone_weights={REPO / 'demo' / 'mcn_demo.safetensors'}"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "backbone tensor(s) missing" in proc.stderr.strip().splitlines()[-1]
+
+
 def test_config_round_trip_and_overrides() -> None:
     config = load_train_config(CONFIG, ["optim.lr=0.01", "data.augment=null", "schedule.lr_drops=[1, 2]"])
     assert config.optim.lr == 0.01 and config.data.augment is None and config.schedule.lr_drops == (1.0, 2.0)

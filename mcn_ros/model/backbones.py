@@ -60,18 +60,22 @@ class Backbone(nn.Module):
         return list(self.body(images))
 
 
+class BackboneWeightsError(ValueError):
+    """A backbone weights file that cannot be used: missing, unreadable, or not the backbone's tensors."""
+
+
 def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
     """Load a timm classification checkpoint (safetensors, timm's key layout) into ``backbone``.
 
     Keys of the classifier (absent from a ``features_only`` model) are ignored; a missing backbone key or a
-    shape mismatch raises ``ValueError`` naming the key.
+    shape mismatch raises :class:`BackboneWeightsError` naming the key.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"backbone weights file not found: {path}")
+        raise BackboneWeightsError(f"backbone weights file not found: {path}")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -81,18 +85,18 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
                 "; a PyTorch pickle is not loaded: convert a state dict you trust once with "
                 "safetensors.torch.save_file(torch.load(FILE, weights_only=True), OUT)"
             )
-        raise ValueError(f"{path}: not a readable safetensors file ({exc}){hint}") from exc
+        raise BackboneWeightsError(f"{path}: not a readable safetensors file ({exc}){hint}") from exc
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = backbone.body.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise ValueError(
+        raise BackboneWeightsError(
             f"{path}: {len(missing)} {backbone.name} backbone tensor(s) missing, first {missing[0]!r} "
             f"(expected timm's {backbone.name} key layout, e.g. {next(iter(own))!r})"
         )
     for key, value in own.items():
         if tuple(state[key].shape) != tuple(value.shape):
-            raise ValueError(
+            raise BackboneWeightsError(
                 f"{path}: tensor {key!r} has shape {tuple(state[key].shape)}, the {backbone.name} backbone "
                 f"needs {tuple(value.shape)}"
             )

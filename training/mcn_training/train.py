@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mcn_ros.model.backbones import BackboneWeightsError
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.weights import WeightsError
 from mcn_training.builders import select_metric
@@ -72,7 +73,9 @@ __all__ = [
 LOG = logging.getLogger("mcn_training")
 
 #: Errors reported as one line by the command-line entry points (no traceback).
-USER_ERRORS: tuple[type[Exception], ...] = (TrainError, TrainConfigError, ConfigError, WeightsError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    TrainError, TrainConfigError, ConfigError, WeightsError, BackboneWeightsError
+)  # fmt: skip
 
 
 def prepare(
