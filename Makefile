@@ -33,8 +33,9 @@ test-jazzy:
 # The launch tests (test/test_package.py) on launch, launch_ros and ros2cli built from source checkouts, which
 # PyPI has no wheels of: SOURCES=folder holding github.com/ros2/{launch,launch_ros,ros2cli,rcl_interfaces} at the
 # distro's branch; ENV_SCRIPT=mcn_env_jazzy.sh for the Jazzy wheels (after make test-jazzy). Not in make test.
-test-launch: setup
+test-launch:
 	@[ -n "$(SOURCES)" ] || { echo "make test-launch SOURCES=<folder of checkouts>: see scripts/launch_from_sources.sh"; exit 2; }
+	@$(MAKE) --no-print-directory setup
 	bash scripts/launch_from_sources.sh "$(SOURCES)" $(ENV_SCRIPT)
 
 # The main job: bag from synthetic validation images -> node -> replay (lockstep, then at rate) -> report.

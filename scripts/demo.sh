@@ -35,11 +35,7 @@ die() { printf '[demo] error: %s\n' "$*" >&2; exit 1; }
 if [ -n "$TRAIN" ] && [ "$TRAIN" != "0" ]; then
   [ -z "$WEIGHTS" ] || die "TRAIN=1 makes $DEMO_WEIGHTS; leave WEIGHTS unset"
   say "training the demo weights from scratch (this takes long on a CPU; a killed run resumes)"
-  if [ -f bench/demo_weights.py ]; then
-    python bench/demo_weights.py --out "$DEMO_WEIGHTS"
-  else
-    python -m mcn_training.demo_weights
-  fi
+  python bench/demo_weights.py --out "$DEMO_WEIGHTS"
 fi
 
 if [ -n "$RECORD" ] && [ "$RECORD" != "0" ] && { [ -n "$WEIGHTS" ] || [ -n "$BAG" ]; }; then
@@ -53,6 +49,8 @@ if [ -z "$WEIGHTS" ]; then
     printf '\n    make demo TRAIN=1\n\n[demo] or run the demo on weights of your own: make demo WEIGHTS=path/to/weights.safetensors\n' >&2
     exit 1
   fi
+elif [ -d "$WEIGHTS" ]; then
+  die "WEIGHTS=$WEIGHTS is a folder: name the .safetensors file in it"
 elif [ ! -f "$WEIGHTS" ]; then
   die "weights file $WEIGHTS does not exist"
 fi

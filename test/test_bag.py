@@ -414,3 +414,26 @@ def test_bad_numbers_are_refused_before_anything_runs(
     assert exited.value.code == 2
     assert option in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_run_refuses_a_node_parameter_the_node_does_not_have() -> None:
+    """`run --param nosuch=1` went through: the node only warned in its log, and the run went on."""
+    from mcn_ros.bag.run import parse_params
+
+    assert parse_params(["score_threshold=0.1", "tasks:=[detection]"]) == [
+        "score_threshold:=0.1", "tasks:=[detection]"
+    ]  # fmt: skip
+    with pytest.raises(BagError, match="'nosuch': the node has no such parameter"):
+        parse_params(["nosuch=1"])
+    with pytest.raises(BagError, match="expected NAME=VALUE"):
+        parse_params(["score_threshold"])
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_make_refuses_a_max_images_that_is_not_a_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """`make --max-images 0` said the annotations list no images; now the option is named."""
+    with pytest.raises(SystemExit) as exited:
+        main(["make", "--coco", str(tmp_path), "--out", str(tmp_path / "bag"), "--max-images", value])
+    assert exited.value.code == 2 and "--max-images" in capsys.readouterr().err

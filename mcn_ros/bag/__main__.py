@@ -34,6 +34,17 @@ def _positive(text: str) -> float:
     return _number(text, zero=False)
 
 
+def _positive_count(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 def _tolerance(text: str) -> float:
     """An argparse type: a finite number of at least 0."""
     return _number(text, zero=True)
@@ -74,7 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     make.add_argument("--rate", type=_positive, default=10.0, help="frames per second (default 10)")
     make.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage (JPEG)")
     make.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    make.add_argument("--max-images", type=int, help="first N images (by id) only")
+    make.add_argument("--max-images", type=_positive_count, help="first N images (by id) only")
     make.add_argument(
         "--start", type=float, default=1_700_000_000.0, help="first header stamp, s (fixed default)"
     )

@@ -61,13 +61,19 @@ def camera_remap(camera: CameraBag) -> tuple[str, str, list[str]]:
 
 
 def parse_params(items: Sequence[str]) -> list[str]:
-    """``name=value`` (or ROS's ``name:=value``) -> ``name:=value``."""
+    """``name=value`` (or ROS's ``name:=value``) -> ``name:=value``; a name the node does not have is refused
+    here (the node would only warn in its log, and the run go on without it)."""
+    from mcn_ros.ros.parameters import BY_NAME
+
     out = []
     for item in items:
         name, sep, value = item.partition(":=") if ":=" in item else item.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise BagError(f"node parameter {item!r}: expected NAME=VALUE (e.g. score_threshold=0.1)")
-        out.append(f"{name.strip()}:={value.strip()}")
+        if name not in BY_NAME and name != "use_sim_time" and not name.startswith("qos_overrides."):
+            raise BagError(f"node parameter {name!r}: the node has no such parameter (see config/mcn.yaml)")
+        out.append(f"{name}:={value.strip()}")
     return out
 
 
