@@ -205,3 +205,21 @@ def test_shutdown_ends_the_inference_thread(node_factory: Any, tmp_path: Path) -
     # /diagnostics says so once (level STALE), then stops: it went on reporting "unconfigured" forever.
     assert node._diagnostics_timer.is_canceled()
     assert [(s.level, s.message[:9]) for s in published[-1].status] == [(b"\x03", "finalized")]
+
+
+def test_a_failed_activate_leaves_the_publishers_inactive(
+    node_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Activate fails after the lifecycle publishers were enabled: they are disabled again with the node
+    back in inactive (they stayed enabled)."""
+    node = node_factory(weights=str(make_weights(tmp_path / "model.safetensors")), device="cpu")
+    node.trigger_configure()
+
+    def failing() -> None:
+        raise RuntimeError("no subscriptions today")
+
+    monkeypatch.setattr(node, "_activate", failing)
+    node.trigger_activate()
+    publishers = node._cameras[""].outputs.publishers
+    assert publishers and not any(publisher.is_activated for publisher in publishers.values())
+    assert node.configured and not node._running.is_set()

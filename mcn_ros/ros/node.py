@@ -202,6 +202,7 @@ class McnNode(LifecycleNode):
         except Exception as error:
             self.get_logger().error(f"activate failed: {error}")
             self._stop_inputs()
+            super().on_deactivate(state)  # back to inactive: the lifecycle publishers stop publishing too
             return TransitionCallbackReturn.FAILURE
         return result
 
