@@ -54,6 +54,8 @@ else
     jazzy) SUFFIX="-jazzy"; REQUIREMENTS=(requirements/distro.txt requirements/dev.txt requirements/ros-wheels-jazzy.txt) ;;
     *) die "MCN_ROS_WHEELS=$ROS_WHEELS: the ROS 2 wheels used here are kilted (default) or jazzy" ;;
   esac
+  # Every package the set-up installs, held at the versions tested (scripts/lock_requirements.sh makes it).
+  LOCK="requirements/lock-wheels-$ROS_WHEELS.txt"
   [ "$PY_VERSION" = "3.11" ] || die "$PYTHON is Python $PY_VERSION, but ROS 2's PyPI wheels are built for CPython 3.11 only: install python3.11 and run PYTHON=python3.11 make setup, or source a ROS 2 distro ($SUPPORTED_DISTROS) first"
   MODE="wheels-$ROS_WHEELS"
 fi
@@ -89,7 +91,7 @@ if [ -f "$VENV/pyvenv.cfg" ] && [ "$(venv_kind "$VENV")" != "$VENV_KIND" ]; then
   log "$VENV has $(venv_kind "$VENV"), this set-up needs $VENV_KIND: making it anew"
   rm -rf "$VENV"
 fi
-PY_STAMP="$MODE $VENV_KIND ${DISTRO_NUMPY:-} $(digest "${REQUIREMENTS[@]}" requirements/pip.txt setup.py training/pyproject.toml)"
+PY_STAMP="$MODE $VENV_KIND ${DISTRO_NUMPY:-} $(digest "${REQUIREMENTS[@]}" ${LOCK:-} requirements/pip.txt setup.py training/pyproject.toml)"
 if [ "$(cat "$VENV/.mcn_python_stamp" 2>/dev/null)" != "$PY_STAMP" ]; then
   if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV ($MODE, $VENV_KIND)"
@@ -103,6 +105,7 @@ if [ "$(cat "$VENV/.mcn_python_stamp" 2>/dev/null)" != "$PY_STAMP" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade -r requirements/pip.txt
   pip_args=()
   for file in "${REQUIREMENTS[@]}"; do pip_args+=(-r "$file"); done
+  [ -z "${LOCK:-}" ] || pip_args+=(-c "$LOCK")
   if [ "$MODE" = "distro" ]; then
     # Never replace the numpy the distro's message packages were compiled against.
     echo "numpy==$DISTRO_NUMPY" > "$VENV/distro-constraints.txt"

@@ -106,3 +106,32 @@ def test_a_distro_without_vision_msgs(tree: Path) -> None:
     (bin_dir / "ros2").chmod(0o755)
     result = run_setup(tree, {"ROS_DISTRO": "jazzy", "PYTHON": sys.executable}, path_extra=bin_dir)
     assert_refused(result, tree, "no vision_msgs", "apt install ros-jazzy-vision-msgs")
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """name -> version of each ``name==version`` line (extras and markers dropped, names normalised)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        requirement = line.split("#")[0].split(";")[0].strip()
+        if "==" in requirement:
+            name, version = requirement.split("==", 1)
+            pins[name.split("[")[0].strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+@pytest.mark.parametrize(
+    ("lock", "sources"),
+    [
+        ("kilted", ("runtime", "dev", "ros-wheels")),
+        ("jazzy", ("distro", "dev", "ros-wheels-jazzy")),
+    ],
+)
+def test_each_lock_holds_every_direct_pin(lock: str, sources: tuple[str, ...]) -> None:
+    """The lock setup.sh installs the wheels set-ups under must agree with the pins it was made from: a pin
+    changed without running scripts/lock_requirements.sh again fails here (pip would refuse the pair)."""
+    locked = _pins(REPO / "requirements" / f"lock-wheels-{lock}.txt")
+    assert len(locked) > 150  # the packages pulled in, not only the pins
+    for source in sources:
+        for name, version in _pins(REPO / "requirements" / f"{source}.txt").items():
+            assert locked.get(name) == version, (source, name, version, locked.get(name))
+    assert "requirements/lock-wheels-$ROS_WHEELS.txt" in (REPO / "scripts" / "setup.sh").read_text()
