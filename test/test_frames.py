@@ -117,19 +117,25 @@ def test_streams_are_apart_even_without_gids() -> None:
     assert "no publisher GID" in gaps.method()
 
 
-def test_interleaved_publishers_without_gids_count_no_gaps() -> None:
-    stats = FrameStats()
-    # Two publishers on one topic, no GIDs (rclpy 7): their numbers interleave, nothing is lost.
+def test_publishers_without_gids_are_told_apart_by_their_numbers() -> None:
+    gaps = SequenceGaps()
+    # Two publishers on one topic, no GIDs (rclpy 7): their numbers interleave, nothing is lost (each switch
+    # counted ~1000 lost before).
     for n in range(5):
-        assert stats.arrived(float(n), info(1000 + n, gid=None), publishers=lambda: 2) == 0
-        assert stats.arrived(float(n), info(1 + n, gid=None), publishers=lambda: 2) == 0
-    assert stats.counts(0).lost == 0
-    assert "several publishers" in stats.gaps.method()
-    # One publisher left: its gaps count again, from its next frame on.
-    assert stats.arrived(6.0, info(7, gid=None), publishers=lambda: 1) == 0
-    assert stats.arrived(7.0, info(9, gid=None), publishers=lambda: 1) == 1
-    # With GIDs the publisher count is not needed (nor asked).
-    assert stats.arrived(8.0, info(3), publishers=lambda: 1 // 0) == 0
+        assert gaps.seen(None, 1000 + n) == 0
+        assert gaps.seen(None, 1 + n) == 0
+    assert gaps.seen(None, 1007) == 2  # then each one's own gaps count
+    assert gaps.seen(None, 7) == 1
+    assert gaps.lost == 3 and "told apart by their numbers" in gaps.method()
+    # An idle second publisher changes nothing; a restart (back to 1) starts a sequence of its own.
+    assert gaps.seen(None, 1) == 0 and gaps.seen(None, 3) == 1
+    assert (gaps.lost, gaps.restarts) == (4, 2)
+    # Bounded: at most max_publishers sequences per topic are remembered.
+    few = SequenceGaps(max_publishers=2)
+    for start in (300, 200, 100):
+        few.seen(None, start)
+    assert few.seen(None, 301) == 100  # 300 was forgotten: 301 continues 200's sequence
+    assert few.lost == 100
 
 
 def test_a_restarted_publisher_starts_afresh() -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,36 +61,35 @@ class SequenceGaps:
 
     Only gaps between two frames that arrived count: frames a publisher sent before the node first heard of
     it, or after the last one that arrived, are not known. A number that does not increase means the
-    publisher restarted: it starts afresh. Without GIDs the frames of several publishers on one topic cannot
-    be told apart (their numbers interleave): while more than one is matched (``shared``), no gap is counted.
-    At most ``max_publishers`` publishers are remembered (the least recently heard is forgotten).
+    publisher restarted: it starts afresh. At most ``max_publishers`` publishers are remembered (the least
+    recently heard is forgotten).
+
+    Without GIDs (rclpy 7) the publishers of one topic are told apart by their numbers: a frame continues
+    the sequence whose last number is the highest below its own, or starts one (at most
+    ``max_publishers`` per topic). An idle second publisher, a restart and publishers that began at other
+    times (a newcomer starts at 1, below the others) are exact; two publishers first heard with the later
+    one's numbers above the earlier one's read as one jump, once.
     """
 
     def __init__(self, max_publishers: int = 64) -> None:
         self._last: OrderedDict[Hashable, int] = OrderedDict()
+        self._keyless: dict[Hashable, list[int]] = {}  # stream -> last numbers, least recently continued first
         self.max_publishers = max_publishers
         self.lost = 0
         self.restarts = 0
         self.numbered = 0
         self.keyless = 0
-        self.shared = 0
 
-    def seen(
-        self, publisher: Hashable, sequence: int | None, stream: Hashable = None, shared: bool = False
-    ) -> int:
+    def seen(self, publisher: Hashable, sequence: int | None, stream: Hashable = None) -> int:
         """Record a frame of ``publisher`` (a GID, or None) on ``stream`` (the subscription); returns how many
-        frames of that publisher were lost just before it. ``shared``: the frame has no GID and several
-        publishers are matched, so its number says nothing about losses."""
+        frames of that publisher were lost just before it."""
         if sequence is None:
             return 0
         self.numbered += 1
-        key = (stream, publisher)
         if publisher is None:
             self.keyless += 1
-            if shared:
-                self.shared += 1
-                self._last.pop(key, None)  # numbering starts afresh once one publisher is left
-                return 0
+            return self._continue_keyless(stream, sequence)
+        key = (stream, publisher)
         last = self._last.pop(key, None)
         self._last[key] = sequence
         if len(self._last) > self.max_publishers:
@@ -100,6 +99,23 @@ class SequenceGaps:
         if sequence <= last:
             self.restarts += 1
             return 0
+        return self._gap(last, sequence)
+
+    def _continue_keyless(self, stream: Hashable, sequence: int) -> int:
+        sequences = self._keyless.setdefault(stream, [])
+        below = [i for i, last in enumerate(sequences) if last < sequence]
+        if not below:  # a publisher not heard of yet, or one that restarted
+            if sequences:
+                self.restarts += 1
+            sequences.append(sequence)
+            del sequences[: -self.max_publishers]
+            return 0
+        index = max(below, key=lambda i: (sequences[i], i))  # the closest below; the most recent on ties
+        last = sequences.pop(index)
+        sequences.append(sequence)
+        return self._gap(last, sequence)
+
+    def _gap(self, last: int, sequence: int) -> int:
         gap = sequence - last - 1
         self.lost += gap
         return gap
@@ -107,18 +123,14 @@ class SequenceGaps:
     def forget(self) -> None:
         """Forget where each publisher was (on deactivate): what it sends meanwhile is not lost."""
         self._last.clear()
+        self._keyless.clear()
 
     def method(self) -> str:
         """How losses are counted, for the diagnostics."""
         if not self.numbered:
             return "not counted (no frame with a publication sequence number yet)"
         if self.keyless:
-            method = "sequence numbers, one stream per topic (this rclpy gives no publisher GID)"
-            if self.shared:
-                method += (
-                    f"; not counted for {self.shared} frames that arrived while several publishers shared it"
-                )
-            return method
+            return "sequence numbers, publishers told apart by their numbers (this rclpy gives no publisher GID)"
         return "sequence numbers per publisher GID"
 
 
@@ -163,22 +175,14 @@ class FrameStats:
         self._heard_at: float | None = None  # the last arrival, or when the subscriptions were made
         self._listening_since: float | None = None  # when the subscriptions were made (None: not listening)
 
-    def arrived(
-        self,
-        now: float,
-        info: Mapping[str, Any] | None = None,
-        stream: Hashable = None,
-        publishers: Callable[[], int] | None = None,
-    ) -> int:
+    def arrived(self, now: float, info: Mapping[str, Any] | None = None, stream: Hashable = None) -> int:
         """Count an incoming frame with its rclpy ``MessageInfo``; returns the frames lost just before it.
 
-        ``stream`` tells apart subscriptions whose publishers have no GIDs (Image and CompressedImage);
-        ``publishers`` counts those matched with the subscription (asked only of a frame without a GID).
+        ``stream`` tells apart subscriptions whose publishers have no GIDs (Image and CompressedImage).
         """
         key, sequence = publication_sequence(info)
-        shared = key is None and sequence is not None and publishers is not None and publishers() > 1
         with self._lock:
-            lost = self.gaps.seen(key, sequence, stream, shared)
+            lost = self.gaps.seen(key, sequence, stream)
             self.received += 1
             self._arrivals.append((now, 1 + lost))
             self._heard_at = now

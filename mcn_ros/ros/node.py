@@ -366,14 +366,9 @@ class McnNode(LifecycleNode):
 
     # -- hot path -----------------------------------------------------------------------------------------
     def _image_callback(self, camera: Camera, compressed: bool) -> Any:
-        def publishers() -> int:  # matched with this input; asked only where frames carry no publisher GID
-            subscription = camera.subscriptions.get(compressed)
-            count = getattr(subscription, "get_publisher_count", None)
-            return int(count()) if count is not None else 0
-
         def on_image(message: Image | CompressedImage, info: Any) -> None:
             now = monotonic()
-            camera.stats.arrived(now, info, stream=compressed, publishers=publishers)
+            camera.stats.arrived(now, info, stream=compressed)
             self._frame_slots.put(camera.name, Frame(message, compressed, now))
 
         if WITH_MESSAGE_INFO:
