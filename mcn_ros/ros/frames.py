@@ -73,7 +73,8 @@ class SequenceGaps:
 
     def __init__(self, max_publishers: int = 64) -> None:
         self._last: OrderedDict[Hashable, int] = OrderedDict()
-        self._keyless: dict[Hashable, list[int]] = {}  # stream -> last numbers, least recently continued first
+        # Without GIDs: stream -> the last number of each sequence, the least recently continued first.
+        self._keyless: dict[Hashable, list[int]] = {}
         self.max_publishers = max_publishers
         self.lost = 0
         self.restarts = 0
@@ -130,7 +131,7 @@ class SequenceGaps:
         if not self.numbered:
             return "not counted (no frame with a publication sequence number yet)"
         if self.keyless:
-            return "sequence numbers, publishers told apart by their numbers (this rclpy gives no publisher GID)"
+            return "sequence numbers, publishers told apart by their numbers (this rclpy gives no GID)"
         return "sequence numbers per publisher GID"
 
 
