@@ -131,7 +131,7 @@ class SequenceGaps:
         if not self.numbered:
             return "not counted (no frame with a publication sequence number yet)"
         if self.keyless:
-            return "sequence numbers, publishers told apart by their numbers (this rclpy gives no GID)"
+            return "sequence numbers; no publisher GID in this rclpy: publishers told apart by numbers"
         return "sequence numbers per publisher GID"
 
 
