@@ -439,6 +439,7 @@ def test_evaluate_cli_refuses_bad_input_in_one_line(data: Path, tmp_path: Path) 
     cases = [
         (["--data", str(data), "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         (["--data", str(data), "--workers", "-1"], "argument --workers: -1 must be at least 0"),
+        (["--data", str(data), "--batch-size", "0"], "argument --batch-size: 0 must be at least 1"),
         (["--data", str(data), "--out", str(tmp_path / "r.md")], "name the JSON report"),
         (["--data", str(custom), "--workers", "1"], f"{broken.name}): FileNotFoundError: cannot read image"),
     ]

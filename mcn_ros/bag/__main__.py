@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcn_ros.bag import BagError
+from mcn_ros.cli_types import integer_at_least
 
 PROG = "python -m mcn_ros.bag"
 
@@ -32,17 +33,6 @@ def _number(text: str, zero: bool) -> float:
 def _positive(text: str) -> float:
     """An argparse type: a finite number above 0 (a rate, a factor, seconds)."""
     return _number(text, zero=False)
-
-
-def _positive_count(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
 
 
 def _tolerance(text: str) -> float:
@@ -85,7 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     make.add_argument("--rate", type=_positive, default=10.0, help="frames per second (default 10)")
     make.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage (JPEG)")
     make.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    make.add_argument("--max-images", type=_positive_count, help="first N images (by id) only")
+    make.add_argument("--max-images", type=integer_at_least(1), help="first N images (by id) only")
     make.add_argument(
         "--start", type=float, default=1_700_000_000.0, help="first header stamp, s (fixed default)"
     )

@@ -29,6 +29,7 @@ from pycocotools.coco import COCO
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from mcn_ros.cli_types import integer_at_least
 from mcn_ros.evaluation import EvalReport, evaluate
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
@@ -154,17 +155,6 @@ def evaluate_model(
 # Command line
 
 
-def _count(text: str) -> int:
-    """An argparse type: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
-    return value
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The command-line interface of ``python -m mcn_training.evaluate``."""
     parser = argparse.ArgumentParser(
@@ -178,10 +168,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", default="val2017", help="split name (default val2017; synthetic: val)")
     parser.add_argument("--out", type=Path, help="write the report here as JSON (and a .md table beside it)")
-    parser.add_argument("--batch-size", type=int, default=EvalConfig.batch_size, help="images per batch")
-    parser.add_argument("--workers", type=_count, default=2, help="DataLoader workers (default 2)")
+    parser.add_argument(
+        "--batch-size", type=integer_at_least(1), default=EvalConfig.batch_size, help="images per batch"
+    )
+    parser.add_argument(
+        "--workers", type=integer_at_least(0), default=2, help="DataLoader workers (default 2)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    parser.add_argument("--max-images", type=integer_at_least(1), help="evaluate the first N images only")
     parser.add_argument(
         "--score-threshold", type=float, default=EvalConfig.score_threshold, help="detection score threshold"
     )
@@ -191,7 +185,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=EvalConfig.pose_score_threshold,
         help="person score threshold for keypoint AP",
     )
-    parser.add_argument("--max-detections", type=int, default=EvalConfig.max_detections, help="per image")
+    parser.add_argument(
+        "--max-detections", type=integer_at_least(1), default=EvalConfig.max_detections, help="per image"
+    )
     parser.add_argument("--image-dir", default="auto", help="image folder template under --data ({split})")
     parser.add_argument("--instances", default=DataConfig.instances, help="instances json template")
     parser.add_argument("--keypoints", default=DataConfig.keypoints, help="keypoints json template")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
+from mcn_ros.cli_types import integer_at_least
 from mcn_ros.model.labels import (
     COCO_CATEGORY_IDS,
     COCO_CLASSES,
@@ -322,21 +323,6 @@ def generate_dataset(
     return {"images": img_dir, **files}
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(
@@ -345,11 +331,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="output directory (COCO layout)")
-    parser.add_argument("--train", type=_at_least(0), default=100, help="number of training images")
-    parser.add_argument("--val", type=_at_least(0), default=20, help="number of validation images")
+    parser.add_argument("--train", type=integer_at_least(0), default=100, help="number of training images")
+    parser.add_argument("--val", type=integer_at_least(0), default=20, help="number of validation images")
     parser.add_argument("--seed", type=int, default=0, help="random seed (the same seed, the same images)")
-    parser.add_argument("--height", type=_at_least(16), default=128, help="image height in pixels")
-    parser.add_argument("--width", type=_at_least(16), default=128, help="image width in pixels")
+    parser.add_argument("--height", type=integer_at_least(16), default=128, help="image height in pixels")
+    parser.add_argument("--width", type=integer_at_least(16), default=128, help="image width in pixels")
     args = parser.parse_args(argv)
     size = (args.height, args.width)
     for split, n, first in (("train", args.train, 1), ("val", args.val, args.train + 1)):
