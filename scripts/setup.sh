@@ -24,6 +24,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 digest() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
 SUPPORTED_DISTROS="humble jazzy kilted"
+LOCK=""  # the wheels set-ups' lock (below); a sourced distro's set-up has none
 command -v "$PYTHON" >/dev/null 2>&1 || die "no Python at PYTHON=$PYTHON: install python3 (3.10 to 3.12) or set PYTHON"
 PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
   || die "PYTHON=$PYTHON does not run"

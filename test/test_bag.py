@@ -425,6 +425,9 @@ def test_run_refuses_a_node_parameter_the_node_does_not_have() -> None:
     ]  # fmt: skip
     with pytest.raises(BagError, match="'nosuch': the node has no such parameter"):
         parse_params(["nosuch=1"])
+    with pytest.raises(BagError, match="replaced by precision"):
+        parse_params(["half=true"])
+    assert parse_params(["use_sim_time=true", "start_type_description_service=false"])  # rclpy's own
     with pytest.raises(BagError, match="expected NAME=VALUE"):
         parse_params(["score_threshold"])
 

@@ -130,6 +130,14 @@ def test_publishers_without_gids_are_told_apart_by_their_numbers() -> None:
     # An idle second publisher changes nothing; a restart (back to 1) starts a sequence of its own.
     assert gaps.seen(None, 1) == 0 and gaps.seen(None, 3) == 1
     assert (gaps.lost, gaps.restarts) == (4, 2)
+    # A restart leaves its old sequence behind; idle for idle_s it is forgotten, so the new numbers passing
+    # the old last one count their losses again (100 frames at 10 Hz, a restart 10 s later, 99-101 lost).
+    restarted = SequenceGaps(idle_s=5.0)
+    for n in range(1, 101):
+        restarted.seen(None, n, now=n / 10)
+    for n in range(1, 99):
+        restarted.seen(None, n, now=20 + n / 10)
+    assert restarted.seen(None, 102, now=30.0) == 3 and restarted.lost == 3
     # Bounded: at most max_publishers sequences per topic are remembered.
     few = SequenceGaps(max_publishers=2)
     for start in (300, 200, 100):
@@ -225,7 +233,8 @@ def test_rates_after_listening_began_divide_by_the_time_listened() -> None:
         stats.arrived(100.1 + n / 10, info(n + 1))
     assert stats.summary(102.1)["received_rate_hz"] == pytest.approx(20 / 2.1)
     assert stats.summary(110.0)["received_rate_hz"] == pytest.approx(0.0)  # a whole window later
-    stats.stop_listening()
+    stats.stop_listening()  # deactivated: the rates still divide by the time it listened, then decay
+    assert stats.summary(102.1)["received_rate_hz"] == pytest.approx(20 / 2.1)
     stats.start_listening(103.0)  # activated again: the frames before it are not in the new rate
     stats.arrived(103.5, info(1))
     assert stats.summary(104.0)["received_rate_hz"] == pytest.approx(1.0)  # over at least a second

@@ -187,9 +187,10 @@ def test_named_cameras_are_remapped_by_pattern_or_by_name() -> None:
     remaps, note = image_remappings("/sensing/{camera}/image_raw", ["front", "back"], "back=/rear/image")
     assert remaps == [("front/image", "/sensing/front/image_raw"), ("back/image", "/rear/image")]
     assert note is None
-    assert image_remappings("/camera/image_raw", ["front"]) == ([], None)  # the default: <name>/image
+    # The default: <name>/image (the single camera's remapping kept: nothing listens on `image` then).
+    assert image_remappings("/camera/image_raw", ["front"]) == ([("image", "/camera/image_raw")], None)
     remaps, note = image_remappings("/cam/raw", ["front"])  # a plain topic is the single camera's
-    assert remaps == [] and note is not None and "not used with named cameras" in note
+    assert remaps == [("image", "/cam/raw")] and note is not None and "not used with named cameras" in note
     for bad, match in (("front", "not name=topic"), ("side=/x", "no camera 'side'"), ("=/x", "name=topic")):
         with pytest.raises(ValueError, match=match):
             image_remappings("/camera/image_raw", ["front"], bad)
@@ -197,20 +198,30 @@ def test_named_cameras_are_remapped_by_pattern_or_by_name() -> None:
         image_remappings("/sensing/{camera}/image_raw", [])
 
 
-def test_cameras_in_namespaced_parameter_files(tmp_path: Path) -> None:
+def test_cameras_in_parameter_files_follow_rcl(tmp_path: Path) -> None:
+    """The cameras the node gets from a parameter file, as rcl applies it (checked against rclpy: a plain
+    key is a root node, wildcards, the last matching section wins)."""
     from mcn_ros.ros.launch_args import cameras_in_params_file
 
-    for text in (
-        "/car/mcn_node:\n  ros__parameters:\n    cameras: [a, b]\n",
-        "/car:\n  mcn_node:\n    ros__parameters:\n      cameras: [a, b]\n",
-        "mcn_node:\n  ros__parameters:\n    cameras: [a, b]\n",
-    ):
-        path = tmp_path / "params.yaml"
+    path = tmp_path / "params.yaml"
+    cases = [
+        ("/car/mcn_node:\n  ros__parameters:\n    cameras: [a, b]\n", "car", ["a", "b"]),
+        ("/car:\n  mcn_node:\n    ros__parameters:\n      cameras: [a, b]\n", "car", ["a", "b"]),
+        ("mcn_node:\n  ros__parameters:\n    cameras: [a, b]\n", "", ["a", "b"]),
+        ("mcn_node:\n  ros__parameters:\n    cameras: [a, b]\n", "car", []),  # the root's node only
+        ("/**/mcn_node:\n  ros__parameters:\n    cameras: [a, b]\n", "car", ["a", "b"]),
+        ("/car/*:\n  ros__parameters:\n    cameras: [a, b]\n", "car", ["a", "b"]),
+        ("/other/mcn_node:\n  ros__parameters:\n    cameras: [a]\n", "car", []),
+        (  # the last section that matches wins
+            "/car/mcn_node:\n  ros__parameters:\n    cameras: [x]\n"
+            "/**:\n  ros__parameters:\n    cameras: [a, b]\n",
+            "car",
+            ["a", "b"],
+        ),
+    ]
+    for text, namespace, expected in cases:
         path.write_text(text)
-        assert cameras_in_params_file(path, namespace="car") == ["a", "b"], text
-    assert cameras_in_params_file(path, namespace="") == ["a", "b"]
-    path.write_text("/other/mcn_node:\n  ros__parameters:\n    cameras: [a]\n")
-    assert cameras_in_params_file(path, namespace="car") == []
+        assert cameras_in_params_file(path, namespace=namespace) == expected, (text, namespace)
 
 
 def test_rviz_shows_every_camera() -> None:

@@ -60,10 +60,14 @@ def camera_remap(camera: CameraBag) -> tuple[str, str, list[str]]:
     return base, base + "/compressed", ["image_transport:=compressed"]
 
 
+#: rclpy's own node parameters, which ``--param`` may set too.
+RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
 def parse_params(items: Sequence[str]) -> list[str]:
     """``name=value`` (or ROS's ``name:=value``) -> ``name:=value``; a name the node does not have is refused
     here (the node would only warn in its log, and the run go on without it)."""
-    from mcn_ros.ros.parameters import BY_NAME
+    from mcn_ros.ros.parameters import BY_NAME, REMOVED
 
     out = []
     for item in items:
@@ -71,8 +75,10 @@ def parse_params(items: Sequence[str]) -> list[str]:
         name = name.strip()
         if not sep or not name:
             raise BagError(f"node parameter {item!r}: expected NAME=VALUE (e.g. score_threshold=0.1)")
-        if name not in BY_NAME and name != "use_sim_time" and not name.startswith("qos_overrides."):
-            raise BagError(f"node parameter {name!r}: the node has no such parameter (see config/mcn.yaml)")
+        rclpy_own = name in RCLPY_PARAMETERS or name.startswith("qos_overrides.")
+        if name not in BY_NAME and not rclpy_own:
+            hint = REMOVED.get(name, "see config/mcn.yaml")
+            raise BagError(f"node parameter {name!r}: the node has no such parameter ({hint})")
         out.append(f"{name}:={value.strip()}")
     return out
 

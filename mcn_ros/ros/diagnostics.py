@@ -129,7 +129,7 @@ def status_values(
     precision: str = "fp32",
     cuda_graphs: str = "off",
 ) -> dict[str, str]:
-    """The status's key-values: rates and latencies over the window, then the totals since start."""
+    """The status's key-values: rates and latencies over the window, then the totals since configure."""
     return {
         **{key: f"{value:.2f}" for key, value in summary.items()},
         "frames_sent": str(counts.sent),

@@ -66,30 +66,35 @@ class SequenceGaps:
 
     Without GIDs (rclpy 7) the publishers of one topic are told apart by their numbers: a frame continues
     the sequence whose last number is the highest below its own, or starts one (at most
-    ``max_publishers`` per topic). An idle second publisher, a restart and publishers that began at other
-    times (a newcomer starts at 1, below the others) are exact; two publishers first heard with the later
-    one's numbers above the earlier one's read as one jump, once.
+    ``max_publishers`` per topic; a sequence not continued for ``idle_s`` seconds is forgotten, as a
+    publisher that restarted leaves its old one behind). One publisher, an idle second one and a newcomer
+    (it starts at 1, below the others) are exact; two publishers sending at once when the node starts
+    listening, the lower numbers heard first, read as one jump of the difference; a restarted publisher
+    whose new numbers pass its old last one within ``idle_s`` seconds loses that many from the count.
     """
 
-    def __init__(self, max_publishers: int = 64) -> None:
+    def __init__(self, max_publishers: int = 64, idle_s: float = 5.0) -> None:
         self._last: OrderedDict[Hashable, int] = OrderedDict()
-        # Without GIDs: stream -> the last number of each sequence, the least recently continued first.
-        self._keyless: dict[Hashable, list[int]] = {}
-        self.max_publishers = max_publishers
+        # Without GIDs: stream -> [last number, when] of each sequence, the least recently continued first.
+        self._keyless: dict[Hashable, list[tuple[int, float]]] = {}
+        self.max_publishers = max(1, max_publishers)
+        self.idle_s = idle_s
         self.lost = 0
         self.restarts = 0
         self.numbered = 0
         self.keyless = 0
 
-    def seen(self, publisher: Hashable, sequence: int | None, stream: Hashable = None) -> int:
-        """Record a frame of ``publisher`` (a GID, or None) on ``stream`` (the subscription); returns how many
-        frames of that publisher were lost just before it."""
+    def seen(
+        self, publisher: Hashable, sequence: int | None, stream: Hashable = None, now: float = 0.0
+    ) -> int:
+        """Record a frame of ``publisher`` (a GID, or None) on ``stream`` (the subscription), arrived at
+        ``now`` (seconds, monotonic); returns how many frames of that publisher were lost just before it."""
         if sequence is None:
             return 0
         self.numbered += 1
         if publisher is None:
             self.keyless += 1
-            return self._continue_keyless(stream, sequence)
+            return self._continue_keyless(stream, sequence, now)
         key = (stream, publisher)
         last = self._last.pop(key, None)
         self._last[key] = sequence
@@ -102,18 +107,21 @@ class SequenceGaps:
             return 0
         return self._gap(last, sequence)
 
-    def _continue_keyless(self, stream: Hashable, sequence: int) -> int:
-        sequences = self._keyless.setdefault(stream, [])
-        below = [i for i, last in enumerate(sequences) if last < sequence]
+    def _continue_keyless(self, stream: Hashable, sequence: int, now: float) -> int:
+        sequences = [
+            (last, when) for last, when in self._keyless.get(stream, []) if now - when <= self.idle_s
+        ]
+        self._keyless[stream] = sequences
+        below = [i for i, (last, _) in enumerate(sequences) if last < sequence]
         if not below:  # a publisher not heard of yet, or one that restarted
             if sequences:
                 self.restarts += 1
-            sequences.append(sequence)
+            sequences.append((sequence, now))
             del sequences[: -self.max_publishers]
             return 0
-        index = max(below, key=lambda i: (sequences[i], i))  # the closest below; the most recent on ties
-        last = sequences.pop(index)
-        sequences.append(sequence)
+        index = max(below, key=lambda i: (sequences[i][0], i))  # the closest below; the most recent on ties
+        last, _ = sequences.pop(index)
+        sequences.append((sequence, now))
         return self._gap(last, sequence)
 
     def _gap(self, last: int, sequence: int) -> int:
@@ -174,7 +182,7 @@ class FrameStats:
         self.rejected = 0
         self.idle_count = 0
         self._heard_at: float | None = None  # the last arrival, or when the subscriptions were made
-        self._listening_since: float | None = None  # when the subscriptions were made (None: not listening)
+        self._listening_since: float | None = None  # when the subscriptions were last made
 
     def arrived(self, now: float, info: Mapping[str, Any] | None = None, stream: Hashable = None) -> int:
         """Count an incoming frame with its rclpy ``MessageInfo``; returns the frames lost just before it.
@@ -183,7 +191,7 @@ class FrameStats:
         """
         key, sequence = publication_sequence(info)
         with self._lock:
-            lost = self.gaps.seen(key, sequence, stream)
+            lost = self.gaps.seen(key, sequence, stream, now)
             self.received += 1
             self._arrivals.append((now, 1 + lost))
             self._heard_at = now
@@ -234,8 +242,7 @@ class FrameStats:
         """The subscriptions go away: sequence numbers restart from the next frame heard."""
         with self._lock:
             self.gaps.forget()
-            self._heard_at = None
-            self._listening_since = None
+            self._heard_at = None  # (the listening start stays: the rates of that time still divide by it)
 
     def counts(self, dropped: int) -> FrameCounts:
         """The totals, with the slot's ``dropped``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,21 +50,45 @@ def parse_cameras(text: str) -> list[str]:
 def cameras_in_params_file(
     params_file: str | Path, node_name: str = NODE_NAME, namespace: str = ""
 ) -> list[str]:
-    """The ``cameras`` a node parameter file sets for ``node_name`` in ``namespace``: under the node's name
-    (plain, absolute or with its namespace, ``/ns/mcn_node``), the namespace's nested form (``/ns:`` then
-    ``mcn_node:``) or every node (``/**``)."""
+    """The ``cameras`` a node parameter file gives the node ``node_name`` in ``namespace``, by rcl's rules:
+    each section names a node by its full name (a name without a leading slash is taken from the root, a
+    namespace may hold its nodes as a nested section), ``*`` stands for one name token and ``**`` for any
+    number, and of the sections that match, the last one in the file that sets ``cameras`` wins."""
     data = yaml.safe_load(Path(params_file).read_text()) or {}
     full_name = f"{node_namespace(namespace).rstrip('/')}/{node_name}"
-    sections = [data.get(key) for key in (node_name, f"/{node_name}", full_name, full_name.lstrip("/"))]
-    nested = data.get(node_namespace(namespace)) or data.get(node_namespace(namespace).lstrip("/"))
-    if isinstance(nested, Mapping):
-        sections.append(nested.get(node_name))
-    sections.append(data.get("/**"))
-    for section in sections:
-        parameters = section.get("ros__parameters") if isinstance(section, Mapping) else None
-        if isinstance(parameters, Mapping) and "cameras" in parameters:
-            return [str(name) for name in parameters["cameras"] or []]
-    return []
+    cameras: list[str] = []
+    for pattern, parameters in _sections(data, ""):
+        if "cameras" in parameters and _node_pattern(pattern).fullmatch(full_name):
+            cameras = [str(name) for name in parameters["cameras"] or []]
+    return cameras
+
+
+def _sections(data: Any, prefix: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """(node name pattern, ros__parameters) of every section of a parameter file, in the file's order."""
+    found: list[tuple[str, Mapping[str, Any]]] = []
+    if not isinstance(data, Mapping):
+        return found
+    for key, value in data.items():
+        if not isinstance(value, Mapping):
+            continue
+        name = f"{prefix}/{str(key).strip('/')}"
+        parameters = value.get("ros__parameters")
+        if isinstance(parameters, Mapping):
+            found.append((name, parameters))
+        else:
+            found += _sections(value, name)
+    return found
+
+
+def _node_pattern(pattern: str) -> re.Pattern[str]:
+    """A parameter file's node name pattern as a regular expression over full node names."""
+    parts = []
+    for token in pattern.strip("/").split("/"):
+        if token == "**":
+            parts.append("(?:/[^/]+)*")
+        else:
+            parts.append("/" + "[^/]+".join(re.escape(piece) for piece in token.split("*")))
+    return re.compile("".join(parts))
 
 
 def image_remappings(
@@ -89,12 +114,14 @@ def image_remappings(
                 f"launch argument camera_topics: no camera {name!r} (cameras: {', '.join(cameras) or 'none'})"
             )
         pairs[name] = topic
+    templated = CAMERA_FIELD in image
     if not cameras:
-        if CAMERA_FIELD in image:
+        if templated:
             raise ValueError(f"launch argument image:={image!r}: {CAMERA_FIELD} needs named cameras")
         return [("image", image)], None
-    templated = CAMERA_FIELD in image
-    remappings = []
+    # The single camera's remapping is kept too: harmless for named cameras (none listens on `image`), and
+    # right should the node not have the cameras read here.
+    remappings = [] if templated else [("image", image)]
     for name in cameras:
         target = pairs.get(name) or (image.replace(CAMERA_FIELD, name) if templated else None)
         if target is not None:
