@@ -146,3 +146,15 @@ def test_cli_refuses_bad_sizes_in_one_line(
         main(["--out", str(tmp_path), option])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_writing_again_leaves_only_the_images_listed(tmp_path: Path) -> None:
+    """A second, smaller run into the same folder removes the first run's extra images (a folder read as it
+    is, by quantize --images, held images the annotations did not list); other files stay."""
+    generate_dataset(tmp_path, 5, seed=0, image_size=(32, 32), split="val", first_id=1)
+    mine = tmp_path / "images" / "val" / "notes.txt"
+    mine.write_text("not an image of the generator")
+    paths = generate_dataset(tmp_path, 2, seed=0, image_size=(32, 32), split="val", first_id=1)
+    listed = {image["file_name"] for image in json.loads(paths["instances"].read_text())["images"]}
+    assert {p.name for p in paths["images"].glob("*.jpg")} == listed and len(listed) == 2
+    assert mine.is_file()

@@ -276,6 +276,7 @@ def generate_dataset(
     ann_dir = out / "annotations"
     img_dir.mkdir(parents=True, exist_ok=True)
     ann_dir.mkdir(parents=True, exist_ok=True)
+    _remove_earlier_images(ann_dir / f"instances_{split}.json", img_dir, first_id, num_images)
     split_key = zlib.crc32(split.encode())
     images: list[dict[str, Any]] = []
     instances: list[dict[str, Any]] = []
@@ -321,6 +322,20 @@ def generate_dataset(
         json.dumps({**common, "annotations": keypoints, "categories": [person_keypoint_category()]})
     )
     return {"images": img_dir, **files}
+
+
+def _remove_earlier_images(instances: Path, img_dir: Path, first_id: int, num_images: int) -> None:
+    """Delete the images an earlier run listed in ``instances`` that this run does not write again: a
+    folder read as it is (``quantize --images``) would otherwise hold images its annotations do not list.
+    Only files that annotation file names are touched."""
+    try:
+        listed = {str(image["file_name"]) for image in json.loads(instances.read_text())["images"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    written = {f"{first_id + index:012d}.jpg" for index in range(num_images)}
+    for name in listed - written:
+        if Path(name).name == name:  # a plain file name of that folder, nothing elsewhere
+            (img_dir / name).unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
