@@ -5,6 +5,7 @@ Drawing loops over the boxes and limbs it draws: it runs only when someone looks
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -63,7 +64,10 @@ def draw_results(
             det.boxes.tolist(), det.scores.tolist(), det.class_ids.tolist(), strict=True
         ):
             color = tuple(int(c) for c in palette[1 + class_id % (len(palette) - 1)])
-            x1, y1, x2, y2 = (round(v) for v in box)
+            # Results cover pixel u with [u, u + 1); OpenCV draws on pixel centres: the box's first and last
+            # pixels are floor(x1) and ceil(x2) - 1.
+            x1, y1 = math.floor(box[0]), math.floor(box[1])
+            x2, y2 = max(x1, math.ceil(box[2]) - 1), max(y1, math.ceil(box[3]) - 1)
             cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
             label = f"{detection_classes[class_id]} {score:.2f}"
             cv2.putText(
@@ -71,7 +75,7 @@ def draw_results(
             )
     if results.poses is not None:
         for person in results.poses.keypoints:
-            points = person[:, :2].round().astype(int).tolist()
+            points = np.floor(person[:, :2]).astype(int).tolist()  # the pixel each keypoint falls in
             visible = (person[:, 2] >= keypoint_threshold).tolist()
             for a, b in SKELETON:
                 if visible[a] and visible[b]:

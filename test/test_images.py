@@ -130,3 +130,50 @@ def test_damaged_compressed_frames_say_what_is_wrong() -> None:
     at = announcing.find(b"\xff\xc0")
     announcing[at + 5 : at + 9] = (60000).to_bytes(2, "big") * 2
     assert "60000x60000 exceeds max_image_pixels" in refusal(bytes(announcing), "jpeg")
+
+
+@pytest.mark.parametrize(("encoding", "to_yuv"), [("yuv422", "uyvy"), ("yuyv", "yuyv")])
+def test_packed_yuv_with_an_odd_width(encoding: str, to_yuv: str) -> None:
+    """4:2:2 pixels come in pairs: an odd width decodes when the rows are padded to a whole pair (it was a
+    raw OpenCV assertion), and is refused with the reason when they are not."""
+    rgb = np.random.default_rng(1).integers(0, 256, size=(4, 6, 3), dtype=np.uint8)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)  # packed by hand: U Y0 V Y1 (uyvy) or Y0 U Y1 V (yuyv)
+    y, u, v = yuv[..., 0], yuv[:, 0::2, 1], yuv[:, 0::2, 2]
+    pairs = np.stack(
+        (u, y[:, 0::2], v, y[:, 1::2]) if to_yuv == "uyvy" else (y[:, 0::2], u, y[:, 1::2], v), -1
+    )
+    packed = pairs.reshape(4, 12)
+    whole, _ = image_to_array(msg(packed.reshape(4, 6, 2), encoding))
+    # Width 5 in rows of 12 bytes: the padding holds the last pair's remaining byte (its V, or Y1).
+    padded = SimpleNamespace(
+        encoding=encoding, height=4, width=5, step=12, is_bigendian=0, data=packed.tobytes()
+    )
+    odd_padded, order = image_to_array(padded)
+    assert order == "rgb" and odd_padded.shape == (4, 5, 3)
+    assert np.array_equal(odd_padded, whole[:, :5])  # the same pixels as the even-width frame's
+    with pytest.raises(ImageError, match="odd width"):
+        image_to_array(msg(packed[:, :10].reshape(4, 5, 2), encoding))
+
+
+def test_the_jpeg_size_is_read_past_long_metadata() -> None:
+    """The start-of-frame after 64 KiB of APP segments (ICC, EXIF): still read before decoding."""
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((300, 400, 3), np.uint8))
+    assert ok
+    app15 = b"\xff\xef" + (65535).to_bytes(2, "big") + bytes(65533)
+    data = jpeg.tobytes()[:2] + app15 + jpeg.tobytes()[2:]
+    message = SimpleNamespace(format="jpeg", data=data)
+    assert compressed_to_array(message)[0].shape == (300, 400, 3)
+    with pytest.raises(ImageError, match="exceeds max_image_pixels=1000"):
+        compressed_to_array(message, max_pixels=1000)
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded before the size was checked")
+
+    original = cv2.imdecode
+    cv2.imdecode = no_decoding  # type: ignore[assignment]
+    try:
+        with pytest.raises(ImageError, match="exceeds"):
+            compressed_to_array(message, max_pixels=1000)
+    finally:
+        cv2.imdecode = original

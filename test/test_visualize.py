@@ -43,3 +43,26 @@ def test_the_blend_covers_classes_only_and_leaves_the_input_alone() -> None:
     flipped = draw_results(image[:, :, ::-1], results, ["a"] * 4, palette)
     assert flipped.flags.c_contiguous
     np.testing.assert_array_equal(flipped[background], image[:, :, ::-1][background])
+
+
+def test_boxes_and_keypoints_are_drawn_on_the_pixels_they_cover() -> None:
+    """Box (20, 10, 30, 20) covers pixels 20..29 x 10..19: its outline is drawn there, not one pixel to the
+    right and below; a keypoint at x 45.5 (the centre of pixel 45) is drawn centred on pixel 45."""
+    from mcn_ros.model.results import Poses
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    detections = Detections(
+        np.array([[20, 10, 30, 20]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64)
+    )
+    drawn = draw_results(
+        image, Results(image_size=(40, 60), detections=detections), ["person"], color_palette(1), 0.1
+    )
+    painted = drawn.any(axis=2)
+    assert np.flatnonzero(painted[15]).tolist() == [20, 29]  # left and right edges, row 15
+    assert np.flatnonzero(painted[:, 25]).tolist()[-1] == 19 and painted[10, 25]
+    keypoints = np.zeros((1, 17, 3), np.float32)
+    keypoints[0, 0] = (45.5, 30.5, 1.0)
+    poses = Poses(np.zeros((1, 4), np.float32), np.ones(1, np.float32), keypoints)
+    drawn = draw_results(image, Results(image_size=(40, 60), poses=poses), ["person"], color_palette(1), 0.5)
+    columns = np.flatnonzero(drawn[30].any(axis=1))
+    assert (columns.min() + columns.max()) / 2 == 45  # a disc centred on pixel 45

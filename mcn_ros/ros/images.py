@@ -65,7 +65,7 @@ def _check_size(height: int, width: int, max_pixels: int) -> None:
 def image_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Convert a ``sensor_msgs/Image`` to (HxWx3 uint8 array, ``"rgb"`` or ``"bgr"``).
 
-    8-bit rgb8/bgr8 frames with a tight row step come back as a read-only view of the message buffer.
+    8-bit rgb8/bgr8 frames come back as a view of the message buffer (not copied; nothing writes to it).
     16-bit frames keep their 8 most significant bits. Raises :class:`ImageError` for anything unusable.
     """
     encoding = str(msg.encoding)
@@ -84,10 +84,19 @@ def image_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.n
             f"data has {buffer.size} bytes, expected height x step = {height} x {step} = {height * step}"
         )
 
-    rows = buffer.reshape(height, step)[:, :row_bytes]
+    # Packed 4:2:2 holds pixels in pairs: an odd width is decoded with its row's padding as the last pair's
+    # second pixel, then cut (OpenCV converts whole pairs only).
+    extra = 1 if channels == 2 and width % 2 else 0
+    if extra and step < row_bytes + channels:
+        raise ImageError(
+            f"{encoding} has pixels in pairs: an odd width ({width}) needs rows padded to a whole pair "
+            f"(step >= {row_bytes + channels}), got step {step}"
+        )
+    rows = buffer.reshape(height, step)[:, : row_bytes + extra * channels]
     pixels: np.ndarray
     if itemsize == 1:
-        pixels = rows.reshape(height, width, channels) if channels > 1 else rows.reshape(height, width)
+        columns = width + extra
+        pixels = rows.reshape(height, columns, channels) if channels > 1 else rows.reshape(height, columns)
     else:
         big_endian = bool(getattr(msg, "is_bigendian", 0))
         wide = (
@@ -97,8 +106,11 @@ def image_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.n
         if channels == 1:
             pixels = pixels[:, :, 0]
     if conversion is not None:
-        pixels = cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
-    return pixels, order
+        try:
+            pixels = cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
+        except cv2.error as error:  # none is expected after the checks above; still one clear reason
+            raise ImageError(f"cannot convert {encoding} ({width}x{height}): {error.err}") from error
+    return (pixels[:, :width] if extra else pixels), order
 
 
 def compressed_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
@@ -121,8 +133,9 @@ def compressed_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
 
 
 def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(height, width) from a PNG header or a JPEG start-of-frame marker, None when not found."""
-    raw = data[:65536].tobytes()
+    """(height, width) from a PNG header or a JPEG start-of-frame marker, None when not found. The JPEG's
+    segments are walked by their lengths, however long its metadata (EXIF, ICC profiles): no copy."""
+    raw = memoryview(data)
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
         if raw[12:16] != b"IHDR":  # the size would be read from garbage
             raise ImageError("corrupt PNG: its first chunk is not the IHDR header")
@@ -136,6 +149,8 @@ def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
             if marker == 0xFF:  # fill byte before a marker
                 at += 1
                 continue
+            if marker == 0xDA:  # start of scan: the frame header would have come before
+                return None
             length = int.from_bytes(raw[at + 2 : at + 4], "big")
             if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
                 return int.from_bytes(raw[at + 5 : at + 7], "big"), int.from_bytes(
