@@ -135,7 +135,7 @@ def compressed_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
 def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
     """(height, width) from a PNG header or a JPEG start-of-frame marker, None when not found. The JPEG's
     segments are walked by their lengths, however long its metadata (EXIF, ICC profiles): no copy."""
-    raw = memoryview(data)
+    raw = data.data  # a memoryview of the uint8 buffer
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
         if raw[12:16] != b"IHDR":  # the size would be read from garbage
             raise ImageError("corrupt PNG: its first chunk is not the IHDR header")
