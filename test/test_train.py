@@ -270,6 +270,36 @@ def test_bad_data_dir_and_config_file(tmp_path: Path) -> None:
         load_train_config(bad)
 
 
+def test_a_job_restarted_by_its_scheduler_resumes_with_one_command(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same command line twice: the first start has nothing to resume (it starts, with a warning), is
+    stopped by SIGTERM and exits 143 from the command line (exit 0 made a preempted run look finished to a
+    scheduler); the second resumes and finishes."""
+    out = tmp_path / "job"
+    command = ["mcn_training.train", *base_args(data, out, "schedule.max_steps=3"), "--resume"]
+    real_step = train.Trainer.train_step
+
+    def step_then_signal(self: train.Trainer, batch: Any) -> Any:
+        losses = real_step(self, batch)
+        if self.state.global_step == 0:
+            signal.raise_signal(signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(train.Trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(sys, "argv", command)
+    with caplog.at_level(logging.WARNING, logger="mcn_training"), pytest.raises(SystemExit) as stopped:
+        train.main()
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert any("no checkpoint at" in record.getMessage() for record in caplog.records)
+    monkeypatch.setattr(train.Trainer, "train_step", real_step)
+    summary = train.main()  # the very same command: resumes from the checkpoint of step 1
+    assert summary["global_step"] == 3 and not summary["interrupted"]
+    # Without --config there is nothing to start from: a missing checkpoint is still an error.
+    with pytest.raises(train.TrainError, match="does not exist"):
+        run_train("--out", str(tmp_path / "nothing"), "--resume")
+
+
 def test_command_line_error_is_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(CONFIG.read_text().replace("batch_size: 4", "batch_size: four"))

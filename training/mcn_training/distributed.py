@@ -93,12 +93,16 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        #: The first signal this process got (None: none, or only another rank got one).
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        if self.signum is None:
+            self.signum = signum
         LOG.warning("signal %d: stopping after this step (checkpoint first); Ctrl-C again to abort", signum)
 
     def __enter__(self) -> StopRequest:

@@ -10,8 +10,10 @@ scheduler, scaler, config, epoch, step, RNG states, best metric; written atomica
 (``tensorboard/``), ``history.json`` (every evaluation) and the weights for the node: ``best.safetensors``
 (best validation metric, never the loss) and ``last.safetensors``. ``--resume`` continues a killed run
 from its latest checkpoint: the batches of the interrupted epoch that were already trained are skipped and
-augmentation is a function of (seed, epoch, sample), so a resumed run equals an uninterrupted one.
-SIGTERM/SIGINT stop at the end of the current step and write a checkpoint first.
+augmentation is a function of (seed, epoch, sample), so a resumed run equals an uninterrupted one; with a
+``--config`` and no checkpoint in the run directory yet, ``--resume`` starts the run (one command for a job
+that a scheduler restarts). SIGTERM/SIGINT stop at the end of the current step and write a checkpoint
+first; the command then exits with 128 + the signal (143, 130), not 0, since the run has not finished.
 
 This module is the entry point (config from the command line or a checkpoint, then train or evaluate). The
 parts live in modules of one job each: ``cli`` (the command line), ``distributed`` (ranks, devices,
@@ -27,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,6 +106,10 @@ def _checkpoint_to_resume(args: argparse.Namespace) -> dict[str, Any] | None:
             path = Path(args.out) / CHECKPOINT_NAME
         else:
             path = load_train_config(args.config, args.overrides).output_dir / CHECKPOINT_NAME
+        if not path.exists() and args.config is not None:
+            # One command for a job that a scheduler restarts: the first start has nothing to resume.
+            LOG.warning("--resume: no checkpoint at %s yet: starting the run from the beginning", path)
+            return None
     else:
         path = Path(args.resume)
     return load_checkpoint(path)
@@ -216,10 +223,15 @@ def main(args: argparse.Namespace | None = None) -> dict[str, Any]:
         return run(args)
     parsed = parse_args()
     try:
-        return run(parsed)
+        summary = run(parsed)
     except USER_ERRORS as exc:
         print(f"mcn_training.train: error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
+    if summary.get("interrupted"):
+        # Stopped by a signal after its checkpoint: not finished, as a scheduler or torchrun must see it
+        # (exit 0 read as done); the shell's convention, 128 + the signal (143 for SIGTERM).
+        raise SystemExit(128 + int(summary.get("stop_signal") or signal.SIGTERM))
+    return summary
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -45,8 +46,9 @@ class Trainer(TrainingRun):
         self.model.train()
         self._nonfinite_steps = 0
         interrupted = False
+        stop_request = StopRequest()
         try:
-            with StopRequest() as stop_request:
+            with stop_request:
                 while not self._schedule_done():
                     interrupted, stop = self._train_epoch(loader, stop_request)
                     self._maybe_end_epoch()
@@ -65,7 +67,10 @@ class Trainer(TrainingRun):
                 )  # fmt: skip
             raise
         self._finish(interrupted)
-        return self.summary(interrupted)
+        summary = self.summary(interrupted)
+        if interrupted:  # another rank's signal: the one schedulers send to stop a job
+            summary["stop_signal"] = stop_request.signum or int(signal.SIGTERM)
+        return summary
 
     def _train_epoch(self, loader: DataLoader[Any], stop_request: StopRequest) -> tuple[bool, bool]:
         """Train the rest of the current epoch, or until the run ends or must stop.
