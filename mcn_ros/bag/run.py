@@ -67,7 +67,7 @@ RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
 def parse_params(items: Sequence[str]) -> list[str]:
     """``name=value`` (or ROS's ``name:=value``) -> ``name:=value``; a name the node does not have is refused
     here (the node would only warn in its log, and the run go on without it)."""
-    from mcn_ros.ros.parameters import BY_NAME, REMOVED
+    from mcn_ros.ros.parameters import BY_NAME, REMOVED, unknown_names
 
     out = []
     for item in items:
@@ -75,8 +75,7 @@ def parse_params(items: Sequence[str]) -> list[str]:
         name = name.strip()
         if not sep or not name:
             raise BagError(f"node parameter {item!r}: expected NAME=VALUE (e.g. score_threshold=0.1)")
-        rclpy_own = name in RCLPY_PARAMETERS or name.startswith("qos_overrides.")
-        if name not in BY_NAME and not rclpy_own:
+        if unknown_names([name], [*BY_NAME, *RCLPY_PARAMETERS]):
             hint = REMOVED.get(name, "see config/mcn.yaml")
             raise BagError(f"node parameter {name!r}: the node has no such parameter ({hint})")
         out.append(f"{name}:={value.strip()}")

@@ -21,7 +21,7 @@ class Camera:
         self.name = name
         self.outputs = Outputs(name)
         self.stats = FrameStats()
-        self.subscriptions: dict[bool, Any] = {}  # compressed or not -> its input subscription
+        self.subscriptions: list[Any] = []
         self.computed_tasks: frozenset[str] = frozenset()
         self.last_error = ""
 

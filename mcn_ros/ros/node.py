@@ -320,8 +320,8 @@ class McnNode(LifecycleNode):
                 # A two-argument callback gets rclpy's MessageInfo (a dict on Jazzy and Kilted; not on
                 # Humble): its sequence numbers tell the frames lost before the node.
                 on_image = self._image_callback(camera, compressed)
-                camera.subscriptions[compressed] = self.create_subscription(
-                    message_type, topic, on_image, image_qos
+                camera.subscriptions.append(
+                    self.create_subscription(message_type, topic, on_image, image_qos)
                 )
             camera.stats.start_listening(monotonic())
         self._running.set()
@@ -335,7 +335,7 @@ class McnNode(LifecycleNode):
         with self._busy:  # the frame in flight is done; no other starts while _running is clear
             pass
         for camera in self._cameras.values():
-            for subscription in camera.subscriptions.values():
+            for subscription in camera.subscriptions:
                 self.destroy_subscription(subscription)
             camera.subscriptions.clear()
             camera.stats.stop_listening()
@@ -601,7 +601,7 @@ class McnNode(LifecycleNode):
             tolerance=float(self.get_parameter("rate_warn_tolerance").value),
             knobs=knobs,
             silence_s=camera.stats.silence(now),
-            inputs=", ".join(subscription.topic_name for subscription in camera.subscriptions.values()),
+            inputs=", ".join(subscription.topic_name for subscription in camera.subscriptions),
             last_error=camera.last_error,
         )
         values = diagnostics.status_values(

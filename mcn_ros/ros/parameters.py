@@ -237,12 +237,18 @@ def start_up_problems(values: Mapping[str, Any]) -> list[str]:
 REMOVED = {"half": "replaced by precision (half:=true was precision:=fp16)"}
 
 
+def unknown_names(given: Iterable[str], declared: Iterable[str]) -> list[str]:
+    """The ``given`` parameter names that no ``declared`` one takes, sorted; rclpy's ``qos_overrides.*``
+    are declared only with their publishers, and are left out."""
+    known = set(declared)
+    return sorted(n for n in set(given) - known if not n.startswith("qos_overrides."))
+
+
 def unknown_parameters(given: Iterable[str], declared: Iterable[str]) -> str | None:
     """A warning naming the ``given`` parameter values (files, ``-p``) that no declared parameter takes, or
-    None. rclpy ignores them silently, so a typo or a removed name would otherwise go unnoticed. rclpy's
-    ``qos_overrides.*`` are declared only with their publishers, and are left out."""
-    known = set(declared)
-    unknown = sorted(n for n in set(given) - known if not n.startswith("qos_overrides."))
+    None (:func:`unknown_names`). rclpy ignores them silently, so a typo or a removed name would otherwise
+    go unnoticed."""
+    unknown = unknown_names(given, declared)
     if not unknown:
         return None
     named = ", ".join(f"{n} ({REMOVED[n]})" if n in REMOVED else n for n in unknown)

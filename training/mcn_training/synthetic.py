@@ -286,7 +286,7 @@ def generate_dataset(
         rng = np.random.default_rng([seed, split_key, index])
         image_id = first_id + index
         image, objs = _scene(rng, h, w)
-        name = f"{image_id:012d}.jpg"
+        name = _image_name(image_id)
         cv2.imwrite(str(img_dir / name), image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         images.append({"id": image_id, "file_name": name, "height": h, "width": w, "license": 0})
         for ann, kps in _annotations(objs, h, w, rng):
@@ -324,6 +324,11 @@ def generate_dataset(
     return {"images": img_dir, **files}
 
 
+def _image_name(image_id: int) -> str:
+    """The file name of image ``image_id``, COCO's style."""
+    return f"{image_id:012d}.jpg"
+
+
 def _remove_earlier_images(instances: Path, img_dir: Path, first_id: int, num_images: int) -> None:
     """Delete the images an earlier run listed in ``instances`` that this run does not write again: a
     folder read as it is (``quantize --images``) would otherwise hold images its annotations do not list.
@@ -332,7 +337,7 @@ def _remove_earlier_images(instances: Path, img_dir: Path, first_id: int, num_im
         listed = {str(image["file_name"]) for image in json.loads(instances.read_text())["images"]}
     except (OSError, ValueError, KeyError, TypeError):
         return
-    written = {f"{first_id + index:012d}.jpg" for index in range(num_images)}
+    written = {_image_name(first_id + index) for index in range(num_images)}
     for name in listed - written:
         if Path(name).name == name:  # a plain file name of that folder, nothing elsewhere
             (img_dir / name).unlink(missing_ok=True)

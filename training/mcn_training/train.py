@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -230,7 +229,7 @@ def main(args: argparse.Namespace | None = None) -> dict[str, Any]:
     if summary.get("interrupted"):
         # Stopped by a signal after its checkpoint: not finished, as a scheduler or torchrun must see it
         # (exit 0 read as done); the shell's convention, 128 + the signal (143 for SIGTERM).
-        raise SystemExit(128 + int(summary.get("stop_signal") or signal.SIGTERM))
+        raise SystemExit(128 + int(summary["stop_signal"]))
     return summary
 
 

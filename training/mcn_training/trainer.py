@@ -68,7 +68,7 @@ class Trainer(TrainingRun):
             raise
         self._finish(interrupted)
         summary = self.summary(interrupted)
-        if interrupted:  # another rank's signal: the one schedulers send to stop a job
+        if interrupted:  # where only another rank got a signal: SIGTERM, what schedulers send to stop a job
             summary["stop_signal"] = stop_request.signum or int(signal.SIGTERM)
         return summary
 
