@@ -309,92 +309,6 @@ def test_keypoint_snapping_searches_agree(
     assert 0.05 < snapped.float().mean() < 1.0, "both snapped and unsnapped keypoints are compared"
 
 
-def _persons_on_noise(
-    b: int,
-    k: int,
-    j: int,
-    side: float = W / 4,
-    spread: tuple[float, float] = (-0.2, 1.2),
-    subpixel: tuple[float, float] = (-1.5, 2.5),
-) -> tuple[torch.Tensor, ...]:
-    """Boxes [b, k, 4] of persons ``side`` cells wide, keypoints [b, k, j, 2] at ``spread`` fractions of
-    their box, noisy keypoint logits (some 30 peaks per joint above the snap score) and sub-pixel offsets in
-    ``subpixel`` (a network may regress them outside [0, 1))."""
-    corner = torch.rand(b, k, 2) * torch.tensor([W - side, H - side])
-    boxes = torch.cat((corner, corner + side), dim=-1)
-    low, high = spread
-    regressed = corner.unsqueeze(2) + (torch.rand(b, k, j, 2) * (high - low) + low) * side
-    kp_logits = torch.randn(b, j, H, W) * 2 - 5
-    kp_subpixel = torch.rand(b, 2, H, W) * (subpixel[1] - subpixel[0]) + subpixel[0]
-    return boxes, regressed, kp_logits, kp_subpixel
-
-
-@pytest.mark.parametrize(
-    ("side", "spread", "subpixel"),
-    [(W / 4, (-0.2, 1.2), (-1.5, 2.5)), (W / 2, (0.4, 0.6), (0.0, 1.0)), (W / 2, (0.4, 0.6), (-2.0, -1.0))],
-    ids=["scattered", "clustered", "negative_offsets"],
-)
-def test_snap_reach_holds_every_cell_a_keypoint_can_snap_to(
-    side: float, spread: tuple[float, float], subpixel: tuple[float, float]
-) -> None:
-    """Every cell whose position (cell + sub-pixel offset) lies inside a reported person's box and within
-    the snapping radius of one of its keypoints is in snap_reach (keypoints beyond the box, keypoints in its
-    middle, where the radius bounds the reach, sub-pixel offsets either way); unreported persons reach
-    nothing; a person with a NaN keypoint reaches the whole map; and the reach is well short of the map."""
-    torch.manual_seed(11)
-    b, k, j = 2, 3, 17
-    boxes, regressed, _, kp_subpixel = _persons_on_noise(b, k, j, side, spread, subpixel)
-    reported = torch.tensor([[True, True, False], [True, False, False]])
-    reach = decode.snap_reach(boxes, regressed, kp_subpixel, reported, 0.3)
-    assert reach.shape == (b, H, W) and reach.dtype == torch.bool
-    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    positions = torch.stack((xs, ys)).float() + kp_subpixel  # [b, 2, H, W]
-    low, high = boxes[..., None, None, :2], boxes[..., None, None, 2:]  # [b, k, 1, 1, 2]
-    position = positions.permute(0, 2, 3, 1).unsqueeze(1)  # [b, 1, H, W, 2]
-    inside = ((position >= low) & (position <= high)).all(dim=-1)  # [b, k, H, W]
-    radius = 0.3 * (boxes[..., 2:] - boxes[..., :2]).amax(dim=-1)  # [b, k]
-    near = torch.zeros_like(inside)
-    for joint in range(j):
-        gap = position - regressed[:, :, joint, None, None, :]
-        near |= (gap * gap).sum(dim=-1) <= radius[..., None, None] ** 2
-    usable = (inside & near & reported[..., None, None]).any(dim=1)  # [b, H, W]
-    assert usable.sum() > 20, "the persons can snap somewhere"
-    assert bool((reach | ~usable).all()), "every usable cell is in reach"
-    assert float(reach.float().mean()) < 0.5, "the reach is far from the whole map"
-    nobody = decode.snap_reach(boxes, regressed, kp_subpixel, torch.zeros_like(reported), 0.3)
-    assert not bool(nobody.any())
-    regressed[1, 0, 5] = float("nan")
-    assert bool(decode.snap_reach(boxes, regressed, kp_subpixel, reported, 0.3)[1].all())
-
-
-@pytest.mark.parametrize("dense_max", [0, 1 << 30], ids=["peak_lists", "every_cell"])
-def test_keypoints_snap_as_with_the_whole_map_searched(
-    dense_max: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Listing only the peaks in snapping reach of the reported persons snaps every keypoint of theirs as
-    searching the whole keypoint map does (joints with fewer peaks than keypoint_candidates)."""
-    torch.manual_seed(12)
-    b, k, j = 2, 6, 17
-    boxes, regressed, kp_logits, kp_subpixel = _persons_on_noise(b, k, j)
-    reported = torch.arange(k) < torch.tensor([[4], [2]])
-    options = DecodeOptions()
-    monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", dense_max)
-    reaches = _record_results(monkeypatch, "snap_reach")
-    peaks_per_joint = (peaks.local_peaks(kp_logits.sigmoid(), 3) >= options.kp_snap_score).sum(dim=(2, 3))
-    assert int(peaks_per_joint.min()) > 10 and int(peaks_per_joint.max()) <= options.keypoint_candidates
-    kp, score = decode.decode_keypoints(boxes, regressed, kp_logits, kp_subpixel, options, reported)
-    reach = reaches[0]
-    assert isinstance(reach, torch.Tensor) and float(reach.float().mean()) < 0.6, "the search was limited"
-    monkeypatch.setattr(decode, "snap_reach", lambda *args: torch.ones(b, H, W, dtype=torch.bool))
-    whole_kp, whole_score = decode.decode_keypoints(
-        boxes, regressed, kp_logits, kp_subpixel, options, reported
-    )
-    torch.testing.assert_close(kp[reported], whole_kp[reported], rtol=0, atol=0)  # [persons, j, 2]
-    torch.testing.assert_close(score[reported], whole_score[reported], rtol=0, atol=0)
-    snapped = (whole_kp != regressed).any(dim=-1)[reported]
-    assert 0.05 < snapped.float().mean() < 1.0, "both snapped and unsnapped keypoints are compared"
-
-
 def test_pose_threshold_and_detections_together() -> None:
     hw = (100, 200)
     out = _pose_outputs()
@@ -607,18 +521,11 @@ def test_neighbourhood_max_is_max_pooling(kernel: int, layout: str, dtype: torch
 
 
 def _reference_peaks(
-    logits: torch.Tensor,
-    k: int,
-    threshold: float,
-    kernel: int,
-    per_channel: bool,
-    cells: torch.Tensor | None = None,
+    logits: torch.Tensor, k: int, threshold: float, kernel: int, per_channel: bool
 ) -> list[set[tuple[int, int, int, int]]]:
-    """Per group: the (channel, y, x, round(score * 1e6)) of the best k local maxima >= threshold (at
-    ``cells`` [B, H, W], if given), by the dense max-pool and top-k of the probabilities."""
+    """Per group: the (channel, y, x, round(score * 1e6)) of the best k local maxima >= threshold, by the
+    dense max-pool and top-k of the probabilities."""
     heat = local_peaks(logits.sigmoid(), kernel)
-    if cells is not None:
-        heat = heat * cells.unsqueeze(1)
     groups = []
     for image in heat:
         for part in image.split(1) if per_channel else [image]:
@@ -643,23 +550,8 @@ PEAK_PATHS = {
     "sparse": ((0, 1 << 30), {0.3: "sparse", 0.6: "sparse", 0.05: "pooled", 0.0: "dense"}),
     "sparse_topk_fallback": ((0, 0), {0.3: "sparse", 0.6: "sparse", 0.05: "dense", 0.0: "dense"}),
 }
-#: The paths with the search limited to a quarter of each image: the low threshold's cells then stay few.
-PEAK_PATHS_IN_CELLS = {
-    "pooled": PEAK_PATHS["pooled"][1],
-    "sparse": {0.3: "sparse", 0.6: "sparse", 0.05: "sparse", 0.0: "dense"},
-    "sparse_topk_fallback": {0.3: "sparse", 0.6: "sparse", 0.05: "sparse", 0.0: "dense"},
-}
 
 
-def _quarter_cells() -> torch.Tensor:
-    """[2, 20, 24] cells for the test maps: a corner quarter of each image, each holding a corner peak."""
-    cells = torch.zeros(2, 20, 24, dtype=torch.bool)
-    cells[0, :10, :12] = True
-    cells[1, 10:, 12:] = True
-    return cells
-
-
-@pytest.mark.parametrize("in_cells", [False, True], ids=["whole_map", "in_cells"])
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("path", list(PEAK_PATHS))
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -670,18 +562,13 @@ def test_find_peaks_equals_the_dense_search(
     per_channel: bool,
     path: str,
     layout: str,
-    in_cells: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each search (the whole map max-pooled then thresholded; only the cells passing the threshold
     examined; max-pool and top-k) finds exactly the dense search's peaks, also at the map borders, per image
     and per channel, best first, in PyTorch's layout and ONNX Runtime's; a low threshold leaves the sparse
-    search for a fallback. Limited to some cells, each search reports the peaks there and only those, a
-    peak still being the maximum of its whole neighbourhood (the cells' edges are inside the map)."""
+    search for a fallback."""
     (pooled_max, fallback_max), expected_paths = PEAK_PATHS[path]
-    cells = _quarter_cells() if in_cells else None
-    if in_cells:
-        expected_paths = PEAK_PATHS_IN_CELLS[path]
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
     monkeypatch.setattr(peaks, "POOLED_FALLBACK_MAX_VALUES", fallback_max)
     taken = []
@@ -698,7 +585,7 @@ def test_find_peaks_equals_the_dense_search(
     if layout == "channels_last":  # the layout the PyTorch backend gives; ONNX Runtime's are contiguous
         logits = logits.contiguous(memory_format=torch.channels_last)
     k = 7
-    best = find_peaks(logits, k, threshold, kernel, per_channel, cells)
+    best = find_peaks(logits, k, threshold, kernel, per_channel)
     assert taken == [expected_paths[threshold]]
     groups = 4 if per_channel else 1
     assert best.scores.shape[:2] == (2, groups) and best.scores.shape[2] <= k
@@ -715,11 +602,8 @@ def test_find_peaks_equals_the_dense_search(
         )
         scores = row[0][row[0] >= 0]
         assert torch.equal(scores, scores.sort(descending=True).values), "best first"
-    assert found == _reference_peaks(logits, k, threshold, kernel, per_channel, cells)
+    assert found == _reference_peaks(logits, k, threshold, kernel, per_channel)
     assert any(found), "the test maps have peaks above every threshold tried"
-    if cells is not None:
-        everywhere = _reference_peaks(logits, k, threshold, kernel, per_channel)
-        assert found != everywhere, "the cells left some peaks out"
 
 
 def test_find_peaks_single_image_and_channel_map(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,9 +56,8 @@ class DecodeOptions:
     max_detections: int = 100
     #: Peaks taken from each heatmap before thresholds.
     top_k: int = 100
-    #: Keypoint-heatmap peaks per joint that a regressed keypoint may snap to, the best of those within
-    #: snapping reach of a reported person (the config's ``top_k``; not raised with ``max_detections``, so
-    #: decoding memory grows linearly, not quadratically, with it).
+    #: Keypoint-heatmap peaks per joint that a regressed keypoint may snap to (the config's ``top_k``; not
+    #: raised with ``max_detections``, so decoding memory grows linearly, not quadratically, with it).
     keypoint_candidates: int = 100
     #: Max-pool kernel of the local-maximum test.
     pool_kernel: int = 3
@@ -144,30 +143,24 @@ def decode_keypoints(
     kp_logits: Tensor,
     kp_subpixel: Tensor,
     options: DecodeOptions,
-    reported: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Snap regressed keypoints to keypoint-heatmap peaks (CenterNet multi-pose), all in output-map coords.
 
     ``boxes`` [B, K, 4] person boxes; ``regressed`` [B, K, J, 2] keypoints from the centre;
-    ``kp_logits`` [B, J, H, W] keypoint heatmap logits; ``kp_subpixel`` [B, 2, H, W]; ``reported`` [B, K]
-    (bool) the persons whose keypoints are wanted (None: all; the others' may stay as regressed).
+    ``kp_logits`` [B, J, H, W] keypoint heatmap logits; ``kp_subpixel`` [B, 2, H, W].
     Returns keypoints [B, K, J, 2] and scores [B, K, J]. Each keypoint considers its joint's best
-    ``options.keypoint_candidates`` peaks scoring at least ``kp_snap_score`` among those within snapping
-    reach of a reported person (:func:`snap_reach`: peaks no keypoint could snap to are not listed); small
-    maps (:data:`DENSE_SNAP_MAX_VALUES`) are searched cell by cell, with the same result whenever no joint
-    has more peaks in reach than that (equally near peaks aside, where either may be chosen); not on
+    ``options.keypoint_candidates`` peaks scoring at least ``kp_snap_score``; small maps
+    (:data:`DENSE_SNAP_MAX_VALUES`) are searched cell by cell, with the same result whenever no joint has
+    more peaks than that (equally near peaks aside, where either may be chosen); not on
     :data:`~mcn_ros.model.peaks.TOPK_SEARCH_DEVICES`, where checking that would synchronize with the host.
     """
     b, j, h, w = kp_logits.shape
-    if reported is None:
-        reported = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
-    reach = snap_reach(boxes, regressed, kp_subpixel, reported, options.kp_snap_distance)
     nearest = None
     small = regressed.shape[1] * j * h * w <= DENSE_SNAP_MAX_VALUES
     if small and 0.0 < options.kp_snap_score < 1.0 and kp_logits.device.type not in peaks.TOPK_SEARCH_DEVICES:
-        nearest = _nearest_peak_cells(regressed, kp_logits, kp_subpixel, options, reach)
+        nearest = _nearest_peak_cells(regressed, kp_logits, kp_subpixel, options)
     if nearest is None:
-        nearest = _nearest_listed_peaks(regressed, kp_logits, kp_subpixel, options, reach)
+        nearest = _nearest_listed_peaks(regressed, kp_logits, kp_subpixel, options)
     min_dist_sq, snapped, snapped_score = nearest
     low, high = boxes[..., None, :2], boxes[..., None, 2:]  # [B, K, 1, 2]
     inside = ((snapped >= low) & (snapped <= high)).all(dim=-1)
@@ -184,34 +177,6 @@ def decode_keypoints(
     return keypoints, scores
 
 
-def snap_reach(
-    boxes: Tensor, regressed: Tensor, kp_subpixel: Tensor, reported: Tensor, snap_distance: float
-) -> Tensor:
-    """The keypoint-heatmap cells [B, H, W] (bool) whose peak some keypoint of a ``reported`` person could
-    snap to: a cell whose position (cell + ``kp_subpixel``) can lie inside the person's box and within the
-    snapping radius of one of its regressed keypoints (a rectangle per person, one cell wider each side
-    for rounding). A superset of the cells that matter, so listing peaks only there changes no snap, except
-    through the ``keypoint_candidates`` cut-off. Shapes only, no values read (CUDA-graph friendly).
-    """
-    _, _, h, w = kp_subpixel.shape
-    low, high = boxes[..., :2].float(), boxes[..., 2:].float()  # [B, K, 2]
-    radius = snap_distance * (high - low).amax(dim=-1, keepdim=True)  # [B, K, 1]
-    points = regressed.float()
-    first = torch.maximum(points.amin(dim=2) - radius, low)
-    last = torch.minimum(points.amax(dim=2) + radius, high)
-    subpixel = kp_subpixel.float().flatten(2)  # [B, 2, H*W]
-    first = first - subpixel.amax(dim=2).unsqueeze(1) - 1.0
-    last = last - subpixel.amin(dim=2).unsqueeze(1) + 1.0
-    # A person with a non-finite box, keypoint or sub-pixel offset reaches the whole map (NaN fails any test).
-    first = torch.nan_to_num(first, nan=float("-inf"))
-    last = torch.nan_to_num(last, nan=float("inf"))
-    xs = torch.arange(w, device=boxes.device, dtype=torch.float32)
-    ys = torch.arange(h, device=boxes.device, dtype=torch.float32)
-    columns = (xs >= first[..., 0:1]) & (xs <= last[..., 0:1]) & reported.unsqueeze(-1)  # [B, K, W]
-    rows = (ys >= first[..., 1:2]) & (ys <= last[..., 1:2])  # [B, K, H]
-    return torch.bmm(rows.transpose(1, 2).float(), columns.float()) > 0
-
-
 def _squared_distances(regressed: Tensor, points: Tensor) -> Tensor:
     """Squared distances of ``regressed`` [B, K, J, 2] to ``points`` [B, J or 1, P, 2] -> [B, K, J, P], built
     in place from the x and y differences (no [B, K, J, P, 2] temporary, no square root)."""
@@ -222,19 +187,13 @@ def _squared_distances(regressed: Tensor, points: Tensor) -> Tensor:
 
 
 def _nearest_listed_peaks(
-    regressed: Tensor, kp_logits: Tensor, kp_subpixel: Tensor, options: DecodeOptions, reach: Tensor
+    regressed: Tensor, kp_logits: Tensor, kp_subpixel: Tensor, options: DecodeOptions
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Squared distance [B, K, J] (inf: no peak), position [B, K, J, 2] and score [B, K, J] of each keypoint's
-    nearest peak among its joint's best ``keypoint_candidates`` scoring at least ``kp_snap_score`` at the
-    cells of ``reach`` [B, H, W]."""
+    nearest peak among its joint's best ``keypoint_candidates`` scoring at least ``kp_snap_score``."""
     b, j, _, _ = kp_logits.shape
     best = peaks.find_peaks(
-        kp_logits,
-        options.keypoint_candidates,
-        options.kp_snap_score,
-        options.pool_kernel,
-        per_channel=True,
-        cells=reach,
+        kp_logits, options.keypoint_candidates, options.kp_snap_score, options.pool_kernel, per_channel=True
     )  # [B, J, Kp]
     cand_score = best.scores
     cand = (
@@ -250,15 +209,14 @@ def _nearest_listed_peaks(
 
 
 def _nearest_peak_cells(
-    regressed: Tensor, kp_logits: Tensor, kp_subpixel: Tensor, options: DecodeOptions, reach: Tensor
+    regressed: Tensor, kp_logits: Tensor, kp_subpixel: Tensor, options: DecodeOptions
 ) -> tuple[Tensor, Tensor, Tensor] | None:
-    """As :func:`_nearest_listed_peaks`, measured against every cell of ``reach`` (non-peaks at infinite
-    distance); None when some joint has more than ``keypoint_candidates`` peaks there (the list then differs:
-    the caller uses it)."""
+    """As :func:`_nearest_listed_peaks`, measured against every cell (non-peaks at infinite distance); None
+    when some joint has more than ``keypoint_candidates`` peaks (the list then differs: the caller uses it).
+    """
     b, j, h, w = kp_logits.shape
     heat = peaks.local_peaks(kp_logits.sigmoid(), options.pool_kernel).reshape(b, j, h * w)
-    # local_peaks zeroed the non-maxima; the threshold is > 0
-    valid = (heat >= options.kp_snap_score) & reach.reshape(b, 1, h * w)
+    valid = heat >= options.kp_snap_score  # local_peaks zeroed the non-maxima; the threshold is > 0
     if int(valid.sum(dim=2).max()) > options.keypoint_candidates:
         return None
     cells = torch.arange(h * w, device=kp_logits.device)
@@ -401,9 +359,8 @@ def decode_to_tensors(
         keep = (scores >= options.pose_score_threshold).sum(dim=1).clamp(max=options.max_detections)
         # Asking whether any person passed would wait for the device: there, the keypoints are always snapped.
         if device.type in peaks.TOPK_SEARCH_DEVICES or bool(keep.any()):
-            reported = torch.arange(scores.shape[1], device=device) < keep.unsqueeze(1)
             keypoints, kp_scores = decode_keypoints(
-                boxes, regressed, outputs["kp_heatmap"], outputs["kp_subpixel"], options, reported
+                boxes, regressed, outputs["kp_heatmap"], outputs["kp_subpixel"], options
             )
         else:  # no person reported in the batch: nothing to snap
             keypoints, kp_scores = regressed, scores.new_zeros(regressed.shape[:-1])

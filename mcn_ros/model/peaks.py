@@ -102,34 +102,24 @@ class Candidates(NamedTuple):
     xs: Tensor
 
 
-def find_peaks(
-    logits: Tensor,
-    k: int,
-    threshold: float,
-    kernel: int,
-    per_channel: bool = False,
-    cells: Tensor | None = None,
-) -> Peaks:
+def find_peaks(logits: Tensor, k: int, threshold: float, kernel: int, per_channel: bool = False) -> Peaks:
     """Local maxima of ``sigmoid(logits)`` [B, C, H, W] scoring at least ``threshold``, the best ``k`` of each
-    image (``per_channel``: of each channel); only at the ``cells`` [B, H, W] (bool) that are True, if given.
+    image (``per_channel``: of each channel).
 
-    The same peaks as :func:`local_peaks` then :func:`topk_peaks` on the probabilities (zeroed outside
-    ``cells``), minus those below ``threshold``: all the local maxima passing the threshold
-    (:func:`find_candidates`), then the best of each group; where those are not searched for, a top-k over
-    the max-pooled map. Every path keeps as many slots as the fullest group has peaks (at least one) except
-    the top-k, which keeps ``k``; empty slots score -1. ``cells`` only limits where peaks are reported: the
-    local-maximum test still sees the whole map.
+    The same peaks as :func:`local_peaks` then :func:`topk_peaks` on the probabilities, minus those below
+    ``threshold``: all the local maxima passing the threshold (:func:`find_candidates`), then the best of
+    each group; where those are not searched for, a top-k over the max-pooled map. Every path keeps as many
+    slots as the fullest group has peaks (at least one) except the top-k, which keeps ``k``; empty slots
+    score -1.
     """
-    found = find_candidates(logits, threshold, kernel, cells)
-    return peaks_of_candidates(found, logits, k, threshold, kernel, per_channel, cells)
+    found = find_candidates(logits, threshold, kernel)
+    return peaks_of_candidates(found, logits, k, threshold, kernel, per_channel)
 
 
-def find_candidates(
-    logits: Tensor, threshold: float, kernel: int, cells: Tensor | None = None
-) -> Candidates | None:
-    """Every local maximum of ``sigmoid(logits)`` [B, C, H, W] scoring at least ``threshold`` (at ``cells``
-    [B, H, W], bool, if given), in no order; None where a top-k serves better (a threshold outside (0, 1), a
-    map on one of :data:`TOPK_SEARCH_DEVICES`, or a threshold so low on a large map that most of it passes).
+def find_candidates(logits: Tensor, threshold: float, kernel: int) -> Candidates | None:
+    """Every local maximum of ``sigmoid(logits)`` [B, C, H, W] scoring at least ``threshold``, in no order;
+    None where a top-k serves better (a threshold outside (0, 1), a map on one of
+    :data:`TOPK_SEARCH_DEVICES`, or a threshold so low on a large map that most of it passes).
 
     Small maps (:data:`POOLED_MAX_VALUES`) are max-pooled and thresholded; on larger ones one max over the
     channels finds the cells where any channel passes, and only those (their ``kernel``-square
@@ -141,20 +131,17 @@ def find_candidates(
     if not 0.0 < threshold < 1.0 or logits.device.type in TOPK_SEARCH_DEVICES:
         return None
     if c * h * w <= POOLED_MAX_VALUES:
-        return _pooled_candidates(logits, threshold, kernel, cells)
+        return _pooled_candidates(logits, threshold, kernel)
     cutoff = math.log(threshold / (1.0 - threshold)) - 1e-3  # a margin for rounding; tested exactly later
-    passes = logits.amax(dim=1) >= cutoff  # [B, H, W]: some channel passes
-    if cells is not None:
-        passes &= cells
-    where = passes.nonzero()  # [M, 3] (b, y, x)
-    if where.shape[0] <= SPARSE_CELL_FRACTION * b * h * w:
-        bi, yi, xi = where.unbind(1)
+    cells = (logits.amax(dim=1) >= cutoff).nonzero()  # [M, 3] (b, y, x) where some channel passes
+    if cells.shape[0] <= SPARSE_CELL_FRACTION * b * h * w:
+        bi, yi, xi = cells.unbind(1)
         passing = (logits[bi, :, yi, xi] >= cutoff).nonzero()  # [N, 2] (cell, channel)
         if passing.shape[0] <= SPARSE_VALUE_FRACTION * b * c * h * w:
             cell, ci = passing.unbind(1)
             return _sparse_candidates(logits, (bi[cell], ci, yi[cell], xi[cell]), threshold, kernel)
     if c * h * w <= POOLED_FALLBACK_MAX_VALUES:
-        return _pooled_candidates(logits, threshold, kernel, cells)
+        return _pooled_candidates(logits, threshold, kernel)
     return None
 
 
@@ -165,14 +152,12 @@ def peaks_of_candidates(
     threshold: float,
     kernel: int,
     per_channel: bool = False,
-    cells: Tensor | None = None,
 ) -> Peaks:
-    """:func:`find_peaks` from :func:`find_candidates`' answer for ``logits`` (and the same ``cells``): the
-    best ``k`` candidates of each group, or the top-k search of the map where there are none (``found``
-    None)."""
+    """:func:`find_peaks` from :func:`find_candidates`' answer for ``logits``: the best ``k`` candidates of
+    each group, or the top-k search of the map where there are none (``found`` None)."""
     b, c, _, w = logits.shape
     if found is None:
-        return _dense_peaks(logits.sigmoid(), k, threshold, kernel, per_channel, cells)
+        return _dense_peaks(logits.sigmoid(), k, threshold, kernel, per_channel)
     return _best_per_group(found, k, b, c if per_channel else 1, w)
 
 
@@ -185,13 +170,9 @@ def channel_candidates(found: Candidates, channel: int, threshold: float) -> Can
     return Candidates(scores, images, torch.zeros_like(ys), ys, xs)
 
 
-def _dense_peaks(
-    heat: Tensor, k: int, threshold: float, kernel: int, per_channel: bool, cells: Tensor | None
-) -> Peaks:
+def _dense_peaks(heat: Tensor, k: int, threshold: float, kernel: int, per_channel: bool) -> Peaks:
     b, c, h, w = heat.shape
     heat = local_peaks(heat, kernel)
-    if cells is not None:
-        heat = heat * cells.unsqueeze(1)
     groups = c if per_channel else 1
     k = min(k, heat[0].numel() // groups)
     scores, index = heat.reshape(b, groups, -1).topk(k, dim=2)
@@ -207,13 +188,10 @@ def _dense_peaks(
     return Peaks(scores, flat, channels, ys, flat - ys * w)
 
 
-def _pooled_candidates(logits: Tensor, threshold: float, kernel: int, cells: Tensor | None) -> Candidates:
+def _pooled_candidates(logits: Tensor, threshold: float, kernel: int) -> Candidates:
     """:func:`find_peaks`' candidates on a small map: the whole map max-pooled, the peaks thresholded."""
     heat = local_peaks(logits.sigmoid(), kernel)
-    passes = heat >= threshold  # local_peaks zeroed the non-maxima
-    if cells is not None:
-        passes &= cells.unsqueeze(1)
-    where = passes.nonzero()  # [N, 4] (b, c, y, x)
+    where = (heat >= threshold).nonzero()  # [N, 4] (b, c, y, x); local_peaks zeroed the non-maxima
     bi, ci, yi, xi = where.unbind(1)
     return Candidates(heat[bi, ci, yi, xi], bi, ci, yi, xi)
 
