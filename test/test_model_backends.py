@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,50 @@ def test_folded_batch_norms_give_the_same_outputs() -> None:
     predictor = Predictor(model, config)
     assert predictor.model is model and predictor._run_model is not model
     assert Predictor(model, config, fold_bn=False)._run_model is model
+
+
+def test_onnxruntime_predictor_from_several_threads() -> None:
+    """One ONNX Runtime Predictor called from four threads at once, each with another task set, so that
+    every call makes its session: the same results as one caller gets (the concurrent exports broke each
+    other: "GLOBALS.in_onnx_export must be True")."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model, config = _model()
+    image = np.random.default_rng(3).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    task_sets = [("detection",), ("pose",), ("segmentation",), ("detection", "segmentation")]
+    shared = Predictor(model, config, backend="onnxruntime")
+    start = threading.Barrier(len(task_sets))
+
+    def call(tasks: tuple[str, ...]) -> Results:
+        start.wait()
+        result = shared.predict(image, tasks=tasks, score_threshold=0.0, pose_score_threshold=0.0)
+        assert isinstance(result, Results)
+        return result
+
+    with ThreadPoolExecutor(len(task_sets)) as pool:
+        together = list(pool.map(call, task_sets))
+    alone = Predictor(model, config, backend="onnxruntime")
+    for tasks, got in zip(task_sets, together, strict=True):
+        want = alone.predict(image, tasks=tasks, score_threshold=0.0, pose_score_threshold=0.0)
+        assert isinstance(want, Results)
+        for field in ("detections", "poses"):
+            a, b = getattr(got, field), getattr(want, field)
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_array_equal(a.boxes, b.boxes)
+                np.testing.assert_array_equal(a.scores, b.scores)
+        assert (got.segmentation is None) == (want.segmentation is None)
+        if got.segmentation is not None:
+            np.testing.assert_array_equal(got.segmentation, want.segmentation)
+
+
+def test_onnxruntime_forward_refuses_what_the_model_refuses() -> None:
+    """A batch whose sides are not multiples of 32 gives the torch model's error in ONNX Runtime too (the
+    exported graph no longer checks: it returned maps that did not line up with the input)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model, config = _model()
+    for backend in ("torch", "onnxruntime"):
+        predictor = Predictor(model, config, backend=backend)
+        with pytest.raises(ValueError, match=r"multiples of 32, got \(100, 100\)"):
+            predictor.forward(torch.zeros(1, 3, 100, 100), ["detection"])

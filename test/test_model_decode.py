@@ -232,6 +232,9 @@ def test_decode_options_refuse_values_that_mean_nothing() -> None:
         ({"kp_snap_score": -0.1}, "kp_snap_score must be at least 0"),
         ({"pool_kernel": 2}, "pool_kernel must be odd"),
         ({"kp_snap_distance": -1.0}, "kp_snap_distance must be at least 0"),
+        ({"max_detections": 2.5}, "max_detections must be a whole number, got 2.5"),
+        ({"max_detections": "5"}, "max_detections must be a whole number, got '5'"),
+        ({"top_k": True}, "top_k must be a whole number, got True"),
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             DecodeOptions(**bad)  # type: ignore[arg-type]

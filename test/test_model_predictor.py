@@ -160,6 +160,69 @@ def test_inputs_and_configs_that_cannot_work_are_refused_with_what_to_do(predict
     assert Predictor(model, resized).config.input_size == (64, 64)
 
 
+def test_images_that_cannot_work_are_named_before_anything_runs(predictor: Predictor) -> None:
+    """What cv2.imread gives for a file it cannot read (None), a list of rows, a 1-D array and an empty
+    image: one clear error each, naming the image (they gave "'NoneType' object is not iterable", an
+    AttributeError, an IndexError, and with rect an error without the image's index)."""
+    with pytest.raises(TypeError, match=r"got NoneType \(cv2\.imread returns None"):
+        predictor.predict(None)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="image 1: expected a numpy array, got NoneType"):
+        predictor.predict([np.zeros((8, 8, 3), np.uint8), None])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="image 0: expected a numpy array, got list"):
+        predictor.predict(np.zeros((4, 4, 3), np.uint8).tolist())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"got an array of shape \(10,\)"):
+        predictor.predict(np.zeros(10, np.uint8))
+    assert predictor.rect
+    with pytest.raises(ValueError, match=r"image 0: empty image \(0, 10, 3\)"):
+        predictor.predict(np.zeros((0, 10, 3), np.uint8))
+    with pytest.raises(ValueError, match="no images given"):
+        predictor.predict([])
+
+
+def test_an_image_has_the_same_results_alone_and_in_a_mixed_batch(predictor: Predictor) -> None:
+    """With rect (the default) a wide image batched with a tall one, whose camera-shaped inputs differ, gets
+    its results alone: each input shape runs its own forward (a shared input moved the wide image by half
+    the backbone's stride and changed its results). Images of one input shape still share a forward."""
+    rng = np.random.default_rng(4)
+    wide, tall, also_wide = (
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((45, 80), (90, 60), (46, 80))
+    )
+    assert (
+        predictor.input_size([(45, 80)])
+        == predictor.input_size([(46, 80)])
+        != predictor.input_size([(90, 60)])
+    )
+    options = {"score_threshold": 0.0, "pose_score_threshold": 0.0}
+    pair = predictor.predict([wide, tall], **options)
+    for got, image in zip(pair, (wide, tall), strict=True):
+        _same_results(got, predictor.predict(image, **options))
+    shapes = []
+    forward = predictor.forward
+
+    def recording(batch: Tensor, *args: object, **kwargs: object) -> dict[str, Tensor]:
+        shapes.append(tuple(batch.shape))
+        return forward(batch, *args, **kwargs)  # type: ignore[arg-type]
+
+    predictor.forward = recording  # type: ignore[method-assign]
+    try:
+        three = predictor.predict([wide, tall, also_wide], **options)
+    finally:
+        del predictor.forward
+    assert sorted(shapes) == [(1, 3, 96, 64), (2, 3, 64, 96)]
+    _same_results(three[1], pair[1])
+    assert [r.image_size for r in three] == [(45, 80), (90, 60), (46, 80)]
+
+
+def test_forward_takes_a_task_name() -> None:
+    """forward("pose") is forward({"pose"}) (it was split into letters on the torch backend)."""
+    torch.manual_seed(0)
+    config = ModelConfig.from_yaml(CONFIG_DIR / "resnet18_det1_seg1_pose_128.yaml")
+    predictor = Predictor(MultitaskCenterNet(config), config)
+    batch = torch.zeros(1, 3, 64, 64)
+    assert sorted(predictor.forward(batch, "pose")) == sorted(predictor.forward(batch, {"pose"}))
+    assert "segmentation" in predictor.forward(batch, "segmentation")
+
+
 def test_onnxruntime_on_a_machine_with_a_gpu_runs_on_the_cpu(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -177,6 +240,9 @@ def test_onnxruntime_on_a_machine_with_a_gpu_runs_on_the_cpu(
     )  # auto by default
     with pytest.raises(ValueError, match=r"runs on the CPU only.*use device 'cpu'"):
         Predictor(model, config, device="cuda", backend="onnxruntime")
+    # Refused before the weights are loaded onto the GPU (which this machine would fail to reach).
+    with pytest.raises(ValueError, match=r"runs on the CPU only.*use device 'cpu'"):
+        Predictor.from_weights(path, device="cuda", backend="onnxruntime")
 
 
 def test_max_detections_beyond_top_k() -> None:

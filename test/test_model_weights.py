@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -182,3 +183,21 @@ def test_saved_weights_are_readable_by_other_users(
     finally:
         os.umask(previous)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_tensors_of_another_kind_of_number(saved: tuple[Path, MultitaskCenterNet], tmp_path: Path) -> None:
+    """A float parameter stored as integers is refused, naming the tensor (it was cast silently); float16
+    weights of float32 parameters still load (as float32)."""
+    from safetensors import safe_open
+
+    path, _ = saved
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    state = load_file(str(path))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    ints = _rewrite(path, tmp_path / "i.safetensors", metadata, {**state, name: state[name].long()})
+    with pytest.raises(WeightsError, match=rf"tensor '{re.escape(name)}' holds torch.int64 values"):
+        load_weights(ints)
+    halves = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    model, _, _ = load_weights(_rewrite(path, tmp_path / "h.safetensors", metadata, halves))
+    assert next(model.parameters()).dtype == torch.float32

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import io
+import threading
 import warnings
 from collections.abc import Collection
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mcn_ros.model.config import OUTPUT_STRIDE
-from mcn_ros.model.mcn import resolve_tasks
+from mcn_ros.model.mcn import check_input_batch, resolve_tasks
 
 #: Backend names accepted by :class:`~mcn_ros.model.predictor.Predictor`.
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
@@ -179,6 +180,8 @@ class OnnxRuntimeForward:
     One session per task set, made on first use: exported from ``model`` (a few seconds), or, given
     ``graph`` (an int8 ONNX model of all the config's tasks from :mod:`mcn_ros.model.quantize`), cut from it.
     ``threads``: intra-op threads (default: torch's thread count, so both backends use the same cores).
+    Callable from several threads: sessions are made one at a time (torch's ONNX export keeps global state),
+    and ONNX Runtime sessions may run concurrently.
     """
 
     def __init__(
@@ -191,23 +194,29 @@ class OnnxRuntimeForward:
         self.graph = graph
         self.threads = threads or torch.get_num_threads()
         self._sessions: dict[frozenset[str], tuple[Any, tuple[str, ...]]] = {}
+        self._making = threading.Lock()
 
     def session(self, tasks: Collection[str] | None) -> tuple[Any, tuple[str, ...]]:
         """The session and output names for ``tasks`` (None = all configured), made on first use."""
         asked = resolve_tasks(self.config, tasks)
-        if asked not in self._sessions:
-            if self.graph is None:
-                data, names = export_onnx(self.model, asked)
-            else:
-                names = output_names(self.model, asked)
-                data = extract_outputs(self.graph, names).SerializeToString()
-            options = session_options(self._ort, self.threads)
-            session = self._ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-            self._sessions[asked] = (session, names)
-        return self._sessions[asked]
+        made = self._sessions.get(asked)
+        if made is not None:
+            return made
+        with self._making:
+            if asked not in self._sessions:
+                if self.graph is None:
+                    data, names = export_onnx(self.model, asked)
+                else:
+                    names = output_names(self.model, asked)
+                    data = extract_outputs(self.graph, names).SerializeToString()
+                options = session_options(self._ort, self.threads)
+                session = self._ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+                self._sessions[asked] = (session, names)
+            return self._sessions[asked]
 
     def __call__(self, images: Tensor, tasks: Collection[str] | None) -> dict[str, Tensor]:
         """Raw float32 outputs for a normalised CPU batch [B, 3, H, W] (H, W multiples of 32)."""
+        check_input_batch(images)  # the exported graph no longer checks the shape
         session, names = self.session(tasks)
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         outputs = session.run(list(names), {"images": array})

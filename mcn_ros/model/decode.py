@@ -82,8 +82,11 @@ class DecodeOptions:
         if not self.kp_snap_score >= 0.0:  # above 1: no peak qualifies, keypoints stay as regressed
             raise ValueError(f"kp_snap_score must be at least 0, got {self.kp_snap_score}")
         for name, least in (("max_detections", 0), ("top_k", 1), ("keypoint_candidates", 1)):
-            if getattr(self, name) < least:
-                raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}, got {value}")
         if self.pool_kernel < 1 or self.pool_kernel % 2 == 0:
             raise ValueError(f"pool_kernel must be odd and at least 1, got {self.pool_kernel}")
         if self.kp_snap_distance < 0:

@@ -31,6 +31,15 @@ def resolve_tasks(config: ModelConfig, tasks: Collection[str] | None) -> frozens
     return asked
 
 
+def check_input_batch(images: Tensor) -> None:
+    """Refuse a network input that is not [B, 3, H, W] with H and W multiples of 32 (the backbone's stride:
+    other sizes give maps that no longer line up with the input)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+    if images.shape[-2] % 32 or images.shape[-1] % 32:
+        raise ValueError(f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}")
+
+
 class MultitaskCenterNet(nn.Module):
     """The Multitask-CenterNet of the paper (section 3), assembled from a :class:`ModelConfig`.
 
@@ -72,12 +81,7 @@ class MultitaskCenterNet(nn.Module):
         head (its person channel gives the persons). Returns raw outputs keyed as documented in heads.py.
         """
         asked = resolve_tasks(self.config, tasks)
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        if images.shape[-2] % 32 or images.shape[-1] % 32:
-            raise ValueError(
-                f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}"
-            )
+        check_input_batch(images)
         x = self.features(images)
         outputs: dict[str, Tensor] = {}
         if asked & {"detection", "pose"}:

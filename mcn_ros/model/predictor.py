@@ -6,6 +6,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import threading
 import warnings
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from mcn_ros.model.device import resolve_device
 from mcn_ros.model.labels import flip_permutation
 from mcn_ros.model.mcn import resolve_tasks
 from mcn_ros.model.precision import Precision
-from mcn_ros.model.preprocess import Letterbox, preprocess, rect_input_size
+from mcn_ros.model.preprocess import Letterbox, check_image, preprocess, rect_input_size
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import first_difference, load_weights
 
@@ -119,6 +120,42 @@ def backend_device(device: str | torch.device, backend: str) -> torch.device:
     return resolve_device(device)
 
 
+def check_backend(backend: str, device: torch.device) -> None:
+    """Refuse an unknown ``backend``, or ONNX Runtime on another device than the CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime" and device.type != "cpu":
+        raise ValueError(
+            f"backend 'onnxruntime' runs on the CPU only, not on {device}: use device 'cpu' (or "
+            "'auto'), or backend 'torch' on the GPU"
+        )
+
+
+def _batch_images(images: np.ndarray | Sequence[np.ndarray]) -> tuple[list[np.ndarray], bool]:
+    """The images of :meth:`Predictor.predict`'s argument, each checked, and whether it was a single one."""
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (2, 3, 4):
+            raise ValueError(
+                f"images: expected an HxWx3 uint8 array, a BxHxWx3 one or a sequence of HxWx3 arrays, got an "
+                f"array of shape {images.shape}"
+            )
+        single = images.ndim in (2, 3)  # a 2-D array is one (grey) image, refused with the conversion to use
+        batch = [images] if single else list(images)
+    elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+        single, batch = False, list(images)
+    else:
+        unread = " (cv2.imread returns None for a file it cannot read)" if images is None else ""
+        raise TypeError(
+            f"images: expected an HxWx3 uint8 numpy array or a sequence of them, got {type(images).__name__}"
+            f"{unread}"
+        )
+    if not batch:
+        raise ValueError("no images given")
+    for i, image in enumerate(batch):
+        check_image(image, i)
+    return batch, single
+
+
 def check_config_matches(model: nn.Module, config: ModelConfig) -> None:
     """Refuse a ``config`` that describes another network than ``model`` (its ``config``): classes, heads,
     normalisation and architecture must agree; the input size and decode settings are the caller's to set.
@@ -192,11 +229,7 @@ class Predictor:
         self.rect = rect
         self.backend = backend
         self.device = backend_device(device, backend)
-        if backend == "onnxruntime" and self.device.type != "cpu":
-            raise ValueError(
-                f"backend 'onnxruntime' runs on the CPU only, not on {self.device}: use device 'cpu' (or "
-                "'auto'), or backend 'torch' on the GPU"
-            )
+        check_backend(backend, self.device)
         check_config_matches(model, config)
         self.precision = Precision.resolve(precision, self.device, backend)
         if self.precision.note is not None:
@@ -222,6 +255,8 @@ class Predictor:
             self._run_model = self._run_model.to(self.precision.model_dtype)
         if self._run_model is not model and channels_last:
             self._run_model = self._run_model.to(memory_format=torch.channels_last)
+        # A replayed graph's inputs and outputs are shared buffers: one caller at a time replays and reads.
+        self._graph_turns = threading.Lock()
         self._graphed: GraphedCalls[dict[str, Tensor]] | None = None
         self._graphed_decoding: GraphedCalls[DecodedTensors] | None = None
         self._cuda_graphs_refused: str | None = None
@@ -261,7 +296,9 @@ class Predictor:
         ``int8_graph`` defaults to the weights' own (``<name>.int8.onnx`` beside them)."""
         from mcn_ros.model.quantize import default_int8_path
 
-        model, config, _ = load_weights(path, device=backend_device(device, backend))
+        resolved = backend_device(device, backend)
+        check_backend(backend, resolved)  # before the weights go to a device the backend cannot use
+        model, config, _ = load_weights(path, device=resolved)
         return cls(
             model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn,
             int8_graph=default_int8_path(path) if int8_graph is None else int8_graph, cuda_graphs=cuda_graphs,
@@ -302,16 +339,18 @@ class Predictor:
 
     def forward(self, batch: Tensor, tasks: Collection[str], flip_test: bool = False) -> dict[str, Tensor]:
         """Raw outputs (float32) for a preprocessed batch, optionally merged with the flipped batch."""
+        asked = resolve_tasks(self.config, tasks)
         if flip_test:
             batch = torch.cat((batch, batch.flip(-1)), dim=0)
         if batch.dtype != self.precision.model_dtype and self._onnx is None:
             batch = batch.to(self.precision.model_dtype)
         if self._onnx is not None:
-            outputs = {k: v.float() for k, v in self._onnx(batch, tasks).items()}
+            outputs = {k: v.float() for k, v in self._onnx(batch, asked).items()}
         elif self._graphed is not None:  # copies: the next replay overwrites the graph's outputs
-            outputs = {k: v.clone() for k, v in self._graphed(batch, frozenset(tasks)).items()}
+            with self._graph_turns:
+                outputs = {k: v.clone() for k, v in self._graphed(batch, asked).items()}
         else:
-            outputs = self._eager_forward(batch, frozenset(tasks))
+            outputs = self._eager_forward(batch, asked)
         if flip_test:
             outputs = merge_flipped(outputs, batch.shape[0] // 2)
         return outputs
@@ -362,7 +401,9 @@ class Predictor:
     ) -> Results | list[Results]:
         """Detect / estimate poses / segment ``images`` (HxWx3 uint8, any sizes, ``color_order`` rgb or bgr).
 
-        A single HxWx3 array gives one :class:`Results`; a sequence (or a BxHxWx3 array) gives a list.
+        A single HxWx3 array gives one :class:`Results`; a sequence (or a BxHxWx3 array) gives a list. With
+        ``rect``, images whose camera-shaped inputs differ run in separate forwards, one per input shape, so
+        that an image's results never depend on the others in the batch. May be called from several threads.
         ``tasks`` (None = all configured) selects the heads that run. ``kp_snap_score`` overrides the
         config's ``decode.kp_snap_score`` (minimum keypoint-heatmap peak score used for snapping; it does not
         filter keypoints): every keypoint keeps its slot with its score, so consumers compare scores to their
@@ -370,9 +411,7 @@ class Predictor:
         peaks are taken, or ``max_detections`` if that is larger). ``segmentation_resampling`` "nearest"
         or "bilinear" (:attr:`~mcn_ros.model.decode.DecodeOptions.segmentation_resampling`).
         """
-        # A 2-D array is one (grey) image, refused by preprocessing with the conversion to use.
-        single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
-        batch_images: list[np.ndarray] = [images] if single else list(images)  # type: ignore[list-item]
+        batch_images, single = _batch_images(images)
         asked = resolve_tasks(self.config, tasks)
         if not asked:
             raise ValueError(f"no task asked: tasks must name at least one of {sorted(self.config.tasks)}")
@@ -385,9 +424,33 @@ class Predictor:
             segmentation_resampling=segmentation_resampling,
         )
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in batch_images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            groups.setdefault(self.input_size([size]), []).append(i)
+        found: dict[int, Results] = {}
+        for input_hw, members in groups.items():
+            group = self._predict_group(
+                [batch_images[i] for i in members], [sizes[i] for i in members], input_hw, asked, color_order,
+                options, flip_test,
+            )  # fmt: skip
+            found.update(zip(members, group, strict=True))
+        results = [found[i] for i in range(len(sizes))]
+        return results[0] if single else results
+
+    def _predict_group(
+        self,
+        images: list[np.ndarray],
+        sizes: list[tuple[int, int]],
+        input_hw: tuple[int, int],
+        tasks: frozenset[str],
+        color_order: str,
+        options: DecodeOptions,
+        flip_test: bool,
+    ) -> list[Results]:
+        """:meth:`predict` for images that share the network input ``input_hw``."""
         batch, letterboxes = preprocess(
-            batch_images,
-            self.input_size(sizes),
+            images,
+            input_hw,
             self.config.mean,
             self.config.std,
             device=self.device,
@@ -397,11 +460,10 @@ class Predictor:
         graphs = self._graphed_decoding if self.graph_decoding else None
         # Not with flip_test, nor bilinear resampling, which reads the class map: not in a graph.
         if graphs is not None and not flip_test and options.segmentation_resampling == "nearest":
-            decoded = graphs(
-                batch.to(self.precision.model_dtype), asked, tuple(letterboxes), tuple(sizes), options
-            )
-            results = unpack_results(decoded, sizes, asked)
-        else:
-            outputs = self.forward(batch, asked, flip_test=flip_test)
-            results = decode_batch(outputs, letterboxes, sizes, self.config, asked, options)
-        return results[0] if single else results
+            with self._graph_turns:  # unpacking reads the graph's outputs, which the next replay overwrites
+                decoded = graphs(
+                    batch.to(self.precision.model_dtype), tasks, tuple(letterboxes), tuple(sizes), options
+                )
+                return unpack_results(decoded, sizes, tasks)
+        outputs = self.forward(batch, tasks, flip_test=flip_test)
+        return decode_batch(outputs, letterboxes, sizes, self.config, tasks, options)

@@ -119,7 +119,8 @@ def letterbox_tensor(
     return out, box
 
 
-def _check_image(image: np.ndarray, index: int) -> None:
+def check_image(image: np.ndarray, index: int) -> None:
+    """Refuse what is not an HxWx3 uint8 image (one clear error naming image ``index``)."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image {index}: expected a numpy array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -186,7 +187,7 @@ def preprocess(
     batch.copy_(shift.expand_as(batch))  # padding: the mean colour, 0 once normalised
     letterboxes = []
     for i, image in enumerate(images):
-        _check_image(image, i)
+        check_image(image, i)
         if device.type == "cpu":
             box = _letterbox_uint8(image, (height, width), color_order, out=batch[i])
         else:

@@ -30,7 +30,9 @@ class Detections:
 @dataclass
 class Poses:
     """Persons of one image: ``boxes`` float32 [P, 4], ``scores`` float32 [P], ``keypoints`` float32
-    [P, 17, 3] (x, y, score) in COCO keypoint order. Sorted by descending score."""
+    [P, 17, 3] (x, y, score) in COCO keypoint order. Sorted by descending score. Boxes are clipped to the
+    image; keypoints are not (a joint hidden beyond the frame edge is estimated where it would be): clip
+    them before indexing pixels."""
 
     boxes: np.ndarray
     scores: np.ndarray

@@ -201,7 +201,13 @@ def load_weights(
                         f"{path}: tensor '{key}' has shape {shape} but the model described by the file's "
                         f"config needs {tuple(value.shape)}"
                     )
-                state[key] = handle.get_tensor(key)
+                tensor = handle.get_tensor(key)
+                if tensor.is_floating_point() != value.is_floating_point():
+                    raise WeightsError(
+                        f"{path}: tensor '{key}' holds {tensor.dtype} values but the model described by the "
+                        f"file's config needs {value.dtype} ones"
+                    )
+                state[key] = tensor
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"{path}: cannot read tensors (truncated or corrupt?): {exc}") from exc
     model.load_state_dict(state, strict=True)
