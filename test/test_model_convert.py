@@ -117,6 +117,9 @@ def test_unmapped_key_is_named(source: tuple[Path, MultitaskCenterNet, Path], tm
     mapping = tmp_path / "map.yaml"
     mapping.write_text("ignore: ['^mystery\\.']\n")
     convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=mapping)
+    # The checkpoint given as the mapping (a binary file): one error, not a UnicodeDecodeError.
+    with pytest.raises(ConversionError, match="cannot read the key mapping"):
+        convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=bad)
 
 
 def test_shape_mismatch_and_missing_are_named(

@@ -162,7 +162,7 @@ def _read_mapping(path: str | Path | None) -> tuple[list[tuple[str, str]], list[
         return [], []
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # a binary file given by mistake too
         raise ConversionError(f"{path}: cannot read the key mapping ({exc})") from exc
     if not isinstance(data, Mapping):
         raise ConversionError(f"{path}: expected a mapping with 'rules' and/or 'ignore'")
