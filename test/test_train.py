@@ -495,3 +495,242 @@ def test_amp_bf16_falls_back_to_fp16_where_the_gpu_has_no_native_bf16(
     assert resolve_amp("bf16", torch.device("cuda", 0)) == expected
     assert resolve_amp("fp16", torch.device("cuda", 0)) == torch.float16
     assert resolve_amp("off", torch.device("cuda", 0)) is None
+
+
+def test_a_failing_final_evaluation_keeps_the_last_step_and_resume_only_evaluates(
+    data: Path, tmp_path: Path
+) -> None:
+    """max_steps ends the run mid-epoch with no checkpoint due: an unreadable validation image in the final
+    evaluation still leaves the last step's checkpoint and last weights; the resumed run (the image
+    repaired) trains nothing and makes that evaluation."""
+    import shutil
+
+    custom = tmp_path / "data"
+    shutil.copytree(data, custom)
+    broken = sorted((custom / "images" / "val").iterdir())[1]
+    good = broken.read_bytes()
+    broken.write_bytes(b"")
+    out = tmp_path / "run"
+    with pytest.raises(TrainError, match=rf"{broken.name}.*cannot read image"):
+        run_train(*base_args(custom, out, "schedule.max_steps=2"))
+    state = train.load_checkpoint(out / "checkpoint.pt")["state"]
+    assert state["global_step"] == 2 and state["history"] == []
+    assert load_weights(out / "last.safetensors")[2]["global_step"] == 2
+
+    broken.write_bytes(good)
+    resumed = run_train("--out", str(out), "--resume")
+    assert resumed["global_step"] == 2 and [e["step"] for e in resumed["losses"]] == [1, 2]
+    assert [e["step"] for e in resumed["history"]] == [2] and resumed["last_metrics"]["bbox_AP"] is not None
+    assert train.load_checkpoint(out / "checkpoint.pt")["state"]["last_eval_step"] == 2
+
+
+@pytest.mark.parametrize("during", ["evaluate", "export"])
+def test_a_signal_at_the_final_evaluation_stops_after_the_checkpoint(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, during: str
+) -> None:
+    """SIGTERM while the final evaluation runs, or while the checkpoint and last weights before it are
+    written: the evaluation is abandoned or not begun, the command exits 143, the last step is in the
+    checkpoint and the last weights; --resume only evaluates."""
+
+    def killed(signum: int, frame: Any) -> None:  # the default action: the process dies, nothing saved
+        raise KilledError
+
+    real = getattr(train.Trainer, during)
+
+    def signal_then_call(self: train.Trainer, *args: Any) -> Any:
+        signal.raise_signal(signal.SIGTERM)
+        return real(self, *args)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train.Trainer, during, signal_then_call)
+    monkeypatch.setattr(sys, "argv", ["mcn_training.train", *base_args(data, out, "schedule.max_steps=2")])
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train.main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert stopped.value.code == 128 + signal.SIGTERM
+    state = train.load_checkpoint(out / "checkpoint.pt")["state"]
+    assert state["global_step"] == 2 and state["history"] == []
+    assert load_weights(out / "last.safetensors")[2]["global_step"] == 2
+
+    resumed = run_train("--out", str(out), "--resume")
+    assert resumed["global_step"] == 2 and not resumed["interrupted"]
+    assert [e["step"] for e in resumed["losses"]] == [1, 2] and [e["step"] for e in resumed["history"]] == [2]
+
+
+EPOCH_END_EVALUATION = ["schedule.max_steps=4", "eval.every_epochs=1", "eval.at_end=false"]
+
+
+@pytest.fixture(scope="module")
+def epoch_end_reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An uninterrupted 4-step run evaluated at its first epoch's end (step 3) only."""
+    summary = run_train(*base_args(data, tmp_path_factory.mktemp("straight"), *EPOCH_END_EVALUATION))
+    assert [e["step"] for e in summary["history"]] == [3]
+    return summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signalled", ["this process", "another rank"])
+def test_a_signal_on_an_epochs_last_step_checkpoints_before_its_evaluation(
+    data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    epoch_end_reference: dict[str, Any],
+    signalled: str,
+) -> None:
+    """SIGTERM during step 3 (the epoch's last), here or (as under torchrun) on another rank only, whose
+    evaluation cannot be abandoned: no epoch-end evaluation before the checkpoint (on COCO it can outlast
+    a scheduler's grace period); the resumed run makes it first, so the run evaluates what an uninterrupted
+    one does, with the same result."""
+    from mcn_training import trainer
+
+    real_step, real_evaluate = train.Trainer.train_step, train.Trainer.evaluate
+    real_flags = trainer.all_reduce_stop_flags
+    evaluated: list[int] = []
+
+    def step_then_signal(self: train.Trainer, batch: Any) -> Any:
+        losses = real_step(self, batch)
+        if self.state.global_step == 2:  # incremented after this call: the 3rd step
+            signal.raise_signal(signal.SIGTERM)
+        return losses
+
+    reductions: list[int] = []
+
+    def flags_with_another_rank_signalled_in_step_3(*args: Any) -> tuple[float, bool, bool]:
+        reductions.append(len(reductions) + 1)  # one per step
+        loss, here, out_of_time = real_flags(*args)
+        return loss, here or reductions[-1] == 3, out_of_time
+
+    def recording_evaluate(self: train.Trainer) -> Any:
+        evaluated.append(self.state.global_step)
+        return real_evaluate(self)
+
+    if signalled == "this process":
+        monkeypatch.setattr(train.Trainer, "train_step", step_then_signal)
+    else:
+        monkeypatch.setattr(trainer, "all_reduce_stop_flags", flags_with_another_rank_signalled_in_step_3)
+    monkeypatch.setattr(train.Trainer, "evaluate", recording_evaluate)
+    out = tmp_path / "run"
+    first = run_train(*base_args(data, out, *EPOCH_END_EVALUATION))
+    assert first["interrupted"] and first["global_step"] == 3 and evaluated == []
+    assert first["stop_signal"] == signal.SIGTERM
+    state = train.load_checkpoint(out / "checkpoint.pt")["state"]
+    assert (state["epoch"], state["step_in_epoch"], state["history"]) == (1, 0, [])
+
+    monkeypatch.setattr(train.Trainer, "train_step", real_step)
+    monkeypatch.setattr(trainer, "all_reduce_stop_flags", real_flags)
+    resumed = run_train("--out", str(out), "--resume")
+    assert evaluated == [3] and resumed["global_step"] == 4
+    straight = epoch_end_reference
+    assert [(e["step"], e["metrics"]) for e in resumed["history"]] == [
+        (e["step"], e["metrics"]) for e in straight["history"]
+    ]
+    assert resumed["state_digest"] == straight["state_digest"]
+
+
+def test_a_step_evaluation_a_signal_skipped_is_made_by_the_resumed_run(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during step 2 with eval.every_steps=2: the run stops without that evaluation, the resumed run
+    makes it before step 3 (as an uninterrupted run would have)."""
+    settings = ["schedule.max_steps=3", "eval.every_steps=2", "eval.at_end=false"]
+    real_step = train.Trainer.train_step
+
+    def step_then_signal(self: train.Trainer, batch: Any) -> Any:
+        losses = real_step(self, batch)
+        if self.state.global_step == 1:  # incremented after this call: the 2nd step
+            signal.raise_signal(signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(train.Trainer, "train_step", step_then_signal)
+    out = tmp_path / "run"
+    first = run_train(*base_args(data, out, *settings))
+    monkeypatch.undo()
+    assert first["interrupted"] and first["global_step"] == 2 and first["history"] == []
+    resumed = run_train("--out", str(out), "--resume")
+    assert resumed["global_step"] == 3 and [e["step"] for e in resumed["history"]] == [2]
+
+
+def test_optimizer_overrides_on_resume_take_effect_with_a_warning(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--resume optim.lr=... optim.weight_decay=...: the optimizer uses them from the next step (and the
+    checkpoint records what was used), one warning names them; optim.name=sgd starts a new optimizer."""
+    out = tmp_path / "run"
+    run_train(*base_args(data, out, "schedule.max_steps=2", "eval.at_end=false"))
+    log = logging.getLogger("mcn_training")  # its own console handler, not propagated: listen on it
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mcn_training"):
+            resumed = run_train(
+                "--out",
+                str(out),
+                "--resume",
+                "schedule.max_steps=4",
+                "optim.lr=1e-5",
+                "optim.weight_decay=0.5",
+            )
+        warnings = [r.getMessage() for r in caplog.records if "optimizer settings" in r.getMessage()]
+        assert len(warnings) == 1 and "optim.lr 0.001 -> 1e-05, optim.weight_decay 0.0 -> 0.5" in warnings[0]
+        # tiny_synthetic_test drops the rate x0.1 at step round(1.5 x 3) = 4.
+        lrs = {e["step"]: e["lr"] for e in resumed["losses"]}
+        assert lrs[3] == pytest.approx(1e-5) and lrs[4] == pytest.approx(1e-6)
+        ckpt = train.load_checkpoint(out / "checkpoint.pt")
+        group = ckpt["optimizer"]["param_groups"][0]
+        assert (group["initial_lr"], group["weight_decay"]) == (1e-5, 0.5)
+        assert ckpt["scheduler"]["base_lrs"] == [1e-5]
+
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mcn_training"):
+            sgd = run_train("--out", str(out), "--resume", "schedule.max_steps=5", "optim.name=sgd")
+    finally:
+        log.removeHandler(caplog.handler)
+    assert sgd["global_step"] == 5
+    assert any("optim.name 'adam' -> 'sgd' (a new optimizer" in r.getMessage() for r in caplog.records)
+    group = train.load_checkpoint(out / "checkpoint.pt")["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.9 and "betas" not in group
+
+
+def test_tensorboard_keeps_the_checkpoint_steps_points_after_resume(data: Path, tmp_path: Path) -> None:
+    """A resumed run hides what a killed run logged after its checkpoint, not the checkpoint step's own
+    losses and evaluation (never logged again)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run_train(*base_args(data, out, "schedule.max_steps=2"))
+    run_train("--out", str(out), "--resume", "schedule.max_steps=4")
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("val/bbox_AP")] == [2, 4]
+
+
+def test_an_explicit_runtime_amp_wins_over_the_amp_flag(data: Path, tmp_path: Path) -> None:
+    """--amp means bf16; runtime.amp=fp16 given as well is what the run uses, as --help says."""
+    for extra, expected in ((["--amp"], "bf16"), (["--amp", "runtime.amp=fp16"], "fp16")):
+        cfg, _, _ = train.prepare(train.parse_args([*base_args(data, tmp_path / "run"), *extra]))
+        assert cfg.runtime.amp == expected, extra
+
+
+def test_lr_drops_past_the_end_of_training_are_warned_about(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A drop at or after the last epoch never applies: allowed (short trial runs), with a warning."""
+    config = load_train_config(CONFIG, ["schedule.epochs=70"])  # the tiny config's drop at 1.5 applies
+    assert config.schedule.drops_past_end() == ()
+    assert load_train_config(CONFIG, ["schedule.lr_drops=[90, 120]"]).schedule.drops_past_end() == (120.0,)
+    fraction = ["schedule.lr_drop_unit=fraction", "schedule.lr_drops=[0.5, 1]"]
+    assert load_train_config(CONFIG, fraction).schedule.drops_past_end() == (1.0,)
+    log = logging.getLogger("mcn_training")
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mcn_training"):
+            run_train(*base_args(data, tmp_path / "run", "schedule.max_steps=1", "eval.at_end=false"),
+                      "schedule.epochs=1", "schedule.lr_drops=[0.5, 1, 2]")  # fmt: skip
+    finally:
+        log.removeHandler(caplog.handler)
+    warned = [r.getMessage() for r in caplog.records if "lr_drops" in r.getMessage()]
+    assert len(warned) == 1 and "1, 2 at or past the end of training (schedule.epochs 1)" in warned[0]

@@ -185,17 +185,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def restore_training(
     ckpt: Mapping[str, Any],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     world_size: int,
     steps_per_epoch: int,
 ) -> TrainState:
-    """Put optimizer, scheduler, scaler and the RNGs back as ``ckpt`` holds them; returns its TrainState.
+    """Put optimizer (unless None: a new one), scheduler, scaler and the RNGs back as ``ckpt`` holds them;
+    returns its TrainState. The optimizer's hyperparameters and the scheduler's base rates are the
+    checkpoint's: the caller sets those of its own config.
 
     Raises TrainError when the run stopped mid-epoch and this run's epochs have another number of steps.
     """
-    optimizer.load_state_dict(ckpt["optimizer"])
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])

@@ -171,6 +171,12 @@ class ScheduleConfig(_Section):
         if self.lr_drop_unit == "fraction" and any(d > 1 for d in self.lr_drops):
             raise TrainConfigError(f"lr_drops: fractions must be <= 1, got {self.lr_drops!r}")
 
+    def drops_past_end(self) -> tuple[float, ...]:
+        """The lr_drops at or past the end of the schedule (``epochs``, or fraction 1), which never apply:
+        the rate would drop after the last step. Allowed (a trial run shortens ``epochs``); warned about."""
+        end = 1.0 if self.lr_drop_unit == "fraction" else float(self.epochs)
+        return tuple(d for d in self.lr_drops if d >= end)
+
 
 @dataclass(frozen=True)
 class EvalConfig(_Section):
@@ -260,7 +266,8 @@ class TrainConfig(_Section):
     #: downloaded, nothing is unpickled. Default null (random init).
     backbone_weights: str | None = None
     #: An mcn_ros weights file (.safetensors) to start from; tensors of other names or shapes keep their
-    #: initialisation (e.g. a new head). Default null.
+    #: initialisation (e.g. a new head), with a warning listing them; under --test-only every tensor of the
+    #: model must be in the file. Default null.
     init_weights: str | None = None
     #: Output directory (checkpoints, TensorBoard, exported weights). Default null = ``runs/<name>``.
     out_dir: str | None = None

@@ -103,8 +103,12 @@ def write_run_config(out: Path, cfg: TrainConfig, model_config: ModelConfig, com
 
 
 def open_tensorboard(out: Path, global_step: int) -> Any:
-    """A SummaryWriter on ``<out>/tensorboard``; a resumed run drops events logged after its checkpoint."""
+    """A SummaryWriter on ``<out>/tensorboard``; a run starting at ``global_step`` (a checkpoint's) hides
+    the events an earlier run logged after that step (TensorBoard purges steps >= purge_step).
+
+    Not those at the step itself: its losses, and its evaluation where the checkpoint holds one, are never
+    logged again (a resumed run logs from the next step; it evaluates the checkpoint's step only where that
+    evaluation was not made, so not logged, before)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    purge = global_step if global_step else None
-    return SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge)
+    return SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=global_step + 1)

@@ -13,7 +13,9 @@ from its latest checkpoint: the batches of the interrupted epoch that were alrea
 augmentation is a function of (seed, epoch, sample), so a resumed run equals an uninterrupted one; with a
 ``--config`` and no checkpoint in the run directory yet, ``--resume`` starts the run (one command for a job
 that a scheduler restarts). SIGTERM/SIGINT stop at the end of the current step and write a checkpoint
-first; the command then exits with 128 + the signal (143, 130), not 0, since the run has not finished.
+first (an evaluation is skipped, or in one process abandoned, and left to the resumed run); the command
+then exits with 128 + the signal (143, 130), not 0, since the run has not finished. Settings given with
+``--resume`` (``optim.lr=...``) take effect, with a warning that the run is no longer an exact continuation.
 
 This module is the entry point (config from the command line or a checkpoint, then train or evaluate). The
 parts live in modules of one job each: ``cli`` (the command line), ``distributed`` (ranks, devices,
@@ -115,14 +117,14 @@ def _checkpoint_to_resume(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _config_overrides(args: argparse.Namespace) -> list[str]:
-    """The command line's ``key=value`` overrides, then those that --data/--out/--amp/--device mean."""
-    overrides: list[str] = list(args.overrides or [])
+    """The command line's ``key=value`` overrides, then those that --data/--out/--device mean; --amp's
+    before them, so that an explicit runtime.amp wins (``--amp runtime.amp=fp16``: fp16)."""
+    overrides = [f"runtime.amp={args.amp}"] if args.amp is not None else []
+    overrides += args.overrides or []
     if args.data is not None:
         overrides.append(f"data.root={json.dumps(str(args.data))}")
     if args.out is not None:
         overrides.append(f"out_dir={json.dumps(str(args.out))}")
-    if args.amp is not None:
-        overrides.append(f"runtime.amp={args.amp}")
     if args.device is not None:
         overrides.append(f"runtime.device={args.device}")
     return overrides

@@ -6,8 +6,10 @@ import contextlib
 import logging
 import math
 import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from types import FrameType
 from typing import Any
 
 import torch
@@ -36,6 +38,42 @@ MAX_SKIPPED_FP16_STEPS = 20
 NON_TARGET_KEYS = frozenset({"image", "image_id", "letterbox", "orig_size"})
 
 
+class EvaluationStopped(BaseException):
+    """A signal during an evaluation (as KeyboardInterrupt, a BaseException: ``except Exception`` passes)."""
+
+
+@contextlib.contextmanager
+def signals_stop_evaluation(stop: StopRequest, distributed: bool) -> Iterator[None]:
+    """SIGTERM/SIGINT abandon the evaluation inside (raising :class:`EvaluationStopped`) and request the
+    stop, as do those that came before it since the last step.
+
+    One process only: with several, the others would wait in the evaluation's collectives, so the
+    evaluation finishes and the stop follows it (the end of the run saved its checkpoint before).
+    """
+    if distributed or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if stop.requested:
+        raise EvaluationStopped
+    armed = True
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.requested = True
+        stop.signum = stop.signum or signum
+        if armed:  # not once the evaluation is over: the stop is then the loop's, after the next step
+            raise EvaluationStopped
+
+    previous: dict[signal.Signals, Any] = {}
+    try:  # installed inside: a signal between the two still finds the first restored
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handle)
+        yield
+    finally:
+        armed = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class Trainer(TrainingRun):
     """A training run that trains: :meth:`fit` runs the loop, :meth:`train_step` is one optimizer step."""
 
@@ -45,34 +83,40 @@ class Trainer(TrainingRun):
         loader = self._make_loader()
         self.model.train()
         self._nonfinite_steps = 0
-        interrupted = False
-        stop_request = StopRequest()
+        self._saved_step: int | None = None
+        self._stop = StopRequest()
         try:
-            with stop_request:
-                while not self._schedule_done():
-                    interrupted, stop = self._train_epoch(loader, stop_request)
-                    self._maybe_end_epoch()
-                    if stop:
-                        break
+            with self._stop:  # until the last file is written: a signal never kills the run half-way
+                interrupted = self._train(loader)
         except DataError:
-            # Between steps (the loader fetches the next batch after a step's evaluation and checkpoint):
-            # the state is that of the last finished step. With several processes the others are still
-            # in a collective, which a checkpoint would need: torchrun ends them, the last checkpoint stays.
+            # Between steps (the loader fetches the next batch after a step's evaluation and checkpoint) or
+            # in an evaluation: the state is that of the last finished step, without that evaluation (the
+            # resumed run evaluates). With several processes the others are still in a collective, which a
+            # checkpoint would need: torchrun ends them, the last checkpoint stays.
             if self.dist.world_size == 1:
                 self.save_checkpoint()
                 LOG.error(
                     "a sample could not be loaded after global step %d: checkpoint saved; repair or "
-                    "replace that file, then --resume (removing it changes the epoch's order: resume from "
-                    "an epoch checkpoint then)", self.state.global_step,
+                    "replace that file, then --resume (removing a training image changes the epoch's order: "
+                    "resume from an epoch checkpoint then)", self.state.global_step,
                 )  # fmt: skip
             raise
-        self._finish(interrupted)
         summary = self.summary(interrupted)
         if interrupted:  # where only another rank got a signal: SIGTERM, what schedulers send to stop a job
-            summary["stop_signal"] = stop_request.signum or int(signal.SIGTERM)
+            summary["stop_signal"] = self._stop.signum or int(signal.SIGTERM)
         return summary
 
-    def _train_epoch(self, loader: DataLoader[Any], stop_request: StopRequest) -> tuple[bool, bool]:
+    def _train(self, loader: DataLoader[Any]) -> bool:
+        """The evaluation a stop left undone, the epochs, the end of the run; returns whether a signal
+        stopped it."""
+        interrupted = stop = not self._catch_up()
+        while not stop and not self._schedule_done():
+            interrupted, stop = self._train_epoch(loader)
+            if self.state.step_in_epoch == self.steps_per_epoch and not self._end_epoch(stop):
+                interrupted = stop = True  # a signal during the epoch's evaluation
+        return self._finish(interrupted)
+
+    def _train_epoch(self, loader: DataLoader[Any]) -> tuple[bool, bool]:
         """Train the rest of the current epoch, or until the run ends or must stop.
 
         Returns (a rank was interrupted by a signal, the run stops: interrupted or out of time).
@@ -81,7 +125,7 @@ class Trainer(TrainingRun):
         interrupted = stop = False
         step_start = time.perf_counter()
         for batch in loader:
-            losses, interrupted, out_of_time = self._run_step(batch, step_start, stop_request)
+            losses, interrupted, out_of_time = self._run_step(batch, step_start)
             stop = interrupted or out_of_time
             bar.update(1)
             window.add(losses, batch["image"].shape[0] * self.dist.world_size)
@@ -90,16 +134,26 @@ class Trainer(TrainingRun):
                 break
             # Evaluate before checkpointing (as at epoch ends): the checkpoint then holds this evaluation,
             # so a resumed run neither forgets it nor replaces best.safetensors with worse weights.
-            self._maybe_evaluate()
+            if self._due_by_steps() and not self._evaluate_and_track():
+                interrupted = stop = True
+                break
             self._maybe_checkpoint()
             step_start = time.perf_counter()
         bar.close()
         self._log_rest_of_window(window)
         return interrupted, stop
 
-    def _evaluate_and_track(self) -> dict[str, Any]:
-        """Evaluate, record it in the history, export best weights if it is the best so far."""
-        metrics = self.evaluate()
+    def _evaluate_and_track(self) -> bool:
+        """Evaluate, record it in the history, export best weights if it is the best so far; False where a
+        signal stopped the evaluation (nothing recorded: the resumed run evaluates, see :meth:`_catch_up`)."""
+        try:
+            with signals_stop_evaluation(self._stop, self.dist.distributed):
+                metrics = self.evaluate()
+        except EvaluationStopped:
+            step = self.state.global_step
+            LOG.warning("signal %s: evaluation of global step %d left to --resume", self._stop.signum, step)
+            self.model.train()
+            return False
         st = self.state
         if st.record_evaluation(metrics, self.metric, round(self._epoch_float(), 4)):
             self.export(BEST_WEIGHTS_NAME, metrics)
@@ -107,7 +161,31 @@ class Trainer(TrainingRun):
             history = {"metric": self.metric, "best": self._best(), "evaluations": st.history}
             report_evaluation(self.out, self.writer, metrics, st.global_step, history)
         self.model.train()
-        return metrics
+        return True
+
+    def _due_by_steps(self) -> bool:
+        """Whether eval.every_steps asks for an evaluation of the current weights, not yet made."""
+        every, st = self.cfg.eval.every_steps, self.state
+        due = bool(every) and st.global_step > 0 and st.global_step % every == 0
+        return due and st.last_eval_step != st.global_step
+
+    def _due_at_epoch_end(self) -> bool:
+        """Whether an epoch has just ended that eval.every_epochs evaluates, and these weights are not
+        evaluated yet (not again where eval.every_steps just did)."""
+        every, st = self.cfg.eval.every_epochs, self.state
+        ended = st.step_in_epoch == 0 and st.epoch > 0
+        return bool(every) and ended and st.epoch % every == 0 and st.last_eval_step != st.global_step
+
+    def _catch_up(self) -> bool:
+        """A resumed run's first job: the evaluation due at its checkpoint's step that a stop skipped (a
+        signal, a failed evaluation), then the checkpoint holding it; False where a signal stops it again.
+        The end of the run's evaluation is left to :meth:`_finish`."""
+        if self._schedule_done() or not (self._due_by_steps() or self._due_at_epoch_end()):
+            return True
+        if not self._evaluate_and_track():
+            return False
+        self._save_and_export()
+        return True
 
     def _start_run(self) -> None:
         """Write the run's config, open TensorBoard and log what is about to be trained."""
@@ -117,6 +195,14 @@ class Trainer(TrainingRun):
                 self.writer = open_tensorboard(self.out, self.state.global_step)
         cfg, st = self.cfg, self.state
         assert self.data.train is not None
+        late = cfg.schedule.drops_past_end()
+        if late and self.dist.is_main:
+            sched = cfg.schedule
+            end = "a fraction of 1" if sched.lr_drop_unit == "fraction" else f"schedule.epochs {sched.epochs}"
+            LOG.warning(
+                "schedule.lr_drops: %s at or past the end of training (%s): the learning rate never drops "
+                "there", ", ".join(f"{d:g}" for d in late), end,
+            )  # fmt: skip
         LOG.info(
             "training %s (%s, tasks %s): %d train / %d val images, %d process(es) x %d images per step, "
             "%d steps per epoch, steps %d..%d, device %s, amp %s, output %s",
@@ -151,14 +237,14 @@ class Trainer(TrainingRun):
         return progress_bar(self.steps_per_epoch, st.step_in_epoch, desc, enabled), LossWindow(self.device)
 
     def _run_step(
-        self, batch: Mapping[str, torch.Tensor], step_start: float, stop_request: StopRequest
+        self, batch: Mapping[str, torch.Tensor], step_start: float
     ) -> tuple[dict[str, torch.Tensor], bool, bool]:
         """Train on ``batch`` and count the step; returns the loss terms and whether any rank was
         interrupted by a signal / ran out of time (the same answer on every rank)."""
         st = self.state
         losses = self.train_step(batch)
         loss_value, interrupted, out_of_time = all_reduce_stop_flags(
-            self.dist, losses["total"], stop_request.requested, self._out_of_time(step_start)
+            self.dist, losses["total"], self._stop.requested, self._out_of_time(step_start)
         )
         self._check_finite(loss_value, losses)
         st.train_time_s += time.perf_counter() - step_start
@@ -221,43 +307,54 @@ class Trainer(TrainingRun):
         if window.count and self.state.global_step % self.cfg.runtime.log_every_steps:
             self._log_losses(window, None)
 
-    def _maybe_evaluate(self) -> None:
-        every = self.cfg.eval.every_steps
-        if every and self.state.global_step % every == 0:
-            self._evaluate_and_track()
-
     def _maybe_checkpoint(self) -> None:
         every = self.cfg.checkpoint.every_steps
         if every and self.state.global_step % every == 0:
             self.save_checkpoint()
 
-    def _maybe_end_epoch(self) -> None:
-        """After a complete epoch: evaluate if due, checkpoint (and keep a copy), export last weights."""
-        cfg, st = self.cfg, self.state
-        if st.step_in_epoch < self.steps_per_epoch:
-            return
+    def _end_epoch(self, stop: bool) -> bool:
+        """After an epoch's last step: count the epoch, evaluate if due, checkpoint (and keep a copy), export
+        last weights; returns False where a signal stopped the evaluation.
+
+        Not evaluated here where the run stops (``stop``, or its schedule is done): a stopping run saves
+        first, since an evaluation (minutes on COCO) can outlast a scheduler's grace period; the run's end
+        evaluates after it (:meth:`_finish`), a resumed run before going on (:meth:`_catch_up`).
+        """
+        st = self.state
         st.epoch += 1
         st.step_in_epoch = 0
-        due = cfg.eval.every_epochs and st.epoch % cfg.eval.every_epochs == 0
-        if (due or (self._schedule_done() and cfg.eval.at_end)) and st.last_eval_step != st.global_step:
-            self._evaluate_and_track()  # not again where eval.every_steps just evaluated these weights
-        self.save_checkpoint()
-        if cfg.checkpoint.keep_epochs:  # every rank: saving syncs BatchNorm buffers
-            self.save_checkpoint(self.out / f"checkpoint_epoch{st.epoch:04d}.pt")
-        self.export(LAST_WEIGHTS_NAME, st.current_metrics())
+        evaluated = True
+        if not stop and not self._schedule_done() and self._due_at_epoch_end():
+            evaluated = self._evaluate_and_track()
+        self._save_and_export()
+        return evaluated
 
-    def _finish(self, interrupted: bool) -> None:
-        """After the loop: a final evaluation unless stopped by a signal, checkpoint, last weights."""
+    def _finish(self, interrupted: bool) -> bool:
+        """After the loop: checkpoint and last weights, then, unless a signal stopped the run, the final
+        evaluation and both again; returns whether a signal stopped the run."""
         st = self.state
-        if not interrupted and self.cfg.eval.at_end and st.last_eval_step != st.global_step:
-            self._evaluate_and_track()
-        self.save_checkpoint()
-        self.export(LAST_WEIGHTS_NAME, st.current_metrics())
+        if self._saved_step != st.global_step:
+            self._save_and_export()  # first: a final evaluation that fails or is stopped loses no training
+        due = self.cfg.eval.at_end and st.last_eval_step != st.global_step
+        if not interrupted and (due or self._due_at_epoch_end()):
+            interrupted = not self._evaluate_and_track()
+            if not interrupted:
+                self._save_and_export()
         barrier(self.dist)
         if self.writer is not None:
             self.writer.flush()
         if interrupted:
             LOG.warning("stopped by a signal at global step %d; --resume continues", st.global_step)
+        return interrupted
+
+    def _save_and_export(self) -> None:
+        """checkpoint.pt, at an epoch end its copy (checkpoint.keep_epochs), and last.safetensors."""
+        st = self.state
+        self.save_checkpoint()
+        if self.cfg.checkpoint.keep_epochs and st.step_in_epoch == 0 and st.epoch > 0:
+            self.save_checkpoint(self.out / f"checkpoint_epoch{st.epoch:04d}.pt")  # every rank: syncs buffers
+        self.export(LAST_WEIGHTS_NAME, st.current_metrics())
+        self._saved_step = st.global_step
 
     def _log_losses(self, window: LossWindow, bar: Any) -> None:
         """Add the window's mean losses (over ranks) to the learning curve and report them (rank 0)."""

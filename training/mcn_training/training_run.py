@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mcn_ros import typed_config
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.weights import save_weights
 from mcn_training.builders import (
@@ -43,7 +44,7 @@ from mcn_training.checkpoints import (
     to_builtin_types,
 )
 from mcn_training.cli import command_line
-from mcn_training.config import TrainConfig, TrainConfigError
+from mcn_training.config import OptimConfig, TrainConfig, TrainConfigError
 from mcn_training.distributed import broadcast_buffers, init_distributed
 from mcn_training.errors import TrainError
 from mcn_training.evaluate import decode_options, evaluate_model
@@ -77,6 +78,18 @@ def restore_determinism(state: tuple[bool, bool, bool, bool]) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
     torch.backends.cudnn.deterministic = cudnn_deterministic
     torch.backends.cudnn.benchmark = benchmark
+
+
+def changed_optim_settings(saved: Mapping[str, Any], optim: OptimConfig) -> dict[str, tuple[Any, Any]]:
+    """The optimizer settings of ``optim`` that differ from a checkpoint's (``saved``, its config's optim
+    section): {field: (checkpoint's value, this run's)}; betas only for Adam(W), momentum only for SGD."""
+    current = typed_config.to_dict(optim)
+    ignored = {"betas"} if optim.name == "sgd" else {"momentum"}
+    return {
+        key: (saved[key], value)
+        for key, value in current.items()
+        if key in saved and key not in ignored and saved[key] != value
+    }
 
 
 class TrainingRun:
@@ -127,8 +140,9 @@ class TrainingRun:
         np.random.seed(rt.seed)
         torch.manual_seed(rt.seed)
         self.model_without_ddp, self.model = build_model(
-            cfg, self.model_config, self.device, self.dist, fresh=checkpoint is None
-        )
+            cfg, self.model_config, self.device, self.dist, fresh=checkpoint is None,
+            evaluate_only=self.args.test_only,
+        )  # fmt: skip
         self.criterion = MCNLoss(cfg.loss, self.model_config.tasks)
         self.optimizer = build_optimizer(cfg, self.model_without_ddp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -148,9 +162,8 @@ class TrainingRun:
         self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
         if cfg.schedule.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.schedule.max_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor(cfg, self.steps_per_epoch, self.total_steps)
-        )
+        self.lr_factor = lr_factor(cfg, self.steps_per_epoch, self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.state = TrainState()
         self.git = git_info() if self.dist.is_main else {"commit": None, "dirty": None}
         if checkpoint is not None:
@@ -166,9 +179,38 @@ class TrainingRun:
             raise TrainError(f"checkpoint does not fit the model: {str(exc).splitlines()[0]}") from exc
         if self.args.test_only:
             return
+        changed = changed_optim_settings(ckpt.get("config", {}).get("optim", {}), self.cfg.optim)
+        new_optimizer = "name" in changed  # another optimizer's state does not fit (Adam's moments, SGD's)
         self.state = restore_training(
-            ckpt, self.optimizer, self.scheduler, self.scaler, self.dist.world_size, self.steps_per_epoch
+            ckpt,
+            None if new_optimizer else self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.dist.world_size,
+            self.steps_per_epoch,
         )
+        self._apply_optim_config()
+        if changed and self.dist.is_main:
+            what = ", ".join(f"optim.{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            LOG.warning(
+                "resuming with optimizer settings other than the checkpoint's: %s%s; they apply from global "
+                "step %d on, so the run is no longer an exact continuation",
+                what,
+                " (a new optimizer: its state, moments or momentum, starts afresh)" if new_optimizer else "",
+                self.state.global_step + 1,
+            )
+
+    def _apply_optim_config(self) -> None:
+        """Set the optimizer's hyperparameters and the scheduler's base rate from this run's config (a
+        restored optimizer and scheduler hold the checkpoint's), the rate at the restored step included."""
+        o = self.cfg.optim
+        settings: dict[str, Any] = {"initial_lr": o.lr, "weight_decay": o.weight_decay}
+        settings.update({"momentum": o.momentum} if o.name == "sgd" else {"betas": o.betas})
+        # What LambdaLR computes after a step: the same float where nothing changed (an exact resume).
+        settings["lr"] = o.lr * self.lr_factor(self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group.update(settings)
+        self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
 
     def close(self) -> None:
         """Flush logs and leave the process group if this run created it."""
