@@ -33,7 +33,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mcn_ros.coco import merge_keypoints_into
+from mcn_ros.coco import labelled_keypoints, merge_keypoints_into
 from mcn_ros.model.labels import IGNORE_INDEX, NUM_KEYPOINTS
 from mcn_ros.model.results import Results
 
@@ -97,7 +97,8 @@ def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = No
 
     Returns the ``COCO`` and the ids of the images with at least one keypoint annotation. Person annotations
     of the instances file missing from the keypoints file get 0 keypoints; the keypoint names and skeleton
-    are copied into the person category.
+    are copied into the person category. The image entries and annotations are checked
+    (:func:`check_images`, :func:`check_annotations`): a ValueError names the first one that is unusable.
     """
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(instances_json))
@@ -105,9 +106,18 @@ def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = No
     if keypoints_json is not None:
         data = json.loads(Path(keypoints_json).read_text(encoding="utf-8"))
         pose_images.update(int(kp_ann["image_id"]) for kp_ann in data.get("annotations", []))
-        merge_keypoints_into(coco.dataset, data)
+        replaced = merge_keypoints_into(coco.dataset, data)
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
+        if replaced:
+            ann_id, stated, counted = replaced[0]
+            warnings.warn(
+                f"{Path(keypoints_json).name}: the num_keypoints of {len(replaced)} annotations differ from "
+                f"the number of keypoints labelled (v > 0) in them (first: annotation {ann_id!r}, "
+                f"{stated!r} stated, {counted} labelled); the labelled ones count, as training reads them",
+                stacklevel=2,
+            )
+    check_images(coco, Path(instances_json).name)
     files = [Path(instances_json).name] + ([Path(keypoints_json).name] if keypoints_json is not None else [])
     source = " + ".join(files)
     dropped = check_annotations(coco, source, keypoints=keypoints_json is not None)
@@ -126,6 +136,89 @@ def _polygon(points: Any) -> bool:
     )
 
 
+def _pixels(value: Any) -> bool:
+    """Whether ``value`` is an image side in pixels: a whole number >= 1."""
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return whole and not isinstance(value, bool) and value >= 1
+
+
+def _image_problem(info: Mapping[str, Any]) -> str | None:
+    """What is wrong with one image entry's fields (None: nothing), as training and evaluation read them."""
+    name = info.get("file_name")
+    if not isinstance(name, str) or not name:
+        return "file_name is missing" if name is None else f"file_name should be a file name, got {name!r}"
+    for side in ("height", "width"):
+        if info.get(side) is None:
+            return f"{side} is missing"
+        if not _pixels(info[side]):
+            return f"{side} should be a whole number of pixels >= 1, got {info[side]!r}"
+    return None
+
+
+def check_images(coco: COCO, source: str) -> None:
+    """Check the image entries of ``coco`` (read from ``source``): a ValueError naming the first one whose
+    ``file_name``, ``height`` or ``width`` training and evaluation cannot use."""
+    for info in coco.dataset.get("images", []):
+        problem = _image_problem(info)
+        if problem is not None:
+            raise ValueError(f"image {info.get('id')!r} in {source}: {problem}")
+
+
+def _rle_string_total(counts: str) -> int | None:
+    """The pixels a compressed COCO RLE string covers (the sum of its run lengths), decoded as pycocotools'
+    ``rleFrString`` does; None where it is not one."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value = shift = 0
+        more = True
+        while more:
+            if position == len(counts):
+                return None
+            char = ord(counts[position]) - 48
+            if not 0 <= char < 64:
+                return None
+            value |= (char & 0x1F) << shift
+            more = bool(char & 0x20)
+            position += 1
+            shift += 5
+            if not more and char & 0x10:
+                value |= -1 << shift  # a negative difference
+        if len(runs) > 2:
+            value += runs[-2]  # from the third run on, a difference to the run two before
+        if value < 0:
+            return None
+        runs.append(value)
+    return sum(runs)
+
+
+def _rle_problem(rle: Mapping[str, Any], image: Mapping[str, Any]) -> str | None:
+    """What is wrong with an RLE segmentation of ``image`` (None: nothing). pycocotools decodes an RLE into
+    an array of its ``size`` without checking that the run lengths fill it, or that it is the image's."""
+    if "counts" not in rle or "size" not in rle:
+        return "an RLE segmentation needs 'counts' and 'size'"
+    if not _pixels(image.get("height")) or not _pixels(image.get("width")):
+        return None  # check_images names the image
+    height, width = int(image["height"]), int(image["width"])
+    size = rle["size"]
+    if not isinstance(size, list) or size != [height, width]:
+        return f"RLE size {size!r} is not the image's [height, width] [{height}, {width}]"
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if isinstance(counts, str):
+        total = _rle_string_total(counts)
+    elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+        total = sum(counts) if all(v >= 0 for v in counts) else None
+    else:
+        total = None
+    if total is None:
+        return "RLE counts should be run lengths (a list of whole numbers >= 0 or a COCO RLE string)"
+    if total != height * width:
+        return f"RLE counts cover {total} pixels, its size {height}x{width} has {height * width}"
+    return None
+
+
 def _annotation_problem(ann: Mapping[str, Any], coco: COCO, person: int | None) -> str | None:
     """What is wrong with one annotation's fields (None: nothing), as training and evaluation read them;
     keypoints are read on ``person`` annotations only (None: not at all)."""
@@ -142,9 +235,8 @@ def _annotation_problem(ann: Mapping[str, Any], coco: COCO, person: int | None) 
         return f"keypoints should be {3 * NUM_KEYPOINTS} numbers (x, y, v of {NUM_KEYPOINTS}), got {count}"
     segmentation = ann.get("segmentation")
     if isinstance(segmentation, dict):
-        if "counts" not in segmentation or "size" not in segmentation:
-            return "an RLE segmentation needs 'counts' and 'size'"
-    elif segmentation is not None and not isinstance(segmentation, list):
+        return _rle_problem(segmentation, coco.imgs[ann["image_id"]])
+    if segmentation is not None and not isinstance(segmentation, list):
         return f"segmentation should be polygons or RLE, got {type(segmentation).__name__}"
     return None
 
@@ -247,15 +339,15 @@ def _load_results(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
 
 
 def _keypoint_gt(coco_gt: COCO, person_id: int) -> COCO:
-    """A COCO of the person annotations with keypoints (missing ones: 0 keypoints, i.e. ignored by OKS)."""
+    """A COCO of the person annotations with keypoints (missing ones: 0 keypoints, i.e. ignored by OKS;
+    a missing ``num_keypoints``: the number labelled)."""
     anns = []
     for ann in coco_gt.dataset.get("annotations", []):
         if ann["category_id"] != person_id:
             continue
         ann = dict(ann)
-        if "keypoints" not in ann:
-            ann["keypoints"] = [0] * (3 * NUM_KEYPOINTS)
-            ann["num_keypoints"] = 0
+        ann.setdefault("keypoints", [0] * (3 * NUM_KEYPOINTS))
+        ann.setdefault("num_keypoints", labelled_keypoints(ann["keypoints"]))  # ignored by COCOeval when 0
         anns.append(ann)
     gt = COCO()
     gt.dataset = {

@@ -15,6 +15,8 @@ checks that relate several fields live in ``__post_init__`` and raise ``ValueErr
 
 YAML semantics: scalars are never converted (an integer field rejects ``true``, ``2.0`` and ``"2"``; an
 integer is a valid float; floats must be finite); only containers are (list to tuple, mapping to dataclass).
+Files and override values are read as YAML 1.2 reads numbers: ``1e-3`` is a float (PyYAML, a YAML 1.1
+parser, reads a number with an exponent but no dot, or no sign after the ``e``, as a string).
 This module imports neither torch nor ROS.
 """
 
@@ -92,15 +94,35 @@ def one_of(*choices: object) -> AfterValidator:
 # Files, merges and command-line overrides of YAML-shaped mappings.
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats in scientific notation (``1e-3``, ``5E+4``, ``2.5e3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """The data of a YAML document, numbers read as YAML 1.2 reads them (see the module doc)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+
+
 def read_yaml_mapping(path: str | Path, what: str, error: type[ValueError] | None = None) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping; any failure raises ``error`` (default
     :class:`ConfigError`) with one message naming ``what`` and the file."""
     path = Path(path)
     error = error or ConfigError
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:  # a weights or checkpoint file given for a config, say
+        raise error(
+            f"{what} {path}: not a YAML text file (byte {exc.start} is not UTF-8 text); a binary file?"
+        ) from exc
     except yaml.YAMLError as exc:
         raise error(f"{what} {path}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -129,7 +151,7 @@ def apply_overrides(
         if not sep or not key.strip():
             raise error(f"override {item!r}: expected key=value (e.g. optim.lr=0.001)")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError as exc:
             raise error(f"override {item!r}: invalid YAML value: {exc}") from exc
         parts = key.strip().split(".")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch.utils.data import default_collate
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.labels import FLIP_PAIRS
 from mcn_ros.model.preprocess import letterbox_for, preprocess
-from mcn_training.data import CocoMultitaskDataset
+from mcn_training.data import CocoMultitaskDataset, jpeg_cut_short
 from mcn_training.errors import DataError
 from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
 from mcn_training.transforms import AugmentConfig, MultitaskTransform
@@ -128,15 +130,76 @@ def test_an_image_of_another_size_than_its_annotations_is_refused(
 ) -> None:
     """Boxes, keypoints and masks are in the json's pixels: an image file of another size (resized, or turned
     by its EXIF orientation) would train on targets that do not line up, so it is refused with its name."""
+    images = tmp_path / "images"
+    shutil.copytree(data["images"], images)
     instances = json.loads(data["instances"].read_text())
     first = instances["images"][0]
-    first["width"] += 8
-    changed = tmp_path / "instances.json"
-    changed.write_text(json.dumps(instances))
-    ds = CocoMultitaskDataset(data["images"], changed, None, _config(pose=False))
-    with pytest.raises(DataError, match=rf"{first['file_name']} is \d+x\d+ but instances.json says"):
+    resized = images / first["file_name"]
+    cv2.imwrite(str(resized), cv2.resize(cv2.imread(str(resized)), (ORIG[1] + 8, ORIG[0])))
+    ds = CocoMultitaskDataset(images, data["instances"], None, _config(pose=False))
+    (h, w), json_name = ORIG, data["instances"].name
+    with pytest.raises(DataError, match=rf"{first['file_name']} is {w + 8}x{h} but {json_name} says {w}x{h}"):
         ds[ds.image_ids.index(first["id"])]
     assert ds[ds.image_ids.index(instances["images"][1]["id"])]["image"].shape[0] == 3  # the others load
+
+
+def _photo(seed: int = 0) -> np.ndarray:
+    """A 120x160 BGR image with edges and noise (a JPEG of it has enough entropy-coded data to cut)."""
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(0, 255, (12, 16, 3), np.uint8), (160, 120), interpolation=cv2.INTER_CUBIC)
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]],
+    ids=["baseline", "progressive", "restart-markers"],
+)
+def test_a_jpeg_cut_short_is_told_from_a_whole_one(params: list[int]) -> None:
+    """Cut anywhere, a JPEG is cut short; whole, also with bytes after its end (some cameras append data) or
+    the end marker of an embedded thumbnail in a segment before its scan (which a search for the last end
+    marker would take for the image's own), it is not."""
+    jpeg = cv2.imencode(".jpg", _photo(), params)[1].tobytes()
+    thumbnail = cv2.imencode(".jpg", _photo(1)[:16, :16])[1].tobytes()
+    comment = b"\xff\xfe" + (2 + len(thumbnail)).to_bytes(2, "big") + thumbnail
+    with_thumbnail = jpeg[:2] + comment + jpeg[2:]
+    for whole in (jpeg, jpeg + b"\x00trailer\xff\xd9 more", with_thumbnail):
+        assert not jpeg_cut_short(whole)
+        decoded = cv2.imdecode(np.frombuffer(whole, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(decoded, cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+    cuts = [(data, n) for data in (jpeg, with_thumbnail) for n in range(2, len(data), 7)]
+    assert [n for data, n in cuts if not jpeg_cut_short(data[:n])] == []
+    assert not jpeg_cut_short(cv2.imencode(".png", _photo())[1].tobytes())  # not a JPEG: not judged
+
+
+def test_an_image_file_cut_short_is_refused_with_its_name(data: dict[str, Path], tmp_path: Path) -> None:
+    """cv2.imread decodes a JPEG cut short into an image grey below the cut, with a stderr warning that
+    names no file; the dataset refuses it by name. A PNG cut short is refused by the decoder itself."""
+    images = tmp_path / "images"
+    shutil.copytree(data["images"], images)
+    ds = CocoMultitaskDataset(images, data["instances"], None, _config(pose=False, seg=False))
+    first, second = (ds.coco.imgs[i]["file_name"] for i in ds.image_ids[:2])
+    whole = (images / first).read_bytes()
+    (images / first).write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(DataError, match=rf"{first} is cut short: its JPEG data ends before the end-of-image"):
+        ds[0]
+    (images / first).write_bytes(whole + b"\x00" * 64)  # padding after the end: a whole image
+    assert torch.equal(ds[0]["image"], _dataset(data, _config(pose=False, seg=False))[0]["image"])
+    png = cv2.imencode(".png", cv2.imread(str(images / second)))[1].tobytes()
+    (images / second).write_bytes(png[: len(png) // 2])  # the decoder goes by content, not by name
+    with pytest.raises(DataError, match=rf"{second}\): FileNotFoundError: cannot read image"):
+        ds[1]
+
+
+def test_an_error_no_check_foresaw_is_a_data_error_naming_the_image(data: dict[str, Path]) -> None:
+    """The fields are checked when the dataset is made; what still fails while making a sample (here an
+    image entry changed after the check) is a DataError naming the image, so that training keeps a
+    checkpoint, and not a bare KeyError."""
+    ds = _dataset(data, _config(pose=False))
+    image_id = ds.image_ids[2]
+    del ds.coco.imgs[image_id]["height"]
+    with pytest.raises(DataError, match=rf"image id {image_id} .*KeyError: 'height'"):
+        ds[2]
 
 
 def test_crowd_is_ignored_in_segmentation_and_detection(data: dict[str, Path]) -> None:

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from mcn_ros.evaluation import EvalReport, check_annotations, evaluate, semantic_target
+from mcn_ros.evaluation import (
+    EvalReport,
+    check_annotations,
+    check_images,
+    evaluate,
+    load_coco,
+    semantic_target,
+)
 from mcn_ros.model.results import Detections, Poses, Results
 from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
 
@@ -20,10 +30,12 @@ DET = ("person", "car", "traffic light", "stop sign", "sports ball")
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory: pytest.TempPathFactory) -> COCO:
-    paths = generate_dataset(tmp_path_factory.mktemp("ev"), 12, seed=5, image_size=(72, 112), split="val")
-    from mcn_training.data import load_coco
+def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return generate_dataset(tmp_path_factory.mktemp("ev"), 12, seed=5, image_size=(72, 112), split="val")
 
+
+@pytest.fixture(scope="module")
+def coco(paths: dict[str, Path]) -> COCO:
     gt, _ = load_coco(paths["instances"], paths["keypoints"])
     return gt
 
@@ -65,6 +77,33 @@ def test_ground_truth_scores_perfectly(coco: COCO) -> None:
     assert report.num_images == 12
     assert set(report.per_class_IoU) == {"background", *SYNTHETIC_CLASSES}
     assert report.per_class_AP == pytest.approx(dict.fromkeys(_gt_class_names(coco), 1.0))
+
+
+@pytest.mark.parametrize("stated", [None, 0])
+def test_num_keypoints_is_the_count_of_labelled_keypoints(
+    paths: dict[str, Path], tmp_path: Path, stated: int | None
+) -> None:
+    """A keypoints file without num_keypoints (COCOeval ignores a person whose count is 0) or stating other
+    counts than the visibility flags (which training reads): the flags count, so the ground truth still
+    scores 1.0; a stated count that is replaced is warned about."""
+    data = json.loads(paths["keypoints"].read_text())
+    for ann in data["annotations"]:
+        del ann["num_keypoints"]
+        if stated is not None:
+            ann["num_keypoints"] = stated
+    changed = tmp_path / "person_keypoints_val.json"
+    changed.write_text(json.dumps(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gt, _ = load_coco(paths["instances"], changed)
+    counts = {a["id"]: sum(v > 0 for v in a["keypoints"][2::3]) for a in data["annotations"]}
+    assert {i: gt.anns[i]["num_keypoints"] for i in counts} == counts and any(counts.values())
+    assert evaluate(gt, _gt_results(gt), DET, SYNTHETIC_CLASSES).kp_AP == pytest.approx(1.0)
+    said = [str(w.message) for w in caught if "num_keypoints" in str(w.message)]
+    assert len(said) == (stated is not None), said
+    if stated is not None:
+        replaced = sum(n != stated for n in counts.values())
+        assert f"the num_keypoints of {replaced} annotations differ" in said[0]
 
 
 def test_perturbed_predictions_score_lower(coco: COCO) -> None:
@@ -227,6 +266,12 @@ def test_an_object_without_a_mask_is_ignored_not_background() -> None:
     )
 
 
+def _compressed(mask: np.ndarray, size: list[int] | None = None) -> dict[str, object]:
+    """A compressed COCO RLE (counts a string, as in JSON) of ``mask``, with another size if given."""
+    rle = mask_utils.encode(np.asfortranarray(mask, np.uint8))
+    return {"counts": rle["counts"].decode("ascii"), "size": size or list(rle["size"])}
+
+
 @pytest.mark.parametrize(
     ("index", "change", "problem"),
     [
@@ -235,6 +280,12 @@ def test_an_object_without_a_mask_is_ignored_not_background() -> None:
         (1, {"segmentation": "polygon"}, "segmentation should be polygons or RLE, got str"),
         (1, {"segmentation": {"counts": [4]}}, "an RLE segmentation needs 'counts' and 'size'"),
         (1, {"category_id": 99}, "category_id 99 is not among the categories"),
+        # The crowd region (an RLE of 4x6 pixels): pycocotools would decode it to another size, or past the
+        # end of its array, with no error of its own.
+        (2, {"segmentation": {"counts": [16, 1, 3, 1, 3], "size": [8, 12]}}, r"RLE size \[8, 12\] is not"),
+        (2, {"segmentation": {"counts": [16, 1, 3, 1], "size": [4, 6]}}, "RLE counts cover 21 pixels"),
+        (2, {"segmentation": _compressed(np.ones((8, 12)), size=[4, 6])}, "RLE counts cover 96 pixels"),
+        (2, {"segmentation": {"counts": [16, -1, 9], "size": [4, 6]}}, "RLE counts should be run lengths"),
     ],
 )
 def test_unusable_annotations_are_named(index: int, change: dict[str, object], problem: str) -> None:
@@ -245,6 +296,37 @@ def test_unusable_annotations_are_named(index: int, change: dict[str, object], p
     with pytest.raises(ValueError, match=rf"{where}: {problem}"):
         check_annotations(gt, "x.json")
     assert check_annotations(_tiny_coco(), "x.json") == 0  # the unchanged set passes
+
+
+def test_a_compressed_rle_of_the_image_size_passes() -> None:
+    gt = _tiny_coco()
+    crowd = gt.dataset["annotations"][2]
+    expected = gt.annToMask(crowd)
+    crowd["segmentation"] = _compressed(expected)
+    assert check_annotations(gt, "x.json") == 0
+    np.testing.assert_array_equal(gt.annToMask(crowd), expected)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"file_name": None}, "file_name is missing"),
+        ({"file_name": ""}, "file_name should be a file name, got ''"),
+        ({"height": None}, "height is missing"),
+        ({"width": 0}, "width should be a whole number of pixels >= 1, got 0"),
+        ({"height": "4"}, "height should be a whole number of pixels >= 1, got '4'"),
+    ],
+)
+def test_unusable_image_entries_are_named(change: dict[str, object], problem: str) -> None:
+    """What training reads of an image entry (its file, and its size for the masks) is checked at load."""
+    gt = _tiny_coco()
+    image = gt.dataset["images"][0]
+    image.update(change)
+    for key in [k for k, v in change.items() if v is None]:
+        del image[key]
+    with pytest.raises(ValueError, match=rf"^image 1 in x\.json: {problem}$"):
+        check_images(gt, "x.json")
+    check_images(_tiny_coco(), "x.json")  # the unchanged image passes
 
 
 def test_what_is_not_read_is_not_refused_and_short_polygons_are_dropped() -> None:

@@ -175,6 +175,36 @@ def test_read_yaml_mapping_errors_name_the_file(tmp_path: Path) -> None:
         read_yaml_mapping(tmp_path / "missing.yaml", "settings")
 
 
+def test_a_binary_file_is_named_not_decoded() -> None:
+    """A weights file given where a config belongs (--config last.safetensors for --resume): one line."""
+    weights = REPO / "demo" / "mcn_demo.safetensors"
+    message = r"^settings .*mcn_demo\.safetensors: not a YAML text file"
+    with pytest.raises(SettingsError, match=message) as info:
+        read_yaml_mapping(weights, "settings", SettingsError)
+    assert "\n" not in str(info.value)
+
+
+def test_numbers_in_scientific_notation_are_floats_as_in_yaml_1_2(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) reads 1e-3 as a string: files and overrides read it as YAML 1.2 does, a float. A
+    quoted one stays a string (refused by a float field), an integer field still takes no float, and a
+    number too large for a float is refused as not finite."""
+    path = tmp_path / "s.yaml"
+    path.write_text("a: 5e-4\nb: 1E3\nc: -2.5e+2\nd: '1e-3'\ne: 1.0e-3\nf: 1e-3x\n")
+    assert read_yaml_mapping(path, "settings") == {
+        "a": 5e-4, "b": 1000.0, "c": -250.0, "d": "1e-3", "e": 1e-3, "f": "1e-3x"
+    }  # fmt: skip
+    assert apply_overrides({}, ["inner.ratio=1e-3"]) == {"inner": {"ratio": 1e-3}}
+    assert build(Outer, apply_overrides({"name": "a"}, ["inner.ratio=1e-3"])).inner.ratio == 1e-3
+    cases = [
+        ("inner.ratio='1e-3'", "inner.ratio: expected a finite number, got '1e-3'"),
+        ("inner.ratio=1e999", "inner.ratio: expected a finite number, got inf"),
+        ("count=1e3", "count: expected an integer, got 1000.0"),
+    ]
+    for override, message in cases:
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            build(Outer, apply_overrides({"name": "a"}, [override]))
+
+
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.stem)
 def test_shipped_train_configs_load_and_round_trip(path: Path) -> None:
     config = load_train_config(path)

@@ -116,16 +116,34 @@ def check_classes(
     return missing
 
 
-def init_from_weights(model: nn.Module, path: str) -> None:
-    """Copy the tensors of an mcn_ros weights file whose names and shapes match (the rest keep their init).
+def init_from_weights(model: nn.Module, path: str, *, complete: bool = False) -> None:
+    """Copy the tensors of an mcn_ros weights file whose names and shapes match (the rest keep their init,
+    with a warning: fine-tuning from other heads, say). ``complete``: every tensor of the model must be in
+    the file, or a TrainError lists those that are not (evaluating a partly random model means nothing).
 
     A shape says nothing of meaning: where the file's class lists or normalisation differ from the model's,
     a warning names them (a head of as many, but other, classes is loaded all the same)."""
     source, source_config, _ = load_weights(path)
     own = model.state_dict()
-    matched = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    given = source.state_dict()
+    matched = {k: v for k, v in given.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in given]
+    other_shape = [k for k in own if k in given and k not in matched]
+    if missing or other_shape:
+        left = _unloaded(own, given, missing, other_shape)
+        if complete:
+            raise TrainError(
+                f"init_weights {path}: {len(own) - len(matched)} of the model's {len(own)} tensors are not "
+                f"in the file or differ in shape ({left}): the weights do not fit the model to evaluate "
+                "(python -m mcn_training.evaluate --weights evaluates a weights file with its own config)"
+            )
+        LOG.warning(
+            "init_weights %s: %d of the model's %d tensors loaded; the other %d keep their initialisation "
+            "(random, or backbone_weights) (%s)", path, len(matched), len(own), len(own) - len(matched), left,
+        )  # fmt: skip
+    else:
+        LOG.info("init_weights %s: all %d tensors of the model loaded", path, len(own))
     model.load_state_dict(matched, strict=False)
-    LOG.info("init_weights %s: %d of %d tensors loaded", path, len(matched), len(own))
     config = getattr(model, "config", None)
     for what in ("detection", "segmentation"):
         theirs, mine = getattr(source_config, what, None), getattr(config, what, None)
@@ -142,17 +160,41 @@ def init_from_weights(model: nn.Module, path: str) -> None:
         )  # fmt: skip
 
 
+def _unloaded(
+    own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], missing: list[str], other: list[str]
+) -> str:
+    """A short list of the model's tensors a weights file does not provide: missing, and of another shape."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} not in the file: {_first(missing)}")
+    if other:
+        shapes = [f"{k} {list(own[k].shape)} in the model, {list(given[k].shape)} in the file" for k in other]
+        parts.append(f"{len(other)} of another shape: {_first(shapes)}")
+    return "; ".join(parts)
+
+
+def _first(items: list[str], count: int = 3) -> str:
+    """The first ``count`` of ``items``, and "..." if there are more."""
+    return "; ".join(items[:count]) + ("; ..." if len(items) > count else "")
+
+
 def build_model(
-    cfg: TrainConfig, model_config: ModelConfig, device: torch.device, dist_info: DistInfo, fresh: bool
+    cfg: TrainConfig,
+    model_config: ModelConfig,
+    device: torch.device,
+    dist_info: DistInfo,
+    fresh: bool,
+    evaluate_only: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
     """The model on ``device`` and the module to train: the same one, or its DDP wrapper when distributed.
 
-    A ``fresh`` model (no checkpoint to restore) starts from backbone_weights and init_weights.
+    A ``fresh`` model (no checkpoint to restore) starts from backbone_weights and init_weights; to
+    ``evaluate_only`` (--test-only), init_weights must provide every tensor of the model.
     """
     rt = cfg.runtime
     model = MultitaskCenterNet(model_config, cfg.backbone_weights if fresh else None)
     if cfg.init_weights and fresh:
-        init_from_weights(model, cfg.init_weights)
+        init_from_weights(model, cfg.init_weights, complete=evaluate_only)
     model.to(device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -30,7 +30,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "checkpoint's own config is used",
     )
     parser.add_argument(
-        "--test-only", action="store_true", help="only evaluate (the --resume checkpoint or init_weights)"
+        "--test-only",
+        action="store_true",
+        help="only evaluate (the --resume checkpoint, or init_weights that fit the model)",
     )
     parser.add_argument(
         "--amp",

@@ -19,6 +19,7 @@ Coordinates in the json files are used as continuous pixel coordinates (pixel ``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,44 @@ from mcn_ros.model.labels import NUM_KEYPOINTS
 from mcn_training.errors import DataError
 from mcn_training.targets import build_targets
 from mcn_training.transforms import AugmentConfig, MultitaskTransform
+
+#: A JPEG marker where entropy-coded data ends: 0xFF, then not a stuffed 0x00, a restart marker or fill.
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_cut_short(data: bytes) -> bool:
+    """Whether the JPEG ``data`` ends before its end-of-image marker: a file cut short, which cv2.imread
+    decodes grey below the cut after a warning on stderr that names no file (cv2.imdecode, in OpenCV 5,
+    refuses it without saying why); False for data that is not a JPEG.
+
+    Walks the markers as a decoder does (segments by their length, a scan to the next marker), so bytes
+    after the end of the image and the end marker of an EXIF thumbnail inside a segment do not mislead it.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    position, end = 2, len(data)
+    while True:
+        if position + 2 > end:
+            return True
+        marker = data[position + 1]
+        if data[position] != 0xFF or marker in (0x00, 0xFF):  # bytes before a marker: libjpeg skips them
+            found = _MARKER_AFTER_SCAN.search(data, position + 1)
+            if found is None:
+                return True
+            position = found.start()
+        elif marker == 0xD9:  # end of image
+            return False
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a segment
+            position += 2
+        elif position + 4 > end:
+            return True
+        else:
+            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+            if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+                found = _MARKER_AFTER_SCAN.search(data, position)
+                if found is None:
+                    return True
+                position = found.start()
 
 
 class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
@@ -82,14 +121,27 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
 
     def load_image(self, image_id: int) -> np.ndarray:
         """The image as HxWx3 uint8 RGB; a ValueError when its size is not the one its annotations were made
-        on (the json's width and height), where boxes, keypoints and masks would not line up with it."""
+        on (the json's width and height), where boxes, keypoints and masks would not line up with it, or
+        when a JPEG file is cut short."""
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # with the file's EXIF orientation, if any
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise FileNotFoundError(
+                f"cannot read image {path} (image id {image_id}): {error.strerror or error}"
+            ) from error
+        if jpeg_cut_short(data):
+            raise ValueError(
+                f"image {path} is cut short: its JPEG data ends before the end-of-image marker (image id "
+                f"{image_id}; an interrupted copy or download?)"
+            )
+        # imdecode applies the file's EXIF orientation, as imread does.
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
         if image is None:
             raise FileNotFoundError(f"cannot read image {path} (image id {image_id})")
         height, width = image.shape[:2]
-        expected = (int(info.get("height", height)), int(info.get("width", width)))
+        expected = (int(info["height"]), int(info["width"]))
         if (height, width) != expected:
             said = f"{expected[1]}x{expected[0]}"
             raise ValueError(
@@ -124,7 +176,9 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         image_id = self.image_ids[index]
         try:
             return self._sample(image_id)
-        except (OSError, ValueError, cv2.error) as error:  # what a bad file or annotation raises; not bugs
+        # What a bad file or annotation raises. The fields are checked when the dataset is made; KeyError,
+        # IndexError and TypeError stand for what no check foresaw, so that the run keeps its checkpoint.
+        except (OSError, ValueError, KeyError, IndexError, TypeError, cv2.error) as error:
             path = self.image_dir / str(self.coco.imgs[image_id].get("file_name"))
             said = " ".join(f"{type(error).__name__}: {error}".split())  # one line, also through a worker
             raise DataError(f"{self.instances_json.name}, image id {image_id} ({path}): {said}") from error
