@@ -106,25 +106,27 @@ def test_folded_batch_norms_give_the_same_outputs() -> None:
 
 
 def test_onnxruntime_predictor_from_several_threads() -> None:
-    """One ONNX Runtime Predictor called from four threads at once, each with another task set, so that
-    every call makes its session: the same results as one caller gets (the concurrent exports broke each
-    other: "GLOBALS.in_onnx_export must be True")."""
+    """ONNX Runtime Predictors called from four threads at once, each thread with another task set, so
+    that every call makes its session: two threads share one Predictor, two have one each (torch's export
+    state is process-wide). The same results as one caller gets (the concurrent exports broke each other:
+    "GLOBALS.in_onnx_export must be True")."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     model, config = _model()
     image = np.random.default_rng(3).integers(0, 256, (60, 90, 3), dtype=np.uint8)
     task_sets = [("detection",), ("pose",), ("segmentation",), ("detection", "segmentation")]
     shared = Predictor(model, config, backend="onnxruntime")
+    predictors = [shared, shared] + [Predictor(model, config, backend="onnxruntime") for _ in range(2)]
     start = threading.Barrier(len(task_sets))
 
-    def call(tasks: tuple[str, ...]) -> Results:
+    def call(predictor: Predictor, tasks: tuple[str, ...]) -> Results:
         start.wait()
-        result = shared.predict(image, tasks=tasks, score_threshold=0.0, pose_score_threshold=0.0)
+        result = predictor.predict(image, tasks=tasks, score_threshold=0.0, pose_score_threshold=0.0)
         assert isinstance(result, Results)
         return result
 
     with ThreadPoolExecutor(len(task_sets)) as pool:
-        together = list(pool.map(call, task_sets))
+        together = list(pool.map(call, predictors, task_sets))
     alone = Predictor(model, config, backend="onnxruntime")
     for tasks, got in zip(task_sets, together, strict=True):
         want = alone.predict(image, tasks=tasks, score_threshold=0.0, pose_score_threshold=0.0)

@@ -643,6 +643,34 @@ def test_find_peaks_takes_the_sparse_path_when_few_cells_pass(monkeypatch: pytes
     assert none.scores.shape == (1, 1, 1) and float(none.scores[0, 0, 0]) == -1.0
 
 
+def test_the_sparse_search_never_compares_a_cell_with_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A border cell's clamped neighbours are the cell itself; its score and theirs come from different
+    lanes of one sigmoid_, whose vectorised body and scalar tail may differ by an ulp on some CPUs (seen on
+    one machine of this kind). Simulated here by raising the last value sigmoid_ writes by an ulp: the
+    corner cell whose copy that is stays a peak."""
+    logits = torch.full((1, 2, 4, 4), -6.0)
+    logits[0, 1, 3, 3] = 1.0  # the last candidate, in the corner: its last clamped neighbour is itself
+    logits[0, 0, 1, 1] = 2.0
+    monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # the sparse search
+    plain = torch.Tensor.sigmoid_
+
+    def uneven(self: torch.Tensor) -> torch.Tensor:
+        out = plain(self)
+        tail = out.view(-1)[-1:]
+        tail.copy_(torch.nextafter(tail, torch.full_like(tail, 2.0)))
+        return out
+
+    sparse = _record_results(monkeypatch, "_sparse_candidates")
+    monkeypatch.setattr(torch.Tensor, "sigmoid_", uneven)
+    best = find_peaks(logits, 10, 0.3, 3, per_channel=True)
+    monkeypatch.setattr(torch.Tensor, "sigmoid_", plain)
+    assert sparse, "the sparse search ran"
+    found = {(int(c), int(y), int(x)) for s, c, y, x in zip(
+        best.scores.flatten(), best.channels.flatten(), best.ys.flatten(), best.xs.flatten(), strict=True
+    ) if s >= 0}  # fmt: skip
+    assert found == {(0, 1, 1), (1, 3, 3)}
+
+
 def test_channel_argmax_in_both_layouts() -> None:
     torch.manual_seed(2)
     logits = torch.randn(2, 9, 7, 5).round(decimals=1)  # rounded: ties, where the first channel must win

@@ -196,6 +196,8 @@ def test_an_image_has_the_same_results_alone_and_in_a_mixed_batch(predictor: Pre
     pair = predictor.predict([wide, tall], **options)
     for got, image in zip(pair, (wide, tall), strict=True):
         _same_results(got, predictor.predict(image, **options))
+    for got, want in zip(predictor.predict(iter([wide, tall]), **options), pair, strict=True):
+        _same_results(got, want)  # any iterable of images, as map(cv2.imread, paths)
     shapes = []
     forward = predictor.forward
 

@@ -125,6 +125,11 @@ class _TaskForward(nn.Module):
         return tuple(outputs[name] for name in self.names)
 
 
+#: torch.onnx.export keeps process-wide state (torch.onnx's GLOBALS): two exports at once, from any two
+#: threads, break each other, so every export in this process takes this lock.
+_EXPORTING = threading.Lock()
+
+
 def export_onnx(
     model: nn.Module, tasks: Collection[str], height: int = 64, width: int = 64
 ) -> tuple[bytes, tuple[str, ...]]:
@@ -144,7 +149,7 @@ def export_onnx(
         axes["segmentation"] = {0: "batch", 2: "seg_height", 3: "seg_width"}  # not the heatmaps' size
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with _EXPORTING, warnings.catch_warnings():
             # The tracer notes the model's shape checks (constant in the graph) and that this is the
             # TorchScript exporter, chosen because it needs no onnxscript and exports this model exactly.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -180,8 +185,8 @@ class OnnxRuntimeForward:
     One session per task set, made on first use: exported from ``model`` (a few seconds), or, given
     ``graph`` (an int8 ONNX model of all the config's tasks from :mod:`mcn_ros.model.quantize`), cut from it.
     ``threads``: intra-op threads (default: torch's thread count, so both backends use the same cores).
-    Callable from several threads: sessions are made one at a time (torch's ONNX export keeps global state),
-    and ONNX Runtime sessions may run concurrently.
+    Callable from several threads: each session is made once (exports take turns process-wide,
+    :data:`_EXPORTING`), and ONNX Runtime sessions may run concurrently.
     """
 
     def __init__(

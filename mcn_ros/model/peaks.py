@@ -219,7 +219,12 @@ def _sparse_candidates(
     extent = 1 + sum((size - 1) * stride for size, stride in zip(logits.shape, logits.stride(), strict=True))
     window = logits.as_strided((extent,), (1,)).index_select(0, positions)
     window = window.view(kernel * kernel, bi.shape[0]).sigmoid_()
-    score = window[(kernel * kernel) // 2]
+    positions = positions.view(kernel * kernel, bi.shape[0])
+    centre = (kernel * kernel) // 2
+    score = window[centre].clone()
+    # A border cell's clamped neighbours are the cell itself, computed in another lane of sigmoid_ (whose
+    # vectorised body and scalar tail can differ by an ulp): not compared with itself.
+    window.masked_fill_(positions == positions[centre], float("-inf"))
     keep = ((score >= window.amax(dim=0)) & (score >= threshold)).nonzero().squeeze(1)
     return Candidates(*(v.index_select(0, keep) for v in (score, bi, ci, yi, xi)))
 

@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import threading
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -141,7 +141,9 @@ def _batch_images(images: np.ndarray | Sequence[np.ndarray]) -> tuple[list[np.nd
             )
         single = images.ndim in (2, 3)  # a 2-D array is one (grey) image, refused with the conversion to use
         batch = [images] if single else list(images)
-    elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+    elif isinstance(images, Iterable) and not isinstance(
+        images, (str, bytes)
+    ):  # a list, map(cv2.imread, ...)
         single, batch = False, list(images)
     else:
         unread = " (cv2.imread returns None for a file it cannot read)" if images is None else ""
@@ -255,8 +257,10 @@ class Predictor:
             self._run_model = self._run_model.to(self.precision.model_dtype)
         if self._run_model is not model and channels_last:
             self._run_model = self._run_model.to(memory_format=torch.channels_last)
-        # A replayed graph's inputs and outputs are shared buffers: one caller at a time replays and reads.
-        self._graph_turns = threading.Lock()
+        # A replayed graph's inputs and outputs are shared buffers, and a capture fails when another thread
+        # uses the GPU meanwhile: with CUDA graphs, calls take turns, each whole (re-entered by predict's
+        # forward, hence re-entrant).
+        self._graph_turns = threading.RLock()
         self._graphed: GraphedCalls[dict[str, Tensor]] | None = None
         self._graphed_decoding: GraphedCalls[DecodedTensors] | None = None
         self._cuda_graphs_refused: str | None = None
@@ -403,7 +407,8 @@ class Predictor:
 
         A single HxWx3 array gives one :class:`Results`; a sequence (or a BxHxWx3 array) gives a list. With
         ``rect``, images whose camera-shaped inputs differ run in separate forwards, one per input shape, so
-        that an image's results never depend on the others in the batch. May be called from several threads.
+        that an image's results never depend on the others in the batch. May be called from several threads
+        (with CUDA graphs the calls take turns; threads sharing one CUDA stream, as by default).
         ``tasks`` (None = all configured) selects the heads that run. ``kp_snap_score`` overrides the
         config's ``decode.kp_snap_score`` (minimum keypoint-heatmap peak score used for snapping; it does not
         filter keypoints): every keypoint keeps its slot with its score, so consumers compare scores to their
@@ -428,12 +433,14 @@ class Predictor:
         for i, size in enumerate(sizes):
             groups.setdefault(self.input_size([size]), []).append(i)
         found: dict[int, Results] = {}
-        for input_hw, members in groups.items():
-            group = self._predict_group(
-                [batch_images[i] for i in members], [sizes[i] for i in members], input_hw, asked, color_order,
-                options, flip_test,
-            )  # fmt: skip
-            found.update(zip(members, group, strict=True))
+        turns = self._graph_turns if self._graphed is not None else contextlib.nullcontext()
+        with turns:
+            for input_hw, members in groups.items():
+                group = self._predict_group(
+                    [batch_images[i] for i in members], [sizes[i] for i in members], input_hw, asked,
+                    color_order, options, flip_test,
+                )  # fmt: skip
+                found.update(zip(members, group, strict=True))
         results = [found[i] for i in range(len(sizes))]
         return results[0] if single else results
 
@@ -460,10 +467,9 @@ class Predictor:
         graphs = self._graphed_decoding if self.graph_decoding else None
         # Not with flip_test, nor bilinear resampling, which reads the class map: not in a graph.
         if graphs is not None and not flip_test and options.segmentation_resampling == "nearest":
-            with self._graph_turns:  # unpacking reads the graph's outputs, which the next replay overwrites
-                decoded = graphs(
-                    batch.to(self.precision.model_dtype), tasks, tuple(letterboxes), tuple(sizes), options
-                )
-                return unpack_results(decoded, sizes, tasks)
+            decoded = graphs(  # predict holds the turn: the next replay overwrites these outputs
+                batch.to(self.precision.model_dtype), tasks, tuple(letterboxes), tuple(sizes), options
+            )
+            return unpack_results(decoded, sizes, tasks)
         outputs = self.forward(batch, tasks, flip_test=flip_test)
         return decode_batch(outputs, letterboxes, sizes, self.config, tasks, options)

@@ -69,9 +69,11 @@ def signals_stop_evaluation(stop: StopRequest, distributed: bool) -> Iterator[No
             previous[sig] = signal.signal(sig, handle)
         yield
     finally:
-        armed = False
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        try:
+            armed = False
+        finally:  # a signal raising just before that line still finds the handlers restored
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class Trainer(TrainingRun):
