@@ -187,6 +187,13 @@ class Client:
         with self.lock:
             self.received.clear()
 
+    def stamped(self, topic: str, sec: int, nanosec: int = 0) -> list[Any]:
+        """The messages of ``topic`` stamped (sec, nanosec): the answers to one frame, not a late answer to a
+        frame published before (clear() cannot tell those from new ones)."""
+        return [
+            m for m in self.messages(topic) if (m.header.stamp.sec, m.header.stamp.nanosec) == (sec, nanosec)
+        ]
+
     def clear_topic(self, topic: str) -> None:
         full = topic if topic.startswith("/") else f"{self.prefix}/{topic}"
         with self.lock:

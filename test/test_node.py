@@ -104,8 +104,10 @@ def test_boxes_equal_the_model_runtime(running: tuple[object, Client], weights: 
     _, c = running
     image = test_image(seed=11)
     c.clear()
-    assert c.publish_until(image_message(image, stamp=(1, 1)), lambda: bool(c.messages("detections")), 30)
-    received = c.messages("detections")[-1].detections
+    assert c.publish_until(
+        image_message(image, stamp=(1, 1)), lambda: bool(c.stamped("detections", 1, 1)), 30
+    )
+    received = c.stamped("detections", 1, 1)[-1].detections
     expected = Predictor.from_weights(weights, device="cpu").predict(
         image, score_threshold=SCORE, pose_score_threshold=SCORE
     )
@@ -137,21 +139,18 @@ def test_bgr_mono_and_compressed_inputs_match(running: tuple[object, Client]) ->
     _, c = running
     image = test_image(seed=5)
     c.clear()
-    assert c.publish_until(image_message(image, stamp=(2, 0)), lambda: bool(c.messages("detections")), 30)
-    reference = c.messages("detections")[-1]
-    c.clear()
+    assert c.publish_until(image_message(image, stamp=(2, 0)), lambda: bool(c.stamped("detections", 2)), 30)
+    reference = c.stamped("detections", 2)[-1]
     bgr = np.ascontiguousarray(image[:, :, ::-1])
     assert c.publish_until(
-        image_message(bgr, "bgr8", stamp=(3, 0)), lambda: bool(c.messages("detections")), 30
+        image_message(bgr, "bgr8", stamp=(3, 0)), lambda: bool(c.stamped("detections", 3)), 30
     )
-    assert detections_equal(c.messages("detections")[-1], reference)
+    assert detections_equal(c.stamped("detections", 3)[-1], reference)
 
     png = CompressedImage(format="png", data=cv2.imencode(".png", bgr)[1].tobytes())
     png.header.stamp.sec = 4
-    c.clear()
-    assert c.publish_until(png, lambda: bool(c.messages("detections")), 30, compressed=True)
-    assert c.messages("detections")[-1].header.stamp.sec == 4
-    assert detections_equal(c.messages("detections")[-1], reference)
+    assert c.publish_until(png, lambda: bool(c.stamped("detections", 4)), 30, compressed=True)
+    assert detections_equal(c.stamped("detections", 4)[-1], reference)
 
 
 def test_the_compressed_transport_alone_runs_each_frame_once(weights: Path) -> None:

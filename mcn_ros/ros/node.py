@@ -667,6 +667,11 @@ def main(args: Sequence[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # A signal that shuts the context down while the executor makes its next wait set surfaces as an
+        # RCLError ("the given context is not valid"), not ExternalShutdownException: a stop, not a fault.
+        if rclpy.ok():
+            raise
     finally:
         # Under `ros2 launch` a terminal's Ctrl-C arrives twice (from the terminal to the process group, and
         # passed on by launch), as under systemd's default KillMode: a second signal must not interrupt the
