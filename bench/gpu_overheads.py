@@ -194,13 +194,14 @@ PREDICT_MODES: dict[str, tuple[bool, bool]] = {
 
 def predict_contenders(
     device: torch.device, images: list[np.ndarray]
-) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
+) -> tuple[dict[str, Callable[[], object]], dict[str, Any], dict[str, Predictor]]:
     """``<input>:<mode>`` (:data:`PREDICT_MODES`) -> ``Predictor.predict`` of the next scene (synchronized by
     its copy to the host), and per input and graphed mode the comparison of its results with the eager ones
     on every scene. Off CUDA the graphed modes warn and run eagerly (the calls still work)."""
     model, base, _ = load_weights(DEMO_WEIGHTS, device="cpu")
     calls: dict[str, Callable[[], object]] = {}
     checks: dict[str, Any] = {}
+    graphed: dict[str, Predictor] = {}
     for side in DECODE_INPUTS:
         config = dataclasses.replace(base, input_size=(side, side))
         results: dict[str, list[Results]] = {}
@@ -217,10 +218,12 @@ def predict_contenders(
 
             results[mode] = [predict(image) for image in images]
             calls[f"{side}:{mode}"] = cycling_predict(predict, images)
+            if graphs:
+                graphed[f"{side}:{mode}"] = predictor
         for mode in PREDICT_MODES:
             if mode != "eager":
                 checks[f"{side}:{mode}"] = compare(results["eager"], results[mode])
-    return calls, checks
+    return calls, checks, graphed
 
 
 def cycling_predict(
@@ -324,6 +327,8 @@ def render(record: dict[str, Any]) -> str:
                 f"| {side} | {row['eager']['median_ms']:.2f} | {row['graphs']['median_ms']:.2f} | "
                 f"{row['graph_decoding']['median_ms']:.2f} | {row['speedup']:.2f}x | {same} |"
             )
+        for key, note in record.get("predict_graph_failures", {}).items():
+            lines.append(f"\n**{key} did not run from CUDA graphs** (its times are eager ones): {note}")
     return "\n".join([*lines, ""])
 
 
@@ -356,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         listing, topk = stats(decode_times[f"{side}:listing"]), stats(decode_times[f"{side}:topk"])
         speedup = round(listing["median_ms"] / topk["median_ms"], 2)
         decoding[side] = {"listing": listing, "topk": topk, "speedup": speedup, "check": check}
-    predict_calls, predict_checks = predict_contenders(device, images)
+    predict_calls, predict_checks, graphed = predict_contenders(device, images)
     predict_times = interleaved(predict_calls, args.rounds * len(images) // 5, warmup=len(images))
+    # A capture that failed served eagerly from then on: its timings are not the graphs'.
+    graph_failures = {key: p.cuda_graphs_note for key, p in graphed.items() if p.cuda_graphs_note}
     predicting: dict[str, Any] = {}
     for network in DECODE_INPUTS:
         row: dict[str, Any] = {mode: stats(predict_times[f"{network}:{mode}"]) for mode in PREDICT_MODES}
@@ -376,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "images": args.images,
         "forward": forward,
+        "predict_graph_failures": graph_failures,
         "decode": decoding,
         "predict": predicting,
     }

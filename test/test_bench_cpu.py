@@ -235,8 +235,10 @@ def test_gpu_overheads_decoding_contenders(monkeypatch: pytest.MonkeyPatch, tmp_
         (result,) = call()
         assert result.detections is not None and result.segmentation is not None
     with pytest.warns(UserWarning, match="CUDA graphs need a CUDA device"):  # off CUDA: eager, with a warning
-        calls, checks = bench.predict_contenders(torch.device("cpu"), images[:2])
+        calls, checks, graphed = bench.predict_contenders(torch.device("cpu"), images[:2])
     assert set(calls) == {f"{side}:{mode}" for side in (512, 128) for mode in bench.PREDICT_MODES}
+    assert set(graphed) == set(checks), "each graphed mode's predictor, whose note the record keeps"
+    assert all("CUDA graphs need a CUDA device" in (p.cuda_graphs_note or "") for p in graphed.values())
     assert set(checks) == {f"{side}:{mode}" for side in (512, 128) for mode in ("graphs", "graph_decoding")}
     for check in checks.values():
         assert check["same_counts"] and check["same_segmentation"] and check["detections"] > 0

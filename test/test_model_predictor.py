@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mcn_ros.model import predictor as predictor_module
 from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
+from mcn_ros.model.cuda_graphs import CaptureError
 from mcn_ros.model.decode import DecodeOptions, decode_batch, unpack_results
 from mcn_ros.model.labels import flip_permutation
 from mcn_ros.model.mcn import MultitaskCenterNet
@@ -425,7 +426,7 @@ def test_a_failed_capture_falls_back_to_the_eager_forward(monkeypatch: pytest.Mo
 
     def failing_capture(*args: object) -> None:
         captures.append(args)
-        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+        raise CaptureError("operation not permitted when stream is capturing\nmore detail")
 
     monkeypatch.setattr(graphed, "_capture", failing_capture)
     batch = torch.ones(1, 3, 4, 4)
@@ -439,6 +440,24 @@ def test_a_failed_capture_falls_back_to_the_eager_forward(monkeypatch: pytest.Mo
         warnings.simplefilter("error")  # no second warning
         torch.testing.assert_close(graphed(batch + 1, frozenset({"pose"}))["double"], (batch + 1) * 2)
     assert len(captures) == 1 and len(calls) == 2 and graphed.captured == 0
+
+
+def test_an_error_before_the_capture_is_the_callers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error of the eager warm-up before a capture (out of memory, a batch of the wrong dtype) reaches the
+    caller, as without graphs, and does not turn graphs off for good (it was taken for a failed capture)."""
+    from mcn_ros.model.cuda_graphs import GraphedCalls
+
+    graphed = GraphedCalls(lambda batch, tasks: {"double": batch * 2})
+
+    def out_of_memory(*args: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(graphed, "_capture", out_of_memory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "capture failed" warning
+        with pytest.raises(torch.OutOfMemoryError):
+            graphed(torch.ones(1, 3, 4, 4), frozenset({"detection"}))
+    assert graphed.failure is None
 
 
 def _same_results(got: Results | list[Results], want: Results | list[Results]) -> None:
@@ -500,7 +519,7 @@ def test_a_failed_decoding_capture_leaves_the_forward_graphs(monkeypatch: pytest
 
             def capture(*args: object, name: str = name) -> None:
                 captures.append(name)
-                raise RuntimeError("operation not permitted when stream is capturing")
+                raise CaptureError("operation not permitted when stream is capturing")
 
             monkeypatch.setattr(graphs, "_capture", capture)
         return graphed
@@ -525,11 +544,14 @@ def test_a_failed_decoding_capture_leaves_the_forward_graphs(monkeypatch: pytest
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_cuda_graphs_replay_the_eager_forward(precision: str) -> None:
+def test_cuda_graphs_replay_the_eager_forward(precision: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Replayed graphs give the eager forward's outputs for each input shape and task set (one graph each,
     the oldest dropped past MAX_GRAPHS), outputs stay valid after the next call, and a model with
-    deformable convolutions is refused (runs eagerly) with the reason."""
+    deformable convolutions is refused (runs eagerly) with the reason. cuDNN's deterministic algorithms:
+    the transposed convs' fastest may add with atomics, in another order each run."""
     from mcn_ros.model import cuda_graphs
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
 
     torch.manual_seed(0)
     config = _graph_config()
@@ -569,10 +591,13 @@ def test_cuda_graphs_replay_the_eager_forward(precision: str) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_cuda_graph_decoding_replays_the_eager_predictions(precision: str) -> None:
+def test_cuda_graph_decoding_replays_the_eager_predictions(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Forward and decoding replayed from one graph give the eager predictor's results exactly: one graph per
     batch shape, task set and threshold, frames of other content through the same graph, and results
-    returned earlier left as they were by later replays."""
+    returned earlier left as they were by later replays (cuDNN's deterministic algorithms, as above)."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     torch.manual_seed(0)
     config = _graph_config()
     model = MultitaskCenterNet(config).eval()

@@ -43,6 +43,10 @@ def graph_unsafe_reason(model: nn.Module, device: torch.device) -> str | None:
     return None
 
 
+class CaptureError(RuntimeError):
+    """The capture itself failed (an operation a CUDA graph cannot hold), not the eager warm-up before it."""
+
+
 @dataclass
 class _Captured(Generic[Outputs]):
     graph: torch.cuda.CUDAGraph
@@ -61,7 +65,8 @@ class GraphedCalls(Generic[Outputs]):
     alive with the graph only if it is among the outputs. One caller at a time (the node runs all inference
     on one thread). Each graph keeps its own memory pool. A capture that fails (an operation that cannot run
     in a graph) warns once, says why and what now happens (``fallback``) in ``failure``, and every call from
-    then on runs ``function`` eagerly.
+    then on runs ``function`` eagerly; an error of the eager warm-up calls before it (out of memory, say) is
+    the caller's, as it would be without graphs, and leaves graphs in use.
     """
 
     def __init__(
@@ -89,7 +94,7 @@ class GraphedCalls(Generic[Outputs]):
         if captured is None:
             try:
                 captured = self._capture(batch, args)
-            except RuntimeError as error:
+            except CaptureError as error:
                 self.failure = f"CUDA graph capture failed ({str(error).splitlines()[0]}); {self._fallback}"
                 self._graphs.clear()
                 warnings.warn(self.failure, stacklevel=2)
@@ -104,15 +109,28 @@ class GraphedCalls(Generic[Outputs]):
         return captured.outputs
 
     def _capture(self, batch: Tensor, args: tuple[Hashable, ...]) -> _Captured[Outputs]:
+        """Warm up, then capture on ``batch``'s device; :class:`CaptureError` where the capture fails."""
+        device = batch.device
         with torch.inference_mode(False):  # a normal tensor: each call's copy into it may be in or out
             static = batch.clone()  # same shape, dtype and memory format
-        side = torch.cuda.Stream(device=batch.device)
-        side.wait_stream(torch.cuda.current_stream(batch.device))
-        with torch.cuda.stream(side):  # warm-up also fills the callers' caches outside the graph
-            for _ in range(WARMUP_CALLS):
-                self._function(static, *args)
-        torch.cuda.current_stream(batch.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = self._function(static, *args)
+        # The current device is batch's throughout: torch.cuda.graph synchronizes and allocates on the current
+        # device, and kernels launched on another device's stream would not be captured (an empty graph).
+        with torch.cuda.device(device):
+            caller = torch.cuda.current_stream(device)
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(caller)
+            with torch.cuda.stream(side):  # warm-up also fills the callers' caches outside the graph
+                for _ in range(WARMUP_CALLS):
+                    self._function(static, *args)
+            caller.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, stream=side):
+                    outputs = self._function(static, *args)
+            except RuntimeError as error:
+                # A failed capture's exit skips restoring the caller's stream; the first error says why (the
+                # one raised is often "operation failed due to a previous error during capture").
+                torch.cuda.set_stream(caller)
+                cause = error.__context__ if isinstance(error.__context__, Exception) else error
+                raise CaptureError(str(cause)) from error
         return _Captured(graph, static, outputs)
