@@ -18,7 +18,7 @@ from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.precision import cuda_native
 from mcn_ros.model.weights import load_weights
-from mcn_training.config import METRIC_TASK, TrainConfig, TrainConfigError, resolve_split
+from mcn_training.config import METRIC_TASK, OptimConfig, TrainConfig, TrainConfigError, resolve_split
 from mcn_training.data import CocoMultitaskDataset
 from mcn_training.distributed import DistInfo
 from mcn_training.errors import TrainError
@@ -210,15 +210,26 @@ def build_model(
     return model, wrapped
 
 
+#: The optimizer class of each ``optim.name``.
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
+
+def optimizer_settings(optim: OptimConfig) -> dict[str, Any]:
+    """The hyperparameters ``optim`` gives its optimizer: lr, weight_decay, and betas (Adam, AdamW) or
+    momentum (SGD)."""
+    settings: dict[str, Any] = {"lr": optim.lr, "weight_decay": optim.weight_decay}
+    settings.update({"momentum": optim.momentum} if optim.name == "sgd" else {"betas": optim.betas})
+    return settings
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """Adam / AdamW / SGD over all trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
-    o = cfg.optim
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return OPTIMIZERS[cfg.optim.name](params, **optimizer_settings(cfg.optim))
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:

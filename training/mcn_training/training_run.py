@@ -26,6 +26,7 @@ from mcn_training.builders import (
     build_model,
     build_optimizer,
     lr_factor,
+    optimizer_settings,
     resolve_amp,
     select_metric,
 )
@@ -84,7 +85,7 @@ def changed_optim_settings(saved: Mapping[str, Any], optim: OptimConfig) -> dict
     """The optimizer settings of ``optim`` that differ from a checkpoint's (``saved``, its config's optim
     section): {field: (checkpoint's value, this run's)}; betas only for Adam(W), momentum only for SGD."""
     current = typed_config.to_dict(optim)
-    ignored = {"betas"} if optim.name == "sgd" else {"momentum"}
+    ignored = {"betas", "momentum"} - set(optimizer_settings(optim))  # the other optimizer kind's
     return {
         key: (saved[key], value)
         for key, value in current.items()
@@ -204,8 +205,7 @@ class TrainingRun:
         """Set the optimizer's hyperparameters and the scheduler's base rate from this run's config (a
         restored optimizer and scheduler hold the checkpoint's), the rate at the restored step included."""
         o = self.cfg.optim
-        settings: dict[str, Any] = {"initial_lr": o.lr, "weight_decay": o.weight_decay}
-        settings.update({"momentum": o.momentum} if o.name == "sgd" else {"betas": o.betas})
+        settings = optimizer_settings(o) | {"initial_lr": o.lr}
         # What LambdaLR computes after a step: the same float where nothing changed (an exact resume).
         settings["lr"] = o.lr * self.lr_factor(self.scheduler.last_epoch)
         for group in self.optimizer.param_groups:
