@@ -141,10 +141,8 @@ def _batch_images(images: np.ndarray | Sequence[np.ndarray]) -> tuple[list[np.nd
             )
         single = images.ndim in (2, 3)  # a 2-D array is one (grey) image, refused with the conversion to use
         batch = [images] if single else list(images)
-    elif isinstance(images, Iterable) and not isinstance(
-        images, (str, bytes)
-    ):  # a list, map(cv2.imread, ...)
-        single, batch = False, list(images)
+    elif isinstance(images, Iterable) and not isinstance(images, (str, bytes)):
+        single, batch = False, list(images)  # a list, a tuple, map(cv2.imread, paths), ...
     else:
         unread = " (cv2.imread returns None for a file it cannot read)" if images is None else ""
         raise TypeError(
@@ -225,8 +223,6 @@ class Predictor:
     ) -> None:
         if graph_decoding and not cuda_graphs:
             raise ValueError("graph_decoding puts decoding in the forward's CUDA graphs: needs cuda_graphs")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.config = config
         self.rect = rect
         self.backend = backend

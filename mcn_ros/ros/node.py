@@ -460,16 +460,16 @@ class McnNode(LifecycleNode):
         self.get_logger().warning(f"frame skipped{where}: {reason}", throttle_duration_sec=THROTTLE_S)
 
     def _process_batch(self, batch: dict[str, Frame], settings: FrameSettings) -> None:
-        """Decode each camera's frame; the frames that want the same tasks at the same network input shape
-        (camera-shaped: cameras of one size share it) run as one batch, so each camera's results are the
-        model runtime's on its image alone; publish."""
+        """Decode each camera's frame; the frames that want the same tasks go to the model runtime together,
+        which runs those of one network input shape (camera-shaped: cameras of one size share it) as one
+        batch, so that each camera's results are the model runtime's on its image alone; publish."""
         started = monotonic()
         predictor = self._predictor
         if predictor is None:  # cleaned up while the frames waited
             for name, frame in batch.items():
                 self._frame_slots.give_up(name, frame)
             return
-        groups: dict[tuple[frozenset[str], tuple[int, int]], list[Decoded]] = {}
+        groups: dict[frozenset[str], list[Decoded]] = {}
         for name, frame in batch.items():
             camera = self._cameras[name]
             camera.computed_tasks = camera.outputs.wanted_tasks(settings, predictor.tasks)
@@ -483,9 +483,8 @@ class McnNode(LifecycleNode):
                 reason = str(error) if isinstance(error, ImageError) else repr(error)  # repr: unforeseen
                 self._reject([camera], f"bad frame: {reason}")
                 continue
-            shape = predictor.input_size([(int(pixels.shape[0]), int(pixels.shape[1]))])
-            groups.setdefault((camera.computed_tasks, shape), []).append((camera, frame, pixels, color_order))
-        for (tasks, _), members in groups.items():
+            groups.setdefault(camera.computed_tasks, []).append((camera, frame, pixels, color_order))
+        for tasks, members in groups.items():
             self._run_group(predictor, tasks, members, settings, started)
 
     def _run_group(
