@@ -16,6 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
 from mcn_ros.model.config import TASKS
+from mcn_ros.model.device import is_device_name
 from mcn_ros.ros.camera_names import check_camera_names
 from mcn_ros.ros.images import DEFAULT_MAX_PIXELS
 from mcn_ros.typed_config import build
@@ -98,16 +99,8 @@ def _has_type(value: object, kind: ParameterType) -> bool:
     return isinstance(value, python_type)
 
 
-def valid_device(device: str) -> bool:
-    """auto, cpu, cuda or cuda:N."""
-    if device in ("auto", "cpu", "cuda"):
-        return True
-    prefix, _, index = device.partition(":")
-    return prefix == "cuda" and index.isdigit()
-
-
 def _check_device(value: Any) -> str | None:
-    return None if valid_device(str(value)) else "device must be auto, cpu or cuda[:N]"
+    return None if is_device_name(str(value)) else "device must be auto, cpu or cuda[:N]"
 
 
 def _check_input_size(value: Any) -> str | None:

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, Field
 
 from mcn_ros import typed_config
 from mcn_ros.evaluation import METRICS
+from mcn_ros.model.device import is_device_name
 from mcn_ros.typed_config import check_fields, one_of, read_yaml_mapping
 from mcn_training.losses import LossWeights
 from mcn_training.targets import RADIUS_RULES
@@ -61,7 +62,7 @@ def _ascending(values: tuple[float, ...]) -> tuple[float, ...]:
 
 def check_device_name(value: str) -> str:
     """``value`` if it names a device setting (auto, cpu, cuda or cuda:N), else a ValueError."""
-    if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+    if not is_device_name(value):
         raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
     return value
 
