@@ -8,10 +8,16 @@ import shutil
 from typing import NoReturn
 
 import pytest
+from needs import unavailable
 
-# Each pytest run gets its own DDS domain so that parallel runs (or a node left running) never cross-talk.
-os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+# Each pytest run gets its own DDS domain, whatever the shell exported (a developer's shell often names the
+# domain of a live robot), so that the tests' nodes and frames never reach another run or a running system;
+# MCN_TEST_DOMAIN_ID chooses it. Discovery stays on this machine: ROS_AUTOMATIC_DISCOVERY_RANGE (Iron and
+# later); Humble reads ROS_LOCALHOST_ONLY (deprecated later, where setting it prints a warning).
+os.environ["ROS_DOMAIN_ID"] = os.environ.get("MCN_TEST_DOMAIN_ID") or str(1 + os.getpid() % 100)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+if os.environ.get("ROS_DISTRO") == "humble":
+    os.environ["ROS_LOCALHOST_ONLY"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
@@ -24,24 +30,16 @@ def ros() -> None:
 
         import mcn_ros.msg  # noqa: F401
     except ImportError as error:
-        _unavailable(
+        unavailable(
             "MCN_REQUIRE_ROS",
             f"ROS 2 is required here but does not import ({error}); run `make setup`",
             f"ROS 2 not available ({error}); `source mcn_env.sh` after `make setup`",
         )
 
 
-def _unavailable(required_by: str, failure: str, skip: str) -> NoReturn:
-    """Fail with ``failure`` where the environment variable ``required_by`` is 1 (`make test` sets
-    MCN_REQUIRE_ROS, scripts/launch_from_sources.sh MCN_REQUIRE_LAUNCH), else skip with ``skip``."""
-    if os.environ.get(required_by) == "1":
-        pytest.fail(failure)
-    pytest.skip(skip)
-
-
 def _launch_missing(reason: str) -> NoReturn:
     """:func:`_unavailable` for the launch tools."""
-    _unavailable(
+    unavailable(
         "MCN_REQUIRE_LAUNCH",
         f"the launch tools are required here: {reason}",
         f"{reason}; test/test_launch_args.py checks the launch file's decisions without them",

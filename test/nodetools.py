@@ -60,10 +60,14 @@ def camera_frames(folder: Path, count: int, size: tuple[int, int] = (48, 80)) ->
 
 
 def start_node(
-    *ros_args: str, name: str = "mcn_node", env: dict[str, str] | None = None
+    *ros_args: str, name: str = "mcn_node", env: dict[str, str] | None = None, device: str | None = "cpu"
 ) -> subprocess.Popen[str]:
-    """`python -m mcn_ros.ros.node --ros-args --params-file config/mcn.yaml <ros_args>` in a new process
-    (``env``: variables added to this process's environment)."""
+    """`python -m mcn_ros.ros.node --ros-args --params-file config/mcn.yaml -p device:=cpu <ros_args>` in a
+    new process (``env``: variables added to this process's environment).
+
+    On the CPU whatever the machine has (config/mcn.yaml's ``auto`` would take a GPU): the tests compare the
+    node's outputs with the model runtime's on the CPU to the last digits. ``device`` None: the file's.
+    """
     command = [
         sys.executable,
         "-m",
@@ -73,6 +77,7 @@ def start_node(
         str(PARAMS_FILE),
         "-r",
         f"__node:={name}",
+        *(("-p", f"device:={device}") if device is not None else ()),
         *ros_args,
     ]
     return subprocess.Popen(

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from needs import onnx_modules
 
 from mcn_ros.model.backends import fold_batch_norms
 from mcn_ros.model.config import ModelConfig
@@ -43,8 +44,7 @@ def test_unknown_backend_and_missing_onnxruntime(monkeypatch: pytest.MonkeyPatch
 def test_onnxruntime_equals_torch(seg_stride: int) -> None:
     """Raw outputs within 1e-4 of their scale at two input shapes (dynamic axes) and every task subset's
     graph; decoded detections, keypoints and segmentation equal on camera-shaped inputs."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+    onnx_modules()
     model, config = _model(seg_stride)
     eager = Predictor(model, config)
     onnx = Predictor(model, config, backend="onnxruntime")
@@ -110,8 +110,7 @@ def test_onnxruntime_predictor_from_several_threads() -> None:
     that every call makes its session: two threads share one Predictor, two have one each (torch's export
     state is process-wide). The same results as one caller gets (the concurrent exports broke each other:
     "GLOBALS.in_onnx_export must be True")."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+    onnx_modules()
     model, config = _model()
     image = np.random.default_rng(3).integers(0, 256, (60, 90, 3), dtype=np.uint8)
     task_sets = [("detection",), ("pose",), ("segmentation",), ("detection", "segmentation")]
@@ -145,8 +144,7 @@ def test_onnxruntime_predictor_from_several_threads() -> None:
 def test_onnxruntime_forward_refuses_what_the_model_refuses() -> None:
     """A batch whose sides are not multiples of 32 gives the torch model's error in ONNX Runtime too (the
     exported graph no longer checks: it returned maps that did not line up with the input)."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+    onnx_modules()
     model, config = _model()
     for backend in ("torch", "onnxruntime"):
         predictor = Predictor(model, config, backend=backend)

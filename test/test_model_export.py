@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from needs import onnx_modules
 
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.export import main
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.weights import load_weights, save_weights
 
-onnx = pytest.importorskip("onnx", reason="optional package onnx (requirements/dev.txt, Python >= 3.11)")
-onnxruntime = pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
+onnx, onnxruntime = onnx_modules()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from needs import onnx_modules
 from torch import Tensor, nn
 
 from mcn_ros.model import predictor as predictor_module
@@ -231,8 +232,7 @@ def test_onnxruntime_on_a_machine_with_a_gpu_runs_on_the_cpu(
 ) -> None:
     """device "auto" (the default of from_weights and of the node) means the CPU for ONNX Runtime, which
     runs only there; it used to pick the GPU and fail. An explicit GPU is refused, saying what to set."""
-    pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
-    pytest.importorskip("onnx", reason="optional package onnx")
+    onnx_modules()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with a GPU
     config = ModelConfig.from_yaml(CONFIG_DIR / "resnet18_det1_seg1_pose_128.yaml")
     model = MultitaskCenterNet(config)

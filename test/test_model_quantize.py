@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from needs import onnx_modules
 from nodetools import camera_frames, make_weights
 
 from mcn_ros.model.predictor import Predictor
@@ -26,8 +27,7 @@ from mcn_ros.model.quantize import (
 )
 from mcn_ros.model.weights import load_weights
 
-onnx = pytest.importorskip("onnx", reason="optional package onnx (requirements/dev.txt, Python >= 3.11)")
-pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
+onnx, _ = onnx_modules()
 
 
 @pytest.fixture(scope="module")

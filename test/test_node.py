@@ -251,10 +251,10 @@ def test_bad_frames_are_skipped_with_a_clear_message_and_the_node_keeps_serving(
         )
         c.clear()
         stamp = (100 + frames.index((expected_text, frame)), 0)
+        # Waits for the answer to this frame by its stamp: a late answer to the frame before is not it.
         assert c.publish_until(
-            image_message(test_image(), stamp=stamp), lambda: bool(c.messages("detections")), 30
+            image_message(test_image(), stamp=stamp), lambda s=stamp: bool(c.stamped("detections", *s)), 30
         ), f"node stopped answering after a frame with {expected_text}"
-        assert c.messages("detections")[-1].header.stamp.sec == stamp[0]
 
     # Memory stays flat under a stream of bad frames.
     before = rss_kib(process.pid)  # type: ignore[attr-defined]
@@ -448,12 +448,13 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         assert c.lifecycle("configure") and c.lifecycle("activate")
         c.clear()
         assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
-        if not cuda_available():  # /diagnostics says graphs were asked for and why they are off
 
-            def graphs_state() -> str:
-                return (diagnostics_values(c, "managed_node") or {}).get("cuda_graphs", "")
+        def graphs_state() -> (
+            str
+        ):  # /diagnostics says graphs were asked for and why they are off (device cpu)
+            return (diagnostics_values(c, "managed_node") or {}).get("cuda_graphs", "")
 
-            assert c.wait_for(lambda: graphs_state().startswith("off: CUDA graphs need a CUDA device"), 10)
+        assert c.wait_for(lambda: graphs_state().startswith("off: CUDA graphs need a CUDA device"), 10)
         # Active with no frame coming: the status says so, naming the topic (it said OK, "active").
         assert c.wait_for(lambda: "no input: no frame on /image for" in status_message(c, "managed_node"), 15)
         # A second configure/activate cycle left exactly one publisher and one camera subscription.
@@ -472,7 +473,7 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
     assert "unconfigured, waiting for a lifecycle manager (ros2 lifecycle set /managed_node configure" in log
     after_graphs = log.split("parameter cuda_graphs: CUDA graphs need a CUDA device")[-1]
     assert cuda_available() or "configure failed: cannot load weights" in after_graphs  # device cuda:0
-    assert cuda_available() or "parameter cuda_graphs: CUDA graphs need a CUDA device" in log
+    assert "parameter cuda_graphs: CUDA graphs need a CUDA device" in log
 
 
 def status_message(c: Client, node: str, level: int | None = None) -> str:
@@ -518,7 +519,7 @@ def settled_counts(c: Client, node: str, timeout: float = 60.0) -> dict[str, int
 
 
 def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
-    """A burst far faster than the node processes (input_size 256: about a second a frame on 2 CPU cores):
+    """A burst far faster than the node processes (paced by its measured time a frame):
     the frames it never received (lost in transport) and those replaced in its slot (dropped) are counted,
     and received + lost is what was sent."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -535,16 +536,27 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
         c.subscribe("/diagnostics", DiagnosticArray)
         image = test_image(240, 320)
         assert c.publish_until(image_message(image, stamp=(1, 0)), lambda: bool(c.messages("detections")), 90)
+        # How long a frame takes here (one at a time, answered before the next): the burst below is paced by
+        # it, so that it outruns the node on a fast machine as on this slow one.
+        started = time.monotonic()
+        for i in range(3):
+            assert c.publish_until(
+                image_message(image, stamp=(1, 1 + i)),
+                lambda i=i: bool(c.stamped("detections", 1, 1 + i)),
+                30,
+            )
+        per_frame = (time.monotonic() - started) / 3
         before = settled_counts(c, node)
         assert before["received"] + before["lost"] == before["sent"]
 
-        # Half back to back (more than the middleware delivers to a busy node: losses), half at 50 Hz (still
-        # faster than the node processes, slow enough that frames arrive while one is processed: drops).
+        # Half back to back (more than the middleware delivers to a busy node: losses), half at four frames
+        # per frame processed, at most 50 Hz (slow enough that frames arrive while one is processed: drops).
         burst = 150
+        interval = min(0.02, per_frame / 4)
         for i in range(burst):
             c.image_pub.publish(image_message(image, stamp=(2, i)))
             if i >= burst // 2:
-                time.sleep(0.02)
+                time.sleep(interval)
         # One last frame, sent until the node answers it, with a pause longer than a frame's processing
         # between tries: it is received, so every gap before it is known.
         sentinels = 0

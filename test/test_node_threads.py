@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import onnx_modules
 from nodetools import camera_frames, make_weights
 
 pytestmark = pytest.mark.usefixtures("ros")
@@ -111,8 +112,7 @@ def test_values_for_parameters_the_node_lacks_are_logged(
 def test_int8_configure_needs_the_graph_beside_the_weights(
     node_factory: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("onnx", reason="optional package onnx (requirements/dev.txt, Python >= 3.11)")
-    pytest.importorskip("onnxruntime", reason="optional package onnxruntime")
+    onnx_modules()
     from mcn_ros.model.quantize import main
 
     weights = make_weights(tmp_path / "model.safetensors", use_dcn=False)
@@ -130,12 +130,15 @@ def test_int8_configure_needs_the_graph_beside_the_weights(
 def test_activate_wakes_the_inference_thread_at_once(
     node_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # While inactive the thread waits for jobs with a 0.1 s timeout; activate wakes it, so the first frame
-    # is not left waiting for the rest of that timeout.
-    import statistics
+    # While inactive the thread waits for jobs with a timeout (0.1 s; 30 s here, so that only the wake-up can
+    # end the wait within the deadline); activate wakes it, so the first frame is not left waiting for the
+    # rest of that timeout.
     import time
 
+    import mcn_ros.ros.node as node_module
     from mcn_ros.ros.batching import CameraSlots
+
+    monkeypatch.setattr(node_module, "INACTIVE_WAIT_S", 30.0)
 
     first_wait: list[float] = []
     take_batch = CameraSlots.take_batch
@@ -148,22 +151,21 @@ def test_activate_wakes_the_inference_thread_at_once(
     monkeypatch.setattr(CameraSlots, "take_batch", observed)  # called through, only observed
     node = node_factory(weights=str(make_weights(tmp_path / "model.safetensors")), device="cpu")
     node.trigger_configure()
-    delays = []
-    for _ in range(5):
+    for _ in range(3):
         first_wait.clear()
         start = time.perf_counter()
         node.trigger_activate()
-        deadline = start + 2.0
+        deadline = start + 5.0
         while not first_wait and time.perf_counter() < deadline:
             time.sleep(0.001)
-        assert first_wait, "the inference thread never looked for frames"
-        delays.append(first_wait[0] - start)
+        assert first_wait, "the inference thread never looked for frames: activate did not wake it"
         node.trigger_deactivate()
         time.sleep(0.15)  # the thread is back in its inactive wait
-    assert statistics.median(delays) < 0.02, delays  # up to 0.1 s (median ~0.05) without the wake-up
 
 
-@pytest.mark.parametrize("post_set_callbacks", [True, False], ids=["iron_and_later", "humble"])
+@pytest.mark.parametrize(
+    "post_set_callbacks", [True, False], ids=["iron_and_later", "without_post_set_callbacks"]
+)
 def test_run_time_parameters_take_effect_with_and_without_post_set_callbacks(
     node_factory: Any, post_set_callbacks: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,7 +177,7 @@ def test_run_time_parameters_take_effect_with_and_without_post_set_callbacks(
 
     import mcn_ros.ros.node as node_module
 
-    if not post_set_callbacks:  # rclpy as Humble's (3.3): neither method
+    if not post_set_callbacks:  # as on Humble (rclpy 3.3: neither method), emulated on this rclpy
         monkeypatch.delattr(Node, "add_post_set_parameters_callback")
         monkeypatch.delattr(Node, "list_parameters")
         monkeypatch.setattr(node_module, "POST_SET_CALLBACKS", False)

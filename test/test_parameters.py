@@ -148,7 +148,7 @@ def test_the_running_node_declares_the_table() -> None:
     from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
     from rclpy.parameter import parameter_value_to_python
 
-    process = start_node(name="described_node")
+    process = start_node(name="described_node", device=None)  # every value config/mcn.yaml's
     c = Client("described_node")
     try:
         listed = c.call(ListParameters, "list_parameters", ListParameters.Request(), resend=True).result.names

@@ -27,7 +27,15 @@ from nodetools import make_weights
 pytestmark = pytest.mark.usefixtures("ros")
 
 SCORE = 0.05  # random-init test weights score about 0.1: a low threshold gives boxes to compare
-NODE_PARAMS = ["--param", f"score_threshold={SCORE}", "--param", f"pose_score_threshold={SCORE}"]
+# The node on the CPU, as the runtime it is compared with (config/mcn.yaml's device auto would take a GPU).
+NODE_PARAMS = [
+    "--param",
+    "device=cpu",
+    "--param",
+    f"score_threshold={SCORE}",
+    "--param",
+    f"pose_score_threshold={SCORE}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +127,9 @@ def test_rate_replay_accounts_for_every_frame(run_dir: Path) -> None:
     rows = [json.loads(line) for line in (run_dir / "rate" / "frames.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and [r["image_id"] for r in rows] == [1, 2, 3, 4, 5, 6]
     sends = [r["send_s"] for r in rows]
-    assert sends == sorted(sends) and 0.1 < sends[-1] - sends[0] < 0.3  # 5 gaps of 25 ms (4x 10 Hz)
+    # Never before its time: 50 ms after the start (the player's lead), then a frame every 25 ms (4x 10 Hz).
+    # No upper bound: a player descheduled on a busy machine sends late, which the deadlines then show.
+    assert sends == sorted(sends) and all(send >= 0.05 + 0.025 * i - 1e-3 for i, send in enumerate(sends))
     answered = [r for r in rows if any(v is not None for v in r["arrival_s"].values())]
     assert len(answered) == frames["processed"]
     assert all(r["latency_ms"]["detections"] > 0 for r in answered if r["latency_ms"]["detections"])

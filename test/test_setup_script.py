@@ -95,11 +95,10 @@ def test_a_distro_that_is_not_installed(tree: Path) -> None:
     assert_refused(result, tree, "ROS_DISTRO=jazzy", "no such distro is installed")
 
 
-def test_a_distro_without_vision_msgs(tree: Path) -> None:
+def test_a_distro_without_vision_msgs(tree: Path, ros: None) -> None:
     # rclpy imports (the wheels in this venv) but vision_msgs does not (it lives in install/, off PYTHONPATH):
     # what a sourced distro without ros-<distro>-vision-msgs looks like to setup.sh. A `ros2` on PATH stands
     # for the distro's command line, which setup.sh only looks for.
-    pytest.importorskip("rclpy")
     bin_dir = tree / "distro-bin"
     bin_dir.mkdir()
     (bin_dir / "ros2").write_text("#!/bin/sh\nexit 0\n")

@@ -67,6 +67,8 @@ THROTTLE_S = 5.0
 WITH_MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 #: rclpy calls post-set-parameters callbacks since Iron; on Humble the set-callback applies the values.
 POST_SET_CALLBACKS = hasattr(LifecycleNode, "add_post_set_parameters_callback")
+#: While inactive the inference thread waits this long for a job at a time (activate wakes it at once).
+INACTIVE_WAIT_S = 0.1
 
 
 def _as_doubles(parameters: list[Parameter[Any]]) -> list[Parameter[Any]]:
@@ -383,6 +385,7 @@ class McnNode(LifecycleNode):
 
     def _end_inference_thread(self) -> None:
         self._closing.set()
+        self._jobs.put((lambda: None, Future()))  # wakes it from an inactive wait for jobs
         if self._inference_thread is not None:
             self._inference_thread.join(timeout=10.0)
 
@@ -423,7 +426,7 @@ class McnNode(LifecycleNode):
     def _inference_loop(self) -> None:
         while not self._closing.is_set():
             if not self._running.is_set():
-                self._run_job(timeout=0.1)
+                self._run_job(timeout=INACTIVE_WAIT_S)
                 continue
             self._run_job(timeout=None)  # none come while active (lifecycle); never left waiting if one does
             settings = self._frame_settings
