@@ -15,8 +15,9 @@ backend's runs among themselves; torch's thread count set again before every cal
 int8, in ``--repeats`` passes over all contenders: the tables pool every pass, and the headlines of each
 pass alone are recorded beside them (``per_repeat``), because this kind of shared machine moves by more
 between minutes than within one.
-The MCN's time is split into preprocess / forward / decode (timed inside the same calls), YOLO's into
-ultralytics' own preprocess / inference / postprocess sums.
+Both sides decode at the same score threshold, 0.3 (``SCORE_THRESHOLD``; YOLO's ``predict`` gets it as
+``conf``, whose default is 0.25). The MCN's time is split into preprocess / forward / decode (timed inside
+the same calls), YOLO's into ultralytics' own preprocess / inference / postprocess sums.
 
 Also ``e2e_cpu.png``: the split per network and backend.
 
@@ -129,7 +130,8 @@ class SplitPredict:
 
 
 class YoloTrio:
-    """Three ultralytics networks predicting one image one after another; records their own speed split."""
+    """Three ultralytics networks predicting one image one after another (at the MCN's score threshold);
+    records their own speed split."""
 
     def __init__(self, models: list[Any], image: np.ndarray, imgsz: int | tuple[int, int]) -> None:
         self.models, self.image, self.imgsz = models, image, imgsz
@@ -139,7 +141,9 @@ class YoloTrio:
         totals = dict.fromkeys(self.parts, 0.0)
         outputs = []
         for model in self.models:
-            result = model.predict(self.image, imgsz=self.imgsz, device="cpu", verbose=False)[0]
+            result = model.predict(
+                self.image, imgsz=self.imgsz, conf=SCORE_THRESHOLD, device="cpu", verbose=False
+            )[0]
             totals["preprocess"] += result.speed["preprocess"]
             totals["forward"] += result.speed["inference"]
             totals["decode"] += result.speed["postprocess"]
@@ -207,7 +211,8 @@ def load_yolo(
     import onnxruntime as ort  # type: ignore[import-untyped]
 
     for model, (path, _) in zip(models, files, strict=True):
-        model.predict(image, imgsz=imgsz, device="cpu", verbose=False)  # makes its predictor and session
+        # makes its predictor and session
+        model.predict(image, imgsz=imgsz, conf=SCORE_THRESHOLD, device="cpu", verbose=False)
         backend: Any = getattr(getattr(model.predictor, "model", None), "backend", None)
         if not isinstance(getattr(backend, "session", None), ort.InferenceSession):
             raise SystemExit(

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped]
 import torch
-from _common import git_commit, machine, read_image, versions, write_record
+from _common import PACKAGES, git_commit, machine, read_image, versions, write_record
 from e2e_cpu import yolo_int8_files, yolo_onnx_files
 from multicamera_cpu import make_weights
 from precision_cpu import METRICS
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         **ratios(forward_ms),
         "per_pass": [ratios(medians(one)) for one in passes],
         "machine": machine(),
-        "versions": versions() | {"onnxruntime": ort.__version__},
+        "versions": versions((*PACKAGES, "ultralytics", "onnxruntime", "onnx")),
         "git": git_commit(),
     }
     write_record(args.results, "int8_onnxruntime", record, render(record))

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import git_commit, machine, repo_relative, versions, write_record
+from _common import PACKAGES, git_commit, machine, repo_relative, versions, write_record
 from _node_driver import Driver, node_command
 from multicamera_cpu import make_weights
 
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         **overhead_figures(predict_times, lockstep),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions((*PACKAGES, "onnxruntime", "onnx")),
         "git": git_commit(),
     }
     write_record(args.results, args.name, record, render(record))

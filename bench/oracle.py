@@ -8,7 +8,7 @@ their cells, the segmentation logits are one-hot; decoding must then give back t
 original (non-square, letterboxed) image coordinates. What the round trip loses is only what the
 representation cannot hold (two objects of one class on one output cell, stride-s segmentation sampling).
 
-Writes ``bench/results/oracle.json`` (bbox_AP, kp_AP, mIoU, the command, machine and versions) and
+Writes ``bench/results/oracle.json`` (bbox_AP, kp_AP, mIoU, the command, machine, versions and git commit) and
 ``bench/results/oracle.md``. Usage::
 
     python bench/oracle.py [--images 64] [--height 120 --width 200] [--input 160 256] [--seg-stride 1]
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import machine, pct, versions
+from _common import git_commit, machine, pct, versions
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -182,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": command,
         "machine": machine(),
         "versions": versions(),
+        "git_commit": git_commit(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "oracle.json").write_text(json.dumps(record, indent=2) + "\n")

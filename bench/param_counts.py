@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 python bench/param_counts.py [--out bench/results]
 
-Writes ``param_counts.json`` (command, machine, versions, counts per config and per part) and
+Writes ``param_counts.json`` (command, machine, versions, git commit, counts per config and per part) and
 ``param_counts.md`` (tables and the comparison with Table 4). Models are built with random weights on the
 CPU; nothing is downloaded.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine, versions
+from _common import git_commit, machine, versions
 
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.heads import count_parameters
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "versions": versions(),
+        "git_commit": git_commit(),
         "configs": list(rows.values()),
         "table4": compare(rows),
         "centernet_dla_fc_params": CENTERNET_DLA_FC,

@@ -114,7 +114,7 @@ def e2e_contenders() -> dict[str, Callable[[], object]]:
     size = config.input_size[1]
     yolos = {"fp32": yolo_models("yolo26n"), "bf16": yolo_models("yolo26n")}
     for yolo in yolos["bf16"]:  # ultralytics has no CPU bf16 switch: convert the module its predictor runs
-        yolo.predict(image, imgsz=size, device="cpu", verbose=False)
+        yolo.predict(image, imgsz=size, conf=SCORE_THRESHOLD, device="cpu", verbose=False)
         backend = yolo.predictor.model.backend
         backend.model = bf16_copy(backend.model)
 
@@ -126,7 +126,10 @@ def e2e_contenders() -> dict[str, Callable[[], object]]:
             # autocast casts ultralytics' float32 input for the bf16 module's first conv
             bf16 = precision == "bf16"
             with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-                return [y.predict(image, imgsz=size, device="cpu", verbose=False) for y in yolos[precision]]
+                return [
+                    y.predict(image, imgsz=size, conf=SCORE_THRESHOLD, device="cpu", verbose=False)
+                    for y in yolos[precision]
+                ]
 
         return call
 

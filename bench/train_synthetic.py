@@ -19,8 +19,8 @@ training on this machine: a short calibration run measures each network's second
 ``schedule.max_minutes`` = M as a hard stop. Evaluation time is not counted in the budget.
 
 Writes bench/results/train_synthetic.json (``rows``: network, bbox_AP, bbox_AP50, kp_AP, mIoU, null where a
-task is absent, plus learning curves; the budget, wall time, exact command, machine and versions) and
-bench/results/train_synthetic.md (the tables); ``--name`` names the two files otherwise.
+task is absent, plus learning curves; the budget, wall time, exact command, machine, versions and git
+commit) and bench/results/train_synthetic.md (the tables); ``--name`` names the two files otherwise.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from _common import machine, pct, versions
+from _common import git_commit, machine, pct, versions
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_CONFIG = REPO / "config" / "train" / "resnet18_det80_seg80_pose_128_synthetic.yaml"
@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "targets": {"network": "mcn", "minutes": 30, "cores": 2, **TARGETS},
         "machine": machine(),
         "versions": versions(),
+        "git_commit": git_commit(),
         "rows": rows,
     }
     args.results.mkdir(parents=True, exist_ok=True)
