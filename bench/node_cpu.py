@@ -128,6 +128,8 @@ def node_status(driver: Any) -> dict[str, str]:
         for status in message.status:
             if status.name.endswith(": inference"):
                 latest.update({kv.key: kv.value for kv in status.values})
+                stamp = message.header.stamp
+                latest["stamp_s"] = str(stamp.sec + stamp.nanosec * 1e-9)  # when its window ended
 
     driver.node.create_subscription(DiagnosticArray, "/diagnostics", record, 10)
     return latest
@@ -156,16 +158,16 @@ def calibrate(weights: Path, folder: Path) -> None:
 
 def paired_times(
     driver: Any, weights: Path, image: np.ndarray, pairs: int, settings: dict[str, str]
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float]]:
     """Milliseconds of ``Predictor.predict`` in this process and of one lockstep frame through the node,
-    alternating ``pairs`` times (after one warm-up of each)."""
+    alternating ``pairs`` times (after one warm-up of each), and the wall time (s) each pair ended."""
     from mcn_ros.model.predictor import Predictor
 
     predictor = Predictor.from_weights(
         weights, device="cpu", precision=settings["precision"], backend=settings["backend"]
     )
     assert predictor.precision.name == settings["precision"], predictor.precision.note
-    predict, node = [], []
+    predict, node, ended = [], [], []
     for n in range(pairs + 1):
         start = time.perf_counter()
         predictor.predict(image, score_threshold=SCORE, pose_score_threshold=SCORE)
@@ -174,7 +176,37 @@ def paired_times(
         if n:
             predict.append(elapsed)
             node += through_node
-    return predict, node
+            ended.append(time.time())
+    return predict, node, ended
+
+
+def window_split(
+    status: dict[str, str], predict: list[float], lockstep: list[float], ended: list[float]
+) -> dict[str, Any]:
+    """Where the overhead goes, on one sample: the pairs that ended in the node's last statistics window
+    (the 5 s before its /diagnostics stamp) and the node's own p50s over that window, in ms."""
+    stamp = float(status.get("stamp_s", "nan"))
+    inside = [i for i, t in enumerate(ended) if stamp - 5.0 <= t <= stamp]
+
+    def p50(values: list[float]) -> float:
+        return round(float(np.median(values)), 2) if values else float("nan")
+
+    node = {
+        key: round(float(status.get(f"{key}_p50_ms", "nan")), 2)
+        for key in ("latency", "processing", "inference")
+    }
+    figures = {
+        "pairs": len(inside),
+        "predict_p50_ms": p50([predict[i] for i in inside]),
+        "lockstep_p50_ms": p50([lockstep[i] for i in inside]),
+        "node_received_to_published_p50_ms": node["latency"],
+        "node_processing_p50_ms": node["processing"],
+        "node_inference_p50_ms": node["inference"],
+    }
+    figures["transport_and_driver_ms"] = round(figures["lockstep_p50_ms"] - node["latency"], 2)
+    figures["node_outside_inference_ms"] = round(node["processing"] - node["inference"], 2)
+    figures["inference_minus_predict_ms"] = round(node["inference"] - figures["predict_p50_ms"], 2)
+    return figures
 
 
 def row(name: str, figures: dict[str, float]) -> str:
@@ -207,6 +239,7 @@ def render(record: dict[str, Any]) -> str:
             f"received -> outputs published p50 {record['node_received_to_published_p50_ms']} ms (the rest "
             "of the lockstep figure is the transport both ways and this driver).",
             "",
+            *split_lines(record.get("window_split")),
             f"Sustained: {record['sustained']['throughput_fps']} frames/s answered, "
             f"{record['rate_hz']} Hz offered. **overhead_ratio {record['overhead_ratio']}** (target <= 0.1; "
             f"95 % bootstrap interval {low} .. {high}; median of the per-pair ratios "
@@ -214,6 +247,23 @@ def render(record: dict[str, Any]) -> str:
             "",
         ]
     )
+
+
+def split_lines(split: dict[str, Any] | None) -> list[str]:
+    """The overhead's split on the pairs of the node's last statistics window (see window_split)."""
+    if not split:
+        return []
+    return [
+        f"Where the overhead goes, on the {split['pairs']} pairs of that window (p50 ms): through the node "
+        f"{split['lockstep_p50_ms']}, `predict` in this process {split['predict_p50_ms']}; in the node: "
+        f"received -> published {split['node_received_to_published_p50_ms']}, of which processing "
+        f"{split['node_processing_p50_ms']}, of which the model runtime's call "
+        f"{split['node_inference_p50_ms']}. Transport both ways and this driver "
+        f"{split['transport_and_driver_ms']}; the node's processing besides the call (image message in, "
+        f"messages built and published) {split['node_outside_inference_ms']}; the call in the node less "
+        f"`predict` here {split['inference_minus_predict_ms']}.",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
             # Warm-up, and discovery of the node's outputs by this driver: frames flowing for a few seconds.
             driver.publish_for(5.0, first_stamp=1_000_000_000)
             time.sleep(6.0)  # the warm-up's frames leave the node's 5 s statistics window
-            predict_times, lockstep = paired_times(driver, weights, image, args.frames, settings)
+            predict_times, lockstep, ended = paired_times(driver, weights, image, args.frames, settings)
             time.sleep(1.5)  # the next /diagnostics: the window's last paired frames
             processing_p50 = float(status.get("processing_p50_ms", "nan"))
             in_node_p50 = float(status.get("latency_p50_ms", "nan"))
+            split = window_split(dict(status), predict_times, lockstep, ended)
             window = driver.publish_for(args.seconds, 3_000_000_000)
             sustained = driver.measure(window, args.seconds)
         finally:
@@ -272,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "node_lockstep": node_stats,
         "node_processing_p50_ms": round(processing_p50, 2),
         "node_received_to_published_p50_ms": round(in_node_p50, 2),
+        "window_split": split,
         "rate_hz": args.rate,
         "sustained": {k: v for k, v in sustained.items() if k != "per_camera"},
         **overhead_figures(predict_times, lockstep),

@@ -211,7 +211,7 @@ def test_rates_count_lost_frames_in_the_input_rate() -> None:
     stats = FrameStats(window_s=2.0)
     stats.arrived(10.0, info(1))
     stats.arrived(10.5, info(5))  # 3 lost before it
-    stats.finished(10.6, 0.1, 0.2, 0.04)
+    stats.finished(10.6, 0.1, 0.2, 0.04, 0.03)
     stats.reject(10.7)
     stats.idle(10.8)
     stats.arrived(7.0, info(6))  # outside the window
@@ -224,6 +224,7 @@ def test_rates_count_lost_frames_in_the_input_rate() -> None:
     assert summary["latency_p50_ms"] == pytest.approx(100.0)
     assert summary["stamp_age_p95_ms"] == pytest.approx(200.0)
     assert summary["processing_p50_ms"] == pytest.approx(40.0)
+    assert summary["inference_p50_ms"] == pytest.approx(30.0)
 
 
 def test_rates_after_listening_began_divide_by_the_time_listened() -> None:

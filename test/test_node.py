@@ -569,6 +569,12 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
             sentinels += 1
             c.wait_for(answered, 4.0)
         assert answered()
+
+        def timing() -> tuple[float, float]:  # the model runtime's call within the node's processing
+            values = diagnostics_values(c, node) or {}
+            return float(values.get("inference_p50_ms", "nan")), float(values.get("processing_p50_ms", "nan"))
+
+        assert c.wait_for(lambda: 0.0 < timing()[0] <= timing()[1], 5.0), timing()
         warnings = [
             status.message
             for msg in c.messages("/diagnostics")

@@ -171,8 +171,8 @@ class FrameStats:
     def __init__(self, window_s: float = 5.0, max_samples: int = 2048) -> None:
         self.window_s = window_s
         self._arrivals: deque[tuple[float, int]] = deque(maxlen=max_samples)  # (time, 1 + lost before it)
-        # (time, latency from arrival, stamp age, processing time) of each processed frame
-        self._done: deque[tuple[float, float, float, float]] = deque(maxlen=max_samples)
+        # (time, latency from arrival, stamp age, processing time, inference time) of each processed frame
+        self._done: deque[tuple[float, float, float, float, float]] = deque(maxlen=max_samples)
         self._idle: deque[float] = deque(maxlen=max_samples)
         self._rejected: deque[float] = deque(maxlen=max_samples)
         self._lock = threading.Lock()
@@ -210,10 +210,16 @@ class FrameStats:
             return None if self._heard_at is None else now - self._heard_at
 
     def finished(
-        self, now: float, latency_s: float, age_s: float | None, processing_s: float | None = None
+        self,
+        now: float,
+        latency_s: float,
+        age_s: float | None,
+        processing_s: float | None = None,
+        inference_s: float | None = None,
     ) -> None:
         """Count a processed frame: ``latency_s`` from arrival to publish, ``age_s`` from its header stamp,
-        ``processing_s`` from leaving the slot to publish (the latency less the wait in the slot)."""
+        ``processing_s`` from leaving the slot to publish (the latency less the wait in the slot),
+        ``inference_s`` the model runtime's call that computed it (of its whole batch)."""
         nan = float("nan")
         with self._lock:
             self.processed += 1
@@ -223,6 +229,7 @@ class FrameStats:
                     latency_s,
                     nan if age_s is None else age_s,
                     nan if processing_s is None else processing_s,
+                    nan if inference_s is None else inference_s,
                 )
             )
 
@@ -258,8 +265,9 @@ class FrameStats:
 
     def summary(self, now: float) -> dict[str, float]:
         """Rates (Hz) over the window: sent (received + lost), received, processed, idle, rejected;
-        latency, stamp-age and processing-time p50/p95 (ms) of the processed frames. In the first seconds
-        of listening the window is the time since the subscriptions were made."""
+        latency, stamp-age, processing-time and inference-time p50/p95 (ms) of the processed frames (the
+        rest of processing is decoding the image message, building and publishing the outputs). In the first
+        seconds of listening the window is the time since the subscriptions were made."""
         with self._lock:
             start = now - self.window_s
             if self._listening_since is not None and self._listening_since > start:
@@ -268,7 +276,7 @@ class FrameStats:
             arrivals = [n for t, n in self._arrivals if t >= start]
             idle = sum(1 for t in self._idle if t >= start)
             rejected = sum(1 for t in self._rejected if t >= start)
-            done = np.array([d for d in self._done if d[0] >= start], dtype=np.float64).reshape(-1, 4)
+            done = np.array([d for d in self._done if d[0] >= start], dtype=np.float64).reshape(-1, 5)
         out = {
             "input_rate_hz": sum(arrivals) / span,
             "received_rate_hz": len(arrivals) / span,
@@ -276,7 +284,7 @@ class FrameStats:
             "idle_rate_hz": idle / span,
             "rejected_rate_hz": rejected / span,
         }
-        for name, column in (("latency", 1), ("stamp_age", 2), ("processing", 3)):
+        for name, column in (("latency", 1), ("stamp_age", 2), ("processing", 3), ("inference", 4)):
             values = done[:, column]
             values = values[np.isfinite(values)]
             for q in (50, 95):

@@ -501,6 +501,7 @@ class McnNode(LifecycleNode):
         """One forward pass for the frames of ``members`` (cameras wanting ``tasks``), then publish each."""
         if len({order for *_, order in members}) > 1:  # the model runtime takes one colour order per call
             members = [(c, f, p if o == "rgb" else p[:, :, ::-1].copy(), "rgb") for c, f, p, o in members]
+        inference_started = monotonic()
         try:
             results = predictor.predict(
                 [pixels for _, _, pixels, _ in members],
@@ -521,6 +522,7 @@ class McnNode(LifecycleNode):
             for member in members:  # find the frame that fails; the others are still served
                 self._run_group(predictor, tasks, [member], settings, started)
             return
+        inference_s = monotonic() - inference_started
         self._batch_sizes[len(members)] += 1
         for (camera, frame, pixels, order), result in zip(members, results, strict=True):
             header = frame.message.header
@@ -531,7 +533,9 @@ class McnNode(LifecycleNode):
                     self._reject([camera], f"publishing failed: {error!r}")
                 continue
             now = monotonic()
-            camera.stats.finished(now, now - frame.received, self._stamp_age(header), now - started)
+            camera.stats.finished(
+                now, now - frame.received, self._stamp_age(header), now - started, inference_s
+            )
 
     def _stamp_age(self, header: Header) -> float | None:
         if header.stamp.sec == 0 and header.stamp.nanosec == 0:
