@@ -2,7 +2,8 @@
 
 Two processes (torch.multiprocessing spawn, torchrun's environment variables, a free MASTER_PORT per run)
 each call ``mcn_training.train.main``: a straight 4-step run, then a 2-step run (stopped mid-epoch) resumed
-to 4 steps. Both ranks must end with identical weights, and the resumed run with the straight run's.
+to 4 steps. Both ranks must end with identical weights, and the resumed run with the straight run's; the
+parameters (not only BatchNorm's running statistics, which change without learning) must have moved.
 """
 
 from __future__ import annotations
@@ -11,18 +12,21 @@ import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from mcn_training import train
+from mcn_training.checkpoints import parameter_digest
 from mcn_training.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "train" / "tiny_synthetic_test.yaml"
 WORLD_SIZE = 2
 KEYS = ("global_step", "epoch", "state_digest", "rank", "world_size", "interrupted", "last_metrics")
+PARAMS = ("params_start", "params_end")
 
 
 def free_port() -> int:
@@ -33,7 +37,16 @@ def free_port() -> int:
 
 
 def _worker(rank: int, ports: list[int], data: str, root: str) -> None:
-    """One rank: the environment torchrun would set, then three runs through train.main."""
+    """One rank: the environment torchrun would set, then three runs through train.main, each recording
+    the parameter_digest of its parameters as Trainer.fit starts and ends (this process only: spawned)."""
+    real_fit = train.Trainer.fit
+
+    def recording_fit(self: train.Trainer) -> dict[str, Any]:
+        start = parameter_digest(self.model_without_ddp)
+        summary = real_fit(self)
+        return {**summary, PARAMS[0]: start, PARAMS[1]: parameter_digest(self.model_without_ddp)}
+
+    train.Trainer.fit = recording_fit  # type: ignore[method-assign]
     os.environ.update(
         MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE)
     )
@@ -54,7 +67,7 @@ def _worker(rank: int, ports: list[int], data: str, root: str) -> None:
     for (tag, argv), port in zip(runs, ports, strict=True):
         os.environ["MASTER_PORT"] = str(port)
         summary = train.main(train.parse_args([*argv, *common]))
-        result = {key: summary[key] for key in KEYS}
+        result = {key: summary[key] for key in (*KEYS, *PARAMS)}
         Path(root, f"{tag}_rank{rank}.json").write_text(json.dumps(result))
 
 
@@ -74,12 +87,18 @@ def test_two_gloo_ranks_stay_identical_and_resume_exactly(tmp_path: Path) -> Non
         assert (r0["rank"], r1["rank"], r0["world_size"]) == (0, 1, 2)
         assert r0["state_digest"] == r1["state_digest"], f"{tag}: ranks ended with different weights"
         assert r0["global_step"] == r1["global_step"]
+        assert [r0[k] for k in PARAMS] == [r1[k] for k in PARAMS], f"{tag}: ranks' parameters differ"
     # 12 images / (2 ranks x 2 per rank) = 3 steps per epoch: part1 stops mid-epoch.
     assert result("part1", 0)["global_step"] == 2 and result("part1", 0)["epoch"] == pytest.approx(
         2 / 3, abs=1e-3
     )
     assert result("part2", 0)["global_step"] == 4
     assert result("part2", 0)["state_digest"] == result("straight", 0)["state_digest"]
+    # The parameters learned (moved in each part), part2 went on from part1's, and ended as the straight run.
+    straight, part1, part2 = (result(tag, 0) for tag in ("straight", "part1", "part2"))
+    assert straight["params_start"] == part1["params_start"] != part1["params_end"] == part2["params_start"]
+    assert part2["params_end"] == straight["params_end"] != part1["params_end"]
+    assert straight["params_end"] != straight["params_start"]
     # Metrics are gathered from both ranks' shards and identical everywhere.
     assert result("part2", 0)["last_metrics"] == result("part2", 1)["last_metrics"]
     assert result("part2", 0)["last_metrics"]["num_images"] == 4

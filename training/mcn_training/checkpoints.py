@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,8 +235,18 @@ def git_info() -> dict[str, Any]:
 
 def state_digest(model: nn.Module) -> str:
     """sha256 of every parameter and buffer (names, dtypes, bytes): equal digests mean equal weights."""
+    return _digest(model.state_dict().items())
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """sha256 of the parameters only (names, dtypes, bytes), not the buffers: BatchNorm's running
+    statistics change on every training forward, so only this digest shows whether a step learned."""
+    return _digest(model.named_parameters())
+
+
+def _digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(named, key=lambda item: item[0]):
         h.update(name.encode())
         h.update(str(tensor.dtype).encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
