@@ -118,18 +118,21 @@ def overhead_figures(predict: list[float], node: list[float], resamples: int = 2
     }
 
 
-def node_status(driver: Any) -> dict[str, str]:
-    """The latest key-values of the node's inference status on /diagnostics (kept up to date)."""
+def node_status(driver: Any) -> list[dict[str, str]]:
+    """A holder of the latest key-values of the node's inference status on /diagnostics, with the message's
+    stamp (``stamp_s``, when its statistics window ended): kept up to date, each message's values replacing
+    the last ones at once, so that one read of ``[0]`` is one message's."""
     from diagnostic_msgs.msg import DiagnosticArray
 
-    latest: dict[str, str] = {}
+    latest: list[dict[str, str]] = [{}]
 
     def record(message: Any) -> None:
         for status in message.status:
             if status.name.endswith(": inference"):
-                latest.update({kv.key: kv.value for kv in status.values})
+                values = {kv.key: kv.value for kv in status.values}
                 stamp = message.header.stamp
-                latest["stamp_s"] = str(stamp.sec + stamp.nanosec * 1e-9)  # when its window ended
+                values["stamp_s"] = str(stamp.sec + stamp.nanosec * 1e-9)
+                latest[0] = values
 
     driver.node.create_subscription(DiagnosticArray, "/diagnostics", record, 10)
     return latest
@@ -300,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(6.0)  # the warm-up's frames leave the node's 5 s statistics window
             predict_times, lockstep, ended = paired_times(driver, weights, image, args.frames, settings)
             time.sleep(1.5)  # the next /diagnostics: the window's last paired frames
-            processing_p50 = float(status.get("processing_p50_ms", "nan"))
-            in_node_p50 = float(status.get("latency_p50_ms", "nan"))
-            split = window_split(dict(status), predict_times, lockstep, ended)
+            snapshot = status[0]  # one message's values throughout
+            processing_p50 = float(snapshot.get("processing_p50_ms", "nan"))
+            in_node_p50 = float(snapshot.get("latency_p50_ms", "nan"))
+            split = window_split(snapshot, predict_times, lockstep, ended)
             window = driver.publish_for(args.seconds, 3_000_000_000)
             sustained = driver.measure(window, args.seconds)
         finally:

@@ -38,7 +38,7 @@ def ros() -> None:
 
 
 def _launch_missing(reason: str) -> NoReturn:
-    """:func:`_unavailable` for the launch tools."""
+    """:func:`needs.unavailable` for the launch tools."""
     unavailable(
         "MCN_REQUIRE_LAUNCH",
         f"the launch tools are required here: {reason}",

@@ -142,6 +142,8 @@ def test_typestore_hashes_are_the_generated_ones() -> None:
     for package in ("vision_msgs", "mcn_ros"):
         names = sorted(p.stem for p in message_dir(package).glob("*.msg"))
         if not any(message_dir(package).glob("*.json")):
+            if os.environ.get("ROS_DISTRO") == "humble":  # type descriptions and hashes came with Iron
+                pytest.skip("Humble generates no type descriptions, and its bags carry no type hashes")
             unavailable(
                 "MCN_REQUIRE_ROS",
                 f"{package} has no generated .json type descriptions: the bags' type hashes are unchecked",

@@ -536,21 +536,25 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
         c.subscribe("/diagnostics", DiagnosticArray)
         image = test_image(240, 320)
         assert c.publish_until(image_message(image, stamp=(1, 0)), lambda: bool(c.messages("detections")), 90)
-        # How long a frame takes here (one at a time, answered before the next): the burst below is paced by
-        # it, so that it outruns the node on a fast machine as on this slow one.
-        started = time.monotonic()
+        # How long the node takes for a frame here (its processing_p50_ms over a few frames sent one at a
+        # time): the burst below is paced by it, so that it outruns the node on a fast machine as on this one.
         for i in range(3):
             assert c.publish_until(
                 image_message(image, stamp=(1, 1 + i)),
                 lambda i=i: bool(c.stamped("detections", 1, 1 + i)),
                 30,
             )
-        per_frame = (time.monotonic() - started) / 3
+
+        def processing_s() -> float:
+            return float((diagnostics_values(c, node) or {}).get("processing_p50_ms", "nan")) / 1e3
+
+        assert c.wait_for(lambda: processing_s() > 0.0, 5.0)
+        per_frame = processing_s()
         before = settled_counts(c, node)
         assert before["received"] + before["lost"] == before["sent"]
 
         # Half back to back (more than the middleware delivers to a busy node: losses), half at four frames
-        # per frame processed, at most 50 Hz (slow enough that frames arrive while one is processed: drops).
+        # per frame processed, and at least 50 Hz (frames arrive while one is processed: drops).
         burst = 150
         interval = min(0.02, per_frame / 4)
         for i in range(burst):
@@ -609,7 +613,8 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
     assert delta["rejected"] == 0 and delta["idle"] == 0
     assert delta["dropped"] > 0, delta  # frames replaced in the slot while one was processed
     assert delta["lost"] > 0, delta  # frames that never reached the node's callback
-    assert delta["processed"] < burst // 4, delta
+    # The paced half alone offered four frames per frame processed (about 19 processed of its 75).
+    assert delta["processed"] < burst // 2, delta
     assert inactive["pending"] == 0 and inactive["received"] >= after["received"] + 2
     handled = ("processed", "dropped", "idle", "rejected")
     assert inactive["received"] == sum(inactive[k] for k in handled), inactive
