@@ -272,8 +272,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     titles = {
-        1: "Table 1 layout: all 80 COCO classes (5 occur in the synthetic data)",
-        2: "Table 2 layout: person only",
+        1: "Synthetic, after the paper's Table 1: all 80 COCO classes (5 occur in the synthetic data)",
+        2: "Synthetic, after the paper's Table 2: person only",
     }
     for table in (1, 2):
         rows = [r for r in result["rows"] if r["table"] == table]

@@ -9,10 +9,11 @@ containers only, no arbitrary unpickling). Usage::
 Source keys are renamed by ordered regular-expression rules (first match wins): the rules of
 ``--mapping`` (a YAML file ``{rules: [[pattern, replacement], ...], ignore: [pattern, ...]}``) first,
 then :data:`DEFAULT_RULES`, which cover CenterNet's heads (hm, wh, reg, hps, hm_hp, hp_offset), its DLA-34
-model (base, dla_up, ida_up) and its ResNet models (conv1, bn1, layer1-4, deconv_layers). Keys already
-named as ours are kept. Every source tensor must land on a model tensor of the same shape and every model
-tensor must be provided (BatchNorm's ``num_batches_tracked`` excepted); otherwise the conversion stops with
-a message naming the first offending key.
+model (base, dla_up, ida_up) and its ResNet-DCN models (conv1, bn1, layer1-4, deconv_layers; into a config
+with ``use_dcn: true``: its plain-ResNet models, msra_resnet, have another up-path and do not fit). Keys
+already named as ours are kept. Every source tensor must land on a model tensor of the same shape and every
+model tensor must be provided (BatchNorm's ``num_batches_tracked`` excepted); otherwise the conversion stops
+with a message naming the first offending key.
 
 Colour: CenterNet was trained on BGR images normalised with BGR statistics, our preprocessing feeds RGB
 normalised with the config's ``mean``/``std``. ``--source-color bgr`` (the default) therefore reverses the
