@@ -225,9 +225,11 @@ def test_augmented_dataset_samples(data: dict[str, Path]) -> None:
         assert int(item["mask"].sum()) == 0 or item["heatmap"].max() == 1.0
 
 
+@pytest.mark.parametrize("random_crop", [False, True], ids=["shift", "random_crop"])
 @pytest.mark.parametrize("seed", range(8))
-def test_augmentation_moves_box_mask_and_keypoints_together(seed: int) -> None:
-    """Random scale/shift/flip: the box bounds the mask and a keypoint stays on its marked pixels."""
+def test_augmentation_moves_box_mask_and_keypoints_together(seed: int, random_crop: bool) -> None:
+    """Random scale/shift (or CenterNet's random crop)/flip: the box bounds the mask and a keypoint stays on
+    its marked pixels."""
     torch.manual_seed(seed)
     image = np.full((50, 70, 3), 80, np.uint8)
     semantic = np.zeros((50, 70), np.uint8)
@@ -237,7 +239,8 @@ def test_augmentation_moves_box_mask_and_keypoints_together(seed: int) -> None:
     boxes = np.array([[20.0, 12.0, 41.0, 30.0]])
     kps = np.zeros((1, 17, 3), np.float32)
     kps[0, 1] = [25.5, 15.5, 2]
-    transform = MultitaskTransform((64, 96), (0.5,) * 3, (0.25,) * 3, AugmentConfig((0.7, 1.4), 0.25, 0.5))
+    augment = AugmentConfig((0.7, 1.4), 0.25, random_crop=random_crop)
+    transform = MultitaskTransform((64, 96), (0.5,) * 3, (0.25,) * 3, augment)
     out = transform(image, boxes, kps, semantic)
     assert out.semantic is not None and out.keypoints is not None
     ys, xs = torch.nonzero(out.semantic > 0, as_tuple=True)
@@ -292,6 +295,38 @@ def test_flip_mirrors_geometry_and_swaps_left_right() -> None:
     # The flipped box still encloses the flipped keypoints and the flipped object.
     _, xs = torch.nonzero(b.semantic == 1, as_tuple=True)
     assert b.boxes[0, 0] <= xs.min() and xs.max() + 1 <= b.boxes[0, 2]
+
+
+def test_random_crop_is_centernets() -> None:
+    """CenterNet's default crop: the image at its fit times 1 / f, f one of 0.6, 0.7, ..., 1.3, with the
+    input's centre on an image pixel at least the border (128 px, halved until it fits: 64 for a 200-px
+    side, 128 for 400) inside the image; every factor and the whole centre range turn up, and the same seed
+    gives the same crop."""
+    from mcn_training.transforms import CROP_WINDOW_FACTORS
+
+    h, w, H, W = 200, 400, 128, 128
+    image = np.zeros((h, w, 3), np.uint8)
+    transform = MultitaskTransform((H, W), (0.5,) * 3, (0.25,) * 3, AugmentConfig(random_crop=True))
+    fit = min(H / h, W / w)
+    factors, centres_x, centres_y = set(), [], []
+    for seed in range(400):
+        torch.manual_seed(seed)
+        box = transform(image, np.zeros((0, 4))).letterbox
+        factor = fit / box.scale_x
+        nearest = min(CROP_WINDOW_FACTORS, key=lambda f: abs(f - factor))
+        assert abs(nearest - factor) < 0.02, factor  # sizes are rounded to whole pixels
+        factors.add(nearest)
+        # The original point under the input's centre.
+        centres_x.append((W / 2 - box.pad_x) / box.scale_x)
+        centres_y.append((H / 2 - box.pad_y) / box.scale_y)
+    assert factors == set(CROP_WINDOW_FACTORS)
+    slack = 1 / min(fit / f for f in CROP_WINDOW_FACTORS)  # an offset rounded to a pixel of the input
+    assert 128 - slack <= min(centres_x) < 128 + 10 and w - 128 - 10 < max(centres_x) <= w - 128 + slack
+    assert 64 - slack <= min(centres_y) < 64 + 10 and h - 64 - 10 < max(centres_y) <= h - 64 + slack
+    torch.manual_seed(5)
+    first = transform(image, np.zeros((0, 4))).letterbox
+    torch.manual_seed(5)
+    assert transform(image, np.zeros((0, 4))).letterbox == first
 
 
 def test_augment_config_validates() -> None:

@@ -1,7 +1,8 @@
 """Geometric and photometric transforms of one training sample (image, boxes, keypoints, semantic map).
 
-Training (``AugmentConfig``): CenterNet-style random scale and shift with a crop to the network input,
-horizontal flip (left/right keypoints swapped with :data:`mcn_ros.model.labels.FLIP_PAIRS`) and colour jitter.
+Training (``AugmentConfig``): a random scale and shift with a crop to the network input (or CenterNet's
+default random crop, ``random_crop``), horizontal flip (left/right keypoints swapped with
+:data:`mcn_ros.model.labels.FLIP_PAIRS`) and colour jitter.
 Evaluation (``augment=None``): the model's letterbox only (:func:`mcn_ros.model.preprocess.letterbox_for` and
 the model's own :func:`~mcn_ros.model.preprocess.preprocess` for the pixels), so that coordinates and pixels
 agree with inference exactly.
@@ -35,6 +36,11 @@ from torchvision.transforms.v2 import functional as TF
 from mcn_ros.model.labels import NUM_KEYPOINTS, flip_permutation
 from mcn_ros.model.preprocess import Letterbox, letterbox_for, pixel_cells, preprocess, resized_size
 
+#: CenterNet's random crop: the window-size factors it draws from (``np.arange(0.6, 1.4, 0.1)``) ...
+CROP_WINDOW_FACTORS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+#: ... and the border, in original pixels, that the window's centre keeps from the image's edges.
+CROP_BORDER = 128
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -53,6 +59,10 @@ class AugmentConfig:
     contrast: float = 0.4
     saturation: float = 0.4
     hue: float = 0.0
+    #: CenterNet's default (``not_rand_crop`` off) instead of ``scale_range`` and ``shift``: the image at its
+    #: fit times 1 / f, f drawn from 0.6, 0.7, ..., 1.3, the input's centre on an image point drawn anywhere
+    #: :data:`CROP_BORDER` pixels (halved until they fit) inside the image. Default false.
+    random_crop: bool = False
 
     def __post_init__(self) -> None:
         lo, hi = (float(v) for v in self.scale_range)
@@ -132,10 +142,17 @@ class MultitaskTransform:
             flip = False
         else:
             fit = min(H / h, W / w)
-            scale = fit * float(torch.empty(()).uniform_(*aug.scale_range))
-            new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-            ox = self._offset(W, new_w, aug.shift)
-            oy = self._offset(H, new_h, aug.shift)
+            if aug.random_crop:
+                factor = CROP_WINDOW_FACTORS[int(torch.randint(len(CROP_WINDOW_FACTORS), ()))]
+                scale = fit / factor
+                new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+                ox = self._crop_offset(W, w, new_w)
+                oy = self._crop_offset(H, h, new_h)
+            else:
+                scale = fit * float(torch.empty(()).uniform_(*aug.scale_range))
+                new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+                ox = self._offset(W, new_w, aug.shift)
+                oy = self._offset(H, new_h, aug.shift)
             box = Letterbox(new_w / w, new_h / h, float(ox), float(oy))
             flip = bool(torch.rand(()) < aug.flip_prob)
 
@@ -188,6 +205,17 @@ class MultitaskTransform:
             if flip:
                 sem = sem.flip(-1)  # cell j <-> cell W/s - 1 - j is exactly the mirror x -> W - x
         return Sample(pixels.contiguous(), out_boxes, out_kps, sem, box, flip)
+
+    @staticmethod
+    def _crop_offset(size: int, original: int, new: int) -> int:
+        """Position of a ``new``-pixel image (``original`` pixels before scaling) on a ``size``-pixel canvas
+        whose centre falls on an original pixel drawn at least :data:`CROP_BORDER` pixels from the image's
+        edges, the border halved until a pixel remains (CenterNet's ``_get_border``)."""
+        border = CROP_BORDER
+        while original - border <= border:  # ends at 0 at the latest (original >= 1)
+            border //= 2
+        centre = int(torch.randint(border, original - border, ()))
+        return math.floor(size / 2 - (centre + 0.5) * new / original + 0.5)
 
     @staticmethod
     def _offset(size: int, new: int, shift: float) -> int:
