@@ -329,8 +329,46 @@ def test_random_crop_is_centernets() -> None:
     assert transform(image, np.zeros((0, 4))).letterbox == first
 
 
+def test_lighting_shifts_each_image_along_the_principal_colours() -> None:
+    """Lighting noise (AlexNet's PCA colour augmentation, CenterNet's 0.1): the same geometry as without it,
+    the image's colours moved by one shift for the whole image along ImageNet's principal colour components,
+    the padding (the mean colour) left alone."""
+    from mcn_training.transforms import IMAGENET_PCA_EIGENVALUES, IMAGENET_PCA_EIGENVECTORS
+
+    image = (np.random.default_rng(0).random((30, 90, 3)) * 255).astype(np.uint8)  # 32x96 of 64x96: padded
+    quiet = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "flip_prob": 0.0}
+    std = (0.25, 0.2, 0.3)
+    plain = MultitaskTransform((64, 96), (0.5,) * 3, std, AugmentConfig((1.0, 1.0), 0.0, **quiet))
+    lit = MultitaskTransform((64, 96), (0.5,) * 3, std, AugmentConfig((1.0, 1.0), 0.0, lighting=0.1, **quiet))
+    torch.manual_seed(3)
+    a = plain(image, np.zeros((0, 4)))
+    torch.manual_seed(3)
+    b = lit(image, np.zeros((0, 4)))
+    assert a.letterbox == b.letterbox
+    x0, y0 = int(b.letterbox.pad_x), int(b.letterbox.pad_y)
+    new_h, new_w = round(30 * b.letterbox.scale_y), round(90 * b.letterbox.scale_x)
+    assert new_h < 64  # some padding to leave alone
+    inside = (slice(None), slice(y0, y0 + new_h), slice(x0, x0 + new_w))
+    shift = (b.image - a.image)[inside] * torch.tensor(std).view(3, 1, 1)  # in [0, 1] colour units
+    per_channel = shift.flatten(1).mean(dim=1)
+    torch.testing.assert_close(shift, per_channel.view(3, 1, 1).expand_as(shift), atol=1e-5, rtol=0)
+    assert per_channel.abs().max() > 1e-4  # it moved
+    # Along the principal components: the shift's coordinates in the eigenvector basis, over the
+    # eigenvalues, are the (small) normal draws.
+    vectors = torch.tensor(IMAGENET_PCA_EIGENVECTORS)
+    draws = torch.linalg.solve(vectors, per_channel) / torch.tensor(IMAGENET_PCA_EIGENVALUES)
+    assert draws.abs().max() < 0.6  # 6 standard deviations of 0.1
+    outside = torch.ones_like(b.image, dtype=torch.bool)
+    outside[inside] = False
+    assert torch.equal(b.image[outside], a.image[outside])
+    torch.manual_seed(4)
+    assert not torch.equal(lit(image, np.zeros((0, 4))).image, b.image)  # a new shift per image
+
+
 def test_augment_config_validates() -> None:
     with pytest.raises(ValueError, match="scale_range"):
         AugmentConfig(scale_range=(1.5, 0.5))
     with pytest.raises(ValueError, match="flip_prob"):
         AugmentConfig(flip_prob=2.0)
+    with pytest.raises(ValueError, match="lighting"):
+        AugmentConfig(lighting=-0.1)

@@ -36,6 +36,15 @@ from torchvision.transforms.v2 import functional as TF
 from mcn_ros.model.labels import NUM_KEYPOINTS, flip_permutation
 from mcn_ros.model.preprocess import Letterbox, letterbox_for, pixel_cells, preprocess, resized_size
 
+#: Principal components of ImageNet's RGB pixel colours (in [0, 1]) for AlexNet-style lighting noise, the
+#: values fb.resnet.torch publishes (CenterNet's own, BGR-ordered, differ slightly): the eigenvalues and the
+#: eigenvectors (columns), for ``lighting``.
+IMAGENET_PCA_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+IMAGENET_PCA_EIGENVECTORS = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
 #: CenterNet's random crop: the window-size factors it draws from (``np.arange(0.6, 1.4, 0.1)``) ...
 CROP_WINDOW_FACTORS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 #: ... and the border, in original pixels, that the window's centre keeps from the image's edges.
@@ -63,6 +72,10 @@ class AugmentConfig:
     #: fit times 1 / f, f drawn from 0.6, 0.7, ..., 1.3, the input's centre on an image point drawn anywhere
     #: :data:`CROP_BORDER` pixels (halved until they fit) inside the image. Default false.
     random_crop: bool = False
+    #: Lighting noise (AlexNet's PCA colour augmentation, in CenterNet's default colour augmentation with
+    #: 0.1): each image's colours shifted along ImageNet's principal colour components by normal draws of
+    #: this standard deviation times their eigenvalues. 0 = off. Default 0.
+    lighting: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = (float(v) for v in self.scale_range)
@@ -75,6 +88,8 @@ class AugmentConfig:
         for name in ("brightness", "contrast", "saturation"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.lighting < math.inf:
+            raise ValueError(f"lighting: expected a standard deviation >= 0, got {self.lighting!r}")
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"hue: expected a value in [0, 0.5], got {self.hue!r}")
         object.__setattr__(self, "scale_range", (lo, hi))
@@ -122,6 +137,8 @@ class MultitaskTransform:
                 augment.brightness, augment.contrast, augment.saturation, augment.hue
             )
         self._flip_perm = torch.tensor(flip_permutation())
+        self._pca_values = torch.tensor(IMAGENET_PCA_EIGENVALUES)
+        self._pca_vectors = torch.tensor(IMAGENET_PCA_EIGENVECTORS)
 
     def __call__(
         self,
@@ -180,6 +197,9 @@ class MultitaskTransform:
             if self._jitter is not None:
                 img = self._jitter(img)
             mean = torch.tensor(self.mean).view(3, 1, 1)
+            if aug.lighting > 0:  # one colour shift for the whole image, in [0, 1] units (not clipped)
+                alpha = torch.randn(3) * aug.lighting
+                mean = mean - (self._pca_vectors @ (alpha * self._pca_values)).view(3, 1, 1)
             std = torch.tensor(self.std).view(3, 1, 1)
             normalised = tv_tensors.Image((img.float() / 255.0 - mean) / std)
             pixels = TF.crop(normalised, **crop).as_subclass(Tensor)  # padding 0 = the mean colour
