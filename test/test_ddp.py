@@ -12,21 +12,19 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from traintools import PARAMS, fit_recording_parameters
 
 from mcn_training import train
-from mcn_training.checkpoints import parameter_digest
 from mcn_training.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "train" / "tiny_synthetic_test.yaml"
 WORLD_SIZE = 2
 KEYS = ("global_step", "epoch", "state_digest", "rank", "world_size", "interrupted", "last_metrics")
-PARAMS = ("params_start", "params_end")
 
 
 def free_port() -> int:
@@ -39,14 +37,7 @@ def free_port() -> int:
 def _worker(rank: int, ports: list[int], data: str, root: str) -> None:
     """One rank: the environment torchrun would set, then three runs through train.main, each recording
     the parameter_digest of its parameters as Trainer.fit starts and ends (this process only: spawned)."""
-    real_fit = train.Trainer.fit
-
-    def recording_fit(self: train.Trainer) -> dict[str, Any]:
-        start = parameter_digest(self.model_without_ddp)
-        summary = real_fit(self)
-        return {**summary, PARAMS[0]: start, PARAMS[1]: parameter_digest(self.model_without_ddp)}
-
-    train.Trainer.fit = recording_fit  # type: ignore[method-assign]
+    train.Trainer.fit = fit_recording_parameters()  # type: ignore[method-assign]
     os.environ.update(
         MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE)
     )

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 import torch
+from traintools import fit_recording_parameters
 
 from mcn_ros.model.weights import load_weights
 from mcn_training import evaluate as evaluate_cli
 from mcn_training import export as export_cli
 from mcn_training import train
-from mcn_training.checkpoints import parameter_digest
 from mcn_training.config import TrainConfigError, load_train_config
 from mcn_training.errors import TrainError
 from mcn_training.sampling import train_loader
@@ -55,18 +55,10 @@ def base_args(data: Path, out: Path, *overrides: str) -> list[str]:
 
 @contextmanager
 def parameters_recorded() -> Iterator[None]:
-    """Inside, every run summary also holds ``params_start`` and ``params_end``: the parameter_digest of
-    the model as Trainer.fit starts (fresh or resumed) and ends. Parameters only: state_digest includes
-    BatchNorm's running statistics, which change on every forward even where a step learns nothing."""
-    real_fit = train.Trainer.fit
-
-    def recording_fit(self: train.Trainer) -> dict[str, Any]:
-        start = parameter_digest(self.model_without_ddp)
-        summary = real_fit(self)
-        return {**summary, "params_start": start, "params_end": parameter_digest(self.model_without_ddp)}
-
+    """Inside, every run summary also holds ``params_start`` and ``params_end``
+    (:func:`traintools.fit_recording_parameters`)."""
     with pytest.MonkeyPatch.context() as patch:  # its own: a test's monkeypatch.undo() leaves it
-        patch.setattr(train.Trainer, "fit", recording_fit)
+        patch.setattr(train.Trainer, "fit", fit_recording_parameters())
         yield
 
 
