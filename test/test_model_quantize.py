@@ -53,8 +53,26 @@ def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Pat
     assert "calibrated on 6 images (1 unreadable, skipped)" in printed
     graph = onnx.load(str(graph_path))
     ops = {node.op_type for node in graph.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "DepthToSpace"} <= ops
-    assert "ConvTranspose" not in ops  # no int8 kernel in ONNX Runtime: the up-path runs as convs
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    # No int8 transposed conv in ONNX Runtime: the up-path runs as int8 convs with their ReLUs fused and a
+    # pixel shuffle of reshapes and transposes (no float DepthToSpace, no float ReLU after it).
+    assert not ops & {"ConvTranspose", "DepthToSpace", "Relu"}, ops
+    # Each shuffle step reads a dequantised tensor and is quantised again with the same scale and zero
+    # point: ONNX Runtime drops the pair and moves the uint8 values.
+    consumers: dict[str, list[str]] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    producer_of = {output: node for node in graph.graph.node for output in node.output}
+    shuffle = [node for node in graph.graph.node if node.op_type in ("Reshape", "Transpose")]
+    assert len(shuffle) >= 3 * 3, [node.name for node in shuffle]  # 3 upsamplings, 3 steps each at least
+    for node in shuffle:
+        before = producer_of[node.input[0]]
+        assert before.op_type == "DequantizeLinear" and consumers[node.output[0]] == ["QuantizeLinear"], node
+        after = next(
+            n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == node.output[0]
+        )
+        assert list(after.input[1:]) == list(before.input[1:]), node.name
     # The heads' last convs write the outputs in float (a quantised output keeps ~200 values: ties, steps):
     # a float conv on a dequantised int8 activation, with float weights; the convs before them are int8.
     outputs = {output.name for output in graph.graph.output}
@@ -177,10 +195,13 @@ def test_validation_scores_fp32_and_int8_with_pycocotools(
         assert 0 < scored[kind]["mIoU"] <= 100  # background is found even by a random model
 
 
-@pytest.mark.parametrize(("bias", "norm"), [(False, True), (True, True), (True, False)])
-def test_subpixel_upsample_is_the_transposed_conv(bias: bool, norm: bool) -> None:
+@pytest.mark.parametrize(
+    ("bias", "norm", "relu"),
+    [(False, True, False), (True, True, False), (True, False, False), (False, True, True)],
+)
+def test_subpixel_upsample_is_the_transposed_conv(bias: bool, norm: bool, relu: bool) -> None:
     """A 3x3 conv to 4x the channels + pixel shuffle computes the stride-2 4x4 transposed conv (and its
-    BatchNorm), borders included, on a non-square map."""
+    BatchNorm, and the ReLU after them), borders included, on a non-square map."""
     torch.manual_seed(4)
     up = torch.nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1, bias=bias)
     bn = torch.nn.BatchNorm2d(5).eval()
@@ -192,7 +213,8 @@ def test_subpixel_upsample_is_the_transposed_conv(bias: bool, norm: bool) -> Non
     x = torch.randn(2, 6, 5, 7)
     with torch.no_grad():
         want = bn(up(x)) if norm else up(x)
-        got = SubPixelUpsample(up, bn if norm else None)(x)
+        want = want.relu() if relu else want
+        got = SubPixelUpsample(up, bn if norm else None, relu)(x)
     assert got.shape == (2, 5, 10, 14)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="stride-2 4x4"):
@@ -208,6 +230,8 @@ def test_the_model_with_subpixel_upsampling_computes_the_same(tmp_path: Path) ->
     converted = with_subpixel_upsampling(model)
     kinds = [type(m) for m in converted.modules()]
     assert torch.nn.ConvTranspose2d not in kinds and SubPixelUpsample in kinds
+    upsamplings = [m for m in converted.modules() if isinstance(m, SubPixelUpsample)]
+    assert all(m.relu for m in upsamplings)  # each took the BatchNorm and the ReLU after it
     assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()), "the original is unchanged"
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():

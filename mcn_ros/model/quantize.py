@@ -180,14 +180,24 @@ def float_tail_nodes(graph: Any) -> list[str]:
 
 
 class SubPixelUpsample(nn.Module):
-    """A stride-2 4x4 transposed conv (padding 1), optionally with the BatchNorm after it, as one 3x3 conv
-    to 4x the channels and a pixel shuffle: the same maths (each output phase's 2x2 taps, zeros elsewhere).
+    """A stride-2 4x4 transposed conv (padding 1), optionally with the BatchNorm and the ReLU after it, as
+    one 3x3 conv to 4x the channels (and the ReLU) then a pixel shuffle: the same maths (each output
+    phase's 2x2 taps, zeros elsewhere; the ReLU, elementwise, commutes with the shuffle).
 
     ONNX Runtime has no int8 transposed conv: in a quantised graph the up-path's ConvTransposes ran in
-    float between a dequantise and a quantise; as convs they run in int8.
+    float between a dequantise and a quantise; as convs they run in int8. The conv's channels are phase
+    major (phase 2 * row parity + column parity, then channel), so that in ONNX Runtime's channels-last int8
+    layout the shuffle is one move of the row-parity axis; it is written as transposes to and from channels
+    last around that move, which ONNX Runtime cancels against its own layout transposes, and as reshapes and
+    a transpose, which the quantiser keeps in uint8. With the ReLU before the shuffle it is fused into the
+    int8 conv. Measured on the 512 model at 512x384 on 2 cores, the two graphs' sessions timed in turn:
+    with ONNX's DepthToSpace after the conv (run in float between a dequantise and a quantise, the ReLU
+    after it in float too) 32.7 ms per forward, this way 30.3 ms.
     """
 
-    def __init__(self, up: nn.ConvTranspose2d, norm: nn.BatchNorm2d | None = None) -> None:
+    def __init__(
+        self, up: nn.ConvTranspose2d, norm: nn.BatchNorm2d | None = None, relu: bool = False
+    ) -> None:
         super().__init__()
         if not subpixel_convertible(up):
             raise ValueError(f"not a stride-2 4x4 transposed conv with padding 1: {up}")
@@ -204,7 +214,7 @@ class SubPixelUpsample(nn.Module):
             if norm.bias is not None:
                 shift = shift + norm.bias.detach()
             bias = bias * scale + shift
-        kernel = torch.zeros(c_out, 4, c_in, 3, 3, dtype=weight.dtype)
+        kernel = torch.zeros(4, c_out, c_in, 3, 3, dtype=weight.dtype)
         for phase_y in range(2):
             for phase_x in range(2):
                 for dy in range(3):
@@ -212,15 +222,23 @@ class SubPixelUpsample(nn.Module):
                         # Output row 2m + phase_y reads input row m + dy - 1 through kernel row ky.
                         ky, kx = phase_y + 3 - 2 * dy, phase_x + 3 - 2 * dx
                         if 0 <= ky < 4 and 0 <= kx < 4:
-                            kernel[:, 2 * phase_y + phase_x, :, dy, dx] = weight[:, :, ky, kx].T
+                            kernel[2 * phase_y + phase_x, :, :, dy, dx] = weight[:, :, ky, kx].T
+        self.relu = relu
         self.conv = nn.Conv2d(c_in, 4 * c_out, 3, padding=1)
         with torch.no_grad():
-            self.conv.weight.copy_((kernel * scale.view(-1, 1, 1, 1, 1)).reshape(4 * c_out, c_in, 3, 3))
+            self.conv.weight.copy_((kernel * scale.view(1, -1, 1, 1, 1)).reshape(4 * c_out, c_in, 3, 3))
             assert self.conv.bias is not None
-            self.conv.bias.copy_(bias.repeat_interleave(4))
+            self.conv.bias.copy_(bias.repeat(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(self.conv(x), 2)
+        y = self.conv(x)
+        if self.relu:
+            y = F.relu(y)
+        b, phases, h, w = y.shape
+        c = phases // 4
+        # [B, H, W, (row parity, column parity, C)] -> [B, H, row parity, W, (column parity, C)]
+        y = y.permute(0, 2, 3, 1).reshape(b, h, w, 2, 2 * c).transpose(2, 3)
+        return y.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 def subpixel_convertible(up: nn.Module) -> bool:
@@ -233,20 +251,26 @@ def subpixel_convertible(up: nn.Module) -> bool:
 
 
 def with_subpixel_upsampling(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (in eval mode) whose stride-2 transposed convs, with the BatchNorm that follows
-    one in an ``nn.Sequential``, are :class:`SubPixelUpsample` modules (``model`` unchanged)."""
+    """A copy of ``model`` (in eval mode) whose stride-2 transposed convs, with the BatchNorm and then the
+    ReLU that follow one in an ``nn.Sequential``, are :class:`SubPixelUpsample` modules (``model``
+    unchanged)."""
     converted = copy.deepcopy(model).eval()
     for sequence in [m for m in converted.modules() if isinstance(m, nn.Sequential)]:
         layers = list(sequence)
         for i, layer in enumerate(layers):
             if not subpixel_convertible(layer):
                 continue
-            norm = layers[i + 1] if i + 1 < len(layers) else None
+            after = i + 1
+            norm = layers[after] if after < len(layers) else None
             if isinstance(norm, nn.BatchNorm2d):
-                sequence[i + 1] = nn.Identity()
+                sequence[after] = nn.Identity()
+                after += 1
             else:
                 norm = None
-            sequence[i] = SubPixelUpsample(layer, norm)  # type: ignore[arg-type]
+            relu = after < len(layers) and type(layers[after]) is nn.ReLU
+            if relu:
+                sequence[after] = nn.Identity()
+            sequence[i] = SubPixelUpsample(layer, norm, relu)  # type: ignore[arg-type]
     return converted
 
 
