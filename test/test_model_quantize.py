@@ -15,6 +15,7 @@ from nodetools import camera_frames, make_weights
 
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.quantize import (
+    ChannelsLastOutput,
     QuantizeError,
     SubPixelUpsample,
     default_int8_path,
@@ -23,6 +24,7 @@ from mcn_ros.model.quantize import (
     main,
     model_fingerprint,
     network_input,
+    with_channels_last_outputs,
     with_subpixel_upsampling,
 )
 from mcn_ros.model.weights import load_weights
@@ -74,19 +76,30 @@ def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Pat
         )
         assert list(after.input[1:]) == list(before.input[1:]), node.name
     # The heads' last convs write the outputs in float (a quantised output keeps ~200 values: ties, steps):
-    # a float conv on a dequantised int8 activation, with float weights; the convs before them are int8.
+    # a float matrix product over the channels of a dequantised int8 activation, plus the bias, written
+    # channels-last (the metadata says so, and the backend hands decoding NCHW-shaped views); the convs before
+    # them are int8.
     outputs = {output.name for output in graph.graph.output}
     producers = {node.output[0]: node for node in graph.graph.node}
     initialisers = {tensor.name: tensor for tensor in graph.graph.initializer}
-    for name in outputs:
-        last = producers[name]
-        assert last.op_type == "Conv", (name, last.op_type)
-        assert producers[last.input[0]].op_type == "DequantizeLinear", name
-        assert initialisers[last.input[1]].data_type == onnx.TensorProto.FLOAT, name
+    metadata = {prop.key: prop.value for prop in graph.metadata_props}
+    assert sorted(metadata["mcn_channels_last_outputs"].split(",")) == sorted(outputs)
+    model, _, _ = load_weights(weights)
+    with torch.inference_mode():
+        channels = {name: value.shape[1] for name, value in model.eval()(torch.zeros(1, 3, 64, 64)).items()}
+    for output in graph.graph.output:
+        add = producers[output.name]
+        assert add.op_type == "Add", (output.name, add.op_type)
+        (bias,) = (initialisers[name] for name in add.input if name in initialisers)
+        assert bias.data_type == onnx.TensorProto.FLOAT, output.name
+        product = next(producers[name] for name in add.input if name not in initialisers)
+        assert product.op_type == "MatMul", (output.name, product.op_type)
+        assert producers[product.input[0]].op_type == "DequantizeLinear", output.name
+        assert initialisers[product.input[1]].data_type == onnx.TensorProto.FLOAT, output.name
+        dims = output.type.tensor_type.shape.dim
+        assert [d.dim_value for d in dims][3] == channels[output.name], (output.name, dims)  # [B, H, W, C]
     int8_weights = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) > len(outputs)
-    metadata = {prop.key: prop.value for prop in graph.metadata_props}
-    model, _, _ = load_weights(weights)
     assert metadata["mcn_precision"] == "int8"
     assert metadata["mcn_model_sha256"] == model_fingerprint(model)
     assert json.loads(metadata["mcn_calibration"])["images"] == 6
@@ -105,6 +118,8 @@ def test_int8_runs_close_to_fp32_and_only_the_asked_heads(quantised: tuple[Path,
     batch = torch.from_numpy(np.concatenate([network_input(cv2.imread(str(p)), int8.config) for p in frames]))
     want, got = fp32.forward(batch, fp32.tasks), int8.forward(batch, int8.tasks)
     assert sorted(got) == sorted(want)
+    for name in want:  # the graph writes them channels-last: NCHW-shaped views of that, as fp32's shapes
+        assert got[name].shape == want[name].shape and got[name].permute(0, 2, 3, 1).is_contiguous(), name
     for name in want:
         error = float((got[name] - want[name]).norm() / want[name].norm())
         assert error < 0.1, (name, error)  # int8 rounding, not another model
@@ -221,18 +236,33 @@ def test_subpixel_upsample_is_the_transposed_conv(bias: bool, norm: bool, relu: 
         SubPixelUpsample(torch.nn.ConvTranspose2d(6, 5, 3, stride=2, padding=1))
 
 
-def test_the_model_with_subpixel_upsampling_computes_the_same(tmp_path: Path) -> None:
+def test_channels_last_output_is_the_1x1_conv() -> None:
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(6, 5, 1)
+    x = torch.randn(2, 6, 5, 7)
+    with torch.no_grad():
+        got = ChannelsLastOutput(conv)(x)
+        torch.testing.assert_close(got, conv(x), rtol=1e-5, atol=1e-6)
+    assert got.shape == (2, 5, 5, 7) and got.permute(0, 2, 3, 1).is_contiguous()
+    with pytest.raises(ValueError, match="1x1"):
+        ChannelsLastOutput(torch.nn.Conv2d(6, 5, 3))
+
+
+def test_the_model_as_the_int8_graph_exports_it_computes_the_same(tmp_path: Path) -> None:
+    """Sub-pixel upsampling and channels-last output products: the same outputs as the model's own."""
     model, config, _ = load_weights(make_weights(tmp_path / "m.safetensors", use_dcn=False))
     for module in model.modules():  # BatchNorms that do something
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0, 0.1)
             module.running_var.uniform_(0.5, 2.0)
-    converted = with_subpixel_upsampling(model)
+    converted = with_channels_last_outputs(with_subpixel_upsampling(model))
     kinds = [type(m) for m in converted.modules()]
     assert torch.nn.ConvTranspose2d not in kinds and SubPixelUpsample in kinds
     upsamplings = [m for m in converted.modules() if isinstance(m, SubPixelUpsample)]
     assert all(m.relu for m in upsamplings)  # each took the BatchNorm and the ReLU after it
+    assert kinds.count(ChannelsLastOutput) == len(model(torch.zeros(1, 3, 64, 64), config.tasks))
     assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()), "the original is unchanged"
+    assert ChannelsLastOutput not in [type(m) for m in model.modules()]
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         want, got = model.eval()(x, config.tasks), converted(x, config.tasks)

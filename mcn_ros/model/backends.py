@@ -28,6 +28,16 @@ from mcn_ros.model.mcn import check_input_batch, resolve_tasks
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 #: ONNX opset of the export.
 ONNX_OPSET = 17
+#: Metadata key of an int8 graph: its outputs written channels-last ([B, H, W, C]), comma-separated.
+CHANNELS_LAST_OUTPUTS = "mcn_channels_last_outputs"
+
+
+def channels_last_outputs(graph: Any) -> frozenset[str]:
+    """The outputs of ``graph`` (a ModelProto) that :data:`CHANNELS_LAST_OUTPUTS` names."""
+    for prop in graph.metadata_props:
+        if prop.key == CHANNELS_LAST_OUTPUTS:
+            return frozenset(name for name in prop.value.split(",") if name)
+    return frozenset()
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:
@@ -197,6 +207,7 @@ class OnnxRuntimeForward:
         self.model = model
         self.config = config
         self.graph = graph
+        self.channels_last = frozenset() if graph is None else channels_last_outputs(graph)
         self.threads = threads or torch.get_num_threads()
         self._sessions: dict[frozenset[str], tuple[Any, tuple[str, ...]]] = {}
         self._making = threading.Lock()
@@ -220,9 +231,15 @@ class OnnxRuntimeForward:
             return self._sessions[asked]
 
     def __call__(self, images: Tensor, tasks: Collection[str] | None) -> dict[str, Tensor]:
-        """Raw float32 outputs for a normalised CPU batch [B, 3, H, W] (H, W multiples of 32)."""
+        """Raw float32 outputs for a normalised CPU batch [B, 3, H, W] (H, W multiples of 32), [B, C, H, W]
+        each (a channels-last view of an output the graph writes channels-last)."""
         check_input_batch(images)  # the exported graph no longer checks the shape
         session, names = self.session(tasks)
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         outputs = session.run(list(names), {"images": array})
-        return {name: torch.from_numpy(value) for name, value in zip(names, outputs, strict=True)}
+        return {
+            name: torch.from_numpy(value).permute(0, 3, 1, 2)
+            if name in self.channels_last
+            else torch.from_numpy(value)
+            for name, value in zip(names, outputs, strict=True)
+        }
