@@ -272,14 +272,15 @@ def test_the_model_as_the_int8_graph_exports_it_computes_the_same(tmp_path: Path
 
 def test_the_heads_last_convs_stay_float_behind_slices_and_resizes(tmp_path: Path) -> None:
     """The lighter configs' heads share one 1x1 conv per task, sliced into its outputs, and a segmentation
-    at stride 2 is resized from its conv: those convs stay in float too (only the nodes writing an output
+    at stride 2 is resized from its conv: those convs stay float NCHW convs, not channels-last products (only
+    a conv writing an output as it is becomes one), and stay in float too (only the nodes writing an output
     did, Slice and Resize, so the convs were quantised and a heatmap, sizes and offsets shared one range)."""
     import dataclasses
 
-    from mcn_ros.model.backends import export_onnx
+    from mcn_ros.model.backends import CHANNELS_LAST_OUTPUTS, OnnxRuntimeForward
     from mcn_ros.model.config import ModelConfig
     from mcn_ros.model.mcn import MultitaskCenterNet
-    from mcn_ros.model.quantize import quantize_onnx
+    from mcn_ros.model.quantize import quantize_graph
 
     config = ModelConfig.from_yaml(
         Path(__file__).parents[1] / "config/models/resnet18_det80_seg80_pose_light_512.yaml"
@@ -288,13 +289,16 @@ def test_the_heads_last_convs_stay_float_behind_slices_and_resizes(tmp_path: Pat
     segmentation = dataclasses.replace(config.segmentation, output_stride=2)
     config = dataclasses.replace(config, input_size=(64, 64), segmentation=segmentation)
     torch.manual_seed(0)
-    data, _ = export_onnx(MultitaskCenterNet(config).eval(), config.tasks)
-    source, target = tmp_path / "light.onnx", tmp_path / "light.int8.onnx"
-    source.write_bytes(data)
+    model = MultitaskCenterNet(config).eval()
     rng = np.random.default_rng(0)
-    feeds = iter([{"images": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)} for _ in range(2)])
-    quantize_onnx(source, target, feeds)
-    graph = onnx.load(str(target)).graph
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"frame{i}.png")
+        cv2.imwrite(str(files[-1]), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    model_proto, read = quantize_graph(model, config, files)
+    assert read == 2
+    assert {p.key: p.value for p in model_proto.metadata_props}[CHANNELS_LAST_OUTPUTS] == ""
+    graph = model_proto.graph
     producers = {output: node for node in graph.node for output in node.output}
     initialisers = {tensor.name: tensor for tensor in graph.initializer}
     tails = {}
@@ -306,6 +310,91 @@ def test_the_heads_last_convs_stay_float_behind_slices_and_resizes(tmp_path: Pat
         assert initialisers[node.input[1]].data_type == onnx.TensorProto.FLOAT, output.name
         tails[output.name] = node.name
     assert len(set(tails.values())) < len(tails), "some outputs share a conv (the lighter heads)"
+    outputs = OnnxRuntimeForward(model, config, graph=model_proto)(torch.zeros(1, 3, 64, 96), config.tasks)
+    with torch.inference_mode():
+        want = model(torch.zeros(1, 3, 64, 96), config.tasks)
+    for name, value in outputs.items():
+        assert value.shape == want[name].shape and value.is_contiguous(), name  # written NCHW
+
+
+def test_float_tail_runs_back_through_the_channels_last_product() -> None:
+    """ChannelsLastOutput's export (matrix product, bias add, transpose to NCHW) stays float back to the
+    product; an add of two activations is no bias: the walk stops there."""
+    from onnx import TensorProto, helper
+
+    from mcn_ros.model.quantize import float_tail_nodes
+
+    bias = helper.make_tensor("bias", TensorProto.FLOAT, [3], [0.0, 1.0, 2.0])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["product"], name="product"),
+        helper.make_node("Add", ["bias", "product"], ["biased"], name="bias_add"),
+        helper.make_node("Transpose", ["biased"], ["out"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Relu", ["x"], ["a"], name="relu"),
+        helper.make_node("Add", ["a", "x"], ["sum"], name="sum"),
+        helper.make_node("Transpose", ["sum"], ["other"], name="other_order", perm=[0, 2, 1, 3]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tail",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 3])],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 4, 4]),
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, [1, 4, 4, 3]),
+            helper.make_tensor_value_info("other", TensorProto.FLOAT, [1, 4, 4, 3]),
+        ],
+        initializer=[bias, helper.make_tensor("w", TensorProto.FLOAT, [3, 3], [1.0] * 9)],
+    )
+    assert float_tail_nodes(graph) == ["to_nchw", "bias_add", "product", "sum", "other_order"]
+
+
+def test_output_transposes_are_stripped_only_where_nothing_else_reads_them() -> None:
+    from onnx import TensorProto, helper
+
+    from mcn_ros.model.quantize import strip_output_transposes
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["kept_nhwc"], name="kept"),
+        helper.make_node("Transpose", ["kept_nhwc"], ["kept_out"], name="t1", perm=[0, 3, 1, 2]),
+        helper.make_node("Relu", ["x"], ["read_nhwc"], name="read"),
+        helper.make_node("Transpose", ["read_nhwc"], ["read_out"], name="t2", perm=[0, 3, 1, 2]),
+        helper.make_node("Neg", ["read_out"], ["negated"], name="neg"),  # reads the NCHW output
+    ]
+    nchw = [1, 2, 3, 4]
+    model_proto = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "strip",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 2])],
+            [
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, nchw)
+                for name in ("kept_out", "read_out", "negated")
+            ],
+        )
+    )
+    assert strip_output_transposes(model_proto) == ["kept_out"]
+    producers = {node.output[0]: node for node in model_proto.graph.node}
+    assert producers["kept_out"].op_type == "Relu" and producers["read_out"].op_type == "Transpose"
+    dims = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model_proto.graph.output}
+    assert dims == {"kept_out": [1, 3, 4, 2], "read_out": nchw, "negated": nchw}
+    onnx.checker.check_model(model_proto)
+
+
+def test_a_graph_without_the_layout_key_is_read_as_written(tmp_path: Path) -> None:
+    """Graphs made before the channels-last outputs (no ``mcn_channels_last_outputs``) write NCHW: the
+    backend hands them on as they are (a float graph of the same model stands in for one)."""
+    from mcn_ros.model.backends import OnnxRuntimeForward, export_onnx
+
+    model, config, _ = load_weights(make_weights(tmp_path / "m.safetensors", use_dcn=False))
+    data, _ = export_onnx(model.eval(), config.tasks)
+    forward = OnnxRuntimeForward(model, config, graph=onnx.load_from_string(data))
+    assert forward.channels_last == frozenset()
+    x = torch.randn(1, 3, 64, 96)
+    got = forward(x, config.tasks)
+    with torch.inference_mode():
+        want = model(x, config.tasks)
+    for name in want:
+        assert got[name].is_contiguous(), name
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4)
 
 
 def test_float_tail_runs_back_through_an_argmax_to_the_conv() -> None:

@@ -12,8 +12,9 @@ the activation ranges come from running the fp32 graph on up to ``--count`` imag
 Calibrate on frames of the cameras the node will see; the ranges are what int8 keeps of the scene.
 
 The file goes beside the weights by default (``model.int8.onnx``, where the node looks for it) and records,
-in its ONNX metadata, the model config, the calibration (images, folder) and a SHA-256 fingerprint of the
-model's tensors: :func:`load_int8_graph` refuses a graph calibrated from other weights. With
+in its ONNX metadata, the model config, the calibration (images, folder), the outputs it writes
+channels-last ([B, H, W, C], :class:`ChannelsLastOutput`) and a SHA-256 fingerprint of the model's
+tensors: :func:`load_int8_graph` refuses a graph calibrated from other weights. With
 ``--val-annotations`` and ``--val-images`` (COCO format) it also scores fp32 and int8 on those images with
 pycocotools (box and keypoint AP, mIoU) and stores both in the file, so the accuracy int8 costs on your
 data is stated where the graph is.
@@ -51,8 +52,9 @@ from mcn_ros.model.backends import (
     fold_batch_norms,
     import_onnxruntime,
 )
-from mcn_ros.model.config import ModelConfig
+from mcn_ros.model.config import OUTPUT_STRIDE, ModelConfig
 from mcn_ros.model.export import describe
+from mcn_ros.model.heads import SegmentationHead, TaskHead
 from mcn_ros.model.precision import cpu_int8_native
 from mcn_ros.model.preprocess import preprocess, rect_input_size
 from mcn_ros.model.weights import WeightsError, load_weights, same_file, write_atomically
@@ -207,8 +209,9 @@ class ChannelsLastOutput(nn.Module):
 
     In ONNX Runtime the int8 convs before it run channels-last: the transpose into the view cancels against
     the layout transpose ONNX Runtime puts after them, and :func:`quantize_graph` drops the transpose back
-    to NCHW, so the graph writes the output channels-last and the backend hands decoding a channels-last
-    view (which it decodes faster than NCHW maps). As a float conv it was dequantised, transposed to NCHW and
+    to NCHW where it writes a graph output (:func:`with_channels_last_outputs` converts only such convs), so
+    the graph writes the output channels-last and the backend hands decoding a channels-last view (which it
+    decodes faster than NCHW maps). As a float conv it was dequantised, transposed to NCHW and
     reordered to and from ONNX Runtime's blocked layout. Measured on the 512 model at 512x384 on 2 cores,
     the graphs' sessions timed in turn: 30.8 -> 29.8 ms per forward; decoding the demo weights' outputs
     3.0 -> 2.5 ms.
@@ -228,13 +231,21 @@ class ChannelsLastOutput(nn.Module):
 
 def with_channels_last_outputs(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (in eval mode) whose heads' last 1x1 convs are :class:`ChannelsLastOutput`
-    modules (``model`` unchanged)."""
+    modules where such a conv writes one output as it is (``model`` unchanged): not a lighter config's
+    shared conv, whose output is sliced, nor a segmentation conv whose logits are resized (output stride 1
+    or 2); their outputs stay NCHW convs, as measured."""
     converted = copy.deepcopy(model).eval()
     heads = getattr(converted, "heads", None)
     if heads is None:
         return converted
-    for branch in [m for m in heads.modules() if isinstance(m, nn.Sequential)]:
-        last = branch[-1] if len(branch) else None
+    branches: list[nn.Sequential] = []
+    for head in heads.values():
+        if isinstance(head, TaskHead) and head.shared is None:
+            branches += [getattr(head, name) for name in head.names]
+        elif isinstance(head, SegmentationHead) and head.output_stride == OUTPUT_STRIDE:
+            branches.append(head.segmentation)
+    for branch in branches:
+        last = branch[-1]
         if isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1) and last.groups == 1:
             branch[-1] = ChannelsLastOutput(last)
     return converted
@@ -255,8 +266,8 @@ def strip_output_transposes(graph: Any) -> list[str]:
         if node is None or node.op_type != "Transpose" or _permutation(node) != TO_NCHW:
             continue
         source = node.input[0]
-        if consumers.get(source, 0) != 1 or source in outputs:
-            continue  # the NCHW map's source is read elsewhere too
+        if consumers.get(source, 0) != 1 or source in outputs or consumers.get(output.name, 0):
+            continue  # the channels-last map, or the NCHW output, is read by other nodes too
         writer = producer.get(source)
         if writer is None:
             continue
