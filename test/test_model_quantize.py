@@ -76,7 +76,7 @@ def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Pat
         )
         assert list(after.input[1:]) == list(before.input[1:]), node.name
     # The heads' last convs write the outputs in float (a quantised output keeps ~200 values: ties, steps):
-    # a float matrix product over the channels of a dequantised int8 activation, plus the bias, written
+    # a matrix product over the channels of the dequantised activation, plus the bias, written
     # channels-last (the metadata says so, and the backend hands decoding NCHW-shaped views); the convs before
     # them are int8.
     outputs = {output.name for output in graph.graph.output}
@@ -94,8 +94,11 @@ def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Pat
         assert bias.data_type == onnx.TensorProto.FLOAT, output.name
         product = next(producers[name] for name in add.input if name not in initialisers)
         assert product.op_type == "MatMul", (output.name, product.op_type)
+        # ... of the uint8 activation and int8 weights, its output not quantised (one MatMulIntegerToFloat)
         assert producers[product.input[0]].op_type == "DequantizeLinear", output.name
-        assert initialisers[product.input[1]].data_type == onnx.TensorProto.FLOAT, output.name
+        weights_in = producers[product.input[1]]
+        assert weights_in.op_type == "DequantizeLinear", output.name
+        assert initialisers[weights_in.input[0]].data_type == onnx.TensorProto.INT8, output.name
         dims = output.type.tensor_type.shape.dim
         assert [d.dim_value for d in dims][3] == channels[output.name], (output.name, dims)  # [B, H, W, C]
     int8_weights = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8]
@@ -124,8 +127,9 @@ def test_int8_runs_close_to_fp32_and_only_the_asked_heads(quantised: tuple[Path,
         error = float((got[name] - want[name]).norm() / want[name].norm())
         assert error < 0.1, (name, error)  # int8 rounding, not another model
     assert float((got["heatmap"] - want["heatmap"]).abs().max()) > 0  # int8 did run: not the fp32 graph
-    for name in ("heatmap", "size", "segmentation"):  # float outputs: as many distinct values as fp32's
-        assert got[name].unique().numel() > 0.9 * want[name].unique().numel(), name
+    for name in ("heatmap", "size", "segmentation"):  # float outputs: more values than uint8 could hold
+        assert want[name].unique().numel() > 512, name
+        assert got[name].unique().numel() > 512, name  # (int8 weights' sums: fewer than fp32's, not 256)
     detection_only = int8.forward(batch, ["detection"])
     assert sorted(detection_only) == sorted(fp32.forward(batch, ["detection"]))
     assert int8._onnx is not None

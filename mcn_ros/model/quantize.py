@@ -6,7 +6,7 @@
 The forward is exported as :mod:`mcn_ros.model.export` exports it (BatchNorm folded, all the weights'
 tasks; the up-path's transposed convs as the same maths in convs, :class:`SubPixelUpsample`) and quantised
 by ONNX Runtime's own static quantisation (``onnxruntime.quantization``: QDQ format, int8 weights per output
-channel, uint8 activations, MinMax ranges; the heads' last convs, which write the outputs, stay in float):
+channel, uint8 activations, MinMax ranges; the heads' last convs write float outputs):
 the activation ranges come from running the fp32 graph on up to ``--count`` images of ``--images``
 (JPEG/PNG/BMP, spread evenly over the sorted file names), each letterboxed as the node letterboxes it.
 Calibrate on frames of the cameras the node will see; the ranges are what int8 keeps of the scene.
@@ -120,11 +120,16 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
     project does it (QDQ, per-channel int8 weights, uint8 activations, MinMax ranges over ``feeds``: input
     name -> array, one dict per calibration batch). ``source``'s metadata is kept.
 
-    The heads' last 1x1 convs and what cuts or resizes their outputs stay in float (:func:`float_tail_nodes`):
-    quantised to uint8,
-    each output had at most 256 distinct values, so neighbouring heatmap cells tied (more peaks for the
-    decoder to sort out) and sizes and offsets moved in steps (the accuracy either way:
-    bench/results/int8_onnxruntime.md and its history)."""
+    The heads' last 1x1 convs and what cuts or resizes their outputs write float outputs
+    (:func:`float_tail_nodes`): quantised to uint8, each output had at most 256 distinct values, so
+    neighbouring heatmap cells tied (more peaks for the decoder to sort out) and sizes and offsets moved in
+    steps (the accuracy either way: bench/results/int8_onnxruntime.md and its history). Those convs stay
+    float convs; where they are matrix products (:class:`ChannelsLastOutput`) and the graph has no other
+    matrix product, the products take int8 weights (per output channel) and the uint8 activation as it is and
+    only their outputs stay float, which ONNX Runtime runs as one MatMulIntegerToFloat (no dequantised
+    activation, no float product). Measured on the 512 model at 512x384 on 2 cores, the graphs' sessions in
+    turn (ad hoc): 51.5 -> 48.3 ms per forward beside a test run, the outputs within 0.3 % (relative norm)
+    of the float products'."""
     import onnx
 
     import_onnxruntime()
@@ -144,13 +149,22 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
 
     prepared = target.with_suffix(".prepared.onnx")
     quant_pre_process(str(source), str(prepared))
-    last = float_tail_nodes(onnx.load(str(prepared), load_external_data=False).graph)
+    prepared_graph = onnx.load(str(prepared), load_external_data=False).graph
+    last = float_tail_nodes(prepared_graph)
+    op_types = {node.name: node.op_type for node in prepared_graph.node}
+    products = {name for name in last if op_types.get(name) == "MatMul"}
+    extra: dict[str, Any] = {}
+    if products and products == {node.name for node in prepared_graph.node if node.op_type == "MatMul"}:
+        # The option is by operator type: taken only where every matrix product is a head's last conv.
+        last = [name for name in last if name not in products]
+        extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ORT's notes on its own pre-processing and opset choices
             quantize_static(
                 str(prepared), str(target), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=last,
+                extra_options=extra,
             )  # fmt: skip
     finally:
         prepared.unlink(missing_ok=True)
