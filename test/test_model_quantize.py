@@ -75,6 +75,12 @@ def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Pat
             n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == node.output[0]
         )
         assert list(after.input[1:]) == list(before.input[1:]), node.name
+    # The shuffle's sizes come from the sub-pixel conv's input, which a conv reads anyway: a Shape of the
+    # conv's output made ONNX Runtime keep an NCHW float copy of it.
+    shapes = [node for node in graph.graph.node if node.op_type == "Shape"]
+    assert shapes
+    for node in shapes:
+        assert "Conv" in consumers[node.input[0]], node.input[0]
     # The heads' last convs write the outputs in float (a quantised output keeps ~200 values: ties, steps):
     # a matrix product over the channels of the dequantised activation, plus the bias, written
     # channels-last (the metadata says so, and the backend hands decoding NCHW-shaped views); the convs before

@@ -348,11 +348,13 @@ class SubPixelUpsample(nn.Module):
             self.conv.bias.copy_(bias.repeat(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The sizes from the input and the conv, not from the conv's output: in ONNX Runtime a Shape of that
+        # output kept an NCHW float copy of it (a transpose and a dequantise) for nothing but its sizes.
+        b, _, h, w = x.shape
+        c = self.conv.out_channels // 4
         y = self.conv(x)
         if self.relu:
             y = F.relu(y)
-        b, phases, h, w = y.shape
-        c = phases // 4
         # [B, H, W, (row parity, column parity, C)] -> [B, H, row parity, W, (column parity, C)]
         y = y.permute(0, 2, 3, 1).reshape(b, h, w, 2, 2 * c).transpose(2, 3)
         return y.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
