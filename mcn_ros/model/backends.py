@@ -30,6 +30,8 @@ BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 ONNX_OPSET = 17
 #: Metadata key of an int8 graph: its outputs written channels-last ([B, H, W, C]), comma-separated.
 CHANNELS_LAST_OUTPUTS = "mcn_channels_last_outputs"
+#: The permutation of a channels-last map [B, H, W, C] to NCHW.
+TO_NCHW = (0, 3, 1, 2)
 
 
 def channels_last_outputs(graph: Any) -> frozenset[str]:
@@ -238,7 +240,7 @@ class OnnxRuntimeForward:
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         outputs = session.run(list(names), {"images": array})
         return {
-            name: torch.from_numpy(value).permute(0, 3, 1, 2)
+            name: torch.from_numpy(value).permute(*TO_NCHW)
             if name in self.channels_last
             else torch.from_numpy(value)
             for name, value in zip(names, outputs, strict=True)

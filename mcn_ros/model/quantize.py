@@ -47,6 +47,7 @@ from torch import nn
 
 from mcn_ros.model.backends import (
     CHANNELS_LAST_OUTPUTS,
+    TO_NCHW,
     OnnxExportError,
     export_onnx,
     fold_batch_norms,
@@ -151,10 +152,9 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
     quant_pre_process(str(source), str(prepared))
     prepared_graph = onnx.load(str(prepared), load_external_data=False).graph
     last = float_tail_nodes(prepared_graph)
-    op_types = {node.name: node.op_type for node in prepared_graph.node}
-    products = {name for name in last if op_types.get(name) == "MatMul"}
+    products = {node.name for node in prepared_graph.node if node.op_type == "MatMul"}
     extra: dict[str, Any] = {}
-    if products and products == {node.name for node in prepared_graph.node if node.op_type == "MatMul"}:
+    if products and products <= set(last):
         # The option is by operator type: taken only where every matrix product is a head's last conv.
         last = [name for name in last if name not in products]
         extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
@@ -181,8 +181,6 @@ def quantize_onnx(source: Path, target: Path, feeds: Iterator[dict[str, np.ndarr
 PASS_THROUGH_OPS = frozenset(
     {"Slice", "Split", "Resize", "Reshape", "Identity", "Squeeze", "Unsqueeze", "ArgMax", "Cast"}
 )
-#: The permutation of a channels-last map [B, H, W, C] to NCHW: :class:`ChannelsLastOutput`'s last step.
-TO_NCHW = (0, 3, 1, 2)
 
 
 def float_tail_nodes(graph: Any) -> list[str]:
@@ -357,7 +355,7 @@ class SubPixelUpsample(nn.Module):
             y = F.relu(y)
         # [B, H, W, (row parity, column parity, C)] -> [B, H, row parity, W, (column parity, C)]
         y = y.permute(0, 2, 3, 1).reshape(b, h, w, 2, 2 * c).transpose(2, 3)
-        return y.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+        return y.reshape(b, 2 * h, 2 * w, c).permute(*TO_NCHW)
 
 
 def subpixel_convertible(up: nn.Module) -> bool:
