@@ -110,9 +110,12 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
 
 
-def read_yaml_mapping(path: str | Path, what: str, error: type[ValueError] | None = None) -> dict[str, Any]:
-    """Read a YAML file whose top level is a mapping; any failure raises ``error`` (default
-    :class:`ConfigError`) with one message naming ``what`` and the file."""
+def read_yaml_mapping(
+    path: str | Path, what: str, error: type[ValueError] | None = None, allow_empty: bool = False
+) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping (``allow_empty``: or nothing, read as an empty mapping);
+    any failure raises ``error`` (default :class:`ConfigError`) with one message naming ``what`` and the
+    file."""
     path = Path(path)
     error = error or ConfigError
     try:
@@ -125,6 +128,8 @@ def read_yaml_mapping(path: str | Path, what: str, error: type[ValueError] | Non
         ) from exc
     except yaml.YAMLError as exc:
         raise error(f"{what} {path}: invalid YAML: {exc}") from exc
+    if data is None and allow_empty:
+        return {}
     if not isinstance(data, dict):
         raise error(f"{what} {path}: expected a mapping at the top level")
     return data

@@ -118,8 +118,17 @@ def test_unmapped_key_is_named(source: tuple[Path, MultitaskCenterNet, Path], tm
     mapping.write_text("ignore: ['^mystery\\.']\n")
     convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=mapping)
     # The checkpoint given as the mapping (a binary file): one error, not a UnicodeDecodeError.
-    with pytest.raises(ConversionError, match="cannot read the key mapping"):
+    with pytest.raises(ConversionError, match=r"key mapping .*bad\.pth: not a YAML text file"):
         convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=bad)
+    # A mapping file that is missing, or a list: one error naming the file; an empty one adds no rules.
+    with pytest.raises(ConversionError, match=r"cannot read key mapping .*gone\.yaml"):
+        convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=tmp_path / "gone.yaml")
+    mapping.write_text("- ['^a', 'b']\n")
+    with pytest.raises(ConversionError, match=r"key mapping .*map\.yaml: expected a mapping at the top"):
+        convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=mapping)
+    mapping.write_text("# nothing to add\n")
+    with pytest.raises(ConversionError, match=r"'mystery\.weight' \(no rule matches it\) has no counterpart"):
+        convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=mapping)
 
 
 def test_shape_mismatch_and_missing_are_named(

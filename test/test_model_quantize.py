@@ -432,78 +432,131 @@ def test_float_tail_runs_back_through_an_argmax_to_the_conv() -> None:
 
 def test_product_biases_fuse_only_where_the_operator_computes_the_same() -> None:
     """A bias added to a product of a dequantised activation and dequantised int8 weights (one scale, or
-    one per output column) becomes one MatMulIntegerToFloat with the bias; ONNX Runtime's outputs do not
-    change. Weights scaled per row, a product read elsewhere and a bias that is not one value per column stay
-    as they are; a dequantisation still read by another node stays."""
+    one per output column, given by axis 1 or by ONNX's default axis; any zero points) becomes one
+    MatMulIntegerToFloat with the bias; ONNX Runtime's outputs do not change. Square weights scaled per row
+    (only the axis tells them from per-column ones), a product read elsewhere and a bias that is not one value
+    per column stay as they are; a dequantisation still read by another node or by the graph's outputs
+    stays. The products have no names: the fused nodes still get different ones."""
     from onnx import TensorProto, helper
 
     from mcn_ros.model.quantize import fuse_product_biases
 
     rng = np.random.default_rng(0)
-    columns, depth = 6, 3
+    size = 6  # the activation's channels and the weights' columns: square weights
 
-    def int8(name: str, shape: list[int]) -> Any:
-        return helper.make_tensor(name, TensorProto.INT8, shape, rng.integers(-127, 128, shape).ravel())
+    def int8(name: str, shape: list[int], low: int = -127, high: int = 128) -> Any:
+        return helper.make_tensor(name, TensorProto.INT8, shape, rng.integers(low, high, shape).ravel())
 
     def floats(name: str, shape: list[int], low: float = 0.01, high: float = 0.1) -> Any:
         return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.uniform(low, high, shape).ravel())
 
-    def zeros(name: str, shape: list[int]) -> Any:
-        return helper.make_tensor(name, TensorProto.INT8, shape, [0] * int(np.prod(shape)))
+    def dequantise(kind: str, **axis: int) -> Any:
+        return helper.make_node("DequantizeLinear", [f"w_{kind}", f"s_{kind}", f"z_{kind}"], [f"d_{kind}"],
+                                name=f"dq_{kind}", **axis)  # fmt: skip
+
+    def product(kind: str, weights: str, bias: str = "bias", bias_first: bool = False) -> list[Any]:
+        summed = [bias, f"p_{kind}"] if bias_first else [f"p_{kind}", bias]
+        return [helper.make_node("MatMul", ["xd", weights], [f"p_{kind}"]),  # unnamed
+                helper.make_node("Add", summed, [f"out_{kind}"])]  # fmt: skip
 
     initialisers = [
         floats("a_scale", []), helper.make_tensor("a_zero", TensorProto.UINT8, [], [128]),
-        int8("w_col", [depth, columns]), floats("s_col", [columns]), zeros("z_col", [columns]),
-        int8("w_tensor", [depth, columns]), floats("s_tensor", []), zeros("z_tensor", []),
-        int8("w_row", [depth, columns]), floats("s_row", [depth]), zeros("z_row", [depth]),
-        floats("bias", [columns], -1.0, 1.0), floats("bias_2d", [1, columns], -1.0, 1.0),
+        int8("w_col", [size, size]), floats("s_col", [size]), int8("z_col", [size], -3, 4),
+        int8("w_default", [size, size]), floats("s_default", [size]), int8("z_default", [size], -3, 4),
+        int8("w_tensor", [size, size]), floats("s_tensor", []), int8("z_tensor", [], 0, 1),
+        int8("w_row", [size, size]), floats("s_row", [size]), int8("z_row", [size], 0, 1),
+        int8("w_out", [size, size]), floats("s_out", []), int8("z_out", [], 0, 1),
+        floats("bias", [size], -1.0, 1.0), floats("bias_2d", [1, size], -1.0, 1.0),
     ]  # fmt: skip
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "a_scale", "a_zero"], ["xq"], name="q"),
         helper.make_node("DequantizeLinear", ["xq", "a_scale", "a_zero"], ["xd"], name="dq"),
-        helper.make_node("DequantizeLinear", ["w_col", "s_col", "z_col"], ["wc"], name="dqc", axis=1),
-        helper.make_node("DequantizeLinear", ["w_tensor", "s_tensor", "z_tensor"], ["wt"], name="dqt"),
-        helper.make_node("DequantizeLinear", ["w_row", "s_row", "z_row"], ["wr"], name="dqr", axis=0),
-        helper.make_node("MatMul", ["xd", "wc"], ["pc"], name="per_column"),
-        helper.make_node("Add", ["pc", "bias"], ["out_column"], name="add_c"),
-        helper.make_node("MatMul", ["xd", "wt"], ["pt"], name="per_tensor"),
-        helper.make_node("Add", ["bias", "pt"], ["out_tensor"], name="add_t"),
-        helper.make_node("MatMul", ["xd", "wr"], ["pr"], name="per_row"),
-        helper.make_node("Add", ["pr", "bias"], ["out_row"], name="add_r"),
-        helper.make_node("MatMul", ["xd", "wt"], ["pread"], name="read_elsewhere"),
-        helper.make_node("Add", ["pread", "bias"], ["out_read"], name="add_read"),
-        helper.make_node("MatMul", ["xd", "wc"], ["p2d"], name="bias_2d_product"),
-        helper.make_node("Add", ["p2d", "bias_2d"], ["out_2d"], name="add_2d"),
-    ]
-    names = ["out_column", "out_tensor", "out_row", "out_read", "pread", "out_2d"]
+        dequantise("col", axis=1), dequantise("default"), dequantise("tensor"), dequantise("row", axis=0),
+        dequantise("out"),
+        *product("col", "d_col"), *product("default", "d_default", bias_first=True),
+        *product("tensor", "d_tensor"), *product("row", "d_row"), *product("read", "d_tensor"),
+        *product("2d", "d_col", bias="bias_2d"), *product("out", "d_out"),
+    ]  # fmt: skip
+    names = ["out_col", "out_default", "out_tensor", "out_row", "out_read", "p_read", "out_2d", "out_out"]
     model_proto = helper.make_model(
         helper.make_graph(
-            nodes, "biases", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, depth])],
-            [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4, 5, columns]) for name in names],
+            nodes, "biases", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, size])],
+            [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4, 5, size]) for name in names]
+            + [helper.make_tensor_value_info("d_out", TensorProto.FLOAT, [size, size])],
             initializer=initialisers,
         ),
         opset_imports=[helper.make_opsetid("", 17)],
     )  # fmt: skip
     original = model_proto.SerializeToString()
-    assert fuse_product_biases(model_proto) == ["out_column", "out_tensor"]
+    assert fuse_product_biases(model_proto) == ["out_col", "out_default", "out_tensor", "out_out"]
+    assert {(o.domain, o.version) for o in model_proto.opset_import} == {("", 17), ("com.microsoft", 1)}
     onnx.checker.check_model(model_proto)
     producers = {node.output[0]: node for node in model_proto.graph.node}
-    for name in ("out_column", "out_tensor"):
-        assert (producers[name].domain, producers[name].op_type) == ("com.microsoft", "MatMulIntegerToFloat")
-        assert producers[name].input[-1] == "bias"
-    assert {name: producers[name].op_type for name in ("out_row", "out_read", "out_2d")} == dict.fromkeys(
-        ("out_row", "out_read", "out_2d"), "Add"
-    )
-    # The column weights' dequantisation is still read by the 2-D bias's product; the tensor one's by the
-    # product read elsewhere; the activation's by all three left; none was dropped.
+    fused = [producers[name] for name in ("out_col", "out_default", "out_tensor", "out_out")]
+    assert {(node.domain, node.op_type) for node in fused} == {("com.microsoft", "MatMulIntegerToFloat")}
+    assert [node.input[-1] for node in fused] == ["bias"] * 4 and len({node.name for node in fused}) == 4
+    left = ("out_row", "out_read", "out_2d")
+    assert {name: producers[name].op_type for name in left} == dict.fromkeys(left, "Add")
+    # The column weights' dequantisation is still read by the 2-D bias's product, the tensor one's by the
+    # product read elsewhere, the last one's by the graph's outputs, the activation's by all three left;
+    # only the default-axis weights' went with their product.
     kept = {node.name for node in model_proto.graph.node if node.op_type == "DequantizeLinear"}
-    assert kept == {"dq", "dqc", "dqt", "dqr"}
-    x = rng.normal(0.0, 2.0, (1, 4, 5, depth)).astype(np.float32)
+    assert kept == {"dq", "dq_col", "dq_tensor", "dq_row", "dq_out"}
+    x = rng.normal(0.0, 2.0, (1, 4, 5, size)).astype(np.float32)
     run = {
         kind: _onnx_runtime_outputs(data, x) for kind, data in (("before", original), ("after", model_proto))
     }
-    for before, after in zip(run["before"], run["after"], strict=True):
-        np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+    for before, after in zip(run["before"], run["after"], strict=True):  # the same up to float rounding
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6 * float(np.abs(before).max()))
+
+
+def test_products_without_an_onnx_runtime_kernel_or_in_a_graph_with_subgraphs_are_left() -> None:
+    """An int8 activation times uint8 weights has no MatMulIntegerToFloat kernel on the CPU, nor has a float16
+    scale with a float32 bias; an activation scaled per channel is not what the operator's 1-D activation
+    scale means; a graph with a subgraph (whose reads of the outer graph are not counted) is left whole."""
+    from onnx import TensorProto, helper
+
+    from mcn_ros.model.quantize import fuse_product_biases
+
+    def graph(
+        activation: int, weights: int, scale: int, subgraph: bool = False, per_channel: bool = False
+    ) -> Any:
+        shape = [2] if per_channel else []  # the activation quantised per channel (axis 1 of [3, 2])
+        nodes = [
+            helper.make_node("DequantizeLinear", ["xq", "a_scale", "a_zero"], ["xd"], name="dq"),
+            helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"], name="dq_w"),
+            helper.make_node("MatMul", ["xd", "wd"], ["p"], name="product"),
+            helper.make_node("Add", ["p", "bias"], ["out"], name="add"),
+        ]
+        if subgraph:
+            body = helper.make_graph(
+                [helper.make_node("Identity", ["p"], ["inner"])], "body", [],
+                [helper.make_tensor_value_info("inner", TensorProto.FLOAT, [3, 2])],
+            )  # fmt: skip
+            nodes.append(helper.make_node("If", ["flag"], ["chosen"], then_branch=body, else_branch=body))
+        return helper.make_model(
+            helper.make_graph(
+                nodes, "kinds", [helper.make_tensor_value_info("xq", activation, [3, 2])],
+                [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 2])],
+                initializer=[
+                    helper.make_tensor("a_scale", scale, shape, [0.1] * (2 if per_channel else 1)),
+                    helper.make_tensor("a_zero", activation, shape, [3] * (2 if per_channel else 1)),
+                    helper.make_tensor("w", weights, [2, 2], [1, 2, 3, 4]),
+                    helper.make_tensor("s", scale, [], [0.5]),
+                    helper.make_tensor("z", weights, [], [0]),
+                    helper.make_tensor("bias", TensorProto.FLOAT, [2], [1, 2]),
+                    helper.make_tensor("flag", TensorProto.BOOL, [], [True]),
+                ],
+            ),
+            opset_imports=[helper.make_opsetid("", 17)],
+        )  # fmt: skip
+
+    uint8, int8 = TensorProto.UINT8, TensorProto.INT8
+    assert fuse_product_biases(graph(uint8, int8, TensorProto.FLOAT)) == ["out"]  # the control
+    assert fuse_product_biases(graph(int8, uint8, TensorProto.FLOAT)) == []
+    assert fuse_product_biases(graph(uint8, int8, TensorProto.FLOAT16)) == []
+    assert fuse_product_biases(graph(uint8, int8, TensorProto.FLOAT, subgraph=True)) == []
+    assert fuse_product_biases(graph(uint8, int8, TensorProto.FLOAT, per_channel=True)) == []
 
 
 def test_a_fused_product_drops_the_dequantisations_only_it_read() -> None:

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.weights import WeightsError, load_weights, same_file, save_weights
+from mcn_ros.typed_config import read_yaml_mapping
 
 #: (pattern, replacement) rules from CenterNet's parameter names to ours, tried in order.
 DEFAULT_RULES: tuple[tuple[str, str], ...] = (
@@ -161,12 +161,7 @@ def first_rgb_conv(state: Mapping[str, Tensor]) -> str:
 def _read_mapping(path: str | Path | None) -> tuple[list[tuple[str, str]], list[str]]:
     if path is None:
         return [], []
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # a binary file given by mistake too
-        raise ConversionError(f"{path}: cannot read the key mapping ({exc})") from exc
-    if not isinstance(data, Mapping):
-        raise ConversionError(f"{path}: expected a mapping with 'rules' and/or 'ignore'")
+    data = read_yaml_mapping(path, "key mapping", ConversionError, allow_empty=True)  # empty: no extra rules
     rules = data.get("rules") or []
     if not all(isinstance(r, (list, tuple)) and len(r) == 2 for r in rules):
         raise ConversionError(f"{path}: 'rules' must be a list of [pattern, replacement] pairs")

@@ -294,25 +294,25 @@ def strip_output_transposes(graph: Any) -> list[str]:
     return stripped
 
 
-def _single_value(tensor: Any) -> bool:
-    return int(np.prod(tensor.dims)) == 1
-
-
 def fuse_product_biases(graph: Any) -> list[str]:
     """Replace in ``graph`` (a ModelProto, changed in place) each float bias added to a matrix product of a
-    dequantised activation (one scale) and dequantised constant int8 weights (one scale, or one per output
+    dequantised activation (one scale) and dequantised constant 8-bit weights (one scale, or one per output
     column) by ONNX Runtime's ``com.microsoft`` MatMulIntegerToFloat with its bias input: the same maths,
-    which ONNX Runtime otherwise runs as that operator then a separate Add over the whole output. The names
-    of the fused nodes' outputs.
+    which ONNX Runtime otherwise runs as that operator then a separate Add over the whole output. Only the
+    integer types ONNX Runtime's CPU kernel takes (:data:`PRODUCT_INTEGER_TYPES`), float32 scales and bias,
+    and graphs without subgraphs (whose reads are not counted here). The names of the fused nodes' outputs.
 
     :func:`quantize_onnx` leaves the heads' last products in that form (:class:`ChannelsLastOutput`); ONNX
     Runtime turns the product into MatMulIntegerToFloat but keeps the bias add, which reads and writes every
     output value once more. Measured on the 512 model at 512x384 on 2 cores (ONNX Runtime's profile by op
-    type): the adds took 1.36 ms of 29.3, the fused products 0.25 ms more than the products alone, outputs
-    bit for bit the same."""
-    from onnx import helper
+    type): the adds took 1.36 ms of 29.3, the fused products 0.25 ms more than the products alone; the
+    outputs are the same up to float rounding (on the demo weights' graph bit for bit)."""
+    from onnx import AttributeProto, TensorProto, helper
 
     nodes = graph.graph.node
+    subgraphs = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+    if any(attribute.type in subgraphs for node in nodes for attribute in node.attribute):
+        return []
     producer = {output: node for node in nodes for output in node.output}
     constants = {tensor.name: tensor for tensor in graph.graph.initializer}
     readers: dict[str, int] = {}
@@ -339,12 +339,12 @@ def fuse_product_biases(graph: Any) -> list[str]:
             continue
         assert activation is not None and weights is not None  # _fusable_dequantisations checked them
         columns = constants[weights.input[0]].dims[-1]
-        if list(bias.dims) != [columns] or bias.data_type != constants[weights.input[1]].data_type:
+        if list(bias.dims) != [columns] or bias.data_type != TensorProto.FLOAT:
             continue
         inputs = [activation.input[0], weights.input[0], activation.input[1], weights.input[1],
                   activation.input[2], weights.input[2], bias.name]  # fmt: skip
         node = helper.make_node(
-            "MatMulIntegerToFloat", inputs, list(add.output), name=f"{product.name}_with_bias",
+            "MatMulIntegerToFloat", inputs, list(add.output), name=f"{add.output[0]}/MatMulIntegerToFloat",
             domain="com.microsoft",
         )  # fmt: skip
         nodes.insert(list(nodes).index(add), node)
@@ -360,10 +360,16 @@ def fuse_product_biases(graph: Any) -> list[str]:
     return fused
 
 
+#: (activation, weights) integer types of ONNX Runtime's CPU MatMulIntegerToFloat (ONNX TensorProto codes:
+#: uint8 x int8, uint8 x uint8, int8 x int8).
+PRODUCT_INTEGER_TYPES = frozenset({(2, 3), (2, 2), (3, 3)})
+
+
 def _fusable_dequantisations(activation: Any, weights: Any, constants: dict[str, Any]) -> bool:
     """Whether a product of these two nodes' outputs can be one MatMulIntegerToFloat: both
-    DequantizeLinear with a scale and a zero point given as constants, the activation with one scale, the
-    weights constant 2-D int8 with one scale or one per output column (axis 1)."""
+    DequantizeLinear (no attribute but ``axis``) with a float32 scale and a zero point given as constants,
+    the activation with one scale, the weights a constant 2-D matrix with one scale or one per output column
+    (axis 1), the two integer types a pair of :data:`PRODUCT_INTEGER_TYPES`."""
     from onnx import TensorProto
 
     for node in (activation, weights):
@@ -371,12 +377,16 @@ def _fusable_dequantisations(activation: Any, weights: Any, constants: dict[str,
             return False
         if not all(name in constants for name in node.input[1:]):
             return False
+        if constants[node.input[1]].data_type != TensorProto.FLOAT:
+            return False
+        if any(attribute.name != "axis" for attribute in node.attribute):  # block_size, output_dtype
+            return False
     if not all(_single_value(constants[name]) for name in activation.input[1:]):
         return False
     matrix = constants.get(weights.input[0])
-    if matrix is None or len(matrix.dims) != 2:
+    if matrix is None or len(matrix.dims) != 2 or constants[weights.input[2]].data_type != matrix.data_type:
         return False
-    if matrix.data_type not in (TensorProto.INT8, TensorProto.UINT8):
+    if (constants[activation.input[2]].data_type, matrix.data_type) not in PRODUCT_INTEGER_TYPES:
         return False
     axis = next((a.i for a in weights.attribute if a.name == "axis"), 1)
     per_tensor = all(_single_value(constants[name]) for name in weights.input[1:])
@@ -384,6 +394,10 @@ def _fusable_dequantisations(activation: Any, weights: Any, constants: dict[str,
         list(constants[name].dims) == [matrix.dims[1]] for name in weights.input[1:]
     )
     return per_tensor or per_column
+
+
+def _single_value(tensor: Any) -> bool:
+    return int(np.prod(tensor.dims)) == 1
 
 
 class SubPixelUpsample(nn.Module):
