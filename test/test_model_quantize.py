@@ -14,10 +14,12 @@ import torch
 from needs import onnx_modules
 from nodetools import camera_frames, make_weights
 
+from mcn_ros.model.backends import fold_batch_norms
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.quantize import (
     ChannelsLastOutput,
     QuantizeError,
+    SpaceToDepthConv,
     SubPixelUpsample,
     default_int8_path,
     image_files,
@@ -26,6 +28,7 @@ from mcn_ros.model.quantize import (
     model_fingerprint,
     network_input,
     with_channels_last_outputs,
+    with_space_to_depth_stem,
     with_subpixel_upsampling,
 )
 from mcn_ros.model.weights import load_weights
@@ -76,6 +79,9 @@ def test_the_graph_is_int8_and_says_what_it_came_from(quantised: tuple[Path, Pat
             n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == node.output[0]
         )
         assert list(after.input[1:]) == list(before.input[1:]), node.name
+    # The image's conv reads 2x2 blocks of pixels as channels (one SpaceToDepth of the input, then int8).
+    (blocks,) = [node for node in graph.graph.node if node.op_type == "SpaceToDepth"]
+    assert list(blocks.input) == ["images"] and consumers[blocks.output[0]] == ["QuantizeLinear"]
     # The shuffle's sizes come from the sub-pixel conv's input, which a conv reads anyway: a Shape of the
     # conv's output made ONNX Runtime keep an NCHW float copy of it.
     shapes = [node for node in graph.graph.node if node.op_type == "Shape"]
@@ -246,6 +252,64 @@ def test_subpixel_upsample_is_the_transposed_conv(bias: bool, norm: bool, relu: 
         SubPixelUpsample(torch.nn.ConvTranspose2d(6, 5, 3, stride=2, padding=1))
 
 
+@pytest.mark.parametrize(
+    ("kernel", "bias", "channels"), [(7, True, 3), (7, False, 3), (3, True, 1), (5, False, 4)]
+)
+def test_space_to_depth_conv_is_the_stride_2_conv(kernel: int, bias: bool, channels: int) -> None:
+    torch.manual_seed(kernel)
+    conv = torch.nn.Conv2d(channels, 8, kernel, stride=2, padding=kernel // 2, bias=bias)
+    blocks = SpaceToDepthConv(conv)
+    assert blocks.conv.in_channels == 4 * channels and blocks.conv.stride == (1, 1)
+    for height, width in ((32, 48), (2, 6), (96, 128)):
+        x = torch.randn(2, channels, height, width)
+        with torch.no_grad():
+            torch.testing.assert_close(blocks(x), conv(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="even height and width, got 31x48"):
+        blocks(torch.randn(1, channels, 31, 48))
+
+
+def test_only_plain_stride_2_convs_become_space_to_depth() -> None:
+    from mcn_ros.model.quantize import space_to_depth_convertible
+
+    conv = torch.nn.Conv2d
+    assert space_to_depth_convertible(conv(3, 8, 7, stride=2, padding=3))
+    for other in (
+        conv(3, 8, 7, stride=1, padding=3), conv(3, 8, 7, stride=2, padding=2),
+        conv(3, 8, 4, stride=2, padding=2), conv(4, 8, 3, stride=2, padding=1, groups=2),
+        conv(3, 8, 3, stride=2, padding=2, dilation=2), torch.nn.ConvTranspose2d(3, 8, 3, stride=2),
+        conv(3, 8, 3, stride=2, padding=1, padding_mode="reflect"),
+    ):  # fmt: skip
+        assert not space_to_depth_convertible(other), other
+    with pytest.raises(ValueError, match="not a stride-2 odd square conv"):
+        SpaceToDepthConv(conv(3, 8, 7, stride=1, padding=3))
+    # A model: only the conv over the image's few channels changes; the original stays as it was.
+    model = torch.nn.Sequential(conv(3, 8, 7, stride=2, padding=3), torch.nn.ReLU(), conv(8, 8, 3, 2, 1))
+    converted = with_space_to_depth_stem(model)
+    assert [type(m) for m in converted] == [SpaceToDepthConv, torch.nn.ReLU, torch.nn.Conv2d]
+    assert type(model[0]) is torch.nn.Conv2d
+
+
+def test_space_to_depth_exports_as_the_onnx_operator(tmp_path: Path) -> None:
+    """The blocks become ONNX's SpaceToDepth, and ONNX Runtime's result is the conv's."""
+    _, ort = onnx_modules()
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 7, stride=2, padding=3)
+    path = tmp_path / "blocks.onnx"
+    x = torch.randn(1, 3, 64, 96)
+    torch.onnx.export(
+        SpaceToDepthConv(conv), (x,), str(path), input_names=["x"], dynamo=False,
+        dynamic_axes={"x": {2: "h", 3: "w"}},
+    )  # fmt: skip
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops[0] == "SpaceToDepth" and "Transpose" not in ops, ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in ((64, 96), (32, 160)):
+        x = torch.randn(1, 3, *size)
+        (got,) = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, conv(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_channels_last_output_is_the_1x1_conv() -> None:
     torch.manual_seed(5)
     conv = torch.nn.Conv2d(6, 5, 1)
@@ -273,11 +337,15 @@ def test_the_model_as_the_int8_graph_exports_it_computes_the_same(tmp_path: Path
     assert kinds.count(ChannelsLastOutput) == len(model(torch.zeros(1, 3, 64, 64), config.tasks))
     assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()), "the original is unchanged"
     assert ChannelsLastOutput not in [type(m) for m in model.modules()]
+    stem = with_space_to_depth_stem(fold_batch_norms(converted))  # as quantize_graph exports it
+    assert [type(m) for m in stem.modules()].count(SpaceToDepthConv) == 1  # the image's conv, nothing else
+    assert SpaceToDepthConv not in kinds
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
-        want, got = model.eval()(x, config.tasks), converted(x, config.tasks)
+        want, got, stem_got = model.eval()(x, config.tasks), converted(x, config.tasks), stem(x, config.tasks)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stem_got[name], want[name], rtol=1e-4, atol=1e-4)
 
 
 def test_the_heads_last_convs_stay_float_behind_slices_and_resizes(tmp_path: Path) -> None:
