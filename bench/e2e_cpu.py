@@ -24,7 +24,9 @@ Also ``e2e_cpu.png``: the split per network and backend.
 Headline ``e2e_vs_yolo26n_speedup``: at 640x480, the MCN's fastest CPU backend against YOLO26n x3 in the
 same backend (YOLO26n x3 median / MCN median); ``e2e_best_vs_best_speedup``: each side's fastest;
 ``e2e_fp32_best_vs_best_speedup``: the same among the fp32 backends; ``e2e_light_fp32_best_vs_best_speedup``:
-the lighter variant (PyTorch and ONNX Runtime, fp32, random init) likewise. Random weights unless
+the lighter variant (PyTorch and ONNX Runtime, fp32, random init) likewise;
+``e2e_light_int8_vs_yolo26n_speedup``: the lighter variant in int8 against YOLO26n x3 in int8 (where int8
+runs). Random weights unless
 ``--weights`` (that file's model, run at ``--input`` like the random one: trained heads let more peaks
 pass the threshold, so decoding does more). ``--quick``: 640x480 only, 2 rounds, a temporary output
 folder unless ``--out``: a check of the script, not a result.
@@ -71,6 +73,12 @@ LIGHT_CONFIG = ROOT / "config" / "models" / "resnet18_det80_seg80_pose_light_512
 SCORE_THRESHOLD = 0.3
 #: Backend groups of the contenders; onnxruntime_int8 = the onnxruntime backend with precision int8.
 BACKENDS = ("torch", "onnxruntime", "onnxruntime_int8")
+#: The lighter variant's rows: (backend, key in :func:`speedups`' output).
+LIGHT_ROWS = (
+    ("torch", "light"),
+    ("onnxruntime", "light_onnxruntime"),
+    ("onnxruntime_int8", "light_onnxruntime_int8"),
+)
 #: YOLO26n x3 in ultralytics' own ONNX Runtime sessions (``yolo26n_x3`` runs in the MCN's session settings).
 ULTRALYTICS_SESSIONS = "yolo26n_x3_ultralytics_sessions"
 
@@ -263,6 +271,12 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
         predictors["onnxruntime_int8:mcn"] = Predictor(
             model, config, backend="onnxruntime", precision="int8", int8_graph=graph
         )
+        if "torch:mcn_light" in predictors:
+            light_model = predictors["torch:mcn_light"].model
+            light_graph, _ = quantize_graph(light_model, light, image_files(frames))
+            predictors["onnxruntime_int8:mcn_light"] = Predictor(
+                light_model, light, backend="onnxruntime", precision="int8", int8_graph=light_graph
+            )
     contenders: dict[str, Callable[[], object]] = {}
     facts: dict[str, Any] = {
         "mcn_config": config.name,
@@ -403,6 +417,7 @@ def headlines(ratios: dict[str, Any]) -> dict[str, float | None]:
         "e2e_fp32_best_vs_best_speedup": "best_vs_best_fp32",
         "e2e_light_vs_yolo26n_speedup": "light",
         "e2e_light_fp32_best_vs_best_speedup": "light_best_vs_best_fp32",
+        "e2e_light_int8_vs_yolo26n_speedup": "light_onnxruntime_int8",
     }
     return {key: at[name]["speedup"] if name in at else None for key, name in keys.items()}
 
@@ -433,7 +448,7 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
             per["best_vs_best"] = _best_vs_best(per, measured)
             per["best_vs_best_fp32"] = _best_vs_best(per, [b for b in measured if b != "onnxruntime_int8"])
         light_backends = []
-        for backend, name in (("torch", "light"), ("onnxruntime", "light_onnxruntime")):
+        for backend, name in LIGHT_ROWS:
             light, yolo = rows.get(f"{backend}:mcn_light@{size}"), rows.get(f"{backend}:yolo26n_x3@{size}")
             if light and yolo:
                 per[name] = {
@@ -442,7 +457,8 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
                     "yolo26n_x3_ms": yolo["median_ms"],
                     "speedup": round(yolo["median_ms"] / light["median_ms"], 3),
                 }
-                light_backends.append(name)
+                if backend != "onnxruntime_int8":
+                    light_backends.append(name)
         if light_backends and "best_vs_best_fp32" in per:
             # The lighter variant's fastest fp32 backend against YOLO26n x3's fastest fp32 one.
             fastest = min(light_backends, key=lambda name: per[name]["mcn_ms"])
@@ -509,14 +525,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"(`e2e_fp32_best_vs_best_speedup`): **{report.get('e2e_fp32_best_vs_best_speedup')}**; the lighter "
         f"variant (`mcn_light`) in PyTorch fp32: **{report.get('e2e_light_vs_yolo26n_speedup')}**, its "
         f"fastest fp32 backend against YOLO's (`e2e_light_fp32_best_vs_best_speedup`): "
-        f"**{report.get('e2e_light_fp32_best_vs_best_speedup')}**. "
+        f"**{report.get('e2e_light_fp32_best_vs_best_speedup')}**, in int8 against YOLO's int8 "
+        f"(`e2e_light_int8_vs_yolo26n_speedup`): **{report.get('e2e_light_int8_vs_yolo26n_speedup')}**. "
         "All rounds of the run pooled; each repeat alone: "
         + "; ".join(
-            f"`{key}` " + " / ".join(str(one[key]) for one in report.get("per_repeat", []))
+            f"`{key}` " + " / ".join(str(one.get(key)) for one in report.get("per_repeat", []))
             for key in (
                 "e2e_best_vs_best_speedup",
                 "e2e_fp32_best_vs_best_speedup",
                 "e2e_light_fp32_best_vs_best_speedup",
+                "e2e_light_int8_vs_yolo26n_speedup",
             )
         ),
         "",
@@ -537,7 +555,7 @@ def markdown(report: dict[str, Any]) -> str:
                 else:
                     figures += " |"
                 lines.append(f"| {size} | {backend} | {figures} |")
-        for name in ("light", "light_onnxruntime"):
+        for _, name in LIGHT_ROWS:
             if name in per:
                 v = per[name]
                 figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x |  |"

@@ -113,6 +113,16 @@ def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPat
         "speedup": 2.5,
     }
     assert bench.headlines(bench.speedups(rows))["e2e_light_fp32_best_vs_best_speedup"] == 2.5
+    # The lighter variant in int8: against YOLO in int8 (200 ms), never in the fp32 comparison.
+    assert bench.headlines(bench.speedups(rows))["e2e_light_int8_vs_yolo26n_speedup"] is None
+    rows["onnxruntime_int8:mcn_light@640x480"] = {"size": "640x480", "median_ms": 40.0}
+    light_int8 = bench.speedups(rows)["640x480"]
+    assert light_int8["light_onnxruntime_int8"] == {
+        "backend": "onnxruntime_int8", "mcn_ms": 40.0, "yolo26n_x3_ms": 200.0, "speedup": 5.0,
+    }  # fmt: skip
+    assert light_int8["light_best_vs_best_fp32"] == light["light_best_vs_best_fp32"]
+    assert bench.headlines(bench.speedups(rows))["e2e_light_int8_vs_yolo26n_speedup"] == 5.0
+    del rows["onnxruntime_int8:mcn_light@640x480"]
     # YOLO in ultralytics' own ONNX Runtime sessions is reported beside, never in a headline.
     before = bench.headlines(bench.speedups(rows))
     rows[f"onnxruntime:{bench.ULTRALYTICS_SESSIONS}@640x480"] = {"size": "640x480", "median_ms": 480.0}
