@@ -277,15 +277,19 @@ def test_only_plain_stride_2_convs_become_space_to_depth() -> None:
         conv(3, 8, 7, stride=1, padding=3), conv(3, 8, 7, stride=2, padding=2),
         conv(3, 8, 4, stride=2, padding=2), conv(4, 8, 3, stride=2, padding=1, groups=2),
         conv(3, 8, 3, stride=2, padding=2, dilation=2), torch.nn.ConvTranspose2d(3, 8, 3, stride=2),
+        conv(3, 8, 3, stride=2, padding=1, dilation=2),
         conv(3, 8, 3, stride=2, padding=1, padding_mode="reflect"),
     ):  # fmt: skip
         assert not space_to_depth_convertible(other), other
     with pytest.raises(ValueError, match="not a stride-2 odd square conv"):
         SpaceToDepthConv(conv(3, 8, 7, stride=1, padding=3))
-    # A model: only the conv over the image's few channels changes; the original stays as it was.
-    model = torch.nn.Sequential(conv(3, 8, 7, stride=2, padding=3), torch.nn.ReLU(), conv(8, 8, 3, 2, 1))
+    # A model: only the wide conv over the image's few channels changes (a 3x3 one would do 4x the
+    # multiply-adds as a block conv); the original stays as it was.
+    model = torch.nn.Sequential(
+        conv(3, 8, 7, stride=2, padding=3), torch.nn.ReLU(), conv(8, 8, 3, 2, 1), conv(3, 8, 3, 2, 1)
+    )
     converted = with_space_to_depth_stem(model)
-    assert [type(m) for m in converted] == [SpaceToDepthConv, torch.nn.ReLU, torch.nn.Conv2d]
+    assert [type(m) for m in converted] == [SpaceToDepthConv, torch.nn.ReLU, torch.nn.Conv2d, torch.nn.Conv2d]
     assert type(model[0]) is torch.nn.Conv2d
 
 

@@ -552,8 +552,11 @@ class SpaceToDepthConv(nn.Module):
         return self.conv(SpaceToDepth.apply(x))
 
 
-#: Convs reading at most this many channels (the image) become :class:`SpaceToDepthConv` in the int8 graph.
+#: Convs reading at most this many channels (the image) become :class:`SpaceToDepthConv` in int8, ...
 SPACE_TO_DEPTH_MAX_CHANNELS = 4
+#: ... where their kernel is at least this wide: the block conv does (2 * ceil(p / 2) + 1)^2 * 4 / k^2 times
+#: the multiply-adds (7x7: 2.0, 5x5: 1.4, 3x3: 4.0; measured for ResNet's 7x7 only).
+SPACE_TO_DEPTH_MIN_KERNEL = 5
 
 
 def space_to_depth_convertible(conv: nn.Module) -> bool:
@@ -569,11 +572,14 @@ def space_to_depth_convertible(conv: nn.Module) -> bool:
 
 def with_space_to_depth_stem(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (in eval mode; ``model`` unchanged) whose stride-2 convs over at most
-    :data:`SPACE_TO_DEPTH_MAX_CHANNELS` channels are :class:`SpaceToDepthConv` modules. Call it after
+    :data:`SPACE_TO_DEPTH_MAX_CHANNELS` channels, with kernels at least :data:`SPACE_TO_DEPTH_MIN_KERNEL`
+    wide, are :class:`SpaceToDepthConv` modules. Call it after
     :func:`~mcn_ros.model.backends.fold_batch_norms`, which folds BatchNorms into plain convs only."""
     converted = copy.deepcopy(model).eval()
     for name, module in list(converted.named_modules()):
         if not (space_to_depth_convertible(module) and module.in_channels <= SPACE_TO_DEPTH_MAX_CHANNELS):
+            continue
+        if module.kernel_size[0] < SPACE_TO_DEPTH_MIN_KERNEL:
             continue
         parent_name, _, attribute = name.rpartition(".")
         setattr(converted.get_submodule(parent_name), attribute, SpaceToDepthConv(module))
