@@ -126,6 +126,15 @@ def test_unmapped_key_is_named(source: tuple[Path, MultitaskCenterNet, Path], tm
     mapping.write_text("- ['^a', 'b']\n")
     with pytest.raises(ConversionError, match=r"key mapping .*map\.yaml: expected a mapping at the top"):
         convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=mapping)
+    mapping.write_text("ignore: '^mystery'\n")  # one string, not a list: it was read character by character
+    with pytest.raises(ConversionError, match=r"map\.yaml: 'ignore' must be a list of patterns, got '\^myst"):
+        convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=mapping)
+    mapping.write_text("rules: [['(unclosed', 'x']]\n")
+    with pytest.raises(ConversionError, match=r"map\.yaml: '\(unclosed' is not a regular expression"):
+        convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=mapping)
+    mapping.write_text("rules: ['^a', 'b']\n")  # a pair, not a list of pairs
+    with pytest.raises(ConversionError, match=r"'rules' must be a list of \[pattern, replacement\] pairs"):
+        convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=mapping)
     mapping.write_text("# nothing to add\n")
     with pytest.raises(ConversionError, match=r"'mystery\.weight' \(no rule matches it\) has no counterpart"):
         convert(bad, CONFIG, tmp_path / "o.safetensors", mapping=mapping)

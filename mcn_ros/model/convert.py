@@ -162,10 +162,18 @@ def _read_mapping(path: str | Path | None) -> tuple[list[tuple[str, str]], list[
     if path is None:
         return [], []
     data = read_yaml_mapping(path, "key mapping", ConversionError, allow_empty=True)  # empty: no extra rules
-    rules = data.get("rules") or []
-    if not all(isinstance(r, (list, tuple)) and len(r) == 2 for r in rules):
+    rules, ignore = data.get("rules") or [], data.get("ignore") or []
+    if not isinstance(rules, list) or not all(isinstance(r, list) and len(r) == 2 for r in rules):
         raise ConversionError(f"{path}: 'rules' must be a list of [pattern, replacement] pairs")
-    return [(str(p), str(r)) for p, r in rules], [str(p) for p in data.get("ignore") or []]
+    if not isinstance(ignore, list):  # a single string would be read as one pattern per character
+        raise ConversionError(f"{path}: 'ignore' must be a list of patterns, got {ignore!r}")
+    patterns = [str(p) for p, _ in rules] + [str(p) for p in ignore]
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConversionError(f"{path}: {pattern!r} is not a regular expression: {exc}") from exc
+    return [(str(p), str(r)) for p, r in rules], [str(p) for p in ignore]
 
 
 def convert(
