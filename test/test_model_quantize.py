@@ -293,6 +293,7 @@ def test_only_plain_stride_2_convs_become_space_to_depth() -> None:
     assert type(model[0]) is torch.nn.Conv2d
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, as export_onnx uses it
 def test_space_to_depth_exports_as_the_onnx_operator(tmp_path: Path) -> None:
     """The blocks become ONNX's SpaceToDepth, and ONNX Runtime's result is the conv's."""
     _, ort = onnx_modules()
