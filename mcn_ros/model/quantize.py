@@ -35,6 +35,7 @@ import json
 import sys
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ def float_tail_nodes(graph: Any) -> list[str]:
     included (as :class:`ChannelsLastOutput` exports it: the transpose to NCHW, the bias add and the matrix
     product). Quantised, the heads' outputs would keep ~200 values each, and sizes and offsets sharing a
     conv with the heatmap would share its range."""
-    producer = {output: node for node in graph.node for output in node.output}
+    producer = _producers(graph)
     constants = {tensor.name for tensor in graph.initializer}
     constants |= {node.output[0] for node in graph.node if node.op_type == "Constant"}
     names: list[str] = []
@@ -208,6 +209,16 @@ def float_tail_nodes(graph: Any) -> list[str]:
             else:
                 break
     return names
+
+
+def _producers(graph: Any) -> dict[str, Any]:
+    """Tensor name -> the node of ``graph`` (a GraphProto) that writes it."""
+    return {output: node for node in graph.node for output in node.output}
+
+
+def _readers(graph: Any) -> Counter[str]:
+    """Tensor name -> how many times ``graph`` (a GraphProto) reads it: as a node's input or as an output."""
+    return Counter([name for node in graph.node for name in node.input] + [o.name for o in graph.output])
 
 
 def _permutation(node: Any) -> tuple[int, ...] | None:
@@ -266,20 +277,15 @@ def with_channels_last_outputs(model: nn.Module) -> nn.Module:
 def strip_output_transposes(graph: Any) -> list[str]:
     """Remove from ``graph`` (a ModelProto, changed in place) each Transpose to NCHW that writes a graph
     output, so that the output is the channels-last map before it; the names of those outputs."""
-    producer = {output: node for node in graph.graph.node for output in node.output}
-    consumers: dict[str, int] = {}
-    for node in graph.graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    outputs = {output.name for output in graph.graph.output}
+    producer, readers = _producers(graph.graph), _readers(graph.graph)
     stripped = []
     for output in graph.graph.output:
         node = producer.get(output.name)
         if node is None or node.op_type != "Transpose" or _permutation(node) != TO_NCHW:
             continue
         source = node.input[0]
-        if consumers.get(source, 0) != 1 or source in outputs or consumers.get(output.name, 0):
-            continue  # the channels-last map, or the NCHW output, is read by other nodes too
+        if readers[source] != 1 or readers[output.name] != 1:
+            continue  # the channels-last map, or the NCHW output, is read by other nodes or is an output too
         writer = producer.get(source)
         if writer is None:
             continue
@@ -313,14 +319,8 @@ def fuse_product_biases(graph: Any) -> list[str]:
     subgraphs = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
     if any(attribute.type in subgraphs for node in nodes for attribute in node.attribute):
         return []
-    producer = {output: node for node in nodes for output in node.output}
+    producer, readers = _producers(graph.graph), _readers(graph.graph)
     constants = {tensor.name: tensor for tensor in graph.graph.initializer}
-    readers: dict[str, int] = {}
-    for node in nodes:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    for output in graph.graph.output:
-        readers[output.name] = readers.get(output.name, 0) + 1
 
     fused: list[str] = []
     for add in list(nodes):
@@ -332,7 +332,7 @@ def fuse_product_biases(graph: Any) -> list[str]:
         bias = constants[biases[0]]
         (summed,) = (name for name in add.input if name not in constants)
         product = producer.get(summed)
-        if product is None or product.op_type != "MatMul" or readers.get(summed) != 1:
+        if product is None or product.op_type != "MatMul" or readers[summed] != 1:
             continue
         activation, weights = (producer.get(name) for name in product.input)
         if not _fusable_dequantisations(activation, weights, constants):
