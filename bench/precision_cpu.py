@@ -1,6 +1,6 @@
 """Reduced precision on the CPU: bf16 against fp32, accuracy and speed, with YOLO26n x3 given the same.
 
-    python bench/precision_cpu.py [--rounds 30] [--threads 2]
+    python bench/precision_cpu.py [--rounds 30] [--threads 2] [--name precision_cpu]
 
 Only meaningful on a CPU with native bf16 (``avx512_bf16`` or ``amx_bf16``: :mod:`mcn_ros.model.precision`);
 elsewhere ``Predictor`` refuses bf16 and this script says so and exits 2 without writing anything.
@@ -16,7 +16,8 @@ elsewhere ``Predictor`` refuses bf16 and this script says so and exits 2 without
    bf16 (ultralytics has no CPU bf16 switch of its own: the module its predictor runs is replaced by a
    bfloat16 copy, and ``torch.autocast`` casts its float32 input).
 
-Writes bench/results/precision_cpu.json and .md.
+Writes bench/results/<name>.json and .md (``--name``, default precision_cpu): CPUs with native bf16 differ
+a lot here (AVX-512 BF16 dot products alone, or AMX tiles), so each kind's record keeps its own name.
 """
 
 from __future__ import annotations
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--name", default="precision_cpu", help="results file name (default precision_cpu)")
     args = parser.parse_args(argv)
     if not cpu_bf16_native():
         print("this CPU has no native bf16 (avx512_bf16 / amx_bf16): nothing to measure", file=sys.stderr)
@@ -239,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "precision_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "precision_cpu.md").write_text(markdown(report))
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(report))
     print(json.dumps(report["ratios"], indent=1))
     return 0
 
