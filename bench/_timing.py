@@ -7,6 +7,7 @@ slows all of them alike; reports compare contenders of the same run only.
 
 from __future__ import annotations
 
+import copy
 import platform
 import statistics
 import tempfile
@@ -144,6 +145,21 @@ def yolo_forward_module(yolo: Any, device: str = "cpu") -> torch.nn.Module:
     if torch.device(device).type == "cpu" and ultralytics_cpu_channels_last():
         module = module.to(memory_format=torch.channels_last)
     return module
+
+
+def bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A bfloat16, channels_last copy of ``module`` (weights converted outright, as the Predictor does)."""
+    return copy.deepcopy(module).to(torch.bfloat16).to(memory_format=torch.channels_last)
+
+
+def yolo_in_bf16(models: list[Any], image: np.ndarray, imgsz: int | tuple[int, int], conf: float) -> None:
+    """Make each ultralytics model's predictor run a bfloat16 copy of its module (ultralytics has no CPU bf16
+    switch of its own); calls to ``predict`` then need ``torch.autocast("cpu", dtype=torch.bfloat16)`` around
+    them, which casts ultralytics' float32 input for the first conv."""
+    for yolo in models:
+        yolo.predict(image, imgsz=imgsz, conf=conf, device="cpu", verbose=False)  # makes its predictor
+        backend = yolo.predictor.model.backend
+        backend.model = bf16_copy(backend.model)
 
 
 def ultralytics_cpu_channels_last() -> bool:

@@ -10,11 +10,13 @@ from ultralytics' YAMLs, ``imgsz=512``: its rectangular letterbox, the same inpu
 PyTorch and, exported by ultralytics to ONNX at that input shape, in ONNX Runtime (its sessions made as
 the MCN's, and again in ultralytics' own: :func:`load_yolo`); on a CPU with VNNI or AMX also both in int8
 (``onnxruntime_int8``: the MCN through ``precision="int8"``, YOLO's three ONNX files quantised by the same
-function, each calibrated on 8 camera-like images). Interleaved rounds (each
-backend's runs among themselves; torch's thread count set again before every call), batch 1, fp32 unless
-int8, in ``--repeats`` passes over all contenders: the tables pool every pass, and the headlines of each
-pass alone are recorded beside them (``per_repeat``), because this kind of shared machine moves by more
-between minutes than within one.
+function, each calibrated on 8 camera-like images); on a CPU with native bf16 (``avx512_bf16`` or
+``amx_bf16``) also both in PyTorch bf16 (``torch_bf16``: the MCN through ``precision="bf16"``, its
+bfloat16 copy; YOLO's predictors given a bfloat16 copy of their modules, as bench/precision_cpu.py does).
+Interleaved rounds (each backend's runs among themselves; torch's thread count set again before every
+call), batch 1, fp32 unless int8 or bf16, in ``--repeats`` passes over all contenders: the tables pool every
+pass, and the headlines of each pass alone are recorded beside them (``per_repeat``), because this kind of
+shared machine moves by more between minutes than within one.
 Both sides decode at the same score threshold, 0.3 (``SCORE_THRESHOLD``; YOLO's ``predict`` gets it as
 ``conf``, whose default is 0.25). The MCN's time is split into preprocess / forward / decode (timed inside
 the same calls), YOLO's into ultralytics' own preprocess / inference / postprocess sums.
@@ -23,7 +25,8 @@ Also ``e2e_cpu.png``: the split per network and backend.
 
 Headline ``e2e_vs_yolo26n_speedup``: at 640x480, the MCN's fastest CPU backend against YOLO26n x3 in the
 same backend (YOLO26n x3 median / MCN median); ``e2e_best_vs_best_speedup``: each side's fastest;
-``e2e_fp32_best_vs_best_speedup``: the same among the fp32 backends; ``e2e_light_fp32_best_vs_best_speedup``:
+``e2e_fp32_best_vs_best_speedup``: the same among the fp32 backends; ``e2e_bf16_vs_yolo26n_speedup``:
+both in PyTorch bf16 (where bf16 is native); ``e2e_light_fp32_best_vs_best_speedup``:
 the lighter variant (PyTorch and ONNX Runtime, fp32, random init) likewise;
 ``e2e_light_int8_vs_yolo26n_speedup``: the lighter variant in int8 against YOLO26n x3 in int8 (where int8
 runs). Random weights unless
@@ -51,13 +54,13 @@ import cv2
 import numpy as np
 import torch
 from _common import PACKAGES, git_commit, machine, versions
-from _timing import YOLO_FAMILIES, interleaved, onnxruntime_version, stats, yolo_models
+from _timing import YOLO_FAMILIES, interleaved, onnxruntime_version, stats, yolo_in_bf16, yolo_models
 
 from mcn_ros.model.backends import session_options
 from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.decode import DecodeOptions, decode_batch
 from mcn_ros.model.mcn import MultitaskCenterNet
-from mcn_ros.model.precision import cpu_int8_native
+from mcn_ros.model.precision import cpu_bf16_native, cpu_int8_native
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.preprocess import preprocess, rect_input_size
 from mcn_ros.model.quantize import image_files, quantize_graph
@@ -71,11 +74,15 @@ DEFAULT_CONFIG = ROOT / "config" / "models" / "resnet18_det80_seg80_pose_512.yam
 #: (random init).
 LIGHT_CONFIG = ROOT / "config" / "models" / "resnet18_det80_seg80_pose_light_512.yaml"
 SCORE_THRESHOLD = 0.3
-#: Backend groups of the contenders; onnxruntime_int8 = the onnxruntime backend with precision int8.
-BACKENDS = ("torch", "onnxruntime", "onnxruntime_int8")
+#: Backend groups of the contenders; torch_bf16 = the torch backend with precision bf16, onnxruntime_int8 =
+#: the onnxruntime backend with precision int8.
+BACKENDS = ("torch", "torch_bf16", "onnxruntime", "onnxruntime_int8")
+#: The backend groups in a reduced precision (left out of the fp32 headlines).
+REDUCED_PRECISION = frozenset({"torch_bf16", "onnxruntime_int8"})
 #: The lighter variant's rows: (backend, key in :func:`speedups`' output).
 LIGHT_ROWS = (
     ("torch", "light"),
+    ("torch_bf16", "light_torch_bf16"),
     ("onnxruntime", "light_onnxruntime"),
     ("onnxruntime_int8", "light_onnxruntime_int8"),
 )
@@ -141,17 +148,21 @@ class YoloTrio:
     """Three ultralytics networks predicting one image one after another (at the MCN's score threshold);
     records their own speed split."""
 
-    def __init__(self, models: list[Any], image: np.ndarray, imgsz: int | tuple[int, int]) -> None:
-        self.models, self.image, self.imgsz = models, image, imgsz
+    def __init__(
+        self, models: list[Any], image: np.ndarray, imgsz: int | tuple[int, int], bf16: bool = False
+    ) -> None:
+        self.models, self.image, self.imgsz, self.bf16 = models, image, imgsz, bf16
         self.parts: dict[str, list[float]] = {"preprocess": [], "forward": [], "decode": []}
 
     def __call__(self) -> object:
         totals = dict.fromkeys(self.parts, 0.0)
         outputs = []
         for model in self.models:
-            result = model.predict(
-                self.image, imgsz=self.imgsz, conf=SCORE_THRESHOLD, device="cpu", verbose=False
-            )[0]
+            # bf16 (_timing.yolo_in_bf16): autocast casts ultralytics' float32 input for the bf16 module
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                result = model.predict(
+                    self.image, imgsz=self.imgsz, conf=SCORE_THRESHOLD, device="cpu", verbose=False
+                )[0]
             totals["preprocess"] += result.speed["preprocess"]
             totals["forward"] += result.speed["inference"]
             totals["decode"] += result.speed["postprocess"]
@@ -255,6 +266,12 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
     if not args.weights:
         light = dataclasses.replace(ModelConfig.from_yaml(LIGHT_CONFIG), input_size=config.input_size)
         predictors["torch:mcn_light"] = Predictor(MultitaskCenterNet(light), light)
+    bf16 = cpu_bf16_native()
+    if bf16:
+        predictors["torch_bf16:mcn"] = Predictor(model, config, precision="bf16")
+        if "torch:mcn_light" in predictors:
+            light_model = predictors["torch:mcn_light"].model
+            predictors["torch_bf16:mcn_light"] = Predictor(light_model, light, precision="bf16")
     int8 = has_ort and cpu_int8_native()
     calibration = calibration_images() if int8 else []
     if has_ort:
@@ -285,6 +302,9 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
         "int8": "onnxruntime_int8 rows: static int8 (QDQ) calibrated on 8 camera-like images, both networks"
         if int8
         else "no int8 rows: " + ("no onnxruntime" if not has_ort else "this CPU has no VNNI/AMX"),
+        "bf16": "torch_bf16 rows: weights and input in bfloat16, both networks"
+        if bf16
+        else "no torch_bf16 rows: this CPU has no native bf16 (avx512_bf16 / amx_bf16)",
     }
     sizes = {"640x480": SIZES["640x480"]} if args.quick else SIZES
     for size_name, hw in sizes.items():
@@ -296,6 +316,13 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
         for key, predictor in predictors.items():
             contenders[f"{key}@{size_name}"] = SplitPredict(predictor, image)
         contenders[f"torch:yolo26n_x3@{size_name}"] = YoloTrio(yolo_torch, image, config.input_size[1])
+        if bf16:
+            torch.manual_seed(0)
+            yolo_bf16 = yolo_models("yolo26n")
+            yolo_in_bf16(yolo_bf16, image, config.input_size[1], SCORE_THRESHOLD)
+            contenders[f"torch_bf16:yolo26n_x3@{size_name}"] = YoloTrio(
+                yolo_bf16, image, config.input_size[1], bf16=True
+            )
         groups = [("onnxruntime", yolo_onnx_files("yolo26n", shape, folder))] if has_ort else []
         if int8:
             groups.append(("onnxruntime_int8", yolo_int8_files(groups[0][1], calibration)))
@@ -415,6 +442,7 @@ def headlines(ratios: dict[str, Any]) -> dict[str, float | None]:
         "e2e_vs_yolo26n_speedup": "best",
         "e2e_best_vs_best_speedup": "best_vs_best",
         "e2e_fp32_best_vs_best_speedup": "best_vs_best_fp32",
+        "e2e_bf16_vs_yolo26n_speedup": "torch_bf16",
         "e2e_light_vs_yolo26n_speedup": "light",
         "e2e_light_fp32_best_vs_best_speedup": "light_best_vs_best_fp32",
         "e2e_light_int8_vs_yolo26n_speedup": "light_onnxruntime_int8",
@@ -446,7 +474,7 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
             per["best"] = {"backend": fastest, **per[fastest]}
             # Each side's fastest backend: YOLO's may not be the one the MCN is fastest in.
             per["best_vs_best"] = _best_vs_best(per, measured)
-            per["best_vs_best_fp32"] = _best_vs_best(per, [b for b in measured if b != "onnxruntime_int8"])
+            per["best_vs_best_fp32"] = _best_vs_best(per, [b for b in measured if b not in REDUCED_PRECISION])
         light_backends = []
         for backend, name in LIGHT_ROWS:
             light, yolo = rows.get(f"{backend}:mcn_light@{size}"), rows.get(f"{backend}:yolo26n_x3@{size}")
@@ -457,7 +485,7 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
                     "yolo26n_x3_ms": yolo["median_ms"],
                     "speedup": round(yolo["median_ms"] / light["median_ms"], 3),
                 }
-                if backend != "onnxruntime_int8":
+                if backend not in REDUCED_PRECISION:
                     light_backends.append(name)
         if light_backends and "best_vs_best_fp32" in per:
             # The lighter variant's fastest fp32 backend against YOLO26n x3's fastest fp32 one.
@@ -526,7 +554,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"variant (`mcn_light`) in PyTorch fp32: **{report.get('e2e_light_vs_yolo26n_speedup')}**, its "
         f"fastest fp32 backend against YOLO's (`e2e_light_fp32_best_vs_best_speedup`): "
         f"**{report.get('e2e_light_fp32_best_vs_best_speedup')}**, in int8 against YOLO's int8 "
-        f"(`e2e_light_int8_vs_yolo26n_speedup`): **{report.get('e2e_light_int8_vs_yolo26n_speedup')}**. "
+        f"(`e2e_light_int8_vs_yolo26n_speedup`): **{report.get('e2e_light_int8_vs_yolo26n_speedup')}**; "
+        "both in PyTorch bf16 (`e2e_bf16_vs_yolo26n_speedup`): "
+        f"**{report.get('e2e_bf16_vs_yolo26n_speedup')}**. "
         "All rounds of the run pooled; each repeat alone: "
         + "; ".join(
             f"`{key}` " + " / ".join(str(one.get(key)) for one in report.get("per_repeat", []))
@@ -535,6 +565,7 @@ def markdown(report: dict[str, Any]) -> str:
                 "e2e_fp32_best_vs_best_speedup",
                 "e2e_light_fp32_best_vs_best_speedup",
                 "e2e_light_int8_vs_yolo26n_speedup",
+                "e2e_bf16_vs_yolo26n_speedup",
             )
         ),
         "",
@@ -583,6 +614,8 @@ def markdown(report: dict[str, Any]) -> str:
         "spinning pool per network, sized by the cores), as a user gets them out of the box.",
         f"int8: {report.get('int8')}; YOLO's ONNX files quantised by the same function",
         "(`mcn_ros.model.quantize.quantize_onnx`) and run by ultralytics' own ONNX Runtime backend.",
+        f"bf16: {report.get('bf16')}; YOLO's predictors run a bfloat16 copy of their modules, their float32",
+        "input cast by `torch.autocast` (ultralytics has no CPU bf16 switch of its own).",
         "",
     ]
     return "\n".join(lines)

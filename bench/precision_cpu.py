@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import shlex
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 
 import torch
 from _common import PACKAGES, git_commit, machine, pct, versions
-from _timing import interleaved, stats, yolo_forward_module, yolo_models
+from _timing import bf16_copy, interleaved, stats, yolo_forward_module, yolo_in_bf16, yolo_models
 from e2e_cpu import SCORE_THRESHOLD, camera_image
 from seg_resampling import DEMO_WEIGHTS, demo_report, generate_demo_val
 from torch import Tensor, nn
@@ -76,11 +75,6 @@ def accuracy(folder: Path, precision: str, device: str | torch.device = "cpu") -
     return {key: getattr(report, key) for key in (*METRICS, "num_images")}
 
 
-def bf16_copy(module: nn.Module) -> nn.Module:
-    """A bfloat16, channels_last copy of ``module`` (weights converted outright, as the Predictor does)."""
-    return copy.deepcopy(module).to(torch.bfloat16).to(memory_format=torch.channels_last)
-
-
 def forward_contenders() -> dict[str, Callable[[], object]]:
     """Raw forwards at 384x512 of the MCN and of YOLO26n x3, fp32 and bf16."""
     torch.manual_seed(0)
@@ -114,10 +108,7 @@ def e2e_contenders() -> dict[str, Callable[[], object]]:
     mcn = {name: Predictor(model, config, precision=name) for name in ("fp32", "bf16")}
     size = config.input_size[1]
     yolos = {"fp32": yolo_models("yolo26n"), "bf16": yolo_models("yolo26n")}
-    for yolo in yolos["bf16"]:  # ultralytics has no CPU bf16 switch: convert the module its predictor runs
-        yolo.predict(image, imgsz=size, conf=SCORE_THRESHOLD, device="cpu", verbose=False)
-        backend = yolo.predictor.model.backend
-        backend.model = bf16_copy(backend.model)
+    yolo_in_bf16(yolos["bf16"], image, size, SCORE_THRESHOLD)
 
     def mcn_call(predictor: Predictor) -> Callable[[], object]:
         return lambda: predictor.predict(image, color_order="bgr", score_threshold=SCORE_THRESHOLD)

@@ -113,6 +113,24 @@ def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPat
         "speedup": 2.5,
     }
     assert bench.headlines(bench.speedups(rows))["e2e_light_fp32_best_vs_best_speedup"] == 2.5
+    # bf16 (PyTorch) is a reduced precision too: in the overall best, never in the fp32 figures.
+    fp32_only = bench.speedups(rows)["640x480"]
+    rows["torch_bf16:mcn@640x480"] = {"size": "640x480", "median_ms": 50.0}
+    rows["torch_bf16:yolo26n_x3@640x480"] = {"size": "640x480", "median_ms": 400.0}
+    rows["torch_bf16:mcn_light@640x480"] = {"size": "640x480", "median_ms": 40.0}
+    with_bf16 = bench.speedups(rows)["640x480"]
+    assert with_bf16["torch_bf16"]["speedup"] == 8.0
+    assert with_bf16["best"]["backend"] == "torch_bf16"
+    # Each side's fastest: the MCN in bf16 (50 ms) against YOLO in int8 (200 ms), not YOLO's bf16.
+    assert with_bf16["best_vs_best"] == {
+        "mcn_backend": "torch_bf16",
+        "yolo26n_x3_backend": "onnxruntime_int8",
+        "speedup": 4.0,
+    }
+    assert with_bf16["best_vs_best_fp32"] == fp32_only["best_vs_best_fp32"]
+    assert with_bf16["light_best_vs_best_fp32"] == fp32_only["light_best_vs_best_fp32"]
+    assert with_bf16["light_torch_bf16"]["speedup"] == 10.0
+    assert bench.headlines(bench.speedups(rows))["e2e_bf16_vs_yolo26n_speedup"] == 8.0
     # The lighter variant in int8: against YOLO in int8 (200 ms), never in the fp32 comparison.
     assert bench.headlines(bench.speedups(rows))["e2e_light_int8_vs_yolo26n_speedup"] is None
     rows["onnxruntime_int8:mcn_light@640x480"] = {"size": "640x480", "median_ms": 40.0}
