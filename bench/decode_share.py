@@ -15,9 +15,10 @@ each, ``--rounds`` rounds run every setting's block once, in turn, so that drift
 setting the medians of preprocess / forward / decode, decode / forward, and the detections and persons per
 image. The target (issue 13) is decode <= 5 % of the forward.
 
-On the CPU each of ``--backends`` (default all three the node ships): ``torch`` (fp32), ``onnxruntime``
-(fp32) and ``int8`` (ONNX Runtime, static int8 calibrated on 16 scenes of the demo's training split
-drawn at 640x480; skipped with a note on a CPU without int8 dot products). ONNX Runtime hands decoding
+On the CPU each of ``--backends`` (default all four the node ships): ``torch`` (fp32), ``bf16`` (torch, the
+model's bfloat16 copy; skipped with a note on a CPU without native bf16), ``onnxruntime`` (fp32) and
+``int8`` (ONNX Runtime, static int8 calibrated on 16 scenes of the demo's training split drawn at 640x480;
+skipped with a note on a CPU without int8 dot products). ONNX Runtime hands decoding
 NCHW maps where torch hands it channels_last ones.
 
 ``--device cuda``: the same on a GPU, each step ending with a synchronize (bench/e2e_cpu.py's SplitPredict),
@@ -45,7 +46,7 @@ from e2e_cpu import SCORE_THRESHOLD, SplitPredict
 from seg_resampling import DEMO_VAL, DEMO_WEIGHTS
 
 from mcn_ros.model.mcn import MultitaskCenterNet
-from mcn_ros.model.precision import NATIVE_INT8_FLAGS, cpu_int8_native
+from mcn_ros.model.precision import NATIVE_BF16_FLAGS, NATIVE_INT8_FLAGS, cpu_bf16_native, cpu_int8_native
 from mcn_ros.model.predictor import Predictor
 from mcn_ros.model.quantize import image_files, quantize_graph
 from mcn_ros.model.weights import load_weights
@@ -60,6 +61,7 @@ INPUTS = (128, 512)
 #: CPU backends (``--backends``): name -> (Predictor backend, precision).
 CPU_BACKENDS = {
     "torch": ("torch", "fp32"),
+    "bf16": ("torch", "bf16"),
     "onnxruntime": ("onnxruntime", "fp32"),
     "int8": ("onnxruntime", "int8"),
 }
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda-graphs", action="store_true", help="each setting also with cuda_graphs")
     parser.add_argument(
         "--backends", nargs="+", choices=list(CPU_BACKENDS), default=list(CPU_BACKENDS),
-        help="CPU only: torch (fp32), onnxruntime (fp32), int8 (ONNX Runtime); default all",
+        help="CPU only: torch (fp32), bf16 (torch), onnxruntime (fp32), int8 (ONNX Runtime); default all",
     )  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -210,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         args.backends.remove("int8")
         flags = ", ".join(NATIVE_INT8_FLAGS)
         skipped.append(f"int8: this CPU has none of {flags} (the node runs fp32 there)")
+    if "bf16" in args.backends and device.type == "cpu" and not cpu_bf16_native():
+        args.backends.remove("bf16")
+        flags = ", ".join(NATIVE_BF16_FLAGS)
+        skipped.append(f"bf16: this CPU has none of {flags} (the node runs fp32 there)")
     with tempfile.TemporaryDirectory() as tmp:
         images = camera_scenes(Path(tmp), args.images)
         calibration = None

@@ -31,12 +31,14 @@ frame does not fit the 512 KiB shared-memory segment and crosses loopback UDP in
 
 ``--int8``: the node and ``Predictor`` run ``backend:=onnxruntime precision:=int8`` (the random weights
 calibrated on 8 camera-like frames first, the graph beside them), so the same two paths are compared in
-int8 (recorded as ``--name node_cpu_int8``).
+int8 (recorded as ``--name node_cpu_int8``); ``--bf16``: both run ``precision:=bf16`` (PyTorch, a CPU with
+native bf16; recorded as ``--name node_cpu_bf16``).
 
 Writes ``bench/results/<name>.json`` (+ ``.md``; name node_cpu by default). Usage::
 
     python bench/node_cpu.py [--config config/models/resnet18_det80_seg80_pose_512.yaml] [--frames 120]
-        [--seconds 20] [--rate 30] [--fastdds-profile shipped|none|PATH] [--int8] [--name node_cpu] [--quick]
+        [--seconds 20] [--rate 30] [--fastdds-profile shipped|none|PATH] [--int8 | --bf16] [--name node_cpu]
+        [--quick]
 """
 
 from __future__ import annotations
@@ -78,11 +80,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Fast DDS profile for the node and this driver: shipped (config/fastdds.xml, what the launch "
         "file gives the node), none (Fast DDS's defaults), or a path; an environment that names one wins",
     )
-    parser.add_argument(
+    reduced = parser.add_mutually_exclusive_group()
+    reduced.add_argument(
         "--int8",
         action="store_true",
         help="node and Predictor with backend onnxruntime, precision int8 (the weights calibrated on 8 "
         "camera-like frames first; a CPU with VNNI/AMX)",
+    )
+    reduced.add_argument(
+        "--bf16", action="store_true", help="node and Predictor with precision bf16 (a CPU with native bf16)"
     )
     parser.add_argument("--name", default="node_cpu", help="results file name (default node_cpu)")
     parser.add_argument("--quick", action="store_true", help="a short check of the script (not a result)")
@@ -138,11 +144,11 @@ def node_status(driver: Any) -> list[dict[str, str]]:
     return latest
 
 
-def runtime_settings(int8: bool) -> dict[str, str]:
+def runtime_settings(int8: bool, bf16: bool = False) -> dict[str, str]:
     """The node parameters (and Predictor arguments) of the measured runtime."""
-    return (
-        {"backend": "onnxruntime", "precision": "int8"} if int8 else {"backend": "torch", "precision": "fp32"}
-    )
+    if int8:
+        return {"backend": "onnxruntime", "precision": "int8"}
+    return {"backend": "torch", "precision": "bf16" if bf16 else "fp32"}
 
 
 def calibrate(weights: Path, folder: Path) -> None:
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ModelConfig.from_yaml(args.config)
     with tempfile.TemporaryDirectory() as tmp:
         weights = make_weights(args.config, Path(tmp) / "model.safetensors")
-        settings = runtime_settings(args.int8)
+        settings = runtime_settings(args.int8, args.bf16)
         if args.int8:
             calibrate(weights, Path(tmp) / "calibration")
         command_line = node_command(
