@@ -46,8 +46,9 @@ test-launch:
 demo: setup
 	$(ENV) WEIGHTS="$(WEIGHTS)" BAG="$(BAG)" TRAIN="$(TRAIN)" RECORD="$(RECORD)" bash scripts/demo.sh
 
-# CPU speed benchmarks (bench/results/model_cpu.*, e2e_cpu.*, and int8_onnxruntime.* on a CPU with VNNI or
-# AMX, not with QUICK): installs the benchmark-only packages
+# CPU speed benchmarks (bench/results/model_cpu.*, e2e_cpu.*; not with QUICK: int8_onnxruntime.* on a CPU
+# with VNNI or AMX, precision_cpu_amx.* on one with AMX bf16, precision_cpu.* on one with AVX-512 BF16
+# alone): installs the benchmark-only packages
 # (requirements/bench.txt: ultralytics for the YOLO peers, onnxruntime + onnx) into .venv without their
 # dependency resolution (see that file), then runs the scripts. QUICK=1: a short check of the scripts, written
 # to a temporary folder. Run it on an otherwise idle machine; THREADS sets torch / ONNX Runtime threads.
@@ -59,6 +60,10 @@ bench: setup
 	$(if $(QUICK),,if grep -qwE 'avx512_vnni|avx_vnni|amx_int8' /proc/cpuinfo; then \
 		$(ENV) python bench/int8_onnxruntime.py; \
 	else echo "[bench] this CPU has no VNNI/AMX: int8_onnxruntime skipped (precision int8 runs fp32 here)"; fi)
+	$(if $(QUICK),,if grep -qw amx_bf16 /proc/cpuinfo; then \
+		$(ENV) python bench/precision_cpu.py --threads $(THREADS) --name precision_cpu_amx; \
+	elif grep -qw avx512_bf16 /proc/cpuinfo; then $(ENV) python bench/precision_cpu.py --threads $(THREADS); \
+	else echo "[bench] this CPU has no native bf16: precision_cpu skipped (precision bf16 runs fp32 here)"; fi)
 
 # On a CUDA GPU: the model table (bench/results/model_gpu.*: fp32 / fp16 / bf16, batch 1 and 6, the demo
 # weights' accuracy at each precision), then (not with QUICK) eager forward against CUDA graphs and the two
