@@ -15,6 +15,7 @@ from mcn_ros.model.config import ModelConfig
 from mcn_ros.model.mcn import MultitaskCenterNet
 from mcn_ros.model.precision import (
     Precision,
+    cpu_amx_bf16,
     cpu_bf16_native,
     cpu_flags,
     cpu_int8_native,
@@ -36,6 +37,7 @@ def test_cpu_flags_are_read_from_the_first_flags_line() -> None:
     assert cpu_flags(text) == {"fpu", "avx2", "avx512_bf16"}
     assert cpu_flags("no flags here") == frozenset()
     assert cpu_bf16_native(GENOA) and cpu_bf16_native(SAPPHIRE_RAPIDS) and not cpu_bf16_native(AVX2_ONLY)
+    assert cpu_amx_bf16(SAPPHIRE_RAPIDS) and not cpu_amx_bf16(GENOA) and not cpu_amx_bf16(AVX2_ONLY)
 
 
 def test_settings_parse_and_bad_ones_are_named() -> None:

@@ -94,6 +94,7 @@ class McnNode(LifecycleNode):
         # The state first: a start refused for its parameters still goes through the shutdown transition.
         self._predictor: Predictor | None = None
         self._cpu_bf16 = False  # the CPU multiplies bf16 natively (known after configure; a speed hint)
+        self._cpu_amx_bf16 = False  # ... with AMX tiles
         self._cpu_int8 = False  # precision:=int8 would run here (known after configure; a speed hint)
         self._cameras: dict[str, Camera] = {"": Camera("")}  # made anew on configure from `cameras`
         self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
@@ -233,7 +234,7 @@ class McnNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
-        from mcn_ros.model.precision import cpu_bf16_native, cpu_int8_native
+        from mcn_ros.model.precision import cpu_amx_bf16, cpu_bf16_native, cpu_int8_native
         from mcn_ros.model.predictor import Predictor, backend_device
         from mcn_ros.model.quantize import default_int8_path
         from mcn_ros.model.weights import load_weights
@@ -275,6 +276,7 @@ class McnNode(LifecycleNode):
         predictor = self._on_inference_thread(make_predictor)
         self._predictor = predictor
         self._cpu_bf16 = backend == "torch" and cpu_bf16_native()  # what precision:=bf16 would use here
+        self._cpu_amx_bf16 = self._cpu_bf16 and cpu_amx_bf16()
         self._cpu_int8 = device.type == "cpu" and cpu_int8_native() and find_spec("onnxruntime") is not None
 
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
@@ -596,6 +598,7 @@ class McnNode(LifecycleNode):
             device=self._device_name(),
             precision=predictor.precision.name if predictor is not None else "fp32",
             cpu_bf16=self._cpu_bf16,
+            cpu_amx_bf16=self._cpu_amx_bf16,
             cpu_int8=self._cpu_int8,
             cuda_graphs=predictor is not None and predictor.cuda_graphs,
             cuda_graphs_possible=predictor is not None and predictor.cuda_graphs_possible,
