@@ -24,7 +24,8 @@ the same calls), YOLO's into ultralytics' own preprocess / inference / postproce
 Also ``e2e_cpu.png``: the split per network and backend.
 
 Headline ``e2e_vs_yolo26n_speedup``: at 640x480, the MCN's fastest CPU backend against YOLO26n x3 in the
-same backend (YOLO26n x3 median / MCN median); ``e2e_best_vs_best_speedup``: each side's fastest;
+same backend (YOLO26n x3 median / MCN median; the rows with ``torch_compile`` beside them, in no headline);
+``e2e_best_vs_best_speedup``: each side's fastest;
 ``e2e_fp32_best_vs_best_speedup``: the same among the fp32 backends; ``e2e_bf16_vs_yolo26n_speedup``:
 both in PyTorch bf16 (where bf16 is native); ``e2e_light_fp32_best_vs_best_speedup``:
 the lighter variant (PyTorch and ONNX Runtime, fp32, random init) likewise;
@@ -86,6 +87,9 @@ LIGHT_ROWS = (
     ("onnxruntime", "light_onnxruntime"),
     ("onnxruntime_int8", "light_onnxruntime_int8"),
 )
+#: The paper config's rows with ``Predictor(torch_compile=True)``: (backend, key in :func:`speedups`' output);
+#: beside the tables, in no headline (YOLO runs uncompiled, as ultralytics runs it).
+COMPILED_ROWS = (("torch", "compiled"), ("torch_bf16", "compiled_bf16"))
 #: YOLO26n x3 in ultralytics' own ONNX Runtime sessions (``yolo26n_x3`` runs in the MCN's session settings).
 ULTRALYTICS_SESSIONS = "yolo26n_x3_ultralytics_sessions"
 
@@ -266,9 +270,11 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Callable[[]
     if not args.weights:
         light = dataclasses.replace(ModelConfig.from_yaml(LIGHT_CONFIG), input_size=config.input_size)
         predictors["torch:mcn_light"] = Predictor(MultitaskCenterNet(light), light)
+    predictors["torch:mcn_compiled"] = Predictor(model, config, torch_compile=True)
     bf16 = cpu_bf16_native()
     if bf16:
         predictors["torch_bf16:mcn"] = Predictor(model, config, precision="bf16")
+        predictors["torch_bf16:mcn_compiled"] = Predictor(model, config, precision="bf16", torch_compile=True)
         if "torch:mcn_light" in predictors:
             light_model = predictors["torch:mcn_light"].model
             predictors["torch_bf16:mcn_light"] = Predictor(light_model, light, precision="bf16")
@@ -487,6 +493,16 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
                 }
                 if backend not in REDUCED_PRECISION:
                     light_backends.append(name)
+        for backend, name in COMPILED_ROWS:
+            compiled = rows.get(f"{backend}:mcn_compiled@{size}")
+            yolo = rows.get(f"{backend}:yolo26n_x3@{size}")
+            if compiled and yolo:
+                per[name] = {
+                    "backend": backend,
+                    "mcn_ms": compiled["median_ms"],
+                    "yolo26n_x3_ms": yolo["median_ms"],
+                    "speedup": round(yolo["median_ms"] / compiled["median_ms"], 3),
+                }
         if light_backends and "best_vs_best_fp32" in per:
             # The lighter variant's fastest fp32 backend against YOLO26n x3's fastest fp32 one.
             fastest = min(light_backends, key=lambda name: per[name]["mcn_ms"])
@@ -586,11 +602,12 @@ def markdown(report: dict[str, Any]) -> str:
                 else:
                     figures += " |"
                 lines.append(f"| {size} | {backend} | {figures} |")
-        for _, name in LIGHT_ROWS:
-            if name in per:
-                v = per[name]
-                figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x |  |"
-                lines.append(f"| {size} | {v['backend']}, light variant | {figures} |")
+        for rows_of, label in ((LIGHT_ROWS, "light variant"), (COMPILED_ROWS, "torch.compile")):
+            for _, name in rows_of:
+                if name in per:
+                    v = per[name]
+                    figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x |  |"
+                    lines.append(f"| {size} | {v['backend']}, {label} | {figures} |")
     lines += [
         "",
         "| run | median ms | p95 | preprocess | forward | decode / postprocess |",
@@ -604,6 +621,8 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "`mcn_compiled`: `mcn` with `Predictor(torch_compile=True)` (its first call, untimed, compiles;",
+        "YOLO runs uncompiled, as ultralytics runs it: in no headline).",
         "`mcn` letterboxes to the camera shape (`Predictor(rect=True)`, the default), `mcn_square` to",
         "512x512. `mcn_light` is config/models/resnet18_det80_seg80_pose_light_512.yaml (one head conv per",
         "task, a narrower up-path; not the paper's), camera-shaped like `mcn`.",

@@ -131,6 +131,15 @@ def test_e2e_speedups_pick_the_fastest_mcn_backend(monkeypatch: pytest.MonkeyPat
     assert with_bf16["light_best_vs_best_fp32"] == fp32_only["light_best_vs_best_fp32"]
     assert with_bf16["light_torch_bf16"]["speedup"] == 10.0
     assert bench.headlines(bench.speedups(rows))["e2e_bf16_vs_yolo26n_speedup"] == 8.0
+    # The compiled forward is reported beside, never in a headline (YOLO runs uncompiled).
+    before = bench.headlines(bench.speedups(rows))
+    rows["torch_bf16:mcn_compiled@640x480"] = {"size": "640x480", "median_ms": 25.0}
+    with_compiled = bench.speedups(rows)["640x480"]
+    assert with_compiled["compiled_bf16"] == {
+        "backend": "torch_bf16", "mcn_ms": 25.0, "yolo26n_x3_ms": 400.0, "speedup": 16.0,
+    }  # fmt: skip
+    assert with_compiled["best"]["backend"] == "torch_bf16" and with_compiled["best"]["mcn_ms"] == 50.0
+    assert bench.headlines(bench.speedups(rows)) == before
     # The lighter variant in int8: against YOLO in int8 (200 ms), never in the fp32 comparison.
     assert bench.headlines(bench.speedups(rows))["e2e_light_int8_vs_yolo26n_speedup"] is None
     rows["onnxruntime_int8:mcn_light@640x480"] = {"size": "640x480", "median_ms": 40.0}

@@ -410,6 +410,62 @@ def test_cuda_graphs_off_the_gpu_warn_and_run_eagerly() -> None:
     np.testing.assert_array_equal(a.detections.scores, b.detections.scores)
 
 
+def test_torch_compile_gives_the_eager_results() -> None:
+    """The forward compiled by torch.compile (inductor, weights frozen in) predicts what the eager one does;
+    where it cannot apply it warns, says why and runs eagerly."""
+    torch.manual_seed(0)
+    config = _graph_config()
+    model = MultitaskCenterNet(config).eval()
+    images = [np.random.default_rng(seed).integers(0, 256, (90, 120, 3), dtype=np.uint8) for seed in (1, 2)]
+    eager = Predictor(model, config)
+    compiled = Predictor(model, config, torch_compile=True)
+    assert compiled.torch_compile and not eager.torch_compile and compiled.torch_compile_note is None
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    for image in images:  # one input shape: compiled once
+        got = compiled.predict(image, score_threshold=0.0, pose_score_threshold=0.0)
+        want = eager.predict(image, score_threshold=0.0, pose_score_threshold=0.0)
+        assert got.detections is not None and want.detections is not None
+        np.testing.assert_allclose(got.detections.scores, want.detections.scores, atol=1e-5)
+        np.testing.assert_allclose(got.detections.boxes, want.detections.boxes, atol=1e-3)
+        assert got.segmentation is not None and want.segmentation is not None
+        assert (got.segmentation == want.segmentation).mean() > 0.999
+    assert compiled.torch_compile and compiled.torch_compile_note is None  # nothing fell back
+    assert counters["frames"]["ok"] >= 1  # dynamo did compile the forward (not the eager module run)
+    onnx_modules()
+    with pytest.warns(UserWarning, match="not backend onnxruntime"):
+        onnx = Predictor(model, config, backend="onnxruntime", torch_compile=True)
+    assert not onnx.torch_compile and "not used" in str(onnx.torch_compile_note)
+
+
+def test_a_failed_compilation_leaves_the_eager_forward_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compilation that fails (no C++ compiler, an op inductor cannot lower) warns once, says why and leaves
+    the eager forward serving; an error the eager forward makes too stays the caller's."""
+    torch.manual_seed(0)
+    config = _graph_config()
+    model = MultitaskCenterNet(config).eval()
+
+    def no_compiler(module: nn.Module, **options: object) -> object:
+        def failing(*args: object) -> object:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
+        return failing
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    predictor = Predictor(model, config, torch_compile=True)
+    with pytest.raises(ValueError):  # a batch the model refuses: the caller's error, compiling stays on
+        predictor.forward(torch.zeros(1, 3, 100, 100), {"detection"})
+    assert predictor.torch_compile and predictor.torch_compile_note is None
+    image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    with pytest.warns(UserWarning, match="torch.compile failed .InvalidCxxCompiler"):
+        got = predictor.predict(image, score_threshold=0.0)
+    want = Predictor(model, config).predict(image, score_threshold=0.0)
+    assert got.detections is not None and want.detections is not None
+    np.testing.assert_array_equal(got.detections.scores, want.detections.scores)
+    assert not predictor.torch_compile and "more detail" not in str(predictor.torch_compile_note)
+
+
 def test_a_failed_capture_falls_back_to_the_eager_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     """A capture that fails (an op CUDA graphs cannot hold) warns once and leaves the eager forward serving:
     no second capture is tried."""

@@ -70,8 +70,9 @@ def test_refusal_reasons() -> None:
 
     configure_time = [spec.name for spec in PARAMETERS if spec.applies is Applies.CONFIGURE]
     assert configure_time == [
-        "weights", "device", "precision", "int8_graph", "backend", "cuda_graphs", "rect_input", "input_size",
-        "image_transport", "cameras", "image_qos", "publisher_reliability", "publisher_depth",
+        "weights", "device", "precision", "int8_graph", "backend", "cuda_graphs", "torch_compile",
+        "rect_input", "input_size", "image_transport", "cameras", "image_qos", "publisher_reliability",
+        "publisher_depth",
     ]  # fmt: skip
     for name in configure_time:
         reason = refusal(name, BY_NAME[name].declared_default(), configured=True)

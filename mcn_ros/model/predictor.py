@@ -10,7 +10,7 @@ import threading
 import warnings
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import numpy as np
 import torch
@@ -205,6 +205,13 @@ class Predictor:
     ``flip_test`` or bilinear segmentation resampling, which run the forward's graph and decode eagerly. A
     capture that fails warns and leaves decoding outside the graph. Tested for equal results on
     the CPU, not yet run on a GPU: off by default until it has been.
+    ``torch_compile`` (torch backend, default False): the forward compiled by ``torch.compile`` (inductor,
+    weights frozen into the compiled code: as with ``fold_bn``, weights loaded into ``model`` later are not
+    seen). Each new input shape or task set compiles first (seconds; past torch's recompile limit new ones
+    run eagerly); on the CPU inductor needs a C++ compiler. Measured 1.56x faster in bf16 on a CPU with AMX,
+    1.12x in fp32 (README). Where it cannot be used (backend onnxruntime, with ``cuda_graphs``) it warns and
+    says why in ``torch_compile_note``; a compilation that fails warns, says why there and leaves the eager
+    forward serving.
     """
 
     def __init__(
@@ -220,6 +227,7 @@ class Predictor:
         int8_graph: str | Path | Any | None = None,
         cuda_graphs: bool = False,
         graph_decoding: bool = False,
+        torch_compile: bool = False,
     ) -> None:
         if graph_decoding and not cuda_graphs:
             raise ValueError("graph_decoding puts decoding in the forward's CUDA graphs: needs cuda_graphs")
@@ -277,6 +285,17 @@ class Predictor:
             else:
                 self._cuda_graphs_refused = f"{reason}; the forward runs eagerly"
                 warnings.warn(self._cuda_graphs_refused, stacklevel=2)
+        self._compiled: nn.Module | None = None
+        #: Why ``torch_compile`` asked for is not used (refused here, or the compilation failed); else None.
+        self.torch_compile_note: str | None = None
+        if torch_compile:
+            if self._onnx is not None or self._graphed is not None:
+                where = "backend onnxruntime" if self._onnx is not None else "cuda_graphs"
+                self.torch_compile_note = f"torch_compile compiles the torch forward, not {where}: not used"
+                warnings.warn(self.torch_compile_note, stacklevel=2)
+            else:
+                compiled = torch.compile(self._run_model, options={"freezing": True}, dynamic=False)
+                self._compiled = cast(nn.Module, compiled)
 
     @classmethod
     def from_weights(
@@ -291,6 +310,7 @@ class Predictor:
         int8_graph: str | Path | None = None,
         cuda_graphs: bool = False,
         graph_decoding: bool = False,
+        torch_compile: bool = False,
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present.
         ``int8_graph`` defaults to the weights' own (``<name>.int8.onnx`` beside them)."""
@@ -302,7 +322,7 @@ class Predictor:
         return cls(
             model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn,
             int8_graph=default_int8_path(path) if int8_graph is None else int8_graph, cuda_graphs=cuda_graphs,
-            graph_decoding=graph_decoding,
+            graph_decoding=graph_decoding, torch_compile=torch_compile,
         )  # fmt: skip
 
     @property
@@ -355,8 +375,28 @@ class Predictor:
             outputs = merge_flipped(outputs, batch.shape[0] // 2)
         return outputs
 
+    @property
+    def torch_compile(self) -> bool:
+        """Whether the forward runs compiled by ``torch.compile`` (asked, possible, not failed)."""
+        return self._compiled is not None
+
     def _eager_forward(self, batch: Tensor, tasks: frozenset[str]) -> dict[str, Tensor]:
-        """The torch module's outputs (float32) for ``batch``, under autocast where the precision asks."""
+        """The torch module's outputs (float32) for ``batch``, under autocast where the precision asks
+        (compiled by ``torch.compile`` where asked)."""
+        compiled = self._compiled
+        if compiled is not None:
+            try:
+                return run_module(compiled, self.device, self.precision.autocast_dtype, batch, tasks)
+            except Exception as error:
+                # The eager forward tells the compiler's failures (no C++ compiler, an op inductor cannot
+                # lower) from the batch's: where it fails too, the error is the caller's, as uncompiled.
+                eager = self._run_model
+                outputs = run_module(eager, self.device, self.precision.autocast_dtype, batch, tasks)
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                self.torch_compile_note = f"torch.compile failed ({first}); the forward runs eagerly"
+                warnings.warn(self.torch_compile_note, stacklevel=2)
+                self._compiled = None
+                return outputs
         return run_module(self._run_model, self.device, self.precision.autocast_dtype, batch, tasks)
 
     @overload

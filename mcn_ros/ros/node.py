@@ -262,6 +262,7 @@ class McnNode(LifecycleNode):
         precision = str(self.get_parameter("precision").value)
         rect = bool(self.get_parameter("rect_input").value)
         graphs = bool(self.get_parameter("cuda_graphs").value)
+        compiled = bool(self.get_parameter("torch_compile").value)
 
         int8_graph = str(self.get_parameter("int8_graph").value) or default_int8_path(weights)
 
@@ -270,7 +271,7 @@ class McnNode(LifecycleNode):
                 warnings.simplefilter("ignore", UserWarning)
                 return Predictor(
                     model, config, device=device, precision=precision, rect=rect, backend=backend,
-                    int8_graph=int8_graph, cuda_graphs=graphs,
+                    int8_graph=int8_graph, cuda_graphs=graphs, torch_compile=compiled,
                 )  # fmt: skip
 
         predictor = self._on_inference_thread(make_predictor)
@@ -297,6 +298,8 @@ class McnNode(LifecycleNode):
             self.get_logger().warning(f"parameter precision: {predictor.precision.note}")
         if predictor.cuda_graphs_note is not None:
             self.get_logger().warning(f"parameter cuda_graphs: {predictor.cuda_graphs_note}")
+        if predictor.torch_compile_note is not None:
+            self.get_logger().warning(f"parameter torch_compile: {predictor.torch_compile_note}")
         self.get_logger().info(
             f"loaded {config.name} ({config.backbone}, tasks {sorted(config.tasks)}) on {predictor.device}, "
             f"{predictor.precision.name}"
