@@ -365,6 +365,14 @@ def main(argv: list[str] | None = None) -> int:
         contenders, facts = build(args, Path(folder))
         print(f"{len(contenders)} contenders, {repeats} x {rounds} rounds", flush=True)
         passes = [time_backends(contenders, rounds, args.threads) for _ in range(repeats)]
+    # A compilation that failed served eagerly: those rows would be eager times under a compiled name.
+    failed = {
+        key: call.predictor.torch_compile_note
+        for key, call in contenders.items()
+        if isinstance(call, SplitPredict) and ":mcn_compiled@" in key and not call.predictor.torch_compile
+    }
+    if failed:
+        raise SystemExit(f"e2e_cpu: torch_compile asked for but not used, no record written: {failed}")
     times = {key: [t for p in passes for t in p[0][key]] for key in passes[0][0]}
     splits = {
         key: {part: [t for p in passes for t in p[1][key][part]] for part in parts}

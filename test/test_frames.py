@@ -353,5 +353,5 @@ def test_status_values_hold_every_counter() -> None:
     expected = {"frames_sent": "12", "frames_received": "10", "frames_lost": "2", "frames_dropped": "4"}
     expected |= {"frames_rejected": "1", "frames_processed": "3", "frames_idle": "1", "frames_pending": "1"}
     expected |= {"tasks_computed": "detection,pose", "input_rate_hz": "1.00", "last_error": "e"}
-    expected |= {"precision": "fp32", "cuda_graphs": "off"}
+    expected |= {"precision": "fp32", "cuda_graphs": "off", "torch_compile": "off"}
     assert expected.items() <= values.items()

@@ -365,7 +365,9 @@ def test_the_model_alone_runs_with_the_nodes_settings(
     from mcn_ros.model.predictor import Predictor
     from mcn_ros.ros.node_link import PARAMETERS
 
-    for name in ("backend", "int8_graph", "cuda_graphs", "rect_input", "segmentation_resampling"):
+    for name in (
+        "backend", "int8_graph", "cuda_graphs", "torch_compile", "rect_input", "segmentation_resampling",
+    ):  # fmt: skip
         assert name in PARAMETERS  # recorded with each replay
     built: list[dict[str, Any]] = []
     asked: list[dict[str, Any]] = []
@@ -392,7 +394,9 @@ def test_the_model_alone_runs_with_the_nodes_settings(
         inputs["bag"], "/camera/image_raw", gt, inputs["weights"], parameters, {"detection"}
     )
     assert len(results) == 6 and len(asked) == 6
-    expected = {"rect": False, "backend": "torch", "int8_graph": None, "cuda_graphs": False}
+    expected = {
+        "rect": False, "backend": "torch", "int8_graph": None, "cuda_graphs": False, "torch_compile": False,
+    }  # fmt: skip
     assert built == [{"device": "cpu", "precision": "fp32", **expected}]
     assert all(options["segmentation_resampling"] == "bilinear" for options in asked)
 

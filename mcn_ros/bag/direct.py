@@ -48,6 +48,7 @@ def direct_predictions(
             backend=str(parameters.get("backend", "torch")),
             int8_graph=str(parameters.get("int8_graph", "")) or None,
             cuda_graphs=bool(parameters.get("cuda_graphs", False)),
+            torch_compile=bool(parameters.get("torch_compile", False)),
         )
     except WeightsError as error:
         raise BagError(str(error)) from error

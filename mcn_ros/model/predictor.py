@@ -206,12 +206,13 @@ class Predictor:
     capture that fails warns and leaves decoding outside the graph. Tested for equal results on
     the CPU, not yet run on a GPU: off by default until it has been.
     ``torch_compile`` (torch backend, default False): the forward compiled by ``torch.compile`` (inductor,
-    weights frozen into the compiled code: as with ``fold_bn``, weights loaded into ``model`` later are not
-    seen). Each new input shape or task set compiles first (seconds; past torch's recompile limit new ones
-    run eagerly); on the CPU inductor needs a C++ compiler. Measured 1.56x faster in bf16 on a CPU with AMX,
-    1.12x in fp32 (README). Where it cannot be used (backend onnxruntime, with ``cuda_graphs``) it warns and
-    says why in ``torch_compile_note``; a compilation that fails warns, says why there and leaves the eager
-    forward serving.
+    the weights frozen into each input shape's compiled code at its first call: give the Predictor its
+    weights before it runs, as with ``fold_bn``). Each new input shape, batch size or task set compiles first
+    (seconds; past torch's recompile limit, 8, new ones run eagerly, unreported); on the CPU inductor needs a
+    C++ compiler. On a 2-core Xeon with AMX it ran the forward 1.25x faster in bf16, 1.10x in fp32
+    (bench/results/e2e_cpu.md, the forward step). Where it cannot be used (backend onnxruntime, with
+    ``cuda_graphs``) it warns and says why in ``torch_compile_note``; a compilation that fails warns, says
+    why there and leaves the eager forward serving.
     """
 
     def __init__(

@@ -133,6 +133,7 @@ def status_values(
     last_error: str,
     precision: str = "fp32",
     cuda_graphs: str = "off",
+    torch_compile: str = "off",
 ) -> dict[str, str]:
     """The status's key-values: rates and latencies over the window, then the totals since configure."""
     return {
@@ -150,6 +151,7 @@ def status_values(
         "device": device,
         "precision": precision,
         "cuda_graphs": cuda_graphs,
+        "torch_compile": torch_compile,
         "last_error": last_error,
     }
 

@@ -95,6 +95,7 @@ class McnNode(LifecycleNode):
         self._predictor: Predictor | None = None
         self._cpu_bf16 = False  # the CPU multiplies bf16 natively (known after configure; a speed hint)
         self._cpu_amx_bf16 = False  # ... with AMX tiles
+        self._torch_compile_logged: str | None = None  # the torch_compile note last logged
         self._cpu_int8 = False  # precision:=int8 would run here (known after configure; a speed hint)
         self._cameras: dict[str, Camera] = {"": Camera("")}  # made anew on configure from `cameras`
         self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
@@ -298,8 +299,6 @@ class McnNode(LifecycleNode):
             self.get_logger().warning(f"parameter precision: {predictor.precision.note}")
         if predictor.cuda_graphs_note is not None:
             self.get_logger().warning(f"parameter cuda_graphs: {predictor.cuda_graphs_note}")
-        if predictor.torch_compile_note is not None:
-            self.get_logger().warning(f"parameter torch_compile: {predictor.torch_compile_note}")
         self.get_logger().info(
             f"loaded {config.name} ({config.backbone}, tasks {sorted(config.tasks)}) on {predictor.device}, "
             f"{predictor.precision.name}"
@@ -582,6 +581,18 @@ class McnNode(LifecycleNode):
         array = diagnostics.diagnostic_array(statuses, self._device_name(), stamp)
         self._diagnostics_publisher.publish(array)
 
+    def _torch_compile_state(self) -> str:
+        """ "on", "off", or "off: <why>" where it was asked for and is not used (refused on configure, or the
+        compilation failed on a frame: then also logged once, here on the executor's thread)."""
+        predictor = self._predictor
+        if predictor is not None and predictor.torch_compile:
+            return "on"
+        note = predictor.torch_compile_note if predictor is not None else None
+        if note is not None and note != self._torch_compile_logged:
+            self._torch_compile_logged = note
+            self.get_logger().warning(f"parameter torch_compile: {note}")
+        return "off" if note is None else f"off: {note}"
+
     def _cuda_graphs_state(self) -> str:
         """ "on", "off", or "off: <why>" where they were asked for and are not used."""
         predictor = self._predictor
@@ -625,6 +636,7 @@ class McnNode(LifecycleNode):
             last_error=camera.last_error,
             precision=predictor.precision.name if predictor is not None else "none",
             cuda_graphs=self._cuda_graphs_state(),
+            torch_compile=self._torch_compile_state(),
         )
         label = f"camera {camera.name}" if camera.name else "inference"
         return f"{self.get_name()}: {label}", level, message, values

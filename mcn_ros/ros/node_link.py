@@ -44,9 +44,10 @@ LATCHED: dict[str, tuple[str, str]] = {
 #: Node parameters recorded with each replay (the direct evaluation runs the model with the same ones: every
 #: parameter that changes what the model runtime computes is here).
 PARAMETERS = (
-    "weights", "device", "precision", "backend", "int8_graph", "cuda_graphs", "rect_input", "input_size",
-    "tasks", "score_threshold", "pose_score_threshold", "keypoint_threshold", "max_detections", "flip_test",
-    "segmentation_resampling", "image_qos", "publisher_reliability", "publisher_depth", "image_transport",
+    "weights", "device", "precision", "backend", "int8_graph", "cuda_graphs", "torch_compile", "rect_input",
+    "input_size", "tasks", "score_threshold", "pose_score_threshold", "keypoint_threshold", "max_detections",
+    "flip_test", "segmentation_resampling", "image_qos", "publisher_reliability", "publisher_depth",
+    "image_transport",
 )  # fmt: skip
 COUNTS = {"detections": "detections", "poses": "persons"}
 TASKS = {"detections": "detection", "poses": "pose", "segmentation": "segmentation"}
