@@ -491,26 +491,13 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
             per["best_vs_best_fp32"] = _best_vs_best(per, [b for b in measured if b not in REDUCED_PRECISION])
         light_backends = []
         for backend, name in LIGHT_ROWS:
-            light, yolo = rows.get(f"{backend}:mcn_light@{size}"), rows.get(f"{backend}:yolo26n_x3@{size}")
-            if light and yolo:
-                per[name] = {
-                    "backend": backend,
-                    "mcn_ms": light["median_ms"],
-                    "yolo26n_x3_ms": yolo["median_ms"],
-                    "speedup": round(yolo["median_ms"] / light["median_ms"], 3),
-                }
+            if light := _beside(rows, backend, "mcn_light", size):
+                per[name] = light
                 if backend not in REDUCED_PRECISION:
                     light_backends.append(name)
         for backend, name in COMPILED_ROWS:
-            compiled = rows.get(f"{backend}:mcn_compiled@{size}")
-            yolo = rows.get(f"{backend}:yolo26n_x3@{size}")
-            if compiled and yolo:
-                per[name] = {
-                    "backend": backend,
-                    "mcn_ms": compiled["median_ms"],
-                    "yolo26n_x3_ms": yolo["median_ms"],
-                    "speedup": round(yolo["median_ms"] / compiled["median_ms"], 3),
-                }
+            if compiled := _beside(rows, backend, "mcn_compiled", size):
+                per[name] = compiled
         if light_backends and "best_vs_best_fp32" in per:
             # The lighter variant's fastest fp32 backend against YOLO26n x3's fastest fp32 one.
             fastest = min(light_backends, key=lambda name: per[name]["mcn_ms"])
@@ -522,6 +509,20 @@ def speedups(rows: dict[str, Any]) -> dict[str, Any]:
             }
         out[size] = per
     return out
+
+
+def _beside(rows: dict[str, Any], backend: str, network: str, size: str) -> dict[str, Any] | None:
+    """``network`` (an MCN row beside the paper config's) against YOLO26n x3 in ``backend`` at ``size``; None
+    where either was not timed."""
+    mcn, yolo = rows.get(f"{backend}:{network}@{size}"), rows.get(f"{backend}:yolo26n_x3@{size}")
+    if not (mcn and yolo):
+        return None
+    return {
+        "backend": backend,
+        "mcn_ms": mcn["median_ms"],
+        "yolo26n_x3_ms": yolo["median_ms"],
+        "speedup": round(yolo["median_ms"] / mcn["median_ms"], 3),
+    }
 
 
 def _best_vs_best(per: dict[str, Any], backends: list[str]) -> dict[str, Any]:
