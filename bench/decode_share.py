@@ -208,14 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         print("decode_share: no CUDA device here (torch.cuda.is_available() is False); nothing written")
         return 2
     skipped = []
-    if "int8" in args.backends and device.type == "cpu" and not cpu_int8_native():
-        args.backends.remove("int8")
-        flags = ", ".join(NATIVE_INT8_FLAGS)
-        skipped.append(f"int8: this CPU has none of {flags} (the node runs fp32 there)")
-    if "bf16" in args.backends and device.type == "cpu" and not cpu_bf16_native():
-        args.backends.remove("bf16")
-        flags = ", ".join(NATIVE_BF16_FLAGS)
-        skipped.append(f"bf16: this CPU has none of {flags} (the node runs fp32 there)")
+    native = {"int8": (cpu_int8_native, NATIVE_INT8_FLAGS), "bf16": (cpu_bf16_native, NATIVE_BF16_FLAGS)}
+    for name, (has_it, flags) in native.items():  # the reduced precisions this CPU does not compute natively
+        if name in args.backends and device.type == "cpu" and not has_it():
+            args.backends.remove(name)
+            skipped.append(f"{name}: this CPU has none of {', '.join(flags)} (the node runs fp32 there)")
     with tempfile.TemporaryDirectory() as tmp:
         images = camera_scenes(Path(tmp), args.images)
         calibration = None
