@@ -235,7 +235,7 @@ class McnNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
-        from mcn_ros.model.precision import cpu_amx_bf16, cpu_bf16_native, cpu_int8_native
+        from mcn_ros.model.precision import cpu_amx_bf16, cpu_bf16_native, cpu_flags, cpu_int8_native
         from mcn_ros.model.predictor import Predictor, backend_device
         from mcn_ros.model.quantize import default_int8_path
         from mcn_ros.model.weights import load_weights
@@ -277,9 +277,11 @@ class McnNode(LifecycleNode):
 
         predictor = self._on_inference_thread(make_predictor)
         self._predictor = predictor
-        self._cpu_bf16 = backend == "torch" and cpu_bf16_native()  # what precision:=bf16 would use here
-        self._cpu_amx_bf16 = self._cpu_bf16 and cpu_amx_bf16()
-        self._cpu_int8 = device.type == "cpu" and cpu_int8_native() and find_spec("onnxruntime") is not None
+        flags = cpu_flags()  # /proc/cpuinfo read once for the three speed hints
+        self._cpu_bf16 = backend == "torch" and cpu_bf16_native(flags)  # what precision:=bf16 would use here
+        self._cpu_amx_bf16 = self._cpu_bf16 and cpu_amx_bf16(flags)
+        has_onnxruntime = find_spec("onnxruntime") is not None
+        self._cpu_int8 = device.type == "cpu" and cpu_int8_native(flags) and has_onnxruntime
 
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
         self._cameras = {name: Camera(name) for name in names}
