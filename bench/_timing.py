@@ -1,7 +1,7 @@
 """What the CPU speed benchmarks share: interleaved timing, latency statistics, FLOP counts, the machine's
 matrix-product rate, and the ultralytics peer networks (imported here only, never by mcn_ros).
 
-Timing runs every contender once per round, in a rotating order, so that a machine shared with other work
+Timing runs every contender once per round, in a shuffled order, so that a machine shared with other work
 slows all of them alike; reports compare contenders of the same run only.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -34,9 +35,10 @@ def interleaved(
     warmup: int = 1,
     threads: int | None = None,
     settle: int = 0,
+    seed: int = 0,
 ) -> dict[str, list[float]]:
-    """Run each contender ``warmup`` times, then ``rounds`` rounds of one call each (rotating order);
-    returns the wall times in milliseconds per contender.
+    """Run each contender ``warmup`` times, then ``rounds`` rounds of one call each, in an order shuffled
+    anew each round (:func:`round_orders`); returns the wall times in milliseconds per contender.
 
     ``settle``: untimed calls of the same contender right before each timed one. An ONNX Runtime session's
     threads spin for a while after a call, and each session has its own pool: the next session's call was
@@ -53,8 +55,8 @@ def interleaved(
                 torch.set_num_threads(threads)
             contenders[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    for order in round_orders(names, rounds, seed):
+        for name in order:
             if threads is not None:
                 torch.set_num_threads(threads)
             for _ in range(settle):
@@ -63,6 +65,24 @@ def interleaved(
             contenders[name]()
             times[name].append(1000 * (time.perf_counter() - start))
     return times
+
+
+def round_orders(names: list[str], rounds: int, seed: int = 0) -> list[list[str]]:
+    """The order of ``names`` in each of ``rounds`` rounds: a seeded shuffle per round.
+
+    A call leaves the caches, the other core and the thread pools in a state the next call inherits (after
+    ultralytics' three networks the MCN's preprocess and decode steps ran 2-3 ms slower here). A rotation
+    keeps the cyclic order: within a round each contender runs behind the same one every time, so one could
+    take that cost in most rounds and another in none; shuffled, each runs behind each of the others about
+    equally often.
+    """
+    shuffle = random.Random(seed).shuffle
+    orders = []
+    for _ in range(rounds):
+        order = list(names)
+        shuffle(order)
+        orders.append(order)
+    return orders
 
 
 def stats(samples: list[float]) -> dict[str, float]:

@@ -4,6 +4,7 @@ benchmark's check mode run on the CPU."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -325,3 +326,24 @@ def test_git_commit_ignores_only_the_given_folders(tmp_path: Path) -> None:
     # From a subfolder (training's checkpoints ask from theirs) a change anywhere in the tree counts.
     assert git_commit(tmp_path / "pkg") == f"{head}-dirty"
     assert git_commit(tmp_path / "pkg", ignore=("results",)) == f"{head}-dirty"
+
+
+def test_interleaved_rounds_vary_each_contenders_predecessor(monkeypatch: pytest.MonkeyPatch) -> None:
+    timing = _load(monkeypatch, "_timing")
+    names = ["mcn", "mcn_compiled", "yolo26n"]
+    orders = timing.round_orders(names, 60)
+    assert all(sorted(order) == sorted(names) for order in orders)  # each once per round
+    assert orders == timing.round_orders(names, 60)  # seeded: a rerun times the same order
+    sequence = [name for order in orders for name in order]
+    follows = {(before, after): 0 for before in names for after in names if before != after}
+    for before, after in itertools.pairwise(sequence):
+        if before != after:
+            follows[before, after] += 1
+    # A rotation kept the cyclic order: each contender ran behind the same one twice as often as behind the
+    # other (40 against 20 of each pair here); shuffled, about 30 of each.
+    assert max(follows.values()) <= 1.5 * min(follows.values()), follows
+    calls: list[str] = []
+    contenders = {name: (lambda name=name: calls.append(name)) for name in names}
+    times = timing.interleaved(contenders, 4, warmup=0)
+    assert calls == [name for order in timing.round_orders(names, 4) for name in order]
+    assert all(len(samples) == 4 for samples in times.values())
