@@ -433,6 +433,21 @@ def test_torch_compile_gives_the_eager_results() -> None:
         assert (got.segmentation == want.segmentation).mean() > 0.999
     assert compiled.torch_compile and compiled.torch_compile_note is None  # nothing fell back
     assert counters["frames"]["ok"] >= 1  # dynamo did compile the forward (not the eager module run)
+    # Past torch's recompile limit a new input shape runs eagerly, said once; known shapes stay compiled.
+    compiled_frames = dict(counters["frames"])
+    other = np.random.default_rng(3).integers(0, 256, (200, 150, 3), dtype=np.uint8)  # another input shape
+    with torch._dynamo.config.patch(recompile_limit=1):
+        with pytest.warns(UserWarning, match="recompile limit"):
+            got = compiled.predict(other, score_threshold=0.0, pose_score_threshold=0.0)
+        want = eager.predict(other, score_threshold=0.0, pose_score_threshold=0.0)
+        assert got.detections is not None and want.detections is not None
+        np.testing.assert_allclose(got.detections.scores, want.detections.scores, atol=1e-5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once
+            compiled.predict(other)
+            compiled.predict(images[0])
+    assert dict(counters["frames"]) == compiled_frames  # nothing new went through dynamo
+    assert compiled.torch_compile and "new ones run eagerly" in str(compiled.torch_compile_note)
     onnx_modules()
     with pytest.warns(UserWarning, match="not backend onnxruntime"):
         onnx = Predictor(model, config, backend="onnxruntime", torch_compile=True)

@@ -444,17 +444,18 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         assert not c.publish_until(image, lambda: bool(c.messages("detections")), 3)
         assert c.lifecycle("cleanup")
         assert c.state() == "unconfigured"
-        assert c.set_parameters(cuda_graphs=True)[0].successful  # off CUDA: a warning, the eager forward
+        # Off CUDA, cuda_graphs warns and the forward runs eagerly, which torch_compile then compiles.
+        assert all(r.successful for r in c.set_parameters(cuda_graphs=True, torch_compile=True))
         assert c.lifecycle("configure") and c.lifecycle("activate")
         c.clear()
-        assert c.publish_until(image, lambda: bool(c.messages("detections")), 30)
+        assert c.publish_until(image, lambda: bool(c.messages("detections")), 60)  # compiles first
 
-        def graphs_state() -> (
-            str
-        ):  # /diagnostics says graphs were asked for and why they are off (device cpu)
-            return (diagnostics_values(c, "managed_node") or {}).get("cuda_graphs", "")
+        def forward_options() -> tuple[str, str]:  # /diagnostics: each asked for, on or off and why
+            values = diagnostics_values(c, "managed_node") or {}
+            return values.get("cuda_graphs", ""), values.get("torch_compile", "")
 
-        assert c.wait_for(lambda: graphs_state().startswith("off: CUDA graphs need a CUDA device"), 10)
+        assert c.wait_for(lambda: forward_options()[0].startswith("off: CUDA graphs need a CUDA device"), 10)
+        assert forward_options()[1] == "on"
         # Active with no frame coming: the status says so, naming the topic (it said OK, "active").
         assert c.wait_for(lambda: "no input: no frame on /image for" in status_message(c, "managed_node"), 15)
         # A second configure/activate cycle left exactly one publisher and one camera subscription.

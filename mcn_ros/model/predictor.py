@@ -208,11 +208,11 @@ class Predictor:
     ``torch_compile`` (torch backend, default False): the forward compiled by ``torch.compile`` (inductor,
     the weights frozen into each input shape's compiled code at its first call: give the Predictor its
     weights before it runs, as with ``fold_bn``). Each new input shape, batch size or task set compiles first
-    (seconds; past torch's recompile limit, 8, new ones run eagerly, unreported); on the CPU inductor needs a
-    C++ compiler. On a 2-core Xeon with AMX it ran the forward 1.25x faster in bf16, 1.10x in fp32
-    (bench/results/e2e_cpu.md, the forward step). Where it cannot be used (backend onnxruntime, with
-    ``cuda_graphs``) it warns and says why in ``torch_compile_note``; a compilation that fails warns, says
-    why there and leaves the eager forward serving.
+    (seconds; past torch's recompile limit, 8, new ones run eagerly, said in ``torch_compile_note``); on the
+    CPU inductor needs a C++ compiler. On a 2-core Xeon with AMX it ran the forward 1.25x faster in bf16,
+    1.10x in fp32 (bench/results/e2e_cpu.md, the forward step). Where it cannot be used (backend
+    onnxruntime, with ``cuda_graphs``) it warns and says why in ``torch_compile_note``; a compilation that
+    fails warns, says why there and leaves the eager forward serving.
     """
 
     def __init__(
@@ -287,7 +287,8 @@ class Predictor:
                 self._cuda_graphs_refused = f"{reason}; the forward runs eagerly"
                 warnings.warn(self._cuda_graphs_refused, stacklevel=2)
         self._compiled: nn.Module | None = None
-        #: Why ``torch_compile`` asked for is not used (refused here, or the compilation failed); else None.
+        #: Why ``torch_compile`` asked for is not used (refused here, or the compilation failed), or not for
+        #: every input (past the recompile limit); else None.
         self.torch_compile_note: str | None = None
         if torch_compile:
             if self._onnx is not None or self._graphed is not None:
@@ -297,6 +298,8 @@ class Predictor:
             else:
                 compiled = torch.compile(self._run_model, options={"freezing": True}, dynamic=False)
                 self._compiled = cast(nn.Module, compiled)
+        #: The (input shape, dtype, tasks) the compiled forward has been called with: each compiled its own.
+        self._compiled_inputs: set[tuple[tuple[int, ...], torch.dtype, frozenset[str]]] = set()
 
     @classmethod
     def from_weights(
@@ -381,10 +384,31 @@ class Predictor:
         """Whether the forward runs compiled by ``torch.compile`` (asked, possible, not failed)."""
         return self._compiled is not None
 
+    def _may_compile(self, batch: Tensor, tasks: frozenset[str]) -> bool:
+        """Whether ``batch`` and ``tasks`` go to the compiled forward: those it has seen, and new ones while
+        torch's recompile limit allows. Past the limit dynamo would run them eagerly unreported: here they run
+        eagerly too, and ``torch_compile_note`` says so (warned once)."""
+        key = (tuple(batch.shape), batch.dtype, tasks)
+        if key in self._compiled_inputs:
+            return True
+        limit = int(torch._dynamo.config.recompile_limit)
+        if len(self._compiled_inputs) < limit:
+            self._compiled_inputs.add(key)
+            return True
+        if self.torch_compile_note is None:
+            self.torch_compile_note = (
+                f"torch.compile has compiled the forward for {limit} input shapes, batch sizes or task sets, "
+                f"torch's recompile limit (torch._dynamo.config.recompile_limit): new ones run eagerly"
+            )
+            warnings.warn(self.torch_compile_note, stacklevel=3)
+        return False
+
     def _eager_forward(self, batch: Tensor, tasks: frozenset[str]) -> dict[str, Tensor]:
         """The torch module's outputs (float32) for ``batch``, under autocast where the precision asks
         (compiled by ``torch.compile`` where asked)."""
         compiled = self._compiled
+        if compiled is not None and not self._may_compile(batch, tasks):
+            compiled = None
         if compiled is not None:
             try:
                 return run_module(compiled, self.device, self.precision.autocast_dtype, batch, tasks)

@@ -95,7 +95,7 @@ class McnNode(LifecycleNode):
         self._predictor: Predictor | None = None
         self._cpu_bf16 = False  # the CPU multiplies bf16 natively (known after configure; a speed hint)
         self._cpu_amx_bf16 = False  # ... with AMX tiles
-        self._torch_compile_logged: str | None = None  # the torch_compile note last logged
+        self._logged_notes: dict[str, str] = {}  # parameter -> its note last logged (_forward_option_states)
         self._cpu_int8 = False  # precision:=int8 would run here (known after configure; a speed hint)
         self._cameras: dict[str, Camera] = {"": Camera("")}  # made anew on configure from `cameras`
         self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
@@ -299,8 +299,8 @@ class McnNode(LifecycleNode):
             )
         if predictor.precision.note is not None:
             self.get_logger().warning(f"parameter precision: {predictor.precision.note}")
-        if predictor.cuda_graphs_note is not None:
-            self.get_logger().warning(f"parameter cuda_graphs: {predictor.cuda_graphs_note}")
+        self._logged_notes.clear()
+        self._forward_option_states()  # logs why cuda_graphs or torch_compile, if asked for, are not used
         self.get_logger().info(
             f"loaded {config.name} ({config.backbone}, tasks {sorted(config.tasks)}) on {predictor.device}, "
             f"{predictor.precision.name}"
@@ -583,25 +583,28 @@ class McnNode(LifecycleNode):
         array = diagnostics.diagnostic_array(statuses, self._device_name(), stamp)
         self._diagnostics_publisher.publish(array)
 
-    def _torch_compile_state(self) -> str:
-        """ "on", "off", or "off: <why>" where it was asked for and is not used (refused on configure, or the
-        compilation failed on a frame: then also logged once, here on the executor's thread)."""
+    def _forward_option_states(self) -> dict[str, str]:
+        """``cuda_graphs`` and ``torch_compile``, each "on", "off", "off: <why>" where it was asked for and is
+        not used, or "on (<why not everywhere>)": decoding outside the graphs after its capture failed, inputs
+        past the recompile limit run eagerly. Each new note is logged once, here (on configure, and on the
+        executor's thread after a frame changed it)."""
         predictor = self._predictor
-        if predictor is not None and predictor.torch_compile:
-            return "on"
-        note = predictor.torch_compile_note if predictor is not None else None
-        if note is not None and note != self._torch_compile_logged:
-            self._torch_compile_logged = note
-            self.get_logger().warning(f"parameter torch_compile: {note}")
-        return "off" if note is None else f"off: {note}"
-
-    def _cuda_graphs_state(self) -> str:
-        """ "on", "off", or "off: <why>" where they were asked for and are not used."""
-        predictor = self._predictor
-        if predictor is not None and predictor.cuda_graphs:
-            return "on"
-        note = predictor.cuda_graphs_note if predictor is not None else None
-        return "off" if note is None else f"off: {note}"
+        if predictor is None:
+            return {"cuda_graphs": "off", "torch_compile": "off"}
+        options = {
+            "cuda_graphs": (predictor.cuda_graphs, predictor.cuda_graphs_note),
+            "torch_compile": (predictor.torch_compile, predictor.torch_compile_note),
+        }
+        states = {}
+        for parameter, (on, note) in options.items():
+            if note is not None and self._logged_notes.get(parameter) != note:
+                self._logged_notes[parameter] = note
+                self.get_logger().warning(f"parameter {parameter}: {note}")
+            if note is None:
+                states[parameter] = "on" if on else "off"
+            else:
+                states[parameter] = f"on ({note})" if on else f"off: {note}"
+        return states
 
     def _camera_status(self, camera: Camera) -> diagnostics.Status:
         now = monotonic()
@@ -637,8 +640,7 @@ class McnNode(LifecycleNode):
             device=self._device_name(),
             last_error=camera.last_error,
             precision=predictor.precision.name if predictor is not None else "none",
-            cuda_graphs=self._cuda_graphs_state(),
-            torch_compile=self._torch_compile_state(),
+            **self._forward_option_states(),
         )
         label = f"camera {camera.name}" if camera.name else "inference"
         return f"{self.get_name()}: {label}", level, message, values
