@@ -225,3 +225,29 @@ def test_a_failed_activate_leaves_the_publishers_inactive(
     publishers = node._cameras[""].outputs.publishers
     assert publishers and not any(publisher.is_activated for publisher in publishers.values())
     assert node.configured and not node._running.is_set()
+
+
+def test_torch_runs_on_one_thread_beside_onnxruntime(node_factory: Any, tmp_path: Path) -> None:
+    """With backend onnxruntime torch does only the steps around the forward, on one thread (no OpenMP
+    workers spinning on the forward's cores); ONNX Runtime keeps torch's count, and a configure for the
+    torch backend gets it back."""
+    onnx_modules()
+    import torch
+    from rclpy.parameter import Parameter
+
+    started = torch.get_num_threads()
+    torch.set_num_threads(2)  # two, even on a one-core machine: one thread must be told from the count
+    try:
+        weights = make_weights(tmp_path / "model.safetensors", use_dcn=False)
+        node = node_factory(weights=str(weights), device="cpu", backend="onnxruntime")
+        node.trigger_configure()
+        assert node.configured and node._predictor.backend == "onnxruntime"
+        assert node._on_inference_thread(torch.get_num_threads) == 1
+        assert node._predictor._onnx.threads == 2  # the forward's pool: torch's count as it was
+        node.trigger_cleanup()
+        node.set_parameters([Parameter("backend", value="torch")])
+        node.trigger_configure()
+        assert node.configured and node._predictor.backend == "torch"
+        assert node._on_inference_thread(torch.get_num_threads) == 2
+    finally:
+        torch.set_num_threads(started)

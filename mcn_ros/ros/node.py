@@ -97,6 +97,7 @@ class McnNode(LifecycleNode):
         self._cpu_amx_bf16 = False  # ... with AMX tiles
         self._logged_notes: dict[str, str] = {}  # parameter -> its note last logged (_forward_option_states)
         self._cpu_int8 = False  # precision:=int8 would run here (known after configure; a speed hint)
+        self._torch_threads: int | None = None  # torch's thread count before the first configure
         self._cameras: dict[str, Camera] = {"": Camera("")}  # made anew on configure from `cameras`
         self._frame_slots: CameraSlots[Frame] = CameraSlots([""])
         self._batch_sizes: Counter[int] = Counter()
@@ -268,12 +269,26 @@ class McnNode(LifecycleNode):
         int8_graph = str(self.get_parameter("int8_graph").value) or default_int8_path(weights)
 
         def make_predictor() -> Predictor:
+            import torch
+
+            if self._torch_threads is None:
+                self._torch_threads = torch.get_num_threads()
+            torch.set_num_threads(self._torch_threads)  # as started (a configure for onnxruntime set 1)
             with warnings.catch_warnings():  # a precision fallback is logged below, once, in the node's log
                 warnings.simplefilter("ignore", UserWarning)
-                return Predictor(
+                predictor = Predictor(
                     model, config, device=device, precision=precision, rect=rect, backend=backend,
                     int8_graph=int8_graph, cuda_graphs=graphs, torch_compile=compiled,
                 )  # fmt: skip
+            if predictor.backend == "onnxruntime":
+                # ONNX Runtime runs the forward on its own threads (as many as torch had); torch does only
+                # the steps around it. On one thread no OpenMP workers spin after those steps, taking the
+                # cores from ONNX Runtime's pool, the executor and DDS: in int8 the node's overhead_ratio
+                # fell from 0.152 to 0.086 and its model runtime call from 33.5 to 30.6 ms on 2 cores
+                # (bench/results/node_cpu_int8.md); in a plain script, with no one to share the cores, one
+                # thread cost about a millisecond of decoding, so Predictor itself keeps torch's count.
+                torch.set_num_threads(1)
+            return predictor
 
         predictor = self._on_inference_thread(make_predictor)
         self._predictor = predictor
