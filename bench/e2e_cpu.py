@@ -364,12 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         contenders, facts = build(args, Path(folder))
         print(f"{len(contenders)} contenders, {repeats} x {rounds} rounds", flush=True)
-        passes = [time_backends(contenders, rounds, args.threads) for _ in range(repeats)]
-    # A compilation that failed served eagerly: those rows would be eager times under a compiled name.
+        passes = [time_backends(contenders, rounds, args.threads, seed) for seed in range(repeats)]
+    # A compilation that failed, or inputs past the recompile limit, served eagerly: those rows would be
+    # eager times under a compiled name.
     failed = {
         key: call.predictor.torch_compile_note
         for key, call in contenders.items()
-        if isinstance(call, SplitPredict) and ":mcn_compiled@" in key and not call.predictor.torch_compile
+        if isinstance(call, SplitPredict)
+        and ":mcn_compiled@" in key
+        and (not call.predictor.torch_compile or call.predictor.torch_compile_note is not None)
     }
     if failed:
         raise SystemExit(f"e2e_cpu: torch_compile asked for but not used, no record written: {failed}")
@@ -414,9 +417,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def time_backends(
-    contenders: dict[str, Callable[[], object]], rounds: int, threads: int
+    contenders: dict[str, Callable[[], object]], rounds: int, threads: int, seed: int = 0
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, list[float]]]]:
-    """One pass over every contender: wall milliseconds per timed call, and each timed call's split.
+    """One pass over every contender: wall milliseconds per timed call, and each timed call's split
+    (``seed``: of the rounds' shuffled orders, one per pass, so that passes do not repeat one order).
 
     Each backend's contenders are timed among themselves: ONNX Runtime's and torch's thread pools kept the
     cores busy for a while after a call and slowed whichever of the other backend ran next. The ONNX
@@ -427,7 +431,7 @@ def time_backends(
     for backend in sorted({key.split(":")[0] for key in contenders}):
         group = {key: fn for key, fn in contenders.items() if key.startswith(f"{backend}:")}
         settle = 1 if backend.startswith("onnxruntime") else 0
-        times |= interleaved(group, rounds, threads=threads, settle=settle)
+        times |= interleaved(group, rounds, threads=threads, settle=settle, seed=seed)
         every = settle + 1  # the timed call is the last of each round's calls
         for key in group:
             parts = getattr(contenders[key], "parts", {})

@@ -31,8 +31,10 @@ frame does not fit the 512 KiB shared-memory segment and crosses loopback UDP in
 
 ``--int8``: the node and ``Predictor`` run ``backend:=onnxruntime precision:=int8`` (the random weights
 calibrated on 8 camera-like frames first, the graph beside them), so the same two paths are compared in
-int8 (recorded as ``--name node_cpu_int8``); ``--bf16``: both run ``precision:=bf16`` (PyTorch, a CPU with
-native bf16; recorded as ``--name node_cpu_bf16``).
+int8 (recorded as ``--name node_cpu_int8``; the node runs torch's steps around ONNX Runtime's forward on
+one thread, as it does with that backend, while ``Predictor`` here keeps the torch threads recorded);
+``--bf16``: both run ``precision:=bf16`` (PyTorch, a CPU with native bf16; recorded as
+``--name node_cpu_bf16``).
 
 Writes ``bench/results/<name>.json`` (+ ``.md``; name node_cpu by default). Usage::
 

@@ -446,8 +446,20 @@ def test_torch_compile_gives_the_eager_results() -> None:
             warnings.simplefilter("error")  # said once
             compiled.predict(other)
             compiled.predict(images[0])
-    assert dict(counters["frames"]) == compiled_frames  # nothing new went through dynamo
-    assert compiled.torch_compile and "new ones run eagerly" in str(compiled.torch_compile_note)
+        assert dict(counters["frames"]) == compiled_frames  # nothing new went through dynamo
+        assert compiled.torch_compile and "new ones run eagerly" in str(compiled.torch_compile_note)
+        # Another Predictor's compilations count against its own limit, not the first one's (a node
+        # configured anew compiles again): another model, compiled at the first one's input shape.
+        torch.manual_seed(1)
+        other_model = MultitaskCenterNet(config).eval()
+        second = Predictor(other_model, config, torch_compile=True)
+        every = {"score_threshold": 0.0, "pose_score_threshold": 0.0}
+        got = second.predict(images[0], **every)
+        want = Predictor(other_model, config).predict(images[0], **every)
+        assert counters["frames"]["ok"] == compiled_frames["ok"] + 1  # compiled, not run eagerly
+        assert got.detections is not None and want.detections is not None
+        np.testing.assert_allclose(got.detections.scores, want.detections.scores, atol=1e-5)
+        assert second.torch_compile_note is None
     onnx_modules()
     with pytest.warns(UserWarning, match="not backend onnxruntime"):
         onnx = Predictor(model, config, backend="onnxruntime", torch_compile=True)

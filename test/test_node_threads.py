@@ -229,8 +229,7 @@ def test_a_failed_activate_leaves_the_publishers_inactive(
 
 def test_torch_runs_on_one_thread_beside_onnxruntime(node_factory: Any, tmp_path: Path) -> None:
     """With backend onnxruntime torch does only the steps around the forward, on one thread (no OpenMP
-    workers spinning on the forward's cores); ONNX Runtime keeps torch's count, and a configure for the
-    torch backend gets it back."""
+    workers spinning on the forward's cores); ONNX Runtime keeps torch's count, and cleanup gets it back."""
     onnx_modules()
     import torch
     from rclpy.parameter import Parameter
@@ -244,7 +243,8 @@ def test_torch_runs_on_one_thread_beside_onnxruntime(node_factory: Any, tmp_path
         assert node.configured and node._predictor.backend == "onnxruntime"
         assert node._on_inference_thread(torch.get_num_threads) == 1
         assert node._predictor._onnx.threads == 2  # the forward's pool: torch's count as it was
-        node.trigger_cleanup()
+        node.trigger_cleanup()  # the count is process-wide: back to torch's with no model
+        assert node._on_inference_thread(torch.get_num_threads) == 2
         node.set_parameters([Parameter("backend", value="torch")])
         node.trigger_configure()
         assert node.configured and node._predictor.backend == "torch"

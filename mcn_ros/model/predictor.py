@@ -296,10 +296,17 @@ class Predictor:
                 self.torch_compile_note = f"torch_compile compiles the torch forward, not {where}: not used"
                 warnings.warn(self.torch_compile_note, stacklevel=2)
             else:
-                compiled = torch.compile(self._run_model, options={"freezing": True}, dynamic=False)
+                # isolate_recompiles: this Predictor's compilations count against its own recompile limit,
+                # not against those of every compiled module in the process (a node configured anew).
+                # torch 2.14's typing overloads of torch.compile lack the argument its signature has.
+                compile_module = cast(Any, torch.compile)
+                compiled = compile_module(
+                    self._run_model, options={"freezing": True}, dynamic=False, isolate_recompiles=True
+                )
                 self._compiled = cast(nn.Module, compiled)
         #: The (input shape, dtype, tasks) the compiled forward has been called with: each compiled its own.
         self._compiled_inputs: set[tuple[tuple[int, ...], torch.dtype, frozenset[str]]] = set()
+        self._compile_turns = threading.Lock()
 
     @classmethod
     def from_weights(
@@ -386,15 +393,16 @@ class Predictor:
 
     def _may_compile(self, batch: Tensor, tasks: frozenset[str]) -> bool:
         """Whether ``batch`` and ``tasks`` go to the compiled forward: those it has seen, and new ones while
-        torch's recompile limit allows. Past the limit dynamo would run them eagerly unreported: here they run
-        eagerly too, and ``torch_compile_note`` says so (warned once)."""
+        torch's recompile limit allows. Past the limit dynamo would run them eagerly with only a log line:
+        here they run eagerly too, and ``torch_compile_note`` says so (warned once)."""
         key = (tuple(batch.shape), batch.dtype, tasks)
         if key in self._compiled_inputs:
             return True
         limit = int(torch._dynamo.config.recompile_limit)
-        if len(self._compiled_inputs) < limit:
-            self._compiled_inputs.add(key)
-            return True
+        with self._compile_turns:  # two threads with new inputs must not both take the last place
+            if key in self._compiled_inputs or len(self._compiled_inputs) < limit:
+                self._compiled_inputs.add(key)
+                return True
         if self.torch_compile_note is None:
             self.torch_compile_note = (
                 f"torch.compile has compiled the forward for {limit} input shapes, batch sizes or task sets, "
@@ -418,9 +426,9 @@ class Predictor:
                 eager = self._run_model
                 outputs = run_module(eager, self.device, self.precision.autocast_dtype, batch, tasks)
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                self._compiled = None  # before the note: a reader of both never sees "on" with this note
                 self.torch_compile_note = f"torch.compile failed ({first}); the forward runs eagerly"
                 warnings.warn(self.torch_compile_note, stacklevel=2)
-                self._compiled = None
                 return outputs
         return run_module(self._run_model, self.device, self.precision.autocast_dtype, batch, tasks)
 

@@ -249,8 +249,13 @@ class McnNode(LifecycleNode):
             )
         backend = str(self.get_parameter("backend").value)
         device = backend_device(str(self.get_parameter("device").value), backend)  # auto: CPU for onnxruntime
+
+        def load() -> Any:
+            self._torch_threads_as_started()  # for loading, and the forward of a torch backend
+            return load_weights(weights, device=device)
+
         try:
-            model, config, _ = self._on_inference_thread(lambda: load_weights(weights, device=device))
+            model, config, _ = self._on_inference_thread(load)
         except Exception as error:
             raise RuntimeError(f"cannot load weights {weights!r}: {error}") from error
         size = [int(v) for v in self.get_parameter("input_size").value]
@@ -271,9 +276,6 @@ class McnNode(LifecycleNode):
         def make_predictor() -> Predictor:
             import torch
 
-            if self._torch_threads is None:
-                self._torch_threads = torch.get_num_threads()
-            torch.set_num_threads(self._torch_threads)  # as started (a configure for onnxruntime set 1)
             with warnings.catch_warnings():  # a precision fallback is logged below, once, in the node's log
                 warnings.simplefilter("ignore", UserWarning)
                 predictor = Predictor(
@@ -284,9 +286,10 @@ class McnNode(LifecycleNode):
                 # ONNX Runtime runs the forward on its own threads (as many as torch had); torch does only
                 # the steps around it. On one thread no OpenMP workers spin after those steps, taking the
                 # cores from ONNX Runtime's pool, the executor and DDS: in int8 the node's overhead_ratio
-                # fell from 0.152 to 0.086 and its model runtime call from 33.5 to 30.6 ms on 2 cores
-                # (bench/results/node_cpu_int8.md); in a plain script, with no one to share the cores, one
-                # thread cost about a millisecond of decoding, so Predictor itself keeps torch's count.
+                # fell from 0.152 to 0.116 and its processing besides the model runtime's call from 2.86 to
+                # 1.06 ms on 2 cores (bench/results/node_cpu_int8.md and its record before); in a plain
+                # script, with no one to share the cores, one thread cost about a millisecond of decoding,
+                # so Predictor itself keeps torch's count. Cleanup and the next configure restore it.
                 torch.set_num_threads(1)
             return predictor
 
@@ -376,11 +379,22 @@ class McnNode(LifecycleNode):
             return
         on_cuda = str(self._predictor.device).startswith("cuda")
         self._predictor = None
+        if not self._closing.is_set():  # the thread count is process-wide: not left at one beside no model
+            self._on_inference_thread(self._torch_threads_as_started)
         if on_cuda:
             import torch
 
             torch.cuda.empty_cache()
         release_freed_memory()
+
+    def _torch_threads_as_started(self) -> None:
+        """On the inference thread: torch's thread count as it was before the node's first configure (a
+        configure for the onnxruntime backend sets it to one)."""
+        import torch
+
+        if self._torch_threads is None:
+            self._torch_threads = torch.get_num_threads()
+        torch.set_num_threads(self._torch_threads)
 
     def _resolve(self, topic: str) -> str:
         """Fully qualified (possibly remapped) topic name, so that '<image>/compressed' follows remaps."""
@@ -606,9 +620,11 @@ class McnNode(LifecycleNode):
         predictor = self._predictor
         if predictor is None:
             return {"cuda_graphs": "off", "torch_compile": "off"}
+        # Each note before its flag: a failure on the inference thread sets the flag off, then the note.
+        graphs_note, compile_note = predictor.cuda_graphs_note, predictor.torch_compile_note
         options = {
-            "cuda_graphs": (predictor.cuda_graphs, predictor.cuda_graphs_note),
-            "torch_compile": (predictor.torch_compile, predictor.torch_compile_note),
+            "cuda_graphs": (predictor.cuda_graphs, graphs_note),
+            "torch_compile": (predictor.torch_compile, compile_note),
         }
         states = {}
         for parameter, (on, note) in options.items():
