@@ -66,7 +66,7 @@ def speed_hint(knobs: Knobs) -> str:
                 "python -m mcn_ros.model.quantize)"
             )
         if knobs.cpu_bf16 and knobs.precision == "fp32":
-            # bench/results/precision_cpu*.md and README: 3.2x on a Xeon with AMX; without AMX 1.86x on an
+            # bench/results/precision_cpu*.md and README: 3.3x on a Xeon with AMX; without AMX 1.86x on an
             # AMD EPYC, 0.57x on an Intel Xeon.
             if knobs.cpu_amx_bf16:
                 hints.append("precision:=bf16 (this CPU has AMX: about 3x the fp32 forward)")
