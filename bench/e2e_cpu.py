@@ -564,6 +564,26 @@ def plot(report: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def headline_note(report: dict[str, Any]) -> str:
+    """Which backends the 640x480 headlines compared, and, where the MCN's fastest is a PyTorch one, that
+    the same-backend figure is then mostly ultralytics' PyTorch postprocessing."""
+    at = report.get("speedups", {}).get("640x480", {})
+    best, pair = at.get("best", {}), at.get("best_vs_best", {})
+    if not best or not pair:
+        return ""
+    note = (
+        f" (MCN's fastest: {best['backend']}; best against best: the MCN in {pair['mcn_backend']} against "
+        f"YOLO26n x3 in {pair['yolo26n_x3_backend']})"
+    )
+    if str(best["backend"]).startswith("torch"):
+        note += (
+            ". The MCN's fastest backend is a PyTorch one here, so `e2e_vs_yolo26n_speedup` compares against "
+            "ultralytics' PyTorch predictor, most of whose time is its semantic postprocessing: "
+            "`e2e_best_vs_best_speedup` is the figure about the networks"
+        )
+    return note
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as tables."""
     lines = [
@@ -585,7 +605,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"**{report.get('e2e_light_fp32_best_vs_best_speedup')}**, in int8 against YOLO's int8 "
         f"(`e2e_light_int8_vs_yolo26n_speedup`): **{report.get('e2e_light_int8_vs_yolo26n_speedup')}**; "
         "both in PyTorch bf16 (`e2e_bf16_vs_yolo26n_speedup`): "
-        f"**{report.get('e2e_bf16_vs_yolo26n_speedup')}**. "
+        f"**{report.get('e2e_bf16_vs_yolo26n_speedup')}**{headline_note(report)}. "
         "All rounds of the run pooled; each repeat alone: "
         + "; ".join(
             f"`{key}` " + " / ".join(str(one.get(key)) for one in report.get("per_repeat", []))

@@ -347,3 +347,23 @@ def test_interleaved_rounds_vary_each_contenders_predecessor(monkeypatch: pytest
     times = timing.interleaved(contenders, 4, warmup=0)
     assert calls == [name for order in timing.round_orders(names, 4) for name in order]
     assert all(len(samples) == 4 for samples in times.values())
+
+
+def test_e2e_markdown_names_the_backends_behind_its_headlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the MCN's fastest backend is a PyTorch one the same-backend headline is mostly ultralytics'
+    postprocessing: the record says so and points at best against best."""
+    bench = _load(monkeypatch, "e2e_cpu")
+    at = {
+        "best": {"backend": "torch_bf16", "mcn_ms": 27.0, "yolo26n_x3_ms": 300.0, "speedup": 11.1},
+        "best_vs_best": {
+            "mcn_backend": "torch_bf16",
+            "yolo26n_x3_backend": "onnxruntime_int8",
+            "speedup": 2.5,
+        },
+    }
+    note = bench.headline_note({"speedups": {"640x480": at}})
+    assert "MCN's fastest: torch_bf16" in note and "YOLO26n x3 in onnxruntime_int8" in note
+    assert "postprocessing" in note
+    at["best"]["backend"] = "onnxruntime_int8"
+    assert "postprocessing" not in bench.headline_note({"speedups": {"640x480": at}})
+    assert bench.headline_note({}) == ""
