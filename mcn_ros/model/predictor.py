@@ -415,9 +415,7 @@ class Predictor:
         """The torch module's outputs (float32) for ``batch``, under autocast where the precision asks
         (compiled by ``torch.compile`` where asked)."""
         compiled = self._compiled
-        if compiled is not None and not self._may_compile(batch, tasks):
-            compiled = None
-        if compiled is not None:
+        if compiled is not None and self._may_compile(batch, tasks):
             try:
                 return run_module(compiled, self.device, self.precision.autocast_dtype, batch, tasks)
             except Exception as error:
