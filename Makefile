@@ -46,9 +46,10 @@ test-launch:
 demo: setup
 	$(ENV) WEIGHTS="$(WEIGHTS)" BAG="$(BAG)" TRAIN="$(TRAIN)" RECORD="$(RECORD)" bash scripts/demo.sh
 
-# CPU speed benchmarks (bench/results/model_cpu.*, e2e_cpu.*; not with QUICK: int8_onnxruntime.* on a CPU
-# with VNNI or AMX, precision_cpu_amx.* on one with AMX bf16, precision_cpu.* on one with AVX-512 BF16
-# alone): installs the benchmark-only packages
+# CPU speed benchmarks (bench/results/model_cpu.*, e2e_cpu.*, node_cpu.*; not with QUICK: int8_onnxruntime.*
+# and node_cpu_int8.* on a CPU with VNNI or AMX, precision_cpu_amx.* on one with AMX bf16, precision_cpu.* on
+# one with AVX-512 BF16 alone, node_cpu_bf16.* on either, decode_share.*, and last the README's headline table
+# from all the records, bench/summary.py): installs the benchmark-only packages
 # (requirements/bench.txt: ultralytics for the YOLO peers, onnxruntime + onnx) into .venv without their
 # dependency resolution (see that file), then runs the scripts. QUICK=1: a short check of the scripts, written
 # to a temporary folder. Run it on an otherwise idle machine; THREADS sets torch / ONNX Runtime threads.
@@ -64,6 +65,13 @@ bench: setup
 		$(ENV) python bench/precision_cpu.py --threads $(THREADS) --name precision_cpu_amx; \
 	elif grep -qw avx512_bf16 /proc/cpuinfo; then $(ENV) python bench/precision_cpu.py --threads $(THREADS); \
 	else echo "[bench] this CPU has no native bf16: precision_cpu skipped (precision bf16 runs fp32 here)"; fi)
+	$(ENV) python bench/node_cpu.py $(if $(QUICK),--quick,)
+	$(if $(QUICK),,if grep -qwE 'avx512_vnni|avx_vnni|amx_int8' /proc/cpuinfo; then \
+		$(ENV) python bench/node_cpu.py --int8 --name node_cpu_int8; fi)
+	$(if $(QUICK),,if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then \
+		$(ENV) python bench/node_cpu.py --bf16 --name node_cpu_bf16; fi)
+	$(if $(QUICK),,$(ENV) python bench/decode_share.py --threads $(THREADS))
+	$(if $(QUICK),,$(ENV) python bench/summary.py)
 
 # On a CUDA GPU: the model table (bench/results/model_gpu.*: fp32 / fp16 / bf16, batch 1 and 6, the demo
 # weights' accuracy at each precision), then (not with QUICK) eager forward against CUDA graphs and the two
@@ -74,6 +82,7 @@ bench-gpu: setup
 	$(ENV) python bench/model_gpu.py $(if $(QUICK),--quick,)
 	$(if $(QUICK),,$(ENV) python bench/gpu_overheads.py)
 	$(if $(QUICK),,$(ENV) python bench/decode_share.py --device cuda --precisions fp32 fp16 --cuda-graphs)
+	$(if $(QUICK),,$(ENV) python bench/summary.py)
 
 clean:
 	rm -rf build install log mcn_env.sh build-jazzy install-jazzy mcn_env_jazzy.sh

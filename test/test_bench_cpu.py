@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -367,3 +368,31 @@ def test_e2e_markdown_names_the_backends_behind_its_headlines(monkeypatch: pytes
     at["best"]["backend"] = "onnxruntime_int8"
     assert "postprocessing" not in bench.headline_note({"speedups": {"640x480": at}})
     assert bench.headline_note({}) == ""
+
+
+def test_readme_benchmark_summary_is_the_records(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    summary = _load(monkeypatch, "summary")
+    assert summary.main(["--check"]) == 0, "README.md's headline table differs from bench/results"
+    table = summary.render()
+    assert (
+        "`e2e_cpu` " in table
+        and "`decode_share` " in table
+        and len(table.splitlines()) == 2 + len(summary.ROWS)
+    )
+    # A record that moves changes the table: the int8 node's overhead under the target reads "met".
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in {row.record for row in summary.ROWS}:
+        (results / f"{name}.json").write_text((summary.RESULTS / f"{name}.json").read_text())
+    record = json.loads((results / "node_cpu_int8.json").read_text())
+    for ratio, status in ((0.09, "met"), (0.2, "missed")):
+        record["overhead_ratio"] = ratio
+        (results / "node_cpu_int8.json").write_text(json.dumps(record))
+        (line,) = [
+            row for row in summary.render(results).splitlines() if row.startswith("| `overhead_ratio`, ONNX")
+        ]
+        assert f"{ratio:.3f} (int8) | <= 0.100: {status} |" in line
+    readme = "intro\n" + summary.BEGIN + "\nold table\n" + summary.END + "\nrest\n"
+    assert summary.readme_copy(summary.with_table(readme, table)) == table
+    with pytest.raises(ValueError, match="no"):
+        summary.readme_copy("a README without the markers")
