@@ -282,6 +282,34 @@ def test_evaluate_where_the_nodes_weights_are_not(run_dir: Path, tmp_path: Path)
     assert any("/robot/ws/model.safetensors are not on this machine" in n for n in report["notes"])
 
 
+def test_evaluate_scores_against_the_ground_truth_the_replay_was_given(
+    inputs: dict[str, Path], run_dir: Path, tmp_path: Path
+) -> None:
+    """A replay given `--ground-truth FILE` for a bag without its own is evaluated against that file later."""
+    import shutil
+
+    bag, truth = tmp_path / "bag", tmp_path / "truth.json"
+    shutil.copytree(inputs["bag"], bag)
+    (bag / "ground_truth.json").rename(truth)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for info in copy.glob("*/replay.json"):
+        replay = read_json(info)
+        replay["input"].update(bag=str(bag.resolve()), ground_truth=str(truth.resolve()))
+        info.write_text(json.dumps(replay))
+    code, _, err = main("evaluate", str(copy), "--no-direct", "--report-dir", str(tmp_path / "report"))
+    assert code == 0, err
+    report, original = read_json(tmp_path / "report" / "report.json"), read_json(run_dir / "report.json")
+    for metric in ("bbox_AP", "kp_AP", "mIoU"):
+        assert report[metric] is not None and report[metric] == pytest.approx(original[metric], abs=1e-9)
+    truth.unlink()  # gone (evaluated on another machine): said, and not scored against anything else
+    code, _, err = main("evaluate", str(copy), "--no-direct", "--report-dir", str(tmp_path / "again"))
+    assert code == 0, err
+    again = read_json(tmp_path / "again" / "report.json")
+    assert again["bbox_AP"] is None
+    assert any(f"ground truth {truth.resolve()} is not on this machine" in n for n in again["notes"])
+
+
 def _one_line_error(done: tuple[int, str, str]) -> str:
     code, out, err = done
     assert code == 2, out + err

@@ -106,6 +106,14 @@ def evaluate_run(
         )
 
     gt: GroundTruth | None = None
+    # What the replay was given: its --ground-truth, or the bag's own file (read below as the bag's).
+    recorded = source.get("ground_truth")
+    own = input_bag is not None and Path(recorded or "") == sidecar_path(input_bag).resolve()
+    if ground_truth is None and recorded and not own:
+        if Path(recorded).is_file():
+            ground_truth = recorded
+        else:
+            notes.append(f"the replay's ground truth {recorded} is not on this machine")
     if ground_truth is not None:
         gt = read_ground_truth(ground_truth)
         if input_bag is not None and Path(input_bag).is_dir():
