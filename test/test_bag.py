@@ -386,6 +386,27 @@ def test_ground_truth_that_does_not_match(
     data["frames"][3]["stamp"] = data["frames"][1]["stamp"]
     (other / "ground_truth.json").write_text(json.dumps(data))
     _fails(capsys, ["replay", "--bag", str(other), "--out", str(tmp_path / "o")], "the same stamp")
+    # Annotations are checked as training and evaluation read them, before anything is replayed.
+    data = json.loads((bag / "ground_truth.json").read_text())
+    annotation = data["coco"]["annotations"][1]
+    annotation["bbox"] = annotation["bbox"][:3]
+    (other / "ground_truth.json").write_text(json.dumps(data))
+    _fails(
+        capsys,
+        ["replay", "--bag", str(other), "--out", str(tmp_path / "o")],
+        f"annotation {annotation['id']}",
+        "bbox",
+    )
+    # A polygon of two points (pycocotools cannot draw it; evaluation crashed in annToMask) is left out.
+    data = json.loads((bag / "ground_truth.json").read_text())
+    polygon = next(a for a in data["coco"]["annotations"] if isinstance(a.get("segmentation"), list))
+    polygon["segmentation"].append([5, 5, 25, 25])
+    (other / "ground_truth.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="1 polygons of fewer than 3 points left out"):
+        truth = read_ground_truth(other)
+    (kept,) = [a for a in truth.dataset["annotations"] if a["id"] == polygon["id"]]
+    assert kept["segmentation"] == polygon["segmentation"][:-1]
+    truth.coco()  # draws
 
 
 def test_duplicate_stamps_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -447,3 +468,22 @@ def test_make_refuses_a_max_images_that_is_not_a_count(
     with pytest.raises(SystemExit) as exited:
         main(["make", "--coco", str(tmp_path), "--out", str(tmp_path / "bag"), "--max-images", value])
     assert exited.value.code == 2 and "--max-images" in capsys.readouterr().err
+
+
+def test_make_checks_the_annotations_first(
+    coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An annotation evaluation cannot read stops `make` with its id, before a bag is written."""
+    copy = tmp_path / "coco"
+    shutil.copytree(coco, copy)
+    instances = copy / "annotations" / "instances_val.json"
+    data = json.loads(instances.read_text())
+    data["annotations"][0]["category_id"] = 999
+    instances.write_text(json.dumps(data))
+    _fails(
+        capsys,
+        ["make", "--coco", str(copy), "--out", str(tmp_path / "bag")],
+        f"annotation {data['annotations'][0]['id']}",
+        "instances_val.json",
+    )
+    assert not (tmp_path / "bag").exists()

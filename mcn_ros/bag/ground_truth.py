@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,35 @@ def subset(dataset: Mapping[str, Any], image_ids: list[int]) -> dict[str, Any]:
     return out
 
 
+def checked_dataset(dataset: dict[str, Any], source: str) -> dict[str, Any]:
+    """``dataset`` (COCO) checked as training and evaluation read it (:func:`mcn_ros.evaluation.check_images`,
+    :func:`~mcn_ros.evaluation.check_annotations`): a :class:`BagError` names the first unusable image entry
+    or annotation, before any frame is replayed or scored; polygons of fewer than 3 points, which pycocotools
+    cannot draw, are left out with a warning."""
+    from mcn_ros.evaluation import check_annotations, check_images
+
+    coco = _indexed(dataset)
+    try:
+        check_images(coco, source)
+        dropped = check_annotations(coco, source)
+    except ValueError as error:
+        raise BagError(str(error)) from error
+    if dropped:
+        warnings.warn(f"{source}: {dropped} polygons of fewer than 3 points left out", stacklevel=2)
+    return dict(coco.dataset)
+
+
+def _indexed(dataset: dict[str, Any]) -> Any:
+    """A pycocotools ``COCO`` of a copy of ``dataset``, indexed."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = json.loads(json.dumps(dataset))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
 @dataclass
 class GroundTruth:
     """A bag's ground truth: the COCO dataset of its images and which header stamp shows which image."""
@@ -54,13 +84,7 @@ class GroundTruth:
 
     def coco(self) -> Any:
         """A pycocotools ``COCO`` of the dataset (indexed; built on each call)."""
-        from pycocotools.coco import COCO
-
-        coco = COCO()
-        coco.dataset = json.loads(json.dumps(self.dataset))
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        return coco
+        return _indexed(self.dataset)
 
     def image_size(self, image_id: int) -> tuple[int, int]:
         """(height, width) of an image as the annotations state it."""
@@ -162,6 +186,7 @@ def read_ground_truth(bag_or_file: str | Path) -> GroundTruth:
             raise KeyError("coco.images / coco.categories")
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise BagError(f"ground truth {path}: missing or malformed field ({error})") from error
+    dataset = checked_dataset(dataset, f"ground truth {path}")
     if len(image_of_stamp) != len(data["frames"]):
         raise BagError(
             f"ground truth {path}: two frames have the same stamp (each must be a frame of its own)"

@@ -23,7 +23,7 @@ import numpy as np
 
 from mcn_ros.bag import BagError
 from mcn_ros.bag.bagio import OutputBagWriter, content_hash, serialize, split_stamp, staged_output
-from mcn_ros.bag.ground_truth import GroundTruth, subset
+from mcn_ros.bag.ground_truth import GroundTruth, checked_dataset, subset
 from mcn_ros.bag.typestore import COMPRESSED_IMAGE, IMAGE, typestore
 from mcn_ros.coco import merge_keypoints
 
@@ -89,7 +89,7 @@ def make_bag(
     topic = topic or (DEFAULT_TOPIC + "/compressed" if compressed else DEFAULT_TOPIC)
     instances = _read_json(files.instances)
     keypoints = _read_json(files.keypoints) if files.keypoints is not None else None
-    dataset = merge_keypoints(instances, keypoints)
+    dataset = checked_dataset(merge_keypoints(instances, keypoints), str(files.instances))
     images = sorted(dataset["images"], key=lambda im: int(im["id"]))
     if max_images is not None:
         images = images[:max_images]
