@@ -487,3 +487,28 @@ def test_make_checks_the_annotations_first(
         "instances_val.json",
     )
     assert not (tmp_path / "bag").exists()
+
+
+def test_make_with_coco_takes_keypoints_and_refuses_explicit_files(
+    coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make --coco ROOT --keypoints FILE` used the split's own keypoints file and said nothing."""
+    keypoints = json.loads((coco / "annotations" / "person_keypoints_val.json").read_text())
+    person = keypoints["annotations"][0]
+    person["keypoints"] = [11.0, 12.0, 2] + [0] * 48
+    person["num_keypoints"] = 1
+    mine = tmp_path / "my_keypoints.json"
+    mine.write_text(json.dumps(keypoints))
+    assert main(["make", "--coco", str(coco), "--keypoints", str(mine), "--out", str(tmp_path / "bag")]) == 0
+    capsys.readouterr()
+    (taken,) = [
+        a for a in read_ground_truth(tmp_path / "bag").dataset["annotations"] if a["id"] == person["id"]
+    ]
+    assert taken["keypoints"][:3] == [11.0, 12.0, 2] and not any(taken["keypoints"][3:])
+    for option, value in (("--images", coco / "images" / "val"), ("--annotations", mine)):
+        _fails(
+            capsys,
+            ["make", "--coco", str(coco), option, str(value), "--out", str(tmp_path / "o")],
+            "not both",
+        )
+    assert not (tmp_path / "o").exists()

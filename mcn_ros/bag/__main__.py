@@ -7,6 +7,7 @@ names the problem (a bag, a topic, a ground truth, a node, a weights file).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -68,7 +69,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     source.add_argument("--split", default="val", help="split name with --coco (default val)")
     source.add_argument("--images", type=Path, help="image folder")
     source.add_argument("--annotations", type=Path, help="COCO instances JSON")
-    source.add_argument("--keypoints", type=Path, help="COCO person keypoints JSON (optional)")
+    source.add_argument(
+        "--keypoints",
+        type=Path,
+        help="COCO person keypoints JSON (optional; with --coco, in place of its own)",
+    )
     make.add_argument("--out", type=Path, required=True, help="bag folder to write (must not exist)")
     make.add_argument("--topic", help="camera topic (default /camera/image_raw[/compressed])")
     make.add_argument("--frame-id", default="camera", help="header.frame_id (default camera)")
@@ -172,7 +177,11 @@ def cmd_make(args: argparse.Namespace) -> int:
     from mcn_ros.bag.make_bag import CocoFiles, find_coco_split, make_bag
 
     if args.coco is not None:
+        if args.images is not None or args.annotations is not None:
+            raise BagError("give --coco ROOT [--split S] or --images DIR --annotations FILE, not both")
         files = find_coco_split(args.coco, args.split)
+        if args.keypoints is not None:  # in place of the split's person_keypoints_<split>.json
+            files = dataclasses.replace(files, keypoints=args.keypoints)
     elif args.images is not None and args.annotations is not None:
         files = CocoFiles(args.images, args.annotations, args.keypoints)
     else:
