@@ -171,6 +171,12 @@ def test_output_bag_is_a_standard_rosbag(inputs: dict[str, Path], run_dir: Path)
             package, _, name = connection.msgtype.split("/")
             description = json.loads((message_dir(package) / f"{name}.json").read_text())
             assert connection.digest == description["type_hashes"][0]["hash_string"]
+            # The latched infos as the node offers them, so that `ros2 bag play` republishes them latched.
+            offered = [
+                (q.durability.name, q.reliability.name, q.depth) for q in connection.ext.offered_qos_profiles
+            ]
+            latched = connection.topic.endswith("_info")
+            assert offered == ([("TRANSIENT_LOCAL", "RELIABLE", 1)] if latched else []), connection.topic
         for connection, _, raw in reader.messages():
             message = deserialize_message(raw, classes[connection.topic])
             seen[connection.topic] = seen.get(connection.topic, 0) + 1

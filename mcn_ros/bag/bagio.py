@@ -281,6 +281,18 @@ def _storage_plugin(storage: str) -> Any:
     return StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
 
 
+def _latched_qos() -> Any:
+    """Reliable, transient-local, keep last 1; every duration unspecified (the rmw default), liveliness
+    automatic."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    unspecified = QosTime(sec=0, nsec=0)
+    return Qos(
+        QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, unspecified,
+        unspecified, QosLiveliness.AUTOMATIC, unspecified, False,
+    )  # fmt: skip
+
+
 class OutputBagWriter:
     """A rosbag2 writer (version 9) of already serialized messages: ``add_topic`` then ``write``."""
 
@@ -292,9 +304,15 @@ class OutputBagWriter:
         self._connections: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 
-    def add_topic(self, topic: str, msgtype: str) -> None:
+    def add_topic(self, topic: str, msgtype: str, latched: bool = False) -> None:
+        """A topic of ``msgtype``; ``latched``: recorded as offered reliable and transient-local, depth 1 (as
+        the node's label and pose infos are), so that ``ros2 bag play`` republishes it so and a late joiner
+        that asks for transient-local still gets it (a topic without offered profiles is played volatile)."""
         if topic not in self._connections:
-            self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=typestore())
+            offered = [_latched_qos()] if latched else []
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=typestore(), offered_qos_profiles=offered
+            )
             self.counts[topic] = 0
 
     def write(self, topic: str, time_ns: int, data: bytes | memoryview) -> None:

@@ -76,7 +76,7 @@ class Player(NodeLink):
         for key, topic in self.topics.items():
             writer.add_topic(topic, OUTPUTS[key][1])
         for topic, (receive_ns, data) in sorted(self._latched.items()):
-            writer.add_topic(topic, LABEL_INFO if topic.endswith("label_info") else POSE_INFO)
+            writer.add_topic(topic, LABEL_INFO if topic.endswith("label_info") else POSE_INFO, latched=True)
             writer.write(topic, receive_ns, data)
         writing = threading.Thread(target=self._write_queue, args=(writer,), name="bag_writer", daemon=True)
         writing.start()
