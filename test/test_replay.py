@@ -236,6 +236,7 @@ def test_evaluate_a_recorded_bag_and_a_baseline(
     assert code == 0, err
     recorded = read_json(tmp_path / "recorded" / "report.json")
     assert recorded["classes"]["source"] == "LabelInfo"
+    assert report["accuracy_from"] == "lockstep" and recorded["accuracy_from"] == "recorded"
     assert recorded["classes"]["segmentation"] == report["classes"]["segmentation"]
     for metric in ("bbox_AP", "kp_AP", "mIoU"):
         assert recorded[metric] == pytest.approx(report[metric], abs=1e-9)
@@ -266,6 +267,18 @@ def test_evaluate_a_recorded_bag_and_a_baseline(
     )  # fmt: skip
     assert code == 1, out + err
     assert "bbox_AP" in err and "regressed" in err
+    # A recording's figures (frames the node dropped scored as empty) are not held against a lockstep run's.
+    (tmp_path / "recorded_baseline.json").write_text(json.dumps({**recorded, "bbox_AP": 1.0}))
+    code, out, err = main(
+        "evaluate", str(run_dir), "--no-direct", "--report-dir", str(tmp_path / "third"),
+        "--baseline", str(tmp_path / "recorded_baseline.json"),
+    )  # fmt: skip
+    assert code == 0, out + err
+    notes = read_json(tmp_path / "third" / "report.json")["notes"]
+    assert any(
+        n.startswith("accuracy not compared with the baseline: its figures are from a recorded")
+        for n in notes
+    )
 
 
 def test_evaluate_where_the_nodes_weights_are_not(run_dir: Path, tmp_path: Path) -> None:

@@ -205,6 +205,9 @@ def test_markdown_summary_has_the_figures() -> None:
     assert "| traffic light | 0.0 | n/a |" in text and "| background | n/a | 97.0 |" in text
     assert "python -m mcn_ros.bag replay --pace lockstep" in text
     assert "![latency](latency.png)" in text and "[replay.mp4](replay.mp4)" in text
+    # A run without a lockstep replay: its headline is the rate replay's, dropped frames scored as empty.
+    rate_only = markdown_summary({**_summary(), "accuracy_from": "rate"})
+    assert "| metric (%) | rate, all outputs | under load | model alone |" in rate_only
 
 
 def test_markdown_summary_missing_and_odd_values_never_crash() -> None:
@@ -258,6 +261,21 @@ def test_compare_to_baseline() -> None:
     assert compare_to_baseline(lockstep, rate) == [] and compare_to_baseline(faster, rate) == []
     same = {**faster, "config": {"paces": {"rate": {"rate_factor": 1.0}}}}
     assert len(compare_to_baseline(same, rate)) == 2  # overall and one topic, as above
+    # Accuracy alike: a rate replay's headline (dropped frames scored as empty) is not a lockstep one's, and
+    # figures under load are compared only at one rate factor; the model alone always.
+    worse_everywhere = {
+        **base,
+        **{f"{p}bbox_AP": base[f"{p}bbox_AP"] - 0.1 for p in ("", "loaded_", "direct_")},
+    }
+    paced = {"lockstep": {"rate_factor": None}, "rate": {"rate_factor": 1.0}}
+    stepped = {**worse_everywhere, "accuracy_from": "lockstep", "config": {"paces": paced}}
+    from_rate = {**base, "accuracy_from": "rate", "config": {"paces": {"rate": {"rate_factor": 1.0}}}}
+    regressed = [line.split(":")[0] for line in compare_to_baseline(stepped, from_rate)]
+    assert regressed == ["loaded_bbox_AP", "direct_bbox_AP"]
+    at_4x = {**stepped, "config": {"paces": {**paced, "rate": {"rate_factor": 4.0}}}}
+    assert [line.split(":")[0] for line in compare_to_baseline(at_4x, from_rate)] == ["direct_bbox_AP"]
+    from_lockstep = {**from_rate, "accuracy_from": "lockstep"}
+    assert len(compare_to_baseline(stepped, from_lockstep)) == 3
 
 
 def test_sampler_picks_evenly_spaced_frames() -> None:

@@ -21,7 +21,9 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
 
     # accuracy
     rows = [(label, key) for label, key in ACCURACY_KEYS if not key.endswith("AP50") or _any_of(summary, key)]
-    columns = [("lockstep", "")]
+    # The headline's replay (report.accuracy_basis): a rate replay's counts each dropped frame as empty.
+    headline = {"rate": "rate, all outputs", "recorded": "recorded"}.get(str(summary.get("accuracy_from")))
+    columns = [(headline or "lockstep", "")]
     if any(finite_number(summary.get(f"loaded_{key}")) is not None for _, key in rows):
         columns.append(("under load", "loaded_"))
     if any(finite_number(summary.get(f"direct_{key}")) is not None for _, key in rows):

@@ -61,6 +61,8 @@ __all__ = [
     "REPORT_FILES",
     "STRIP_FRAMES",
     "VIDEO_CODECS",
+    "accuracy_basis",
+    "accuracy_comparable",
     "compare_to_baseline",
     "frame_strip",
     "latency_stats",
@@ -114,8 +116,29 @@ def latency_basis(summary: Mapping[str, Any]) -> tuple[Any, Any]:
 def latency_comparable(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> bool:
     """Whether two reports' latencies were measured alike (the same pace and rate factor; where either
     report does not say, they are taken to be)."""
-    now, before = latency_basis(current), latency_basis(baseline)
+    return _alike(latency_basis(current), latency_basis(baseline))
+
+
+def accuracy_basis(summary: Mapping[str, Any], prefix: str = "") -> tuple[Any, Any]:
+    """What a report's accuracy figures were scored on: (the replay phase, its rate factor where it is a
+    rate replay) for the headline (``prefix`` "", ``accuracy_from``) or the figures under load ("loaded_",
+    always the rate replay's on-time outputs); None where the report does not say. A rate replay's figures
+    count the frames the node dropped, so they move with the load the rate factor put on it."""
+    if prefix == "direct_":
+        return None, None
+    phase = "rate" if prefix == "loaded_" else summary.get("accuracy_from")
+    return phase, nested_get(summary, "config", "paces", "rate", "rate_factor") if phase == "rate" else None
+
+
+def _alike(now: tuple[Any, Any], before: tuple[Any, Any]) -> bool:
+    """Two bases alike, or either unknown (an older report that does not say)."""
     return now[0] is None or before[0] is None or now == before
+
+
+def accuracy_comparable(current: Mapping[str, Any], baseline: Mapping[str, Any], prefix: str = "") -> bool:
+    """Whether two reports' accuracy figures (``prefix``: "" the headline, "loaded_", "direct_") were scored
+    alike (:func:`accuracy_basis`; where either report does not say, they are taken to be)."""
+    return _alike(accuracy_basis(current, prefix), accuracy_basis(baseline, prefix))
 
 
 def compare_to_baseline(
@@ -127,14 +150,18 @@ def compare_to_baseline(
     """The figures of ``current`` that regressed against ``baseline`` (two summaries), one line each.
 
     Accuracy (every key of :data:`ACCURACY_KEYS`, lockstep, under load and model alone) regresses when it
-    drops by more than ``ap_tolerance`` (absolute, fractions: 0.01 = one point); the p95 latency, overall
-    and per topic, when it rises by more than ``latency_tolerance`` (relative: 0.2 = 20 %), if both were
-    measured alike (:func:`latency_comparable`: a lockstep replay's latency is not a rate replay's). Figures
-    missing (or None) on either side are skipped. Empty when nothing regressed.
+    drops by more than ``ap_tolerance`` (absolute, fractions: 0.01 = one point), if both were scored alike
+    (:func:`accuracy_basis`: a rate replay's figures, which count dropped frames, are not a lockstep
+    replay's, nor another rate factor's); the p95 latency, overall and per topic, when it rises by more than
+    ``latency_tolerance`` (relative: 0.2 = 20 %), if both were measured alike (:func:`latency_comparable`).
+    Figures missing (or None) on either side are skipped. Empty when nothing regressed.
     """
     regressions: list[str] = []
-    for _, key in ACCURACY_KEYS:
-        for name in (key, f"loaded_{key}", f"direct_{key}"):
+    for prefix in ("", "loaded_", "direct_"):
+        if not accuracy_comparable(current, baseline, prefix):
+            continue
+        for _, key in ACCURACY_KEYS:
+            name = prefix + key
             now, before = finite_number(current.get(name)), finite_number(baseline.get(name))
             if now is not None and before is not None and before - now > ap_tolerance:
                 regressions.append(
