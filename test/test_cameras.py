@@ -258,3 +258,13 @@ def test_three_cameras_of_different_sizes_in_one_node(tmp_path: Path) -> None:
         log = stop_node(process)
     assert "Traceback" not in log, log
     assert "listening on /front/image, /left/image, /back/image, /spare/image" in log, log
+
+
+def test_camera_names_are_ros_name_tokens() -> None:
+    """A non-ASCII letter passed the check and failed later, in topic creation or in rcl's remap lexer."""
+    from mcn_ros.ros.camera_names import check_camera_names
+
+    assert check_camera_names(["front", "rear_2", "_x"]) is None
+    for bad in ("caméra", "hïnten", "2nd", "a-b", "", "a b", "٣"):
+        reason = check_camera_names(["front", bad])
+        assert reason is not None and repr(bad) in reason and "letters, digits and underscores" in reason
