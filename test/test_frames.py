@@ -355,3 +355,30 @@ def test_status_values_hold_every_counter() -> None:
     expected |= {"tasks_computed": "detection,pose", "input_rate_hz": "1.00", "last_error": "e"}
     expected |= {"precision": "fp32", "cuda_graphs": "off", "torch_compile": "off"}
     assert expected.items() <= values.items()
+
+
+def test_a_slow_camera_with_a_frame_in_flight_is_not_said_to_lose_frames() -> None:
+    """A 0.5 Hz camera whose frames take 1.2 s each: every frame is processed, yet the frame in flight at the
+    window's end counted as sent and not handled, and /diagnostics warned of a third of them lost."""
+    stats = FrameStats(window_s=5.0)
+    stats.start_listening(0.0)
+    period, took = 2.0, 1.2
+    judged: dict[bool, list[str]] = {True: [], False: []}  # with the frames in flight counted, without
+    for tick in range(1, 600):
+        now = tick * 0.1
+        if round(now / period, 6).is_integer():
+            stats.arrived(now)
+        finished = [k * period + took for k in range(1, int(now / period) + 1) if k * period + took <= now]
+        while stats.processed < len(finished):
+            stats.finished(finished[stats.processed], took, None)
+        summary = stats.summary(now)
+        in_flight = stats.counts(dropped=0).pending / stats.span(now)
+        for counted in (True, False):
+            level, message = assess(
+                summary, configured=True, active=True, tolerance=0.2, knobs=KNOBS,
+                pending_rate_hz=in_flight if counted else 0.0,
+            )  # fmt: skip
+            if level != OK:
+                judged[counted].append(message)
+    assert judged[True] == []
+    assert judged[False] and "lost or dropped" in judged[False][0]  # the timeline shows what went wrong

@@ -88,12 +88,15 @@ def assess(
     silence_s: float | None = None,
     inputs: str = "its input topic",
     last_error: str = "",
+    pending_rate_hz: float = 0.0,
 ) -> tuple[str, str]:
     """(level, message). WARN when unconfigured. While active: WARN when no frame has arrived for
     :data:`NO_INPUT_WARN_S` (``silence_s``, on ``inputs``); ERROR when frames arrived and every one was
     rejected; WARN when more than ``tolerance`` (a fraction of the input rate) of them were rejected, or when
     frames are handled (processed, idle or rejected) more slowly than the publishers send them by more than
-    ``tolerance``. Rates are those of ``summary`` (the statistics window)."""
+    ``tolerance``. Rates are those of ``summary`` (the statistics window); ``pending_rate_hz``: the frames
+    received but not yet handled (waiting, or being processed) over the window's span, which count as
+    handled (a camera at 0.5 Hz has a third of its window's frames in flight at times, none lost)."""
     if not configured:
         return WARN, "unconfigured: no model loaded"
     if not active:
@@ -112,7 +115,7 @@ def assess(
     problems = []
     if rejected > tolerance * sent:
         problems.append(f"rejecting {rejected:.1f} of {sent:.1f} frames/s sent ({reason})")
-    handled = served + rejected
+    handled = served + rejected + pending_rate_hz
     if sent > 0 and handled < (1.0 - tolerance) * sent:
         problems.append(
             f"processing {handled:.1f} of {sent:.1f} frames/s sent ({100 * (1 - handled / sent):.0f}% lost "

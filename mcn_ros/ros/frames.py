@@ -263,16 +263,26 @@ class FrameStats:
                 idle=self.idle_count,
             )
 
+    def _window(self, now: float) -> tuple[float, float]:
+        """The window's start and the span its rates divide by (at least a second: not a rate from a single
+        frame)."""
+        start = now - self.window_s
+        if self._listening_since is not None and self._listening_since > start:
+            start = self._listening_since
+        return start, max(now - start, min(1.0, self.window_s))
+
+    def span(self, now: float) -> float:
+        """The seconds :meth:`summary`'s rates divide by at ``now``."""
+        with self._lock:
+            return self._window(now)[1]
+
     def summary(self, now: float) -> dict[str, float]:
         """Rates (Hz) over the window: sent (received + lost), received, processed, idle, rejected;
         latency, stamp-age, processing-time and inference-time p50/p95 (ms) of the processed frames (the
         rest of processing is decoding the image message, building and publishing the outputs). In the first
         seconds of listening the window is the time since the subscriptions were made."""
         with self._lock:
-            start = now - self.window_s
-            if self._listening_since is not None and self._listening_since > start:
-                start = self._listening_since
-            span = max(now - start, min(1.0, self.window_s))  # not a rate from a single frame
+            start, span = self._window(now)
             arrivals = [n for t, n in self._arrivals if t >= start]
             idle = sum(1 for t in self._idle if t >= start)
             rejected = sum(1 for t in self._rejected if t >= start)

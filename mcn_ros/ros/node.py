@@ -640,6 +640,7 @@ class McnNode(LifecycleNode):
     def _camera_status(self, camera: Camera) -> diagnostics.Status:
         now = monotonic()
         summary = camera.stats.summary(now)
+        counts = camera.stats.counts(self._frame_slots.dropped(camera.name))
         predictor = self._predictor
         knobs = diagnostics.Knobs(
             input_size=predictor.config.input_size if predictor is not None else None,
@@ -662,10 +663,11 @@ class McnNode(LifecycleNode):
             silence_s=camera.stats.silence(now),
             inputs=", ".join(subscription.topic_name for subscription in camera.subscriptions),
             last_error=camera.last_error,
+            pending_rate_hz=max(counts.pending, 0) / camera.stats.span(now),
         )
         values = diagnostics.status_values(
             summary,
-            camera.stats.counts(self._frame_slots.dropped(camera.name)),
+            counts,
             loss_counting=camera.stats.gaps.method(),
             tasks=camera.computed_tasks,
             device=self._device_name(),
