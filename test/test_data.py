@@ -18,6 +18,7 @@ from mcn_ros.model.preprocess import letterbox_for, preprocess
 from mcn_training.data import CocoMultitaskDataset, jpeg_cut_short
 from mcn_training.errors import DataError
 from mcn_training.synthetic import SYNTHETIC_CLASSES, generate_dataset
+from mcn_training.targets import HEATMAP_IGNORE
 from mcn_training.transforms import AugmentConfig, MultitaskTransform
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -211,6 +212,8 @@ def test_crowd_is_ignored_in_segmentation_and_detection(data: dict[str, Path]) -
     assert (item["segmentation"] == 255).any()
     persons = [a for a in ds.coco.imgToAnns[image_id] if a["category_id"] == 1 and not a["iscrowd"]]
     assert int(item["mask"].sum()) == len(persons)
+    # The crowd's cells are left out of the person heatmap's loss (they had been trained as background).
+    assert (item["heatmap"][0] == HEATMAP_IGNORE).any()
 
 
 def test_augmented_dataset_samples(data: dict[str, Path]) -> None:

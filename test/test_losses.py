@@ -72,6 +72,14 @@ def test_focal_loss_hand_computed() -> None:
     good = torch.tensor([[[[20.0, -20.0, -20.0]]]])
     assert float(focal_loss(good, target)) < 1e-6
     assert math.isfinite(float(focal_loss(-good, target)))
+    # Ignored cells (crowd regions: targets.HEATMAP_IGNORE) are neither positives nor negatives.
+    ignored = torch.tensor([[[[1.0, -1.0, 0.0]]]])
+    logits = torch.tensor([[[[0.3, 2.0, -0.5]]]])
+    without = focal_loss(logits[..., [0, 2]], ignored[..., [0, 2]])
+    assert float(focal_loss(logits, ignored)) == pytest.approx(float(without), rel=1e-6)
+    assert float(focal_loss(logits.index_fill(3, torch.tensor([1]), -9.0), ignored)) == pytest.approx(
+        float(without), rel=1e-6
+    )
 
 
 def test_masked_l1_normalised_by_valid_entries() -> None:

@@ -10,6 +10,7 @@ import torch
 
 from mcn_ros.model.config import ModelConfig
 from mcn_training.targets import (
+    HEATMAP_IGNORE,
     build_targets,
     centernet_gaussian_radius,
     draw_gaussians,
@@ -217,3 +218,34 @@ def test_segmentation_sampled_at_cell_centres() -> None:
     assert seg.dtype == torch.int64 and seg.shape == (16, 24)
     assert (seg[0] == 1).all() and (seg[1] == 0).all()
     assert seg[15, 0] == 255  # pixel (62, 2) -> cell (15, 0)
+
+
+def test_crowd_regions_are_ignored_not_background() -> None:
+    """A crowd box is no object; its class's cells (and for a crowd of people every joint's) that no object's
+    Gaussian reaches are ignored, where they had been trained as background."""
+    cfg = _config(seg_stride=None)
+    person, car = 0, cfg.detection.classes.index("car")  # type: ignore[union-attr]
+    boxes = np.array([[8.0, 4.0, 24.0, 20.0], [0.0, 24.0, 48.0, 64.0], [52.0, 0.0, 96.0, 32.0]])
+    classes = np.array([person, person, car])
+    crowd = np.array([False, True, True])
+    kps = np.zeros((3, 17, 3), np.float32)
+    kps[0, 0] = [16.0, 8.0, 2]
+    t = build_targets(boxes, classes, kps, None, (64, 96), cfg, max_objects=4, crowd=crowd)
+    plain = build_targets(boxes[:1], classes[:1], kps[:1], None, (64, 96), cfg, max_objects=4)
+    assert int(t["mask"].sum()) == 1 and int(t["kp_mask"].sum()) == 1  # the one person; crowds are no objects
+    for key in ("indices", "size", "offset", "kp_offsets", "kp_indices"):
+        torch.testing.assert_close(t[key], plain[key])
+    heat, ignored = t["heatmap"], t["heatmap"] == HEATMAP_IGNORE
+    # The person crowd's cells (output rows 6-15, columns 0-11) in the person channel, the car crowd's (rows
+    # 0-7, columns 13-23) in the car channel, nowhere else; not where the person's Gaussian reaches.
+    expected = torch.zeros_like(ignored)
+    expected[person, 6:16, 0:12] = True
+    expected[car, 0:8, 13:24] = True
+    expected &= plain["heatmap"] == 0
+    assert torch.equal(ignored, expected) and ignored[person].any() and ignored[car].any()
+    assert torch.equal(heat[~ignored], plain["heatmap"][~ignored])
+    kp_ignored = t["kp_heatmap"] == HEATMAP_IGNORE
+    assert torch.equal(kp_ignored, (plain["kp_heatmap"] == 0) & expected[person].expand(17, -1, -1))
+    # Without pose labels nothing is drawn or ignored in the keypoint heatmaps.
+    unlabelled = build_targets(boxes, classes, None, None, (64, 96), cfg, max_objects=4, crowd=crowd)
+    assert unlabelled["kp_heatmap"].abs().sum() == 0

@@ -151,25 +151,27 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
             )
         return np.ascontiguousarray(image[:, :, ::-1])
 
-    def annotations(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Non-crowd boxes [N, 4] (xyxy) of the detection classes, their class indices [N], and keypoints
-        [N, 17, 3] (zeros for non-persons) if the image is pose-labelled and the model has pose, else None."""
+    def annotations(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """Boxes [N, 4] (xyxy) of the detection classes, their class indices [N], keypoints [N, 17, 3] (zeros
+        for non-persons and crowds) if the image is pose-labelled and the model has pose, else None, and which
+        boxes are crowd regions [N] (bool: ignored by the heatmaps' losses, never objects; last)."""
         anns = [
             a
             for a in self.coco.imgToAnns.get(image_id, [])
-            if not a.get("iscrowd", 0) and a["category_id"] in self.det_label and a["bbox"][2] > 0
+            if a["category_id"] in self.det_label and a["bbox"][2] > 0 and a["bbox"][3] > 0
         ]
-        anns = [a for a in anns if a["bbox"][3] > 0]
+        anns.sort(key=lambda a: bool(a.get("iscrowd", 0)))  # stable: the objects in their order, then crowds
         boxes = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         classes = np.array([self.det_label[a["category_id"]] for a in anns], np.int64)
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
         keypoints = None
         if self.config.pose is not None and image_id in self.pose_images:
             keypoints = np.zeros((len(anns), NUM_KEYPOINTS, 3), np.float32)
             for i, ann in enumerate(anns):
-                if ann["category_id"] == self.person_id and "keypoints" in ann:
+                if ann["category_id"] == self.person_id and "keypoints" in ann and not crowd[i]:
                     keypoints[i] = np.asarray(ann["keypoints"], np.float32).reshape(NUM_KEYPOINTS, 3)
-        return boxes, classes, keypoints
+        return boxes, classes, keypoints, crowd
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         """One sample; a :class:`DataError` naming the image when it cannot be made."""
@@ -185,7 +187,7 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
 
     def _sample(self, image_id: int) -> dict[str, Tensor]:
         image = self.load_image(image_id)
-        boxes, classes, keypoints = self.annotations(image_id)
+        boxes, classes, keypoints, crowd = self.annotations(image_id)
         semantic = None
         if self.config.segmentation is not None:
             semantic = semantic_target(self.coco, image_id, self.config.segmentation.classes)
@@ -200,6 +202,7 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
             self.max_objects,
             self.keypoint_min_radius,
             self.radius_rule,
+            crowd=crowd,
         )
         item: dict[str, Tensor] = {
             "image": sample.image,

@@ -61,13 +61,15 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> 
 
     Positives are the cells where ``target == 1``; the loss is ``-(sum pos + sum neg) / max(num_pos, 1)``
     with ``pos = log(p) (1-p)^2`` and ``neg = log(1-p) p^2 (1-target)^4``, ``p = sigmoid(logits)`` clamped
-    to [1e-4, 1 - 1e-4]. ``weight`` [B] (0/1) drops whole images.
+    to [1e-4, 1 - 1e-4]; cells whose target is negative (crowd regions,
+    :data:`mcn_training.targets.HEATMAP_IGNORE`) count as neither. ``weight`` [B] (0/1) drops whole images.
     """
     p = torch.sigmoid(logits.float()).clamp(_EPS, 1 - _EPS)
     target = target.float()
     pos = target.eq(1).float()
+    negative = target.ge(0).float() - pos  # not a positive, not ignored
     pos_loss = torch.log(p) * (1 - p).pow(2) * pos
-    neg_loss = torch.log(1 - p) * p.pow(2) * (1 - target).pow(4) * (1 - pos)
+    neg_loss = torch.log(1 - p) * p.pow(2) * (1 - target.clamp(min=0)).pow(4) * negative
     per_image = (pos_loss + neg_loss).flatten(1).sum(1)
     num_pos = pos.flatten(1).sum(1)
     if weight is not None:

@@ -134,6 +134,22 @@ def downsample_semantic(semantic: Any, stride: int) -> np.ndarray:
     return sem[stride // 2 :: stride, stride // 2 :: stride]
 
 
+#: Heatmap target of a cell the focal loss leaves out (:func:`build_targets`' crowd regions).
+HEATMAP_IGNORE = -1.0
+
+
+def _ignore_regions(heatmap: np.ndarray, boxes: np.ndarray, channels: np.ndarray) -> None:
+    """Mark the cells of ``boxes`` [K, 4] (output cells, clipped to the map) in ``channels`` [K, c] of
+    ``heatmap`` [C, h, w] as :data:`HEATMAP_IGNORE` where no Gaussian reaches (an object inside a crowd region
+    keeps its peak and its neighbourhood)."""
+    for (x1, y1, x2, y2), chosen in zip(boxes, channels, strict=True):
+        rows = slice(int(np.floor(y1)), int(np.ceil(y2)))
+        cols = slice(int(np.floor(x1)), int(np.ceil(x2)))
+        for channel in chosen:
+            region = heatmap[channel, rows, cols]
+            region[region == 0] = HEATMAP_IGNORE
+
+
 def build_targets(
     boxes: Any,
     class_idx: Any,
@@ -144,15 +160,21 @@ def build_targets(
     max_objects: int = 128,
     kp_min_radius: int = 0,
     radius_rule: str = "corrected",
+    crowd: Any | None = None,
 ) -> dict[str, Tensor]:
     """Targets of one image for the tasks of ``config``.
 
-    ``boxes`` [N, 4] (x1, y1, x2, y2, input pixels; crowd boxes already removed), ``class_idx`` [N] indices
-    into ``config.detection.classes``, ``keypoints`` [N, 17, 3] (x, y, v) input pixels (rows of non-person
+    ``boxes`` [N, 4] (x1, y1, x2, y2, input pixels), ``class_idx`` [N] indices into
+    ``config.detection.classes``, ``keypoints`` [N, 17, 3] (x, y, v) input pixels (rows of non-person
     objects are ignored) or None when the image has no pose labels (``has_pose`` = 0), ``semantic`` [H, W]
     class ids (0 background, 1..C, 255 ignore) at input resolution, sampled at the cell centres, or already
     at the segmentation stride [H/s, W/s] (:func:`mcn_training.transforms.sample_semantic`, used as is), or
     None (all ignored).
+
+    ``crowd`` [N] bool (None: none) marks the boxes that are crowd regions (COCO ``iscrowd``: many objects
+    under one label): not objects; the cells of their class's heatmap (for persons also of every keypoint
+    heatmap) that no object's Gaussian reaches hold :data:`HEATMAP_IGNORE`, which the focal loss leaves out
+    (the people of a crowd are not background, as the segmentation target's ignore label says too).
 
     Objects whose box has no area inside the map are dropped; at most ``max_objects`` are kept (in order).
     Gaussians are sized by ``radius_rule`` (:func:`heatmap_radius`); keypoint Gaussians get their person's
@@ -172,7 +194,10 @@ def build_targets(
         cls = _numpy(class_idx, np.int64).reshape(-1)
         b = np.stack([b[:, 0].clip(0, ow), b[:, 1].clip(0, oh), b[:, 2].clip(0, ow), b[:, 3].clip(0, oh)], 1)
         bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-        valid = np.flatnonzero((bw > 0) & (bh > 0))[:M]
+        is_crowd = np.zeros(len(b), bool) if crowd is None else _numpy(crowd, np.bool_).reshape(-1)
+        crowds = np.flatnonzero((bw > 0) & (bh > 0) & is_crowd)
+        crowd_boxes, crowd_cls = b[crowds], cls[crowds]
+        valid = np.flatnonzero((bw > 0) & (bh > 0) & ~is_crowd)[:M]
         n = len(valid)
         b, bw, bh, cls = b[valid], bw[valid], bh[valid], cls[valid]
         centre = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], 1)
@@ -183,6 +208,7 @@ def build_targets(
 
         heatmap = np.zeros((config.detection.num_classes, oh, ow), np.float32)
         draw_gaussians(heatmap, cls, cell[:, 0], cell[:, 1], radius)
+        _ignore_regions(heatmap, crowd_boxes, crowd_cls[:, None])
         indices = np.zeros(M, np.int64)
         mask = np.zeros(M, np.float32)
         size = np.zeros((M, 2), np.float32)
@@ -228,6 +254,11 @@ def build_targets(
                 # neighbours), so a floor can soften the neighbours while the peak stays where it was.
                 kp_radius = np.maximum(radius[obj], int(kp_min_radius))
                 draw_gaussians(kp_heatmap, joint, k_cell[obj, joint, 0], k_cell[obj, joint, 1], kp_radius)
+            if has_pose:  # a crowd of people: their joints are neither labelled nor absent
+                people = crowd_cls == config.person_index
+                _ignore_regions(
+                    kp_heatmap, crowd_boxes[people], np.arange(J)[None, :].repeat(people.sum(), 0)
+                )
             out.update(
                 kp_offsets=torch.from_numpy(kp_offsets.reshape(M, 2 * J)),
                 kp_offsets_mask=torch.from_numpy(kp_offsets_mask.reshape(M, 2 * J)),
