@@ -84,7 +84,9 @@ def output_topics(outputs: OutputBag) -> OutputTopics:
         poses=_one(outputs.topics_of_type(POSES), CAMERA_TOPICS["poses"], "HumanPose2DArray"),
         segmentation=_one(segmentation, CAMERA_TOPICS["segmentation"], "segmentation"),
         label_info=_one(detection_infos, NODE_TOPICS["label_info"], "LabelInfo"),
-        segmentation_label_info=_one(segmentation_infos, NODE_TOPICS["label_info"], "segmentation LabelInfo"),
+        segmentation_label_info=_one(
+            segmentation_infos, NODE_TOPICS["segmentation_label_info"], "segmentation LabelInfo"
+        ),
     )
 
 

@@ -21,7 +21,7 @@ import io
 import json
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +81,19 @@ class GroundTruth:
     camera_topic: str
     path: Path | None = None
     source: dict[str, Any] | None = None
+    _sizes: dict[int, tuple[int, int]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def coco(self) -> Any:
         """A pycocotools ``COCO`` of the dataset (indexed; built on each call)."""
         return _indexed(self.dataset)
 
     def image_size(self, image_id: int) -> tuple[int, int]:
-        """(height, width) of an image as the annotations state it."""
-        for image in self.dataset["images"]:
-            if int(image["id"]) == image_id:
-                return int(image["height"]), int(image["width"])
-        raise KeyError(image_id)
+        """(height, width) of an image as the annotations state it (KeyError for an unknown id)."""
+        if self._sizes is None:  # built once: asked for every frame, several times (COCO val has 5k images)
+            self._sizes = {
+                int(im["id"]): (int(im["height"]), int(im["width"])) for im in self.dataset["images"]
+            }
+        return self._sizes[image_id]
 
     def to_json(self) -> dict[str, Any]:
         names = {int(im["id"]): im.get("file_name", "") for im in self.dataset.get("images", [])}
