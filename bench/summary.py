@@ -91,6 +91,10 @@ def _gpu_stn(record: dict[str, Any]) -> list[tuple[str, float]]:
             for precision in ("fp32/b1", "fp16/b1") for shape in ("square", "camera")]  # fmt: skip
 
 
+def _overhead(what: str) -> Callable[[dict[str, Any]], list[tuple[str, float]]]:
+    return lambda record: [(what, record["overhead_ratio"])]
+
+
 def _replay(record: dict[str, Any]) -> list[tuple[str, float]]:
     return [("bbox AP", 100 * record["bbox_AP"]), ("keypoint AP", 100 * record["kp_AP"]),
             ("mIoU", 100 * record["mIoU"])]  # fmt: skip
@@ -138,26 +142,17 @@ ROWS: tuple[Row, ...] = (
         unit="%",
         target=Target(0.05, at_most=True),
     ),
-    Row(
-        "`overhead_ratio`: the node over DDS against `Predictor.predict` (p50), PyTorch fp32",
-        "node_cpu",
-        lambda r: [("fp32", r["overhead_ratio"])],
-        unit="ratio",
-        target=Target(0.10, at_most=True),
-    ),
-    Row(
-        "`overhead_ratio`, ONNX Runtime int8",
-        "node_cpu_int8",
-        lambda r: [("int8", r["overhead_ratio"])],
-        unit="ratio",
-        target=Target(0.10, at_most=True),
-    ),
-    Row(
-        "`overhead_ratio`, PyTorch bf16",
-        "node_cpu_bf16",
-        lambda r: [("bf16", r["overhead_ratio"])],
-        unit="ratio",
-        target=Target(0.10, at_most=True),
+    *(
+        Row(label, record, _overhead(what), unit="ratio", target=Target(0.10, at_most=True))
+        for label, record, what in (
+            (
+                "`overhead_ratio`: the node over DDS against `Predictor.predict` (p50), PyTorch fp32",
+                "node_cpu",
+                "fp32",
+            ),
+            ("`overhead_ratio`, ONNX Runtime int8", "node_cpu_int8", "int8"),
+            ("`overhead_ratio`, PyTorch bf16", "node_cpu_bf16", "bf16"),
+        )
     ),
     Row(
         "`make demo`: the demo weights through the node, 100 replayed synthetic frames",
