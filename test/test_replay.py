@@ -281,6 +281,52 @@ def test_evaluate_a_recorded_bag_and_a_baseline(
     )
 
 
+def test_evaluate_one_camera_of_a_recording_with_several(
+    inputs: dict[str, Path], run_dir: Path, tmp_path: Path
+) -> None:
+    """A recording of a several-camera node (or of several nodes) has several detection topics: evaluate
+    refused it with no way to choose; --outputs-under picks one camera, with its node's LabelInfos."""
+    from rosbags.rosbag2 import Reader
+
+    from mcn_ros.bag.bagio import OutputBagWriter
+
+    report = read_json(run_dir / "report.json")
+    recording = tmp_path / "several"
+    writer = OutputBagWriter(recording, "mcap")
+    with Reader(run_dir / "lockstep" / "outputs") as reader:
+        copies: dict[str, list[str]] = {}
+        for connection in reader.connections:
+            leaf = connection.topic.removeprefix("/mcn_node/")
+            node_level = leaf in ("label_info", "segmentation/label_info", "pose_info")
+            names = [connection.topic, "/other" + connection.topic] if node_level else [
+                f"/mcn_node/{camera}/{leaf}" for camera in ("front", "back")
+            ]  # fmt: skip
+            for name in names:
+                writer.add_topic(name, connection.msgtype, latched=node_level)
+            copies[connection.topic] = names
+        for connection, time_ns, raw in reader.messages():
+            for name in copies[connection.topic]:
+                writer.write(name, time_ns, raw)
+    writer.close()
+    common = ("--ground-truth", str(inputs["bag"]), "--no-direct")
+    code, _, err = main("evaluate", "--outputs", str(recording), *common, "--report-dir", str(tmp_path / "a"))
+    assert code == 2 and "several Detection2DArray topics" in err and "--outputs-under" in err, err
+    code, _, err = main(
+        "evaluate", "--outputs", str(recording), *common, "--report-dir", str(tmp_path / "front"),
+        "--outputs-under", "/mcn_node/front",
+    )  # fmt: skip
+    assert code == 0, err
+    front = read_json(tmp_path / "front" / "report.json")
+    assert front["classes"]["source"] == "LabelInfo"
+    for metric in ("bbox_AP", "kp_AP", "mIoU"):
+        assert front[metric] is not None and front[metric] == pytest.approx(report[metric], abs=1e-9)
+    code, _, err = main(
+        "evaluate", "--outputs", str(recording), *common, "--report-dir", str(tmp_path / "none"),
+        "--outputs-under", "/mcn_node/side",
+    )  # fmt: skip
+    assert code == 2 and "none of the node's outputs" in err and "under /mcn_node/side" in err, err
+
+
 def test_evaluate_where_the_nodes_weights_are_not(run_dir: Path, tmp_path: Path) -> None:
     """A run made with weights on another machine (a robot) is scored from its recorded LabelInfos."""
     import shutil

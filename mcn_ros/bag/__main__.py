@@ -115,6 +115,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--weights", type=Path, help="weights (class names, direct run; default: the node's)"
     )
+    evaluate.add_argument(
+        "--outputs-under",
+        metavar="NAMESPACE",
+        help="only the outputs under this namespace: one camera of a several-camera node (/mcn_node/front) "
+        "or one of several nodes in a recording",
+    )
     evaluate.add_argument("--no-direct", action="store_true", help="skip the model-runtime-alone figures")
     evaluate.add_argument("--report-dir", type=Path, help="where report.json/.md go (default: the folder)")
     _add_baseline(evaluate)
@@ -301,6 +307,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ground_truth=args.ground_truth,
         weights=args.weights,
         direct=not args.no_direct,
+        outputs_under=args.outputs_under,
     )
     files, regressions = _finish_report(folder, evaluation, args)
     return _print_summary(evaluation.summary, files, regressions)

@@ -66,22 +66,46 @@ def _one(topics: list[str], suffix: str, what: str) -> str | None:
         preferred = [t for t in topics if t.endswith("/" + suffix)]
         if len(preferred) == 1:
             return preferred[0]
-        raise BagError(f"the output bag has several {what} topics ({', '.join(topics)})")
+        raise BagError(
+            f"the output bag has several {what} topics ({', '.join(topics)}): pick one node or camera with "
+            "--outputs-under NAMESPACE"
+        )
     return topics[0] if topics else None
 
 
-def output_topics(outputs: OutputBag) -> OutputTopics:
-    """Find the node's outputs in a bag by type (and the class-map Image by its name, ``segmentation``)."""
+def _within(namespace: str, topic: str) -> bool:
+    """Whether ``topic`` lies under ``namespace``."""
+    return topic.startswith(namespace.rstrip("/") + "/")
+
+
+def _serves(topic: str, leaf: str, namespace: str) -> bool:
+    """Whether the node-level topic ``topic`` (``<node>/<leaf>``) is of a node at or above ``namespace``
+    (a camera's outputs lie under their node's namespace: ``~/<camera>/detections``, ``~/label_info``)."""
+    owner = topic.rstrip("/").removesuffix("/" + leaf)
+    return owner == namespace.rstrip("/") or _within(owner, namespace)
+
+
+def output_topics(outputs: OutputBag, under: str | None = None) -> OutputTopics:
+    """Find the node's outputs in a bag by type (and the class-map Image by its name, ``segmentation``);
+    ``under``: only those under that namespace (one camera of a several-camera node, ``/mcn_node/front``,
+    or one of several nodes in a recording), and the LabelInfos of the node above it."""
+
+    def of_type(msgtype: str) -> list[str]:
+        return [t for t in outputs.topics_of_type(msgtype) if under is None or _within(under, t)]
+
     class_map = "/" + CAMERA_TOPICS["segmentation"]
-    segmentation = [t for t in outputs.topics_of_type(IMAGE) if t.rstrip("/").endswith(class_map)]
+    segmentation = [t for t in of_type(IMAGE) if t.rstrip("/").endswith(class_map)]
     label_infos = outputs.topics_of_type(LABEL_INFO)
     # The node's ~/segmentation/label_info names the class map's values; ~/label_info the detection ids.
     names = "/" + NODE_TOPICS["segmentation_label_info"]
     segmentation_infos = [t for t in label_infos if t.rstrip("/").endswith(names)]
     detection_infos = [t for t in label_infos if t not in segmentation_infos]
+    if under is not None:
+        segmentation_infos = [t for t in segmentation_infos if _serves(t, names[1:], under)]
+        detection_infos = [t for t in detection_infos if _serves(t, NODE_TOPICS["label_info"], under)]
     return OutputTopics(
-        detections=_one(outputs.topics_of_type(DETECTIONS), CAMERA_TOPICS["detections"], "Detection2DArray"),
-        poses=_one(outputs.topics_of_type(POSES), CAMERA_TOPICS["poses"], "HumanPose2DArray"),
+        detections=_one(of_type(DETECTIONS), CAMERA_TOPICS["detections"], "Detection2DArray"),
+        poses=_one(of_type(POSES), CAMERA_TOPICS["poses"], "HumanPose2DArray"),
         segmentation=_one(segmentation, CAMERA_TOPICS["segmentation"], "segmentation"),
         label_info=_one(detection_infos, NODE_TOPICS["label_info"], "LabelInfo"),
         segmentation_label_info=_one(

@@ -81,8 +81,10 @@ def evaluate_run(
     ground_truth: str | Path | None = None,
     weights: str | Path | None = None,
     direct: bool = True,
+    outputs_under: str | None = None,
 ) -> Evaluation:
-    """The report of a run folder / replay folder (``path``), or of a recorded output bag (``outputs``)."""
+    """The report of a run folder / replay folder (``path``), or of a recorded output bag (``outputs``);
+    ``outputs_under``: only the outputs under that namespace (:func:`output_topics`)."""
     replays: dict[str, Path] = find_replays(path) if path is not None else {}
     infos = {phase: read_replay_info(folder) for phase, folder in replays.items()}
     first = next(iter(infos.values()), {})
@@ -167,10 +169,12 @@ def evaluate_run(
     tasks: set[str] = set()
     for phase, (bag_path, records) in sources.items():
         output_bag = read_output_bag(bag_path)
-        topics = output_topics(output_bag)
+        topics = output_topics(output_bag, outputs_under)
         if not topics.present():
+            where = f" under {outputs_under}" if outputs_under else ""
             raise BagError(
                 f"output bag {bag_path} holds none of the node's outputs (detections, poses, segmentation)"
+                + where
             )
         read[phase] = (output_bag, topics)
         tasks |= {TASK_OF[k] for k in topics.present()}
