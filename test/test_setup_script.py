@@ -134,3 +134,48 @@ def test_each_lock_holds_every_direct_pin(lock: str, sources: tuple[str, ...]) -
         for name, version in _pins(REPO / "requirements" / f"{source}.txt").items():
             assert locked.get(name) == version, (source, name, version, locked.get(name))
     assert "requirements/lock-wheels-$ROS_WHEELS.txt" in (REPO / "scripts" / "setup.sh").read_text()
+
+
+def test_bench_pins_agree_with_the_locks() -> None:
+    """`make bench` installs requirements/bench.txt with --no-deps on top of a wheels set-up: a package both
+    pin at different versions was silently replaced under the locked environment (idna 3.21 -> 3.20)."""
+    bench = _pins(REPO / "requirements" / "bench.txt")
+    for lock in ("kilted", "jazzy"):
+        locked = _pins(REPO / "requirements" / f"lock-wheels-{lock}.txt")
+        assert {n: (v, locked[n]) for n, v in bench.items() if n in locked and locked[n] != v} == {}, lock
+
+
+def test_a_python_in_the_checkouts_venv_is_not_the_one_a_set_up_uses(tree: Path) -> None:
+    """With mcn_env.sh sourced, python3 is the checkout's .venv, which a set-up of another kind removes: it
+    removed it and then ran the Python inside it (exit 127, .venv gone). Now the Python it came from runs,
+    and a refusal still leaves everything as it was."""
+    venv = tree / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    base = subprocess.run(
+        [str(venv / "bin" / "python3"), "-c", "import sys; print(sys._base_executable)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    bin_dir = tree / "distro-bin"
+    bin_dir.mkdir()
+    (bin_dir / "ros2").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "ros2").chmod(0o755)
+    env = {"ROS_DISTRO": "jazzy", "PATH": f"{venv / 'bin'}:{bin_dir}:{os.environ['PATH']}"}
+    result = run_setup(tree, env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "rclpy does not import with" in line and f"with {base};" in line, line
+    assert (venv / "bin" / "python3").exists()
+
+
+def test_a_distro_whose_setup_script_cannot_be_found(tree: Path, ros: None) -> None:
+    """mcn_env.sh sourced /opt/ros/<distro>/setup.bash whatever distro was sourced: a source build elsewhere
+    passed every check and got an activation script that fails. Now the setup.bash above the distro's ros2
+    is taken, and without one the set-up says so before it makes anything."""
+    if Path("/opt/ros/jazzy/setup.bash").exists():
+        pytest.skip("Jazzy is installed here")
+    bin_dir = tree / "distro-bin"
+    bin_dir.mkdir()
+    (bin_dir / "ros2").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "ros2").chmod(0o755)
+    env = {"ROS_DISTRO": "jazzy", "PYTHON": sys.executable, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    assert_refused(run_setup(tree, env, path_extra=bin_dir), tree, "cannot find the setup.bash", str(bin_dir))
