@@ -16,7 +16,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-[ -n "${VIRTUAL_ENV:-}" ] || source ./mcn_env.sh
+# This checkout's environment, unless one of its own is active already (another venv is not the demo's).
+case "${VIRTUAL_ENV:-}" in
+  "$ROOT"/.venv|"$ROOT"/.venv-*) ;;
+  *) source ./mcn_env.sh ;;
+esac
 
 DEMO_WEIGHTS="demo/mcn_demo.safetensors"
 OUT="${OUT:-demo_out}"
