@@ -150,3 +150,27 @@ def test_onnxruntime_forward_refuses_what_the_model_refuses() -> None:
         predictor = Predictor(model, config, backend=backend)
         with pytest.raises(ValueError, match=r"multiples of 32, got \(100, 100\)"):
             predictor.forward(torch.zeros(1, 3, 100, 100), ["detection"])
+
+
+def test_onnxruntime_sessions_have_the_weights_of_construction() -> None:
+    """Each task set's session was exported from the caller's live module on first use: weights changed in
+    between reached some sessions and not others (and the export toggled the caller's module's mode)."""
+    onnx_modules()
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict(
+        {"name": "t", "backbone": "resnet18", "input_size": [64, 64], "use_dcn": False,
+         "detection": {"classes": ["person", "car"]}, "pose": {}}
+    )  # fmt: skip
+    model = MultitaskCenterNet(config)
+    predictor = Predictor(model, config, backend="onnxruntime")
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    before = predictor.predict(image, tasks=["detection"], score_threshold=0.0)
+    model.train()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    after = predictor.predict(image, tasks=["detection", "pose"], score_threshold=0.0)
+    assert before.detections is not None and after.detections is not None
+    np.testing.assert_allclose(after.detections.boxes, before.detections.boxes, atol=1e-3)
+    np.testing.assert_allclose(after.detections.scores, before.detections.scores, atol=1e-5)
+    assert model.training  # the caller's module as the caller left it

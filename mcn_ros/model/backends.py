@@ -194,8 +194,10 @@ def extract_outputs(graph: Any, names: Collection[str]) -> Any:
 class OnnxRuntimeForward:
     """Runs a :class:`~mcn_ros.model.mcn.MultitaskCenterNet` forward in ONNX Runtime (CPU provider).
 
-    One session per task set, made on first use: exported from ``model`` (a few seconds), or, given
-    ``graph`` (an int8 ONNX model of all the config's tasks from :mod:`mcn_ros.model.quantize`), cut from it.
+    One session per task set, made on first use: exported from a copy of ``model`` taken here (a few
+    seconds; so every session has the weights of this moment, whatever the caller does to its module later,
+    and the export never touches the caller's module), or, given ``graph`` (an int8 ONNX model of all the
+    config's tasks from :mod:`mcn_ros.model.quantize`), cut from it.
     ``threads``: intra-op threads (default: torch's thread count, so both backends use the same cores).
     Callable from several threads: each session is made once (exports take turns process-wide,
     :data:`_EXPORTING`), and ONNX Runtime sessions may run concurrently.
@@ -206,7 +208,7 @@ class OnnxRuntimeForward:
     ) -> None:
         check_exportable(config)
         self._ort = import_onnxruntime()
-        self.model = model
+        self.model = copy.deepcopy(model).eval() if graph is None else model
         self.config = config
         self.graph = graph
         self.channels_last = frozenset() if graph is None else channels_last_outputs(graph)

@@ -192,7 +192,9 @@ class Predictor:
     the forward exported once per task set, decoding unchanged). ``fold_bn`` (torch backend, default True):
     run an inference copy with the BatchNorms folded into the convs
     (:func:`~mcn_ros.model.backends.fold_batch_norms`); ``model`` stays the module given, and weights
-    loaded into it later are not seen by the folded copy (make a new Predictor).
+    loaded into it later are not seen by the folded copy, nor by ONNX Runtime's sessions (make a new
+    Predictor). The module given is moved to the device, put in eval mode and, with ``channels_last``, into
+    that memory format: pass a copy (``copy.deepcopy``) of a module that goes on training.
     ``precision="int8"`` (backend "onnxruntime", a CPU with VNNI or AMX) runs ``int8_graph``: the path of
     the graph :mod:`mcn_ros.model.quantize` calibrated from this model's weights (checked), or that graph
     itself as an ONNX ModelProto; :meth:`from_weights` looks beside the weights file by default.
