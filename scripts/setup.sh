@@ -176,7 +176,7 @@ BUILD_INPUTS=(package.xml CMakeLists.txt msg/*.msg scripts/mcn_node launch/* "${
 [ "$MODE" != "distro" ] && BUILD_INPUTS+=(ros_deps/vision_msgs/package.xml ros_deps/vision_msgs/CMakeLists.txt ros_deps/vision_msgs/msg/*.msg)
 # What the build was made for: another mode or distro (they share build/ and install/) starts them afresh,
 # or CMake's cache keeps the other's packages (a wheels-built vision_msgs under a sourced distro).
-BUILD_KIND="$MODE ${ROS_DISTRO:-} python$PY_VERSION"
+BUILD_KIND="$MODE${ROS_DISTRO:+ $ROS_DISTRO} python$PY_VERSION"
 BUILD_STAMP="$BUILD_KIND-$(digest "${BUILD_INPUTS[@]}")-$(find mcn_ros -name '*.py' | sort | digest)-$PY_STAMP"
 if [ "$(cat "$INSTALL/.mcn_build_stamp" 2>/dev/null)" != "$BUILD_STAMP" ]; then
   if [ -e "$INSTALL" ] && [ "$(cat "$INSTALL/.mcn_build_kind" 2>/dev/null)" != "$BUILD_KIND" ]; then
