@@ -466,6 +466,21 @@ def test_torch_compile_gives_the_eager_results() -> None:
     assert not onnx.torch_compile and "not used" in str(onnx.torch_compile_note)
 
 
+def test_compiled_inputs_are_told_apart_by_memory_layout() -> None:
+    """dynamo recompiles for other strides: a channels_last and an NCHW batch of one shape are two of the
+    recompile limit's places (they were counted as one, so the note that new inputs run eagerly came late)."""
+    torch.manual_seed(0)
+    config = _graph_config()
+    predictor = Predictor(MultitaskCenterNet(config).eval(), config, torch_compile=True)
+    tasks = frozenset(config.tasks)
+    nchw = torch.zeros(1, 3, 64, 64)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        assert predictor._may_compile(nchw, tasks) and predictor._may_compile(nchw.clone(), tasks)
+        with pytest.warns(UserWarning, match="recompile limit"):
+            assert not predictor._may_compile(nchw.contiguous(memory_format=torch.channels_last), tasks)
+    assert "memory layouts" in str(predictor.torch_compile_note)
+
+
 def test_a_failed_compilation_leaves_the_eager_forward_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     """A compilation that fails (no C++ compiler, an op inductor cannot lower) warns once, says why and leaves
     the eager forward serving; an error the eager forward makes too stays the caller's."""

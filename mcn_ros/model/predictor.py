@@ -397,7 +397,7 @@ class Predictor:
         """Whether ``batch`` and ``tasks`` go to the compiled forward: those it has seen, and new ones while
         torch's recompile limit allows. Past the limit dynamo would run them eagerly with only a log line:
         here they run eagerly too, and ``torch_compile_note`` says so (warned once)."""
-        key = (tuple(batch.shape), batch.dtype, tasks)
+        key = (tuple(batch.shape), batch.stride(), batch.dtype, tasks)  # dynamo guards on strides too
         if key in self._compiled_inputs:
             return True
         limit = int(torch._dynamo.config.recompile_limit)
@@ -407,8 +407,9 @@ class Predictor:
                 return True
         if self.torch_compile_note is None:
             self.torch_compile_note = (
-                f"torch.compile has compiled the forward for {limit} input shapes, batch sizes or task sets, "
-                f"torch's recompile limit (torch._dynamo.config.recompile_limit): new ones run eagerly"
+                f"torch.compile has compiled the forward for {limit} input shapes, memory layouts, batch "
+                "sizes or task sets, torch's recompile limit (torch._dynamo.config.recompile_limit): new "
+                "ones run eagerly"
             )
             warnings.warn(self.torch_compile_note, stacklevel=3)
         return False
