@@ -307,7 +307,9 @@ class Predictor:
                 )
                 self._compiled = cast(nn.Module, compiled)
         #: The (input shape, dtype, tasks) the compiled forward has been called with: each compiled its own.
-        self._compiled_inputs: set[tuple[tuple[int, ...], torch.dtype, frozenset[str]]] = set()
+        self._compiled_inputs: set[tuple[tuple[int, ...], tuple[int, ...], torch.dtype, frozenset[str]]] = (
+            set()
+        )
         self._compile_turns = threading.Lock()
 
     @classmethod
