@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from _common import git_commit, machine, repo_relative, versions, write_record
 
+from mcn_ros.ros.domain import claim_domain_id
 from mcn_ros.ros.fastdds import PROFILE_VARIABLES, profile_environment, shipped_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     clean = {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}
     with_profile = profile_environment(clean, shipped_profile())
-    domain = 170 + os.getpid() % 50
-    defaults = round_trips(args.frames, {}, domain)
-    profile = round_trips(args.frames, with_profile, domain + 1)
+    defaults = round_trips(args.frames, {}, claim_domain_id(170, 50))
+    profile = round_trips(args.frames, with_profile, claim_domain_id(170, 50))
     record: dict[str, Any] = {
         "command": shlex.join(
             ["python", "bench/dds_roundtrip.py", *(sys.argv[1:] if argv is None else argv)]

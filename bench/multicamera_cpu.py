@@ -31,6 +31,7 @@ from typing import Any
 from _common import git_commit, machine, repo_relative, versions, write_record
 from _node_driver import Driver, node_command
 
+from mcn_ros.ros.domain import claim_domain_id
 from mcn_ros.ros.fastdds import PROFILE_VARIABLES, use_shipped_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "bench/multicamera_cpu.py", *(sys.argv[1:] if argv is None else argv)])
     cameras = list(CAMERA_NAMES[: args.cameras])
-    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 60))
+    os.environ.setdefault("ROS_DOMAIN_ID", str(claim_domain_id(150, 60)))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     use_shipped_profile()  # as the launch file gives the node; the driver's cameras send with it
     profile = os.environ.get(PROFILE_VARIABLES[0]) or os.environ.get(PROFILE_VARIABLES[1])

@@ -61,6 +61,7 @@ from _common import PACKAGES, git_commit, machine, repo_relative, versions, writ
 from _node_driver import Driver, node_command
 from multicamera_cpu import make_weights
 
+from mcn_ros.ros.domain import claim_domain_id
 from mcn_ros.ros.fastdds import PROFILE_VARIABLES, profile_environment, shipped_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     command = shlex.join(["python", "bench/node_cpu.py", *(sys.argv[1:] if argv is None else argv)])
-    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 60))
+    os.environ.setdefault("ROS_DOMAIN_ID", str(claim_domain_id(150, 60)))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     profile = {"shipped": shipped_profile(), "none": None}.get(args.fastdds_profile, args.fastdds_profile)
     os.environ.update(profile_environment(os.environ, profile))  # before the driver's participant

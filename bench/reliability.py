@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.frames, args.overload_s, args.cycles = (1000, 10.0, 5) if args.quick else (10_000, 60.0, 50)
     # An isolated DDS domain on loopback, as the tests use (before rclpy or the node start).
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    from mcn_ros.ros.domain import claim_domain_id
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(claim_domain_id()))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     from _common import git_commit, machine, versions
 

@@ -61,7 +61,15 @@ fi
 
 # The demo's node and player talk on this machine only, in their own ROS domain unless one is chosen.
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
-export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( 1 + $$ % 100 ))}"
+if [ -z "${ROS_DOMAIN_ID:-}" ]; then  # claimed as mcn_ros/ros/domain.py claims one: no other run shares it
+  for offset in $(seq 0 99); do
+    domain=$(( 1 + ($$ + offset) % 100 ))
+    exec {DOMAIN_LOCK}>>"${TMPDIR:-/tmp}/mcn_ros_domain_$domain.lock"
+    if flock -n "$DOMAIN_LOCK"; then export ROS_DOMAIN_ID=$domain; break; fi
+    exec {DOMAIN_LOCK}>&-
+  done
+  [ -n "${ROS_DOMAIN_ID:-}" ] || die "every ROS domain from 1 to 100 is held by another run here"
+fi
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 

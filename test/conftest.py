@@ -10,13 +10,16 @@ from typing import NoReturn
 import pytest
 from needs import unavailable
 
+from mcn_ros.ros.domain import claim_domain_id
+
 # Each pytest run gets its own DDS domain, whatever the shell exported (a developer's shell often names the
 # domain of a live robot), so that the tests' nodes and frames never reach another run or a running system;
 # MCN_TEST_DOMAIN_ID chooses it. Discovery stays on this machine from Iron on (ROS_AUTOMATIC_DISCOVERY_RANGE).
 # Humble ignores that; its ROS_LOCALHOST_ONLY is left unset, since it makes rmw_fastrtps set up transports
 # of its own beside those of config/fastdds.xml, which some tests load, and no Humble runs on these machines
 # to check that combination: there the run's own domain keeps its traffic apart.
-os.environ["ROS_DOMAIN_ID"] = os.environ.get("MCN_TEST_DOMAIN_ID") or str(1 + os.getpid() % 100)
+# The domain is claimed (mcn_ros.ros.domain): two runs at once on one machine never share it.
+os.environ["ROS_DOMAIN_ID"] = os.environ.get("MCN_TEST_DOMAIN_ID") or str(claim_domain_id())
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
