@@ -141,6 +141,7 @@ def test_bgr_mono_and_compressed_inputs_match(running: tuple[object, Client]) ->
     c.clear()
     assert c.publish_until(image_message(image, stamp=(2, 0)), lambda: bool(c.stamped("detections", 2)), 30)
     reference = c.stamped("detections", 2)[-1]
+    assert len(reference.detections) > 0  # equal empty lists would prove nothing
     bgr = np.ascontiguousarray(image[:, :, ::-1])
     assert c.publish_until(
         image_message(bgr, "bgr8", stamp=(3, 0)), lambda: bool(c.stamped("detections", 3)), 30
@@ -151,6 +152,19 @@ def test_bgr_mono_and_compressed_inputs_match(running: tuple[object, Client]) ->
     png.header.stamp.sec = 4
     assert c.publish_until(png, lambda: bool(c.stamped("detections", 4)), 30, compressed=True)
     assert detections_equal(c.stamped("detections", 4)[-1], reference)
+
+    # mono8: answered as the grey image's three equal channels are.
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    grey_rgb = np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    assert c.publish_until(
+        image_message(grey_rgb, stamp=(5, 0)), lambda: bool(c.stamped("detections", 5)), 30
+    )
+    grey_reference = c.stamped("detections", 5)[-1]
+    assert len(grey_reference.detections) > 0
+    assert c.publish_until(
+        image_message(grey, "mono8", stamp=(6, 0)), lambda: bool(c.stamped("detections", 6)), 30
+    )
+    assert detections_equal(c.stamped("detections", 6)[-1], grey_reference)
 
 
 def test_the_compressed_transport_alone_runs_each_frame_once(weights: Path) -> None:
@@ -209,7 +223,8 @@ def detections_equal(a: object, b: object) -> bool:
             for d in msg.detections  # type: ignore[attr-defined]
         ]
 
-    return bool(np.allclose(rows(a), rows(b), atol=1e-4))
+    first, second = rows(a), rows(b)
+    return len(first) == len(second) and bool(np.allclose(first, second, atol=1e-4))
 
 
 def bad_frames() -> list[tuple[str, object]]:
