@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from _common import PACKAGES, git_commit, machine, pct, versions
 from _timing import bf16_copy, interleaved, stats, yolo_forward_module, yolo_in_bf16, yolo_models
-from e2e_cpu import SCORE_THRESHOLD, camera_image
+from e2e_cpu import MAX_DETECTIONS, SCORE_THRESHOLD, camera_image
 from seg_resampling import DEMO_WEIGHTS, demo_report, generate_demo_val
 from torch import Tensor, nn
 
@@ -119,7 +119,14 @@ def e2e_contenders() -> dict[str, Callable[[], object]]:
             bf16 = precision == "bf16"
             with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                 return [
-                    y.predict(image, imgsz=size, conf=SCORE_THRESHOLD, device="cpu", verbose=False)
+                    y.predict(
+                        image,
+                        imgsz=size,
+                        conf=SCORE_THRESHOLD,
+                        max_det=MAX_DETECTIONS,
+                        device="cpu",
+                        verbose=False,
+                    )
                     for y in yolos[precision]
                 ]
 

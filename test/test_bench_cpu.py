@@ -198,6 +198,13 @@ def test_node_cpu_overhead_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     assert low <= noisy["overhead_ratio"] <= high and low < high
     with pytest.raises(ValueError, match="as many"):
         bench.overhead_figures([1.0, 2.0], [1.0])
+    # The node against its own call, beside the issue's ratio against `predict` in the bench's process.
+    split = {"pairs": 3, "lockstep_p50_ms": 33.0, "predict_p50_ms": 30.0,
+             "node_received_to_published_p50_ms": 30.4, "node_processing_p50_ms": 29.5,
+             "node_inference_p50_ms": 28.0, "transport_and_driver_ms": 2.6, "node_outside_inference_ms": 1.5,
+             "inference_minus_predict_ms": -2.0}  # fmt: skip
+    assert bench.own_call_ratio(split) == pytest.approx(5.0 / 28.0, abs=1e-3)
+    assert "the node's overhead is 0.179" in " ".join(bench.split_lines(split))
 
 
 def test_model_gpu_headlines_per_precision_and_batch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -396,3 +403,23 @@ def test_readme_benchmark_summary_is_the_records(monkeypatch: pytest.MonkeyPatch
     assert summary.readme_copy(summary.with_table(readme, table)) == table
     with pytest.raises(ValueError, match="no"):
         summary.readme_copy("a README without the markers")
+
+
+def test_e2e_per_repeat_names_the_backend_behind_the_issues_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load(monkeypatch, "e2e_cpu")
+    passes = [
+        {
+            "e2e_vs_yolo26n_speedup": 2.45,
+            "e2e_best_vs_best_speedup": 2.5,
+            "e2e_vs_yolo26n_backend": "onnxruntime_int8",
+        },
+        {
+            "e2e_vs_yolo26n_speedup": 11.3,
+            "e2e_best_vs_best_speedup": 2.6,
+            "e2e_vs_yolo26n_backend": "torch_bf16",
+        },
+    ]
+    text = bench.per_repeat_text(passes)
+    assert "`e2e_vs_yolo26n_speedup` 2.45 (onnxruntime_int8) / 11.3 (torch_bf16)" in text
+    assert "`e2e_best_vs_best_speedup` 2.5 / 2.6" in text
+    assert bench.MAX_DETECTIONS == 100
