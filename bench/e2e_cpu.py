@@ -616,6 +616,36 @@ def per_repeat_text(per_repeat: list[dict[str, Any]]) -> str:
     return "; ".join(f"`{key}` " + " / ".join(value(one, key) for one in per_repeat) for key in keys)
 
 
+def speedup_table(report: dict[str, Any], sizes: tuple[str, ...] | None = None) -> list[str]:
+    """The MCN against YOLO26n x3 per image size (``sizes``, default all) and backend, as table lines."""
+    lines = [
+        "| size | backend | MCN ms | YOLO26n x3 ms | speed-up | YOLO26n x3 ms, ultralytics' sessions | "
+        "speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for size in sizes or tuple(report["speedups"]):
+        per = report["speedups"][size]
+        for backend in BACKENDS:
+            if backend in per:
+                v = per[backend]
+                figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x | "
+                if "yolo26n_x3_ultralytics_sessions_ms" in v:
+                    figures += (
+                        f"{v['yolo26n_x3_ultralytics_sessions_ms']:.1f} | "
+                        f"{v['speedup_vs_ultralytics_sessions']:.2f}x"
+                    )
+                else:
+                    figures += " |"
+                lines.append(f"| {size} | {backend} | {figures} |")
+        for rows_of, label in ((LIGHT_ROWS, "light variant"), (COMPILED_ROWS, "torch.compile")):
+            for _, name in rows_of:
+                if name in per:
+                    v = per[name]
+                    figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x |  |"
+                    lines.append(f"| {size} | {v['backend']}, {label} | {figures} |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as tables."""
     lines = [
@@ -646,29 +676,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"**{report.get('e2e_bf16_vs_yolo26n_speedup')}**{headline_note(report)}. "
         "All rounds of the run pooled; each repeat alone: " + per_repeat_text(report.get("per_repeat", [])),
         "",
-        "| size | backend | MCN ms | YOLO26n x3 ms | speed-up | YOLO26n x3 ms, ultralytics' sessions | "
-        "speed-up |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        *speedup_table(report),
     ]
-    for size, per in report["speedups"].items():
-        for backend in BACKENDS:
-            if backend in per:
-                v = per[backend]
-                figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x | "
-                if "yolo26n_x3_ultralytics_sessions_ms" in v:
-                    figures += (
-                        f"{v['yolo26n_x3_ultralytics_sessions_ms']:.1f} | "
-                        f"{v['speedup_vs_ultralytics_sessions']:.2f}x"
-                    )
-                else:
-                    figures += " |"
-                lines.append(f"| {size} | {backend} | {figures} |")
-        for rows_of, label in ((LIGHT_ROWS, "light variant"), (COMPILED_ROWS, "torch.compile")):
-            for _, name in rows_of:
-                if name in per:
-                    v = per[name]
-                    figures = f"{v['mcn_ms']:.1f} | {v['yolo26n_x3_ms']:.1f} | {v['speedup']:.2f}x |  |"
-                    lines.append(f"| {size} | {v['backend']}, {label} | {figures} |")
     lines += [
         "",
         "| run | median ms | p95 | preprocess | forward | decode / postprocess |",

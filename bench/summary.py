@@ -1,6 +1,6 @@
 """The headline figures of the recorded benchmarks against issue 13's targets, in one table.
 
-    python bench/summary.py            # writes bench/results/summary.md and the README's copy, prints it
+    python bench/summary.py            # writes bench/results/summary.md and the README's copies, prints it
     python bench/summary.py --check    # exit 1 if the README's copy differs from what the records give
 
 Reads only the records under ``bench/results/`` (no measurement): each row names the record it comes from,
@@ -23,9 +23,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 README = REPO / "README.md"
-#: The README's copy of the table sits between these two lines.
+#: The README's copy of the headline table sits between these two lines ...
 BEGIN = "<!-- bench/summary.py: begin -->"
 END = "<!-- bench/summary.py: end -->"
+#: ... and of e2e_cpu's table at the camera's size between these.
+E2E_BEGIN = "<!-- bench/summary.py: e2e begin -->"
+E2E_END = "<!-- bench/summary.py: e2e end -->"
 CAMERA = "640x480"
 
 
@@ -203,39 +206,51 @@ def render(results: Path = RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _block(text: str) -> tuple[int, int]:
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"the README has no {BEGIN!r} ... {END!r} block")
-    return start + len(BEGIN), end
+def e2e_table(results: Path = RESULTS) -> str:
+    """e2e_cpu's table of the MCN against YOLO26n x3 per backend at the camera's size, from its record."""
+    from e2e_cpu import speedup_table  # the record's own rendering
+
+    record = json.loads((results / "e2e_cpu.json").read_text())
+    return "\n".join(speedup_table(record, (CAMERA,))) + "\n"
 
 
-def readme_copy(text: str) -> str:
+def _block(text: str, begin: str, end: str) -> tuple[int, int]:
+    first, last = text.find(begin), text.find(end)
+    if first < 0 or last < first:
+        raise ValueError(f"the README has no {begin!r} ... {end!r} block")
+    return first + len(begin), last
+
+
+def readme_copy(text: str, begin: str = BEGIN, end: str = END) -> str:
     """The table between the README's markers (ValueError where they are missing)."""
-    start, end = _block(text)
-    return text[start:end].strip("\n") + "\n"
+    first, last = _block(text, begin, end)
+    return text[first:last].strip("\n") + "\n"
 
 
-def with_table(text: str, table: str) -> str:
+def with_table(text: str, table: str, begin: str = BEGIN, end: str = END) -> str:
     """``text`` (the README) with ``table`` between its markers."""
-    start, end = _block(text)
-    return text[:start] + "\n" + table + text[end:]
+    first, last = _block(text, begin, end)
+    return text[:first] + "\n" + table + text[last:]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="compare the README's copy with the records")
     args = parser.parse_args(argv)
-    table = render()
+    blocks = ((render(), BEGIN, END), (e2e_table(), E2E_BEGIN, E2E_END))
     if args.check:
-        if readme_copy(README.read_text()) != table:
-            print("README.md's benchmark summary differs from bench/results: run python bench/summary.py",
+        text = README.read_text()
+        if any(readme_copy(text, begin, end) != table for table, begin, end in blocks):
+            print("README.md's benchmark tables differ from bench/results: run python bench/summary.py",
                   file=sys.stderr)  # fmt: skip
             return 1
         return 0
-    (RESULTS / "summary.md").write_text("# Benchmark headlines (from the records)\n\n" + table)
-    README.write_text(with_table(README.read_text(), table))
-    print(table, end="")
+    (RESULTS / "summary.md").write_text("# Benchmark headlines (from the records)\n\n" + blocks[0][0])
+    text = README.read_text()
+    for table, begin, end in blocks:
+        text = with_table(text, table, begin, end)
+    README.write_text(text)
+    print(blocks[0][0], end="")
     return 0
 
 
