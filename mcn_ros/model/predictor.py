@@ -211,7 +211,7 @@ class Predictor:
     the weights frozen into each input shape's compiled code at its first call: give the Predictor its
     weights before it runs, as with ``fold_bn``). Each new input shape, batch size or task set compiles first
     (seconds; past torch's recompile limit, 8, new ones run eagerly, said in ``torch_compile_note``); on the
-    CPU inductor needs a C++ compiler. On a 2-core Xeon with AMX it ran the forward 1.13x faster in bf16,
+    CPU inductor needs a C++ compiler. On a 2-core Xeon with AMX it ran the forward 1.13-1.16x faster in bf16,
     1.04x in fp32 (bench/results/e2e_cpu.md, the forward step). Where it cannot be used (backend
     onnxruntime, with ``cuda_graphs``) it warns and says why in ``torch_compile_note``; a compilation that
     fails warns, says why there and leaves the eager forward serving.

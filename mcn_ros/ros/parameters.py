@@ -160,7 +160,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "the first frame of each shape captures"),
     ParameterSpec("torch_compile", "bool", False, CONFIGURE,
                   "Compile the torch forward with torch.compile (inductor; a C++ compiler on the CPU): each "
-                  "new input shape compiles first, seconds; its forward ran 1.13x faster in bf16 with AMX"),
+                  "new input shape compiles first, seconds; forward 1.13-1.16x faster in bf16 with AMX"),
     ParameterSpec("rect_input", "bool", True, CONFIGURE,
                   "Camera-shaped network input (multiples of 32 at the input_size scale); false: input_size"),
     ParameterSpec("input_size", "integer_array", (0, 0), CONFIGURE,
