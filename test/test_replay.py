@@ -267,6 +267,20 @@ def test_evaluate_a_recorded_bag_and_a_baseline(
     )  # fmt: skip
     assert code == 1, out + err
     assert "bbox_AP" in err and "regressed" in err
+    # A run evaluated with a recording beside it keeps both: the recording did replace the lockstep figures.
+    no_boxes = _recording(outputs, tmp_path / "no_boxes", drop=("/mcn_node/detections",))
+    code, _, err = main(
+        "evaluate", str(run_dir), "--outputs", str(no_boxes), "--no-direct",
+        "--report-dir", str(tmp_path / "both"),
+    )  # fmt: skip
+    assert code == 0, err
+    both = read_json(tmp_path / "both" / "report.json")
+    assert both["accuracy_from"] == "lockstep" and both["bbox_AP"] == pytest.approx(
+        report["bbox_AP"], abs=1e-9
+    )
+    assert (
+        both["accuracy"]["recorded"]["bbox_AP"] is None and both["accuracy"]["recorded"]["mIoU"] is not None
+    )
     # A recording's figures (frames the node dropped scored as empty) are not held against a lockstep run's.
     (tmp_path / "recorded_baseline.json").write_text(json.dumps({**recorded, "bbox_AP": 1.0}))
     code, out, err = main(

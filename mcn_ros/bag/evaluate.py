@@ -199,7 +199,7 @@ def evaluate_run(
         check_stamps(gt, output_bag, topics, records)
         predictions, missing = predictions_from_outputs(output_bag, topics, gt, classes, records)
         replayed[phase] = predictions
-        key = "lockstep" if phase in ("lockstep", "recorded") else "rate_all_outputs"
+        key = {"lockstep": "lockstep", "recorded": "recorded"}.get(phase, "rate_all_outputs")
         scored_from[key] = phase
         summary["accuracy"][key] = {
             **score(gt, predictions, classes).to_dict(),
@@ -226,9 +226,11 @@ def evaluate_run(
         elif direct:
             notes.append("direct (model runtime alone) figures skipped: needs the weights and the input bag")
     accuracy = summary["accuracy"]
-    headline = accuracy.get("lockstep") or accuracy.get("rate_all_outputs") or {}
-    # The headline's phase (a rate replay's counts each dropped frame as empty: report.accuracy_basis)
-    summary["accuracy_from"] = scored_from.get("lockstep") or scored_from.get("rate_all_outputs")
+    # The headline: a lockstep replay's, else a recording's (given with --outputs), else a rate replay's,
+    # whose counts each dropped frame as empty (report.accuracy_basis); each is kept under its own key.
+    headline_key = next((k for k in ("lockstep", "recorded", "rate_all_outputs") if k in accuracy), None)
+    headline = accuracy[headline_key] if headline_key else {}
+    summary["accuracy_from"] = scored_from.get(headline_key) if headline_key else None
     for prefix, figures in (("", headline), ("loaded_", accuracy.get("loaded", {})),
                             ("direct_", accuracy.get("direct", {}))):  # fmt: skip
         for metric in METRICS:
