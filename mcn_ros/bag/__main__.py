@@ -236,13 +236,7 @@ def _finish_report(
 ) -> tuple[dict[str, Path], list[str]]:
     """Compare with ``--baseline`` (into the summary), then write the report files into ``folder``."""
     from mcn_ros.bag.evaluate import read_baseline, write
-    from mcn_ros.bag.report import (
-        accuracy_basis,
-        accuracy_comparable,
-        compare_to_baseline,
-        latency_basis,
-        latency_comparable,
-    )
+    from mcn_ros.bag.report import compare_to_baseline, not_compared
 
     regressions: list[str] = []
     if args.baseline is not None:
@@ -250,25 +244,7 @@ def _finish_report(
         regressions = compare_to_baseline(
             evaluation.summary, baseline, args.ap_tolerance, args.latency_tolerance
         )
-        if not latency_comparable(evaluation.summary, baseline):
-            (now, now_factor), (before, before_factor) = (
-                latency_basis(evaluation.summary),
-                latency_basis(baseline),
-            )
-            evaluation.summary["notes"].append(
-                f"latency not compared with the baseline: its latency is from a {before} replay (rate factor "
-                f"{before_factor}), this one's from a {now} replay (rate factor {now_factor})"
-            )
-        for prefix, what in (("", "accuracy"), ("loaded_", "accuracy under load")):
-            if not accuracy_comparable(evaluation.summary, baseline, prefix):
-                (now, now_factor), (before, before_factor) = (
-                    accuracy_basis(evaluation.summary, prefix),
-                    accuracy_basis(baseline, prefix),
-                )
-                evaluation.summary["notes"].append(
-                    f"{what} not compared with the baseline: its figures are from a {before} replay (rate "
-                    f"factor {before_factor}), this one's from a {now} replay (rate factor {now_factor})"
-                )
+        evaluation.summary["notes"].extend(not_compared(evaluation.summary, baseline))
         evaluation.summary["baseline"] = {
             "path": str(args.baseline),
             "ap_tolerance": args.ap_tolerance,

@@ -67,6 +67,7 @@ __all__ = [
     "frame_strip",
     "latency_stats",
     "markdown_summary",
+    "not_compared",
     "plot_latency",
     "plot_per_class",
     "write_report",
@@ -139,6 +140,25 @@ def accuracy_comparable(current: Mapping[str, Any], baseline: Mapping[str, Any],
     """Whether two reports' accuracy figures (``prefix``: "" the headline, "loaded_", "direct_") were scored
     alike (:func:`accuracy_basis`; where either report does not say, they are taken to be)."""
     return _alike(accuracy_basis(current, prefix), accuracy_basis(baseline, prefix))
+
+
+def not_compared(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
+    """What :func:`compare_to_baseline` leaves out because the two reports measured it otherwise (latency,
+    accuracy, accuracy under load), one note each, naming both reports' replay and rate factor."""
+    bases = (
+        ("latency", "its latency is", latency_basis),
+        ("accuracy", "its figures are", lambda summary: accuracy_basis(summary, "")),
+        ("accuracy under load", "its figures are", lambda summary: accuracy_basis(summary, "loaded_")),
+    )
+    notes = []
+    for what, said, basis in bases:
+        now, before = basis(current), basis(baseline)
+        if not _alike(now, before):
+            notes.append(
+                f"{what} not compared with the baseline: {said} from a {before[0]} replay (rate factor "
+                f"{before[1]}), this one's from a {now[0]} replay (rate factor {now[1]})"
+            )
+    return notes
 
 
 def compare_to_baseline(

@@ -153,8 +153,9 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
 
     def annotations(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """Boxes [N, 4] (xyxy) of the detection classes, their class indices [N], keypoints [N, 17, 3] (zeros
-        for non-persons and crowds) if the image is pose-labelled and the model has pose, else None, and which
-        boxes are crowd regions [N] (bool: ignored by the heatmaps' losses, never objects; last)."""
+        for non-persons) if the image is pose-labelled and the model has pose, else None, and which boxes are
+        crowd regions [N] (bool: ignored by the heatmaps' losses, never objects, their rows never read as
+        keypoints; last)."""
         anns = [
             a
             for a in self.coco.imgToAnns.get(image_id, [])
@@ -169,7 +170,7 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         if self.config.pose is not None and image_id in self.pose_images:
             keypoints = np.zeros((len(anns), NUM_KEYPOINTS, 3), np.float32)
             for i, ann in enumerate(anns):
-                if ann["category_id"] == self.person_id and "keypoints" in ann and not crowd[i]:
+                if ann["category_id"] == self.person_id and "keypoints" in ann:
                     keypoints[i] = np.asarray(ann["keypoints"], np.float32).reshape(NUM_KEYPOINTS, 3)
         return boxes, classes, keypoints, crowd
 
