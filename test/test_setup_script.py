@@ -56,6 +56,15 @@ def fake_python(folder: Path, version: str) -> Path:
     return path
 
 
+def fake_ros2(folder: Path) -> Path:
+    """``folder`` holding a ``ros2`` that does nothing: the distro's command line, which setup.sh only looks
+    for (and at where it lies)."""
+    folder.mkdir()
+    (folder / "ros2").write_text("#!/bin/sh\nexit 0\n")
+    (folder / "ros2").chmod(0o755)
+    return folder
+
+
 def test_unknown_distro(tree: Path) -> None:
     result = run_setup(tree, {"ROS_DISTRO": "foxy"})
     assert_refused(result, tree, "ROS_DISTRO=foxy", "humble jazzy kilted", "unset ROS_DISTRO")
@@ -99,10 +108,7 @@ def test_a_distro_without_vision_msgs(tree: Path, ros: None) -> None:
     # rclpy imports (the wheels in this venv) but vision_msgs does not (it lives in install/, off PYTHONPATH):
     # what a sourced distro without ros-<distro>-vision-msgs looks like to setup.sh. A `ros2` on PATH stands
     # for the distro's command line, which setup.sh only looks for.
-    bin_dir = tree / "distro-bin"
-    bin_dir.mkdir()
-    (bin_dir / "ros2").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "ros2").chmod(0o755)
+    bin_dir = fake_ros2(tree / "distro-bin")
     result = run_setup(tree, {"ROS_DISTRO": "jazzy", "PYTHON": sys.executable}, path_extra=bin_dir)
     assert_refused(result, tree, "no vision_msgs", "apt install ros-jazzy-vision-msgs")
 
@@ -155,10 +161,7 @@ def test_a_python_in_the_checkouts_venv_is_not_the_one_a_set_up_uses(tree: Path)
         [str(venv / "bin" / "python3"), "-c", "import sys; print(sys._base_executable)"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    bin_dir = tree / "distro-bin"
-    bin_dir.mkdir()
-    (bin_dir / "ros2").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "ros2").chmod(0o755)
+    bin_dir = fake_ros2(tree / "distro-bin")
     env = {"ROS_DISTRO": "jazzy", "PATH": f"{venv / 'bin'}:{bin_dir}:{os.environ['PATH']}"}
     result = run_setup(tree, env)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -173,9 +176,6 @@ def test_a_distro_whose_setup_script_cannot_be_found(tree: Path, ros: None) -> N
     is taken, and without one the set-up says so before it makes anything."""
     if Path("/opt/ros/jazzy/setup.bash").exists():
         pytest.skip("Jazzy is installed here")
-    bin_dir = tree / "distro-bin"
-    bin_dir.mkdir()
-    (bin_dir / "ros2").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "ros2").chmod(0o755)
+    bin_dir = fake_ros2(tree / "distro-bin")
     env = {"ROS_DISTRO": "jazzy", "PYTHON": sys.executable, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     assert_refused(run_setup(tree, env, path_extra=bin_dir), tree, "cannot find the setup.bash", str(bin_dir))
