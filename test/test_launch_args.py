@@ -152,17 +152,25 @@ def test_rviz_subscribes_best_effort() -> None:
     assert policies and set(policies.values()) == {"Best Effort"}, policies
 
 
-def test_the_rviz_copy_is_written_to_a_temporary_file() -> None:
+def test_the_rviz_copy_is_written_once_under_ros_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each launch with rviz:=true writes the namespaced copy under $ROS_HOME/mcn_ros, named by its content:
+    launching again reuses the file (it left a new temporary file behind every time)."""
+    monkeypatch.setenv("ROS_HOME", str(tmp_path))
     path = write_rviz_config(RVIZ_FILE, "robot", "/camera/image_raw")
-    try:
-        assert path.suffix == ".rviz" and path.parent != RVIZ_FILE.parent
-        written = yaml.safe_load(path.read_text())
-        assert written == namespaced_rviz_config(
-            yaml.safe_load(RVIZ_FILE.read_text()), "robot", "/camera/image_raw"
-        )
-        assert rviz_topics(written)["MCN debug image"] == "/robot/mcn_node/debug_image"
-    finally:
-        path.unlink()
+    assert path.suffix == ".rviz" and path.parent == tmp_path / "mcn_ros"
+    written = yaml.safe_load(path.read_text())
+    assert written == namespaced_rviz_config(
+        yaml.safe_load(RVIZ_FILE.read_text()), "robot", "/camera/image_raw"
+    )
+    assert rviz_topics(written)["MCN debug image"] == "/robot/mcn_node/debug_image"
+    assert write_rviz_config(RVIZ_FILE, "robot", "/camera/image_raw") == path
+    other = write_rviz_config(RVIZ_FILE, "other", "/camera/image_raw")
+    assert other != path and rviz_topics(yaml.safe_load(other.read_text()))["MCN debug image"].startswith(
+        "/other/"
+    )
+    assert sorted(p.name for p in (tmp_path / "mcn_ros").iterdir()) == sorted([path.name, other.name])
 
 
 def test_cameras_argument_and_parameter_file() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 from nodetools import REPO, Client, image_message, make_weights, rss_kib, start_node, stop_node
 
 pytestmark = pytest.mark.usefixtures("ros")
@@ -352,6 +354,57 @@ def test_parameters_change_at_run_time_and_bad_values_are_refused(running: tuple
     assert c.set_parameters(tasks=["detection", "pose", "segmentation"])[0].successful
 
 
+def test_qos_overrides_in_a_parameter_file_reach_the_topics(weights: Path, tmp_path: Path) -> None:
+    """rclpy's standard qos_overrides.<topic>.publisher|subscription.<policy> parameters set the QoS of the
+    node's outputs and camera subscription; one that matches nothing is named in a warning."""
+    from rclpy.qos import ReliabilityPolicy
+
+    node = "qos_node"
+    params = tmp_path / "qos.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "/**": {
+                    "ros__parameters": {
+                        "qos_overrides": {
+                            f"/{node}/detections": {"publisher": {"reliability": "best_effort", "depth": 3}},
+                            "/image": {"subscription": {"reliability": "reliable"}},
+                            f"/{node}/detectoins": {"publisher": {"depth": 2}},
+                        }
+                    }
+                }
+            }
+        )
+    )
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "autostart:=true", "--params-file", str(params), name=node
+    )  # fmt: skip
+    c = Client(node)
+    try:
+        assert c.wait_for(lambda: c.state() == "active", 60)
+
+        def infos() -> tuple[list[Any], list[Any]]:
+            publishers = c.node.get_publishers_info_by_topic(f"/{node}/detections")
+            subscriptions = c.node.get_subscriptions_info_by_topic("/image")
+            return publishers, [i for i in subscriptions if i.node_name == node]
+
+        assert c.wait_for(lambda: all(infos()), 20)
+        (publisher,), (subscription,) = infos()
+        assert publisher.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+        assert subscription.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+        (pose_publisher,) = c.node.get_publishers_info_by_topic(f"/{node}/poses")  # not overridden
+        assert pose_publisher.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+        # The graph does not carry history depths: the declared override parameter tells it.
+        (depth,) = c.parameter_values(f"qos_overrides./{node}/detections.publisher.depth")
+        assert depth.integer_value == 3
+    finally:
+        c.close()
+        log = stop_node(process)
+    expected = "ignoring QoS overrides that match none of this node's publishers and subscriptions: "
+    assert f"{expected}qos_overrides./{node}/detectoins.publisher.depth" in log, log
+    assert "parameters this node does not have" not in log, log
+
+
 def test_a_task_nobody_listens_to_is_not_computed(weights: Path) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from rcl_interfaces.msg import ParameterType
@@ -447,7 +500,8 @@ def test_lifecycle_transitions(weights: Path, tmp_path: Path) -> None:
         assert not refused.successful and "multiples of 32" in refused.reason
         assert c.set_parameters(input_size=[64, 96])[0].successful
         assert c.lifecycle("configure")
-        assert "configure" in c.set_parameters(input_size=[64, 64])[0].reason  # fixed while configured
+        inactive = c.set_parameters(input_size=[64, 64])[0].reason  # fixed while configured
+        assert inactive == "input_size takes effect on configure: clean up first"  # no deactivate to do
         assert c.state() == "inactive"
         assert not c.publish_until(image, lambda: bool(c.messages("detections")), 3)  # inactive: silent
         assert c.lifecycle("activate")

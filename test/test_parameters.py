@@ -77,6 +77,8 @@ def test_refusal_reasons() -> None:
     for name in configure_time:
         reason = refusal(name, BY_NAME[name].declared_default(), configured=True)
         assert reason == f"{name} takes effect on configure: deactivate and clean up first"
+        inactive = refusal(name, BY_NAME[name].declared_default(), configured=True, active=False)
+        assert inactive == f"{name} takes effect on configure: clean up first"
     assert refusal("score_threshold", 0.9, configured=True) is None  # run time: fine while configured
     assert refusal("input_size", array.array("q", [64, 96]), configured=False) is None  # as rclpy gives it
     assert refusal("input_size", [0, 0], configured=False) is None

@@ -7,6 +7,7 @@ decisions are tested where launch_ros is not installed (test/test_launch_args.py
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import tempfile
@@ -222,12 +223,18 @@ def write_rviz_config(
     source: str | Path, namespace: str, image_topic: str, cameras: list[str] | None = None
 ) -> Path:
     """A copy of the RViz config ``source`` for a node launched in ``namespace`` (with named ``cameras``, if
-    any), in a new temporary file."""
+    any), written under ``$ROS_HOME/mcn_ros`` (``~/.ros/mcn_ros``) in a file named by its content: each
+    launch with the same arguments reuses one file instead of leaving a new one behind."""
     config = cameras_rviz_config(yaml.safe_load(Path(source).read_text()), cameras or [])
-    config = namespaced_rviz_config(config, namespace, image_topic)
-    with tempfile.NamedTemporaryFile("w", prefix="mcn_", suffix=".rviz", delete=False) as handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
-    return Path(handle.name)
+    text = yaml.safe_dump(namespaced_rviz_config(config, namespace, image_topic), sort_keys=False)
+    folder = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros") / "mcn_ros"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rviz_{hashlib.sha256(text.encode()).hexdigest()[:16]}.rviz"
+    # Written whole, then renamed: an RViz started by another launch may be reading the file.
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".rviz_", suffix=".tmp", delete=False) as handle:
+        handle.write(text)
+    Path(handle.name).replace(path)
+    return path
 
 
 def rviz_missing_note() -> str | None:

@@ -30,6 +30,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import Subscription
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
@@ -50,6 +51,7 @@ from mcn_ros.ros.parameters import (
     refusal,
     start_up_problems,
     unknown_parameters,
+    unused_qos_overrides,
 )
 
 if TYPE_CHECKING:  # the model runtime (torch) loads on configure, not on import
@@ -161,9 +163,9 @@ class McnNode(LifecycleNode):
         return frame_settings(values)
 
     def _on_set_parameters(self, parameters: list[Parameter[Any]]) -> SetParametersResult:
-        configured = self.configured
+        configured, active = self.configured, self._running.is_set()
         for parameter in parameters:
-            reason = refusal(parameter.name, parameter.value, configured=configured)
+            reason = refusal(parameter.name, parameter.value, configured=configured, active=active)
             if reason is not None:
                 return SetParametersResult(successful=False, reason=reason)
         if not POST_SET_CALLBACKS:  # Humble: the values are accepted here, and set right after
@@ -326,11 +328,9 @@ class McnNode(LifecycleNode):
 
     def _activate(self) -> None:
         self._publish_info()
-        if self.get_parameter("image_qos").value == "sensor_data":
-            # Sensor data as in REP-2003, but depth 1: only the newest frame is ever wanted.
-            image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-        else:
-            image_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        # Sensor data as in REP-2003, but depth 1: only the newest frame is ever wanted.
+        sensor_data = self.get_parameter("image_qos").value == "sensor_data"
+        reliability = ReliabilityPolicy.BEST_EFFORT if sensor_data else ReliabilityPolicy.RELIABLE
         # One transport unless asked for both: an image_transport publisher sends each frame on both topics.
         transport = str(self.get_parameter("image_transport").value)
         inputs: list[tuple[Any, str, bool]] = []  # (message type, topic suffix, compressed)
@@ -347,13 +347,24 @@ class McnNode(LifecycleNode):
                 # Humble): its sequence numbers tell the frames lost before the node.
                 on_image = self._image_callback(camera, compressed)
                 camera.subscriptions.append(
-                    self.create_subscription(message_type, topic, on_image, image_qos)
+                    self.create_subscription(  # a profile each: rclpy writes the topic's overrides into it
+                        message_type,
+                        topic,
+                        on_image,
+                        QoSProfile(depth=1, reliability=reliability),
+                        qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+                    )
                 )
             camera.stats.start_listening(monotonic())
         self._running.set()
         self._start_inference_thread()
         self._jobs.put((lambda: None, Future()))  # wakes the thread from its inactive wait for jobs now
         self.get_logger().info(f"active: listening on {', '.join(topics)}")
+        unused = unused_qos_overrides(
+            getattr(self, "_parameter_overrides", {}), self.get_parameters_by_prefix("")
+        )
+        if unused is not None:
+            self.get_logger().warning(unused, once=True)
 
     def _stop_inputs(self) -> None:
         """Stop inference (after the frame in flight) and destroy the subscriptions."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
@@ -49,23 +50,30 @@ class Outputs:
         self, create: Callable[..., Any], config: ModelConfig, depth: int, reliable: bool, info: bool = True
     ) -> None:
         """Create the topics of the tasks ``config`` has with ``create`` (the node's
-        ``create_lifecycle_publisher``); ``info``: also the node's latched label and pose info."""
-        qos = QoSProfile(
-            depth=depth,
-            history=HistoryPolicy.KEEP_LAST,
-            reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
-        )
-        latched = QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-        )
-        publishers = self.publishers
+        ``create_lifecycle_publisher``); ``info``: also the node's latched label and pose info.
 
+        Each publisher takes rclpy's standard ``qos_overrides.<topic>.publisher.<policy>`` parameters
+        (history, depth, reliability) over the QoS given here."""
+        publishers = self.publishers
+        overridable = {"qos_overriding_options": QoSOverridingOptions.with_default_policies()}
+
+        # A new profile for each publisher: rclpy writes a topic's overrides into the profile it is given.
         def add(key: str, message_type: Any) -> None:
             if key in NODE_TOPICS:
                 if info:
-                    publishers[key] = create(message_type, f"~/{NODE_TOPICS[key]}", latched)
+                    latched = QoSProfile(
+                        depth=1,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                    )
+                    publishers[key] = create(message_type, f"~/{NODE_TOPICS[key]}", latched, **overridable)
             else:
-                publishers[key] = create(message_type, self.topic(CAMERA_TOPICS[key]), qos)
+                qos = QoSProfile(
+                    depth=depth,
+                    history=HistoryPolicy.KEEP_LAST,
+                    reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+                )
+                publishers[key] = create(message_type, self.topic(CAMERA_TOPICS[key]), qos, **overridable)
 
         if config.detection is not None:
             add("detections", Detection2DArray)

@@ -233,11 +233,30 @@ def start_up_problems(values: Mapping[str, Any]) -> list[str]:
 REMOVED = {"half": "replaced by precision (half:=true was precision:=fp16)"}
 
 
+#: rclpy's QoS override parameters (``qos_overrides.<topic>.publisher|subscription.<policy>``): declared with
+#: the publishers (on configure) and subscriptions (on activate) that take them.
+QOS_OVERRIDES_PREFIX = "qos_overrides."
+
+
 def unknown_names(given: Iterable[str], declared: Iterable[str]) -> list[str]:
-    """The ``given`` parameter names that no ``declared`` one takes, sorted; rclpy's ``qos_overrides.*``
-    are declared only with their publishers, and are left out."""
+    """The ``given`` parameter names that no ``declared`` one takes, sorted; ``qos_overrides.*`` are left
+    out (:func:`unused_qos_overrides` checks them once the node is active)."""
     known = set(declared)
-    return sorted(n for n in set(given) - known if not n.startswith("qos_overrides."))
+    return sorted(n for n in set(given) - known if not n.startswith(QOS_OVERRIDES_PREFIX))
+
+
+def unused_qos_overrides(given: Iterable[str], declared: Iterable[str]) -> str | None:
+    """A warning naming the ``given`` ``qos_overrides.*`` values that no publisher or subscription of the
+    active node took (a topic or policy misspelt, a task the weights lack), or None."""
+    known = set(declared)
+    unused = sorted(n for n in set(given) - known if n.startswith(QOS_OVERRIDES_PREFIX))
+    if not unused:
+        return None
+    return (
+        f"ignoring QoS overrides that match none of this node's publishers and subscriptions: "
+        f"{', '.join(unused)} (names are qos_overrides.<fully qualified topic>.publisher|subscription."
+        f"<history|depth|reliability>)"
+    )
 
 
 def unknown_parameters(given: Iterable[str], declared: Iterable[str]) -> str | None:
@@ -251,11 +270,12 @@ def unknown_parameters(given: Iterable[str], declared: Iterable[str]) -> str | N
     return f"ignoring values for parameters this node does not have: {named}"
 
 
-def refusal(name: str, value: Any, *, configured: bool) -> str | None:
+def refusal(name: str, value: Any, *, configured: bool, active: bool = True) -> str | None:
     """Why setting parameter ``name`` to ``value`` now is refused, or None when it is accepted.
 
-    ``configured``: a model is loaded, so configure-time parameters are fixed. Names not in the table (rclpy's
-    own, such as use_sim_time) are left to rclpy.
+    ``configured``: a model is loaded, so configure-time parameters are fixed; ``active``: the node is active
+    too (the way back to unconfigured starts with deactivate). Names not in the table (rclpy's own, such as
+    use_sim_time) are left to rclpy.
     """
     spec = BY_NAME.get(name)
     if spec is None:
@@ -263,7 +283,7 @@ def refusal(name: str, value: Any, *, configured: bool) -> str | None:
     if spec.read_only:
         return f"{name} is read-only: it is read once at start-up"
     if spec.applies is Applies.CONFIGURE and configured:
-        return f"{name} takes effect on configure: deactivate and clean up first"
+        return f"{name} takes effect on configure: {'deactivate and ' if active else ''}clean up first"
     return invalid_value(spec, value)
 
 
