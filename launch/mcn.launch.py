@@ -6,12 +6,13 @@ Arguments: params_file (default: the installed config/mcn.yaml), weights and aut
 parameter file only when given; autostart is true with the default parameter file), image (camera topic;
 with named cameras a pattern such as /sensing/{camera}/image_raw), cameras (names, e.g. front,back: each
 camera listens on <name>/image; overrides the file when given), camera_topics (front=/x,back=/y: each named
-camera's topic),
-image_transport (raw, compressed or both: the camera transport subscribed; overrides the file when given),
-namespace, rviz (RViz with config/mcn.rviz, its topics moved under the namespace, one set per camera; where
-rviz2 is not installed a warning, and the node starts alone),
-fastdds_profile (default: the installed config/fastdds.xml, Fast DDS shared memory sized for camera frames;
-given to the node and RViz unless the environment names a profile already; empty: none).
+camera's topic), image_transport (raw, compressed or both: the camera transport subscribed; overrides the
+file when given), namespace, use_sim_time (true: the node's clock is /clock; empty: the parameter file's),
+log_level (debug, info, warn, error or fatal; empty: info), rviz (RViz with config/mcn.rviz, its topics
+moved under the namespace, one set per camera; where rviz2 is not installed a warning, and the node starts
+alone), fastdds_profile (default: the installed config/fastdds.xml, Fast DDS shared memory sized for camera
+frames; given to the node and RViz unless the environment names a profile already; empty: none).
+The node is a launch_ros LifecycleNode: launch's lifecycle events can drive it and follow its transitions.
 What the arguments mean is decided in mcn_ros/ros/launch_args.py. Six cameras (config/six_cameras.yaml):
 
     ros2 launch mcn_ros mcn.launch.py params_file:=<share>/mcn_ros/config/six_cameras.yaml weights:=... \
@@ -26,7 +27,7 @@ from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 from mcn_ros.ros.fastdds import PROFILE_NAME, profile_environment
 from mcn_ros.ros.launch_args import (
@@ -34,6 +35,7 @@ from mcn_ros.ros.launch_args import (
     NODE_NAME,
     cameras_in_params_file,
     image_remappings,
+    log_level_arguments,
     parameter_overrides,
     parse_bool,
     parse_cameras,
@@ -83,6 +85,17 @@ def generate_launch_description() -> LaunchDescription:
             description="raw, compressed (<image>/compressed) or both (empty: the parameter file's)",
         ),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
+        DeclareLaunchArgument(
+            "use_sim_time",
+            default_value="",
+            description="true: the node's clock is /clock (a bag played with --clock; empty: the parameter "
+            "file's, else false)",
+        ),
+        DeclareLaunchArgument(
+            "log_level",
+            default_value="",
+            description="The node's log level: debug, info, warn, error or fatal",
+        ),
         DeclareLaunchArgument("rviz", default_value="false", description="Start RViz with config/mcn.rviz"),
         DeclareLaunchArgument(
             "fastdds_profile",
@@ -105,7 +118,12 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     default_params = Path(params_file) == share / "config" / "mcn.yaml"
     cameras_text = argument("cameras")
     overrides = parameter_overrides(
-        argument("weights"), argument("autostart"), default_params, cameras_text, argument("image_transport")
+        argument("weights"),
+        argument("autostart"),
+        default_params,
+        cameras_text,
+        argument("image_transport"),
+        argument("use_sim_time"),
     )
     cameras = (
         parse_cameras(cameras_text)
@@ -116,13 +134,15 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     if unused is not None:
         get_logger("launch.user").warning(unused)
     dds_env = profile_environment(os.environ, argument("fastdds_profile"))
-    node = Node(
+    # A LifecycleNode: launch's lifecycle events (ChangeState, OnStateTransition) can drive and follow it.
+    node = LifecycleNode(
         package="mcn_ros",
         executable="mcn_node",
         name=NODE_NAME,
         namespace=namespace,
         parameters=[params_file, *([overrides] if overrides else [])],
         remappings=remappings,
+        ros_arguments=log_level_arguments(argument("log_level")),
         output="screen",
         additional_env=dds_env,
     )

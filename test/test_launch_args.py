@@ -14,6 +14,7 @@ import yaml
 from nodetools import REPO
 
 from mcn_ros.ros.launch_args import (
+    log_level_arguments,
     namespaced_rviz_config,
     node_namespace,
     parameter_overrides,
@@ -73,6 +74,18 @@ def test_only_the_launch_arguments_given_override_the_parameter_file() -> None:
     with pytest.raises(ValueError, match="autostart:='yes please'"):
         parameter_overrides("", "yes please", False)
     assert [parse_bool("rviz", text) for text in ("true", "TRUE", "1", "false", "0")] == [1, 1, 1, 0, 0]
+    assert parameter_overrides("", "", False, use_sim_time="true") == {"use_sim_time": True}
+    assert parameter_overrides("", "", False, use_sim_time="0") == {"use_sim_time": False}
+    with pytest.raises(ValueError, match="use_sim_time:='sim'"):
+        parameter_overrides("", "", False, use_sim_time="sim")
+
+
+def test_log_level_argument() -> None:
+    assert log_level_arguments("") == []  # the node's default
+    assert log_level_arguments("DEBUG") == ["--log-level", "debug"]
+    assert log_level_arguments(" warn ") == ["--log-level", "warn"]
+    with pytest.raises(ValueError, match="log_level:='verbose': expected one of debug, info, warn"):
+        log_level_arguments("verbose")
 
 
 def test_plain_launch_with_the_default_parameter_file_starts_serving() -> None:
@@ -98,8 +111,10 @@ def test_weights_and_autostart_launch_arguments_default_to_the_parameter_file() 
     defaults = launch_argument_defaults()
     assert set(defaults) == {
         "params_file", "weights", "autostart", "image", "cameras", "camera_topics", "image_transport",
-        "namespace", "rviz", "fastdds_profile",
+        "namespace", "use_sim_time", "log_level", "rviz", "fastdds_profile",
     }  # fmt: skip
+    assert defaults["use_sim_time"] == defaults["log_level"] == ""  # the parameter file's, the node's default
+    assert "LifecycleNode(" in LAUNCH_FILE.read_text()  # launch's lifecycle events reach the node
     assert defaults["image_transport"] == defaults["camera_topics"] == ""  # the parameter file's unless given
     assert "remappings=remappings" in LAUNCH_FILE.read_text()  # from image_remappings
     assert (defaults["weights"], defaults["autostart"]) == ("", "")

@@ -118,6 +118,9 @@ def test_launch_file(prefix: Path, tmp_path: Path) -> None:
             "/cams/front/raw, /rear/image",
         ),
     ]
+    # use_sim_time: the node's clock waits for /clock (none here): the latched label map is stamped 0.
+    sim = [f"weights:={weights}", "autostart:=true", "use_sim_time:=true", "log_level:=debug"]
+    cases.append(("sim", sim, "/camera/image_raw"))
     no_rviz = rviz_missing_note()
     if no_rviz is not None:  # rviz:=true where RViz is not installed: a warning, and the node all the same
         rviz_arguments = [f"weights:={weights}", "autostart:=true", "rviz:=true"]
@@ -127,8 +130,11 @@ def test_launch_file(prefix: Path, tmp_path: Path) -> None:
             [sys.executable, "-c", LAUNCH_SCRIPT, str(installed), f"namespace:={namespace}", *arguments],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
-        log = assert_label_info_arrives(namespace, launcher)
+        stamps: list[int] = []
+        log = assert_label_info_arrives(namespace, launcher, stamps)
         assert f"active: listening on {listening}" in log, log
+        assert (stamps[0] == 0) == (namespace == "sim"), (namespace, stamps)
+        assert ("[DEBUG]" in log) == (namespace == "sim"), log
         assert "process has finished cleanly" in log and launcher.returncode == 0, log
         assert (namespace == "no_rviz") == (no_rviz is not None and no_rviz in log), log
 
@@ -149,9 +155,12 @@ def test_ros2_launch_command_serves_and_stops_cleanly(ros2_launch: str, tmp_path
     assert launcher.returncode == 0, log
 
 
-def assert_label_info_arrives(namespace: str, launcher: subprocess.Popen[str]) -> str:
+def assert_label_info_arrives(
+    namespace: str, launcher: subprocess.Popen[str], stamps: list[int] | None = None
+) -> str:
     """Waits for the launched node's latched label map, then Ctrl-C's the launcher's process group (started
-    with ``start_new_session``) as a terminal does; returns everything it printed."""
+    with ``start_new_session``) as a terminal does; returns everything it printed (``stamps``: receives the
+    label map's stamp, in seconds)."""
     from nodetools import Client
     from vision_msgs.msg import LabelInfo
 
@@ -159,6 +168,8 @@ def assert_label_info_arrives(namespace: str, launcher: subprocess.Popen[str]) -
     try:
         c.subscribe("label_info", LabelInfo, latched=True)
         arrived = c.wait_for(lambda: bool(c.messages("label_info")), 60)
+        if arrived and stamps is not None:
+            stamps.append(c.messages("label_info")[0].header.stamp.sec)
     finally:
         c.close()
         log = stop_node(launcher, group=True)

@@ -137,10 +137,15 @@ def image_remappings(
 
 
 def parameter_overrides(
-    weights: str, autostart: str, default_params_file: bool, cameras: str = "", image_transport: str = ""
+    weights: str,
+    autostart: str,
+    default_params_file: bool,
+    cameras: str = "",
+    image_transport: str = "",
+    use_sim_time: str = "",
 ) -> dict[str, str | bool | list[str]]:
-    """The node parameters that the ``weights``, ``autostart``, ``cameras`` and ``image_transport`` launch
-    arguments set.
+    """The node parameters that the ``weights``, ``autostart``, ``cameras``, ``image_transport`` and
+    ``use_sim_time`` launch arguments set.
 
     Arguments given (non-empty) override the parameter file (the node checks ``image_transport``'s value
     as it checks the file's). ``autostart`` not given is true with the installed default parameter file (a
@@ -148,6 +153,8 @@ def parameter_overrides(
     when the user names a parameter file of their own.
     """
     overrides: dict[str, str | bool | list[str]] = {}
+    if use_sim_time:
+        overrides["use_sim_time"] = parse_bool("use_sim_time", use_sim_time)
     if cameras:
         overrides["cameras"] = parse_cameras(cameras)
     if image_transport:
@@ -159,6 +166,20 @@ def parameter_overrides(
     elif default_params_file:
         overrides["autostart"] = True
     return overrides
+
+
+#: The severities ``--log-level`` takes (rcutils'), in any case.
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+
+
+def log_level_arguments(level: str) -> list[str]:
+    """The node's ROS arguments for the ``log_level`` launch argument: none where it is empty (the node's
+    default, info), else ``--log-level <level>``."""
+    if not level.strip():
+        return []
+    if level.strip().lower() not in LOG_LEVELS:
+        raise ValueError(f"launch argument log_level:={level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return ["--log-level", level.strip().lower()]
 
 
 def node_namespace(namespace: str) -> str:
