@@ -732,7 +732,7 @@ def test_optimizer_overrides_on_resume_take_effect_with_a_warning(
                 "optim.lr=1e-5",
                 "optim.weight_decay=0.5",
             )
-        warnings = [r.getMessage() for r in caplog.records if "optimizer settings" in r.getMessage()]
+        warnings = [r.getMessage() for r in caplog.records if "other than the checkpoint's" in r.getMessage()]
         assert len(warnings) == 1 and "optim.lr 0.001 -> 1e-05, optim.weight_decay 0.0 -> 0.5" in warnings[0]
         # tiny_synthetic_test drops the rate x0.1 at step round(1.5 x 3) = 4.
         lrs = {e["step"]: e["lr"] for e in resumed["losses"]}
@@ -751,6 +751,39 @@ def test_optimizer_overrides_on_resume_take_effect_with_a_warning(
     assert any("optim.name 'adam' -> 'sgd' (a new optimizer" in r.getMessage() for r in caplog.records)
     group = train.load_checkpoint(out / "checkpoint.pt")["optimizer"]["param_groups"][0]
     assert group["momentum"] == 0.9 and "betas" not in group
+
+
+def test_schedule_loss_and_augmentation_changes_on_resume_are_named(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--resume with a longer schedule whose drops are fractions of it moves the learning rate at the
+    restored step (1e-4 back up to 1e-3): the warning says so; loss weights and augmentation changed on
+    resume are named too. Resuming with nothing changed but a later max_steps (drops in epochs) warns not."""
+    out, fractions = tmp_path / "run", ("schedule.lr_drop_unit=fraction", "schedule.lr_drops=[0.5]")
+    run_train(*base_args(data, out, "schedule.max_steps=4", "eval.at_end=false", *fractions))
+    plain = tmp_path / "plain"
+    run_train(*base_args(data, plain, "schedule.max_steps=2", "eval.at_end=false"))
+    log = logging.getLogger("mcn_training")
+    log.addHandler(caplog.handler)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "other than the checkpoint's" in r.getMessage()]
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="mcn_training"):
+            run_train("--out", str(plain), "--resume", "schedule.max_steps=3")
+            assert warnings() == []
+            resumed = run_train(
+                "--out", str(out), "--resume", "schedule.max_steps=12", "loss.seg=0.5", "data.augment=null"
+            )  # fmt: skip
+    finally:
+        log.removeHandler(caplog.handler)
+    (warning,) = warnings()
+    assert "learning rate at this step 0.0001 -> 0.001" in warning, warning
+    assert "loss.seg 5.0 -> 0.5" in warning and "data.augment {" in warning and "} -> None" in warning, (
+        warning
+    )
+    assert resumed["global_step"] == 12
 
 
 def test_tensorboard_keeps_the_checkpoint_steps_points_after_resume(data: Path, tmp_path: Path) -> None:

@@ -93,6 +93,42 @@ def changed_optim_settings(saved: Mapping[str, Any], optim: OptimConfig) -> dict
     }
 
 
+#: Config settings that change what a resumed run trains (beside ``optim``, see
+#: :func:`changed_optim_settings`): dotted keys, a section name covering all its keys. Paths, evaluation,
+#: checkpointing and logging settings change no step; a longer or shorter schedule (``schedule.epochs``,
+#: ``schedule.max_steps``) only where it moves the learning rate, which the resumed run checks itself.
+TRAJECTORY_SETTINGS = (
+    "model", "model_overrides", "loss", "schedule.lr_drops", "schedule.lr_drop_unit", "schedule.lr_gamma",
+    "schedule.warmup_steps", "schedule.warmup_factor", "data.train_split", "data.max_objects",
+    "data.keypoint_min_radius", "data.heatmap_radius", "data.augment", "runtime.seed", "runtime.amp",
+    "runtime.sync_bn", "runtime.channels_last", "runtime.deterministic",
+)  # fmt: skip
+
+
+def _differences(old: Any, new: Any, key: str, out: dict[str, tuple[Any, Any]]) -> None:
+    """Add to ``out`` each dotted key under ``key`` whose value differs between ``old`` and ``new`` (nested
+    mappings compared field by field; a section that became null, or appeared, as a whole)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for name in sorted(old.keys() | new.keys()):
+            _differences(old.get(name), new.get(name), f"{key}.{name}" if key else str(name), out)
+    elif old != new:
+        out[key] = (old, new)
+
+
+def changed_training_settings(
+    saved: Mapping[str, Any], current: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """The :data:`TRAJECTORY_SETTINGS` of this run's config (``current``, as ``TrainConfig.to_dict`` gives
+    it) that differ from a checkpoint's (``saved``): {dotted key: (checkpoint's value, this run's)}."""
+    found: dict[str, tuple[Any, Any]] = {}
+    _differences(saved, current, "", found)
+    return {
+        key: values
+        for key, values in found.items()
+        if any(key == t or key.startswith(f"{t}.") for t in TRAJECTORY_SETTINGS)
+    }
+
+
 class TrainingRun:
     """Holds the pieces of one run; :meth:`evaluate` runs the validation (all that ``--test-only`` does)."""
 
@@ -191,11 +227,22 @@ class TrainingRun:
             self.steps_per_epoch,
         )
         self._apply_optim_config()
-        if changed and self.dist.is_main:
-            what = ", ".join(f"optim.{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        if not self.dist.is_main:
+            return
+        saved = ckpt.get("config", {})
+        settings = {f"optim.{key}": values for key, values in changed.items()}
+        settings.update(changed_training_settings(saved, self.cfg.to_dict()))
+        saved_lr = [group.get("lr") for group in ckpt.get("optimizer", {}).get("param_groups", [])[:1]]
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if "optim.lr" not in settings and saved_lr and saved_lr[0] is not None and float(saved_lr[0]) != lr:
+            # Another schedule (max_steps raised where lr_drops are fractions, new drops) moves the rate
+            # at the restored step itself: say so, a jump back up is rarely what was meant.
+            settings["learning rate at this step"] = (float(saved_lr[0]), lr)
+        if settings:
+            what = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in settings.items())
             LOG.warning(
-                "resuming with optimizer settings other than the checkpoint's: %s%s; they apply from global "
-                "step %d on, so the run is no longer an exact continuation",
+                "resuming with settings other than the checkpoint's: %s%s; they apply from global step %d "
+                "on, so the run is no longer an exact continuation",
                 what,
                 " (a new optimizer: its state, moments or momentum, starts afresh)" if new_optimizer else "",
                 self.state.global_step + 1,
