@@ -826,3 +826,19 @@ def test_lr_drops_past_the_end_of_training_are_warned_about(
         log.removeHandler(caplog.handler)
     warned = [r.getMessage() for r in caplog.records if "lr_drops" in r.getMessage()]
     assert len(warned) == 1 and "1, 2 at or past the end of training (schedule.epochs 1)" in warned[0]
+
+
+def test_loss_lines_are_logged_beside_the_progress_bar(
+    data: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """With the progress bar on (every shipped COCO config), each log_every_steps still logs a line with
+    every loss term, for a job's log file: the bar alone showed the total and was wiped at epoch end."""
+    run_train(
+        *base_args(
+            data, tmp_path / "run", "schedule.max_steps=2", "eval.at_end=false", "runtime.progress=true"
+        )
+    )
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "step 2 (epoch" in line]
+    assert len(lines) == 1, err
+    assert all(term in lines[0] for term in ("total", "center", "size", "seg")), lines[0]

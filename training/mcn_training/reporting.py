@@ -66,7 +66,8 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
 def report_losses(
     means: Mapping[str, float], lr: float, rate: float, step: int, epoch: float, writer: Any, bar: Any
 ) -> None:
-    """Show loss means on the progress bar (or, without one, as a log line) and add them to TensorBoard."""
+    """Log the loss means (a line for the console and a job's log; the progress bar shows the total too) and
+    add them to TensorBoard."""
     if writer is not None:
         for name, value in means.items():
             writer.add_scalar(f"loss/{name}", value, step)
@@ -75,8 +76,7 @@ def report_losses(
     text = " ".join(f"{k} {v:.4f}" for k, v in means.items())
     if bar is not None and not bar.disable:
         bar.set_postfix_str(f"loss {means.get('total', float('nan')):.3f} lr {lr:.2e}")
-    else:
-        LOG.info("step %d (epoch %.2f): %s lr %.3g, %.1f img/s", step, epoch, text, lr, rate)
+    LOG.info("step %d (epoch %.2f): %s lr %.3g, %.1f img/s", step, epoch, text, lr, rate)
 
 
 def report_evaluation(

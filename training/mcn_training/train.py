@@ -35,6 +35,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped,unused-ignore]
+
 from mcn_ros.model.backbones import BackboneWeightsError
 from mcn_ros.model.config import ConfigError, ModelConfig
 from mcn_ros.model.weights import WeightsError
@@ -198,7 +200,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 trainer.out.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(trainer.out / "eval_report.json", json.dumps(metrics, indent=1))
             return {"metrics": metrics, "out_dir": str(trainer.out)}
-        return trainer.fit()
+        # Log lines go above the progress bar (tqdm.write) instead of through it.
+        with logging_redirect_tqdm(loggers=[LOG]):
+            return trainer.fit()
     finally:
         trainer.close()
 
