@@ -287,6 +287,19 @@ def own_call_ratio(split: dict[str, Any]) -> float:
     return round((float(split["lockstep_p50_ms"]) - call) / call, 3)
 
 
+def defaults_profile() -> Path:
+    """A Fast DDS profile file that sets nothing (no default participant profile: Fast DDS's defaults), in
+    a temporary folder that lives as long as this process."""
+    path = Path(tempfile.mkdtemp(prefix="mcn_fastdds_")) / "defaults.xml"
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8" ?>\n'
+        '<dds xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">\n'
+        '  <profiles><participant profile_name="fast_dds_defaults"><rtps/></participant></profiles>\n'
+        "</dds>\n"
+    )
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -297,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     profile = {"shipped": shipped_profile(), "none": None}.get(args.fastdds_profile, args.fastdds_profile)
     os.environ.update(profile_environment(os.environ, profile))  # before the driver's participant
     used_profile = os.environ.get(PROFILE_VARIABLES[0]) or os.environ.get(PROFILE_VARIABLES[1])
+    if profile is None and used_profile is None:
+        # The node loads config/fastdds.xml itself unless a profile is named: name one that changes nothing.
+        os.environ.update(dict.fromkeys(PROFILE_VARIABLES, str(defaults_profile())))
     from mcn_ros.model.config import ModelConfig
 
     config = ModelConfig.from_yaml(args.config)

@@ -115,12 +115,14 @@ def shm_segments_kib(pid: int | str) -> dict[str, int]:
     any(name in os.environ for name in PROFILE_VARIABLES), reason="this environment names its own profile"
 )
 def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(tmp_path: Path) -> None:
+    """The node started by hand (no launch file, no profile variable) loads config/fastdds.xml itself, as
+    the launch file gives it: 640x480 frames run without the default segment's losses."""
     from vision_msgs.msg import Detection2DArray
 
     weights = make_weights(tmp_path / "model.safetensors")
     env = profile_environment({k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}, PROFILE)
     assert len(env) == 1, env  # the installed Fast DDS is recognised
-    process = start_node("-p", f"weights:={weights}", "-p", "autostart:=true", env=env)
+    process = start_node("-p", f"weights:={weights}", "-p", "autostart:=true")  # the variable unset
     c = Client()
     c.subscribe("detections", Detection2DArray)
     try:
@@ -138,4 +140,6 @@ def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(
         c.close()
         log = stop_node(process)
     assert "XMLPARSER" not in log and "Traceback" not in log, log
+    variable, path = next(iter(env.items()))
+    assert f"Fast DDS profile {path} (shared memory sized for camera frames; {variable} chooses" in log, log
     assert "deprecated" not in log, log  # the variable this distro's Fast DDS reads, not the old name

@@ -282,6 +282,26 @@ def test_assess_warns_when_processing_lags_the_input_by_more_than_the_tolerance(
     assert assess(rates(5.0, 0.0), configured=False, active=False, tolerance=0.2, knobs=KNOBS)[0] == "WARN"
 
 
+def test_assess_tells_frames_lost_in_transport_from_frames_the_node_dropped() -> None:
+    """Frames lost before the node (a 640x480 camera without a shared-memory profile) are not helped by a
+    smaller input or int8: the status said "to keep up try input_size ..." while the node idled."""
+
+    def message(sent: float, received: float, processed: float) -> str:
+        summary = rates(sent, processed) | {"received_rate_hz": received}
+        level, text = assess(summary, configured=True, active=True, tolerance=0.2, knobs=KNOBS)
+        assert level == "WARN"
+        return text
+
+    transport = message(10.0, 4.0, 4.0)  # all received frames processed
+    assert "60% lost in transport, 0% dropped by the node" in transport
+    assert "config/fastdds.xml" in transport and "input_size" not in transport
+    slow = message(10.0, 10.0, 3.0)
+    assert "0% lost in transport, 70% dropped by the node" in slow
+    assert "input_size (now 512x512)" in slow and "fastdds" not in slow
+    both = message(10.0, 6.0, 2.0)
+    assert "input_size" in both and "config/fastdds.xml" in both
+
+
 def test_assess_reports_rejected_frames_and_a_silent_input() -> None:
     """Rejected frames are handled, but a node rejecting many is not well (the status said OK while every
     frame of a wrong encoding was refused); nor is one that hears nothing (a wrong remap or an incompatible

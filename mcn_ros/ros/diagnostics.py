@@ -78,6 +78,14 @@ def speed_hint(knobs: Knobs) -> str:
     return ", ".join(hints)
 
 
+#: What helps when frames are lost before the node, not dropped by it.
+TRANSPORT_HINT = (
+    "frames lost in transport are not the model's speed: with Fast DDS give the camera driver and the node "
+    "a profile with a shared-memory segment that holds a frame (config/fastdds.xml, which the launch file "
+    "sets for the node; README, Camera frames and Fast DDS), or check the link and the QoS"
+)
+
+
 def assess(
     summary: Mapping[str, float],
     *,
@@ -117,9 +125,18 @@ def assess(
         problems.append(f"rejecting {rejected:.1f} of {sent:.1f} frames/s sent ({reason})")
     handled = served + rejected + pending_rate_hz
     if sent > 0 and handled < (1.0 - tolerance) * sent:
+        # Frames lost before the node (transport) and frames the node dropped (too slow) want other cures.
+        lost = max(0.0, sent - summary.get("received_rate_hz", sent))
+        dropped = max(0.0, sent - handled - lost)
+        cures = []
+        if dropped >= 0.25 * (sent - handled):
+            cures.append(f"to keep up try {speed_hint(knobs)}")
+        if lost >= 0.25 * (sent - handled):
+            cures.append(TRANSPORT_HINT)
         problems.append(
             f"processing {handled:.1f} of {sent:.1f} frames/s sent ({100 * (1 - handled / sent):.0f}% lost "
-            f"or dropped, more than rate_warn_tolerance={tolerance:g}): to keep up try {speed_hint(knobs)}"
+            f"or dropped: {100 * lost / sent:.0f}% lost in transport, {100 * dropped / sent:.0f}% dropped by "
+            f"the node; more than rate_warn_tolerance={tolerance:g}): {'; '.join(cures)}"
         )
     if problems:
         return WARN, "; ".join(problems)

@@ -39,15 +39,18 @@ from std_msgs.msg import Header
 from mcn_ros.ros import diagnostics
 from mcn_ros.ros.batching import CameraSlots
 from mcn_ros.ros.cameras import Camera
+from mcn_ros.ros.fastdds import use_shipped_profile
 from mcn_ros.ros.frames import Frame, monotonic
 from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
 from mcn_ros.ros.memory import release_freed_memory
 from mcn_ros.ros.parameters import (
+    BY_NAME,
     PARAMETERS,
     SETTABLE_DOUBLES,
     FrameSettings,
     descriptor,
     frame_settings,
+    invalid_value,
     refusal,
     start_up_problems,
     unknown_parameters,
@@ -147,7 +150,15 @@ class McnNode(LifecycleNode):
         try:
             self.declare_parameters("", declared)
         except (InvalidParameterTypeException, InvalidParameterValueException) as error:
-            raise StartupError(str(error)) from error
+            # rclpy's own text (a range from the descriptor) wraps the reason in its boilerplate: name the
+            # given values the table refuses, as a set-callback's refusal does.
+            given = getattr(self, "_parameter_overrides", {})
+            problems = [
+                problem
+                for name, parameter in sorted(given.items())
+                if name in BY_NAME and (problem := invalid_value(BY_NAME[name], parameter.value)) is not None
+            ]
+            raise StartupError("; ".join(problems) or str(error)) from error
         unset = [name for name in empty_arrays if self.get_parameter(name).value is None]
         self.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, []) for name in unset])
         given = [self.get_parameter(name) for name in sorted(SETTABLE_DOUBLES)]
@@ -709,6 +720,9 @@ def main(args: Sequence[str] | None = None) -> int:
         if {"-h", "--help"} & set(remove_ros_args(argv)[1:]):
             print(USAGE)
             return 0
+        # Before the first DDS participant: camera-sized frames through Fast DDS's shared memory, as the
+        # launch file gives it (unless the environment names a profile or another middleware).
+        dds_profile = use_shipped_profile()
         rclpy.init(args=argv)
     except Exception as error:  # rcl's own argument errors, e.g. a parameter file it cannot parse
         print(f"[mcn_node] error: cannot start: {str(error).splitlines()[0]}", file=sys.stderr)
@@ -725,6 +739,11 @@ def main(args: Sequence[str] | None = None) -> int:
     # taken from the forward on 2 cores, bench/node_cpu.py).
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    if dds_profile:
+        variable, path = next(iter(dds_profile.items()))
+        node.get_logger().info(
+            f"Fast DDS profile {path} (shared memory sized for camera frames; {variable} chooses another)"
+        )
     try:
         if node.get_parameter("autostart").value:
             node.trigger_configure()
