@@ -240,6 +240,18 @@ def test_evaluate_a_recorded_bag_and_a_baseline(
     assert recorded["classes"]["segmentation"] == report["classes"]["segmentation"]
     for metric in ("bbox_AP", "kp_AP", "mIoU"):
         assert recorded[metric] == pytest.approx(report[metric], abs=1e-9)
+    # With the weights, the camera bag's frames also run through the model runtime alone (and make the
+    # annotated video), as for a replay: it said "needs the weights and the input bag", both given.
+    code, _, err = main(
+        "evaluate", "--outputs", str(recording), "--ground-truth", str(inputs["bag"]),
+        "--weights", str(inputs["weights"]), "--report-dir", str(tmp_path / "recorded_direct"),
+    )  # fmt: skip
+    assert code == 0, err
+    direct = read_json(tmp_path / "recorded_direct" / "report.json")
+    assert direct["direct_bbox_AP"] is not None and direct["agreement_with_direct"] is not None, direct[
+        "notes"
+    ]
+    assert direct["video_from"] == "recorded" and (tmp_path / "recorded_direct" / "frames.png").is_file()
     # Without ~/segmentation/label_info (a node before it had one) the class map is not scored, and the
     # report says why; with the weights it scores like the replay.
     older = _recording(outputs, tmp_path / "older", drop=("/mcn_node/segmentation/label_info",))

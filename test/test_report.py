@@ -18,6 +18,7 @@ from mcn_ros.bag.report import (
     frame_strip,
     latency_stats,
     markdown_summary,
+    not_compared,
     plot_latency,
     plot_per_class,
     write_report,
@@ -276,6 +277,26 @@ def test_compare_to_baseline() -> None:
     assert [line.split(":")[0] for line in compare_to_baseline(at_4x, from_rate)] == ["direct_bbox_AP"]
     from_lockstep = {**from_rate, "accuracy_from": "lockstep"}
     assert len(compare_to_baseline(stepped, from_lockstep)) == 3
+
+
+def test_notes_of_what_is_not_compared() -> None:
+    """Each measure measured otherwise than the baseline's gets a note; a lockstep-only run has no figures
+    under load, which is not a rate replay of another factor (it said "from a rate replay (rate factor
+    None)" of a run that had none)."""
+    paced = {"lockstep": {"rate_factor": None}, "rate": {"rate_factor": 1.0}}
+    both = {**_summary(), "accuracy_from": "lockstep", "timing_from": "rate", "config": {"paces": paced}}
+    lockstep_only = {
+        **both, "timing_from": "lockstep", "config": {"paces": {"lockstep": {"rate_factor": None}}},
+        **{f"loaded_{m}": None for m in ("bbox_AP", "kp_AP", "mIoU")},
+    }  # fmt: skip
+    assert not_compared(both, both) == []
+    notes = not_compared(lockstep_only, both)
+    assert len(notes) == 1 and notes[0].startswith(
+        "latency not compared with the baseline: its latency is from"
+    ), notes
+    faster = {**both, "config": {"paces": {**paced, "rate": {"rate_factor": 4.0}}}}
+    notes = not_compared(faster, both)
+    assert [n.split(" not compared")[0] for n in notes] == ["latency", "accuracy under load"], notes
 
 
 def test_sampler_picks_evenly_spaced_frames() -> None:

@@ -29,7 +29,7 @@ def _precision(parameters: Mapping[str, Any]) -> str:
 
 def direct_predictions(
     bag: Path,
-    topic: str,
+    topic: str | None,
     ground_truth: GroundTruth,
     weights: Path,
     parameters: Mapping[str, Any],

@@ -89,6 +89,10 @@ def evaluate_run(
     infos = {phase: read_replay_info(folder) for phase, folder in replays.items()}
     first = next(iter(infos.values()), {})
     source: dict[str, Any] = first.get("input", {})
+    if not source and outputs is not None and ground_truth is not None and Path(ground_truth).is_dir():
+        # A recording scored against a camera bag: its frames are what the recorded node answered, for the
+        # model runtime alone and the annotated video (the bag's one camera topic).
+        source = {"bag": str(ground_truth), "topic": None}
     input_bag = source.get("bag")
     node_info: dict[str, Any] = first.get("node", {})
     parameters: dict[str, Any] = dict(node_info.get("parameters", {}))
@@ -119,7 +123,7 @@ def evaluate_run(
     if ground_truth is not None:
         gt = read_ground_truth(ground_truth)
         if input_bag is not None and Path(input_bag).is_dir():
-            gt.check_matches(read_camera_bag(input_bag, source["topic"]))
+            gt.check_matches(read_camera_bag(input_bag, source.get("topic")))
     elif input_bag is not None and sidecar_path(input_bag).is_file():
         gt = read_ground_truth(input_bag)
     elif input_bag is not None:
@@ -217,9 +221,14 @@ def evaluate_run(
     if gt is not None and classes is not None:
         if direct and weights_path is not None and input_bag is not None:
             direct_results = direct_predictions(
-                Path(input_bag), source["topic"], gt, weights_path, parameters, tasks
+                Path(input_bag), source.get("topic"), gt, weights_path, parameters, tasks
             )
             summary["accuracy"]["direct"] = score(gt, direct_results, classes).to_dict()
+            if not parameters:
+                notes.append(
+                    "direct (model runtime alone) figures with the node's default parameters: the recording "
+                    "does not say which the node ran with"
+                )
             compared = replayed.get("lockstep") or replayed.get("recorded")
             if compared is not None:
                 summary["agreement_with_direct"] = agreement(direct_results, compared)
@@ -263,7 +272,7 @@ def evaluate_run(
         evaluation.video = functools.partial(
             annotated_frames,
             Path(input_bag),
-            source["topic"],
+            source.get("topic"),
             output_bag,
             topics,
             classes,

@@ -127,6 +127,9 @@ def accuracy_basis(summary: Mapping[str, Any], prefix: str = "") -> tuple[Any, A
     count the frames the node dropped, so they move with the load the rate factor put on it."""
     if prefix == "direct_":
         return None, None
+    paces = nested_get(summary, "config", "paces")
+    if prefix == "loaded_" and isinstance(paces, Mapping) and "rate" not in paces:
+        return None, None  # no rate replay: no figures under load to compare, nor a basis to tell
     phase = "rate" if prefix == "loaded_" else summary.get("accuracy_from")
     return phase, nested_get(summary, "config", "paces", "rate", "rate_factor") if phase == "rate" else None
 

@@ -96,7 +96,7 @@ def confident(results: Results, min_score: float) -> Results:
 
 def annotated_frames(
     bag: Path,
-    topic: str,
+    topic: str | None,
     outputs: OutputBag,
     topics: OutputTopics,
     classes: Classes,
