@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mcn_ros.coco import labelled_keypoints, merge_keypoints_into
+from mcn_ros.coco import annotations_by_id, labelled_keypoints, merge_keypoints_into
 from mcn_ros.model.labels import IGNORE_INDEX, NUM_KEYPOINTS
 from mcn_ros.model.results import Results
 
@@ -100,15 +102,17 @@ def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = No
     are copied into the person category. The image entries and annotations are checked
     (:func:`check_images`, :func:`check_annotations`): a ValueError names the first one that is unusable.
     """
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(instances_json))
+    name = Path(instances_json).name
+    dataset = json.loads(Path(instances_json).read_text(encoding="utf-8"))
+    if not isinstance(dataset, dict):
+        raise ValueError(f"{name}: not a COCO dataset (a JSON object), got a {type(dataset).__name__}")
     pose_images: set[int] = set()
-    if keypoints_json is not None:
+    if keypoints_json is None:
+        annotations_by_id(dataset.get("annotations", []), name)  # before pycocotools indexes them by id
+    else:
         data = json.loads(Path(keypoints_json).read_text(encoding="utf-8"))
         pose_images.update(int(kp_ann["image_id"]) for kp_ann in data.get("annotations", []))
-        replaced = merge_keypoints_into(coco.dataset, data)
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
+        replaced = merge_keypoints_into(dataset, data, (name, Path(keypoints_json).name))
         if replaced:
             ann_id, stated, counted = replaced[0]
             warnings.warn(
@@ -117,8 +121,12 @@ def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = No
                 f"{stated!r} stated, {counted} labelled); the labelled ones count, as training reads them",
                 stacklevel=2,
             )
-    check_images(coco, Path(instances_json).name)
-    files = [Path(instances_json).name] + ([Path(keypoints_json).name] if keypoints_json is not None else [])
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    check_images(coco, name)
+    files = [name] + ([Path(keypoints_json).name] if keypoints_json is not None else [])
     source = " + ".join(files)
     dropped = check_annotations(coco, source, keypoints=keypoints_json is not None)
     if dropped:
@@ -127,13 +135,16 @@ def load_coco(instances_json: str | Path, keypoints_json: str | Path | None = No
 
 
 def _polygon(points: Any) -> bool:
-    """Whether ``points`` is a polygon pycocotools can draw: at least 3 (x, y) points."""
-    return (
-        isinstance(points, list)
-        and len(points) >= 6
-        and len(points) % 2 == 0
-        and all(isinstance(v, (int, float)) for v in points)
-    )
+    """Whether the coordinates ``points`` (checked numbers) are a polygon pycocotools can draw: at least 3
+    (x, y) points."""
+    return isinstance(points, list) and len(points) >= 6 and len(points) % 2 == 0
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (not a bool, a string or null)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= sys.float_info.max  # False for inf, nan and an int no float holds
 
 
 def _pixels(value: Any) -> bool:
@@ -227,28 +238,63 @@ def _annotation_problem(ann: Mapping[str, Any], coco: COCO, person: int | None) 
     if ann.get("category_id") not in coco.cats:
         return f"category_id {ann.get('category_id')!r} is not among the categories"
     bbox = ann.get("bbox")
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
-        return f"bbox should be 4 numbers [x, y, width, height], got {bbox!r}"
-    keypoints = ann.get("keypoints") if ann.get("category_id") == person else None
-    if keypoints is not None and (not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_KEYPOINTS):
-        count = len(keypoints) if isinstance(keypoints, list) else type(keypoints).__name__
-        return f"keypoints should be {3 * NUM_KEYPOINTS} numbers (x, y, v of {NUM_KEYPOINTS}), got {count}"
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_finite(v) for v in bbox):
+        return f"bbox should be 4 numbers [x, y, width, height], each finite, got {bbox!r}"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return f"bbox width and height should be >= 0, got {bbox!r}"
+    if "area" in ann and not (_finite(ann["area"]) and ann["area"] >= 0):
+        return f"area should be a finite number >= 0, got {ann['area']!r}"
+    if "iscrowd" in ann and (not isinstance(ann["iscrowd"], (int, bool)) or ann["iscrowd"] not in (0, 1)):
+        return f"iscrowd should be 0 or 1, got {ann['iscrowd']!r}"
+    if ann.get("category_id") == person and "keypoints" in ann:
+        problem = _keypoints_problem(ann["keypoints"])
+        if problem is not None:
+            return problem
     segmentation = ann.get("segmentation")
     if isinstance(segmentation, dict):
         return _rle_problem(segmentation, coco.imgs[ann["image_id"]])
     if segmentation is not None and not isinstance(segmentation, list):
         return f"segmentation should be polygons or RLE, got {type(segmentation).__name__}"
+    for polygon in segmentation or []:
+        if not isinstance(polygon, list):
+            return f"a polygon should be a list of coordinates, got {type(polygon).__name__}"
+        bad = [v for v in polygon if not _finite(v)]
+        if bad:
+            return f"polygon coordinates should be finite numbers, got {bad[0]!r}"
     return None
+
+
+def _keypoints_problem(keypoints: Any) -> str | None:
+    """What is wrong with a person's keypoints (None: nothing): 17 x (x, y, v), v 0, 1 or 2."""
+    if not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_KEYPOINTS:
+        count = len(keypoints) if isinstance(keypoints, list) else type(keypoints).__name__
+        return f"keypoints should be {3 * NUM_KEYPOINTS} numbers (x, y, v of {NUM_KEYPOINTS}), got {count}"
+    for index, value in enumerate(keypoints):
+        if not _finite(value):
+            return f"keypoints should be finite numbers, got {value!r} at index {index}"
+        if index % 3 == 2 and value not in (0, 1, 2):
+            return f"a keypoint's v (every third value) should be 0, 1 or 2, got {value!r} at index {index}"
+    return None
+
+
+def _area(coco: COCO, ann: Mapping[str, Any]) -> float:
+    """The area of a checked annotation, as detectron2's COCO converter fills in a missing one: its mask's,
+    else its box's."""
+    if ann.get("segmentation"):
+        return float(mask_utils.area(coco.annToRLE(ann)))
+    return float(ann["bbox"][2] * ann["bbox"][3])
 
 
 def check_annotations(coco: COCO, source: str, keypoints: bool = True) -> int:
     """Check the annotations of ``coco`` (read from ``source``) as training and evaluation read them: a
-    ValueError naming the first one whose fields they cannot use, so that it stops a run at its start, not
-    hours into it (``keypoints``: check the persons' keypoints, which only pose training and evaluation
-    read). Polygons of fewer than 3 points, which pycocotools cannot draw, are dropped in place (as
-    detectron2 does; an object left without any has no mask); returns how many."""
+    ValueError naming the first one whose fields they cannot use (or whose id another has), so that it stops
+    a run at its start, not hours into it (``keypoints``: check the persons' keypoints, which only pose
+    training and evaluation read). Polygons of fewer than 3 points, which pycocotools cannot draw, are
+    dropped in place (as detectron2 does; an object left without any has no mask); returns how many. A
+    missing ``area``, which COCOeval reads, is filled in (:func:`_area`) with one warning."""
     person = categories_by_name(coco).get("person")
-    dropped = 0
+    annotations_by_id(coco.dataset.get("annotations", []), source)
+    dropped = measured = 0
     for ann in coco.dataset.get("annotations", []):
         problem = _annotation_problem(ann, coco, person if keypoints else None)
         if problem is not None:
@@ -259,6 +305,16 @@ def check_annotations(coco: COCO, source: str, keypoints: bool = True) -> int:
         if isinstance(polygons, list) and not all(_polygon(p) for p in polygons):
             ann["segmentation"] = [p for p in polygons if _polygon(p)]
             dropped += len(polygons) - len(ann["segmentation"])
+        if "area" not in ann:
+            ann["area"] = _area(coco, ann)
+            measured += 1
+        ann.setdefault("iscrowd", 0)  # COCOeval reads it; training and detectron2 take a missing one as 0
+    if measured:
+        warnings.warn(
+            f"{source}: {measured} annotations have no area: their masks' areas are used (their boxes' where "
+            "they have no mask), as detectron2 does",
+            stacklevel=2,
+        )
     return dropped
 
 

@@ -487,6 +487,25 @@ def test_make_checks_the_annotations_first(
         "instances_val.json",
     )
     assert not (tmp_path / "bag").exists()
+    # An id used twice (pycocotools keeps one of them) or missing: one line, in the keypoints file too.
+    data["annotations"][0]["category_id"] = data["annotations"][1]["category_id"]
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]
+    instances.write_text(json.dumps(data))
+    args = ["make", "--coco", str(copy), "--out", str(tmp_path / "bag")]
+    _fails(capsys, args, f"annotation id {data['annotations'][0]['id']} is used twice", "instances_val.json")
+    del data["annotations"][1]["id"]
+    instances.write_text(json.dumps(data))
+    _fails(capsys, args, "the annotation at index 1", "has no id")
+    keypoints = copy / "annotations" / "person_keypoints_val.json"
+    if keypoints.is_file():
+        data["annotations"][1]["id"] = 10**9
+        instances.write_text(json.dumps(data))
+        kp = json.loads(keypoints.read_text())
+        kp["annotations"].append(dict(kp["annotations"][0]))
+        keypoints.write_text(json.dumps(kp))
+        twice = f"annotation id {kp['annotations'][0]['id']} is used twice in"
+        _fails(capsys, args, twice, "person_keypoints_val.json")
+    assert not (tmp_path / "bag").exists()
 
 
 def test_make_with_coco_takes_keypoints_and_refuses_explicit_files(

@@ -203,6 +203,17 @@ def test_an_error_no_check_foresaw_is_a_data_error_naming_the_image(data: dict[s
         ds[2]
 
 
+def test_an_arithmetic_error_no_check_foresaw_is_a_data_error_naming_the_image(data: dict[str, Path]) -> None:
+    """An OverflowError while making a sample (here a mask-less person's box made infinite after the check:
+    its ignore region has no pixel bounds) is a DataError naming the image too, not a crash mid-epoch."""
+    ds = _dataset(data, _config(pose=False))
+    person = next(a for a in ds.coco.anns.values() if a["category_id"] == 1 and not a["iscrowd"])
+    person["segmentation"] = []
+    person["bbox"][3] = float("inf")
+    with pytest.raises(DataError, match=rf"image id {person['image_id']} .*: OverflowError: cannot convert"):
+        ds[ds.image_ids.index(person["image_id"])]
+
+
 def test_crowd_is_ignored_in_segmentation_and_detection(data: dict[str, Path]) -> None:
     ds = _dataset(data, _config(classes="person", pose=False))
     crowd_images = sorted({a["image_id"] for a in ds.coco.anns.values() if a["iscrowd"]})

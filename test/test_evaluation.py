@@ -286,6 +286,28 @@ def _compressed(mask: np.ndarray, size: list[int] | None = None) -> dict[str, ob
         (2, {"segmentation": {"counts": [16, 1, 3, 1], "size": [4, 6]}}, "RLE counts cover 21 pixels"),
         (2, {"segmentation": _compressed(np.ones((8, 12)), size=[4, 6])}, "RLE counts cover 96 pixels"),
         (2, {"segmentation": {"counts": [16, -1, 9], "size": [4, 6]}}, "RLE counts should be run lengths"),
+        # Python's json reads Infinity and NaN: they crashed training mid-epoch.
+        (1, {"bbox": [2, 2, float("inf"), 1]}, r"bbox should be 4 numbers .*, each finite, got \[2, 2, inf"),
+        (1, {"bbox": [2, float("nan"), 4, 1]}, r"bbox should be 4 numbers .*, got \[2, nan, 4, 1\]"),
+        (1, {"bbox": [2, 2, True, 1]}, r"bbox should be 4 numbers .*, got \[2, 2, True, 1\]"),
+        (1, {"bbox": [6, 2, -4, 1]}, r"bbox width and height should be >= 0, got \[6, 2, -4, 1\]"),
+        (1, {"area": -4.0}, r"area should be a finite number >= 0, got -4\.0"),
+        (1, {"area": float("nan")}, "area should be a finite number >= 0, got nan"),
+        (1, {"area": "4"}, "area should be a finite number >= 0, got '4'"),
+        (1, {"area": None}, "area should be a finite number >= 0, got None"),
+        (1, {"iscrowd": None}, "iscrowd should be 0 or 1, got None"),
+        (1, {"iscrowd": 2}, "iscrowd should be 0 or 1, got 2"),
+        (1, {"iscrowd": "0"}, "iscrowd should be 0 or 1, got '0'"),
+        # COCOeval ignores a string, training read "1" as 1.0 and null as NaN.
+        (0, {"keypoints": ["1"] + [0] * 50}, "keypoints should be finite numbers, got '1' at index 0"),
+        (0, {"keypoints": [0, 0, None] + [0] * 48}, "keypoints should be finite numbers, got None at index"),
+        (0, {"keypoints": [0] * 50 + [True]}, "keypoints should be finite numbers, got True at index 50"),
+        (0, {"keypoints": [0] * 50 + [3]}, "a keypoint's v .* should be 0, 1 or 2, got 3 at index 50"),
+        (0, {"keypoints": None}, "keypoints should be 51 numbers .*, got NoneType"),
+        # Coordinates that are no numbers are no short polygon to drop.
+        (1, {"segmentation": [[2, 2, "6", 2, 6, 3, 2, 3]]}, "polygon coordinates should be finite .*'6'"),
+        (1, {"segmentation": [[2, 2, 6, float("inf")]]}, "polygon coordinates should be finite .*, got inf"),
+        (1, {"segmentation": [{"x": 2}]}, "a polygon should be a list of coordinates, got dict"),
     ],
 )
 def test_unusable_annotations_are_named(index: int, change: dict[str, object], problem: str) -> None:
@@ -296,6 +318,85 @@ def test_unusable_annotations_are_named(index: int, change: dict[str, object], p
     with pytest.raises(ValueError, match=rf"{where}: {problem}"):
         check_annotations(gt, "x.json")
     assert check_annotations(_tiny_coco(), "x.json") == 0  # the unchanged set passes
+
+
+def test_annotation_ids_used_twice_or_missing_are_named(paths: dict[str, Path], tmp_path: Path) -> None:
+    """pycocotools indexes the annotations by id, keeping the last of two (evaluation then scored an image
+    against another image's boxes), and the keypoints are merged by id: an id used twice in either file, or
+    none, is refused at load naming the file (before pycocotools' index, which raised a KeyError)."""
+    instances, keypoints = (json.loads(paths[k].read_text()) for k in ("instances", "keypoints"))
+    first = instances["annotations"][0]
+    other = next(a for a in instances["annotations"] if a["image_id"] != first["image_id"])
+    other["id"] = first["id"]
+    twice = rf"annotation id {first['id']} is used twice in instances_val\.json "
+    twice += rf"\(images {first['image_id']} and {other['image_id']}\)"
+    for with_keypoints in (False, True):
+        with pytest.raises(ValueError, match=twice):
+            _load(tmp_path, instances, keypoints if with_keypoints else None)
+    gt = _tiny_coco()
+    gt.dataset["annotations"][2]["id"] = 1
+    with pytest.raises(ValueError, match=r"^annotation id 1 is used twice in x\.json \(images 1 and 1\)$"):
+        check_annotations(gt, "x.json")  # the ground truth of a bag, which no load_coco read
+
+    instances = json.loads(paths["instances"].read_text())
+    kp_first, kp_second = keypoints["annotations"][:2]
+    kp_second["id"] = kp_first["id"]
+    with pytest.raises(
+        ValueError, match=rf"annotation id {kp_first['id']} is used twice in person_keypoints_val"
+    ):
+        _load(tmp_path, instances, keypoints)
+
+    del instances["annotations"][3]["id"]
+    image = instances["annotations"][3]["image_id"]
+    missing = rf"the annotation at index 3 in instances_val\.json \(image {image}\) has no id"
+    for kps in (None, json.loads(paths["keypoints"].read_text())):
+        with pytest.raises(ValueError, match=missing):
+            _load(tmp_path, instances, kps)
+
+
+def _load(tmp_path: Path, instances: dict[str, object], keypoints: dict[str, object] | None) -> COCO:
+    """load_coco of these datasets, written as instances_val.json and person_keypoints_val.json."""
+    (tmp_path / "instances_val.json").write_text(json.dumps(instances))
+    kp_path = None
+    if keypoints is not None:
+        kp_path = tmp_path / "person_keypoints_val.json"
+        kp_path.write_text(json.dumps(keypoints))
+    return load_coco(tmp_path / "instances_val.json", kp_path)[0]
+
+
+def test_a_missing_area_is_filled_in_as_detectron2_does(paths: dict[str, Path], tmp_path: Path) -> None:
+    """COCOeval reads every annotation's area (a KeyError at the first validation, after an epoch of
+    training, where one had none): a missing area is its mask's, or its box's for an object without a mask,
+    with one warning saying how many; the ground truth then scores 1.0."""
+    instances = json.loads(paths["instances"].read_text())
+    areas = {a["id"]: a.pop("area") for a in instances["annotations"]}
+    box_only = next(a for a in instances["annotations"] if not a["iscrowd"])
+    box_only["segmentation"] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gt = _load(tmp_path, instances, json.loads(paths["keypoints"].read_text()))
+    expected = {**areas, box_only["id"]: box_only["bbox"][2] * box_only["bbox"][3]}
+    assert expected[box_only["id"]] != areas[box_only["id"]]  # the box's area, not the mask's
+    assert {i: a["area"] for i, a in gt.anns.items()} == pytest.approx(expected)
+    said = [str(w.message) for w in caught if "no area" in str(w.message)]
+    assert said == [
+        f"instances_val.json + person_keypoints_val.json: {len(areas)} annotations have no area: their "
+        "masks' areas are used (their boxes' where they have no mask), as detectron2 does"
+    ]
+    report = evaluate(gt, _gt_results(gt), DET, None)
+    assert report.bbox_AP == pytest.approx(1.0) and report.kp_AP == pytest.approx(1.0)
+
+
+def test_a_missing_iscrowd_is_not_a_crowd(paths: dict[str, Path], tmp_path: Path) -> None:
+    """COCOeval reads every annotation's iscrowd (a KeyError at the first validation where one had none):
+    a missing one is 0, as training reads it."""
+    instances = json.loads(paths["instances"].read_text())
+    crowds = {a["id"] for a in instances["annotations"] if a.pop("iscrowd")}
+    gt = _load(tmp_path, instances, json.loads(paths["keypoints"].read_text()))
+    assert {a["id"] for a in gt.anns.values() if a["iscrowd"]} == set()
+    assert all(a["iscrowd"] == 0 for a in gt.anns.values()) and len(gt.anns) > len(crowds)
+    report = evaluate(gt, _gt_results(gt), DET, None)
+    assert report.bbox_AP == pytest.approx(1.0)
 
 
 def test_a_compressed_rle_of_the_image_size_passes() -> None:

@@ -578,6 +578,45 @@ def test_a_failing_final_evaluation_keeps_the_last_step_and_resume_only_evaluate
     assert train.load_checkpoint(out / "checkpoint.pt")["state"]["last_eval_step"] == 2
 
 
+def test_a_failing_epoch_end_evaluation_saves_the_epochs_last_step_and_resume_evaluates_it(
+    data: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    epoch_end_reference: dict[str, Any],
+) -> None:
+    """An evaluation that fails on what no load check foresaw (the load checks now refuse every ground truth
+    that made COCOeval raise here, so the scoring itself raises in this test) at an epoch's end, before that
+    epoch's checkpoint: the epoch's last step is saved without the evaluation, one error line says so, the
+    error is raised; once the cause is gone, --resume makes that evaluation first and trains on as an
+    uninterrupted run does."""
+    from mcn_training import training_run
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("COCOeval failed")
+
+    out = tmp_path / "run"
+    log = logging.getLogger("mcn_training")  # its own console handler, not propagated: listen on it
+    log.addHandler(caplog.handler)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(training_run, "evaluate_model", failing)
+            with pytest.raises(RuntimeError, match="COCOeval failed"):
+                run_train(*base_args(data, out, *EPOCH_END_EVALUATION))
+    finally:
+        log.removeHandler(caplog.handler)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["evaluation of global step 3 failed: checkpoint saved; fix the cause, then --resume"]
+    state = train.load_checkpoint(out / "checkpoint.pt")["state"]
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"], state["history"]) == (3, 1, 0, [])
+
+    resumed = run_train("--out", str(out), "--resume")
+    assert resumed["global_step"] == 4 and [e["step"] for e in resumed["history"]] == [3]
+    straight = epoch_end_reference
+    assert [e["metrics"] for e in resumed["history"]] == [e["metrics"] for e in straight["history"]]
+    assert resumed["state_digest"] == straight["state_digest"]
+
+
 @pytest.mark.parametrize("during", ["evaluate", "export"])
 def test_a_signal_at_the_final_evaluation_stops_after_the_checkpoint(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, during: str

@@ -69,6 +69,69 @@ def test_a_bad_image_entry_or_mask_stops_the_run_before_its_first_step(
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def _infinite_box(instances: dict[str, Any], keypoints: dict[str, Any]) -> str:
+    ann = instances["annotations"][1]
+    ann["bbox"][2] = float("inf")  # json writes Infinity, which Python's json reads
+    where = rf"annotation {ann['id']} \(image {ann['image_id']}\) in instances_train\.json"
+    return rf"{where} \+ person_keypoints_train\.json: bbox should be 4 numbers .*, each finite, got \[.*inf"
+
+
+def _keypoint_string(instances: dict[str, Any], keypoints: dict[str, Any]) -> str:
+    ann = keypoints["annotations"][0]
+    ann["keypoints"][3] = str(ann["keypoints"][3])
+    where = rf"annotation {ann['id']} \(image {ann['image_id']}\) in instances_train\.json"
+    return (
+        rf"{where} \+ person_keypoints_train\.json: keypoints should be finite numbers, got '.*' at index 3"
+    )
+
+
+def _keypoint_id_twice(instances: dict[str, Any], keypoints: dict[str, Any]) -> str:
+    first, second = keypoints["annotations"][:2]
+    second["id"] = first["id"]
+    return rf"annotation id {first['id']} is used twice in person_keypoints_train\.json"
+
+
+@pytest.mark.parametrize(
+    "change", [_infinite_box, _keypoint_string, _keypoint_id_twice], ids=["infinity", "string", "id-twice"]
+)
+def test_a_bad_number_or_annotation_id_stops_the_run_before_its_first_step(
+    data: Path,
+    tmp_path: Path,
+    change: Callable[[dict[str, Any], dict[str, Any]], str],
+) -> None:
+    """An infinite box (training crashed mid-epoch on it, without a checkpoint), a keypoint written as a
+    string (training read "1" as 1.0, COCOeval ignored it) and an annotation id used twice in the keypoints
+    file (merged by id: one person's keypoints went to another) are refused at load, naming the file."""
+    custom = tmp_path / "data"
+    shutil.copytree(data, custom)
+    files = [custom / "annotations" / f"{kind}_train.json" for kind in ("instances", "person_keypoints")]
+    instances, keypoints = (json.loads(path.read_text()) for path in files)
+    message = change(instances, keypoints)
+    for path, dataset in zip(files, (instances, keypoints), strict=True):
+        path.write_text(json.dumps(dataset))
+    with pytest.raises(TrainError, match=message):
+        run_train(*base_args(custom, tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_annotations_without_an_area_train_and_are_evaluated(data: Path, tmp_path: Path) -> None:
+    """Annotations without an area, which COCOeval reads (the first validation raised KeyError: 'area',
+    after an epoch of training): their areas are filled in, with a warning for each split, and the run
+    evaluates."""
+    custom = tmp_path / "data"
+    shutil.copytree(data, custom)
+    for path in (custom / "annotations").glob("instances_*.json"):
+        dataset = json.loads(path.read_text())
+        for ann in dataset["annotations"]:
+            del ann["area"]
+        path.write_text(json.dumps(dataset))
+    with pytest.warns(UserWarning, match="annotations have no area") as caught:
+        summary = run_train(*base_args(custom, tmp_path / "run", "schedule.max_steps=1"))
+    warned = sorted(str(w.message).split(":")[0] for w in caught if "have no area" in str(w.message))
+    assert warned == [f"instances_{s}.json + person_keypoints_{s}.json" for s in ("train", "val")]
+    assert [e["step"] for e in summary["history"]] == [1] and summary["last_metrics"]["bbox_AP"] is not None
+
+
 @pytest.mark.parametrize("binary", ["weights", "checkpoint"])
 def test_a_binary_file_as_config_is_one_line(
     data: Path,

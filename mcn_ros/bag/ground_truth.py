@@ -48,10 +48,12 @@ def checked_dataset(dataset: dict[str, Any], source: str) -> dict[str, Any]:
     :func:`~mcn_ros.evaluation.check_annotations`): a :class:`BagError` names the first unusable image entry
     or annotation, before any frame is replayed or scored; polygons of fewer than 3 points, which pycocotools
     cannot draw, are left out with a warning."""
+    from mcn_ros.coco import annotations_by_id
     from mcn_ros.evaluation import check_annotations, check_images
 
-    coco = _indexed(dataset)
     try:
+        annotations_by_id(dataset.get("annotations", []), source)  # before pycocotools indexes them by id
+        coco = _indexed(dataset)
         check_images(coco, source)
         dropped = check_annotations(coco, source)
     except ValueError as error:

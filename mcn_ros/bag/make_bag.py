@@ -89,7 +89,12 @@ def make_bag(
     topic = topic or (DEFAULT_TOPIC + "/compressed" if compressed else DEFAULT_TOPIC)
     instances = _read_json(files.instances)
     keypoints = _read_json(files.keypoints) if files.keypoints is not None else None
-    dataset = checked_dataset(merge_keypoints(instances, keypoints), str(files.instances))
+    try:
+        names = (str(files.instances), str(files.keypoints))
+        merged = merge_keypoints(instances, keypoints, names)
+    except ValueError as error:  # an annotation id missing or used twice
+        raise BagError(str(error)) from error
+    dataset = checked_dataset(merged, str(files.instances))
     images = sorted(dataset["images"], key=lambda im: int(im["id"]))
     if max_images is not None:
         images = images[:max_images]

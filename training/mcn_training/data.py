@@ -180,8 +180,9 @@ class CocoMultitaskDataset(Dataset[dict[str, Tensor]]):
         try:
             return self._sample(image_id)
         # What a bad file or annotation raises. The fields are checked when the dataset is made; KeyError,
-        # IndexError and TypeError stand for what no check foresaw, so that the run keeps its checkpoint.
-        except (OSError, ValueError, KeyError, IndexError, TypeError, cv2.error) as error:
+        # IndexError, TypeError and ArithmeticError (a number no float or int holds) stand for what no check
+        # foresaw, so that the run keeps its checkpoint.
+        except (OSError, ValueError, KeyError, IndexError, TypeError, ArithmeticError, cv2.error) as error:
             path = self.image_dir / str(self.coco.imgs[image_id].get("file_name"))
             said = " ".join(f"{type(error).__name__}: {error}".split())  # one line, also through a worker
             raise DataError(f"{self.instances_json.name}, image id {image_id} ({path}): {said}") from error

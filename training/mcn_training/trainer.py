@@ -147,15 +147,29 @@ class Trainer(TrainingRun):
 
     def _evaluate_and_track(self) -> bool:
         """Evaluate, record it in the history, export best weights if it is the best so far; False where a
-        signal stopped the evaluation (nothing recorded: the resumed run evaluates, see :meth:`_catch_up`)."""
+        signal stopped the evaluation (nothing recorded: the resumed run evaluates, see :meth:`_catch_up`).
+
+        An evaluation that fails (a DataError aside, which :meth:`fit` handles) saves the checkpoint of the
+        last step first, without that evaluation, in a single process; with several, the other ranks are in
+        a collective that a checkpoint would need, and the last checkpoint stays."""
+        step = self.state.global_step
         try:
             with signals_stop_evaluation(self._stop, self.dist.distributed):
                 metrics = self.evaluate()
         except EvaluationStopped:
-            step = self.state.global_step
             LOG.warning("signal %s: evaluation of global step %d left to --resume", self._stop.signum, step)
             self.model.train()
             return False
+        except DataError:
+            raise
+        except Exception:
+            if self.dist.world_size == 1:
+                self.save_checkpoint()
+                LOG.error(
+                    "evaluation of global step %d failed: checkpoint saved; fix the cause, then --resume",
+                    step,
+                )
+            raise
         st = self.state
         if st.record_evaluation(metrics, self.metric, round(self._epoch_float(), 4)):
             self.export(BEST_WEIGHTS_NAME, metrics)
