@@ -64,6 +64,40 @@ def test_a_straggler_is_waited_for_at_most_the_batch_timeout() -> None:
     assert slots.take_batch(timeout=0.0, batch_timeout_s=0.05) == {"front": "f1"}
 
 
+def test_the_batch_waits_only_for_cameras_due_by_its_deadline_and_computed() -> None:
+    """A 3 Hz camera held up a 30 Hz one by the whole batch timeout at each of its frames, and so did a
+    camera nobody listens to (its frames are never computed): neither is waited for now."""
+    import time
+
+    slots: CameraSlots[str] = CameraSlots(["fast", "slow", "unwatched"], live_s=5.0)  # real clock
+    slots.put("slow", "s1")
+    slots.put("unwatched", "u1")
+    slots.put("unwatched", "u2")  # sends all the time: its next frame is always due
+    slots.take_batch(timeout=0.0)
+    time.sleep(0.3)
+    slots.put("slow", "s2")  # one frame every 0.3 s: the next not before the batch below goes
+    slots.put("unwatched", "u3")
+    slots.take_batch(timeout=0.0)
+
+    def take(**kw: object) -> tuple[dict[str, str], float]:
+        slots.put("fast", "f")
+        start = time.monotonic()
+        batch = slots.take_batch(timeout=0.0, batch_timeout_s=0.15, **kw)  # type: ignore[arg-type]
+        return batch, time.monotonic() - start
+
+    watched = lambda camera: camera != "unwatched"  # noqa: E731
+    batch, took = take(waits_for=watched)
+    assert batch == {"fast": "f"} and took < 0.1, took  # slow not due, unwatched not computed
+    slots.put("unwatched", "u4")
+    slots.take_batch(timeout=0.0)
+    batch, took = take()  # without waits_for, the unwatched camera is waited for: the whole timeout
+    assert batch == {"fast": "f"} and took >= 0.15
+    time.sleep(0.3 - took - 0.1)  # slow's next frame is due within the next batch's timeout: waited for
+    threading.Timer(0.05, slots.put, args=("slow", "s3")).start()
+    batch, _ = take(waits_for=watched)
+    assert batch == {"fast": "f", "slow": "s3"}
+
+
 def test_a_size_limit_serves_the_longest_waiting_cameras_first() -> None:
     clock = FakeClock()
     slots: CameraSlots[str] = CameraSlots(["a", "b", "c"], clock=clock)
@@ -268,3 +302,31 @@ def test_camera_names_are_ros_name_tokens() -> None:
     for bad in ("caméra", "hïnten", "2nd", "a-b", "", "a b", "٣"):
         reason = check_camera_names(["front", bad])
         assert reason is not None and repr(bad) in reason and "letters, digits and underscores" in reason
+
+
+@pytest.mark.usefixtures("ros")
+def test_one_named_camera_has_the_node_status_and_an_unused_image_remap_is_named(tmp_path: Path) -> None:
+    """With one named camera the node's status (batch sizes, device) was missing, unlike with several;
+    `-r image:=...` (what a single camera takes) is unused with named cameras, which the log now says."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from vision_msgs.msg import Detection2DArray
+
+    weights = make_weights(tmp_path / "model.safetensors")
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "cameras:=[solo]", "-p", "autostart:=true",
+        "-p", f"score_threshold:={SCORE}", "-p", "diagnostics_period:=0.2", "-r", "image:=/ignored",
+        name="cameras_node",
+    )  # fmt: skip
+    c = Client("cameras_node")
+    try:
+        c.subscribe("/diagnostics", DiagnosticArray)
+        c.subscribe("solo/detections", Detection2DArray)
+        frame = image_message(camera_image(48, 80, seed=1), stamp=(5, 0), frame="solo_optical")
+        assert publish_until(c, {"solo": frame}, lambda: bool(c.messages("solo/detections")), 60)
+        assert c.wait_for(lambda: node_status(c).get("batch_sizes", "").startswith("1:"), 10), node_status(c)
+        assert node_status(c)["cameras"] == "solo" and camera_status(c, "solo")
+    finally:
+        c.close()
+        log = stop_node(process)
+    assert "the remapping of 'image' (to /ignored) is unused: with named cameras" in log, log
+    assert "remap those (solo/image)" in log, log

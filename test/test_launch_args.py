@@ -202,6 +202,20 @@ def test_cameras_argument_and_parameter_file() -> None:
     assert cameras_in_params_file(REPO / "config" / "mcn.yaml") == []
 
 
+def test_cameras_of_a_parameter_file_are_checked(tmp_path: Path) -> None:
+    """A scalar read as a list of letters, or a name the node refuses, made remappings (f/image, ...)
+    before the node said no: the launch file refuses them with the file's name."""
+    from mcn_ros.ros.launch_args import cameras_in_params_file
+
+    path = tmp_path / "params.yaml"
+    for value, match in (("front", "should be a list of names, got 'front'"), ("[front, 2nd]", "'2nd'"),
+                         ("[a, a]", "distinct"), ("[1, 2]", "list of names")):  # fmt: skip
+        path.write_text(f"/**:\n  ros__parameters:\n    cameras: {value}\n")
+        with pytest.raises(ValueError, match=match) as error:
+            cameras_in_params_file(path)
+        assert str(path) in str(error.value)
+
+
 def test_named_cameras_are_remapped_by_pattern_or_by_name() -> None:
     from mcn_ros.ros.launch_args import image_remappings
 

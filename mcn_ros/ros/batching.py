@@ -3,7 +3,9 @@
 Each camera has one slot: a newer frame replaces its camera's waiting frame (counted as dropped), so
 nothing queues. The inference thread takes a batch: at most one frame per camera; once a first frame is
 waiting it waits up to ``batch_timeout_s`` for the other live cameras (those that sent a frame within
-``live_s``), and never longer. One camera is the single-camera node's case: its frame is taken at once.
+``live_s``) whose next frame is due by then (by their mean interval between frames: a 2 Hz camera does not
+hold up a 30 Hz one) and whose frames will be computed (``waits_for``: a camera nobody listens to costs
+nothing), and never longer. One camera is the single-camera node's case: its frame is taken at once.
 
 No ROS imports: the policy is tested on its own.
 """
@@ -16,6 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 FrameT = TypeVar("FrameT")
+#: Weight of the newest interval in a camera's running mean of the time between its frames.
+INTERVAL_WEIGHT = 0.25
 
 
 class CameraSlots(Generic[FrameT]):
@@ -34,6 +38,7 @@ class CameraSlots(Generic[FrameT]):
         self._clock = clock
         self._waiting: dict[str, FrameT] = {}
         self._last_put: dict[str, float] = {}
+        self._interval: dict[str, float] = {}  # each camera's mean time between frames (a running mean)
         self._last_taken: dict[str, int] = {}  # the take (a count) that last served each camera
         self._takes = 0
         self._dropped = dict.fromkeys(self.cameras, 0)
@@ -45,7 +50,12 @@ class CameraSlots(Generic[FrameT]):
             if camera in self._waiting:
                 self._dropped[camera] += 1
             self._waiting[camera] = frame
-            self._last_put[camera] = self._clock()
+            now = self._clock()
+            if camera in self._last_put:
+                since = now - self._last_put[camera]
+                mean = self._interval.get(camera, since)
+                self._interval[camera] = mean + INTERVAL_WEIGHT * (since - mean)
+            self._last_put[camera] = now
             self._ready.notify()
 
     def dropped(self, camera: str) -> int:
@@ -54,12 +64,17 @@ class CameraSlots(Generic[FrameT]):
             return self._dropped[camera]
 
     def take_batch(
-        self, timeout: float, batch_timeout_s: float = 0.0, max_size: int = 0
+        self,
+        timeout: float,
+        batch_timeout_s: float = 0.0,
+        max_size: int = 0,
+        waits_for: Callable[[str], bool] | None = None,
     ) -> dict[str, FrameT]:
         """The waiting frames, at most one per camera and ``max_size`` in all (0: no limit).
 
         Waits up to ``timeout`` seconds for a first frame (an empty dict when none came), then up to
-        ``batch_timeout_s`` for every other live camera to have one. With a size limit the cameras served
+        ``batch_timeout_s`` for every other live camera whose next frame is due by then, and that
+        ``waits_for`` (None: every camera), to have one. With a size limit the cameras served
         least recently go first (never served: first), then those whose frame waited longest, so a limit
         of 1 serves busy cameras in turn. (By frame age alone, a camera whose frame is always replaced
         first in each round of a synchronised rig would be served every time and the others starved.)
@@ -70,7 +85,7 @@ class CameraSlots(Generic[FrameT]):
                 if not self._waiting:
                     return {}
             deadline = self._clock() + batch_timeout_s
-            while not self._complete(max_size):
+            while not self._complete(max_size, deadline, waits_for):
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     break
@@ -82,13 +97,23 @@ class CameraSlots(Generic[FrameT]):
             self._last_taken.update(dict.fromkeys(order, self._takes))
             return {camera: self._waiting.pop(camera) for camera in order}
 
-    def _complete(self, max_size: int) -> bool:
-        """Every live camera has a frame waiting, or the size limit is reached."""
+    def _complete(self, max_size: int, deadline: float, waits_for: Callable[[str], bool] | None) -> bool:
+        """Every camera worth waiting for until ``deadline`` has a frame waiting, or the size limit is
+        reached."""
         if max_size > 0 and len(self._waiting) >= max_size:
             return True
         now = self._clock()
-        live = [c for c in self.cameras if now - self._last_put.get(c, -float("inf")) <= self.live_s]
-        return all(camera in self._waiting for camera in live)
+        for camera in self.cameras:
+            if camera in self._waiting:
+                continue
+            last = self._last_put.get(camera)
+            if last is None or now - last > self.live_s:
+                continue  # not live
+            if last + self._interval.get(camera, 0.0) > deadline:
+                continue  # its next frame is not due before the batch goes
+            if waits_for is None or waits_for(camera):
+                return False
+        return True
 
     def give_up(self, camera: str, frame: FrameT) -> None:
         """Count a frame taken but never processed (the node is deactivating) as dropped."""

@@ -54,14 +54,21 @@ def cameras_in_params_file(
     """The ``cameras`` a node parameter file gives the node ``node_name`` in ``namespace``, by rcl's rules:
     each section names a node by its full name (a name without a leading slash is taken from the root, a
     namespace may hold its nodes as a nested section), ``*`` stands for one name token and ``**`` for any
-    number, and of the sections that match, the last one in the file that sets ``cameras`` wins."""
+    number, and of the sections that match, the last one in the file that sets ``cameras`` wins. A value
+    that is no list of valid camera names is a ValueError naming the file (the node would refuse it too,
+    after the launch file had made remappings of it)."""
     data = yaml.safe_load(Path(params_file).read_text()) or {}
     full_name = f"{node_namespace(namespace).rstrip('/')}/{node_name}"
-    cameras: list[str] = []
+    value: Any = []
     for pattern, parameters in _sections(data, ""):
         if "cameras" in parameters and _node_pattern(pattern).fullmatch(full_name):
-            cameras = [str(name) for name in parameters["cameras"] or []]
-    return cameras
+            value = parameters["cameras"] or []
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"parameter file {params_file}: cameras should be a list of names, got {value!r}")
+    problem = check_camera_names(value)
+    if problem is not None:
+        raise ValueError(f"parameter file {params_file}: {problem}")
+    return list(value)
 
 
 def _sections(data: Any, prefix: str) -> list[tuple[str, Mapping[str, Any]]]:

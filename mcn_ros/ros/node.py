@@ -316,6 +316,14 @@ class McnNode(LifecycleNode):
 
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
         self._cameras = {name: Camera(name) for name in names}
+        resolve = getattr(self, "resolve_topic_name", None)  # as in _resolve
+        remapped = resolve("image") if resolve is not None else None
+        if names != [""] and resolve is not None and remapped != resolve("image", only_expand=True):
+            cameras = ", ".join(f"{name}/image" for name in names)
+            self.get_logger().warning(
+                f"the remapping of 'image' (to {remapped}) is unused: with named cameras each listens on "
+                f"<name>/image; remap those ({cameras})"
+            )
         # With the cameras, not on activate: the diagnostics timer reads both from configure on, and a slot's
         # drop count must last as long as its camera's other counters (deactivate/activate keeps them).
         self._frame_slots = CameraSlots(names)
@@ -488,7 +496,10 @@ class McnNode(LifecycleNode):
             self._run_job(timeout=None)  # none come while active (lifecycle); never left waiting if one does
             settings = self._frame_settings
             batch = self._frame_slots.take_batch(
-                timeout=0.1, batch_timeout_s=settings.batch_timeout_ms / 1e3, max_size=settings.max_batch_size
+                timeout=0.1,
+                batch_timeout_s=settings.batch_timeout_ms / 1e3,
+                max_size=settings.max_batch_size,
+                waits_for=self._computed_camera(settings),
             )
             if not batch:
                 continue
@@ -498,6 +509,14 @@ class McnNode(LifecycleNode):
                 else:  # deactivating: the frames are given up
                     for name, frame in batch.items():
                         self._frame_slots.give_up(name, frame)
+
+    def _computed_camera(self, settings: FrameSettings) -> Callable[[str], bool]:
+        """Whether a camera's frame would be computed now (a task enabled and listened to): the batch waits
+        for no other camera's."""
+        predictor = self._predictor
+        if predictor is None:
+            return lambda name: True
+        return lambda name: bool(self._cameras[name].outputs.wanted_tasks(settings, predictor.tasks))
 
     def _run_batch(self, batch: dict[str, Frame]) -> None:
         """Process one batch; a bad frame or a failed inference is counted and logged, never raised."""
@@ -580,7 +599,9 @@ class McnNode(LifecycleNode):
                 self._run_group(predictor, tasks, [member], settings, started)
             return
         inference_s = monotonic() - inference_started
-        self._batch_sizes[len(members)] += 1
+        # The model runtime runs the images of one network input shape as one forward: count those.
+        shapes = Counter(predictor.input_size([pixels.shape[:2]]) for _, _, pixels, _ in members)
+        self._batch_sizes.update(shapes.values())
         for (camera, frame, pixels, order), result in zip(members, results, strict=True):
             header = frame.message.header
             try:  # each camera's outputs alone: one that cannot be published leaves the others' to go out
@@ -602,12 +623,12 @@ class McnNode(LifecycleNode):
 
     # -- diagnostics --------------------------------------------------------------------------------------
     def _publish_diagnostics(self, final: bool = False) -> None:
-        """One status per camera (the single camera's is the node's "inference" status); with several
+        """One status per camera (the unnamed single camera's is the node's "inference" status); with named
         cameras, first one for the node: its level the worst camera's, with the batch sizes used.
         ``final``: the last message of a node shut down, every status STALE."""
         predictor = self._predictor
         statuses = [self._camera_status(camera) for camera in self._cameras.values()]
-        if len(self._cameras) > 1:
+        if list(self._cameras) != [""]:  # named cameras (one or several): a status of their own each
             level = diagnostics.worst([status[1] for status in statuses])
             if predictor is None:
                 message = "unconfigured: no model loaded"
