@@ -62,7 +62,7 @@ from _node_driver import Driver, node_command
 from multicamera_cpu import make_weights
 
 from mcn_ros.ros.domain import claim_domain_id
-from mcn_ros.ros.fastdds import PROFILE_VARIABLES, profile_environment, shipped_profile
+from mcn_ros.ros.fastdds import DEFAULTS_PROFILE_NAME, PROFILE_VARIABLES, profile_environment, shipped_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -287,19 +287,6 @@ def own_call_ratio(split: dict[str, Any]) -> float:
     return round((float(split["lockstep_p50_ms"]) - call) / call, 3)
 
 
-def defaults_profile() -> Path:
-    """A Fast DDS profile file that sets nothing (no default participant profile: Fast DDS's defaults), in
-    a temporary folder that lives as long as this process."""
-    path = Path(tempfile.mkdtemp(prefix="mcn_fastdds_")) / "defaults.xml"
-    path.write_text(
-        '<?xml version="1.0" encoding="UTF-8" ?>\n'
-        '<dds xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">\n'
-        '  <profiles><participant profile_name="fast_dds_defaults"><rtps/></participant></profiles>\n'
-        "</dds>\n"
-    )
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -312,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     used_profile = os.environ.get(PROFILE_VARIABLES[0]) or os.environ.get(PROFILE_VARIABLES[1])
     if profile is None and used_profile is None:
         # The node loads config/fastdds.xml itself unless a profile is named: name one that changes nothing.
-        os.environ.update(dict.fromkeys(PROFILE_VARIABLES, str(defaults_profile())))
+        os.environ.update(profile_environment(os.environ, shipped_profile(name=DEFAULTS_PROFILE_NAME)))
     from mcn_ros.model.config import ModelConfig
 
     config = ModelConfig.from_yaml(args.config)

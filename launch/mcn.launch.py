@@ -29,7 +29,7 @@ from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
-from mcn_ros.ros.fastdds import PROFILE_NAME, profile_environment
+from mcn_ros.ros.fastdds import DEFAULTS_PROFILE_NAME, PROFILE_NAME, profile_environment
 from mcn_ros.ros.launch_args import (
     DEFAULT_IMAGE_TOPIC,
     NODE_NAME,
@@ -133,7 +133,9 @@ def launch_nodes(context: LaunchContext, share: Path) -> list[Node]:
     remappings, unused = image_remappings(image, cameras, argument("camera_topics"))
     if unused is not None:
         get_logger("launch.user").warning(unused)
-    dds_env = profile_environment(os.environ, argument("fastdds_profile"))
+    # Empty: Fast DDS's defaults, named as a profile that sets nothing (the node would load fastdds.xml).
+    profile = argument("fastdds_profile") or str(share / "config" / DEFAULTS_PROFILE_NAME)
+    dds_env = profile_environment(os.environ, profile)
     # A LifecycleNode: launch's lifecycle events (ChangeState, OnStateTransition) can drive and follow it.
     node = LifecycleNode(
         package="mcn_ros",

@@ -111,14 +111,15 @@ def shm_segments_kib(pid: int | str) -> dict[str, int]:
     not os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps"),
     reason="the profile is Fast DDS's",
 )
-@pytest.mark.skipif(
-    any(name in os.environ for name in PROFILE_VARIABLES), reason="this environment names its own profile"
-)
-def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(tmp_path: Path) -> None:
+def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The node started by hand (no launch file, no profile variable) loads config/fastdds.xml itself, as
     the launch file gives it: 640x480 frames run without the default segment's losses."""
     from vision_msgs.msg import Detection2DArray
 
+    for name in PROFILE_VARIABLES:  # this process's own (a bag replay run in-process sets one) included
+        monkeypatch.delenv(name, raising=False)
     weights = make_weights(tmp_path / "model.safetensors")
     env = profile_environment({k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}, PROFILE)
     assert len(env) == 1, env  # the installed Fast DDS is recognised
@@ -133,7 +134,7 @@ def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(
         )
         assert answered, "no detections for a 640x480 frame"
         # The node maps its own segment and those of its peers in this domain: this process, which loads
-        # no profile (see the skip) and so has Fast DDS's default size; one of 16 MiB is the node's own.
+        # no profile (the variables removed above), has Fast DDS's default size; the 16 MiB one is the node's.
         segments = shm_segments_kib(process.pid)
         assert segments and max(segments.values()) >= 16 * 1024, segments  # not Fast DDS's 512 KiB
     finally:
@@ -143,3 +144,39 @@ def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(
     variable, path = next(iter(env.items()))
     assert f"Fast DDS profile {path} (shared memory sized for camera frames; {variable} chooses" in log, log
     assert "deprecated" not in log, log  # the variable this distro's Fast DDS reads, not the old name
+
+
+@pytest.mark.usefixtures("ros")
+@pytest.mark.skipif(
+    not os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps"),
+    reason="the profile is Fast DDS's",
+)
+def test_the_defaults_profile_keeps_fast_dds_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config/fastdds_defaults.xml, what `fastdds_profile:=` (empty) names: the node keeps Fast DDS's default
+    segment instead of loading config/fastdds.xml itself, and Fast DDS reads the file without complaint."""
+    from vision_msgs.msg import Detection2DArray
+
+    for name in PROFILE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    defaults = shipped_profile(name=fastdds.DEFAULTS_PROFILE_NAME)
+    assert defaults is not None and defaults.name == "fastdds_defaults.xml"
+    weights = make_weights(tmp_path / "model.safetensors")
+    env = profile_environment({k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}, defaults)
+    process = start_node("-p", f"weights:={weights}", "-p", "autostart:=true", env=env)
+    c = Client()
+    c.subscribe("detections", Detection2DArray)
+    try:
+        frame = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+        answered = c.publish_until(
+            image_message(frame, stamp=(8, 1)), lambda: bool(c.messages("detections")), timeout=120
+        )
+        assert answered, "no detections"
+        segments = shm_segments_kib(process.pid)
+        assert segments and max(segments.values()) < 16 * 1024, segments  # Fast DDS's own size
+    finally:
+        c.close()
+        log = stop_node(process)
+    assert "XMLPARSER" not in log and "Traceback" not in log, log
+    assert "Fast DDS profile" not in log, log  # the node did not load config/fastdds.xml

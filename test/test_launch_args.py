@@ -186,6 +186,15 @@ def test_the_rviz_copy_is_written_once_under_ros_home(
         "/other/"
     )
     assert sorted(p.name for p in (tmp_path / "mcn_ros").iterdir()) == sorted([path.name, other.name])
+    # Where no folder can be made there (a read-only home in a container), a temporary file as before.
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    monkeypatch.setenv("ROS_HOME", str(blocked))
+    fallback = write_rviz_config(RVIZ_FILE, "robot", "/camera/image_raw")
+    try:
+        assert fallback.is_file() and yaml.safe_load(fallback.read_text()) == written
+    finally:
+        fallback.unlink()
 
 
 def test_cameras_argument_and_parameter_file() -> None:

@@ -394,6 +394,20 @@ def test_qos_overrides_in_a_parameter_file_reach_the_topics(weights: Path, tmp_p
         assert subscription.qos_profile.reliability == ReliabilityPolicy.RELIABLE
         (pose_publisher,) = c.node.get_publishers_info_by_topic(f"/{node}/poses")  # not overridden
         assert pose_publisher.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+        # Topics without overrides follow the node's QoS parameters through cleanup and configure (rclpy's
+        # read-only override parameters, once declared for a topic, kept its first QoS for good).
+        assert c.lifecycle("deactivate") and c.lifecycle("cleanup")
+        assert c.set_parameters(publisher_reliability="best_effort")[0].successful
+        assert c.lifecycle("configure") and c.lifecycle("activate")
+
+        def pose_reliability() -> list[Any]:
+            return [i.qos_profile.reliability for i in c.node.get_publishers_info_by_topic(f"/{node}/poses")]
+
+        assert c.wait_for(lambda: pose_reliability() == [ReliabilityPolicy.BEST_EFFORT], 20), (
+            pose_reliability()
+        )
+        (publisher,) = c.node.get_publishers_info_by_topic(f"/{node}/detections")
+        assert publisher.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT  # still the override's
         # The graph does not carry history depths: the declared override parameter tells it.
         (depth,) = c.parameter_values(f"qos_overrides./{node}/detections.publisher.depth")
         assert depth.integer_value == 3

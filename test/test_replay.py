@@ -236,6 +236,7 @@ def test_evaluate_a_recorded_bag_and_a_baseline(
     assert code == 0, err
     recorded = read_json(tmp_path / "recorded" / "report.json")
     assert recorded["classes"]["source"] == "LabelInfo"
+    assert recorded["direct_bbox_AP"] is None  # no --weights: the camera bag's frames are not read
     assert report["accuracy_from"] == "lockstep" and recorded["accuracy_from"] == "recorded"
     assert recorded["classes"]["segmentation"] == report["classes"]["segmentation"]
     for metric in ("bbox_AP", "kp_AP", "mIoU"):

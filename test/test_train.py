@@ -825,6 +825,21 @@ def test_schedule_loss_and_augmentation_changes_on_resume_are_named(
     assert resumed["global_step"] == 12
 
 
+def test_settings_a_checkpoint_predates_are_no_change() -> None:
+    """A checkpoint's config written before a field existed read as "None -> default", a change."""
+    from mcn_training.training_run import changed_training_settings
+
+    saved = {"loss": {"seg": 5.0}, "data": {"augment": {"flip_prob": 0.5}}, "runtime": {"seed": 1}}
+    current = {"loss": {"seg": 5.0, "new_term": 1.0}, "data": {"augment": {"flip_prob": 0.5, "new": 2}},
+               "runtime": {"seed": 1}}  # fmt: skip
+    assert changed_training_settings(saved, current) == {}
+    current["runtime"]["seed"] = 2
+    current["data"]["augment"] = None
+    assert changed_training_settings(saved, current) == {
+        "data.augment": ({"flip_prob": 0.5}, None), "runtime.seed": (1, 2)
+    }  # fmt: skip
+
+
 def test_tensorboard_keeps_the_checkpoint_steps_points_after_resume(data: Path, tmp_path: Path) -> None:
     """A resumed run hides what a killed run logged after its checkpoint, not the checkpoint step's own
     losses and evaluation (never logged again)."""

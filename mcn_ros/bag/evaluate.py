@@ -89,10 +89,6 @@ def evaluate_run(
     infos = {phase: read_replay_info(folder) for phase, folder in replays.items()}
     first = next(iter(infos.values()), {})
     source: dict[str, Any] = first.get("input", {})
-    if not source and outputs is not None and ground_truth is not None and Path(ground_truth).is_dir():
-        # A recording scored against a camera bag: its frames are what the recorded node answered, for the
-        # model runtime alone and the annotated video (the bag's one camera topic).
-        source = {"bag": str(ground_truth), "topic": None}
     input_bag = source.get("bag")
     node_info: dict[str, Any] = first.get("node", {})
     parameters: dict[str, Any] = dict(node_info.get("parameters", {}))
@@ -134,6 +130,17 @@ def evaluate_run(
         raise BagError(
             "no ground truth: pass --ground-truth (a bag folder with ground_truth.json, or the file)"
         )
+    if (
+        not source
+        and direct
+        and weights_path is not None
+        and gt is not None
+        and Path(str(ground_truth)).is_dir()
+    ):
+        # A recording scored against a camera bag: its frames (on the topic its ground truth names) are what
+        # the recorded node answered, for the model runtime alone and the annotated video.
+        source = {"bag": str(ground_truth), "topic": gt.camera_topic}
+        input_bag = source["bag"]
 
     summary: dict[str, Any] = {
         "format": "mcn_ros.replay_report",

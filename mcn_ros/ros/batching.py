@@ -85,7 +85,19 @@ class CameraSlots(Generic[FrameT]):
                 if not self._waiting:
                     return {}
             deadline = self._clock() + batch_timeout_s
-            while not self._complete(max_size, deadline, waits_for):
+            asked: dict[str, bool] = {}
+
+            def computed(camera: str) -> bool:
+                """``waits_for``, asked once per camera and batch (it may call into rcl, under this lock);
+                a camera it cannot tell about (a publisher torn down meanwhile) is waited for."""
+                if camera not in asked:
+                    try:
+                        asked[camera] = waits_for is None or bool(waits_for(camera))
+                    except Exception:
+                        asked[camera] = True
+                return asked[camera]
+
+            while not self._complete(max_size, deadline, computed):
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     break
@@ -97,7 +109,7 @@ class CameraSlots(Generic[FrameT]):
             self._last_taken.update(dict.fromkeys(order, self._takes))
             return {camera: self._waiting.pop(camera) for camera in order}
 
-    def _complete(self, max_size: int, deadline: float, waits_for: Callable[[str], bool] | None) -> bool:
+    def _complete(self, max_size: int, deadline: float, waits_for: Callable[[str], bool]) -> bool:
         """Every camera worth waiting for until ``deadline`` has a frame waiting, or the size limit is
         reached."""
         if max_size > 0 and len(self._waiting) >= max_size:
@@ -111,7 +123,7 @@ class CameraSlots(Generic[FrameT]):
                 continue  # not live
             if last + self._interval.get(camera, 0.0) > deadline:
                 continue  # its next frame is not due before the batch goes
-            if waits_for is None or waits_for(camera):
+            if waits_for(camera):
                 return False
         return True
 

@@ -32,15 +32,19 @@ def fast_dds_major(environ: Mapping[str, str]) -> int | None:
 
 
 PROFILE_NAME = "fastdds.xml"
+#: A profile file that sets nothing (Fast DDS's defaults): what "no profile" hands the node, which would
+#: otherwise load PROFILE_NAME itself.
+DEFAULTS_PROFILE_NAME = "fastdds_defaults.xml"
 _CHECKOUT = Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME
 
 
-def shipped_profile(environ: Mapping[str, str] | None = None) -> Path | None:
-    """config/fastdds.xml of this checkout, else of the installed package (ament index), else None."""
+def shipped_profile(environ: Mapping[str, str] | None = None, name: str = PROFILE_NAME) -> Path | None:
+    """config/``name`` (fastdds.xml) of this checkout, else of the installed package (ament index), else
+    None."""
     env = os.environ if environ is None else environ
-    candidates = [_CHECKOUT]
+    candidates = [_CHECKOUT.with_name(name)]
     candidates += [
-        Path(prefix) / "share" / "mcn_ros" / "config" / PROFILE_NAME
+        Path(prefix) / "share" / "mcn_ros" / "config" / name
         for prefix in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep)
         if prefix
     ]

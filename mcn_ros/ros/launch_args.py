@@ -255,14 +255,19 @@ def write_rviz_config(
     launch with the same arguments reuses one file instead of leaving a new one behind."""
     config = cameras_rviz_config(yaml.safe_load(Path(source).read_text()), cameras or [])
     text = yaml.safe_dump(namespaced_rviz_config(config, namespace, image_topic), sort_keys=False)
-    folder = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros") / "mcn_ros"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"rviz_{hashlib.sha256(text.encode()).hexdigest()[:16]}.rviz"
+    name = f"rviz_{hashlib.sha256(text.encode()).hexdigest()[:16]}.rviz"
+    try:
+        folder = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros") / "mcn_ros"
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):  # no home, or a read-only one (a container): a temporary file then
+        with tempfile.NamedTemporaryFile("w", prefix="mcn_", suffix=".rviz", delete=False) as handle:
+            handle.write(text)
+        return Path(handle.name)
     # Written whole, then renamed: an RViz started by another launch may be reading the file.
     with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".rviz_", suffix=".tmp", delete=False) as handle:
         handle.write(text)
-    Path(handle.name).replace(path)
-    return path
+    Path(handle.name).replace(folder / name)
+    return folder / name
 
 
 def rviz_missing_note() -> str | None:

@@ -335,6 +335,7 @@ class McnNode(LifecycleNode):
                 depth=int(self.get_parameter("publisher_depth").value),
                 reliable=self.get_parameter("publisher_reliability").value == "reliable",
                 info=index == 0,  # the latched label and pose info are the node's, once
+                overridden=lambda topic: self._qos_overridden(topic, "publisher"),
             )
         if predictor.precision.note is not None:
             self.get_logger().warning(f"parameter precision: {predictor.precision.note}")
@@ -371,7 +372,11 @@ class McnNode(LifecycleNode):
                         topic,
                         on_image,
                         QoSProfile(depth=1, reliability=reliability),
-                        qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+                        qos_overriding_options=(
+                            QoSOverridingOptions.with_default_policies()
+                            if self._qos_overridden(topic, "subscription")
+                            else None
+                        ),
                     )
                 )
             camera.stats.start_listening(monotonic())
@@ -425,6 +430,12 @@ class McnNode(LifecycleNode):
         if self._torch_threads is None:
             self._torch_threads = torch.get_num_threads()
         torch.set_num_threads(self._torch_threads)
+
+    def _qos_overridden(self, topic: str, entity: str) -> bool:
+        """Whether parameter files or -p gave ``qos_overrides.<topic>.<entity>.*`` values (``entity``:
+        publisher or subscription) for the topic, resolved as rclpy names it."""
+        prefix = f"qos_overrides.{self._resolve(topic)}.{entity}."
+        return any(name.startswith(prefix) for name in getattr(self, "_parameter_overrides", {}))
 
     def _resolve(self, topic: str) -> str:
         """Fully qualified (possibly remapped) topic name, so that '<image>/compressed' follows remaps."""

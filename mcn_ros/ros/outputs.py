@@ -47,15 +47,27 @@ class Outputs:
         return f"~/{self.camera}/{leaf}" if self.camera else f"~/{leaf}"
 
     def create(
-        self, create: Callable[..., Any], config: ModelConfig, depth: int, reliable: bool, info: bool = True
+        self,
+        create: Callable[..., Any],
+        config: ModelConfig,
+        depth: int,
+        reliable: bool,
+        info: bool = True,
+        overridden: Callable[[str], bool] = lambda topic: False,
     ) -> None:
         """Create the topics of the tasks ``config`` has with ``create`` (the node's
         ``create_lifecycle_publisher``); ``info``: also the node's latched label and pose info.
 
-        Each publisher takes rclpy's standard ``qos_overrides.<topic>.publisher.<policy>`` parameters
-        (history, depth, reliability) over the QoS given here."""
+        A topic that ``overridden`` says the user gave ``qos_overrides.<topic>.publisher.<policy>`` values for
+        takes them (history, depth, reliability) over the QoS given here. Only those: rclpy declares the
+        override parameters read-only with the QoS of the first publisher and never undeclares them, so a
+        topic declared for would keep that QoS through cleanup and configure with other settings."""
         publishers = self.publishers
-        overridable = {"qos_overriding_options": QoSOverridingOptions.with_default_policies()}
+
+        def overridable(topic: str) -> dict[str, Any]:
+            if not overridden(topic):
+                return {}
+            return {"qos_overriding_options": QoSOverridingOptions.with_default_policies()}
 
         # A new profile for each publisher: rclpy writes a topic's overrides into the profile it is given.
         def add(key: str, message_type: Any) -> None:
@@ -66,14 +78,16 @@ class Outputs:
                         reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL,
                     )
-                    publishers[key] = create(message_type, f"~/{NODE_TOPICS[key]}", latched, **overridable)
+                    topic = f"~/{NODE_TOPICS[key]}"
+                    publishers[key] = create(message_type, topic, latched, **overridable(topic))
             else:
                 qos = QoSProfile(
                     depth=depth,
                     history=HistoryPolicy.KEEP_LAST,
                     reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
                 )
-                publishers[key] = create(message_type, self.topic(CAMERA_TOPICS[key]), qos, **overridable)
+                topic = self.topic(CAMERA_TOPICS[key])
+                publishers[key] = create(message_type, topic, qos, **overridable(topic))
 
         if config.detection is not None:
             add("detections", Detection2DArray)

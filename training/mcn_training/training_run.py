@@ -107,10 +107,11 @@ TRAJECTORY_SETTINGS = (
 
 def _differences(old: Any, new: Any, key: str, out: dict[str, tuple[Any, Any]]) -> None:
     """Add to ``out`` each dotted key under ``key`` whose value differs between ``old`` and ``new`` (nested
-    mappings compared field by field; a section that became null, or appeared, as a whole)."""
+    mappings compared field by field; a section that became null, or appeared, as a whole). A field the
+    checkpoint's config does not have (written before the field existed) is not a change."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
-        for name in sorted(old.keys() | new.keys()):
-            _differences(old.get(name), new.get(name), f"{key}.{name}" if key else str(name), out)
+        for name in sorted(old.keys() & new.keys()):
+            _differences(old[name], new[name], f"{key}.{name}" if key else str(name), out)
     elif old != new:
         out[key] = (old, new)
 
