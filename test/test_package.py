@@ -134,6 +134,7 @@ def test_launch_file(prefix: Path, tmp_path: Path) -> None:
         log = assert_label_info_arrives(namespace, launcher, stamps)
         assert f"active: listening on {listening}" in log, log
         assert (stamps[0] == 0) == (namespace == "sim"), (namespace, stamps)
+        assert "event: active" in log, log  # a lifecycle event launch received from the node
         assert ("[DEBUG]" in log) == (namespace == "sim"), log
         assert "process has finished cleanly" in log and launcher.returncode == 0, log
         assert (namespace == "no_rviz") == (no_rviz is not None and no_rviz in log), log
@@ -178,16 +179,19 @@ def assert_label_info_arrives(
     return log
 
 
+# The launch file's node is a launch_ros LifecycleNode: its transitions reach launch as events (logged here).
 LAUNCH_SCRIPT = """
 import sys
 from launch import LaunchDescription, LaunchService
-from launch.actions import IncludeLaunchDescription
+from launch.actions import IncludeLaunchDescription, LogInfo, RegisterEventHandler
 from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch_ros.event_handlers import OnStateTransition
 path, *pairs = sys.argv[1:]
 arguments = dict(pair.split(":=", 1) for pair in pairs)
 service = LaunchService()
 include = IncludeLaunchDescription(PythonLaunchDescriptionSource(path), launch_arguments=arguments.items())
-service.include_launch_description(LaunchDescription([include]))
+active = RegisterEventHandler(OnStateTransition(goal_state="active", entities=[LogInfo(msg="event: active")]))
+service.include_launch_description(LaunchDescription([active, include]))
 sys.exit(service.run())
 """
 
