@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,15 @@ def shm_segments_kib(pid: int | str) -> dict[str, int]:
     return sizes
 
 
+def fast_dds_node_test(test: Callable[..., None]) -> Callable[..., None]:
+    """A test of a node over Fast DDS (the profiles are Fast DDS's): ROS needed, skipped on another rmw."""
+    only_fast_dds = pytest.mark.skipif(
+        not os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps"),
+        reason="the profile is Fast DDS's",
+    )
+    return pytest.mark.usefixtures("ros")(only_fast_dds(test))
+
+
 def isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     """No profile variable in this process (a bag replay run in-process sets one), and a domain of the test's
     own: the segments a node maps are its own and those of its peers, and participants that earlier tests
@@ -116,11 +126,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROS_DOMAIN_ID", str(claim_domain_id(101, 100)))
 
 
-@pytest.mark.usefixtures("ros")
-@pytest.mark.skipif(
-    not os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps"),
-    reason="the profile is Fast DDS's",
-)
+@fast_dds_node_test
 def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,11 +161,7 @@ def test_a_node_with_the_profile_maps_a_large_segment_and_answers_camera_frames(
     assert "deprecated" not in log, log  # the variable this distro's Fast DDS reads, not the old name
 
 
-@pytest.mark.usefixtures("ros")
-@pytest.mark.skipif(
-    not os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps"),
-    reason="the profile is Fast DDS's",
-)
+@fast_dds_node_test
 def test_the_defaults_profile_keeps_fast_dds_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
