@@ -97,6 +97,7 @@ def assess(
     inputs: str = "its input topic",
     last_error: str = "",
     pending_rate_hz: float = 0.0,
+    losses_counted: bool = True,
 ) -> tuple[str, str]:
     """(level, message). WARN when unconfigured. While active: WARN when no frame has arrived for
     :data:`NO_INPUT_WARN_S` (``silence_s``, on ``inputs``); ERROR when frames arrived and every one was
@@ -104,7 +105,8 @@ def assess(
     frames are handled (processed, idle or rejected) more slowly than the publishers send them by more than
     ``tolerance``. Rates are those of ``summary`` (the statistics window); ``pending_rate_hz``: the frames
     received but not yet handled (waiting, or being processed) over the window's span, which count as
-    handled (a camera at 0.5 Hz has a third of its window's frames in flight at times, none lost)."""
+    handled (a camera at 0.5 Hz has a third of its window's frames in flight at times, none lost);
+    ``losses_counted`` False: frames lost in transport are not counted (Humble's rclpy), so not told apart."""
     if not configured:
         return WARN, "unconfigured: no model loaded"
     if not active:
@@ -131,12 +133,16 @@ def assess(
         cures = []
         if dropped >= 0.25 * (sent - handled):
             cures.append(f"to keep up try {speed_hint(knobs)}")
-        if lost >= 0.25 * (sent - handled):
+        if lost >= 0.25 * (sent - handled) or not losses_counted:
             cures.append(TRANSPORT_HINT)
+        split = (
+            f"{100 * lost / sent:.0f}% lost in transport, {100 * dropped / sent:.0f}% dropped by the node"
+            if losses_counted
+            else f"{100 * dropped / sent:.0f}% dropped by the node; losses in transport are not counted here"
+        )
         problems.append(
             f"processing {handled:.1f} of {sent:.1f} frames/s sent ({100 * (1 - handled / sent):.0f}% lost "
-            f"or dropped: {100 * lost / sent:.0f}% lost in transport, {100 * dropped / sent:.0f}% dropped by "
-            f"the node; more than rate_warn_tolerance={tolerance:g}): {'; '.join(cures)}"
+            f"or dropped: {split}; more than rate_warn_tolerance={tolerance:g}): {'; '.join(cures)}"
         )
     if problems:
         return WARN, "; ".join(problems)

@@ -718,6 +718,7 @@ class McnNode(LifecycleNode):
             inputs=", ".join(subscription.topic_name for subscription in camera.subscriptions),
             last_error=camera.last_error,
             pending_rate_hz=max(counts.pending, 0) / camera.stats.span(now),
+            losses_counted=WITH_MESSAGE_INFO,
         )
         values = diagnostics.status_values(
             summary,
