@@ -11,7 +11,8 @@ file when given), namespace, use_sim_time (true: the node's clock is /clock; emp
 log_level (debug, info, warn, error or fatal; empty: info), rviz (RViz with config/mcn.rviz, its topics
 moved under the namespace, one set per camera; where rviz2 is not installed a warning, and the node starts
 alone), fastdds_profile (default: the installed config/fastdds.xml, Fast DDS shared memory sized for camera
-frames; given to the node and RViz unless the environment names a profile already; empty: none).
+frames; given to the node and RViz unless the environment names a profile already; empty: Fast DDS's
+defaults, by naming config/fastdds_defaults.xml, which sets nothing).
 The node is a launch_ros LifecycleNode: launch's lifecycle events can drive it and follow its transitions.
 What the arguments mean is decided in mcn_ros/ros/launch_args.py. Six cameras (config/six_cameras.yaml):
 
@@ -101,7 +102,7 @@ def generate_launch_description() -> LaunchDescription:
             "fastdds_profile",
             default_value=str(share / "config" / PROFILE_NAME),
             description="Fast DDS XML profile for the node and RViz (shared memory for camera-sized frames), "
-            "unless FASTDDS_/FASTRTPS_DEFAULT_PROFILES_FILE is set; empty: none",
+            "unless FASTDDS_/FASTRTPS_DEFAULT_PROFILES_FILE is set; empty: Fast DDS's defaults",
         ),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=launch_nodes, args=[share])])
