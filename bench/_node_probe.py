@@ -55,7 +55,7 @@ class Probe(Player):
         )
 
     def _on_diagnostics(self, msg: Any) -> None:
-        name = self.node_name.rsplit("/", 1)[-1] + ":"
+        name = self.node_name.lstrip("/") + ":"  # the node's status names carry its namespace
         for status in msg.status:
             if status.name.startswith(name):
                 with self._lock:

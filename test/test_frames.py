@@ -307,6 +307,8 @@ def test_assess_tells_frames_lost_in_transport_from_frames_the_node_dropped() ->
     )
     assert "losses in transport are not counted here" in humble and "lost in transport," not in humble
     assert "input_size" in humble and "config/fastdds.xml" in humble
+    spinning = dataclasses.replace(KNOBS, omp_spinning=True)  # torch on the CPU, workers waiting actively
+    assert "OMP_WAIT_POLICY=PASSIVE" in speed_hint(spinning) and "OMP_WAIT" not in speed_hint(KNOBS)
 
 
 def test_assess_reports_rejected_frames_and_a_silent_input() -> None:

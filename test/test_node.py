@@ -419,6 +419,50 @@ def test_qos_overrides_in_a_parameter_file_reach_the_topics(weights: Path, tmp_p
     assert "parameters this node does not have" not in log, log
 
 
+def test_a_namespaced_node_on_simulated_time(weights: Path) -> None:
+    """Two namespaced nodes' /diagnostics statuses share no name (they were both "mcn_node: inference"), and
+    on simulated time a frame processed before the first /clock has no stamp age (it read -1000 s: now was 0
+    while the frame was stamped 1000 s)."""
+    import math
+
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rosgraph_msgs.msg import Clock
+    from vision_msgs.msg import Detection2DArray
+
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "autostart:=true", "-p", f"score_threshold:={SCORE}",
+        "-p", "use_sim_time:=true", "-p", "diagnostics_period:=0.2", "-r", "__ns:=/ns_a",
+        "-r", "image:=/image",
+    )  # fmt: skip
+    c = Client("mcn_node", namespace="/ns_a")
+    try:
+        c.subscribe("detections", Detection2DArray)
+        c.subscribe("/diagnostics", DiagnosticArray)
+        image = image_message(test_image(), stamp=(1000, 0))
+        assert c.publish_until(image, lambda: bool(c.messages("detections")), 60)  # before any /clock
+        clock = c.node.create_publisher(Clock, "/clock", 10)
+
+        def status() -> dict[str, str]:
+            for msg in reversed(c.messages("/diagnostics")):
+                for entry in msg.status:
+                    if entry.name == "ns_a/mcn_node: inference":
+                        return {kv.key: kv.value for kv in entry.values}
+            return {}
+
+        deadline = time.monotonic() + 30
+        while not status() and time.monotonic() < deadline:
+            clock.publish(
+                Clock(clock=Time(sec=1000, nanosec=500_000_000))
+            )  # the diagnostics timer runs on it
+            time.sleep(0.1)
+        age = float(status()["stamp_age_p50_ms"])
+        assert math.isnan(age) or age >= 0, status()
+    finally:
+        c.close()
+        stop_node(process)
+
+
 def test_a_task_nobody_listens_to_is_not_computed(weights: Path) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from rcl_interfaces.msg import ParameterType

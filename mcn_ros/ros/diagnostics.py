@@ -41,6 +41,7 @@ class Knobs:
     cpu_int8: bool = False  # the CPU has int8 dot products and onnxruntime is installed (int8 would run)
     cuda_graphs: bool = False  # the forward replays CUDA graphs
     cuda_graphs_possible: bool = False  # cuda_graphs would replay graphs here (CUDA, torch, no DCN)
+    omp_spinning: bool = False  # torch's forward on the CPU with OpenMP workers that wait actively
 
 
 def speed_hint(knobs: Knobs) -> str:
@@ -75,7 +76,17 @@ def speed_hint(knobs: Knobs) -> str:
                     "precision:=bf16 (native here, but CPU-dependent: faster on an AMD EPYC, slower on an "
                     "Intel Xeon without AMX)"
                 )
+    if knobs.omp_spinning:
+        hints.append(OMP_HINT)
     return ", ".join(hints)
+
+
+#: Where torch's OpenMP workers wait actively and other processes load the cores, a forward can take many
+#: times longer (18x beside a 2-thread job on 2 cores: 567 against 31 ms, 2026-12-06).
+OMP_HINT = (
+    "OMP_WAIT_POLICY=PASSIVE in the node's environment if other processes load these cores (torch's "
+    "workers spin otherwise: a forward took 18x longer beside another busy process here)"
+)
 
 
 #: What helps when frames are lost before the node, not dropped by it.

@@ -11,6 +11,7 @@ Run it with
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import signal
 import sys
@@ -627,10 +628,19 @@ class McnNode(LifecycleNode):
             )
 
     def _stamp_age(self, header: Header) -> float | None:
+        """Seconds from the frame's stamp to now on the node's clock; None for an unstamped frame, or while a
+        simulated clock has not started (no /clock yet: now is 0)."""
         if header.stamp.sec == 0 and header.stamp.nanosec == 0:
             return None
         now = self.get_clock().now().nanoseconds
+        if now == 0:
+            return None
         return (now - (header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)) / 1e9
+
+    def _status_prefix(self) -> str:
+        """The node's name in its /diagnostics status names, with its namespace ("a/mcn_node"; "mcn_node" at
+        the root, as diagnostic_updater names it): two namespaced nodes' statuses stay apart."""
+        return self.get_fully_qualified_name().lstrip("/")
 
     # -- diagnostics --------------------------------------------------------------------------------------
     def _publish_diagnostics(self, final: bool = False) -> None:
@@ -658,7 +668,7 @@ class McnNode(LifecycleNode):
                 "device": self._device_name(),
                 "last_error": self._last_error,
             }
-            statuses.insert(0, (f"{self.get_name()}: inference", level, message, values))
+            statuses.insert(0, (f"{self._status_prefix()}: inference", level, message, values))
         if final:
             finalized = "finalized: the node was shut down and runs nothing more"
             statuses = [(name, diagnostics.STALE, finalized, values) for name, _, _, values in statuses]
@@ -707,6 +717,12 @@ class McnNode(LifecycleNode):
             cpu_int8=self._cpu_int8,
             cuda_graphs=predictor is not None and predictor.cuda_graphs,
             cuda_graphs_possible=predictor is not None and predictor.cuda_graphs_possible,
+            omp_spinning=(
+                predictor is not None
+                and predictor.backend == "torch"
+                and predictor.device.type == "cpu"
+                and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+            ),
         )
         level, message = diagnostics.assess(
             summary,
@@ -731,7 +747,7 @@ class McnNode(LifecycleNode):
             **self._forward_option_states(),
         )
         label = f"camera {camera.name}" if camera.name else "inference"
-        return f"{self.get_name()}: {label}", level, message, values
+        return f"{self._status_prefix()}: {label}", level, message, values
 
     def _device_name(self) -> str:
         return str(self._predictor.device) if self._predictor is not None else "none"
