@@ -107,6 +107,21 @@ def test_eval_targets_are_the_letterboxed_ground_truth(data: dict[str, Path]) ->
     assert checked > 10
 
 
+def test_letterbox_padding_is_ignored_in_the_segmentation_target() -> None:
+    """Cells off the image (the letterbox's padding, large under scale augmentation) are ignored by the
+    segmentation loss, as detectron2 and torchvision pad targets; inference never maps them to a pixel.
+    They were background, which taught the mean-colour border as a class."""
+    from mcn_ros.model.labels import IGNORE_INDEX
+    from mcn_training.transforms import sample_semantic
+
+    semantic = np.ones((10, 20), np.uint8)  # class 1 everywhere on the image
+    box = letterbox_for((10, 20), (32, 32))  # 32 x 16 of image, 8 rows of padding above and below
+    target = sample_semantic(semantic, box, (32, 32), 4)
+    assert target.shape == (8, 8)
+    assert (target[:2] == IGNORE_INDEX).all() and (target[-2:] == IGNORE_INDEX).all()
+    assert (target[2:-2] == 1).all()
+
+
 def test_has_pose_from_the_keypoints_file(data: dict[str, Path], tmp_path: Path) -> None:
     """Images absent from the keypoints file (or no file at all) are not pose-labelled."""
     kp = json.loads(data["keypoints"].read_text())
@@ -257,7 +272,8 @@ def test_augmentation_moves_box_mask_and_keypoints_together(seed: int, random_cr
     transform = MultitaskTransform((64, 96), (0.5,) * 3, (0.25,) * 3, augment)
     out = transform(image, boxes, kps, semantic)
     assert out.semantic is not None and out.keypoints is not None
-    ys, xs = torch.nonzero(out.semantic > 0, as_tuple=True)
+    objects = (out.semantic > 0) & (out.semantic != 255)  # 255: ignored, the padding off the image
+    ys, xs = torch.nonzero(objects, as_tuple=True)
     if len(xs) == 0:
         return  # shifted out of view entirely
     x1, y1, x2, y2 = out.boxes[0].tolist()

@@ -33,7 +33,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from mcn_ros.model.labels import NUM_KEYPOINTS, flip_permutation
+from mcn_ros.model.labels import IGNORE_INDEX, NUM_KEYPOINTS, flip_permutation
 from mcn_ros.model.preprocess import Letterbox, letterbox_for, pixel_cells, preprocess, resized_size
 
 #: Principal components of ImageNet's RGB pixel colours (in [0, 1]) for AlexNet-style lighting noise, the
@@ -101,7 +101,7 @@ class Sample:
 
     ``image`` float [3, H, W] normalised (padding 0 = mean colour); ``boxes`` float [N, 4] (x1, y1, x2, y2);
     ``keypoints`` float [N, 17, 3] (x, y, v) or None; ``semantic`` uint8 [H/s, W/s] class map at the
-    segmentation stride ``s`` (padding 0 = background) or None; ``letterbox`` maps original to input
+    segmentation stride ``s`` (padding ignored, 255) or None; ``letterbox`` maps original to input
     pixels *before* the flip; ``flipped`` whether the sample was mirrored afterwards (``x -> W - x``).
     """
 
@@ -269,7 +269,8 @@ def sample_semantic(
     semantic: np.ndarray, letterbox: Letterbox, input_hw: Sequence[int], stride: int
 ) -> np.ndarray:
     """Class map uint8 [H/stride, W/stride] of an original class map [h, w] under ``letterbox`` (``p_in =
-    p_orig * scale + pad``); cells off the image (padding) are background 0. One gather per axis."""
+    p_orig * scale + pad``); cells off the image (padding) are ignored (IGNORE_INDEX: inference never maps
+    them back to a pixel, as detectron2 and torchvision pad targets). One gather per axis."""
     sem = np.asarray(semantic, np.uint8)
     rows, row_ok = _axis_sources(
         sem.shape[0], int(input_hw[0]) // stride, letterbox.scale_y, letterbox.pad_y, stride
@@ -278,6 +279,6 @@ def sample_semantic(
         sem.shape[1], int(input_hw[1]) // stride, letterbox.scale_x, letterbox.pad_x, stride
     )
     out = sem[rows][:, cols]
-    out[~row_ok, :] = 0
-    out[:, ~col_ok] = 0
+    out[~row_ok, :] = IGNORE_INDEX
+    out[:, ~col_ok] = IGNORE_INDEX
     return np.ascontiguousarray(out)
