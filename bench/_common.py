@@ -39,6 +39,23 @@ def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
     return provenance.versions(packages, ros=False)
 
 
+def provenance_opening(record: dict[str, Any]) -> str:
+    """The opening of a record's Markdown description: "`command` (date, commit X; cpu flags, " (the
+    caller goes on with its own settings)."""
+    host = record["machine"]
+    return (
+        f"`{record['command']}` ({record['date']}, commit {record['git_commit']}; "
+        f"{host.get('cpu')} {', '.join(host.get('cpu_flags', []))}, "
+    )
+
+
+def cpu_description(host: dict[str, Any]) -> str:
+    """A record's machine as its Markdown names it: "cpu (flags), N CPUs"."""
+    return (
+        f"{host.get('cpu', '?')} ({', '.join(host.get('cpu_flags', []))}), {host.get('affinity', '?')} CPUs"
+    )
+
+
 def pct(value: float | None) -> str:
     """A fraction as a percentage with one decimal ("n/a" for None)."""
     return "n/a" if value is None else f"{100 * value:.1f}"

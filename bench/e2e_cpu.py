@@ -54,7 +54,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from _common import PACKAGES, git_commit, machine, versions
+from _common import PACKAGES, git_commit, machine, provenance_opening, versions
 from _timing import YOLO_FAMILIES, interleaved, onnxruntime_version, stats, yolo_in_bf16, yolo_models
 
 from mcn_ros.model.backends import session_options
@@ -651,9 +651,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# End to end on the CPU: image in, results out (MCN vs YOLO26n x3)",
         "",
-        f"`{report['command']}` ({report['date']}, commit {report['git_commit']}; "
-        f"{report['machine'].get('cpu')} {', '.join(report['machine'].get('cpu_flags', []))}, "
-        f"{report['threads']} threads, {report.get('repeats', 1)} x {report['rounds']} interleaved rounds, "
+        provenance_opening(report)
+        + f"{report['threads']} threads, {report.get('repeats', 1)} x {report['rounds']} interleaved rounds, "
         f"MCN {report['mcn_config']} "
         f"({report['weights']}), score threshold {report['score_threshold']}"
         + (

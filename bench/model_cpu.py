@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import PACKAGES, git_commit, machine, versions
+from _common import PACKAGES, git_commit, machine, provenance_opening, versions
 from _timing import (
     gflops,
     interleaved,
@@ -273,9 +273,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Raw forward on the CPU: MCN, its single-task networks, YOLO nano x3",
         "",
-        f"`{report['command']}` ({report['date']}, commit {report['git_commit']}; "
-        f"{report['machine'].get('cpu')} {', '.join(report['machine'].get('cpu_flags', []))}, "
-        f"{report['threads']} threads, {report['rounds']} interleaved rounds, batch 1, fp32, random init)."
+        provenance_opening(report)
+        + f"{report['threads']} threads, {report['rounds']} interleaved rounds, batch 1, fp32, random init)."
         + (" **--quick: a check of the script, not a result.**" if report["quick"] else ""),
         "",
         f"A {2048} float32 matrix product runs at {report['matmul_gflops_per_s']} GFLOP/s here.",

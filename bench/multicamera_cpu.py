@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from _common import git_commit, machine, repo_relative, versions, write_record
+from _common import cpu_description, git_commit, machine, repo_relative, versions, write_record
 from _node_driver import Driver, node_command
 
 from mcn_ros.ros.domain import claim_domain_id
@@ -75,8 +75,7 @@ def make_weights(config_path: Path, out: Path) -> Path:
 
 
 def render(record: dict[str, Any]) -> str:
-    modes, host = record["modes"], record["machine"]
-    cpu = f"{host.get('cpu', '?')} ({', '.join(host.get('cpu_flags', []))}), {host.get('affinity', '?')} CPUs"
+    modes, cpu = record["modes"], cpu_description(record["machine"])
     lines = [
         "# Several cameras in one node (CPU)",
         "",

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import PACKAGES, git_commit, machine, repo_relative, versions, write_record
+from _common import PACKAGES, cpu_description, git_commit, machine, repo_relative, versions, write_record
 from _node_driver import Driver, node_command
 from multicamera_cpu import make_weights
 
@@ -226,8 +226,7 @@ def row(name: str, figures: dict[str, float]) -> str:
 
 
 def render(record: dict[str, Any]) -> str:
-    host = record["machine"]
-    cpu = f"{host.get('cpu', '?')} ({', '.join(host.get('cpu_flags', []))}), {host.get('affinity', '?')} CPUs"
+    cpu = cpu_description(record["machine"])
     predict, node = record["predict"], record["node_lockstep"]
     low, high = record["overhead_ratio_ci95"]
     return "\n".join(

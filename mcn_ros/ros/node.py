@@ -115,11 +115,8 @@ class McnNode(LifecycleNode):
         self._last_error = ""
 
         self._declare_parameters()
-        # rclpy keeps the values of parameter files and -p in a private dict (no public accessor, Humble to
-        # Kilted); without it there is just no warning.
-        given = getattr(self, "_parameter_overrides", {})
         # Every declared name: the empty prefix matches all (Humble's rclpy has no list_parameters).
-        unknown = unknown_parameters(given, self.get_parameters_by_prefix(""))
+        unknown = unknown_parameters(self._given_parameters, self.get_parameters_by_prefix(""))
         if unknown is not None:
             self.get_logger().warning(unknown)
         self._frame_settings = self._read_frame_settings()
@@ -153,10 +150,9 @@ class McnNode(LifecycleNode):
         except (InvalidParameterTypeException, InvalidParameterValueException) as error:
             # rclpy's own text (a range from the descriptor) wraps the reason in its boilerplate: name the
             # given values the table refuses, as a set-callback's refusal does.
-            given = getattr(self, "_parameter_overrides", {})
             problems = [
                 problem
-                for name, parameter in sorted(given.items())
+                for name, parameter in sorted(self._given_parameters.items())
                 if name in BY_NAME and (problem := invalid_value(BY_NAME[name], parameter.value)) is not None
             ]
             raise StartupError("; ".join(problems) or str(error)) from error
@@ -317,9 +313,8 @@ class McnNode(LifecycleNode):
 
         names = [str(name) for name in self.get_parameter("cameras").value] or [""]
         self._cameras = {name: Camera(name) for name in names}
-        resolve = getattr(self, "resolve_topic_name", None)  # as in _resolve
-        remapped = resolve("image") if resolve is not None else None
-        if names != [""] and resolve is not None and remapped != resolve("image", only_expand=True):
+        remapped = self._resolve("image")
+        if names != [""] and remapped != self._resolve("image", only_expand=True):
             cameras = ", ".join(f"{name}/image" for name in names)
             self.get_logger().warning(
                 f"the remapping of 'image' (to {remapped}) is unused: with named cameras each listens on "
@@ -385,9 +380,7 @@ class McnNode(LifecycleNode):
         self._start_inference_thread()
         self._jobs.put((lambda: None, Future()))  # wakes the thread from its inactive wait for jobs now
         self.get_logger().info(f"active: listening on {', '.join(topics)}")
-        unused = unused_qos_overrides(
-            getattr(self, "_parameter_overrides", {}), self.get_parameters_by_prefix("")
-        )
+        unused = unused_qos_overrides(self._given_parameters, self.get_parameters_by_prefix(""))
         if unused is not None:
             self.get_logger().warning(unused, once=True)
 
@@ -436,12 +429,19 @@ class McnNode(LifecycleNode):
         """Whether parameter files or -p gave ``qos_overrides.<topic>.<entity>.*`` values (``entity``:
         publisher or subscription) for the topic, resolved as rclpy names it."""
         prefix = f"qos_overrides.{self._resolve(topic)}.{entity}."
-        return any(name.startswith(prefix) for name in getattr(self, "_parameter_overrides", {}))
+        return any(name.startswith(prefix) for name in self._given_parameters)
 
-    def _resolve(self, topic: str) -> str:
-        """Fully qualified (possibly remapped) topic name, so that '<image>/compressed' follows remaps."""
+    @property
+    def _given_parameters(self) -> dict[str, Parameter[Any]]:
+        """The values parameter files and -p gave, by name. rclpy keeps them in a private dict (no public
+        accessor, Humble to Kilted); without it the checks that read them find nothing."""
+        return dict(getattr(self, "_parameter_overrides", {}))
+
+    def _resolve(self, topic: str, only_expand: bool = False) -> str:
+        """Fully qualified (and remapped, unless ``only_expand``) topic name, so that '<image>/compressed'
+        follows remaps; ``topic`` itself where rclpy cannot resolve names."""
         resolve = getattr(self, "resolve_topic_name", None)
-        return str(resolve(topic)) if resolve is not None else topic
+        return str(resolve(topic, only_expand=only_expand)) if resolve is not None else topic
 
     # -- hot path -----------------------------------------------------------------------------------------
     def _image_callback(self, camera: Camera, compressed: bool) -> Any:

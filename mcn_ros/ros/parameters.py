@@ -238,18 +238,22 @@ REMOVED = {"half": "replaced by precision (half:=true was precision:=fp16)"}
 QOS_OVERRIDES_PREFIX = "qos_overrides."
 
 
+def _undeclared(given: Iterable[str], declared: Iterable[str], qos_overrides: bool) -> list[str]:
+    """The ``given`` names no ``declared`` one takes, sorted: the ``qos_overrides.*`` ones, or the others."""
+    known = set(declared)
+    return sorted(n for n in set(given) - known if n.startswith(QOS_OVERRIDES_PREFIX) == qos_overrides)
+
+
 def unknown_names(given: Iterable[str], declared: Iterable[str]) -> list[str]:
     """The ``given`` parameter names that no ``declared`` one takes, sorted; ``qos_overrides.*`` are left
     out (:func:`unused_qos_overrides` checks them once the node is active)."""
-    known = set(declared)
-    return sorted(n for n in set(given) - known if not n.startswith(QOS_OVERRIDES_PREFIX))
+    return _undeclared(given, declared, qos_overrides=False)
 
 
 def unused_qos_overrides(given: Iterable[str], declared: Iterable[str]) -> str | None:
     """A warning naming the ``given`` ``qos_overrides.*`` values that no publisher or subscription of the
     active node took (a topic or policy misspelt, a task the weights lack), or None."""
-    known = set(declared)
-    unused = sorted(n for n in set(given) - known if n.startswith(QOS_OVERRIDES_PREFIX))
+    unused = _undeclared(given, declared, qos_overrides=True)
     if not unused:
         return None
     return (
