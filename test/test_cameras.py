@@ -233,6 +233,8 @@ def test_three_cameras_of_different_sizes_in_one_node(tmp_path: Path) -> None:
             name: image_message(images[name], stamp=(10 + i, 5), frame=f"{name}_optical")
             for i, name in enumerate(CAMERAS)
         }
+        # One camera sends BGR: a batch then mixes colour orders, which the node converts to one.
+        frames["back"] = image_message(images["back"][..., ::-1].copy(), "bgr8", (12, 5), "back_optical")
         frames["spare"] = image_message(camera_image(32, 32, seed=9), stamp=(99, 0), frame="spare_optical")
 
         def all_answered() -> bool:
@@ -279,7 +281,7 @@ def test_three_cameras_of_different_sizes_in_one_node(tmp_path: Path) -> None:
         bad.encoding = "yuv_unheard_of"
         frames = {**frames, "left": bad}
         frames["front"] = image_message(images["front"], stamp=(78, 0), frame="front_optical")
-        frames["back"] = image_message(images["back"], stamp=(79, 0), frame="back_optical")
+        frames["back"] = image_message(images["back"][..., ::-1].copy(), "bgr8", (79, 0), "back_optical")
         c.clear()
 
         def others_served_left_rejected() -> bool:

@@ -226,3 +226,29 @@ def test_cpu_uint8_resize_matches_the_float_resize(size: tuple[int, int]) -> Non
     difference = (batch[0] * 255 - expected).abs()
     assert float(difference.max()) <= 1.0 + 1e-4
     assert float(difference.mean()) < 0.5
+
+
+def test_cpu_preprocess_is_the_same_for_every_memory_layout_of_an_image() -> None:
+    """A camera frame arrives as a contiguous array, a view with padded rows (a raw message's ``step``), a
+    read-only view, or with reversed channels or columns; each is letterboxed to exactly the batch of the
+    same pixels in a plain RGB array (padding 0, each image its own region), in either colour order."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (70, 50, 3), dtype=np.uint8)
+    reference, reference_boxes = preprocess([image, other], (64, 64), IMAGENET_MEAN, IMAGENET_STD)
+    padded_rows = np.pad(image, ((0, 0), (0, 6), (0, 0)))[:, :70]
+    read_only = image.copy()
+    read_only.setflags(write=False)
+    for view in (padded_rows, read_only, np.ascontiguousarray(image[:, ::-1])[:, ::-1]):
+        batch, boxes = preprocess([view, other], (64, 64), IMAGENET_MEAN, IMAGENET_STD)
+        assert torch.equal(batch, reference) and boxes == reference_boxes
+    bgr_rows = np.pad(image[..., ::-1], ((0, 0), (0, 6), (0, 0)))[:, :70]
+    for bgr in (image[..., ::-1], np.ascontiguousarray(image[..., ::-1]), bgr_rows):
+        pair = [bgr, other[..., ::-1]]
+        batch, _ = preprocess(pair, (64, 64), IMAGENET_MEAN, IMAGENET_STD, color_order="bgr")
+        assert torch.equal(batch, reference)
+    # Each image in its own region: the wide one padded above and below, the tall one left and right.
+    first, second = reference_boxes
+    assert (first.pad_x, first.pad_y) == (0.0, 9.0) and (second.pad_x, second.pad_y) == (9.0, 0.0)
+    assert torch.all(reference[0, :, :9] == 0) and torch.all(reference[1, :, :, :9] == 0)
+    assert torch.all(reference[0, :, 9:55].abs().sum(dim=0) > 0)

@@ -347,10 +347,12 @@ def test_parameters_change_at_run_time_and_bad_values_are_refused(running: tuple
     assert "configure" in c.set_parameters(weights="/elsewhere.safetensors")[0].reason
 
     assert c.set_parameters(score_threshold=SCORE, tasks=["segmentation"])[0].successful
-    _settle(c, image, "segmentation")  # a frame of the threshold 1 may still publish its detections
-    assert c.publish_until(image, lambda: bool(c.messages("segmentation")), 30)
+    # Frames sent after the change carry their own stamp: a frame of the old settings still in flight may
+    # publish detections of stamp 7 late (it did on a loaded machine), never of stamp 8.
+    later = image_message(test_image(), stamp=(8, 0))
+    assert c.publish_until(later, lambda: bool(c.stamped("segmentation", 8)), 30)
     time.sleep(1.0)
-    assert not c.messages("detections") and not c.messages("poses")  # detection and pose switched off
+    assert not c.stamped("detections", 8) and not c.stamped("poses", 8)  # detection and pose switched off
     assert c.set_parameters(tasks=["detection", "pose", "segmentation"])[0].successful
 
 

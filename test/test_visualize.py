@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mcn_ros.model.results import Detections, Results
 from mcn_ros.visualize import color_palette, colorize, draw_results
@@ -66,3 +67,29 @@ def test_boxes_and_keypoints_are_drawn_on_the_pixels_they_cover() -> None:
     drawn = draw_results(image, Results(image_size=(40, 60), poses=poses), ["person"], color_palette(1), 0.5)
     columns = np.flatnonzero(drawn[30].any(axis=1))
     assert (columns.min() + columns.max()) / 2 == 45  # a disc centred on pixel 45
+
+
+def test_a_bgr_image_is_drawn_as_its_rgb_copy() -> None:
+    """``color_order="bgr"``: the picture is the one drawn on the RGB image (the node's and the replay video's
+    BGR frames), a new C-contiguous array; the input is left alone, a row-padded view included."""
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    class_map = np.zeros((30, 40), np.uint8)
+    class_map[5:15, 10:30] = 2
+    detections = Detections(
+        boxes=np.array([[3.0, 4.0, 20.0, 25.0]], np.float32),
+        scores=np.array([0.8], np.float32),
+        class_ids=np.array([1]),
+    )
+    results = Results(image_size=(30, 40), detections=detections, segmentation=class_map)
+    palette = color_palette(3)
+    expected = draw_results(rgb, results, ["a", "b", "c"], palette)
+    bgr_rows = np.pad(np.ascontiguousarray(rgb[..., ::-1]), ((0, 0), (0, 2), (0, 0)))[:, :40]
+    for bgr in (np.ascontiguousarray(rgb[..., ::-1]), rgb[..., ::-1], bgr_rows):
+        before = bgr.copy()
+        drawn = draw_results(bgr, results, ["a", "b", "c"], palette, color_order="bgr")
+        np.testing.assert_array_equal(drawn, expected)
+        assert drawn.flags.c_contiguous and not np.shares_memory(drawn, bgr)
+        np.testing.assert_array_equal(bgr, before)
+    with pytest.raises(ValueError, match="color_order"):
+        draw_results(rgb, results, ["a", "b", "c"], palette, color_order="rgba")

@@ -118,6 +118,7 @@ def annotated_frames(
     palette = color_palette(max(len(classes.detection or []), len(classes.segmentation or []), 1))
     for frame in camera.frames:
         pixels, order = camera.pixels(frame)
-        rgb = np.ascontiguousarray(pixels if order == "rgb" else pixels[:, :, ::-1])
-        results = confident(found.get(frame.stamp_ns) or Results(image_size=rgb.shape[:2]), display_score)
-        yield draw_results(rgb, results, classes.detection or [], palette, keypoint_threshold)
+        results = confident(found.get(frame.stamp_ns) or Results(image_size=pixels.shape[:2]), display_score)
+        yield draw_results(
+            pixels, results, classes.detection or [], palette, keypoint_threshold, color_order=order
+        )

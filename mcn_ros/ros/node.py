@@ -37,6 +37,7 @@ from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from mcn_ros.model.color_order import to_rgb
 from mcn_ros.ros import diagnostics
 from mcn_ros.ros.batching import CameraSlots
 from mcn_ros.ros.cameras import Camera
@@ -588,7 +589,7 @@ class McnNode(LifecycleNode):
     ) -> None:
         """One forward pass for the frames of ``members`` (cameras wanting ``tasks``), then publish each."""
         if len({order for *_, order in members}) > 1:  # the model runtime takes one colour order per call
-            members = [(c, f, p if o == "rgb" else p[:, :, ::-1].copy(), "rgb") for c, f, p, o in members]
+            members = [(c, f, to_rgb(p, o), "rgb") for c, f, p, o in members]
         inference_started = monotonic()
         try:
             results = predictor.predict(

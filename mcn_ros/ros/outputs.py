@@ -169,10 +169,10 @@ class Outputs:
                 if shown:
                     publishers["segmentation_color"].publish(messages.image_message(header, color, "rgb8"))
         if debug:
-            rgb = pixels if color_order == "rgb" else pixels[:, :, ::-1]
             detection = self.config.detection if self.config is not None else None
             classes = detection.classes if detection is not None else ()
             drawn = draw_results(
-                rgb, results, classes, self.palette, settings.keypoint_threshold, segmentation_rgb=color
-            )
+                pixels, results, classes, self.palette, settings.keypoint_threshold, segmentation_rgb=color,
+                color_order=color_order,
+            )  # fmt: skip
             publishers["debug_image"].publish(messages.image_message(header, drawn, "rgb8"))
