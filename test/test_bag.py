@@ -409,6 +409,79 @@ def test_ground_truth_that_does_not_match(
     truth.coco()  # draws
 
 
+def test_a_compressed_bag_is_checked_against_the_sizes_of_its_ground_truth(
+    coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Compressed frames had no size (0x0), so a ground truth of other sizes went through unchecked and
+    scored AP 0 without a word; the size now comes from the JPEG header, and the bag is refused as a raw one
+    is."""
+    bag = camera_bag(coco, tmp_path / "jpeg", compressed=True)
+    camera = read_camera_bag(bag)
+    assert [(f.height, f.width) for f in camera.frames] == [(96, 128)] * 4
+    read_ground_truth(bag).check_matches(camera)  # its own ground truth matches
+    data = json.loads((bag / "ground_truth.json").read_text())
+    for entry in data["coco"]["images"]:
+        entry["height"], entry["width"] = 2 * entry["height"], 2 * entry["width"]
+    doubled = tmp_path / "gt_x2.json"
+    doubled.write_text(json.dumps(data))
+    argv = ["replay", "--bag", str(bag), "--ground-truth", str(doubled), "--out", str(tmp_path / "o")]
+    _fails(capsys, argv, "does not match", "is 128x96 but image 1 is 256x192")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_compressed_frame_of_another_format_keeps_an_unknown_size(tmp_path: Path) -> None:
+    """A format whose header is not read (here BMP) keeps 0x0: its size is not checked, as before."""
+    types = typestore().types
+    messages = []
+    for index in range(2):
+        header = types["std_msgs/msg/Header"](
+            stamp=types["builtin_interfaces/msg/Time"](sec=1, nanosec=index), frame_id="camera"
+        )
+        data = cv2.imencode(".bmp", np.zeros((8, 8, 3), np.uint8))[1].reshape(-1)
+        messages.append(
+            (index, types["sensor_msgs/msg/CompressedImage"](header=header, format="bmp", data=data))
+        )
+    bag = write_bag(tmp_path / "bmp", "/cam/compressed", "sensor_msgs/msg/CompressedImage", messages)
+    assert [(f.height, f.width) for f in read_camera_bag(bag).frames] == [(0, 0), (0, 0)]
+
+
+def _camera_topic_with_a_string_connection(path: Path) -> Path:
+    """A bag whose /camera/image_raw has an Image connection and a std_msgs/String one (two publishers)."""
+    from rosbags.rosbag2 import Writer
+
+    from mcn_ros.bag.bagio import serialize
+
+    store = typestore()
+    pixels = np.zeros((8, 10, 3), np.uint8)
+    with Writer(path, version=9) as writer:
+        frames = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=store)
+        text = writer.add_connection("/camera/image_raw", "std_msgs/msg/String", typestore=store)
+        for index in range(3):
+            stamp = START_NS + index * 100_000_000
+            writer.write(frames, stamp, serialize(image(stamp, pixels), "sensor_msgs/msg/Image"))
+            string = store.types["std_msgs/msg/String"](data=f"note {index}")
+            writer.write(text, stamp + 1, serialize(string, "std_msgs/msg/String"))
+    return path
+
+
+def test_a_camera_topic_with_a_connection_of_another_type(tmp_path: Path) -> None:
+    """Without --topic such a bag was read (the String connection skipped) and replayed, then evaluation,
+    which names the topic, refused it; with --topic it was refused at once. Decided once, when the bag is
+    read: the camera frames are used, the other connections named in one warning, with or without a topic."""
+    bag = _camera_topic_with_a_string_connection(tmp_path / "mixed")
+    found = []
+    for topic in (None, "/camera/image_raw"):
+        with pytest.warns(UserWarning) as caught:
+            camera = read_camera_bag(bag, topic)
+        (warning,) = caught
+        assert "/camera/image_raw also has 3 message(s) of std_msgs/msg/String; left out" in str(
+            warning.message
+        )
+        assert camera.msgtype == "sensor_msgs/msg/Image"
+        found.append([(f.stamp_ns, f.height, f.width) for f in camera.frames])
+    assert found[0] == found[1] == [(START_NS + i * 100_000_000, 8, 10) for i in range(3)]
+
+
 def test_duplicate_stamps_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pixels = np.zeros((8, 8, 3), np.uint8)
     twice = write_bag(
@@ -440,8 +513,29 @@ def test_bad_numbers_are_refused_before_anything_runs(
     with pytest.raises(SystemExit) as exited:
         main([*argv, "--out", str(tmp_path / "o"), option, value])
     assert exited.value.code == 2
-    assert option in capsys.readouterr().err
+    (err,) = capsys.readouterr().err.strip().splitlines()  # one line, no usage block before it
+    assert err.startswith("python -m mcn_ros.bag run: error: argument " + option), err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["replay", "--bag", "b", "--out", "o", "--rate-factor", "0"], ["replay", "--bag", "b"],
+     ["evaluate", "--ap-tolerance", "-1"], ["make", "--out", "o", "--rate", "0"], ["make", "--coco", "c"],
+     ["run", "--bag", "b", "--weights", "w", "--out", "o", "--pace", "slow"], ["nosuch"], []],
+)  # fmt: skip
+def test_argument_errors_are_one_line_for_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """`--rate-factor 0` printed argparse's 11-15 line usage block before its error line; the docs promise
+    one line (and exit 2) for every error."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    command = f" {argv[0]}" if argv and argv[0] != "nosuch" else ""
+    assert err.startswith(f"python -m mcn_ros.bag{command}: error: "), err
+    assert err.endswith(f"(see python -m mcn_ros.bag{command} --help)"), err
 
 
 def test_run_refuses_a_node_parameter_the_node_does_not_have() -> None:
@@ -468,6 +562,43 @@ def test_make_refuses_a_max_images_that_is_not_a_count(
     with pytest.raises(SystemExit) as exited:
         main(["make", "--coco", str(tmp_path), "--out", str(tmp_path / "bag"), "--max-images", value])
     assert exited.value.code == 2 and "--max-images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "phrases"),
+    [(["--start", "3000000000"], ["start 3000000000.0 s", "4 frames at 10 Hz", "3000000000.300000000 s",
+                                  "latest header stamp 2147483647.999999999 s"]),
+     (["--start", "2147483647.9", "--rate", "1"], ["would be stamped 2147483650.900000000 s"]),
+     (["--rate", "5e9"], ["rate 5e+09 Hz", "rounds to 0", "below 2e9 Hz"]),
+     (["--rate", "2e9"], ["rounds to 0"])],
+)  # fmt: skip
+def test_make_refuses_stamps_a_header_cannot_hold(
+    coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], phrases: list[str]
+) -> None:
+    """`--start 3000000000` was a struct.error traceback (a header's sec is an int32), and `--rate 5e9` wrote
+    frames of one stamp (the period rounded to 0 ns) that `run` refused later; both are refused up front."""
+    out = tmp_path / "bag"
+    _fails(capsys, ["make", "--coco", str(coco), "--out", str(out), *options], *phrases)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("start", ["-1", "nan", "inf"])
+def test_make_refuses_a_negative_start(
+    coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], start: str
+) -> None:
+    """`--start -1` was an OverflowError traceback: refused by the parser, the option named, one line."""
+    with pytest.raises(SystemExit) as exited:
+        main(["make", "--coco", str(coco), "--out", str(tmp_path / "bag"), "--start", start])
+    assert exited.value.code == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "argument --start" in err and "at least 0" in err
+    assert not (tmp_path / "bag").exists()
+
+
+def test_make_takes_the_last_stamp_a_header_holds(coco: Path, tmp_path: Path) -> None:
+    out = camera_bag(coco, tmp_path / "bag", start_s=2147483647.5, rate_hz=10.0)
+    stamps = [f.stamp_ns for f in read_camera_bag(out).frames]  # 4 frames, the last at .8 s
+    assert stamps == [2147483647_500_000_000 + i * 100_000_000 for i in range(4)]
 
 
 def test_make_checks_the_annotations_first(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from bagtools import with_exif_orientation
 
-from mcn_ros.ros.images import ImageError, compressed_to_array, image_to_array
+from mcn_ros.ros.images import ImageError, compressed_size, compressed_to_array, image_to_array
 
 
 def msg(pixels: np.ndarray, encoding: str, step: int | None = None, bigendian: int = 0) -> SimpleNamespace:
@@ -177,3 +177,16 @@ def test_the_jpeg_size_is_read_past_long_metadata() -> None:
             compressed_to_array(message, max_pixels=1000)
     finally:
         cv2.imdecode = original
+
+
+def test_the_size_of_a_compressed_frame_is_read_from_its_header() -> None:
+    """Public for the rosbag tools (a compressed bag's frame sizes are checked against its ground truth):
+    bytes, a memoryview or a uint8 array; None for a format it cannot read."""
+    for ext in (".jpg", ".png"):
+        encoded = cv2.imencode(ext, RGB)[1]
+        for data in (encoded, encoded.tobytes(), memoryview(encoded.tobytes())):
+            assert compressed_size(data) == (6, 10), (ext, type(data))
+    assert compressed_size(cv2.imencode(".bmp", RGB)[1].tobytes()) is None
+    assert compressed_size(b"\xff\xd8garbage" * 5) is None
+    with pytest.raises(ImageError, match="IHDR"):
+        compressed_size(b"\x89PNG\r\n\x1a\n" + bytes(8) + b"XXXX" + bytes(8))

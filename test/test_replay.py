@@ -428,11 +428,17 @@ def test_weights_that_fail_to_load_in_the_node(inputs: dict[str, Path], tmp_path
 
 
 def test_a_frame_the_node_never_answers(tmp_path: Path, inputs: dict[str, Path]) -> None:
-    """Lockstep: frame 1 is refused by the node (unsupported encoding): the timeout names the topics."""
+    """Lockstep: frame 1 is refused by the node (unsupported encoding): the timeout names the topics; the
+    frames kept are those sent (frames 2 and 3 never were, and are not listed as sent at 0 s)."""
     rng = np.random.default_rng(1)
     good = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
     odd = rng.random((48, 64), dtype=np.float32)
-    frames = [(10**9, good, "rgb8"), (2 * 10**9, odd, "32FC1"), (3 * 10**9, good, "rgb8")]
+    frames = [
+        (10**9, good, "rgb8"),
+        (2 * 10**9, odd, "32FC1"),
+        (3 * 10**9, good, "rgb8"),
+        (4 * 10**9, good, "rgb8"),
+    ]
     bag = write_bag(
         tmp_path / "odd", "/cam", "sensor_msgs/msg/Image", [(t, image(t, p, e)) for t, p, e in frames]
     )
@@ -450,7 +456,8 @@ def test_a_frame_the_node_never_answers(tmp_path: Path, inputs: dict[str, Path])
     answered = read_output_bag(kept / "lockstep" / "outputs")  # frame 0's outputs, a readable bag
     assert [m.stamp_ns for m in answered.messages["/mcn_node/detections"]] == [10**9]
     records = [json.loads(line) for line in (kept / "lockstep" / "frames.jsonl").read_text().splitlines()]
-    assert [r["stamp_ns"] for r in records] == [t for t, _, _ in frames]
+    assert [r["stamp_ns"] for r in records] == [t for t, _, _ in frames[:2]]
+    assert 0 < records[0]["send_s"] < records[1]["send_s"]
     assert all(records[0]["arrival_s"].values()) and not any(records[1]["arrival_s"].values())
 
 
@@ -562,3 +569,33 @@ def test_the_link_sees_the_node_publishers_with_and_without_matched_counts(
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_a_run_evaluated_again_where_its_bag_is_not_keeps_its_report(run_dir: Path, tmp_path: Path) -> None:
+    """A run evaluated again in its own folder on a machine without its bag and weights (replayed on a
+    robot, evaluated on a laptop): its accuracy, video and frame strip cannot be made again, so the report
+    is left as it was, with one line saying why; --overwrite replaces it."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    gone = tmp_path / "gone" / "bag"
+    for info in copy.glob("*/replay.json"):
+        replay = read_json(info)
+        replay["input"].update(bag=str(gone), ground_truth=str(gone / "ground_truth.json"))
+        replay["node"]["parameters"]["weights"] = "/robot/ws/model.safetensors"
+        info.write_text(json.dumps(replay))
+    before = {path.name: path.read_bytes() for path in copy.iterdir() if path.is_file()}
+    assert {"report.json", "replay.mp4", "frames.png"} <= set(before)
+    error = _one_line_error(main("evaluate", str(copy)))
+    assert "bbox AP (headline)" in error and "replay.mp4" in error and "frames.png" in error, error
+    assert f"the input bag {gone} is not on this machine" in error and "--overwrite" in error, error
+    assert {path.name: path.read_bytes() for path in copy.iterdir() if path.is_file()} == before
+    code, _, err = main("evaluate", str(copy), "--overwrite")
+    assert code == 0, err
+    report = read_json(copy / "report.json")
+    assert report["bbox_AP"] is None and not (copy / "replay.mp4").exists()
+    bag_notes = [note for note in report["notes"] if str(gone) in note]
+    assert bag_notes == [
+        f"accuracy not evaluated: the input bag {gone} is not on this machine (pass --ground-truth)"
+    ]

@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mcn_ros.bag import BagError
 from mcn_ros.cli_types import integer_at_least
@@ -59,8 +59,18 @@ def _add_baseline(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as every other error of this command line: the usage
+    block argparse prints first is left out, ``--help`` points to it (subcommands' parsers are of this class
+    too)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Rosbag replay evaluation of the mcn_ros node.")
+    parser = _OneLineErrors(prog=PROG, description="Rosbag replay evaluation of the mcn_ros node.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     make = commands.add_parser("make", help="COCO-format images -> a camera bag with its ground truth")
@@ -82,7 +92,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     make.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     make.add_argument("--max-images", type=integer_at_least(1), help="first N images (by id) only")
     make.add_argument(
-        "--start", type=float, default=1_700_000_000.0, help="first header stamp, s (fixed default)"
+        "--start",
+        type=_tolerance,
+        default=1_700_000_000.0,
+        help="first header stamp, s (fixed default 1700000000); the last frame's must be before 2^31 s "
+        "(a header's sec is an int32)",
     )
     make.add_argument("--overwrite", action="store_true", help="replace --out if it exists (at the end)")
 
@@ -123,6 +137,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--no-direct", action="store_true", help="skip the model-runtime-alone figures")
     evaluate.add_argument("--report-dir", type=Path, help="where report.json/.md go (default: the folder)")
+    evaluate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a report whose figures or video this evaluation cannot make again (refused otherwise)",
+    )
     _add_baseline(evaluate)
 
     run = commands.add_parser("run", help="start the node, replay (lockstep, rate), evaluate, report")
@@ -270,7 +289,7 @@ def _print_summary(summary: dict[str, Any], files: dict[str, Path], regressions:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mcn_ros.bag.evaluate import evaluate_run
+    from mcn_ros.bag.evaluate import evaluate_run, would_lose
 
     if args.path is None and args.outputs is None:
         raise BagError("give a run / replay folder, or --outputs BAG --ground-truth GT")
@@ -285,6 +304,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         direct=not args.no_direct,
         outputs_under=args.outputs_under,
     )
+    lost = would_lose(folder, evaluation)
+    if lost and not args.overwrite:  # e.g. a run evaluated again where its bag and weights are not
+        why = "; ".join(evaluation.summary.get("notes", [])) or "its notes say why"
+        raise BagError(
+            f"{folder} holds a report with {', '.join(lost)}, which this evaluation cannot make again "
+            f"({why}); nothing written: give what it needs, another --report-dir, or --overwrite"
+        )
     files, regressions = _finish_report(folder, evaluation, args)
     return _print_summary(evaluation.summary, files, regressions)
 

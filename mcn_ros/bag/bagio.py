@@ -2,7 +2,9 @@
 
 - :func:`read_camera_bag` loads every frame of a camera topic into memory (serialized, ready to publish), and
   refuses, with one message naming the problem, a missing bag, a truncated or corrupt one, a bag without
-  the camera topic or with a topic of another type, and frames with duplicate header stamps.
+  the camera topic or with a topic of another type, and frames with duplicate header stamps. Connections of
+  another type on the camera topic (a second publisher of, say, std_msgs/String) are left out with one
+  warning, whether the topic was named or found.
 - :class:`OutputBagWriter` writes serialized messages under their message types with the standard
   definitions and RIHS01 hashes (:mod:`mcn_ros.bag.typestore`), so ``ros2 bag info`` / ``play`` read them.
 - :func:`read_output_bag` reads the node's outputs back, deserialized and keyed by header stamp.
@@ -22,6 +24,7 @@ import os
 import shutil
 import struct
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +114,7 @@ class CameraFrame:
     stamp_ns: int
     log_time_ns: int
     data: bytes
-    height: int = 0  # 0: unknown without decoding (CompressedImage)
+    height: int = 0  # 0: unknown (a CompressedImage neither JPEG nor PNG, or without a readable header)
     width: int = 0
 
 
@@ -147,23 +150,30 @@ class CameraBag:
 
 
 def read_camera_bag(path: str | Path, topic: str | None = None) -> CameraBag:
-    """Load every message of the camera topic (``topic``, or the bag's only Image/CompressedImage topic)."""
+    """Load every message of the camera topic (``topic``, or the bag's only Image/CompressedImage topic).
+
+    Only the topic's Image/CompressedImage connections are read, whether ``topic`` is given or found: one
+    warning names the connections of other types on it (they are neither replayed nor evaluated), and a
+    topic with none of a camera type is refused. A CompressedImage frame's size is read from its JPEG/PNG
+    header (0x0 when it has none that can be read: its size is then not checked against the ground truth).
+    """
     path = Path(path)
     store = typestore()
     with open_bag(path) as reader:
         connections = reader.connections
         if topic is not None:
-            chosen = [c for c in connections if c.topic == topic]
-            if not chosen:
+            on_topic = [c for c in connections if c.topic == topic]
+            if not on_topic:
                 raise BagError(f"bag {path} has no topic {topic} (topics: {_topics_listing(reader)})")
-            wrong = [c.msgtype for c in chosen if c.msgtype not in CAMERA_TYPES]
-            if wrong:
+            chosen = [c for c in on_topic if c.msgtype in CAMERA_TYPES]
+            if not chosen:
                 raise BagError(
-                    f"topic {topic} in bag {path} is {wrong[0]}, expected one of {', '.join(CAMERA_TYPES)}"
+                    f"topic {topic} in bag {path} is {on_topic[0].msgtype}, expected one of "
+                    f"{', '.join(CAMERA_TYPES)}"
                 )
         else:
-            chosen = [c for c in connections if c.msgtype in CAMERA_TYPES]
-            names = sorted({c.topic for c in chosen})
+            cameras = [c for c in connections if c.msgtype in CAMERA_TYPES]
+            names = sorted({c.topic for c in cameras})
             if not names:
                 raise BagError(
                     f"bag {path} has no camera topic ({' or '.join(CAMERA_TYPES)}); "
@@ -174,6 +184,19 @@ def read_camera_bag(path: str | Path, topic: str | None = None) -> CameraBag:
                     f"bag {path} has several camera topics ({', '.join(names)}): choose one with --topic"
                 )
             topic = names[0]
+            on_topic = [c for c in connections if c.topic == topic]
+            chosen = [c for c in on_topic if c.msgtype in CAMERA_TYPES]
+        others = [c for c in on_topic if c.msgtype not in CAMERA_TYPES]
+        if others:
+            counts: dict[str, int] = {}
+            for c in others:
+                counts[c.msgtype] = counts.get(c.msgtype, 0) + c.msgcount
+            listing = ", ".join(f"{n} message(s) of {t}" for t, n in sorted(counts.items()))
+            warnings.warn(
+                f"bag {path}: topic {topic} also has {listing}; left out (only its "
+                f"{' / '.join(sorted({c.msgtype for c in chosen}))} frames are replayed and evaluated)",
+                stacklevel=2,
+            )
         msgtypes = {c.msgtype for c in chosen}
         if len(msgtypes) > 1:
             raise BagError(f"topic {topic} in bag {path} has several types: {', '.join(sorted(msgtypes))}")
@@ -191,7 +214,10 @@ def read_camera_bag(path: str | Path, topic: str | None = None) -> CameraBag:
                     )
                 seen[stamp] = index
                 camera.frame_id = camera.frame_id or str(message.header.frame_id)
-                height, width = (0, 0) if camera.compressed else (int(message.height), int(message.width))
+                if camera.compressed:
+                    height, width = _compressed_size(message)
+                else:
+                    height, width = int(message.height), int(message.width)
                 camera.frames.append(CameraFrame(stamp, int(log_time), bytes(raw), height, width))
         except BagError:
             raise
@@ -208,6 +234,17 @@ def read_camera_bag(path: str | Path, topic: str | None = None) -> CameraBag:
     if not camera.frames:
         raise BagError(f"bag {path}: topic {topic} has no messages")
     return camera
+
+
+def _compressed_size(message: Any) -> tuple[int, int]:
+    """(height, width) of a CompressedImage from its JPEG/PNG header; (0, 0) when that cannot be read."""
+    from mcn_ros.ros.images import ImageError, compressed_size
+
+    try:
+        size = compressed_size(message.data)
+    except ImageError:  # a corrupt header: the node refuses the frame when it is replayed
+        return 0, 0
+    return size if size is not None else (0, 0)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from mcn_ros.bag import BagError
+from mcn_ros.bag._util import ACCURACY_KEYS, finite_number
 from mcn_ros.bag.accuracy import (
     TASK_OF,
     Classes,
@@ -110,7 +111,11 @@ def evaluate_run(
     gt: GroundTruth | None = None
     # What the replay was given: its --ground-truth, or the bag's own file (read below as the bag's).
     recorded = source.get("ground_truth")
-    own = input_bag is not None and Path(recorded or "") == sidecar_path(input_bag).resolve()
+    # (The bag folder may be gone from this machine: its own file was <bag>/ground_truth.json.)
+    own = input_bag is not None and Path(recorded or "") in (
+        sidecar_path(input_bag).resolve(),
+        (Path(input_bag) / SIDECAR).resolve(),
+    )
     if ground_truth is None and recorded and not own:
         if Path(recorded).is_file():
             ground_truth = recorded
@@ -123,9 +128,8 @@ def evaluate_run(
     elif input_bag is not None and sidecar_path(input_bag).is_file():
         gt = read_ground_truth(input_bag)
     elif input_bag is not None:
-        notes.append(
-            f"accuracy not evaluated: the input bag {input_bag} has no {SIDECAR} (pass --ground-truth)"
-        )
+        lacks = f"has no {SIDECAR}" if Path(input_bag).is_dir() else "is not on this machine"
+        notes.append(f"accuracy not evaluated: the input bag {input_bag} {lacks} (pass --ground-truth)")
     else:
         raise BagError(
             "no ground truth: pass --ground-truth (a bag folder with ground_truth.json, or the file)"
@@ -307,6 +311,31 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
             f"({', '.join(key for _, key in ACCURACY_KEYS)}, latency_ms)"
         )
     return data
+
+
+def would_lose(folder: str | Path, evaluation: Evaluation) -> list[str]:
+    """What the report already in ``folder`` holds that ``evaluation`` would not write again: accuracy
+    figures it cannot score (no ground truth, no weights here), the video and frame strip it cannot draw (the
+    input bag is not here). Empty when there is no readable report."""
+    from mcn_ros.bag.report import REPORT_FILES
+
+    try:
+        before = json.loads((Path(folder) / REPORT_FILES["json"]).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    if not isinstance(before, dict):
+        return []
+    lost = [
+        f"{label} ({name})"
+        for prefix, name in (("", "headline"), ("loaded_", "under load"), ("direct_", "model alone"))
+        for label, key in ACCURACY_KEYS
+        if finite_number(before.get(prefix + key)) is not None
+        and finite_number(evaluation.summary.get(prefix + key)) is None
+    ]
+    files = before.get("files")
+    if evaluation.video is None and isinstance(files, dict):
+        lost += [REPORT_FILES[key] for key in ("video", "frames") if key in files]
+    return lost
 
 
 def write(folder: str | Path, evaluation: Evaluation) -> dict[str, Path]:

@@ -14,6 +14,7 @@ images and the stamp -> image id map.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,15 @@ from mcn_ros.bag.bagio import OutputBagWriter, content_hash, serialize, split_st
 from mcn_ros.bag.ground_truth import GroundTruth, checked_dataset, subset
 from mcn_ros.bag.typestore import COMPRESSED_IMAGE, IMAGE, typestore
 from mcn_ros.coco import merge_keypoints
+from mcn_ros.model.color_order import to_rgb
 
 DEFAULT_TOPIC = "/camera/image_raw"
 DEFAULT_FRAME_ID = "camera"
 #: Header stamp of the first frame (a fixed time, so the same images give byte-identical bags).
 DEFAULT_START_S = 1_700_000_000.0
 JPEG_QUALITY = 95
+#: The latest header stamp a builtin_interfaces/Time holds (int32 sec, nanosec below 1e9).
+MAX_STAMP_NS = (2**31 - 1) * 1_000_000_000 + 999_999_999
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,16 @@ def make_bag(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the bag (see the module docstring) and return a summary of what was written."""
-    if rate_hz <= 0:
-        raise BagError(f"rate must be > 0 Hz, got {rate_hz}")
+    if not math.isfinite(rate_hz) or rate_hz <= 0:
+        raise BagError(f"rate must be a finite number above 0 Hz, got {rate_hz}")
+    period_ns = round(1e9 / rate_hz)
+    if period_ns == 0:  # frames with one stamp: outputs are matched to frames by stamp
+        raise BagError(
+            f"rate {rate_hz:g} Hz: the frame period, {1e9 / rate_hz:.2g} ns, rounds to 0 (stamps are whole "
+            "nanoseconds), so every frame would have the same stamp; give a rate below 2e9 Hz"
+        )
+    if not math.isfinite(start_s) or start_s < 0:
+        raise BagError(f"start {start_s} s: the first header stamp must be a time of at least 0 s")
     topic = topic or (DEFAULT_TOPIC + "/compressed" if compressed else DEFAULT_TOPIC)
     instances = _read_json(files.instances)
     keypoints = _read_json(files.keypoints) if files.keypoints is not None else None
@@ -102,8 +114,14 @@ def make_bag(
         raise BagError(f"{files.instances} lists no images")
     store = typestore()
     msgtype = COMPRESSED_IMAGE if compressed else IMAGE
-    period_ns = round(1e9 / rate_hz)
     start_ns = round(start_s * 1e9)
+    last_ns = start_ns + (len(images) - 1) * period_ns
+    if last_ns > MAX_STAMP_NS:
+        raise BagError(
+            f"start {start_s} s: the last of {len(images)} frames at {rate_hz:g} Hz would be stamped "
+            f"{_seconds(last_ns)} s, past the latest header stamp {_seconds(MAX_STAMP_NS)} s "
+            "(builtin_interfaces/Time has an int32 sec)"
+        )
     image_of_stamp: dict[int, int] = {}
     with staged_output(out, overwrite) as staged:
         writer = OutputBagWriter(staged, storage)
@@ -138,6 +156,11 @@ def make_bag(
         "storage": storage,
         "sha256": content_hash(out),
     }
+
+
+def _seconds(stamp_ns: int) -> str:
+    sec, nanosec = split_stamp(stamp_ns)
+    return f"{sec}.{nanosec:09d}"
 
 
 def _exif_oriented(jpeg: np.ndarray, oriented: np.ndarray) -> bool:
@@ -175,7 +198,7 @@ def _message(
         if raw[:2].tobytes() != b"\xff\xd8" or _exif_oriented(raw, bgr):
             raw = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].reshape(-1)
         return types[COMPRESSED_IMAGE](header=header, format="jpeg", data=raw)
-    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+    rgb = to_rgb(bgr, "bgr")
     return types[IMAGE](
         header=header,
         height=height,

@@ -28,13 +28,20 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
         columns.append(("under load", "loaded_"))
     if any(finite_number(summary.get(f"direct_{key}")) is not None for _, key in rows):
         columns.append(("model alone", "direct_"))
-    lost = len(columns) > 1 and columns[1][1] == "loaded_"
-    header = ["metric (%)"] + [name for name, _ in columns] + (["lost under load (points)"] if lost else [])
+    # Lost under load: against the unloaded figures, the lockstep replay's, else the model alone's (a rate
+    # replay's headline already counts the dropped frames: against it, most of the loss would not show).
+    prefixes = [prefix for _, prefix in columns]
+    unloaded = "" if headline is None else ("direct_" if "direct_" in prefixes else None)
+    lost = "loaded_" in prefixes and unloaded is not None
+    lost_name = (
+        "lost under load (points)" if unloaded == "" else "lost under load, against the model alone (points)"
+    )
+    header = ["metric (%)"] + [name for name, _ in columns] + ([lost_name] if lost else [])
     lines += ["## Accuracy", "", _row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
     for label, key in rows:
         cells = [label] + [_pct(summary.get(prefix + key)) for _, prefix in columns]
         if lost:
-            a, b = finite_number(summary.get(key)), finite_number(summary.get(f"loaded_{key}"))
+            a, b = finite_number(summary.get(f"{unloaded}{key}")), finite_number(summary.get(f"loaded_{key}"))
             cells.append("n/a" if a is None or b is None else f"{100 * (a - b):.1f}")
         lines.append(_row(cells))
     lines.append("")

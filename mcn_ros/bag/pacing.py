@@ -13,7 +13,8 @@ Per-frame records (``frames.jsonl``, one JSON object per line)::
      "counts": {"detections": 3, "persons": 1}}
 
 ``deadline_s`` is the next frame's send time in rate mode (the last frame: its send time plus one period) and
-null in lockstep; an output that is null never came.
+null in lockstep; an output that is null never came. Every record is of a frame that was sent: a replay that
+failed lists the frames sent until then (the last one's ``deadline_s`` null in rate mode), none after.
 """
 
 from __future__ import annotations
@@ -201,7 +202,8 @@ class ProcessMonitor:
 
     ``summary()`` gives CPU seconds and mean utilisation (100 = one core) over the sampled span, the peak
     resident memory seen while sampling and the process's lifetime peak (VmHWM) in MB (10^6 bytes), and the
-    samples themselves, ``[seconds, cpu seconds, rss MB]``.
+    samples themselves, ``[seconds, cpu seconds, rss MB]``; with ``error`` when sampling stopped early (the
+    process exited: :attr:`exited`).
     """
 
     def __init__(self, pid: int, period_s: float = 0.1) -> None:
@@ -209,17 +211,30 @@ class ProcessMonitor:
         self.period_s = period_s
         self.samples: list[tuple[float, float, int]] = []  # (monotonic s, cpu s, rss KiB)
         self.error: str | None = None
+        #: The process is gone (no /proc entry) or a zombie (it exited; its parent has not reaped it yet).
+        self.exited = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
 
     def _sample(self) -> bool:
+        if self.exited:
+            return False
         try:
             cpu = process_cpu_s(self.pid)
-            rss = process_memory_kib(self.pid).get("VmRSS", 0)
+            memory = process_memory_kib(self.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            self.exited = True
+            self.error = f"process {self.pid} exited (no /proc/{self.pid})"
+            return False
         except (OSError, ValueError, IndexError) as error:
             self.error = f"cannot read /proc/{self.pid}: {error}"
             return False
+        if "VmRSS" not in memory:  # a zombie: exited, not yet reaped (a kernel thread is never monitored)
+            self.exited = True
+            self.error = f"process {self.pid} exited (a zombie, not yet reaped by its parent)"
+            return False
+        rss = memory["VmRSS"]
         self.samples.append((time.monotonic() - self._t0, cpu, rss))
         return True
 
@@ -251,7 +266,9 @@ class ProcessMonitor:
             hwm = process_memory_kib(self.pid).get("VmHWM")
         except OSError:
             hwm = None
+        error = {"error": self.error} if self.error is not None else {}
         return {
+            **error,
             "pid": self.pid,
             "wall_s": round(t1 - t0, 3),
             "cpu_s": round(c1 - c0, 3),

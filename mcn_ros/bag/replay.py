@@ -2,7 +2,8 @@
 
     <folder>/outputs/        rosbag2 (mcap): the node's outputs as received, with the input header stamps,
                              plus its latched ~/label_info, ~/segmentation/label_info and ~/pose_info
-    <folder>/frames.jsonl    one line per frame (:mod:`mcn_ros.bag.pacing`)
+    <folder>/frames.jsonl    one line per frame (:mod:`mcn_ros.bag.pacing`); a failed replay's: one per frame
+                             sent until it failed (a frame never sent has no line)
     <folder>/replay.json     pace, input bag (path, sha256, topic), node (name, output topics, parameters),
                              node process CPU / memory, durations, the command
 
@@ -84,7 +85,7 @@ def record_phase(
             node_pid=node_pid,
         )
     except BaseException:
-        if player.records:  # the frames as far as they went, beside the outputs received (a failed run keeps)
+        if player.records:  # the frames sent until then, beside the outputs received (a failed run keeps)
             write_records(folder / FRAMES, player.records)
         raise
     write_records(folder / FRAMES, result.records)

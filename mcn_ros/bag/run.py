@@ -96,12 +96,39 @@ def node_command(
     return command
 
 
+def _is_zombie(pid: int) -> bool:
+    """Whether the process has exited and awaits its parent (``Z`` in ``/proc/<pid>/stat``)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2 :].startswith("Z")
+
+
+def exit_status(code: int) -> str:
+    """A process's return code in words: ``exit status 1``, ``killed by SIGKILL (signal 9)``."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"killed by signal {-code}"
+    return f"killed by {name} (signal {-code})"
+
+
 class NodeProcess:
-    """The node in its own process, its output in a log file; ``problem()`` says why it will not answer."""
+    """The node in its own process, its output in a log file; ``problem()`` says why it will not answer.
+
+    ``phase`` (when, in the run: ``during start-up``, ``during the rate replay``...) is named when the node
+    exits.
+    """
 
     def __init__(self, command: list[str], log_path: Path) -> None:
         self.command = command
         self.log_path = log_path
+        self.phase = "during start-up"
+        #: The node's exit status when it ended by itself (not stopped by :meth:`stop`), else None.
+        self.exited_by_itself: int | None = None
         self._log: IO[bytes] = log_path.open("wb")
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy()
@@ -111,6 +138,17 @@ class NodeProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def exit_code(self) -> int | None:
+        """The node's return code once it has exited, else None. A process just killed shows as a zombie
+        while its other threads end, not yet reapable: its code is waited for then (moments)."""
+        code = self.process.poll()
+        if code is None and _is_zombie(self.pid):
+            try:
+                code = self.process.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                return None
+        return code
 
     def _log_lines(self) -> list[str]:
         try:
@@ -136,16 +174,27 @@ class NodeProcess:
         if not force and now - self._checked < 0.5:
             return None
         self._checked = now
-        code = self.process.poll()
+        code = self.exit_code()
         if code is not None:
-            return f"the node process exited with code {code}; its last error: {self.last_error()}"
+            return self.exited_problem(code)
         for line in self._log_lines():
             if any(marker in line for marker in FATAL_LOG):
                 return f"the node failed to start: {line.strip()}"
         return None
 
+    def exited_problem(self, code: int) -> str:
+        """One line: the node exited (when, how), with its last error, else its log's last line."""
+        warning = self.last_error(fallback=False)
+        said = f"its last error: {warning}" if warning else f"its log's last line: {self.last_error()}"
+        return f"the node process exited {self.phase} ({exit_status(code)}); {said}"
+
     def stop(self, timeout_s: float = 20.0) -> int | None:
-        if self.process.poll() is None:
+        """Stop the node (SIGINT, then SIGKILL after ``timeout_s``); its return code. A node that had
+        already exited is noted in :attr:`exited_by_itself`."""
+        code = self.exit_code()
+        if code is not None:
+            self.exited_by_itself = code
+        else:
             self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=timeout_s)
@@ -238,10 +287,16 @@ def run(
                         f"[run] {pace} replay of {len(camera.frames)} frames"
                         + (f" at x{rate_factor:g}" if pace == "rate" else "")
                     )
+                    process.phase = f"during the {pace} replay"
                     record_phase(
                         player, camera, gt, pace, staged / pace, connection=connection, source=source,
                         rate_factor=rate_factor, timeout_s=timeout_s, node_pid=process.pid,
                     )  # fmt: skip
+                    # A node that died after its last check (answering the last frames, or not) fails the
+                    # run: its replay is not a measurement of a working node.
+                    if problem := process.problem(force=True):
+                        raise BagError(problem)
+                process.phase = "after the replays"
         except UnusableWeightsError:
             raise
         except BagError as error:
@@ -250,7 +305,11 @@ def run(
                 problem = f"{error} (the node's log: {warning})"
             raise BagError(problem or str(error)) from error
         finally:
-            process.stop()
+            code = process.stop()
+        if process.exited_by_itself is not None:  # after the last check, before stop(): not a working node
+            raise BagError(process.exited_problem(process.exited_by_itself))
+        if code:
+            log(f"[run] note: the node, stopped (SIGINT) after the replays, ended with {exit_status(code)}")
         if no_gt:
             log(f"[run] {no_gt}")
         log("[run] evaluating")

@@ -119,7 +119,7 @@ def compressed_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     if data.size == 0:
         raise ImageError("compressed image with no data")
     # The header is enough to know the size: refuse huge frames before decoding them.
-    info = _compressed_size(data)
+    info = compressed_size(data)
     if info is not None:
         _check_size(info[0], info[1], max_pixels)
     # As stored: an EXIF orientation turned coordinates away from the raw topic's and RViz's image.
@@ -132,10 +132,13 @@ def compressed_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     return image, "bgr"
 
 
-def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(height, width) from a PNG header or a JPEG start-of-frame marker, None when not found. The JPEG's
-    segments are walked by their lengths, however long its metadata (EXIF, ICC profiles): no copy."""
-    raw = data.data  # a memoryview of the uint8 buffer
+def compressed_size(data: bytes | memoryview | np.ndarray) -> tuple[int, int] | None:
+    """(height, width) of a JPEG or PNG from its header, without decoding it; None for another format, or
+    when no start-of-frame comes before the first scan. The JPEG's segments are walked by their lengths,
+    however long its metadata (EXIF, ICC profiles): no copy. A PNG whose first chunk is not IHDR raises
+    :class:`ImageError`. Used by the node (huge frames refused before decoding) and by the rosbag tools (the
+    frame sizes of a compressed bag, checked against its ground truth)."""
+    raw = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else data.reshape(-1).data
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
         if raw[12:16] != b"IHDR":  # the size would be read from garbage
             raise ImageError("corrupt PNG: its first chunk is not the IHDR header")

@@ -15,7 +15,6 @@ them; the bookkeeping (:mod:`mcn_ros.bag.pacing`) and the bag writer (:mod:`mcn_
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Sequence
@@ -44,8 +43,11 @@ class Player(NodeLink):
     Use as a context manager: ``connect()`` once, then ``play()`` as often as wanted (lockstep, rate...).
     """
 
-    #: The frames of the latest :meth:`play`: all of them, or as far as a failed playback went.
+    #: The frames of the latest :meth:`play` that were sent: all of them, or as far as a failed playback went
+    #: (a frame never sent has no record).
     records: Sequence[FrameRecord] = ()
+    _monitor: ProcessMonitor | None = None
+    _pace = ""
 
     # -- playback -----------------------------------------------------------------------------------------
     def play(
@@ -61,8 +63,10 @@ class Player(NodeLink):
     ) -> PlayResult:
         """Play ``frames`` at ``pace``; record the outputs into ``out_bag`` (a path that must not exist).
 
-        Should the playback fail (a timeout, Ctrl-C), the outputs received until then stay in ``out_bag``, a
-        complete bag, and :attr:`records` holds the frames as far as they went; then the error is raised.
+        Should the playback fail (a timeout, the node process gone, Ctrl-C), the outputs received until then
+        stay in ``out_bag``, a complete bag, and :attr:`records` holds the frames sent until then; then the
+        error is raised. With ``node_pid``, a node process that exits during the playback fails it (as does
+        the ``abort_check`` of the link).
         """
         self.records = ()  # not the previous playback's, should this one fail before it starts
         if pace not in ("lockstep", "rate"):
@@ -81,28 +85,33 @@ class Player(NodeLink):
         writing = threading.Thread(target=self._write_queue, args=(writer,), name="bag_writer", daemon=True)
         writing.start()
         monitor = ProcessMonitor(node_pid).start() if node_pid is not None else None
+        self._monitor, self._pace = monitor, pace
         cpu_start = time.process_time()
         t0 = time.monotonic_ns()
-        records = [
+        planned = [
             FrameRecord(i, f.stamp_ns, image_ids[i], 0, None, {k: None for k in keys})
             for i, f in enumerate(frames)
         ]
+        records: list[FrameRecord] = []  # a frame's record joins when it is sent
         self.records = records
         try:
             if pace == "lockstep":
-                self._lockstep(frames, records, keys, t0, timeout_s)
+                self._lockstep(frames, planned, records, keys, t0, timeout_s)
             else:
-                self._rate(frames, records, keys, t0, rate_factor, timeout_s)
+                self._rate(frames, planned, records, keys, t0, rate_factor, timeout_s)
         finally:
             end_ns = time.monotonic_ns() - t0
             arrived, counts = self._stop_recording(writing, stamps)
             process = monitor.stop() if monitor is not None else None
+            self._monitor = None
             writer.close()
             for record in records:
                 for key, arrival in arrived[record.stamp_ns].items():
                     if key in record.arrivals_ns:
                         record.arrivals_ns[key] = arrival - t0
                 record.counts = counts[record.stamp_ns]
+        if monitor is not None and monitor.exited:  # gone after the last check
+            raise BagError(f"the node process (pid {node_pid}) exited during the {pace} replay")
         summary = {
             "pace": pace,
             "rate_factor": rate_factor if pace == "rate" else None,
@@ -136,21 +145,43 @@ class Player(NodeLink):
             topic, receive_ns, data = item
             writer.write(topic, receive_ns, data)
 
+    def _check_node(self) -> None:
+        """Raise when the node will not answer any more: the link's ``abort_check`` (checked at most as
+        often as it allows), or the monitored node process gone."""
+        self._check_abort()
+        monitor = self._monitor
+        if monitor is not None and monitor.exited:
+            raise BagError(f"the node process (pid {monitor.pid}) exited during the {self._pace} replay")
+
+    def _wait_for_outputs(self, stamp_ns: int, keys: list[str], timeout_s: float) -> bool:
+        """Wait until every output of ``stamp_ns`` came (False on timeout), checking meanwhile that the node
+        is still there."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if self.arrivals.wait([stamp_ns], keys, max(0.0, min(left, 0.25))):
+                return True
+            if left <= 0.25:
+                return False
+            self._check_node()
+
     def _lockstep(
         self,
         frames: Sequence[CameraFrame],
+        planned: list[FrameRecord],
         records: list[FrameRecord],
         keys: list[str],
         t0: int,
         timeout_s: float,
     ) -> None:
-        for frame, record in zip(frames, records, strict=True):
-            self._check_abort()
+        for frame, record in zip(frames, planned, strict=True):
+            self._check_node()
             record.send_ns = time.monotonic_ns() - t0
             self._publisher.publish(frame.data)
-            if not self.arrivals.wait([frame.stamp_ns], keys, timeout_s):
+            records.append(record)
+            if not self._wait_for_outputs(frame.stamp_ns, keys, timeout_s):
                 missing = self.arrivals.missing(frame.stamp_ns, keys)
-                self._check_abort()
+                self._check_node()
                 raise BagError(
                     f"lockstep: frame {record.index} (stamp {frame.stamp_ns} ns): no message on "
                     f"{', '.join(self.topics[k] for k in missing)} within {timeout_s:g} s "
@@ -160,28 +191,35 @@ class Player(NodeLink):
     def _rate(
         self,
         frames: Sequence[CameraFrame],
+        planned: list[FrameRecord],
         records: list[FrameRecord],
         keys: list[str],
         t0: int,
         rate_factor: float,
         timeout_s: float,
     ) -> None:
+        # The node is checked before each frame and while waiting (the check limits its own frequency): a
+        # node that died is an error, not frames dropped.
         offsets, period = rate_schedule([f.log_time_ns for f in frames], rate_factor)
         lead = 50_000_000  # start 50 ms after t0, so the first frame is paced like the others
-        for frame, record, offset in zip(frames, records, offsets, strict=True):
+        for frame, record, offset in zip(frames, planned, offsets, strict=True):
+            self._check_node()
             target = t0 + lead + offset
             while (left := target - time.monotonic_ns()) > 0:
+                if left > 100_000_000:
+                    self._check_node()
                 time.sleep(min(left / 1e9, 0.05))
             record.send_ns = time.monotonic_ns() - t0
             self._publisher.publish(frame.data)
-            if record.index % 10 == 0:
-                self._check_abort()
-        for record, following in itertools.pairwise(records):
-            record.deadline_ns = following.send_ns
+            if records:
+                records[-1].deadline_ns = record.send_ns
+            records.append(record)
         records[-1].deadline_ns = records[-1].send_ns + period
         # Drain: until the last frame's outputs came (the earlier ones are answered or dropped) or timeout.
         last = frames[-1].stamp_ns
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.arrivals.missing(last, keys):
+            self._check_node()
             time.sleep(0.02)
         time.sleep(0.2)  # stragglers of the frames before it
+        self._check_node()
