@@ -517,7 +517,10 @@ def test_product_biases_fuse_only_where_the_operator_computes_the_same() -> None
     rng = np.random.default_rng(0)
     size = 6  # the activation's channels and the weights' columns: square weights
 
-    def int8(name: str, shape: list[int], low: int = -127, high: int = 128) -> Any:
+    # Weights within +-63: without VNNI, ONNX Runtime's uint8 x int8 kernel sums pairs of products in int16
+    # (vpmaddubsw), which saturates past 32767 (255 x 127 x 2 does; 255 x 63 x 2 does not), and the fused
+    # outputs would then differ from the float product's on an AVX2 CPU for reasons not the fusion's.
+    def int8(name: str, shape: list[int], low: int = -63, high: int = 64) -> Any:
         return helper.make_tensor(name, TensorProto.INT8, shape, rng.integers(low, high, shape).ravel())
 
     def floats(name: str, shape: list[int], low: float = 0.01, high: float = 0.1) -> Any:
@@ -674,3 +677,158 @@ def _onnx_runtime_outputs(model: Any, x: np.ndarray, name: str = "x") -> list[np
     data = model if isinstance(model, bytes) else model.SerializeToString()
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     return list(session.run(None, {name: x}))
+
+
+@pytest.fixture
+def no_int8_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU without int8 dot products, whatever this one has (the reverse of conftest's ``int8_cpu``):
+    precision int8 falls back to fp32 and quantize skips validation."""
+    from mcn_ros.model import precision
+
+    found = precision.cpu_flags() - set(precision.NATIVE_INT8_FLAGS)
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: found)
+
+
+def _with_metadata(graph: Any, **changes: str | None) -> Any:
+    """A copy of ``graph`` (a ModelProto) with metadata keys set to new values (None: removed)."""
+    changed = onnx.ModelProto()
+    changed.CopyFrom(graph)
+    kept = [(p.key, p.value) for p in changed.metadata_props if p.key not in changes]
+    del changed.metadata_props[:]
+    for key, value in [*kept, *((k, v) for k, v in changes.items() if v is not None)]:
+        changed.metadata_props.add(key=key, value=value)
+    return changed
+
+
+def _config_yaml(graph: Any, **changes: Any) -> str:
+    """The graph's recorded model config (``mcn_config``) with top-level ``changes`` (a dict value is
+    merged into the section)."""
+    import yaml
+
+    data = yaml.safe_load({p.key: p.value for p in graph.metadata_props}["mcn_config"])
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    return str(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.mark.usefixtures("int8_cpu")
+def test_a_graph_handed_over_in_memory_gets_the_checks_of_a_file(
+    quantised: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """A ModelProto was checked only for a fingerprint it might not have: an fp32 export (of other weights
+    or another config) ran as "int8"."""
+    from mcn_ros.model.export import export
+
+    weights, graph_path, _ = quantised
+    other = make_weights(tmp_path / "other.safetensors", seed=1, use_dcn=False)
+    export(other, tmp_path / "other.onnx")
+    for given in (tmp_path / "other.onnx", onnx.load(str(tmp_path / "other.onnx"))):
+        with pytest.raises(QuantizeError, match=r"not an int8 graph of mcn_ros\.model\.quantize"):
+            Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=given)
+    own = onnx.load(str(graph_path))
+    unnamed = _with_metadata(own, mcn_model_sha256=None)
+    with pytest.raises(QuantizeError, match=r"the int8 graph given: names no weights .*mcn_model_sha256"):
+        Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=unnamed)
+    fp32 = _with_metadata(own, mcn_precision=None)
+    with pytest.raises(QuantizeError, match="no mcn_precision=int8"):
+        Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=fp32)
+    with pytest.raises(TypeError, match="a path or an onnx ModelProto"):
+        Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=b"bytes")  # type: ignore[arg-type]
+    assert (
+        Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=own).precision.name
+        == "int8"
+    )
+
+
+@pytest.mark.usefixtures("int8_cpu")
+def test_the_graph_must_record_the_weights_config(quantised: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """The same tensors under another config (a segmentation output stride, class names) read other
+    outputs: refused, every differing field named; what the caller sets at run time may differ."""
+    weights, graph_path, _ = quantised
+    own = onnx.load(str(graph_path))
+    strided = _config_yaml(own, segmentation={"output_stride": 1, "classes": ["person", "truck"]})
+    changed = _with_metadata(own, mcn_config=strided)
+    onnx.save(changed, str(tmp_path / "strided.int8.onnx"))
+    for given in (changed, tmp_path / "strided.int8.onnx"):
+        with pytest.raises(QuantizeError) as raised:
+            Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=given)
+        message = str(raised.value)
+        assert "under another model config" in message, message
+        assert "segmentation.output_stride: 1 in the graph, 4 in the weights" in message, message
+        assert "segmentation.classes: ['person', 'truck'] in the graph" in message, message
+    run_time = _config_yaml(own, name="renamed", input_size=[128, 96], decode={"top_k": 7})
+    accepted = _with_metadata(own, mcn_config=run_time)
+    predictor = Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=accepted)
+    assert predictor.precision.name == "int8"
+    with pytest.raises(QuantizeError, match=r"records no model config \(no mcn_config\)"):
+        Predictor.from_weights(
+            weights, "cpu", "int8", backend="onnxruntime", int8_graph=_with_metadata(own, mcn_config=None)
+        )
+    with pytest.raises(QuantizeError, match=r"recorded model config \(mcn_config\) cannot be read"):
+        Predictor.from_weights(
+            weights, "cpu", "int8", backend="onnxruntime", int8_graph=_with_metadata(own, mcn_config="- [")
+        )
+
+
+@pytest.mark.usefixtures("no_int8_cpu")
+def test_where_int8_falls_back_to_fp32_the_graph_is_still_checked(
+    quantised: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """Without int8 dot products the run is fp32, but a graph of other weights or another config fails as
+    it would on the deployment CPU, and the note says whether the graph was found."""
+    weights, graph_path, _ = quantised
+    with pytest.warns(
+        UserWarning, match=r"running fp32; the int8 graph .*model\.int8\.onnx was found and matches"
+    ):
+        fine = Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime")
+    assert fine.precision.name == "fp32" and "was found" in str(fine.precision.note)
+    other = make_weights(tmp_path / "other.safetensors", seed=1, use_dcn=False)
+    with pytest.raises(QuantizeError, match="calibrated from other weights"):
+        Predictor.from_weights(other, "cpu", "int8", backend="onnxruntime", int8_graph=graph_path)
+    strided = _with_metadata(
+        onnx.load(str(graph_path)),
+        mcn_config=_config_yaml(onnx.load(str(graph_path)), segmentation={"output_stride": 1}),
+    )
+    with pytest.raises(QuantizeError, match=r"segmentation\.output_stride: 1 in the graph, 4 in the weights"):
+        Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=strided)
+    with pytest.warns(
+        UserWarning, match=r"other\.int8\.onnx was not found either: make it with .*mcn_ros\.model\.quantize"
+    ):
+        missing = Predictor.from_weights(other, "cpu", "int8", backend="onnxruntime")
+    assert missing.precision.name == "fp32"
+    model, config, _ = load_weights(weights)
+    with pytest.warns(UserWarning, match=r"running fp32; no int8 graph was given"):
+        Predictor(model, config, backend="onnxruntime", precision="int8")
+
+
+@pytest.mark.usefixtures("no_int8_cpu")
+def test_validation_inputs_are_checked_where_validation_is_skipped(
+    quantised: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights, _, _ = quantised
+    output = tmp_path / "out.int8.onnx"
+    frames = str(weights.parent / "frames")
+    base = ["--weights", str(weights), "--images", frames, "--output", str(output)]
+    nowhere = str(tmp_path / "nonexistent")
+    assert main([*base, "--val-annotations", nowhere, "--val-images", nowhere]) == 2
+    assert f"error: validation annotations not found: {nowhere}" in capsys.readouterr().err
+    (tmp_path / "instances.json").write_text("{}")
+    assert main([*base, "--val-annotations", str(tmp_path / "instances.json"), "--val-images", nowhere]) == 2
+    assert f"error: validation image folder not found: {nowhere}" in capsys.readouterr().err
+    assert not output.exists()
+
+
+@pytest.mark.usefixtures("int8_cpu")
+def test_an_empty_int8_graph_means_the_one_beside_the_weights(
+    quantised: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """The node's convention (config/mcn.yaml: empty = beside the weights), in from_weights too."""
+    weights, _, _ = quantised
+    for empty in ("", None):
+        predictor = Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=empty)
+        assert predictor.precision.name == "int8"
+    with pytest.raises(QuantizeError, match=r"int8 graph .* is a directory: name the \.int8\.onnx file"):
+        Predictor.from_weights(weights, "cpu", "int8", backend="onnxruntime", int8_graph=tmp_path)
+    model, config, _ = load_weights(weights)
+    with pytest.raises(QuantizeError, match="int8_graph is empty: name the graph file"):
+        Predictor(model, config, backend="onnxruntime", precision="int8", int8_graph="")

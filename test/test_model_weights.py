@@ -144,7 +144,7 @@ def test_tensors_of_another_config(saved: tuple[Path, MultitaskCenterNet], tmp_p
     no_pose = dataclasses.replace(CONFIG, pose=None)
     extra = _rewrite(path, tmp_path / "x.safetensors", {**metadata, "config": json.dumps(no_pose.to_dict())})
     with pytest.raises(
-        WeightsError, match=r"tensor 'heads\.pose\.[a-z_.0-9]+' .* not part of the resnet18 model"
+        WeightsError, match=r"tensors? 'heads\.pose\.[a-z_.0-9]+'.* not part of the resnet18 model"
     ):
         load_weights(extra)
     # Config of another architecture (plain convs instead of DCN): missing tensors, named.
@@ -157,6 +157,33 @@ def test_tensors_of_another_config(saved: tuple[Path, MultitaskCenterNet], tmp_p
     with pytest.raises(WeightsError, match="belong to another architecture"):
         load_weights(other)
     assert model is not None
+
+
+def test_a_missing_tensor_is_named_as_missing(saved: tuple[Path, MultitaskCenterNet], tmp_path: Path) -> None:
+    """A file lacking tensors of the model its (unchanged) config describes, and nothing else wrong: the
+    message names them as missing, not as another architecture, which only both missing and foreign
+    tensors suggest."""
+    from safetensors import safe_open
+
+    path, _ = saved
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    state = load_file(str(path))
+    state.pop("heads.segmentation.segmentation.2.bias")
+    one = _rewrite(path, tmp_path / "one.safetensors", metadata, state)
+    with pytest.raises(WeightsError) as raised:
+        load_weights(one)
+    message = str(raised.value)
+    assert "tensor 'heads.segmentation.segmentation.2.bias' of the resnet18 model" in message, message
+    assert "is missing from the file" in message and "another architecture" not in message, message
+    assert "0 more" not in message, message
+    for key in [k for k in state if k.startswith("heads.pose.")][:7]:
+        state.pop(key)
+    seven = _rewrite(path, tmp_path / "seven.safetensors", metadata, state)
+    with pytest.raises(
+        WeightsError, match=r"8 tensors 'heads\.[a-z_.0-9]+', .*\(and 3 more\) of the resnet18 "
+    ):
+        load_weights(seven)
 
 
 def test_save_is_atomic_and_overwrites(saved: tuple[Path, MultitaskCenterNet], tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from mcn_ros.model.decode import (
 from mcn_ros.model.device import resolve_device
 from mcn_ros.model.labels import flip_permutation
 from mcn_ros.model.mcn import resolve_tasks
-from mcn_ros.model.precision import Precision
+from mcn_ros.model.precision import Precision, parse_precision
 from mcn_ros.model.preprocess import Letterbox, check_image, preprocess, rect_input_size
 from mcn_ros.model.results import Results
 from mcn_ros.model.weights import first_difference, load_weights
@@ -99,8 +99,9 @@ def forward_and_decode(
     return decode_to_tensors(forward(batch, tasks), letterboxes, image_sizes, config, tasks, options)
 
 
-def _int8_graph(source: str | Path | Any | None, model: nn.Module) -> Any:
-    """The int8 ModelProto from ``source`` (a path or a ModelProto), checked against ``model``'s weights."""
+def _int8_graph(source: str | Path | Any | None, model: nn.Module, config: ModelConfig | None = None) -> Any:
+    """The int8 ModelProto from ``source`` (a path or a ModelProto), checked against ``model``'s weights and
+    ``config`` (:func:`~mcn_ros.model.quantize.check_int8_graph`: the same checks for both)."""
     from mcn_ros.model.quantize import check_int8_graph, load_int8_graph
 
     if source is None:
@@ -108,8 +109,30 @@ def _int8_graph(source: str | Path | Any | None, model: nn.Module) -> Any:
             "precision int8 needs the calibrated graph (int8_graph=...): python -m mcn_ros.model.quantize"
         )
     if isinstance(source, (str, Path)):
-        return load_int8_graph(source, model)
-    return check_int8_graph(source, model, "the int8 graph given")
+        return load_int8_graph(source, model, config)
+    if not hasattr(source, "metadata_props"):
+        raise TypeError(
+            f"int8_graph: expected a path or an onnx ModelProto (onnx.load), got {type(source).__name__}"
+        )
+    return check_int8_graph(source, model, config, "the int8 graph given")
+
+
+def int8_fallback_note(source: str | Path | Any | None, model: nn.Module, config: ModelConfig) -> str:
+    """What the fallback note of precision int8 run as fp32 adds about the int8 graph: whether it was found,
+    after checking it as a CPU that runs it would (a graph of other weights or another config raises the
+    same error here), so that a missing or wrong graph shows before deployment."""
+    from mcn_ros.model.quantize import MAKE_INT8_GRAPH
+
+    if source is None:
+        return "; no int8 graph was given (int8_graph)"
+    if isinstance(source, (str, Path)) and str(source).strip() and not Path(source).exists():
+        return (
+            f"; the int8 graph {source} was not found either: make it with {MAKE_INT8_GRAPH} for a CPU "
+            "with int8 dot products"
+        )
+    _int8_graph(source, model, config)
+    where = f" {source}" if isinstance(source, (str, Path)) else " given"
+    return f"; the int8 graph{where} was found and matches these weights"
 
 
 def backend_device(device: str | torch.device, backend: str) -> torch.device:
@@ -156,6 +179,11 @@ def _batch_images(images: np.ndarray | Sequence[np.ndarray]) -> tuple[list[np.nd
     return batch, single
 
 
+#: Config fields the caller may set otherwise than the model's own (the input size, decode settings, the
+#: name); an int8 graph may record them otherwise too (:func:`~mcn_ros.model.quantize.check_graph_config`).
+CALLER_CONFIG_FIELDS = ("input_size", "decode", "name")
+
+
 def check_config_matches(model: nn.Module, config: ModelConfig) -> None:
     """Refuse a ``config`` that describes another network than ``model`` (its ``config``): classes, heads,
     normalisation and architecture must agree; the input size and decode settings are the caller's to set.
@@ -163,7 +191,7 @@ def check_config_matches(model: nn.Module, config: ModelConfig) -> None:
     built = getattr(model, "config", None)
     if not isinstance(built, ModelConfig):
         return
-    own = dataclasses.replace(built, input_size=config.input_size, decode=config.decode, name=config.name)
+    own = dataclasses.replace(built, **{field: getattr(config, field) for field in CALLER_CONFIG_FIELDS})
     if own != config:
         found = first_difference(dataclasses.asdict(config), dataclasses.asdict(own))
         where = (
@@ -196,8 +224,11 @@ class Predictor:
     Predictor). The module given is moved to the device, put in eval mode and, with ``channels_last``, into
     that memory format: pass a copy (``copy.deepcopy``) of a module that goes on training.
     ``precision="int8"`` (backend "onnxruntime", a CPU with VNNI or AMX) runs ``int8_graph``: the path of
-    the graph :mod:`mcn_ros.model.quantize` calibrated from this model's weights (checked), or that graph
-    itself as an ONNX ModelProto; :meth:`from_weights` looks beside the weights file by default.
+    the graph :mod:`mcn_ros.model.quantize` calibrated from this model's weights, or that graph itself as
+    an ONNX ModelProto, checked alike (the weights' fingerprint, the config it was made under);
+    :meth:`from_weights` looks beside the weights file by default. Where int8 falls back to fp32 (a CPU
+    without int8 dot products), the graph is still checked when there and the note says whether it was
+    found.
     ``cuda_graphs`` (torch backend on CUDA, default False): replay the forward from CUDA graphs, one
     captured per input shape and task set (:mod:`mcn_ros.model.cuda_graphs`; the first frame of each shape
     is slower); where it cannot be used (no CUDA, deformable convolutions) it warns, runs eager and says why
@@ -241,14 +272,18 @@ class Predictor:
         check_backend(backend, self.device)
         check_config_matches(model, config)
         self.precision = Precision.resolve(precision, self.device, backend)
+        graph = None
+        if backend == "onnxruntime" and parse_precision(precision) == "int8":
+            if self.precision.name == "int8":
+                graph = _int8_graph(int8_graph, model, config)
+            elif self.precision.note is not None:  # fp32 here: the graph still checked, found or not said
+                note = self.precision.note + int8_fallback_note(int8_graph, model, config)
+                self.precision = dataclasses.replace(self.precision, note=note)
         if self.precision.note is not None:
             warnings.warn(self.precision.note, stacklevel=2)
         model = model.to(self.device).eval()
         self._onnx: OnnxRuntimeForward | None = None
         if backend == "onnxruntime":
-            graph = None
-            if self.precision.name == "int8":
-                graph = _int8_graph(int8_graph, model)
             self._onnx = OnnxRuntimeForward(model, config, graph=graph)
             channels_last = False  # ONNX Runtime takes contiguous NCHW arrays
         self.channels_last = channels_last
@@ -328,7 +363,8 @@ class Predictor:
         torch_compile: bool = False,
     ) -> Predictor:
         """Load a weights file (:mod:`mcn_ros.model.weights`); ``device="auto"`` picks CUDA if present.
-        ``int8_graph`` defaults to the weights' own (``<name>.int8.onnx`` beside them)."""
+        ``int8_graph`` defaults to the weights' own (``<name>.int8.onnx`` beside them); None or "" (the node's
+        empty parameter) means that one."""
         from mcn_ros.model.quantize import default_int8_path
 
         resolved = backend_device(device, backend)
@@ -336,7 +372,8 @@ class Predictor:
         model, config, _ = load_weights(path, device=resolved)
         return cls(
             model, config, device, precision, channels_last, rect=rect, backend=backend, fold_bn=fold_bn,
-            int8_graph=default_int8_path(path) if int8_graph is None else int8_graph, cuda_graphs=cuda_graphs,
+            int8_graph=int8_graph if int8_graph is not None and str(int8_graph).strip() else
+            default_int8_path(path), cuda_graphs=cuda_graphs,
             graph_decoding=graph_decoding, torch_compile=torch_compile,
         )  # fmt: skip
 

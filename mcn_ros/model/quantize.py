@@ -14,7 +14,8 @@ Calibrate on frames of the cameras the node will see; the ranges are what int8 k
 The file goes beside the weights by default (``model.int8.onnx``, where the node looks for it) and records,
 in its ONNX metadata, the model config, the calibration (images, folder), the outputs it writes
 channels-last ([B, H, W, C], :class:`ChannelsLastOutput`) and a SHA-256 fingerprint of the model's
-tensors: :func:`load_int8_graph` refuses a graph calibrated from other weights. With
+tensors: :func:`check_int8_graph` refuses a graph calibrated from other weights or under another model
+config (the input size and decode settings aside), a file's as one handed over in memory. With
 ``--val-annotations`` and ``--val-images`` (COCO format) it also scores fp32 and int8 on those images with
 pycocotools (box and keypoint AP, mIoU) and stores both in the file, so the accuracy int8 costs on your
 data is stated where the graph is.
@@ -590,7 +591,10 @@ def quantize_graph(model: nn.Module, config: ModelConfig, files: Sequence[Path])
     """The int8 ONNX model (a ModelProto) of ``model``'s forward for all its tasks, calibrated on ``files``;
     and how many of them were read. Its outputs are channels-last where the heads' last convs wrote them
     (:class:`ChannelsLastOutput`), named in its metadata (:data:`CHANNELS_LAST_OUTPUTS`), each from one
-    MatMulIntegerToFloat with the bias (:func:`fuse_product_biases`); no other metadata yet."""
+    MatMulIntegerToFloat with the bias (:func:`fuse_product_biases`). Its metadata says what it is
+    (:func:`~mcn_ros.model.export.describe`'s keys, ``mcn_precision`` = int8, ``mcn_model_sha256``), so that
+    :func:`check_int8_graph` checks it as it checks a written file; :func:`quantize` adds the calibration
+    and the validation."""
     import onnx
 
     height, width = config.input_size
@@ -612,40 +616,105 @@ def quantize_graph(model: nn.Module, config: ModelConfig, files: Sequence[Path])
     channels_last = strip_output_transposes(graph)
     fuse_product_biases(graph)
     graph.metadata_props.add(key=CHANNELS_LAST_OUTPUTS, value=",".join(sorted(channels_last)))
+    describe(graph, config, config.tasks, tuple(o.name for o in graph.graph.output))
+    graph.metadata_props.add(key="mcn_precision", value="int8")
+    graph.metadata_props.add(key="mcn_model_sha256", value=model_fingerprint(model))
     return graph, len(files) - len(unreadable)
 
 
-def load_int8_graph(path: str | Path, model: nn.Module) -> Any:
-    """The int8 graph at ``path`` (a ModelProto) after checking that it was calibrated from ``model``."""
+#: The command that makes the int8 graph, named where one is missing.
+MAKE_INT8_GRAPH = "`python -m mcn_ros.model.quantize --weights W.safetensors --images DIR` (camera frames)"
+
+
+def load_int8_graph(path: str | Path, model: nn.Module, config: ModelConfig | None = None) -> Any:
+    """The int8 graph at ``path`` (a ModelProto) after checking that it was calibrated from ``model``
+    (:func:`check_int8_graph`; ``config``: the model's, default ``model.config``)."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file():
+    if not str(path).strip():
         raise QuantizeError(
-            f"int8 graph not found: {path}; make it from the weights with "
-            "`python -m mcn_ros.model.quantize --weights W.safetensors --images DIR` (camera frames)"
+            "int8_graph is empty: name the graph file (Predictor.from_weights and the node read an empty "
+            "int8_graph as the graph beside the weights, <name>.int8.onnx)"
         )
+    path = Path(path)
+    if path.is_dir():
+        raise QuantizeError(
+            f"int8 graph {path} is a directory: name the .int8.onnx file (an empty int8_graph means the "
+            "one beside the weights)"
+        )
+    if not path.is_file():
+        raise QuantizeError(f"int8 graph not found: {path}; make it from the weights with {MAKE_INT8_GRAPH}")
     try:
         graph = onnx.load(str(path))
     except Exception as error:  # onnx raises DecodeError and others for a file that is not a model
         raise QuantizeError(f"{path}: not a readable ONNX file: {error}") from error
+    return check_int8_graph(graph, model, config, str(path))
+
+
+def check_int8_graph(
+    graph: Any, model: nn.Module, config: ModelConfig | None = None, name: str = "the int8 graph"
+) -> Any:
+    """``graph`` (a ModelProto) after checking that it is an int8 graph of this module calibrated from
+    ``model``: ``mcn_precision`` = int8, the fingerprint of ``model``'s tensors (``mcn_model_sha256``) and
+    the model config it recorded (``mcn_config``, written by every version of :func:`quantize`) equal to
+    ``config`` (default ``model.config``) but for what the caller sets at run time (input size, decode
+    settings, name: :data:`~mcn_ros.model.predictor.CALLER_CONFIG_FIELDS`). A file and a graph handed over
+    in memory get the same checks; :func:`quantize_graph` writes these keys at once."""
     metadata = {prop.key: prop.value for prop in graph.metadata_props}
     if metadata.get("mcn_precision") != "int8":
-        raise QuantizeError(f"{path}: not an int8 graph of mcn_ros.model.quantize (no mcn_precision=int8)")
-    if "mcn_model_sha256" not in metadata:
-        raise QuantizeError(f"{path}: names no weights it was calibrated from (no mcn_model_sha256)")
-    return check_int8_graph(graph, model, str(path))
-
-
-def check_int8_graph(graph: Any, model: nn.Module, name: str = "the int8 graph") -> Any:
-    """``graph`` (a ModelProto) after checking that it was calibrated from ``model``, where it says so
-    (:func:`quantize` writes the weights' fingerprint; :func:`quantize_graph`'s own graph has none yet)."""
-    recorded = {prop.key: prop.value for prop in graph.metadata_props}.get("mcn_model_sha256")
-    if recorded is not None and recorded != model_fingerprint(model):
+        raise QuantizeError(f"{name}: not an int8 graph of mcn_ros.model.quantize (no mcn_precision=int8)")
+    recorded = metadata.get("mcn_model_sha256")
+    if recorded is None:
+        raise QuantizeError(f"{name}: names no weights it was calibrated from (no mcn_model_sha256)")
+    if recorded != model_fingerprint(model):
         raise QuantizeError(
             f"{name} was calibrated from other weights than the ones loaded: quantise these weights again"
         )
+    own = config if config is not None else getattr(model, "config", None)
+    if isinstance(own, ModelConfig):
+        check_graph_config(metadata.get("mcn_config"), own, name)
     return graph
+
+
+def check_graph_config(recorded: str | None, config: ModelConfig, name: str = "the int8 graph") -> None:
+    """Refuse an int8 graph whose recorded model config (``recorded``: its ``mcn_config`` YAML) differs from
+    ``config`` in more than :data:`~mcn_ros.model.predictor.CALLER_CONFIG_FIELDS`, naming every differing
+    field: the same tensors under another config (a segmentation output stride, class names) compute or
+    read other outputs."""
+    import dataclasses
+
+    import yaml
+
+    from mcn_ros.model.config import ConfigError
+    from mcn_ros.model.predictor import CALLER_CONFIG_FIELDS
+    from mcn_ros.model.weights import differences
+
+    if recorded is None:
+        raise QuantizeError(
+            f"{name} records no model config (no mcn_config): not a graph of mcn_ros.model.quantize; "
+            "quantise these weights again"
+        )
+    try:
+        data = yaml.safe_load(recorded)
+        if not isinstance(data, dict):
+            raise ConfigError(f"a mapping expected, got {type(data).__name__}")
+        theirs = ModelConfig.from_dict(data)
+    except (yaml.YAMLError, ConfigError) as error:
+        raise QuantizeError(
+            f"{name}: its recorded model config (mcn_config) cannot be read ({error}): quantise these "
+            "weights again"
+        ) from error
+    kept = {field: getattr(config, field) for field in CALLER_CONFIG_FIELDS}
+    found = differences(dataclasses.replace(theirs, **kept).to_dict(), config.to_dict())
+    if found:
+        described = "; ".join(
+            f"{key}: {a!r} in the graph, {b!r} in the weights" if len(repr(a)) + len(repr(b)) <= 80 else key
+            for key, a, b in found
+        )
+        raise QuantizeError(
+            f"{name} was calibrated from these weights under another model config ({described}): quantise "
+            "them again with their own config"
+        )
 
 
 def read_coco(annotations: Sequence[Path]) -> Any:
@@ -700,6 +769,16 @@ def validate(
     return out
 
 
+def check_validation_inputs(annotations: Sequence[Path], images: Path) -> None:
+    """Refuse validation annotations that are not files, or an image folder that is not a folder: checked
+    before calibrating, and where validation is skipped (a CPU without int8 dot products) too."""
+    for path in annotations:
+        if not Path(path).is_file():
+            raise QuantizeError(f"validation annotations not found: {path}")
+    if not Path(images).is_dir():
+        raise QuantizeError(f"validation image folder not found: {images}")
+
+
 def quantize(
     weights: str | Path,
     images: str | Path,
@@ -712,6 +791,8 @@ def quantize(
 
     if output is not None and same_file(output, weights):
         raise QuantizeError(f"--output {output} is the weights file itself: name another file")
+    if validation is not None:
+        check_validation_inputs(*validation)
     model, config, _ = load_weights(weights, device="cpu")
     files = image_files(images, count)
     graph, read = quantize_graph(model, config, files)
@@ -727,10 +808,7 @@ def quantize(
             summary["validation"] = "skipped: this CPU has no int8 dot products (validate on the target CPU)"
         else:
             summary["validation"] = validate(model, config, graph, *validation)
-    describe(graph, config, config.tasks, tuple(o.name for o in graph.graph.output))
     for key, value in {
-        "mcn_precision": "int8",
-        "mcn_model_sha256": model_fingerprint(model),
         "mcn_calibration": json.dumps({"images": read, "folder": str(Path(images).resolve())}),
         "mcn_validation": json.dumps(summary.get("validation")),
     }.items():

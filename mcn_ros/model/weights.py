@@ -158,6 +158,48 @@ def first_difference(found: Any, expected: Any, where: str = "") -> tuple[str, A
     return None
 
 
+def differences(found: Any, expected: Any, where: str = "") -> list[tuple[str, Any, Any]]:
+    """Every differing key (dotted path, with both values) between two nested dict structures, in
+    :func:`first_difference`'s order (lists compared whole)."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for key in list(expected) + [k for k in found if k not in expected]:
+            out += differences(found.get(key), expected.get(key), f"{where}.{key}" if where else str(key))
+        return out
+    return [] if found == expected else [(where, found, expected)]
+
+
+def _tensors(keys: list[str], most: int = 5) -> str:
+    """The names of ``keys``, up to ``most`` of them: "tensor 'a'" or "3 tensors 'a', 'b', 'c'"."""
+    shown = ", ".join(f"'{key}'" for key in keys[:most])
+    more = f" (and {len(keys) - most} more)" if len(keys) > most else ""
+    return f"tensor {shown}" if len(keys) == 1 else f"{len(keys)} tensors {shown}{more}"
+
+
+def _are(keys: list[str]) -> str:
+    return "is" if len(keys) == 1 else "are"
+
+
+def _tensor_mismatch(path: Path, config: ModelConfig, missing: list[str], unexpected: list[str]) -> str:
+    """The message for a file whose tensor names are not those of the model its config describes, saying
+    what is known: tensors missing and others the model lacks look like another architecture (or a config
+    that is not theirs); only missing ones are named as missing (the file's other tensors are all the
+    model's); only extra ones, as not part of the model the config describes."""
+    model = f"the {config.backbone} model described by the file's config"
+    if missing and unexpected:
+        return (
+            f"{path}: {_tensors(missing)} of {model} {_are(missing)} missing from the file, which has "
+            f"{_tensors(unexpected)} the model does not: the tensors belong to another architecture, or the "
+            "config in the file's metadata is not theirs"
+        )
+    if missing:
+        return (
+            f"{path}: {_tensors(missing)} of {model} {_are(missing)} missing from the file (its other "
+            "tensors are all the model's)"
+        )
+    return f"{path}: {_tensors(unexpected)} of the file {_are(unexpected)} not part of {model}"
+
+
 def load_weights(
     path: str | Path, device: str | torch.device = "cpu", expected_config: ModelConfig | None = None
 ) -> tuple[MultitaskCenterNet, ModelConfig, dict[str, Any]]:
@@ -180,19 +222,9 @@ def load_weights(
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             keys = list(handle.keys())
             missing = [k for k in own if k not in keys]
-            if missing:
-                raise WeightsError(
-                    f"{path}: tensor '{missing[0]}' (and {len(missing) - 1} more) of the {config.backbone} "
-                    "model described by the file's config is missing: the tensors belong to another "
-                    "architecture"
-                )
             unexpected = [k for k in keys if k not in own]
-            if unexpected:
-                raise WeightsError(
-                    f"{path}: tensor '{unexpected[0]}' (and {len(unexpected) - 1} more) is not part of the "
-                    f"{config.backbone} model described by the file's config: the tensors belong to another "
-                    "architecture"
-                )
+            if missing or unexpected:
+                raise WeightsError(_tensor_mismatch(path, config, missing, unexpected))
             state = {}
             for key, value in own.items():
                 shape = tuple(handle.get_slice(key).get_shape())
