@@ -15,7 +15,7 @@ Beside a converter, the plain way to write it, as the node did before (``referen
 built with keyword arguments (rosidl's generated constructors build each field's default first, a nested
 message, 17 keypoints, even when the argument replaces it, so that way builds about twice the objects; the
 node's converters fill the defaults in place; the messages must be equal), and the colouring and blend in
-numpy (palette indexing, a float blend under a mask; the node uses OpenCV's table lookup and addWeighted;
+numpy (palette indexing, a float blend under a mask; the node uses OpenCV: applyColorMap, addWeighted, copyTo;
 the pictures may differ by 1 in a channel, from rounding).
 
 Writes bench/results/messages_cpu.json and .md.
