@@ -153,3 +153,38 @@ def test_the_process_monitor_notices_an_exit_and_keeps_saying_so() -> None:
         child.wait()
     gone = ProcessMonitor(child.pid).start()  # reaped: no /proc entry
     assert gone.exited and "exited" in gone.stop()["error"]
+
+
+@pytest.mark.usefixtures("ros")
+def test_replay_into_a_node_started_apart(
+    inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`replay --node-pid` into a node the user started: its process's CPU and memory are recorded, and a
+    node that exits during the rate replay fails the replay with one line (the replay did not start it)."""
+    from nodetools import start_node, stop_node
+
+    process = start_node(
+        "-p", f"weights:={inputs['weights']}", "-p", "autostart:=true", "-r", "image:=/camera/image_raw",
+        name="apart_node",
+    )  # fmt: skip
+    try:
+        code, _, err = main(
+            "replay", "--bag", str(inputs["bag"]), "--out", str(tmp_path / "lockstep"), "--node",
+            "/apart_node", "--node-pid", str(process.pid), "--pace", "lockstep",
+        )  # fmt: skip
+        assert code == 0, err
+        info = json.loads((tmp_path / "lockstep" / "replay.json").read_text())
+        recorded = info["node_process"]
+        assert recorded["pid"] == process.pid and recorded["cpu_s"] > 0 and "error" not in recorded, recorded
+        killed = _kill_node_in(monkeypatch, "rate", after_s=1.2)
+        code, _, err = main(
+            "replay", "--bag", str(inputs["bag"]), "--out", str(tmp_path / "rate"), "--node", "/apart_node",
+            "--node-pid", str(process.pid), "--pace", "rate", "--rate-factor", "0.1", "--timeout", "3",
+        )  # fmt: skip
+        assert killed == [process.pid] and code == 2, err
+        lines = err.strip().splitlines()
+        assert (
+            len(lines) == 1 and f"the node process (pid {process.pid}) exited during the rate replay" in err
+        )
+    finally:
+        stop_node(process)
