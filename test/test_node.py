@@ -751,3 +751,34 @@ def test_a_slow_node_accounts_for_every_frame_sent(weights: Path) -> None:
     assert reactivated == inactive, (reactivated, inactive)
     # While the burst was in the diagnostics window the node said it could not keep up, and what would help.
     assert any("input_size (now 256x256)" in w and "frames/s sent" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_signal_ends_the_node_through_the_shutdown_transition(weights: Path, stop: str) -> None:
+    """Ctrl-C or SIGTERM: the node takes the lifecycle shutdown transition before it exits (exit 0), so
+    /diagnostics gets its final STALE status at once (rclpy's own handler shut the context first: nothing
+    could be published, and aggregators waited for their timeout)."""
+    import signal
+
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    process = start_node(
+        "-p", f"weights:={weights}", "-p", "autostart:=true", name=f"signalled_{stop.lower()}"
+    )
+    c = Client(f"signalled_{stop.lower()}")
+    try:
+        c.subscribe("/diagnostics", DiagnosticArray)
+
+        def statuses() -> list[Any]:
+            return [s for m in c.messages("/diagnostics") for s in m.status if "signalled" in s.name]
+
+        assert c.wait_for(lambda: any("active" in s.message for s in statuses()), 60), statuses()
+        log = stop_node(process, getattr(signal, stop))
+        assert process.returncode == 0, log
+        assert "stopping on a signal: shutdown transition" in log and "Traceback" not in log, log
+        assert c.wait_for(lambda: any(s.level == DiagnosticStatus.STALE for s in statuses()), 5), statuses()
+        final = [s for s in statuses() if s.level == DiagnosticStatus.STALE]
+        assert final[-1].message.startswith("finalized"), final[-1]
+    finally:
+        c.close()
+        stop_node(process)

@@ -34,6 +34,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import Subscription
 from rclpy.utilities import remove_ros_args
+
+try:  # rclpy without it (older than Humble's) keeps its own signal handlers: no final status on a signal
+    from rclpy.signals import SignalHandlerOptions
+except ImportError:  # pragma: no cover
+    SignalHandlerOptions = None  # type: ignore[assignment,misc]
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -129,6 +134,9 @@ class McnNode(LifecycleNode):
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics_period").value)
         self._diagnostics_timer = self.create_timer(period, self._publish_diagnostics)
+
+    #: The shutdown transition has run (the lifecycle state is "finalized").
+    finalized = False
 
     @property
     def configured(self) -> bool:
@@ -239,6 +247,7 @@ class McnNode(LifecycleNode):
         self._end_inference_thread()
         self._diagnostics_timer.cancel()  # it would report "unconfigured" for good: say finalized, once
         self._publish_diagnostics(final=True)
+        self.finalized = True
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -763,6 +772,10 @@ config/mcn.yaml (and by `ros2 param describe` while it runs); weights:=FILE is n
 `ros2 launch mcn_ros mcn.launch.py weights:=FILE`."""
 
 
+#: Seconds the main thread waits for callbacks before it looks at a stop request again.
+STOP_POLL_S = 0.2
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Console entry point: spin until Ctrl-C or shutdown; ``autostart`` skips the lifecycle manager."""
     argv = list(args) if args is not None else sys.argv
@@ -773,10 +786,17 @@ def main(args: Sequence[str] | None = None) -> int:
         # Before the first DDS participant: camera-sized frames through Fast DDS's shared memory, as the
         # launch file gives it (unless the environment names a profile or another middleware).
         dds_profile = use_shipped_profile()
-        rclpy.init(args=argv)
+        if SignalHandlerOptions is None:
+            rclpy.init(args=argv)
+        else:  # the node's own handlers (below): the context stays valid for the shutdown transition
+            rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as error:  # rcl's own argument errors, e.g. a parameter file it cannot parse
         print(f"[mcn_node] error: cannot start: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
+    stop = threading.Event()  # SIGINT or SIGTERM arrived
+    if SignalHandlerOptions is not None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, lambda *_: stop.set())
     try:
         node = McnNode()
     except StartupError as error:
@@ -805,7 +825,13 @@ def main(args: Sequence[str] | None = None) -> int:
                 f"unconfigured, waiting for a lifecycle manager (ros2 lifecycle set {name} configure, then "
                 "activate), or start it with autostart:=true"
             )
-        executor.spin()
+        if SignalHandlerOptions is None:
+            executor.spin()
+        else:
+            # Python runs signal handlers on this thread between bytecodes, not while it waits in rcl_wait:
+            # the wait is cut into slices, so that a stop takes effect within one.
+            while not stop.is_set():
+                executor.spin_once(timeout_sec=STOP_POLL_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
@@ -817,8 +843,13 @@ def main(args: Sequence[str] | None = None) -> int:
         # Under `ros2 launch` a terminal's Ctrl-C arrives twice (from the terminal to the process group, and
         # passed on by launch), as under systemd's default KillMode: a second signal must not interrupt the
         # shutdown (it raised KeyboardInterrupt in the inference thread's join).
-        for stop in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(stop, signal.SIG_IGN)
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+        if stop.is_set() and not node.finalized and rclpy.ok():
+            # The shutdown transition, as a lifecycle manager's: a lifecycle event for managers and launch,
+            # and the final STALE status on /diagnostics (aggregators otherwise wait for their timeout).
+            node.get_logger().info("stopping on a signal: shutdown transition")
+            node.trigger_shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
