@@ -782,3 +782,33 @@ def test_a_signal_ends_the_node_through_the_shutdown_transition(weights: Path, s
     finally:
         c.close()
         stop_node(process)
+
+
+def test_a_signal_during_configure_stops_the_node_there() -> None:
+    """Ctrl-C while autostart configures (the demo weights load for a second or more): the node stops there,
+    without activating first (the signal used to wait for configure and activate to finish, and a slow
+    configure outlived launch's SIGTERM and met its SIGKILL), and still exits 0 with its final status."""
+    import os
+    import signal
+
+    process = start_node(
+        "-p", f"weights:={REPO / 'demo' / 'mcn_demo.safetensors'}", "-p", "autostart:=true", name="early_node"
+    )  # fmt: skip
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    # The node names its Fast DDS profile just before autostart's configure.
+    while time.monotonic() < deadline and not any("Fast DDS profile" in line for line in lines):
+        lines.extend(process.stdout.readlines())
+        time.sleep(0.01)
+    assert any("Fast DDS profile" in line for line in lines), "".join(lines)
+    process.send_signal(signal.SIGINT)
+    signalled = time.monotonic()
+    try:
+        process.wait(timeout=30)
+    finally:
+        log = "".join(lines) + stop_node(process)
+    assert process.returncode == 0 and time.monotonic() - signalled < 30, log
+    assert "stopping on a signal" in log and "Traceback" not in log, log
+    assert "active: listening" not in log, log  # stopped in configure, not after activating

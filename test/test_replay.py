@@ -599,3 +599,11 @@ def test_a_run_evaluated_again_where_its_bag_is_not_keeps_its_report(run_dir: Pa
     assert bag_notes == [
         f"accuracy not evaluated: the input bag {gone} is not on this machine (pass --ground-truth)"
     ]
+    # --no-direct in place, where the bag is: asked to skip the model-alone figures and the video, so the
+    # report is replaced without them (it was refused as if they could not be made).
+    rescored = tmp_path / "rescored"
+    shutil.copytree(run_dir, rescored)
+    code, _, err = main("evaluate", str(rescored), "--no-direct")
+    assert code == 0, err
+    report = read_json(rescored / "report.json")
+    assert report["bbox_AP"] is not None and report["direct_bbox_AP"] is None

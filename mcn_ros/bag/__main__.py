@@ -135,7 +135,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="only the outputs under this namespace: one camera of a several-camera node (/mcn_node/front) "
         "or one of several nodes in a recording",
     )
-    evaluate.add_argument("--no-direct", action="store_true", help="skip the model-runtime-alone figures")
+    evaluate.add_argument(
+        "--no-direct",
+        action="store_true",
+        help="skip the model-runtime-alone figures and the video (an earlier report's are replaced)",
+    )
     evaluate.add_argument("--report-dir", type=Path, help="where report.json/.md go (default: the folder)")
     evaluate.add_argument(
         "--overwrite",
@@ -304,9 +308,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         direct=not args.no_direct,
         outputs_under=args.outputs_under,
     )
-    lost = would_lose(folder, evaluation)
+    lost = would_lose(folder, evaluation, direct=not args.no_direct)
     if lost and not args.overwrite:  # e.g. a run evaluated again where its bag and weights are not
-        why = "; ".join(evaluation.summary.get("notes", [])) or "its notes say why"
+        why = "; ".join(evaluation.summary.get("notes", [])) or "nothing here to make them from"
         raise BagError(
             f"{folder} holds a report with {', '.join(lost)}, which this evaluation cannot make again "
             f"({why}); nothing written: give what it needs, another --report-dir, or --overwrite"

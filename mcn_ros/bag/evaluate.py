@@ -313,10 +313,11 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def would_lose(folder: str | Path, evaluation: Evaluation) -> list[str]:
+def would_lose(folder: str | Path, evaluation: Evaluation, direct: bool = True) -> list[str]:
     """What the report already in ``folder`` holds that ``evaluation`` would not write again: accuracy
     figures it cannot score (no ground truth, no weights here), the video and frame strip it cannot draw (the
-    input bag is not here). Empty when there is no readable report."""
+    input bag is not here). Empty when there is no readable report. ``direct`` False (``--no-direct``): the
+    model-alone figures and the video were not asked for, so they do not count."""
     from mcn_ros.bag.report import REPORT_FILES
 
     try:
@@ -328,12 +329,13 @@ def would_lose(folder: str | Path, evaluation: Evaluation) -> list[str]:
     lost = [
         f"{label} ({name})"
         for prefix, name in (("", "headline"), ("loaded_", "under load"), ("direct_", "model alone"))
+        if direct or prefix != "direct_"
         for label, key in ACCURACY_KEYS
         if finite_number(before.get(prefix + key)) is not None
         and finite_number(evaluation.summary.get(prefix + key)) is None
     ]
     files = before.get("files")
-    if evaluation.video is None and isinstance(files, dict):
+    if direct and evaluation.video is None and isinstance(files, dict):
         lost += [REPORT_FILES[key] for key in ("video", "frames") if key in files]
     return lost
 

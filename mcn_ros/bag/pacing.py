@@ -14,7 +14,7 @@ Per-frame records (``frames.jsonl``, one JSON object per line)::
 
 ``deadline_s`` is the next frame's send time in rate mode (the last frame: its send time plus one period) and
 null in lockstep; an output that is null never came. Every record is of a frame that was sent: a replay that
-failed lists the frames sent until then (the last one's ``deadline_s`` null in rate mode), none after.
+failed lists the frames sent until then (in rate mode the last one's ``deadline_s`` can be null), none after.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -243,12 +244,29 @@ class McnNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop everything on the way out, from any state, the inference thread included (finalized is
         final: nothing runs on it again)."""
+        self._finalize()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _finalize(self) -> None:
         self._teardown()
         self._end_inference_thread()
         self._diagnostics_timer.cancel()  # it would report "unconfigured" for good: say finalized, once
         self._publish_diagnostics(final=True)
+        # The process may end right after: give the readers a moment to have it (the status was lost when
+        # the participant went at once; reliable QoS: acknowledged).
+        self._diagnostics_publisher.wait_for_all_acked(Duration(seconds=FINAL_STATUS_WAIT_S))
         self.finalized = True
-        return TransitionCallbackReturn.SUCCESS
+
+    def shut_down_on_signal(self) -> None:
+        """The shutdown transition, from the state a signal left the node in; where the signal interrupted
+        a transition (the state machine is between states, from which none starts), the same steps without
+        the state machine, so that the final status still goes out."""
+        if self.finalized:
+            return
+        if self._state_machine.current_state[1] in ("unconfigured", "inactive", "active"):
+            self.trigger_shutdown()
+        else:
+            self._finalize()
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Drop everything after an error, so that configure can start afresh."""
@@ -772,6 +790,8 @@ config/mcn.yaml (and by `ros2 param describe` while it runs); weights:=FILE is n
 `ros2 launch mcn_ros mcn.launch.py weights:=FILE`."""
 
 
+#: Seconds the final /diagnostics status may wait for its readers' acknowledgements.
+FINAL_STATUS_WAIT_S = 1.0
 #: Seconds the main thread waits for callbacks before it looks at a stop request again.
 STOP_POLL_S = 0.2
 
@@ -794,15 +814,29 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"[mcn_node] error: cannot start: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
     stop = threading.Event()  # SIGINT or SIGTERM arrived
+    spinning = threading.Event()  # the main thread spins (else it starts: constructs, configures, activates)
+
+    def on_signal(number: int, frame: object) -> None:
+        """Stop the spin after its current slice, or interrupt the start (a configure may take long: it
+        outlived launch's SIGTERM once), once: a second signal, as `ros2 launch` passes a terminal's Ctrl-C
+        on, must not interrupt the shutdown."""
+        if not stop.is_set():
+            stop.set()
+            if not spinning.is_set():
+                raise KeyboardInterrupt
+
     if SignalHandlerOptions is not None:
         for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, lambda *_: stop.set())
+            signal.signal(number, on_signal)
     try:
         node = McnNode()
     except StartupError as error:
         print(f"[mcn_node] error: invalid parameters: {error}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    except KeyboardInterrupt:  # stopped while starting
+        rclpy.try_shutdown()
+        return 0
     # One thread: every callback shares the node's one mutually exclusive group (so a second thread could
     # never run beside the first; frames go to the inference thread, configure blocks either way); and rclpy's
     # MultiThreadedExecutor kept its dispatching thread busy while frames were in flight (a fifth of a core
@@ -829,8 +863,9 @@ def main(args: Sequence[str] | None = None) -> int:
             executor.spin()
         else:
             # Python runs signal handlers on this thread between bytecodes, not while it waits in rcl_wait:
-            # the wait is cut into slices, so that a stop takes effect within one.
-            while not stop.is_set():
+            # the wait is cut into slices, so that a signal takes effect within one.
+            spinning.set()
+            while not stop.is_set() and rclpy.ok():
                 executor.spin_once(timeout_sec=STOP_POLL_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -849,7 +884,10 @@ def main(args: Sequence[str] | None = None) -> int:
             # The shutdown transition, as a lifecycle manager's: a lifecycle event for managers and launch,
             # and the final STALE status on /diagnostics (aggregators otherwise wait for their timeout).
             node.get_logger().info("stopping on a signal: shutdown transition")
-            node.trigger_shutdown()
+            try:
+                node.shut_down_on_signal()
+            except Exception as error:  # the process ends either way: say why there was no final status
+                node.get_logger().error(f"shutdown transition failed: {error}")
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
