@@ -798,11 +798,11 @@ def test_a_signal_during_configure_stops_the_node_there() -> None:
     os.set_blocking(process.stdout.fileno(), False)
     lines: list[str] = []
     deadline = time.monotonic() + 60
-    # The node names its Fast DDS profile just before autostart's configure.
-    while time.monotonic() < deadline and not any("Fast DDS profile" in line for line in lines):
+    # The node says when configure starts loading the weights.
+    while time.monotonic() < deadline and not any("configuring: loading" in line for line in lines):
         lines.extend(process.stdout.readlines())
         time.sleep(0.01)
-    assert any("Fast DDS profile" in line for line in lines), "".join(lines)
+    assert any("configuring: loading" in line for line in lines), "".join(lines)
     process.send_signal(signal.SIGINT)
     signalled = time.monotonic()
     try:

@@ -287,6 +287,7 @@ class McnNode(LifecycleNode):
             )
         backend = str(self.get_parameter("backend").value)
         device = backend_device(str(self.get_parameter("device").value), backend)  # auto: CPU for onnxruntime
+        self.get_logger().info(f"configuring: loading {weights} ({backend} on {device})")  # can take seconds
 
         def load() -> Any:
             self._torch_threads_as_started()  # for loading, and the forward of a torch backend
