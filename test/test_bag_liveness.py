@@ -18,6 +18,8 @@ import pytest
 from bagtools import camera_bag, main, synthetic_coco
 from nodetools import make_weights
 
+from mcn_ros.bag.pacing import process_state
+
 NODE_PARAMS = ["--param", "device=cpu"]
 FRAMES = 4
 
@@ -32,20 +34,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _state(pid: int) -> str | None:
-    """A process's state letter (``Z``: exited, not reaped), None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2]
-
-
 def _kill(pid: int) -> None:
     """SIGKILL, and wait until the process has exited (a zombie until `run` reaps it)."""
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while _state(pid) not in (None, "Z") and time.monotonic() < deadline:
+    while process_state(pid) not in (None, "Z") and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

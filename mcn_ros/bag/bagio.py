@@ -75,6 +75,12 @@ def split_stamp(stamp_ns: int) -> tuple[int, int]:
     return int(sec), int(nanosec)
 
 
+def stamp_text(stamp_ns: int) -> str:
+    """A header stamp as messages name it, ``sec.nanosec`` (nine digits)."""
+    sec, nanosec = split_stamp(stamp_ns)
+    return f"{sec}.{nanosec:09d}"
+
+
 # -- reading -----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def open_bag(path: str | Path) -> Iterator[Any]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mcn_ros.bag import BagError
-from mcn_ros.bag.bagio import CameraBag, split_stamp, write_text_atomic
+from mcn_ros.bag.bagio import CameraBag, split_stamp, stamp_text, write_text_atomic
 
 SIDECAR = "ground_truth.json"
 FORMAT = "mcn_ros.ground_truth"
@@ -130,14 +130,14 @@ class GroundTruth:
         if unmapped:
             raise BagError(
                 f"{what}: {len(unmapped)} of {len(camera.frames)} frames on {camera.topic} have no image id "
-                f"(first stamp {_stamp_text(unmapped[0])})"
+                f"(first stamp {stamp_text(unmapped[0])})"
             )
         stamps = {f.stamp_ns for f in camera.frames}
         extra = [s for s in self.image_of_stamp if s not in stamps]
         if extra:
             raise BagError(
                 f"{what}: {len(extra)} stamps in the ground truth have no frame on {camera.topic} "
-                f"(first {_stamp_text(min(extra))})"
+                f"(first {stamp_text(min(extra))})"
             )
         known = {int(im["id"]) for im in self.dataset.get("images", [])}
         for frame in camera.frames:
@@ -147,14 +147,9 @@ class GroundTruth:
             if frame.height and (frame.height, frame.width) != self.image_size(image_id):
                 h, w = self.image_size(image_id)
                 raise BagError(
-                    f"{what}: the frame stamped {_stamp_text(frame.stamp_ns)} is {frame.width}x{frame.height}"
+                    f"{what}: the frame stamped {stamp_text(frame.stamp_ns)} is {frame.width}x{frame.height}"
                     f" but image {image_id} is {w}x{h} in the annotations"
                 )
-
-
-def _stamp_text(stamp_ns: int) -> str:
-    sec, nanosec = split_stamp(stamp_ns)
-    return f"{sec}.{nanosec:09d}"
 
 
 def sidecar_path(bag_or_file: str | Path) -> Path:
@@ -203,7 +198,7 @@ def read_ground_truth(bag_or_file: str | Path) -> GroundTruth:
         image_id, stamps = next(iter(shared.items()))
         raise BagError(
             f"ground truth {path}: image {image_id} is the ground truth of {len(stamps)} frames "
-            f"({', '.join(_stamp_text(s) for s in stamps[:3])}); each frame needs an image id of its own "
+            f"({', '.join(stamp_text(s) for s in stamps[:3])}); each frame needs an image id of its own "
             f"(copy the image entry and its annotations under a new id); {len(shared)} such image(s)"
         )
     return GroundTruth(dataset, image_of_stamp, str(data.get("camera_topic", "")), path, data.get("source"))

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from mcn_ros.bag import BagError
-from mcn_ros.bag.bagio import OutputBagWriter, content_hash, serialize, split_stamp, staged_output
+from mcn_ros.bag.bagio import OutputBagWriter, content_hash, serialize, split_stamp, staged_output, stamp_text
 from mcn_ros.bag.ground_truth import GroundTruth, checked_dataset, subset
 from mcn_ros.bag.typestore import COMPRESSED_IMAGE, IMAGE, typestore
 from mcn_ros.coco import merge_keypoints
@@ -119,7 +119,7 @@ def make_bag(
     if last_ns > MAX_STAMP_NS:
         raise BagError(
             f"start {start_s} s: the last of {len(images)} frames at {rate_hz:g} Hz would be stamped "
-            f"{_seconds(last_ns)} s, past the latest header stamp {_seconds(MAX_STAMP_NS)} s "
+            f"{stamp_text(last_ns)} s, past the latest header stamp {stamp_text(MAX_STAMP_NS)} s "
             "(builtin_interfaces/Time has an int32 sec)"
         )
     image_of_stamp: dict[int, int] = {}
@@ -156,11 +156,6 @@ def make_bag(
         "storage": storage,
         "sha256": content_hash(out),
     }
-
-
-def _seconds(stamp_ns: int) -> str:
-    sec, nanosec = split_stamp(stamp_ns)
-    return f"{sec}.{nanosec:09d}"
 
 
 def _exif_oriented(jpeg: np.ndarray, oriented: np.ndarray) -> bool:

@@ -180,11 +180,24 @@ class Arrivals:
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/<pid>/stat`` from field 3 (the state) on: after "pid (comm) ", where comm may hold spaces."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (``/proc/<pid>/stat`` utime + stime)."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def process_state(pid: int) -> str | None:
+    """A process's state letter (``Z``: exited, not yet reaped by its parent); None when it is gone."""
+    try:
+        return _stat_fields(pid)[0]
+    except (OSError, IndexError):
+        return None
 
 
 def process_memory_kib(pid: int) -> dict[str, int]:

@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING
 from mcn_ros.bag import BagError
 from mcn_ros.bag.bagio import CameraBag, content_hash, read_camera_bag, staged_output
 from mcn_ros.bag.ground_truth import GroundTruth, read_ground_truth, sidecar_path
+from mcn_ros.bag.pacing import process_state
 from mcn_ros.bag.replay import input_info, record_phase
 from mcn_ros.ros.fastdds import use_shipped_profile
 
@@ -96,15 +97,6 @@ def node_command(
     return command
 
 
-def _is_zombie(pid: int) -> bool:
-    """Whether the process has exited and awaits its parent (``Z`` in ``/proc/<pid>/stat``)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2 :].startswith("Z")
-
-
 def exit_status(code: int) -> str:
     """A process's return code in words: ``exit status 1``, ``killed by SIGKILL (signal 9)``."""
     if code >= 0:
@@ -143,7 +135,7 @@ class NodeProcess:
         """The node's return code once it has exited, else None. A process just killed shows as a zombie
         while its other threads end, not yet reapable: its code is waited for then (moments)."""
         code = self.process.poll()
-        if code is None and _is_zombie(self.pid):
+        if code is None and process_state(self.pid) == "Z":
             try:
                 code = self.process.wait(timeout=5.0)
             except subprocess.TimeoutExpired:

@@ -184,6 +184,12 @@ def _batch_images(images: np.ndarray | Sequence[np.ndarray]) -> tuple[list[np.nd
 CALLER_CONFIG_FIELDS = ("input_size", "decode", "name")
 
 
+def with_caller_fields(other: ModelConfig, config: ModelConfig) -> ModelConfig:
+    """``other`` with ``config``'s :data:`CALLER_CONFIG_FIELDS`: equal to ``config`` where both describe one
+    network."""
+    return dataclasses.replace(other, **{field: getattr(config, field) for field in CALLER_CONFIG_FIELDS})
+
+
 def check_config_matches(model: nn.Module, config: ModelConfig) -> None:
     """Refuse a ``config`` that describes another network than ``model`` (its ``config``): classes, heads,
     normalisation and architecture must agree; the input size and decode settings are the caller's to set.
@@ -191,7 +197,7 @@ def check_config_matches(model: nn.Module, config: ModelConfig) -> None:
     built = getattr(model, "config", None)
     if not isinstance(built, ModelConfig):
         return
-    own = dataclasses.replace(built, **{field: getattr(config, field) for field in CALLER_CONFIG_FIELDS})
+    own = with_caller_fields(built, config)
     if own != config:
         found = first_difference(dataclasses.asdict(config), dataclasses.asdict(own))
         where = (

@@ -681,12 +681,10 @@ def check_graph_config(recorded: str | None, config: ModelConfig, name: str = "t
     ``config`` in more than :data:`~mcn_ros.model.predictor.CALLER_CONFIG_FIELDS`, naming every differing
     field: the same tensors under another config (a segmentation output stride, class names) compute or
     read other outputs."""
-    import dataclasses
-
     import yaml
 
     from mcn_ros.model.config import ConfigError
-    from mcn_ros.model.predictor import CALLER_CONFIG_FIELDS
+    from mcn_ros.model.predictor import with_caller_fields
     from mcn_ros.model.weights import differences
 
     if recorded is None:
@@ -704,8 +702,7 @@ def check_graph_config(recorded: str | None, config: ModelConfig, name: str = "t
             f"{name}: its recorded model config (mcn_config) cannot be read ({error}): quantise these "
             "weights again"
         ) from error
-    kept = {field: getattr(config, field) for field in CALLER_CONFIG_FIELDS}
-    found = differences(dataclasses.replace(theirs, **kept).to_dict(), config.to_dict())
+    found = differences(with_caller_fields(theirs, config).to_dict(), config.to_dict())
     if found:
         described = "; ".join(
             f"{key}: {a!r} in the graph, {b!r} in the weights" if len(repr(a)) + len(repr(b)) <= 80 else key

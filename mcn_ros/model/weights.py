@@ -146,21 +146,12 @@ def read_metadata(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
 
 def first_difference(found: Any, expected: Any, where: str = "") -> tuple[str, Any, Any] | None:
     """First differing key (dotted path) between two nested dict/list structures, or None."""
-    if isinstance(found, dict) and isinstance(expected, dict):
-        for key in list(expected) + [k for k in found if k not in expected]:
-            sub = f"{where}.{key}" if where else str(key)
-            diff = first_difference(found.get(key), expected.get(key), sub)
-            if diff is not None:
-                return diff
-        return None
-    if found != expected:
-        return where, found, expected
-    return None
+    return next(iter(differences(found, expected, where)), None)
 
 
 def differences(found: Any, expected: Any, where: str = "") -> list[tuple[str, Any, Any]]:
-    """Every differing key (dotted path, with both values) between two nested dict structures, in
-    :func:`first_difference`'s order (lists compared whole)."""
+    """Every differing key (dotted path, with both values) between two nested dict structures, those of
+    ``expected`` first, in order, then those only ``found`` has (lists compared whole)."""
     if isinstance(found, dict) and isinstance(expected, dict):
         out: list[tuple[str, Any, Any]] = []
         for key in list(expected) + [k for k in found if k not in expected]:

@@ -111,7 +111,7 @@ class Player(NodeLink):
                         record.arrivals_ns[key] = arrival - t0
                 record.counts = counts[record.stamp_ns]
         if monitor is not None and monitor.exited:  # gone after the last check
-            raise BagError(f"the node process (pid {node_pid}) exited during the {pace} replay")
+            raise _exited(monitor, pace)
         summary = {
             "pace": pace,
             "rate_factor": rate_factor if pace == "rate" else None,
@@ -151,7 +151,7 @@ class Player(NodeLink):
         self._check_abort()
         monitor = self._monitor
         if monitor is not None and monitor.exited:
-            raise BagError(f"the node process (pid {monitor.pid}) exited during the {self._pace} replay")
+            raise _exited(monitor, self._pace)
 
     def _wait_for_outputs(self, stamp_ns: int, keys: list[str], timeout_s: float) -> bool:
         """Wait until every output of ``stamp_ns`` came (False on timeout), checking meanwhile that the node
@@ -223,3 +223,7 @@ class Player(NodeLink):
             time.sleep(0.02)
         time.sleep(0.2)  # stragglers of the frames before it
         self._check_node()
+
+
+def _exited(monitor: ProcessMonitor, pace: str) -> BagError:
+    return BagError(f"the node process (pid {monitor.pid}) exited during the {pace} replay")
