@@ -18,8 +18,8 @@ image. The target (issue 13) is decode <= 5 % of the forward.
 On the CPU each of ``--backends`` (default all four the node ships): ``torch`` (fp32), ``bf16`` (torch, the
 model's bfloat16 copy; skipped with a note on a CPU without native bf16), ``onnxruntime`` (fp32) and
 ``int8`` (ONNX Runtime, static int8 calibrated on 16 scenes of the demo's training split drawn at 640x480;
-skipped with a note on a CPU without int8 dot products). ONNX Runtime hands decoding
-NCHW maps where torch hands it channels_last ones.
+skipped with a note on a CPU without int8 dot products). Every backend hands decoding channels_last
+maps (ONNX Runtime's fp32 graph since `export_onnx(channels_last=True)`, 2026-12-06; NCHW maps before).
 
 ``--device cuda``: the same on a GPU, each step ending with a synchronize (bench/e2e_cpu.py's SplitPredict),
 at each of ``--precisions`` (fp16 / bf16 as CUDA autocast, as the node runs them); ``--cuda-graphs`` adds

@@ -43,7 +43,8 @@ def test_unknown_backend_and_missing_onnxruntime(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("seg_stride", [4, 1])
 def test_onnxruntime_equals_torch(seg_stride: int) -> None:
     """Raw outputs within 1e-4 of their scale at two input shapes (dynamic axes) and every task subset's
-    graph; decoded detections, keypoints and segmentation equal on camera-shaped inputs."""
+    graph, handed on as channels-last views (the graph writes [B, H, W, C]); decoded detections, keypoints
+    and segmentation equal on camera-shaped inputs."""
     onnx_modules()
     model, config = _model(seg_stride)
     eager = Predictor(model, config)
@@ -62,6 +63,7 @@ def test_onnxruntime_equals_torch(seg_stride: int) -> None:
         assert sorted(got) == sorted(want)
         for key, value in want.items():
             assert got[key].shape == value.shape, key
+            assert got[key].permute(0, 2, 3, 1).is_contiguous(), key
             scale = float(value.abs().max()) + 1e-6
             assert float((got[key] - value).abs().max()) <= 1e-4 * scale, key
     rng = np.random.default_rng(5)

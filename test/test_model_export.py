@@ -110,10 +110,15 @@ def test_a_finer_segmentation_output_declares_its_own_size() -> None:
     ).to_dict()
     light["segmentation"]["output_stride"], light["input_size"] = 1, [64, 64]
     config = ModelConfig.from_dict(light)
-    data, _ = export_onnx(MultitaskCenterNet(config).eval(), config.tasks, 64, 64)
-    dims = {
-        o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
-        for o in onnx.load_from_string(data).graph.output
-    }
-    assert dims["segmentation"][2:] == ["seg_height", "seg_width"]
-    assert dims["heatmap"][2:] == ["out_height", "out_width"]
+    model = MultitaskCenterNet(config).eval()
+    assert config.detection is not None
+    # NCHW, and the backend's own graphs' [B, H, W, C]
+    for channels_last, (rows, columns) in ((False, (2, 3)), (True, (1, 2))):
+        data, _ = export_onnx(model, config.tasks, 64, 64, channels_last=channels_last)
+        dims = {
+            o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+            for o in onnx.load_from_string(data).graph.output
+        }
+        assert [dims["segmentation"][i] for i in (0, rows, columns)] == ["batch", "seg_height", "seg_width"]
+        assert [dims["heatmap"][i] for i in (0, rows, columns)] == ["batch", "out_height", "out_width"]
+        assert dims["heatmap"][6 - rows - columns] == config.detection.num_classes

@@ -237,9 +237,10 @@ def _nearest_peak_cells(
 def channel_argmax(logits: Tensor) -> Tensor:
     """``logits.argmax(dim=1)`` of [B, C, H, W] (the first maximum on ties), [B, H, W].
 
-    On the CPU, ``max(dim=1)``'s indices: for a contiguous (NCHW) tensor (ONNX Runtime's fp32 outputs),
-    torch's argmax over the channels is about 1.7x slower (81 x 96 x 128 on 2 cores: 3.0 against 1.8 ms; a
-    running maximum over the channel planes took 3.6 ms), and for a channels_last one they cost the same.
+    On the CPU, ``max(dim=1)``'s indices: for a contiguous (NCHW) tensor (a caller's maps; every backend
+    hands decoding channels_last ones) torch's argmax over the channels is about 1.7x slower (81 x 96 x 128
+    on 2 cores: 3.0 against 1.8 ms; a running maximum over the channel planes took 3.6 ms), and for a
+    channels_last one they cost the same.
     """
     if logits.device.type != "cpu" or logits.shape[1] == 1:
         return logits.argmax(dim=1)
