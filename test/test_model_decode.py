@@ -282,6 +282,7 @@ def test_keypoint_snapping_searches_agree(
     for bf16 heatmaps (scores in the heatmaps' dtype on both paths)."""
     torch.manual_seed(5)
     b, k, j = 2, 6, 17
+    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)  # 17 channels would be pooled whatever passes
     if maps == "exactly_candidates":
         kp_logits = _exact_peaks(b, j, candidates)
     else:  # passing cells: ~8 % per joint (the lists' pooled path) or ~0.6 % (their sparse path)
@@ -372,6 +373,7 @@ def test_person_peaks_come_from_the_detection_search(
     detection's person-channel peaks (no second search of the person map): the same poses as pose alone.
     A lower pose threshold searches the person map itself."""
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
+    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     hw = (100, 200)
     out, boxes = _many_persons(), [letterbox_for(hw, INPUT)]
     person_searches = []
@@ -407,6 +409,7 @@ def test_topk_search_device_gives_the_same_results(tasks: list[str], monkeypatch
     out["kp_heatmap"][0, :, 2::12, 3::12] = 3.0  # 9 peaks per joint: few enough for cell-by-cell snapping
     options = DecodeOptions(score_threshold=0.3, pose_score_threshold=0.3)
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # the listing a paper-sized map gets on the CPU
+    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", 1 << 30)
     names = ("_sparse_candidates", "_pooled_candidates", "_dense_peaks")
     searches = {name: _record_results(monkeypatch, name) for name in names}
@@ -573,6 +576,7 @@ def test_find_peaks_equals_the_dense_search(
     search for a fallback."""
     (pooled_max, fallback_max), expected_paths = PEAK_PATHS[path]
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
+    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     monkeypatch.setattr(peaks, "POOLED_FALLBACK_MAX_VALUES", fallback_max)
     taken = []
     for name, function in (
@@ -618,6 +622,7 @@ def test_find_peaks_single_image_and_channel_map(monkeypatch: pytest.MonkeyPatch
     expected = _reference_peaks(person, 10, 0.3, 3, per_channel=False)
     for pooled_max in (0, 1 << 30):
         monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
+        monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
         best = find_peaks(person, 10, 0.3, 3)
         got = {
             (int(c), int(y), int(x), round(float(s) * 1e6))
@@ -635,12 +640,45 @@ def test_find_peaks_takes_the_sparse_path_when_few_cells_pass(monkeypatch: pytes
     logits[0, 2, 5, 9] = 2.0
     logits[0, 2, 5, 10] = 1.0  # a neighbour, not a peak
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # this small map would be max-pooled whole
+    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     monkeypatch.setattr(peaks, "local_peaks", None)  # the dense search would fail
     best = find_peaks(logits, 10, 0.3, 3)
     assert best.scores.shape == (1, 1, 1)
     assert (int(best.channels[0, 0, 0]), int(best.ys[0, 0, 0]), int(best.xs[0, 0, 0])) == (2, 5, 9)
     none = find_peaks(logits, 10, 0.95, 3)
     assert none.scores.shape == (1, 1, 1) and float(none.scores[0, 0, 0]) == -1.0
+
+
+def test_maps_of_few_channels_are_pooled_whatever_their_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keypoint maps (17 channels) and a person map are max-pooled whole at the paper's size, where a
+    trained keypoint map passes the snapping threshold in about a sixth of its cells; the detection's 80
+    channels are searched cell by cell. Both give the reference peaks."""
+    pooled = _record_results(monkeypatch, "_pooled_candidates")
+    sparse = _record_results(monkeypatch, "_sparse_candidates")
+    torch.manual_seed(4)
+    # (channels, background logit, threshold, the search expected): the 80-channel map's ~20 passing values
+    for channels, mean, threshold, path in (
+        (17, -3.5, 0.1, pooled),
+        (1, -3.5, 0.3, pooled),
+        (80, -7, 0.3, sparse),
+    ):
+        logits = (torch.randn(1, channels, 96, 128) * 1.5 + mean).contiguous(
+            memory_format=torch.channels_last
+        )
+        assert channels * 96 * 128 > peaks.POOLED_MAX_VALUES
+        everything = logits.numel()
+        best = find_peaks(logits, everything, threshold, 3)
+        assert len(path) == 1 and len(pooled) + len(sparse) == 1, channels
+        pooled.clear()
+        sparse.clear()
+        found = {
+            (int(c), int(y), int(x), round(float(v) * 1e6))
+            for v, c, y, x in zip(
+                best.scores[0, 0], best.channels[0, 0], best.ys[0, 0], best.xs[0, 0], strict=True
+            )
+            if v >= 0
+        }
+        assert [found] == _reference_peaks(logits, everything, threshold, 3, per_channel=False) and found
 
 
 def test_the_sparse_search_never_compares_a_cell_with_itself(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -652,6 +690,7 @@ def test_the_sparse_search_never_compares_a_cell_with_itself(monkeypatch: pytest
     logits[0, 1, 3, 3] = 1.0  # the last candidate, in the corner: its last clamped neighbour is itself
     logits[0, 0, 1, 1] = 2.0
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # the sparse search
+    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     plain = torch.Tensor.sigmoid_
 
     def uneven(self: torch.Tensor) -> torch.Tensor:
