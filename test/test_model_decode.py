@@ -141,9 +141,14 @@ def _pose_outputs() -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("dense_max", [0, 1 << 30], ids=["peak_lists", "every_cell"])
-def test_pose_keypoint_snapping(dense_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("dense_max", "listed_max"),
+    [(0, 0), (0, 1 << 30), (1 << 30, 0)],
+    ids=["peak_lists", "listed_peaks", "every_cell"],
+)
+def test_pose_keypoint_snapping(dense_max: int, listed_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", dense_max)
+    monkeypatch.setattr(decode, "LISTED_SNAP_MAX_VALUES", listed_max)
     hw = (100, 200)
     out = _pose_outputs()
     results = decode_batch(out, [letterbox_for(hw, INPUT)], [hw], config(), ["pose"], DecodeOptions())
@@ -275,11 +280,12 @@ def _exact_peaks(b: int, j: int, count: int) -> torch.Tensor:
 def test_keypoint_snapping_searches_agree(
     maps: str, candidates: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Snapping against every cell of a small map gives what snapping against each joint's peak list gives
-    (many persons, many peaks, sub-pixel offsets, two images) on maps whose peak lists come from the pooled
-    search (dense) and from the sparse one, and with exactly ``keypoint_candidates`` peaks per joint; with
-    more peaks in a joint than that the search falls back to the lists, whose cut-off then matters. Also
-    for bf16 heatmaps (scores in the heatmaps' dtype on both paths)."""
+    """Snapping against every cell of a small map, and against the listed peaks, gives what snapping against
+    each joint's peak list gives (many persons, many peaks, sub-pixel offsets, two images) on maps whose
+    peak lists come from the pooled search (dense) and from the sparse one, and with exactly
+    ``keypoint_candidates`` peaks per joint; with more peaks in a joint than that the search falls back to
+    the lists, whose cut-off then matters. Also for bf16 heatmaps (scores in the heatmaps' dtype on all
+    paths)."""
     torch.manual_seed(5)
     b, k, j = 2, 6, 17
     monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)  # 17 channels would be pooled whatever passes
@@ -297,18 +303,24 @@ def test_keypoint_snapping_searches_agree(
     falls_back = bool((peaks_per_joint > candidates).any())
     assert falls_back == (maps == "dense" and candidates == 3), "each case is the map it is meant to be"
     cell_searches = _record_results(monkeypatch, "_nearest_peak_cells")
+    candidate_searches = _record_results(monkeypatch, "_nearest_candidates")
     sparse_searches = _record_results(monkeypatch, "_sparse_candidates")
     results = {}
-    for dense_max in (0, 1 << 30):
-        monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", dense_max)
-        results[dense_max] = decode.decode_keypoints(boxes, regressed, kp_logits, kp_subpixel, options)
+    # (DENSE_SNAP_MAX_VALUES, LISTED_SNAP_MAX_VALUES): per-joint lists; the listed peaks; every cell
+    searches = ((0, 0), (0, 1 << 30), (1 << 30, 0))
+    for search in searches:
+        monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", search[0])
+        monkeypatch.setattr(decode, "LISTED_SNAP_MAX_VALUES", search[1])
+        results[search] = decode.decode_keypoints(boxes, regressed, kp_logits, kp_subpixel, options)
     taken = [result is None for result in cell_searches]
     assert taken == [falls_back], "the cell search ran only where allowed, and fell back when needed"
+    assert len(candidate_searches) == (0 if falls_back else 1), "the listed peaks measured where all fit"
     assert bool(sparse_searches) == (maps != "dense"), "the peak lists came from the intended search"
-    (lists_kp, lists_score), (cells_kp, cells_score) = results[0], results[1 << 30]
-    torch.testing.assert_close(cells_kp, lists_kp, rtol=0, atol=0)
-    torch.testing.assert_close(cells_score, lists_score, rtol=0, atol=0)
-    assert cells_score.dtype == lists_score.dtype == dtype
+    lists_kp, lists_score = results[searches[0]]
+    for other in searches[1:]:
+        torch.testing.assert_close(results[other][0], lists_kp, rtol=0, atol=0)
+        torch.testing.assert_close(results[other][1], lists_score, rtol=0, atol=0)
+        assert results[other][1].dtype == lists_score.dtype == dtype
     snapped = (lists_kp != regressed).any(dim=-1)
     assert 0.05 < snapped.float().mean() < 1.0, "both snapped and unsnapped keypoints are compared"
 
