@@ -722,14 +722,25 @@ def test_the_sparse_search_never_compares_a_cell_with_itself(monkeypatch: pytest
     assert found == {(0, 1, 1), (1, 3, 3)}
 
 
-def test_channel_argmax_in_both_layouts() -> None:
+@pytest.mark.parametrize("vector_argmax", [True, False], ids=["numpy", "torch"])
+def test_channel_argmax_in_both_layouts(vector_argmax: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first maximum on ties in either layout, for float32 (channels_last: NumPy's argmax over the
+    innermost axis, where NumPy vectorises it), bf16 and float64, a batch of several images and a view of a
+    larger map."""
+    monkeypatch.setattr(decode, "NUMPY_VECTOR_ARGMAX", vector_argmax)
     torch.manual_seed(2)
     logits = torch.randn(2, 9, 7, 5).round(decimals=1)  # rounded: ties, where the first channel must win
     expected = logits.argmax(dim=1)
-    assert torch.equal(channel_argmax(logits), expected)
-    assert torch.equal(channel_argmax(logits.contiguous(memory_format=torch.channels_last)), expected)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        typed = logits.to(dtype)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            assert torch.equal(channel_argmax(typed.contiguous(memory_format=layout)), expected), dtype
+    wide = torch.randn(3, 9, 9, 7).round(decimals=1).contiguous(memory_format=torch.channels_last)
+    window = wide[1:, :, 2:9, 1:6]  # channels innermost, rows and images strided
+    assert torch.equal(channel_argmax(window), window.argmax(dim=1))
     tied = torch.zeros(1, 4, 2, 2)
-    assert torch.equal(channel_argmax(tied), torch.zeros(1, 2, 2, dtype=torch.long))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        assert torch.equal(channel_argmax(tied.contiguous(memory_format=layout)), torch.zeros(1, 2, 2).long())
 
 
 def test_missing_output_is_reported() -> None:

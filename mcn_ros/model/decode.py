@@ -269,16 +269,23 @@ def _nearest_peak_cells(
     return min_dist_sq, points[rows, nearest], heat[rows, joints, nearest]
 
 
+#: NumPy's argmax runs vectorised from 1.22 (Humble's 1.21 loops value by value).
+NUMPY_VECTOR_ARGMAX = tuple(int(part) for part in np.__version__.split(".")[:2]) >= (1, 22)
+
+
 def channel_argmax(logits: Tensor) -> Tensor:
     """``logits.argmax(dim=1)`` of [B, C, H, W] (the first maximum on ties), [B, H, W].
 
-    On the CPU, ``max(dim=1)``'s indices: for a contiguous (NCHW) tensor (a caller's maps; every backend
-    hands decoding channels_last ones) torch's argmax over the channels is about 1.7x slower (81 x 96 x 128
-    on 2 cores: 3.0 against 1.8 ms; a running maximum over the channel planes took 3.6 ms), and for a
-    channels_last one they cost the same.
+    On the CPU, a float32 channels_last map (every backend's) goes to NumPy's vectorised argmax over its
+    innermost axis, a view of the same memory: 81 x 96 x 128 on 2 AVX2 cores 0.45-0.51 ms against torch's
+    1.4 on random logits (NumPy 2.4 and 1.26), 0.21 against 1.18 on the demo weights' (ad hoc). Otherwise
+    ``max(dim=1)``'s indices: for a contiguous (NCHW) tensor torch's argmax over the channels is about 1.7x
+    slower (3.0 against 1.8 ms; a running maximum over the channel planes took 3.6 ms).
     """
     if logits.device.type != "cpu" or logits.shape[1] == 1:
         return logits.argmax(dim=1)
+    if NUMPY_VECTOR_ARGMAX and logits.dtype == torch.float32 and logits.stride(1) == 1:
+        return torch.from_numpy(logits.permute(0, 2, 3, 1).numpy().argmax(axis=-1))
     return logits.max(dim=1).indices
 
 
