@@ -25,7 +25,7 @@ maps (ONNX Runtime's fp32 graph since `export_onnx(channels_last=True)`, 2026-12
 at each of ``--precisions`` (fp16 / bf16 as CUDA autocast, as the node runs them); ``--cuda-graphs`` adds
 each setting with the forward replayed from CUDA graphs (``Predictor(cuda_graphs=True)``).
 
-Writes bench/results/decode_share.json and .md (decode_share_gpu.* for a CUDA device).
+Writes bench/results/decode_share.json and .md (decode_share_gpu.* for a CUDA device; ``--name`` another).
 """
 
 from __future__ import annotations
@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU only: torch (fp32), bf16 (torch), onnxruntime (fp32), int8 (ONNX Runtime); default all",
     )  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--name", help="results file name (default decode_share, or decode_share_gpu on a CUDA device)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.images <= DEMO_VAL.images:
         parser.error(f"--images must be 1..{DEMO_VAL.images}")
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         record["gpu"], record["cuda"] = torch.cuda.get_device_name(device), torch.version.cuda
     record["decode_share_max"] = max(row["decode_share"] for row in record["settings"].values())
-    name = "decode_share_gpu" if device.type == "cuda" else "decode_share"
+    name = args.name or ("decode_share_gpu" if device.type == "cuda" else "decode_share")
     write_record(args.results, name, record, render(record))
     return 0
 

@@ -305,6 +305,24 @@ def test_sample_grid_bench_compares_both_ways(monkeypatch: pytest.MonkeyPatch, t
     assert "1280x720 | 512 | 128x72" in (tmp_path / "sample_grid.md").read_text()
 
 
+def test_decode_ab_runs_a_commits_decoding_beside_this_trees(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """bench/decode_ab.py against HEAD (the same code as this tree's in a clean checkout): every setting
+    timed for both and the same results; a base git does not know ends with its message."""
+    bench = _load(monkeypatch, "decode_ab")
+    argv = ["--base", "HEAD", "--images", "1", "--rounds", "1", "--results", str(tmp_path)]
+    assert bench.main(argv) == 0
+    record = json.loads((tmp_path / "decode_ab.json").read_text())
+    assert set(record["settings"]) == {"demo@128", "random@128", "demo@512", "random@512"}
+    for row in record["settings"].values():
+        assert row["same_results"] and row["median_ms"]["base"] > 0 and row["median_ms"]["head"] > 0
+    assert record["settings"]["demo@512"]["network_input"] == [384, 512]
+    assert "| demo (trained) | 512x384 |" in (tmp_path / "decode_ab.md").read_text()
+    with pytest.raises(SystemExit, match="decode_ab: git show no-such-commit"):
+        bench.main(["--base", "no-such-commit", "--results", str(tmp_path)])
+
+
 def test_git_commit_ignores_only_the_given_folders(tmp_path: Path) -> None:
     """A checkout with changed results only is clean for the benchmarks' record; a changed source is dirty."""
     import subprocess
