@@ -288,10 +288,9 @@ def test_keypoint_snapping_searches_agree(
     paths)."""
     torch.manual_seed(5)
     b, k, j = 2, 6, 17
-    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)  # 17 channels would be pooled whatever passes
     if maps == "exactly_candidates":
         kp_logits = _exact_peaks(b, j, candidates)
-    else:  # passing cells: ~8 % per joint (the lists' pooled path) or ~0.6 % (their sparse path)
+    else:  # passing cells: ~8 % per joint or ~0.6 %
         kp_logits = torch.randn(b, j, H, W) * 2 - (5 if maps == "dense" else 7.5)
     kp_logits = kp_logits.to(dtype).contiguous(memory_format=torch.channels_last)
     kp_subpixel = torch.rand(b, 2, H, W)
@@ -315,7 +314,7 @@ def test_keypoint_snapping_searches_agree(
     taken = [result is None for result in cell_searches]
     assert taken == [falls_back], "the cell search ran only where allowed, and fell back when needed"
     assert len(candidate_searches) == (0 if falls_back else 1), "the listed peaks measured where all fit"
-    assert bool(sparse_searches) == (maps != "dense"), "the peak lists came from the intended search"
+    assert not sparse_searches, "keypoint maps are max-pooled whole, however few cells pass"
     lists_kp, lists_score = results[searches[0]]
     for other in searches[1:]:
         torch.testing.assert_close(results[other][0], lists_kp, rtol=0, atol=0)
@@ -385,16 +384,15 @@ def test_person_peaks_come_from_the_detection_search(
     detection's person-channel peaks (no second search of the person map): the same poses as pose alone.
     A lower pose threshold searches the person map itself."""
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
-    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     hw = (100, 200)
     out, boxes = _many_persons(), [letterbox_for(hw, INPUT)]
     person_searches = []
     original = peaks.find_candidates
 
-    def recording(logits: torch.Tensor, *args: object) -> peaks.Candidates | None:
+    def recording(logits: torch.Tensor, *args: object, **kwargs: bool) -> peaks.Candidates | None:
         if logits.shape[1] == 1:
             person_searches.append(logits.shape)
-        return original(logits, *args)
+        return original(logits, *args, **kwargs)
 
     monkeypatch.setattr(peaks, "find_candidates", recording)
     for det, pose in ((0.3, 0.3), (0.3, 0.5), (0.5, 0.3)):
@@ -421,7 +419,6 @@ def test_topk_search_device_gives_the_same_results(tasks: list[str], monkeypatch
     out["kp_heatmap"][0, :, 2::12, 3::12] = 3.0  # 9 peaks per joint: few enough for cell-by-cell snapping
     options = DecodeOptions(score_threshold=0.3, pose_score_threshold=0.3)
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # the listing a paper-sized map gets on the CPU
-    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     monkeypatch.setattr(decode, "DENSE_SNAP_MAX_VALUES", 1 << 30)
     names = ("_sparse_candidates", "_pooled_candidates", "_dense_peaks")
     searches = {name: _record_results(monkeypatch, name) for name in names}
@@ -588,7 +585,6 @@ def test_find_peaks_equals_the_dense_search(
     search for a fallback."""
     (pooled_max, fallback_max), expected_paths = PEAK_PATHS[path]
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
-    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     monkeypatch.setattr(peaks, "POOLED_FALLBACK_MAX_VALUES", fallback_max)
     taken = []
     for name, function in (
@@ -634,7 +630,6 @@ def test_find_peaks_single_image_and_channel_map(monkeypatch: pytest.MonkeyPatch
     expected = _reference_peaks(person, 10, 0.3, 3, per_channel=False)
     for pooled_max in (0, 1 << 30):
         monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", pooled_max)
-        monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
         best = find_peaks(person, 10, 0.3, 3)
         got = {
             (int(c), int(y), int(x), round(float(s) * 1e6))
@@ -652,7 +647,6 @@ def test_find_peaks_takes_the_sparse_path_when_few_cells_pass(monkeypatch: pytes
     logits[0, 2, 5, 9] = 2.0
     logits[0, 2, 5, 10] = 1.0  # a neighbour, not a peak
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # this small map would be max-pooled whole
-    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     monkeypatch.setattr(peaks, "local_peaks", None)  # the dense search would fail
     best = find_peaks(logits, 10, 0.3, 3)
     assert best.scores.shape == (1, 1, 1)
@@ -661,36 +655,65 @@ def test_find_peaks_takes_the_sparse_path_when_few_cells_pass(monkeypatch: pytes
     assert none.scores.shape == (1, 1, 1) and float(none.scores[0, 0, 0]) == -1.0
 
 
-def test_maps_of_few_channels_are_pooled_whatever_their_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The keypoint maps (17 channels) and a person map are max-pooled whole at the paper's size, where a
-    trained keypoint map passes the snapping threshold in about a sixth of its cells; the detection's 80
-    channels are searched cell by cell. Both give the reference peaks."""
+def test_keypoint_maps_are_pooled_and_other_maps_searched_cell_by_cell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The keypoint search max-pools the keypoint maps whole at the paper's size (a trained keypoint map
+    passes the snapping threshold in about a sixth of its cells), however few pass; a detection or person
+    map there, with few passing cells, is searched cell by cell. Each gives the reference peaks."""
     pooled = _record_results(monkeypatch, "_pooled_candidates")
     sparse = _record_results(monkeypatch, "_sparse_candidates")
     torch.manual_seed(4)
-    # (channels, background logit, threshold, the search expected): the 80-channel map's ~20 passing values
-    for channels, mean, threshold, path in (
-        (17, -3.5, 0.1, pooled),
-        (1, -3.5, 0.3, pooled),
-        (80, -7, 0.3, sparse),
+    # (channels, background logit, threshold, pooled asked, the search expected)
+    for channels, mean, threshold, asked, path in (
+        (17, -3.5, 0.1, True, pooled),
+        (17, -7.0, 0.1, True, pooled),
+        (1, -5.0, 0.3, False, sparse),
+        (80, -7.0, 0.3, False, sparse),
     ):
-        logits = (torch.randn(1, channels, 96, 128) * 1.5 + mean).contiguous(
-            memory_format=torch.channels_last
-        )
+        shape = (1, channels, 96, 128)
+        logits = (torch.randn(shape) * 1.5 + mean).contiguous(memory_format=torch.channels_last)
         assert channels * 96 * 128 > peaks.POOLED_MAX_VALUES
-        everything = logits.numel()
-        best = find_peaks(logits, everything, threshold, 3)
+        found = peaks.find_candidates(logits, threshold, 3, pooled=asked)
         assert len(path) == 1 and len(pooled) + len(sparse) == 1, channels
         pooled.clear()
         sparse.clear()
-        found = {
+        assert found is not None
+        got = {
             (int(c), int(y), int(x), round(float(v) * 1e6))
-            for v, c, y, x in zip(
-                best.scores[0, 0], best.channels[0, 0], best.ys[0, 0], best.xs[0, 0], strict=True
-            )
-            if v >= 0
+            for v, c, y, x in zip(found.scores, found.channels, found.ys, found.xs, strict=True)
         }
-        assert [found] == _reference_peaks(logits, everything, threshold, 3, per_channel=False) and found
+        assert [got] == _reference_peaks(logits, logits.numel(), threshold, 3, per_channel=False) and got
+    kp_logits = (torch.randn(1, 17, 96, 128) * 1.5 - 7.0).contiguous(memory_format=torch.channels_last)
+    boxes = torch.tensor([[[10.0, 10.0, 90.0, 80.0]]])
+    regressed = torch.rand(1, 1, 17, 2) * 60 + 20
+    decode.decode_keypoints(boxes, regressed, kp_logits, torch.rand(1, 2, 96, 128), DecodeOptions())
+    assert len(pooled) == 1 and not sparse, "snapping at the paper's size pools the keypoint maps"
+
+
+def test_equally_near_keypoint_peaks_snap_to_the_better_score() -> None:
+    """Two peaks of a joint at the same distance from the regressed keypoint: the better-scoring one is
+    chosen by every search (the per-joint lists hold the peaks best first, and so does the listed search)."""
+    kp_logits = torch.full((1, 17, 96, 128), -10.0)
+    kp_logits[0, 0, 40, 59] = 0.0  # score 0.5, 1.5 cells left of the keypoint
+    kp_logits[0, 0, 40, 62] = 2.0  # score 0.88, 1.5 cells right of it
+    kp_subpixel = torch.zeros(1, 2, 96, 128)
+    regressed = torch.full((1, 1, 17, 2), 5.0)
+    regressed[0, 0, 0] = torch.tensor([60.5, 40.0])
+    boxes = torch.tensor([[[50.0, 30.0, 70.0, 50.0]]])
+    for layout in (torch.contiguous_format, torch.channels_last):
+        logits = kp_logits.contiguous(memory_format=layout)
+        for dense_max, listed_max in ((0, 0), (0, 1 << 30), (1 << 30, 0)):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(decode, "DENSE_SNAP_MAX_VALUES", dense_max)
+                patch.setattr(decode, "LISTED_SNAP_MAX_VALUES", listed_max)
+                keypoints, scores = decode.decode_keypoints(
+                    boxes, regressed, logits, kp_subpixel, DecodeOptions()
+                )
+            if dense_max:  # the cell search takes the first cell of equally near ones (documented)
+                continue
+            assert keypoints[0, 0, 0].tolist() == [62.0, 40.0], (dense_max, listed_max)
+            assert float(scores[0, 0, 0]) == pytest.approx(0.8808, abs=1e-4)
 
 
 def test_the_sparse_search_never_compares_a_cell_with_itself(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -702,7 +725,6 @@ def test_the_sparse_search_never_compares_a_cell_with_itself(monkeypatch: pytest
     logits[0, 1, 3, 3] = 1.0  # the last candidate, in the corner: its last clamped neighbour is itself
     logits[0, 0, 1, 1] = 2.0
     monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # the sparse search
-    monkeypatch.setattr(peaks, "POOLED_MAX_CHANNELS", 0)
     plain = torch.Tensor.sigmoid_
 
     def uneven(self: torch.Tensor) -> torch.Tensor:
@@ -723,22 +745,28 @@ def test_the_sparse_search_never_compares_a_cell_with_itself(monkeypatch: pytest
 
 
 @pytest.mark.parametrize("vector_argmax", [True, False], ids=["numpy", "torch"])
-def test_channel_argmax_in_both_layouts(vector_argmax: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first maximum on ties in either layout, for float32 (channels_last: NumPy's argmax over the
-    innermost axis, where NumPy vectorises it), bf16 and float64, a batch of several images and a view of a
-    larger map."""
+@pytest.mark.parametrize("channels", [9, 40])
+def test_channel_argmax_in_both_layouts(
+    vector_argmax: bool, channels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first maximum on ties in either layout, for float32 (channels_last and at least
+    NUMPY_ARGMAX_MIN_CHANNELS channels: NumPy's argmax over the innermost axis, where NumPy vectorises it),
+    bf16 and float64, a batch of several images, a view of a larger map and a map that requires grad."""
     monkeypatch.setattr(decode, "NUMPY_VECTOR_ARGMAX", vector_argmax)
+    assert (channels >= decode.NUMPY_ARGMAX_MIN_CHANNELS) == (channels == 40)
     torch.manual_seed(2)
-    logits = torch.randn(2, 9, 7, 5).round(decimals=1)  # rounded: ties, where the first channel must win
+    logits = torch.randn(2, channels, 7, 5).round(decimals=1)  # rounded: ties, where the first must win
     expected = logits.argmax(dim=1)
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         typed = logits.to(dtype)
         for layout in (torch.contiguous_format, torch.channels_last):
             assert torch.equal(channel_argmax(typed.contiguous(memory_format=layout)), expected), dtype
-    wide = torch.randn(3, 9, 9, 7).round(decimals=1).contiguous(memory_format=torch.channels_last)
+    wide = torch.randn(3, channels, 9, 7).round(decimals=1).contiguous(memory_format=torch.channels_last)
     window = wide[1:, :, 2:9, 1:6]  # channels innermost, rows and images strided
     assert torch.equal(channel_argmax(window), window.argmax(dim=1))
-    tied = torch.zeros(1, 4, 2, 2)
+    learning = wide.clone().requires_grad_()
+    assert torch.equal(channel_argmax(learning), wide.argmax(dim=1))
+    tied = torch.zeros(1, channels, 2, 2)
     for layout in (torch.contiguous_format, torch.channels_last):
         assert torch.equal(channel_argmax(tied.contiguous(memory_format=layout)), torch.zeros(1, 2, 2).long())
 

@@ -203,7 +203,8 @@ def _nearest_listed_peaks(
     peaks is at most :data:`LISTED_SNAP_MAX_VALUES`, the peaks are measured as listed
     (:func:`_nearest_candidates`), without ranking them into per-joint lists."""
     b, j, _, _ = kp_logits.shape
-    found = peaks.find_candidates(kp_logits, options.kp_snap_score, options.pool_kernel)
+    # Pooled: a trained keypoint map passes kp_snap_score in many cells (peaks.find_candidates).
+    found = peaks.find_candidates(kp_logits, options.kp_snap_score, options.pool_kernel, pooled=True)
     if found is not None and 0 < regressed.shape[1] * j * found.scores.shape[0] <= LISTED_SNAP_MAX_VALUES:
         per_joint = torch.bincount(found.images * j + found.channels, minlength=b * j)
         if int(per_joint.max()) <= options.keypoint_candidates:
@@ -229,10 +230,12 @@ def _nearest_candidates(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """As :func:`_nearest_listed_peaks`, against every peak of ``found`` (the keypoint maps' candidates, at
     least one) of the keypoint's own image and joint: the same peaks as the lists where no joint has more
-    than the lists hold (equally near peaks aside, where either may be chosen). Measured on 2 cores with the
-    demo weights at 512x384 (~470 peaks per image at ``kp_snap_score`` 0.1): ranking the peaks into 17
-    per-joint lists took 0.35 ms of the keypoint search's 0.91."""
+    than the lists hold. Measured on 2 cores with the demo weights at 512x384 (~470 peaks per image at
+    ``kp_snap_score`` 0.1): ranking the peaks into 17 per-joint lists took 0.35 ms of the keypoint search's
+    0.91. The peaks are taken best first, as the lists hold them, so that of equally near peaks the
+    better-scoring one is chosen, as there."""
     b, _, j, _ = regressed.shape
+    found = peaks.Candidates(*(v[found.scores.argsort(descending=True, stable=True)] for v in found))
     points = torch.stack((found.xs, found.ys), dim=-1).float()
     points += kp_subpixel[found.images, :, found.ys, found.xs].float()  # [N, 2]
     dist_sq = _squared_distances(regressed, points.view(1, 1, -1, 2))  # [B, K, J, N]
@@ -271,20 +274,30 @@ def _nearest_peak_cells(
 
 #: NumPy's argmax runs vectorised from 1.22 (Humble's 1.21 loops value by value).
 NUMPY_VECTOR_ARGMAX = tuple(int(part) for part in np.__version__.split(".")[:2]) >= (1, 22)
+#: ... and beats torch's over the channels from about this many channels (2 AVX2 cores, channels_last
+#: 96 x 128: 2 channels 0.11 against 0.06 ms, 21: 0.64 / 0.49, 32: 0.44 / 0.53, 81: 0.51 / 1.28).
+NUMPY_ARGMAX_MIN_CHANNELS = 32
 
 
 def channel_argmax(logits: Tensor) -> Tensor:
     """``logits.argmax(dim=1)`` of [B, C, H, W] (the first maximum on ties), [B, H, W].
 
-    On the CPU, a float32 channels_last map (every backend's) goes to NumPy's vectorised argmax over its
-    innermost axis, a view of the same memory: 81 x 96 x 128 on 2 AVX2 cores 0.45-0.51 ms against torch's
-    1.4 on random logits (NumPy 2.4 and 1.26), 0.21 against 1.18 on the demo weights' (ad hoc). Otherwise
-    ``max(dim=1)``'s indices: for a contiguous (NCHW) tensor torch's argmax over the channels is about 1.7x
-    slower (3.0 against 1.8 ms; a running maximum over the channel planes took 3.6 ms).
+    On the CPU, a float32 channels_last map of many channels (the 80-class configs' segmentation, from
+    either backend) goes to NumPy's vectorised argmax over its innermost axis, a view of the same memory:
+    81 x 96 x 128 on 2 AVX2 cores 0.45-0.51 ms against torch's 1.3-1.4 on random logits (NumPy 2.4 and
+    1.26), 0.21 against 1.18 on the demo weights' (ad hoc). Otherwise ``max(dim=1)``'s indices: for a
+    contiguous (NCHW) tensor torch's argmax over the channels is about 1.7x slower (3.0 against 1.8 ms; a
+    running maximum over the channel planes took 3.6 ms).
     """
     if logits.device.type != "cpu" or logits.shape[1] == 1:
         return logits.argmax(dim=1)
-    if NUMPY_VECTOR_ARGMAX and logits.dtype == torch.float32 and logits.stride(1) == 1:
+    if (
+        NUMPY_VECTOR_ARGMAX
+        and logits.shape[1] >= NUMPY_ARGMAX_MIN_CHANNELS
+        and logits.dtype == torch.float32
+        and logits.stride(1) == 1
+        and not logits.requires_grad
+    ):
         return torch.from_numpy(logits.permute(0, 2, 3, 1).numpy().argmax(axis=-1))
     return logits.max(dim=1).indices
 

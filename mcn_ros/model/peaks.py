@@ -1,9 +1,9 @@
 """Heatmap peaks: the local maxima of sigmoid(logits) that score at least a threshold, the best k of each
 image (or of each channel), as decoding wants them.
 
-On the CPU the peaks are listed: a small map, or one of few channels, is max-pooled whole and thresholded;
-on a larger one only the cells where some channel passes the threshold are examined (their
-neighbourhoods), so the cost follows the number of candidates, not the map. On a GPU
+On the CPU the peaks are listed: a small map (or one where the caller expects many cells to pass) is
+max-pooled whole and thresholded; on a larger one only the cells where some channel passes the threshold
+are examined (their neighbourhoods), so the cost follows the number of candidates, not the map. On a GPU
 (:data:`TOPK_SEARCH_DEVICES`) every search is a top-k of the max-pooled map, whose shapes do not depend on
 the values (no wait for the device, CUDA-graph friendly). Both give the same peaks (tested);
 :mod:`mcn_ros.model.decode` turns them into boxes and keypoints.
@@ -79,15 +79,6 @@ class Peaks(NamedTuple):
 #: Maps of at most this many values (C*H*W per image) are max-pooled whole, then thresholded: at such sizes
 #: one pooling pass costs less than examining each passing cell's neighbourhood.
 POOLED_MAX_VALUES = 1 << 13
-#: So are maps of at most this many channels, whatever their size (the keypoint maps' 17, a person map):
-#: pooling costs about 2.5 ns per value, the sparse search about 0.23 us per passing cell after a max over
-#: the channels, and a trained keypoint map passes ``kp_snap_score`` 0.1 in about a sixth of its cells.
-#: Measured on 2 AVX2 cores with the demo weights (median over 20 scenes at 640x480), the 17 x 96 x 128
-#: keypoint maps of the 512x384 input: pooled 0.50 ms against sparse 0.83 ms at threshold 0.1 (18 % of the
-#: cells pass), 1.42 ms at 0.05, 0.47-0.35 ms at 0.2-0.5 (5-0.2 %); at 128x96 pooled 0.12 ms against
-#: 0.20-0.49. The detection's 80 channels stay sparse (at 512x384 pooling takes 2.1-3.1 ms against
-#: 0.42-1.5).
-POOLED_MAX_CHANNELS = 20
 #: The sparse peak search runs while at most this fraction of an image's cells has a channel passing the
 #: threshold, and ...
 SPARSE_CELL_FRACTION = 0.5
@@ -126,21 +117,28 @@ def find_peaks(logits: Tensor, k: int, threshold: float, kernel: int, per_channe
     return peaks_of_candidates(found, logits, k, threshold, kernel, per_channel)
 
 
-def find_candidates(logits: Tensor, threshold: float, kernel: int) -> Candidates | None:
+def find_candidates(logits: Tensor, threshold: float, kernel: int, pooled: bool = False) -> Candidates | None:
     """Every local maximum of ``sigmoid(logits)`` [B, C, H, W] scoring at least ``threshold``, in no order;
     None where a top-k serves better (a threshold outside (0, 1), a map on one of
     :data:`TOPK_SEARCH_DEVICES`, or a threshold so low on a large map that most of it passes).
 
-    Small maps (:data:`POOLED_MAX_VALUES`) and maps of few channels (:data:`POOLED_MAX_CHANNELS`) are
-    max-pooled and thresholded; on others one max over the channels finds the cells where any channel
-    passes, and only those (their ``kernel``-square neighbourhoods) are examined. A threshold so low that
-    many cells pass (:data:`SPARSE_CELL_FRACTION`, :data:`SPARSE_VALUE_FRACTION`) falls back to
-    max-pooling the map and thresholding it (:data:`POOLED_FALLBACK_MAX_VALUES`), or to None.
+    Small maps (:data:`POOLED_MAX_VALUES`), and any map where the caller asks it (``pooled``: it expects
+    many cells to pass), are max-pooled and thresholded; on others one max over the channels finds the cells
+    where any channel passes, and only those (their ``kernel``-square neighbourhoods) are examined. A
+    threshold so low that many cells pass (:data:`SPARSE_CELL_FRACTION`, :data:`SPARSE_VALUE_FRACTION`)
+    falls back to max-pooling the map and thresholding it (:data:`POOLED_FALLBACK_MAX_VALUES`), or to None.
+
+    Pooling costs about 2.5 ns per value, the cell search about 0.23 us per passing cell after the max over
+    the channels (2 AVX2 cores): a trained keypoint map passes ``kp_snap_score`` 0.1 in about a sixth of its
+    cells, where the 17 x 96 x 128 keypoint maps of the 512x384 input took 0.50 ms pooled against 0.83 ms
+    searched cell by cell (demo weights, median over 20 scenes); a detection map at 0.3 passes in a few
+    cells, where the search wins (80 channels: 0.42-0.5 ms against 2.1-2.8 pooled; 10-20 channels
+    1.2-2x faster than pooling).
     """
     b, c, h, w = logits.shape
     if not 0.0 < threshold < 1.0 or logits.device.type in TOPK_SEARCH_DEVICES:
         return None
-    if c * h * w <= POOLED_MAX_VALUES or c <= POOLED_MAX_CHANNELS:
+    if pooled or c * h * w <= POOLED_MAX_VALUES:
         return _pooled_candidates(logits, threshold, kernel)
     cutoff = math.log(threshold / (1.0 - threshold)) - 1e-3  # a margin for rounding; tested exactly later
     cells = (logits.amax(dim=1) >= cutoff).nonzero()  # [M, 3] (b, y, x) where some channel passes
