@@ -6,8 +6,9 @@ ONNX Runtime is an optional dependency (``pip install onnxruntime onnx``; pinned
 heads) to ONNX with dynamic batch, height and width, once per task set, and runs it with the CPU execution
 provider. Decoding stays in the same torch code for both backends, so they differ only by the forward's
 floating-point rounding (tested within 1e-4 of the outputs' scale). Given an int8 graph made by
-:mod:`mcn_ros.model.quantize`, it runs that graph instead, cut down to the heads of the tasks asked. Either
-graph writes its outputs channels-last and decoding gets channels-last views, as from the torch backend.
+:mod:`mcn_ros.model.quantize`, it runs that graph instead, cut down to the heads of the tasks asked. The
+graphs it exports write their outputs channels-last, as int8 graphs made since 2026-12-05 do (their metadata
+says which), and decoding gets channels-last views of those, as from the torch backend.
 """
 
 from __future__ import annotations

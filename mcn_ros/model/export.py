@@ -2,9 +2,10 @@
 
     python -m mcn_ros.model.export --weights model.safetensors --output model.onnx [--tasks detection pose]
 
-The graph is the one the ``onnxruntime`` backend runs (:func:`mcn_ros.model.backends.export_onnx`): input
-``images`` [B, 3, H, W] float32, normalised with the config's mean/std, RGB, H and W multiples of 32 (dynamic
-B, H, W); one output per raw head output, named as :mod:`mcn_ros.model.heads` documents (heatmaps as logits).
+The graph is the ``onnxruntime`` backend's forward (:func:`mcn_ros.model.backends.export_onnx`; the
+backend's own sessions write the same outputs channels-last): input ``images`` [B, 3, H, W] float32,
+normalised with the config's mean/std, RGB, H and W multiples of 32 (dynamic B, H, W); one NCHW output per raw
+head output, named as :mod:`mcn_ros.model.heads` documents (heatmaps as logits).
 Decoding is not in the graph: :func:`mcn_ros.model.decode.decode_batch` applies to the outputs. Each
 BatchNorm that follows a conv is folded into it first (the same maths). The file's metadata
 (``metadata_props``) keeps the model config as YAML (``mcn_config``: classes, input size, mean/std, decode
