@@ -716,6 +716,31 @@ def test_equally_near_keypoint_peaks_snap_to_the_better_score() -> None:
             assert float(scores[0, 0, 0]) == pytest.approx(0.8808, abs=1e-4)
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.999, 0.99999, 0.9999999])
+def test_the_sparse_search_finds_peaks_whose_sigmoid_rounds_up_to_the_threshold(
+    threshold: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Isolated logits just below and above logit(threshold): near 1 float32's sigmoid rounds logits well
+    short of it up to the threshold, and the cell search's prefilter must still let them through."""
+    monkeypatch.setattr(peaks, "POOLED_MAX_VALUES", 0)  # the cell search
+    sparse = _record_results(monkeypatch, "_sparse_candidates")
+    logit = math.log(threshold / (1 - threshold))
+    logits = torch.full((1, 1, 96, 128), -10.0)
+    for i, value in enumerate(torch.linspace(logit - 0.05, logit + 0.01, 40)):
+        logits[0, 0, 2 + 6 * (i // 20), 2 + 4 * (i % 20)] = value
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    best = find_peaks(logits, 100, threshold, 3)
+    assert sparse, "the cell search ran"
+    got = {
+        (int(c), int(y), int(x), round(float(v) * 1e6))
+        for v, c, y, x in zip(
+            best.scores[0, 0], best.channels[0, 0], best.ys[0, 0], best.xs[0, 0], strict=True
+        )
+        if v >= 0
+    }
+    assert [got] == _reference_peaks(logits, 100, threshold, 3, per_channel=False) and got
+
+
 def test_the_sparse_search_never_compares_a_cell_with_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     """A border cell's clamped neighbours are the cell itself; its score and theirs come from different
     lanes of one sigmoid_, whose vectorised body and scalar tail may differ by an ulp on some CPUs (seen on

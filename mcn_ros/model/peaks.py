@@ -140,7 +140,11 @@ def find_candidates(logits: Tensor, threshold: float, kernel: int, pooled: bool 
         return None
     if pooled or c * h * w <= POOLED_MAX_VALUES:
         return _pooled_candidates(logits, threshold, kernel)
-    cutoff = math.log(threshold / (1.0 - threshold)) - 1e-3  # a margin for rounding; tested exactly later
+    # The logit below which no float32 sigmoid reaches the threshold (tested exactly later): a margin for the
+    # sigmoid's rounding, 8 float32 ulps of the score (2^-24 each below 1) through the slope t(1 - t), which
+    # near 1 grows past the fixed 1e-3 (at 0.99999 a logit 0.002 short still rounds up to the threshold).
+    margin = 1e-3 + 8 * 2.0**-24 / (threshold * (1.0 - threshold))
+    cutoff = math.log(threshold / (1.0 - threshold)) - margin
     cells = (logits.amax(dim=1) >= cutoff).nonzero()  # [M, 3] (b, y, x) where some channel passes
     if cells.shape[0] <= SPARSE_CELL_FRACTION * b * h * w:
         bi, yi, xi = cells.unbind(1)
