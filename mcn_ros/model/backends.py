@@ -228,7 +228,8 @@ class OnnxRuntimeForward:
         self.model = copy.deepcopy(model).eval() if graph is None else model
         self.config = config
         self.graph = graph
-        #: Outputs written [B, H, W, C] (handed on as channels-last views); the exported graphs' are all.
+        #: The given graph's outputs written [B, H, W, C] (handed on as channels-last views); the graphs
+        #: exported here write all of theirs so.
         self.channels_last = frozenset() if graph is None else channels_last_outputs(graph)
         self.threads = threads or torch.get_num_threads()
         self._sessions: dict[frozenset[str], tuple[Any, tuple[str, ...]]] = {}
@@ -244,7 +245,6 @@ class OnnxRuntimeForward:
             if asked not in self._sessions:
                 if self.graph is None:
                     data, names = export_onnx(self.model, asked, channels_last=True)
-                    self.channels_last = self.channels_last | frozenset(names)
                 else:
                     names = output_names(self.model, asked)
                     data = extract_outputs(self.graph, names).SerializeToString()
@@ -262,7 +262,7 @@ class OnnxRuntimeForward:
         outputs = session.run(list(names), {"images": array})
         return {
             name: torch.from_numpy(value).permute(*TO_NCHW)
-            if name in self.channels_last
+            if self.graph is None or name in self.channels_last
             else torch.from_numpy(value)
             for name, value in zip(names, outputs, strict=True)
         }

@@ -201,7 +201,8 @@ def _dense_peaks(heat: Tensor, k: int, threshold: float, kernel: int, per_channe
 
 
 def _pooled_candidates(logits: Tensor, threshold: float, kernel: int) -> Candidates:
-    """:func:`find_peaks`' candidates on a small map: the whole map max-pooled, the peaks thresholded.
+    """:func:`find_peaks`' candidates of a small map, or where many cells pass: the whole map max-pooled,
+    the peaks thresholded.
 
     A value is a peak passing ``threshold`` (> 0) when it is at least both its neighbourhood's maximum (so
     equal to it) and the threshold: one comparison with the clamped maximum, the same cells as
