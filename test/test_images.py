@@ -48,6 +48,21 @@ def test_row_padding_bgr_alpha_and_mono() -> None:
     assert pixels.shape == (6, 10, 3) and np.array_equal(pixels[:, :, 1], gray)
 
 
+@pytest.mark.parametrize("encoding", ["mono8", "8UC1", "mono16", "16UC1"])
+def test_grey_is_its_plane_seen_as_three_channels(encoding: str) -> None:
+    """A grey frame comes back as RGB without three copies of its plane: every channel is the plane, one
+    memory (channel stride 0; for 8 bits the message buffer itself, padded rows included), read-only."""
+    gray = RGB[:, :, 0].copy()
+    wide = encoding.endswith("16") or encoding == "16UC1"
+    source = gray.astype(np.uint16) * 256 + 77 if wide else gray
+    message = msg(source, encoding, step=24 if wide else 13)
+    pixels, order = image_to_array(message)
+    assert order == "rgb" and pixels.shape == (6, 10, 3) and pixels.strides[2] == 0
+    assert all(np.array_equal(pixels[:, :, c], gray) for c in range(3))
+    assert not pixels.flags.writeable
+    assert np.shares_memory(pixels, np.frombuffer(message.data, np.uint8)) != wide
+
+
 @pytest.mark.parametrize("bigendian", [0, 1])
 def test_16_bit_keeps_the_high_byte(bigendian: int) -> None:
     wide = RGB.astype(np.uint16) * 256 + 77

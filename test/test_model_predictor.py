@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Collection
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from needs import onnx_modules
 from torch import Tensor, nn
 
 from mcn_ros.model import predictor as predictor_module
+from mcn_ros.model.color_order import grey_as_rgb
 from mcn_ros.model.config import DetectionConfig, ModelConfig, PoseConfig, SegmentationConfig
 from mcn_ros.model.cuda_graphs import CaptureError
 from mcn_ros.model.decode import DecodeOptions, decode_batch, unpack_results
@@ -144,8 +146,14 @@ def test_inputs_and_configs_that_cannot_work_are_refused_with_what_to_do(predict
     clear error (they gave an image per row, a bare StopIteration, and silently wrong classes or
     normalisation)."""
     grey = np.zeros((48, 64), dtype=np.uint8)
-    with pytest.raises(ValueError, match=r"2-D array.*COLOR_GRAY2RGB"):
+    with pytest.raises(ValueError, match=r"2-D array.*grey_as_rgb.*COLOR_GRAY2RGB"):
         predictor.predict(grey)
+    grey[10:30, 20:50] = 200  # the hint's view gives the results of the grey image expanded to RGB
+    viewed, expanded = predictor.predict([grey_as_rgb(grey), cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)])
+    assert viewed.detections is not None and expanded.detections is not None
+    assert np.array_equal(viewed.detections.boxes, expanded.detections.boxes)
+    assert viewed.segmentation is not None and expanded.segmentation is not None
+    assert np.array_equal(viewed.segmentation, expanded.segmentation)
     with pytest.raises(ValueError, match="no task asked"):
         predictor.predict(np.zeros((48, 64, 3), dtype=np.uint8), tasks=())
     model, config = predictor.model, predictor.config

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from mcn_ros.model.color_order import grey_as_rgb
 from mcn_ros.model.config import IMAGENET_MEAN, IMAGENET_STD
 from mcn_ros.model.preprocess import (
     Letterbox,
+    image_to_tensor,
     index_runs,
     letterbox_for,
     letterbox_tensor,
@@ -226,6 +228,30 @@ def test_cpu_uint8_resize_matches_the_float_resize(size: tuple[int, int]) -> Non
     difference = (batch[0] * 255 - expected).abs()
     assert float(difference.max()) <= 1.0 + 1e-4
     assert float(difference.mean()) < 0.5
+
+
+@pytest.mark.parametrize("size", [(48, 64), (50, 70), (333, 517), (7, 5)])
+def test_a_grey_view_is_letterboxed_as_the_same_pixels_in_three_channels(size: tuple[int, int]) -> None:
+    """A grey camera's frame arrives as its plane seen as three channels (a view, channel stride 0); the CPU
+    letterbox resizes the plane alone, other devices move the plane alone: exactly the batch of the same
+    pixels in a plain RGB array, resized or not, with padded rows, in either colour order."""
+    rng = np.random.default_rng(11)
+    plane = rng.integers(0, 256, size, dtype=np.uint8)
+    plane[size[0] // 3 :, : size[1] // 2] //= 4  # an edge
+    padded = np.pad(plane, ((0, 0), (0, 3)))[:, : size[1]]  # a raw message's step
+    for grey in (plane, padded):
+        view = grey_as_rgb(grey)
+        assert view.strides[2] == 0 and not view.flags.writeable
+        copy = np.ascontiguousarray(view)
+        for order in ("rgb", "bgr"):
+            for input_hw in ((48, 64), (96, 128)):  # the first needs no resize for the 48x64 frame
+                batch, boxes = preprocess([view], input_hw, IMAGENET_MEAN, IMAGENET_STD, color_order=order)
+                expected, expected_boxes = preprocess(
+                    [copy], input_hw, IMAGENET_MEAN, IMAGENET_STD, color_order=order
+                )
+                assert torch.equal(batch, expected) and boxes == expected_boxes
+        tensor = image_to_tensor(view, "cpu")  # the other devices' path, on the CPU
+        assert tensor.shape == (3, *size) and torch.equal(tensor, image_to_tensor(copy, "cpu"))
 
 
 def test_cpu_preprocess_is_the_same_for_every_memory_layout_of_an_image() -> None:

@@ -17,6 +17,18 @@ def opencv_view(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def grey_as_rgb(grey: np.ndarray) -> np.ndarray:
+    """An HxW grey image as an HxWx3 RGB image without a copy: a read-only view whose three channels are
+    the same memory (channel stride 0). The letterbox resizes its one plane (:func:`grey_plane`), a third
+    of the work of resizing three equal channels; anything else reads it as any RGB image."""
+    return np.broadcast_to(grey[:, :, None], (*grey.shape, 3))
+
+
+def grey_plane(image: np.ndarray) -> np.ndarray | None:
+    """The HxW plane of an HxWx3 image whose channels are one memory (:func:`grey_as_rgb`), else None."""
+    return image[:, :, 0] if image.ndim == 3 and image.shape[2] == 3 and image.strides[2] == 0 else None
+
+
 def to_rgb(image: np.ndarray, color_order: str) -> np.ndarray:
     """An HxWx3 image in RGB order: a BGR one converted by OpenCV into a new C-contiguous array (numpy's
     reversed-channel copy, ``image[:, :, ::-1].copy()``, took 30x as long at 640x480), an RGB one as it is."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mcn_ros.model.color_order import COLOR_ORDERS, opencv_view, to_rgb
+from mcn_ros.model.color_order import COLOR_ORDERS, grey_plane, opencv_view, to_rgb
 
 ArrayT = TypeVar("ArrayT", np.ndarray, Tensor)
 
@@ -127,7 +127,10 @@ def check_image(image: np.ndarray, index: int) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         hint = ""
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-            hint = " (grey, a 2-D array or one channel: cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))"
+            hint = (
+                " (grey, a 2-D array or one channel: mcn_ros.model.color_order.grey_as_rgb(image), a view "
+                "letterboxed as one plane, or cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))"
+            )
         elif image.ndim == 3 and image.shape[2] == 4:
             hint = " (with alpha: cv2.cvtColor(image, cv2.COLOR_RGBA2RGB), or BGRA2BGR)"
         raise ValueError(
@@ -147,14 +150,17 @@ def image_to_tensor(
     ``dtype`` (None: a uint8 view where possible)."""
     if any(stride < 0 for stride in image.strides):  # e.g. image[..., ::-1]: torch needs positive strides
         image = np.ascontiguousarray(image)
+    grey = grey_plane(image) is not None  # one plane as three channels: only the plane goes to the device
     if image.flags.writeable:
-        data = torch.from_numpy(image)
+        data = torch.from_numpy(image[:, :, :1] if grey else image)
     else:
         with warnings.catch_warnings():
             # Read-only arrays (zero-copy views of ROS messages) are fine: the tensor is never written to.
             warnings.simplefilter("ignore", UserWarning)
-            data = torch.from_numpy(image)
+            data = torch.from_numpy(image[:, :, :1] if grey else image)
     data = data.to(device, non_blocking=True).permute(2, 0, 1)
+    if grey:
+        data = data.expand(3, -1, -1)
     if color_order == "bgr":
         data = data.flip(0)
     return data if dtype is None else data.to(dtype)
@@ -207,8 +213,18 @@ def _resized_rgb_uint8(image: np.ndarray, new_hw: tuple[int, int], color_order: 
     """CPU letterbox: the image resized (OpenCV INTER_LINEAR) and in RGB order, still uint8, as a [3, h, w]
     view; the caller converts only these pixels to float (no full-resolution float copy). A BGR image's
     channels are swapped after the resize, by OpenCV (a torch flip of the permuted view was a gathered copy
-    taking 9x as long)."""
+    taking 9x as long). A grey frame (one plane as three channels) is resized as its plane, then expanded:
+    the whole letterbox 1.1 against 1.4 ms at 640x480, 0.9 against 1.4 at 1920x1080, against expanding the
+    frame to RGB first (2 AVX2 cores, ad hoc)."""
     new_h, new_w = new_hw
+    grey = grey_plane(image)
+    if grey is not None:  # a grey camera's frame (color_order.grey_as_rgb): its one plane is resized
+        if (new_h, new_w) != grey.shape:
+            grey = cv2.resize(grey, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        # Packed RGB after all, at the network's size: the batch takes it in one contiguous conversion
+        # (copying the three channels from the one plane took 2.8 ms at 640x480, this whole path 1.1).
+        image = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+        return image_to_tensor(image, "cpu", "rgb", dtype=None)
     if (new_h, new_w) != image.shape[:2]:
         image = cv2.resize(opencv_view(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     return image_to_tensor(to_rgb(image, color_order), "cpu", "rgb", dtype=None)

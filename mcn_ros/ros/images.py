@@ -12,6 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mcn_ros.model.color_order import grey_as_rgb
+
 #: Largest accepted image, in pixels (a 20000x20000 frame is refused before any allocation).
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
@@ -65,8 +67,9 @@ def _check_size(height: int, width: int, max_pixels: int) -> None:
 def image_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Convert a ``sensor_msgs/Image`` to (HxWx3 uint8 array, ``"rgb"`` or ``"bgr"``).
 
-    8-bit rgb8/bgr8 frames come back as a view of the message buffer (not copied; nothing writes to it).
-    16-bit frames keep their 8 most significant bits. Raises :class:`ImageError` for anything unusable.
+    8-bit rgb8/bgr8 frames come back as a view of the message buffer (not copied; nothing writes to it), grey
+    ones as a read-only view whose three channels are the one plane. 16-bit frames keep their 8 most
+    significant bits. Raises :class:`ImageError` for anything unusable.
     """
     encoding = str(msg.encoding)
     if encoding not in _DIRECT:
@@ -105,6 +108,8 @@ def image_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.n
         pixels = (wide >> 8).astype(np.uint8)
         if channels == 1:
             pixels = pixels[:, :, 0]
+    if conversion == cv2.COLOR_GRAY2RGB:  # a view, not three copies of the plane (color_order.grey_as_rgb)
+        return grey_as_rgb(pixels), order
     if conversion is not None:
         try:
             pixels = cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
