@@ -1,7 +1,7 @@
 """End to end on the CPU: a numpy camera image in, results out; the MCN against YOLO26n x3, per backend.
 
     python bench/e2e_cpu.py [--weights W.safetensors] [--threads 2] [--rounds 30] [--repeats 3] [--quick]
-        [--out DIR]
+        [--out DIR] [--name e2e_cpu]
 
 For a 640x480 and a 1280x720 BGR uint8 image: ``Predictor.predict`` (all three tasks, score threshold 0.3)
 with the PyTorch backend (camera-shaped input, the default, and the square 512x512 input) and with ONNX
@@ -21,7 +21,8 @@ Both sides decode at the same score threshold, 0.3 (``SCORE_THRESHOLD``; YOLO's 
 ``conf``, whose default is 0.25). The MCN's time is split into preprocess / forward / decode (timed inside
 the same calls), YOLO's into ultralytics' own preprocess / inference / postprocess sums.
 
-Also ``e2e_cpu.png``: the split per network and backend.
+Also ``e2e_cpu.png``: the split per network and backend. ``--name`` writes the three files under another
+name (``e2e_cpu_avx2``: a machine other than the one behind ``e2e_cpu``, whose record stays).
 
 Headline ``e2e_vs_yolo26n_speedup``: at 640x480, the MCN's fastest CPU backend against YOLO26n x3 in the
 same backend (YOLO26n x3 median / MCN median; the rows with ``torch_compile`` beside them, in no headline);
@@ -365,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default=None, help="output folder (default bench/results; temp with --quick)"
     )
+    parser.add_argument("--name", default="e2e_cpu", help="results file name (default e2e_cpu)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (2 if args.quick else 30)
@@ -421,11 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         else (Path(tempfile.mkdtemp()) if args.quick else ROOT / "bench" / "results")
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "e2e_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "e2e_cpu.md").write_text(markdown(report))
-    plot(report, out / "e2e_cpu.png")
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(markdown(report))
+    plot(report, out / f"{args.name}.png")
     print(json.dumps(report["speedups"], indent=1))
-    print(f"e2e_vs_yolo26n_speedup {report['e2e_vs_yolo26n_speedup']}; wrote {out / 'e2e_cpu.json'}")
+    print(f"e2e_vs_yolo26n_speedup {report['e2e_vs_yolo26n_speedup']}; wrote {out / f'{args.name}.json'}")
     return 0
 
 
