@@ -139,8 +139,29 @@ ROWS: tuple[Row, ...] = (
     Row(f"End to end, {CAMERA}: both in ONNX Runtime int8", "e2e_cpu", _e2e("onnxruntime_int8")),
     Row(f"End to end, {CAMERA}: each side's fastest fp32 path", "e2e_cpu", _e2e("best_vs_best_fp32")),
     Row(
+        f"End to end, {CAMERA}, on a CPU with neither native bf16 nor int8 dot products (AVX2: fp32 only): "
+        "`e2e_vs_yolo26n_speedup`",
+        "e2e_cpu_avx2",
+        _e2e("best"),
+        target=Target(1.25),
+        note="the MCN's 31 GFLOPs against YOLO26n x3's 11 (`model_cpu`), in the same fp32 kernels",
+    ),
+    Row(
+        f"End to end, {CAMERA}, the same AVX2 CPU: the lighter variant (not the paper's) against YOLO26n x3, "
+        "each in its fastest fp32 backend",
+        "e2e_cpu_avx2",
+        _e2e("light_best_vs_best_fp32"),
+    ),
+    Row(
         "Decoding / forward, trained demo weights, 512x384 input",
         "decode_share",
+        _decode_share,
+        unit="%",
+        target=Target(0.05, at_most=True),
+    ),
+    Row(
+        "Decoding / forward, trained demo weights, 512x384 input, on the AVX2 CPU (fp32 only)",
+        "decode_share_avx2",
         _decode_share,
         unit="%",
         target=Target(0.05, at_most=True),
