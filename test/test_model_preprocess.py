@@ -234,12 +234,15 @@ def test_cpu_uint8_resize_matches_the_float_resize(size: tuple[int, int]) -> Non
 def test_a_grey_view_is_letterboxed_as_the_same_pixels_in_three_channels(size: tuple[int, int]) -> None:
     """A grey camera's frame arrives as its plane seen as three channels (a view, channel stride 0); the CPU
     letterbox resizes the plane alone, other devices move the plane alone: exactly the batch of the same
-    pixels in a plain RGB array, resized or not, with padded rows, in either colour order."""
+    pixels in a plain RGB array, resized or not, in either colour order, whatever the plane's memory layout
+    (padded rows as a raw message's step, reversed rows or columns, column-major)."""
     rng = np.random.default_rng(11)
     plane = rng.integers(0, 256, size, dtype=np.uint8)
     plane[size[0] // 3 :, : size[1] // 2] //= 4  # an edge
-    padded = np.pad(plane, ((0, 0), (0, 3)))[:, : size[1]]  # a raw message's step
-    for grey in (plane, padded):
+    padded = np.pad(plane, ((0, 0), (0, 3)))[:, : size[1]]
+    reversed_rows = np.ascontiguousarray(plane[::-1])[::-1]
+    reversed_columns = np.ascontiguousarray(plane[:, ::-1])[:, ::-1]
+    for grey in (plane, padded, reversed_rows, reversed_columns, np.asfortranarray(plane)):
         view = grey_as_rgb(grey)
         assert view.strides[2] == 0 and not view.flags.writeable
         copy = np.ascontiguousarray(view)
