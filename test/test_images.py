@@ -53,7 +53,7 @@ def test_grey_is_its_plane_seen_as_three_channels(encoding: str) -> None:
     """A grey frame comes back as RGB without three copies of its plane: every channel is the plane, one
     memory (channel stride 0; for 8 bits the message buffer itself, padded rows included), read-only."""
     gray = RGB[:, :, 0].copy()
-    wide = encoding.endswith("16") or encoding == "16UC1"
+    wide = "16" in encoding
     source = gray.astype(np.uint16) * 256 + 77 if wide else gray
     message = msg(source, encoding, step=24 if wide else 13)
     pixels, order = image_to_array(message)

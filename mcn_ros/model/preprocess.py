@@ -151,13 +151,14 @@ def image_to_tensor(
     if any(stride < 0 for stride in image.strides):  # e.g. image[..., ::-1]: torch needs positive strides
         image = np.ascontiguousarray(image)
     grey = grey_plane(image) is not None  # one plane as three channels: only the plane goes to the device
-    if image.flags.writeable:
-        data = torch.from_numpy(image[:, :, :1] if grey else image)
+    source = image[:, :, :1] if grey else image
+    if source.flags.writeable:
+        data = torch.from_numpy(source)
     else:
         with warnings.catch_warnings():
             # Read-only arrays (zero-copy views of ROS messages) are fine: the tensor is never written to.
             warnings.simplefilter("ignore", UserWarning)
-            data = torch.from_numpy(image[:, :, :1] if grey else image)
+            data = torch.from_numpy(source)
     data = data.to(device, non_blocking=True).permute(2, 0, 1)
     if grey:
         data = data.expand(3, -1, -1)
